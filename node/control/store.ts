@@ -1,0 +1,91 @@
+// The cluster store interface. The etcd implementation (etcd-store.ts) is the only module that imports
+// etcd3; memory-store.ts implements the same interface for standalone (YAML) mode and pure-logic tests.
+
+export interface KeyValue {
+  key: string;
+  value: Buffer;
+  modRevision: number;
+  /** Lease id as a decimal string, "0" when none. */
+  lease: string;
+}
+
+export interface StoreEvent {
+  type: "put" | "delete";
+  key: string;
+  /** Empty buffer for deletes. */
+  value: Buffer;
+  modRevision: number;
+}
+
+/** Receives the state of one prefix. Calls never overlap and arrive in revision order. */
+export interface SyncSink {
+  /** The complete state at `revision`: on first sync, and again after a watch was cancelled or compacted away. */
+  reset(kvs: KeyValue[], revision: number): void;
+  /** Changes, all of revisions ≤ `revision`; after this call the sink has seen everything up to `revision`. */
+  events(events: StoreEvent[], revision: number): void;
+  /** Connection state changes: `connected=false` while etcd cannot be reached (fail-static: keep serving). */
+  status(connected: boolean, error?: string): void;
+}
+
+export interface SyncHandle {
+  stop(): Promise<void>;
+}
+
+export interface Lease {
+  readonly id: string;
+  /** Resolves/fires when the lease is known to be gone (expired, revoked, keepalive failed for longer than its TTL). */
+  onLost(cb: (reason: string) => void): void;
+  revoke(): Promise<void>;
+}
+
+export interface Leadership {
+  /** The leader's own election key; its existence is what fences every write. */
+  readonly key: string;
+  /** Create revision of the election key: a monotonically increasing term number. */
+  readonly term: string;
+  /**
+   * Writes only while this leadership is current: one etcd transaction that compares the election
+   * key's create revision. Returns false (and the leadership is lost) when the compare fails.
+   */
+  fencedPut(key: string, value: Buffer | string): Promise<boolean>;
+  fencedDelete(key: string): Promise<boolean>;
+  onLost(cb: (reason: string) => void): void;
+  resign(): Promise<void>;
+}
+
+export interface PutOptions {
+  lease?: string;
+}
+
+export interface Store {
+  sync(prefix: string, sink: SyncSink): SyncHandle;
+  get(key: string): Promise<KeyValue | null>;
+  list(prefix: string): Promise<{ kvs: KeyValue[]; revision: number }>;
+  put(key: string, value: Buffer | string, opts?: PutOptions): Promise<number>;
+  delete(key: string): Promise<boolean>;
+  deletePrefix(prefix: string): Promise<number>;
+  /** A lease kept alive until revoked (keepAlive) or left to expire after ttl seconds. */
+  grantLease(ttlSeconds: number, keepAlive: boolean): Promise<Lease>;
+  /**
+   * Campaigns for leadership under `electionPrefix` with a lease of `ttlSeconds`; resolves once
+   * elected (may wait indefinitely while another candidate leads). `candidate` is the value stored.
+   */
+  campaign(electionPrefix: string, candidate: string, ttlSeconds: number): Promise<Leadership>;
+  /** The current leader's value under `electionPrefix`, or null. */
+  leader(electionPrefix: string): Promise<string | null>;
+  close(): Promise<void>;
+}
+
+export type StoreErrorCode = "STORE_UNAVAILABLE" | "STORE_AUTH" | "STORE_FENCED" | "STORE_CLOSED";
+
+/** Stable error codes; `recoverable` says whether retrying later may succeed. */
+export class StoreError extends Error {
+  constructor(
+    readonly code: StoreErrorCode,
+    message: string,
+    readonly recoverable: boolean,
+  ) {
+    super(message);
+    this.name = "StoreError";
+  }
+}

@@ -1,0 +1,227 @@
+// The one schema for everything people write: service and backend records (etcd values or YAML
+// entries) and the node's config file. Defaults live here and nowhere else; unknown keys are rejected.
+import { z } from "zod";
+import { parseHostPort } from "./address.js";
+import { parseDuration } from "./duration.js";
+
+const duration = (fallback: string) =>
+  z
+    .union([z.string(), z.number()])
+    .default(fallback)
+    .transform((v, ctx) => {
+      const ms = parseDuration(v);
+      if (Number.isNaN(ms)) {
+        ctx.addIssue({ code: "custom", message: `expected a duration like "500ms", "5s", "2m" or milliseconds, got ${JSON.stringify(v)}` });
+        return z.NEVER;
+      }
+      return ms;
+    });
+
+const hostPort = z.string().refine((s) => parseHostPort(s) !== null, {
+  message: 'expected "address:port" (IPv6 as "[::1]:port"), port 0-65535',
+});
+
+const cidr = z.string().refine((s) => /^[0-9a-fA-F:.]+(\/\d{1,3})?$/.test(s), { message: 'expected a CIDR like "10.0.0.0/8" or an address' });
+
+export const ALGORITHMS = ["round-robin", "least-conn", "p2c", "maglev", "source-ip"] as const;
+export type AlgorithmName = (typeof ALGORITHMS)[number];
+
+export const BACKEND_STATES = ["active", "drain", "disabled"] as const;
+export type BackendState = (typeof BACKEND_STATES)[number];
+
+export const CHECK_TYPES = ["tcp", "http", "send-expect", "udp", "none"] as const;
+
+export const healthSchema = z
+  .object({
+    type: z.enum(CHECK_TYPES).default("tcp"),
+    interval: duration("2s"),
+    timeout: duration("1s"),
+    rise: z.number().int().min(1).max(100).default(2),
+    fall: z.number().int().min(1).max(100).default(3),
+    /** Fraction of the interval over which checks are spread (0 = all at once). */
+    jitter: z.number().min(0).max(1).default(0.5),
+    /** Whether backends with no verdict yet take traffic (a fresh cluster serves at once). */
+    unknownRoutes: z.boolean().default(true),
+    /** Close open connections to a backend once it is verdicted down. */
+    closeOnDown: z.boolean().default(false),
+    http: z
+      .object({
+        method: z.string().default("GET"),
+        path: z.string().default("/"),
+        host: z.string().optional(),
+        expectStatus: z.tuple([z.number().int(), z.number().int()]).default([200, 399]),
+        bodyMatch: z.string().optional(),
+      })
+      .strict()
+      .optional(),
+    send: z.string().optional(),
+    expect: z.string().optional(),
+  })
+  .strict();
+
+export const affinitySchema = z
+  .object({
+    mode: z.enum(["none", "source-ip"]).default("none"),
+    ttl: duration("30m"),
+  })
+  .strict();
+
+/** A service record: what an operator puts at services/<name> (name comes from the key in etcd). */
+export const serviceSchema = z
+  .object({
+    name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/, "expected 1-63 characters of letters, digits, '_', '.', '-'").optional(),
+    listen: hostPort,
+    protocol: z.enum(["tcp", "udp"]).default("tcp"),
+    /** Omitted: round-robin, or source-ip when affinity is on (so every node picks alike before entries replicate). */
+    algorithm: z.enum(ALGORITHMS).optional(),
+    proxyProtocol: z.enum(["none", "v1", "v2"]).default("none"),
+    timeouts: z
+      .object({
+        connect: duration("3s"),
+        idle: duration("5m"),
+        udpIdle: duration("30s"),
+        drain: duration("30s"),
+      })
+      .strict()
+      .prefault({}),
+    limits: z
+      .object({
+        maxConnections: z.number().int().min(0).default(0),
+        maxConnectionsPerBackend: z.number().int().min(0).default(0),
+        maxFlows: z.number().int().min(1).default(65536),
+        /** New connections per second allowed from one source IP (0 = unlimited), with a burst. */
+        sourceRate: z.number().min(0).default(0),
+        sourceBurst: z.number().int().min(1).default(20),
+        /** Connect attempts on other backends after a failed connect. */
+        retries: z.number().int().min(0).max(10).default(2),
+      })
+      .strict()
+      .prefault({}),
+    access: z
+      .object({ allow: z.array(cidr).default([]), deny: z.array(cidr).default([]) })
+      .strict()
+      .prefault({}),
+    affinity: affinitySchema.prefault({}),
+    health: healthSchema.prefault({}),
+  })
+  .strict();
+
+export type ServiceInput = z.input<typeof serviceSchema>;
+export type ServiceSpec = z.output<typeof serviceSchema> & { name: string; algorithm: AlgorithmName };
+
+const backendObject = z
+  .object({
+    id: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.:-]{0,127}$/, "expected 1-128 characters of letters, digits, '_', '.', ':', '-'").optional(),
+    address: z.string().min(1),
+    port: z.number().int().min(1).max(65535),
+    weight: z.number().int().min(0).max(1000).default(1),
+    zone: z.string().default(""),
+    state: z.enum(BACKEND_STATES).default("active"),
+    checkAddress: z.string().optional(),
+    checkPort: z.number().int().min(1).max(65535).optional(),
+  })
+  .strict();
+
+/** A backend record: JSON object, or the short form "10.0.0.5:8080". */
+export const backendSchema = z.union([
+  backendObject,
+  z.string().transform((s, ctx) => {
+    const hp = parseHostPort(s);
+    if (!hp || hp.port === 0) {
+      ctx.addIssue({ code: "custom", message: 'expected an object or the short form "address:port"' });
+      return z.NEVER;
+    }
+    return backendObject.parse({ address: hp.host, port: hp.port });
+  }),
+]);
+
+export type BackendInput = z.input<typeof backendObject>;
+export type BackendSpec = z.output<typeof backendObject> & { id: string };
+
+const embeddedBackend = backendObject.extend({ id: backendObject.shape.id.unwrap() });
+
+/** Node config file (YAML). With `etcd` the cluster state comes from etcd; without, `services` is the state. */
+export const nodeConfigSchema = z
+  .object({
+    node: z
+      .object({
+        id: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
+        zone: z.string().default(""),
+        /** Address other nodes and the CLI use to reach this node's admin API (defaults to admin.listen). */
+        advertise: z.string().optional(),
+      })
+      .strict()
+      .prefault({}),
+    cluster: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).default("default"),
+    etcd: z
+      .object({
+        endpoints: z.array(z.string().min(1)).min(1),
+        prefix: z.string().optional(),
+        username: z.string().optional(),
+        password: z.string().optional(),
+        tls: z
+          .object({ ca: z.string().optional(), cert: z.string().optional(), key: z.string().optional() })
+          .strict()
+          .optional(),
+        /** Lease TTL of this node's registration and of health leadership, in seconds. */
+        leaseTtl: z.number().int().min(1).max(300).default(5),
+      })
+      .strict()
+      .optional(),
+    admin: z
+      .object({
+        listen: hostPort.default("127.0.0.1:9090"),
+        token: z.string().min(1).optional(),
+      })
+      .strict()
+      .prefault({}),
+    log: z
+      .object({ level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info") })
+      .strict()
+      .prefault({}),
+    drainTimeout: duration("30s"),
+    health: z
+      .object({
+        /** Verdicts older than this (leader heartbeat age) switch the node to local checking. */
+        staleAfter: duration("10s"),
+        /** Passive ejection: a connect failure ejects the backend locally for this long (doubling, capped). */
+        ejectBase: duration("1s"),
+        ejectMax: duration("30s"),
+        maxEjectedShare: z.number().min(0).max(1).default(0.5),
+      })
+      .strict()
+      .prefault({}),
+    affinity: z
+      .object({
+        maxEntries: z.number().int().min(1).default(1_000_000),
+        batchInterval: duration("100ms"),
+        batchMax: z.number().int().min(1).max(5000).default(500),
+      })
+      .strict()
+      .prefault({}),
+    services: z
+      .array(serviceSchema.extend({ name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/), backends: z.array(embeddedBackend).default([]) }))
+      .default([]),
+  })
+  .strict();
+
+export type NodeConfig = z.output<typeof nodeConfigSchema>;
+
+/** Turns a zod error into lines naming the field path, e.g. `services[0].listen: expected "address:port"`. */
+export function formatIssues(error: z.ZodError): string[] {
+  return error.issues.map((issue) => {
+    let path = "";
+    for (const part of issue.path) {
+      path += typeof part === "number" ? `[${part}]` : path ? `.${String(part)}` : String(part);
+    }
+    let msg = issue.message;
+    if (issue.code === "unrecognized_keys") msg = `unknown key(s) ${issue.keys.map((k) => JSON.stringify(k)).join(", ")}`;
+    return `${path || "(root)"}: ${msg}`;
+  });
+}
+
+/** Fills algorithm defaults that depend on other fields. */
+export function resolveService(name: string, parsed: z.output<typeof serviceSchema>): ServiceSpec {
+  const algorithm: AlgorithmName = parsed.algorithm ?? (parsed.affinity.mode === "source-ip" ? "source-ip" : "round-robin");
+  return { ...parsed, name, algorithm };
+}
