@@ -1,0 +1,402 @@
+// The `ballast` command: runs a node (`ballast node --config FILE`) and manages the cluster through
+// etcd (services, backends, nodes, status) and the nodes' admin APIs (route explain).
+import { readFileSync } from "node:fs";
+import { Command, Option } from "commander";
+import { parse as parseYaml } from "yaml";
+import { decodeValue } from "../shared/codec.js";
+import { KeySchema } from "../shared/keys.js";
+import { formatIssues, type NodeConfig, nodeConfigSchema } from "../shared/schema.js";
+import { VERSION } from "../shared/version.js";
+import { EtcdStore } from "./control/etcd-store.js";
+import { parseBackendValue, parseServiceValue } from "./control/records.js";
+import type { Store } from "./control/store.js";
+import { BallastNode } from "./node.js";
+
+class CliError extends Error {}
+
+/** Loads and validates a node config file; every problem names its field path. */
+export function loadConfig(path: string): NodeConfig {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    throw new CliError(`cannot read config ${path}: ${(err as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = parseYaml(text) ?? {};
+  } catch (err) {
+    throw new CliError(`config ${path} is not valid YAML: ${(err as Error).message}`);
+  }
+  const r = nodeConfigSchema.safeParse(doc);
+  if (!r.success) throw new CliError(`config ${path} is invalid:\n  ${formatIssues(r.error).join("\n  ")}`);
+  if (r.data.etcd && r.data.services.length > 0) {
+    throw new CliError(`config ${path} is invalid:\n  services: only for standalone mode; with etcd, write services with \`ballast service put\``);
+  }
+  return r.data;
+}
+
+interface GlobalOpts {
+  etcd?: string;
+  cluster: string;
+  prefix?: string;
+  output: "table" | "json";
+  user?: string;
+  password?: string;
+  cacert?: string;
+  cert?: string;
+  key?: string;
+}
+
+function etcdFrom(opts: GlobalOpts): { store: Store; keys: KeySchema } {
+  const endpoints = (opts.etcd ?? process.env.BALLAST_ETCD ?? "http://127.0.0.1:2379").split(",").map((s) => s.trim());
+  const store = new EtcdStore({
+    endpoints,
+    username: opts.user,
+    password: opts.password,
+    tls: opts.cacert || opts.cert ? { ca: opts.cacert, cert: opts.cert, key: opts.key } : undefined,
+    dialTimeoutMs: 3000,
+  });
+  return { store, keys: KeySchema.forCluster(opts.cluster, opts.prefix) };
+}
+
+async function withStore<T>(cmd: Command, fn: (store: Store, keys: KeySchema, opts: GlobalOpts) => Promise<T>): Promise<T> {
+  const opts = cmd.optsWithGlobals() as GlobalOpts;
+  const { store, keys } = etcdFrom(opts);
+  try {
+    return await withTimeout(fn(store, keys, opts), 10_000, `etcd at ${opts.etcd ?? process.env.BALLAST_ETCD ?? "http://127.0.0.1:2379"} did not answer within 10 s (is it running? set --etcd or BALLAST_ETCD)`);
+  } finally {
+    await store.close().catch(() => {});
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout;
+  return Promise.race([p, new Promise<T>((_, reject) => { timer = setTimeout(() => reject(new CliError(message)), ms); })]).finally(() => clearTimeout(timer));
+}
+
+/** Prints rows as an aligned table (default) or JSON (`-o json`, for scripts). */
+function print(opts: GlobalOpts, rows: Record<string, unknown>[], json: unknown = rows): void {
+  if (opts.output === "json") {
+    process.stdout.write(`${JSON.stringify(json, null, 2)}\n`);
+    return;
+  }
+  if (rows.length === 0) {
+    process.stdout.write("(none)\n");
+    return;
+  }
+  const cols = Object.keys(rows[0]);
+  const cell = (v: unknown) => (v === null || v === undefined ? "-" : typeof v === "object" ? JSON.stringify(v) : String(v));
+  const width = cols.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
+  const line = (vals: string[]) => vals.map((v, i) => v.padEnd(width[i])).join("  ").trimEnd();
+  process.stdout.write(`${line(cols.map((c) => c.toUpperCase()))}\n`);
+  for (const r of rows) process.stdout.write(`${line(cols.map((c) => cell(r[c])))}\n`);
+}
+
+async function fetchJson(url: string, token?: string): Promise<unknown> {
+  const res = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(3000) });
+  const body = await res.json();
+  if (!res.ok) throw new CliError(`${url}: ${res.status} ${(body as { error?: string }).error ?? ""}`);
+  return body;
+}
+
+async function listNodes(store: Store, keys: KeySchema) {
+  const { kvs } = await store.list(keys.nodes);
+  const out = [];
+  for (const kv of kvs) {
+    try {
+      out.push(decodeValue(kv.value) as Record<string, unknown>);
+    } catch {
+      // A malformed node record is not ours to fix here; `status` lists it.
+    }
+  }
+  return out;
+}
+
+export function buildCli(): Command {
+  const program = new Command("ballast")
+    .description("Ballast: a clustered L4 load balancer (TCP/UDP) sharing state through etcd")
+    .version(VERSION)
+    .option("--etcd <urls>", "etcd endpoints, comma separated (env BALLAST_ETCD; default http://127.0.0.1:2379)")
+    .option("--cluster <name>", "cluster name: keys live under /ballast/<cluster>/", "default")
+    .option("--prefix <prefix>", "key prefix instead of /ballast/<cluster>/")
+    .option("--user <name>", "etcd username")
+    .option("--password <password>", "etcd password")
+    .option("--cacert <file>", "CA certificate for etcd TLS")
+    .option("--cert <file>", "client certificate for etcd TLS")
+    .option("--key <file>", "client key for etcd TLS")
+    .addOption(new Option("-o, --output <format>", "output format").choices(["table", "json"]).default("table"))
+    .showHelpAfterError();
+
+  const node = program
+    .command("node")
+    .description("run a node (--config FILE), or list the cluster's nodes (node ls)")
+    .option("-c, --config <file>", "node config file (YAML)")
+    .option("--check", "validate the config file and exit")
+    .action(async (o: { config?: string; check?: boolean }) => {
+      if (!o.config) throw new CliError("ballast node needs --config FILE (see deploy/examples/standalone.yaml)");
+      const config = loadConfig(o.config);
+      if (o.check) {
+        process.stdout.write(`config ${o.config} is valid\n`);
+        return;
+      }
+      await runNode(config);
+    });
+  node
+    .command("ls")
+    .description("list registered nodes")
+    .action(async (_o, cmd: Command) =>
+      withStore(cmd, async (store, keys, opts) => {
+        const nodes = await listNodes(store, keys);
+        print(opts, nodes.map((n) => ({ id: n.id, admin: n.admin, zone: n.zone, version: n.version, ready: n.ready, draining: n.draining, mode: n.mode })), nodes);
+      }),
+    );
+
+  const service = program.command("service").description("manage services (etcd keys services/<name>)");
+  service
+    .command("put <name>")
+    .description("create or replace a service from JSON (--json) or a JSON/YAML file (--file), or from flags")
+    .option("--json <json>", "the service record as JSON")
+    .option("-f, --file <file>", "the service record as a JSON or YAML file")
+    .option("--listen <address:port>", "listen address")
+    .option("--protocol <tcp|udp>", "protocol")
+    .option("--algorithm <name>", "round-robin | least-conn | p2c | maglev | source-ip")
+    .option("--affinity-ttl <duration>", "turn on source-ip affinity with this TTL")
+    .action(async (name: string, o: Record<string, string | undefined>, cmd: Command) =>
+      withStore(cmd, async (store, keys) => {
+        let record: Record<string, unknown>;
+        if (o.json) record = JSON.parse(o.json);
+        else if (o.file) record = parseYaml(readFileSync(o.file, "utf8"));
+        else {
+          if (!o.listen) throw new CliError("service put needs --json, --file or at least --listen");
+          record = { listen: o.listen };
+          if (o.protocol) record.protocol = o.protocol;
+          if (o.algorithm) record.algorithm = o.algorithm;
+          if (o.affinityTtl) record.affinity = { mode: "source-ip", ttl: o.affinityTtl };
+        }
+        const raw = Buffer.from(JSON.stringify(record));
+        try {
+          parseServiceValue(name, raw);
+        } catch (err) {
+          throw new CliError(`service ${name} is invalid: ${(err as Error).message}`);
+        }
+        const rev = await store.put(keys.service(name), raw);
+        process.stdout.write(`service ${name} written at revision ${rev}\n`);
+      }),
+    );
+  service
+    .command("get <name>")
+    .action(async (name: string, _o, cmd: Command) =>
+      withStore(cmd, async (store, keys) => {
+        const kv = await store.get(keys.service(name));
+        if (!kv) throw new CliError(`no service ${name}`);
+        process.stdout.write(`${kv.value.toString()}\n`);
+      }),
+    );
+  service
+    .command("rm <name>")
+    .description("delete a service and its backends")
+    .action(async (name: string, _o, cmd: Command) =>
+      withStore(cmd, async (store, keys) => {
+        const had = await store.delete(keys.service(name));
+        const n = await store.deletePrefix(keys.backendsOf(name));
+        if (!had) throw new CliError(`no service ${name}`);
+        process.stdout.write(`service ${name} deleted (and ${n} backends)\n`);
+      }),
+    );
+  service
+    .command("ls")
+    .action(async (_o, cmd: Command) =>
+      withStore(cmd, async (store, keys, opts) => {
+        const { kvs } = await store.list(keys.services);
+        const rows = kvs.map((kv) => {
+          const name = kv.key.slice(keys.services.length);
+          try {
+            const s = parseServiceValue(name, kv.value);
+            return { name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: s.affinity.mode, health: s.health.type, error: "" };
+          } catch (err) {
+            return { name, listen: "", protocol: "", algorithm: "", affinity: "", health: "", error: (err as Error).message };
+          }
+        });
+        print(opts, rows);
+      }),
+    );
+
+  const backend = program.command("backend").description("manage backends (etcd keys backends/<service>/<id>)");
+  backend
+    .command("add <service> <id> <address:port>")
+    .option("--weight <n>", "weight (0-1000)", "1")
+    .option("--zone <zone>", "zone", "")
+    .action(async (svc: string, id: string, addr: string, o: { weight: string; zone: string }, cmd: Command) =>
+      withStore(cmd, async (store, keys) => {
+        const probe = parseBackendValue(id, Buffer.from(JSON.stringify(addr)));
+        const record = { address: probe.address, port: probe.port, weight: Number(o.weight), zone: o.zone, state: "active" };
+        const raw = Buffer.from(JSON.stringify(record));
+        try {
+          parseBackendValue(id, raw);
+        } catch (err) {
+          throw new CliError(`backend ${id} is invalid: ${(err as Error).message}`);
+        }
+        if (!(await store.get(keys.service(svc)))) process.stderr.write(`warning: service ${svc} does not exist (yet)\n`);
+        const rev = await store.put(keys.backend(svc, id), raw);
+        process.stdout.write(`backend ${svc}/${id} → ${addr} written at revision ${rev}\n`);
+      }),
+    );
+  backend
+    .command("rm <service> <id>")
+    .action(async (svc: string, id: string, _o, cmd: Command) =>
+      withStore(cmd, async (store, keys) => {
+        if (!(await store.delete(keys.backend(svc, id)))) throw new CliError(`no backend ${svc}/${id}`);
+        process.stdout.write(`backend ${svc}/${id} deleted\n`);
+      }),
+    );
+  for (const [verb, state, what] of [
+    ["drain", "drain", "no new connections; open ones and affinity entries stay until they end"],
+    ["enable", "active", "take new connections again"],
+    ["disable", "disabled", "no traffic at all (open connections end after the drain timeout)"],
+  ] as const) {
+    backend
+      .command(`${verb} <service> <id>`)
+      .description(what)
+      .action(async (svc: string, id: string, _o, cmd: Command) =>
+        withStore(cmd, async (store, keys) => {
+          const kv = await store.get(keys.backend(svc, id));
+          if (!kv) throw new CliError(`no backend ${svc}/${id}`);
+          const b = parseBackendValue(id, kv.value);
+          const { id: _id, ...rest } = b;
+          await store.put(keys.backend(svc, id), JSON.stringify({ ...rest, state }));
+          process.stdout.write(`backend ${svc}/${id} is now ${state}\n`);
+        }),
+      );
+  }
+  backend
+    .command("ls [service]")
+    .action(async (svc: string | undefined, _o, cmd: Command) =>
+      withStore(cmd, async (store, keys, opts) => {
+        const { kvs } = await store.list(svc ? keys.backendsOf(svc) : keys.backends);
+        const rows = kvs.map((kv) => {
+          const k = keys.parse(kv.key);
+          try {
+            const b = parseBackendValue(k?.id ?? "?", kv.value);
+            return { service: k?.service, id: b.id, address: `${b.address}:${b.port}`, weight: b.weight, zone: b.zone, state: b.state, error: "" };
+          } catch (err) {
+            return { service: k?.service, id: k?.id, address: "", weight: "", zone: "", state: "", error: (err as Error).message };
+          }
+        });
+        print(opts, rows);
+      }),
+    );
+
+  program
+    .command("status")
+    .description("the cluster at a glance: nodes and the revision each applied, services, backends and verdicts, invalid records")
+    .option("--token <token>", "admin API bearer token")
+    .action(async (o: { token?: string }, cmd: Command) =>
+      withStore(cmd, async (store, keys, opts) => {
+        const nodes = await listNodes(store, keys);
+        const states: Record<string, unknown>[] = [];
+        const nodeRows = [];
+        for (const n of nodes) {
+          let st: Record<string, unknown> | null = null;
+          try {
+            st = (await fetchJson(`http://${n.admin}/api/state`, o.token)) as Record<string, unknown>;
+            states.push(st);
+          } catch {
+            // Listed with "unreachable" below.
+          }
+          const h = st?.health as { leader?: string } | undefined;
+          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? (st.node as { ready: boolean }).ready : "unreachable", mode: st ? (st.node as { mode: string }).mode : "-", revision: st?.revision ?? "-", leader: h?.leader === n.id ? "yes" : "" });
+        }
+        const first = states[0] as { services?: Array<Record<string, unknown>>; invalid?: unknown[]; health?: unknown } | undefined;
+        if (opts.output === "json") {
+          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: first?.invalid ?? [], health: first?.health ?? null });
+          return;
+        }
+        process.stdout.write("NODES\n");
+        print(opts, nodeRows);
+        const svcRows = [];
+        const beRows = [];
+        for (const s of first?.services ?? []) {
+          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: (s.affinity as { mode: string }).mode, active: s.active });
+          for (const b of s.backends as Array<Record<string, unknown>>) {
+            const v = b.verdict as { state: string; reason: string } | null;
+            beRows.push({ service: s.name, backend: b.id, address: `${b.address}:${b.port}`, state: b.state, verdict: v ? `${v.state}${v.reason ? ` (${v.reason})` : ""}` : "unknown", routable: b.routable, active: b.active });
+          }
+        }
+        process.stdout.write("\nSERVICES\n");
+        print(opts, svcRows);
+        process.stdout.write("\nBACKENDS\n");
+        print(opts, beRows);
+        const invalid = (first?.invalid ?? []) as Array<Record<string, unknown>>;
+        process.stdout.write("\nINVALID RECORDS\n");
+        print(opts, invalid.map((r) => ({ key: r.key, reason: r.reason, keptLastGood: r.keptLastGood ?? false })));
+        if (nodes.length === 0) process.stdout.write("\n(no node is registered: are nodes running with this --cluster?)\n");
+      }),
+    );
+
+  program
+    .command("route <service> <client-ip>")
+    .description("which backend a client would get, and why (asks a node's admin API)")
+    .option("--node <admin-address>", "admin address of the node to ask (default: the first ready node in etcd)")
+    .option("--port <port>", "client source port (for flow-hashing algorithms)", "0")
+    .option("--token <token>", "admin API bearer token")
+    .action(async (service: string, client: string, o: { node?: string; port: string; token?: string }, cmd: Command) => {
+      const opts = cmd.optsWithGlobals() as GlobalOpts;
+      let admin = o.node;
+      if (!admin) {
+        admin = await withStore(cmd, async (store, keys) => {
+          const nodes = await listNodes(store, keys);
+          const ready = nodes.find((n) => n.ready) ?? nodes[0];
+          if (!ready) throw new CliError("no node is registered; pass --node ADMIN_ADDRESS");
+          return String(ready.admin);
+        });
+      }
+      const body = (await fetchJson(`http://${admin}/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}&port=${o.port}`, o.token)) as Record<string, unknown>;
+      const b = body.backend as { id: string; address: string } | null;
+      print(opts, [{ service, client, backend: b ? `${b.id} (${b.address})` : "none", reason: body.reason, node: body.node, revision: body.revision }], body);
+    });
+
+  return program;
+}
+
+async function runNode(config: NodeConfig): Promise<void> {
+  const node = new BallastNode({ config });
+  let shuttingDown = false;
+  const stop = (signal: string) => {
+    if (shuttingDown) {
+      node.log.warn({ signal }, "second signal: exiting now");
+      process.exit(1);
+    }
+    shuttingDown = true;
+    node.log.info({ signal }, "shutting down");
+    node.shutdown().then(
+      () => process.exit(0),
+      (err: Error) => {
+        node.log.error({ err: err.message }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+  // A node must not die of a bug in one connection's handling; log it loudly and keep serving.
+  process.on("uncaughtException", (err) => node.log.error({ err: err.stack ?? String(err) }, "uncaught exception"));
+  await node.start({ waitForSnapshot: false });
+}
+
+export async function main(argv = process.argv): Promise<void> {
+  try {
+    await buildCli().parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CliError) {
+      process.stderr.write(`ballast: ${err.message}\n`);
+    } else {
+      const e = err as { code?: string; message?: string };
+      process.stderr.write(`ballast: ${e.code ? `${e.code}: ` : ""}${e.message ?? String(err)}\n`);
+    }
+    process.exitCode = 1;
+  }
+}
+
+// Run when executed directly (bin/ballast.js imports main()).
+if (import.meta.url === `file://${process.argv[1]}`) await main();

@@ -1,0 +1,131 @@
+// Reconcile: the store's view of the cluster prefix → record table → pure snapshot builder → swap.
+// Also keeps the cluster view (nodes, health heartbeat) and hands affinity records to their table.
+import { decodeValue, type HealthHeartbeat, type NodeRecord } from "../../shared/codec.js";
+import type { KeySchema } from "../../shared/keys.js";
+import type { Logger } from "../log.js";
+import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../snapshot.js";
+import type { StatsRegistry } from "../data/stats.js";
+import { RecordTable } from "./records.js";
+import type { KeyValue, StoreEvent, SyncSink } from "./store.js";
+
+/** Receives the affinity records of the prefix (implemented by the affinity table). */
+export interface AffinitySink {
+  reset(kvs: KeyValue[]): void;
+  events(events: StoreEvent[]): void;
+}
+
+export interface ReconcilerHooks {
+  onSnapshot(snapshot: Snapshot): void;
+  onStatus?(connected: boolean, error?: string): void;
+  onInvalid?(fresh: InvalidRecord[]): void;
+  onClusterChange?(): void;
+}
+
+export class Reconciler implements SyncSink {
+  readonly records: RecordTable;
+  readonly nodes = new Map<string, NodeRecord>();
+  heartbeat: HealthHeartbeat | null = null;
+  /** Highest revision this node has processed (whether or not routing changed). */
+  appliedRevision = 0;
+  snapshot: Snapshot | null = null;
+  connected = false;
+  lastError: string | null = null;
+  affinity: AffinitySink | null = null;
+  /** Which verdicts route: shared ones from etcd unless the health module says otherwise. */
+  verdictSource: (shared: ReadonlyMap<string, VerdictView>) => ReadonlyMap<string, VerdictView> = (s) => s;
+  private seenInvalid = new Set<string>();
+
+  constructor(
+    readonly keys: KeySchema,
+    private readonly stats: StatsRegistry,
+    private readonly hooks: ReconcilerHooks,
+    private readonly log: Logger,
+  ) {
+    this.records = new RecordTable(keys);
+  }
+
+  reset(kvs: KeyValue[], revision: number): void {
+    const routing: KeyValue[] = [];
+    const affinity: KeyValue[] = [];
+    this.nodes.clear();
+    this.heartbeat = null;
+    for (const kv of kvs) {
+      const k = this.keys.parse(kv.key);
+      if (!k) continue;
+      if (k.kind === "affinity") affinity.push(kv);
+      else if (k.kind === "node") this.putNode(k.node!, kv.value);
+      else if (k.kind === "heartbeat") this.putHeartbeat(kv.value);
+      else routing.push(kv);
+    }
+    this.records.reset(routing, revision);
+    this.affinity?.reset(affinity);
+    this.appliedRevision = revision;
+    this.rebuild();
+    this.hooks.onClusterChange?.();
+  }
+
+  events(events: StoreEvent[], revision: number): void {
+    const routing: StoreEvent[] = [];
+    let affinity: StoreEvent[] | null = null;
+    let cluster = false;
+    for (const e of events) {
+      const k = this.keys.parse(e.key);
+      if (!k) continue;
+      if (k.kind === "affinity") (affinity ??= []).push(e);
+      else if (k.kind === "node") {
+        if (e.type === "put") this.putNode(k.node!, e.value);
+        else this.nodes.delete(k.node!);
+        cluster = true;
+      } else if (k.kind === "heartbeat") {
+        if (e.type === "put") this.putHeartbeat(e.value);
+        else this.heartbeat = null;
+        cluster = true;
+      } else if (k.kind !== "election") routing.push(e);
+    }
+    if (affinity) this.affinity?.events(affinity);
+    const changed = this.records.apply(routing, revision);
+    this.appliedRevision = revision;
+    if (changed) this.rebuild();
+    if (cluster) this.hooks.onClusterChange?.();
+  }
+
+  status(connected: boolean, error?: string): void {
+    this.connected = connected;
+    this.lastError = error ?? null;
+    if (connected) this.log.info("store connected");
+    else this.log.warn({ err: error }, "store unreachable: serving the last snapshot (fail-static)");
+    this.hooks.onStatus?.(connected, error);
+  }
+
+  /** Rebuilds from the current records (also called when the verdict source changes). */
+  rebuild(): void {
+    const shared = new Map<string, VerdictView>();
+    for (const [k, v] of this.records.sharedVerdicts()) shared.set(k, { ...v, source: "shared" });
+    const input = this.records.input(this.verdictSource(shared));
+    const next = buildSnapshot(input, this.stats);
+    // Log each invalid record once per key and reason, not on every revision.
+    const fresh = next.invalid.filter((r) => !this.seenInvalid.has(`${r.key}\n${r.reason}`));
+    this.seenInvalid = new Set(next.invalid.map((r) => `${r.key}\n${r.reason}`));
+    for (const r of fresh) this.log.warn({ key: r.key, reason: r.reason, keptLastGood: r.keptLastGood ?? false }, "invalid record skipped");
+    if (fresh.length > 0) this.hooks.onInvalid?.(fresh);
+    this.snapshot = next;
+    this.hooks.onSnapshot(next);
+  }
+
+  private putNode(id: string, value: Buffer): void {
+    try {
+      const v = decodeValue(value) as unknown as NodeRecord;
+      this.nodes.set(id, { ...v, id });
+    } catch (err) {
+      this.log.warn({ key: this.keys.node(id), reason: (err as Error).message }, "invalid node record skipped");
+    }
+  }
+
+  private putHeartbeat(value: Buffer): void {
+    try {
+      this.heartbeat = decodeValue(value) as unknown as HealthHeartbeat;
+    } catch (err) {
+      this.log.warn({ key: this.keys.heartbeat, reason: (err as Error).message }, "invalid heartbeat skipped");
+    }
+  }
+}

@@ -1,0 +1,200 @@
+// The record table: every routing record (service, backend, verdict) of the cluster prefix, parsed one
+// by one. A bad record is listed with its key and reason; a bad update keeps the key's last good value.
+import { parseHostPort } from "../../shared/address.js";
+import { decodeValue, type Verdict } from "../../shared/codec.js";
+import type { KeySchema } from "../../shared/keys.js";
+import { backendSchema, type BackendSpec, formatIssues, resolveService, type ServiceSpec, serviceSchema } from "../../shared/schema.js";
+import type { InvalidRecord, SnapshotInput, VerdictView } from "../snapshot.js";
+import type { KeyValue, StoreEvent } from "./store.js";
+
+/** etcd allows 1.5 MiB; a person-written record above this is a mistake (or an attack), not a config. */
+export const MAX_RECORD_BYTES = 64 * 1024;
+
+interface Slot<T> {
+  good: T | null;
+  error: string | null;
+}
+
+export function parseServiceValue(name: string, raw: Buffer): ServiceSpec {
+  if (raw.length > MAX_RECORD_BYTES) throw new Error(`value of ${raw.length} bytes exceeds ${MAX_RECORD_BYTES}`);
+  let json: unknown;
+  try {
+    json = JSON.parse(raw.toString("utf8"));
+  } catch (err) {
+    throw new Error(`invalid JSON: ${(err as Error).message}`);
+  }
+  const r = serviceSchema.safeParse(json);
+  if (!r.success) throw new Error(formatIssues(r.error).join("; "));
+  if (r.data.name !== undefined && r.data.name !== name) throw new Error(`name ${r.data.name} does not match the key's ${name}`);
+  return resolveService(name, r.data);
+}
+
+export function parseBackendValue(id: string, raw: Buffer): BackendSpec {
+  if (raw.length > MAX_RECORD_BYTES) throw new Error(`value of ${raw.length} bytes exceeds ${MAX_RECORD_BYTES}`);
+  const text = raw.toString("utf8").trim();
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    // `etcdctl put …/b1 10.0.0.5:8080` (unquoted) is the short form too.
+    if (parseHostPort(text)) json = text;
+    else throw new Error(`invalid JSON: ${(err as Error).message} (or use the short form "address:port")`);
+  }
+  const r = backendSchema.safeParse(json);
+  if (!r.success) throw new Error(formatIssues(r.error).join("; "));
+  if (r.data.id !== undefined && r.data.id !== id) throw new Error(`id ${r.data.id} does not match the key's ${id}`);
+  return { ...r.data, id };
+}
+
+export function parseVerdictValue(raw: Buffer): Verdict {
+  const v = decodeValue(raw);
+  if (v.state !== "up" && v.state !== "down") throw new Error(`verdict state must be up or down, got ${String(v.state)}`);
+  return {
+    state: v.state,
+    since: typeof v.since === "number" ? v.since : 0,
+    reason: typeof v.reason === "string" ? v.reason : "",
+    count: typeof v.count === "number" ? v.count : 0,
+    checker: typeof v.checker === "string" ? v.checker : "",
+  };
+}
+
+export class RecordTable {
+  private readonly services = new Map<string, Slot<ServiceSpec>>();
+  private readonly backends = new Map<string, Map<string, Slot<BackendSpec>>>();
+  private readonly verdicts = new Map<string, Slot<Verdict>>();
+  revision = 0;
+
+  constructor(private readonly keys: KeySchema) {}
+
+  /** Replaces everything with a full list. Returns whether routing records may have changed. */
+  reset(kvs: KeyValue[], revision: number): boolean {
+    this.services.clear();
+    this.backends.clear();
+    this.verdicts.clear();
+    for (const kv of kvs) this.put(kv.key, kv.value);
+    this.revision = revision;
+    return true;
+  }
+
+  /** Applies one batch of watch events; returns whether any routing record changed. */
+  apply(events: readonly StoreEvent[], revision: number): boolean {
+    let changed = false;
+    for (const e of events) {
+      changed = (e.type === "put" ? this.put(e.key, e.value) : this.delete(e.key)) || changed;
+    }
+    this.revision = revision;
+    return changed;
+  }
+
+  /** Whether this key is one the table owns (service, backend, verdict). */
+  owns(key: string): boolean {
+    const k = this.keys.parse(key);
+    return k !== null && (k.kind === "service" || k.kind === "backend" || k.kind === "verdict");
+  }
+
+  private put(key: string, value: Buffer): boolean {
+    const k = this.keys.parse(key);
+    if (!k) return false;
+    switch (k.kind) {
+      case "service":
+        return update(this.services, k.service!, () => parseServiceValue(k.service!, value));
+      case "backend": {
+        let m = this.backends.get(k.service!);
+        if (!m) {
+          m = new Map();
+          this.backends.set(k.service!, m);
+        }
+        return update(m, k.id!, () => parseBackendValue(k.id!, value));
+      }
+      case "verdict":
+        return update(this.verdicts, `${k.service}/${k.id}`, () => parseVerdictValue(value));
+      default:
+        return false;
+    }
+  }
+
+  private delete(key: string): boolean {
+    const k = this.keys.parse(key);
+    if (!k) return false;
+    switch (k.kind) {
+      case "service":
+        return this.services.delete(k.service!);
+      case "backend": {
+        const m = this.backends.get(k.service!);
+        if (!m) return false;
+        const had = m.delete(k.id!);
+        if (m.size === 0) this.backends.delete(k.service!);
+        return had;
+      }
+      case "verdict":
+        return this.verdicts.delete(`${k.service}/${k.id}`);
+      default:
+        return false;
+    }
+  }
+
+  sharedVerdicts(): Map<string, Verdict> {
+    const out = new Map<string, Verdict>();
+    for (const [key, slot] of this.verdicts) if (slot.good) out.set(key, slot.good);
+    return out;
+  }
+
+  serviceSpecs(): Map<string, ServiceSpec> {
+    const out = new Map<string, ServiceSpec>();
+    for (const [name, slot] of this.services) if (slot.good) out.set(name, slot.good);
+    return out;
+  }
+
+  backendSpecs(): Map<string, Map<string, BackendSpec>> {
+    const out = new Map<string, Map<string, BackendSpec>>();
+    for (const [service, m] of this.backends) {
+      const inner = new Map<string, BackendSpec>();
+      for (const [id, slot] of m) if (slot.good) inner.set(id, slot.good);
+      if (inner.size > 0) out.set(service, inner);
+    }
+    return out;
+  }
+
+  invalid(): InvalidRecord[] {
+    const out: InvalidRecord[] = [];
+    for (const [name, slot] of this.services) if (slot.error) out.push({ key: this.keys.service(name), reason: slot.error, keptLastGood: slot.good !== null });
+    for (const [service, m] of this.backends)
+      for (const [id, slot] of m) if (slot.error) out.push({ key: this.keys.backend(service, id), reason: slot.error, keptLastGood: slot.good !== null });
+    for (const [sid, slot] of this.verdicts) {
+      if (!slot.error) continue;
+      const [service, id] = sid.split("/");
+      out.push({ key: this.keys.verdict(service, id), reason: slot.error, keptLastGood: slot.good !== null });
+    }
+    return out;
+  }
+
+  /** The snapshot builder's input, with verdicts chosen by the caller (shared or local fallback). */
+  input(verdicts: ReadonlyMap<string, VerdictView>): SnapshotInput {
+    return {
+      revision: this.revision,
+      services: this.serviceSpecs(),
+      backends: this.backendSpecs(),
+      verdicts,
+      invalid: this.invalid(),
+      keyOf: { service: (n) => this.keys.service(n), backend: (s, id) => this.keys.backend(s, id) },
+    };
+  }
+}
+
+function update<T>(map: Map<string, Slot<T>>, key: string, parse: () => T): boolean {
+  const slot = map.get(key);
+  try {
+    const good = parse();
+    map.set(key, { good, error: null });
+    return true;
+  } catch (err) {
+    const error = (err as Error).message;
+    if (slot) {
+      const changed = slot.error !== error;
+      slot.error = error;
+      return changed;
+    }
+    map.set(key, { good: null, error });
+    return true;
+  }
+}

@@ -1,0 +1,201 @@
+// The data plane: owns the listeners and swaps snapshots. apply() reconciles listeners with the new
+// snapshot (reusing a listener whose address is unchanged, so connections are never cut by a config
+// change) and starts the drain clock for backends that left.
+import type { Logger } from "pino";
+import type { Exclude } from "../lb/algorithm.js";
+import type { ServiceState, Snapshot, Target } from "../snapshot.js";
+import { Router } from "./router.js";
+import { type BackendCounters, type ConnectFailureReason, StatsRegistry } from "./stats.js";
+import { TcpListener } from "./tcp.js";
+import { UdpListener } from "./udp.js";
+
+export interface PlaneOptions {
+  /** Passive ejection backoff after a connect failure: base, doubling per consecutive failure, capped. */
+  ejectBaseMs: number;
+  ejectMaxMs: number;
+  /** Never eject more than this share of a service's backends (so a bad network does not empty it). */
+  maxEjectedShare: number;
+}
+
+export interface PlaneHooks {
+  onConnected?(svc: ServiceState, target: Target, seconds: number): void;
+  onConnectFailure?(svc: ServiceState, target: Target, reason: ConnectFailureReason): void;
+  onEject?(svc: ServiceState, target: Target, untilMs: number): void;
+}
+
+type Listener = TcpListener | UdpListener;
+
+export class DataPlane {
+  current: Snapshot | null = null;
+  readonly listeners = new Map<string, Listener>();
+  readonly stats = new StatsRegistry();
+  readonly router = new Router();
+  draining = false;
+  hooks: PlaneHooks = {};
+  private idleWaiters: Array<() => void> = [];
+  private applying: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly log: Logger,
+    readonly options: PlaneOptions = { ejectBaseMs: 1000, ejectMaxMs: 30_000, maxEjectedShare: 0.5 },
+  ) {}
+
+  /** Ready = a snapshot is applied, every listener is bound, and the node is not draining. */
+  get ready(): boolean {
+    if (this.current === null || this.draining) return false;
+    for (const l of this.listeners.values()) if (l.error !== null) return false;
+    return true;
+  }
+
+  /** Total open connections and UDP flows. */
+  get active(): number {
+    let n = 0;
+    for (const s of this.stats.services.values()) n += s.active;
+    return n;
+  }
+
+  listenerOf(service: string): Listener | undefined {
+    for (const l of this.listeners.values()) if (l.svc.name === service) return l;
+    return undefined;
+  }
+
+  /** Applies snapshots one at a time, in order. */
+  apply(next: Snapshot): Promise<void> {
+    this.applying = this.applying.then(() => this.applyNow(next));
+    return this.applying;
+  }
+
+  private async applyNow(next: Snapshot): Promise<void> {
+    const prev = this.current;
+    this.current = next;
+    const wanted = new Map<string, ServiceState>();
+    for (const svc of next.services.values()) wanted.set(svc.port === 0 ? `${svc.listenKey}|${svc.name}` : svc.listenKey, svc);
+
+    const closing: Promise<void>[] = [];
+    for (const [key, l] of this.listeners) {
+      const svc = wanted.get(key);
+      if (svc && svc.name === l.svc.name) continue;
+      // Removed service or address taken over by another one: stop accepting; open connections finish.
+      this.listeners.delete(key);
+      closing.push(l.close());
+    }
+    await Promise.all(closing);
+    const opening: Promise<void>[] = [];
+    for (const [key, svc] of wanted) {
+      const l = this.listeners.get(key);
+      if (l) {
+        l.update(svc);
+        continue;
+      }
+      const created = svc.spec.protocol === "udp" ? new UdpListener(this, svc, this.log) : new TcpListener(this, svc, this.log);
+      this.listeners.set(key, created);
+      opening.push(created.listen().then(() => {
+        if (created.error) this.log.error({ service: svc.name, err: created.error }, "listener failed");
+        else this.log.info({ service: svc.name, protocol: svc.spec.protocol, address: `${svc.host}:${created.boundPort}` }, "listening");
+      }));
+    }
+    await Promise.all(opening);
+    this.reconcileBackends(prev, next);
+  }
+
+  /**
+   * Backends that left the snapshot (removed, disabled) keep their connections for the service's
+   * drain timeout; drained ones too; down ones are closed at once when the service says closeOnDown.
+   */
+  private reconcileBackends(prev: Snapshot | null, next: Snapshot): void {
+    if (prev === null) return;
+    for (const [key, counters] of this.stats.backends) {
+      if (counters.open.size === 0 && counters.drainTimer === null) continue;
+      const slash = key.indexOf("/");
+      const svc = next.services.get(key.slice(0, slash));
+      const view = svc?.backends.find((b) => b.id === counters.id);
+      const keep = view !== undefined && view.spec.state === "active" && view.verdict?.state !== "down";
+      if (keep) {
+        if (counters.drainTimer) {
+          clearTimeout(counters.drainTimer);
+          counters.drainTimer = null;
+        }
+        continue;
+      }
+      if (view?.verdict?.state === "down" && svc!.spec.health.closeOnDown) {
+        closeAll(counters, "backend down");
+        continue;
+      }
+      if (counters.drainTimer === null && counters.open.size > 0) {
+        const drainMs = svc?.spec.timeouts.drain ?? prev.services.get(key.slice(0, slash))?.spec.timeouts.drain ?? 30_000;
+        counters.drainTimer = setTimeout(() => {
+          counters.drainTimer = null;
+          closeAll(counters, "drain timeout");
+        }, drainMs);
+        counters.drainTimer.unref();
+      }
+    }
+  }
+
+  /** Exclusion for new connections of a service: ejected backends, and full ones when a per-backend cap is set. */
+  availabilityExclude(svc: ServiceState): Exclude {
+    const max = svc.spec.limits.maxConnectionsPerBackend;
+    if (max > 0) return (t) => t.stats.active >= max || (t.stats.ejectedUntil !== 0 && t.stats.ejectedUntil > Date.now());
+    return (t) => t.stats.ejectedUntil !== 0 && t.stats.ejectedUntil > Date.now();
+  }
+
+  onConnected(svc: ServiceState, target: Target, seconds: number): void {
+    (target.stats as BackendCounters).ejections = 0;
+    this.hooks.onConnected?.(svc, target, seconds);
+  }
+
+  /** Passive health: a connect failure ejects the backend locally at once, with backoff and a cap. */
+  onConnectFailure(svc: ServiceState, target: Target, reason: ConnectFailureReason): void {
+    const s = target.stats;
+    s.connectFailures[reason]++;
+    this.hooks.onConnectFailure?.(svc, target, reason);
+    const now = Date.now();
+    if (s.ejectedUntil > now) return;
+    let ejected = 0;
+    for (const t of svc.targets) if (t.stats.ejectedUntil > now) ejected++;
+    if ((ejected + 1) / Math.max(1, svc.targets.length) > this.options.maxEjectedShare) return;
+    const backoff = Math.min(this.options.ejectMaxMs, this.options.ejectBaseMs * 2 ** Math.min(s.ejections, 16));
+    s.ejections++;
+    s.ejectedUntil = now + backoff;
+    this.hooks.onEject?.(svc, target, s.ejectedUntil);
+  }
+
+  onConnectionClosed(): void {
+    if (this.idleWaiters.length > 0 && this.active === 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const w of waiters) w();
+    }
+  }
+
+  /** Stops accepting, waits for open connections up to `timeoutMs`, then closes what is left. */
+  async drain(timeoutMs: number): Promise<{ remaining: number }> {
+    this.draining = true;
+    await Promise.all([...this.listeners.values()].filter((l) => l instanceof TcpListener).map((l) => l.close()));
+    if (this.active > 0) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, timeoutMs);
+        timer.unref();
+        this.idleWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+    const remaining = this.active;
+    for (const counters of this.stats.backends.values()) closeAll(counters, "shutdown");
+    for (const l of this.listeners.values()) if (l instanceof UdpListener) await l.close();
+    return { remaining };
+  }
+
+  async close(): Promise<void> {
+    this.draining = true;
+    for (const counters of this.stats.backends.values()) closeAll(counters, "shutdown");
+    await Promise.all([...this.listeners.values()].map((l) => l.close()));
+    this.listeners.clear();
+  }
+}
+
+function closeAll(counters: BackendCounters, reason: string): void {
+  for (const c of [...counters.open]) c.close(reason);
+}

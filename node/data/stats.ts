@@ -1,0 +1,73 @@
+// Live counters per backend and per service. They outlive snapshots (a config change keeps counts and
+// ejection state), are incremented as plain numbers on the hot path and read by /metrics at scrape time.
+import type { BackendStats } from "../lb/algorithm.js";
+
+export const CONNECT_FAILURE_REASONS = ["refused", "timeout", "reset", "unreachable", "other"] as const;
+export type ConnectFailureReason = (typeof CONNECT_FAILURE_REASONS)[number];
+
+export const REFUSE_REASONS = ["max-connections", "denied", "rate-limited", "no-backend", "draining", "max-flows"] as const;
+export type RefuseReason = (typeof REFUSE_REASONS)[number];
+
+/** Something that can be closed when its backend leaves (a TCP connection or a UDP flow). */
+export interface Closable {
+  close(reason: string): void;
+}
+
+export class BackendCounters implements BackendStats {
+  active = 0;
+  ejectedUntil = 0;
+  /** Consecutive passive failures, for the ejection backoff. */
+  ejections = 0;
+  connections = 0;
+  bytesIn = 0;
+  bytesOut = 0;
+  connectFailures: Record<ConnectFailureReason, number> = { refused: 0, timeout: 0, reset: 0, unreachable: 0, other: 0 };
+  /** Open connections/flows to this backend, so removal or a down verdict can end them after the drain timeout. */
+  readonly open = new Set<Closable>();
+  /** Timer that closes `open` once the drain timeout passes after the backend left the snapshot. */
+  drainTimer: NodeJS.Timeout | null = null;
+
+  constructor(
+    readonly service: string,
+    readonly id: string,
+  ) {}
+}
+
+export class ServiceCounters {
+  active = 0;
+  accepted = 0;
+  bytesIn = 0;
+  bytesOut = 0;
+  retries = 0;
+  udpFlows = 0;
+  udpDatagramsIn = 0;
+  udpDatagramsOut = 0;
+  udpDropped = 0;
+  refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0 };
+  constructor(readonly service: string) {}
+}
+
+/** Registry keyed by service and backend id; entries are created on first use and kept for the process. */
+export class StatsRegistry {
+  readonly backends = new Map<string, BackendCounters>();
+  readonly services = new Map<string, ServiceCounters>();
+
+  backend(service: string, id: string): BackendCounters {
+    const key = `${service}/${id}`;
+    let s = this.backends.get(key);
+    if (!s) {
+      s = new BackendCounters(service, id);
+      this.backends.set(key, s);
+    }
+    return s;
+  }
+
+  service(name: string): ServiceCounters {
+    let s = this.services.get(name);
+    if (!s) {
+      s = new ServiceCounters(name);
+      this.services.set(name, s);
+    }
+    return s;
+  }
+}

@@ -1,0 +1,255 @@
+// TCP full proxy for one service listener: accept, admit (limits, access, rate), pick, connect with a
+// timeout and bounded retries on other backends, then relay both ways with backpressure and half-close.
+import net from "node:net";
+import type { Logger } from "pino";
+import type { Exclude } from "../lb/algorithm.js";
+import type { ServiceState, Target } from "../snapshot.js";
+import { SourceRateLimiter } from "./access.js";
+import type { DataPlane } from "./plane.js";
+import { proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
+import type { Closable, ConnectFailureReason, ServiceCounters } from "./stats.js";
+
+const noop = () => {};
+
+export function classifyConnectError(code: string | undefined): ConnectFailureReason {
+  switch (code) {
+    case "ECONNREFUSED":
+      return "refused";
+    case "ETIMEDOUT":
+      return "timeout";
+    case "ECONNRESET":
+    case "EPIPE":
+      return "reset";
+    case "EHOSTUNREACH":
+    case "ENETUNREACH":
+    case "EADDRNOTAVAIL":
+      return "unreachable";
+    default:
+      return "other";
+  }
+}
+
+export class TcpListener {
+  readonly server: net.Server;
+  svc: ServiceState;
+  readonly counters: ServiceCounters;
+  limiter: SourceRateLimiter | null = null;
+  /** Rate settings the limiter was built with: unchanged settings keep its buckets across snapshots. */
+  private limiterKey = "";
+  /** First-attempt exclusion: ejected or full backends. Built once per service update, not per connection. */
+  exclude: Exclude = () => false;
+  boundPort = 0;
+  error: string | null = null;
+  private readonly debug: boolean;
+
+  constructor(
+    readonly plane: DataPlane,
+    svc: ServiceState,
+    readonly log: Logger,
+  ) {
+    this.svc = svc;
+    this.counters = plane.stats.service(svc.name);
+    this.debug = log.isLevelEnabled("debug");
+    // allowHalfOpen: a client that shuts its write side still gets the reply.
+    this.server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (socket) => this.accept(socket));
+    this.server.on("error", (err) => {
+      this.error = err.message;
+      log.error({ service: svc.name, err: err.message }, "listener error");
+    });
+    this.update(svc);
+  }
+
+  listen(): Promise<void> {
+    return new Promise((resolve) => {
+      const onError = (err: Error) => {
+        this.error = `listen ${this.svc.spec.listen}: ${err.message}`;
+        resolve();
+      };
+      this.server.once("error", onError);
+      this.server.listen({ host: this.svc.host, port: this.svc.port }, () => {
+        this.server.off("error", onError);
+        this.error = null;
+        this.boundPort = (this.server.address() as net.AddressInfo).port;
+        resolve();
+      });
+    });
+  }
+
+  update(svc: ServiceState): void {
+    this.svc = svc;
+    const l = svc.spec.limits;
+    if (l.sourceRate > 0) {
+      const key = `${l.sourceRate}/${l.sourceBurst}`;
+      if (this.limiter === null || this.limiterKey !== key) this.limiter = new SourceRateLimiter(l.sourceRate, l.sourceBurst);
+      this.limiterKey = key;
+    } else this.limiter = null;
+    this.exclude = this.plane.availabilityExclude(svc);
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+
+  private refuse(socket: net.Socket, reason: "max-connections" | "denied" | "rate-limited" | "no-backend" | "draining"): void {
+    this.counters.refused[reason]++;
+    if (this.debug) this.log.debug({ service: this.svc.name, client: socket.remoteAddress, reason }, "connection refused");
+    // RST at once: the client learns quickly and we hold no state for it.
+    socket.resetAndDestroy();
+  }
+
+  private accept(socket: net.Socket): void {
+    socket.on("error", noop);
+    const svc = this.svc;
+    const ip = socket.remoteAddress;
+    if (ip === undefined) {
+      socket.destroy();
+      return;
+    }
+    if (this.plane.draining) return this.refuse(socket, "draining");
+    const limits = svc.spec.limits;
+    if (limits.maxConnections > 0 && this.counters.active >= limits.maxConnections) return this.refuse(socket, "max-connections");
+    if (svc.access !== null && !svc.access.permits(ip)) return this.refuse(socket, "denied");
+    const now = Date.now();
+    if (this.limiter !== null && !this.limiter.take(ip, now)) return this.refuse(socket, "rate-limited");
+    const target = this.plane.router.route(svc, ip, socket.remotePort ?? 0, this.exclude, now);
+    if (target === null) return this.refuse(socket, limits.maxConnectionsPerBackend > 0 && svc.targets.length > 0 ? "max-connections" : "no-backend");
+    this.counters.accepted++;
+    new Connection(this, svc, socket, ip, target).connect();
+  }
+}
+
+/** One proxied connection. Its state lives in fields, so the relay handlers are bound once per connection. */
+class Connection implements Closable {
+  private upstream: net.Socket | null = null;
+  private connected = false;
+  private finished = false;
+  private attempts = 0;
+  private tried: Target[] | null = null;
+  private connectStart = 0;
+
+  constructor(
+    private readonly listener: TcpListener,
+    private readonly svc: ServiceState,
+    private readonly client: net.Socket,
+    private readonly ip: string,
+    private target: Target,
+  ) {
+    listener.counters.active++;
+    client.setTimeout(svc.spec.timeouts.idle);
+    client.on("timeout", () => this.close("idle timeout"));
+    client.on("close", () => this.finish());
+  }
+
+  connect(): void {
+    const t = this.target;
+    t.stats.active++;
+    t.stats.connections++;
+    t.stats.open.add(this);
+    this.attempts++;
+    this.connectStart = performance.now();
+    const up = net.connect({ host: t.host, port: t.port, allowHalfOpen: true, noDelay: true });
+    this.upstream = up;
+    up.setTimeout(this.svc.spec.timeouts.connect);
+    up.once("timeout", () => {
+      if (!this.connected) up.destroy(Object.assign(new Error("connect timeout"), { code: "ETIMEDOUT" }));
+    });
+    up.once("connect", () => this.onConnect(up));
+    up.on("error", (err: NodeJS.ErrnoException) => this.onUpstreamError(up, err));
+    up.on("close", () => {
+      if (this.connected) this.client.destroy();
+    });
+  }
+
+  private onConnect(up: net.Socket): void {
+    if (this.finished) {
+      up.destroy();
+      return;
+    }
+    this.connected = true;
+    up.setTimeout(0);
+    const plane = this.listener.plane;
+    plane.onConnected(this.svc, this.target, (performance.now() - this.connectStart) / 1000);
+    const pp = this.svc.spec.proxyProtocol;
+    if (pp !== "none") {
+      const src = this.ip;
+      const srcPort = this.client.remotePort ?? 0;
+      const dst = this.client.localAddress ?? "";
+      const dstPort = this.client.localPort ?? 0;
+      up.write(pp === "v1" ? proxyV1Header(src, srcPort, dst, dstPort) : proxyV2Header(src, srcPort, dst, dstPort, "tcp"));
+    }
+    this.relay(up);
+  }
+
+  private relay(up: net.Socket): void {
+    const client = this.client;
+    const bs = this.target.stats;
+    const sc = this.listener.counters;
+    client.on("data", (chunk: Buffer) => {
+      bs.bytesIn += chunk.length;
+      sc.bytesIn += chunk.length;
+      if (!up.write(chunk)) client.pause();
+    });
+    up.on("drain", () => client.resume());
+    client.on("end", () => up.end());
+    up.on("data", (chunk: Buffer) => {
+      bs.bytesOut += chunk.length;
+      sc.bytesOut += chunk.length;
+      if (!client.write(chunk)) up.pause();
+    });
+    client.on("drain", () => up.resume());
+    up.on("end", () => client.end());
+    client.resume();
+  }
+
+  private onUpstreamError(up: net.Socket, err: NodeJS.ErrnoException): void {
+    if (this.connected) {
+      // Established: a reset from the backend ends the session for the client too.
+      this.client.destroy();
+      return;
+    }
+    if (up !== this.upstream || this.finished) return;
+    const failed = this.target;
+    this.release(failed);
+    const reason = classifyConnectError(err.code);
+    const plane = this.listener.plane;
+    plane.onConnectFailure(this.svc, failed, reason);
+    if (this.attempts > this.svc.spec.limits.retries) {
+      this.client.destroy();
+      return;
+    }
+    (this.tried ??= []).push(failed);
+    const tried = this.tried;
+    const base = this.listener.exclude;
+    const next = plane.router.route(this.svc, this.ip, this.client.remotePort ?? 0, (t) => tried.includes(t as Target) || base(t), Date.now());
+    if (next === null) {
+      this.listener.counters.refused["no-backend"]++;
+      this.client.destroy();
+      return;
+    }
+    this.listener.counters.retries++;
+    this.target = next;
+    this.connect();
+  }
+
+  private release(t: Target): void {
+    t.stats.active--;
+    t.stats.open.delete(this);
+  }
+
+  close(_reason: string): void {
+    this.client.destroy();
+    this.upstream?.destroy();
+  }
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.upstream?.destroy();
+    if (this.connected || this.upstream !== null) {
+      // The current target holds this connection unless a failed attempt already released it.
+      if (this.target.stats.open.has(this)) this.release(this.target);
+    }
+    this.listener.counters.active--;
+    this.listener.plane.onConnectionClosed();
+  }
+}

@@ -1,0 +1,201 @@
+// UDP proxy for one service listener: a flow per client address:port with its own upstream socket
+// (connected to the backend), replies sent back from the service socket, idle expiry by a coarse sweep.
+import dgram from "node:dgram";
+import net from "node:net";
+import type { Logger } from "pino";
+import type { ServiceState, Target } from "../snapshot.js";
+import { SourceRateLimiter } from "./access.js";
+import type { DataPlane } from "./plane.js";
+import { proxyV2Header } from "./proxy-protocol.js";
+import type { Closable, ServiceCounters } from "./stats.js";
+
+class Flow implements Closable {
+  lastSeen: number;
+  header: Buffer | null = null;
+  closed = false;
+
+  constructor(
+    readonly listener: UdpListener,
+    readonly key: string,
+    readonly address: string,
+    readonly port: number,
+    readonly target: Target,
+    readonly socket: dgram.Socket,
+    now: number,
+  ) {
+    this.lastSeen = now;
+  }
+
+  close(_reason: string): void {
+    this.listener.removeFlow(this);
+  }
+}
+
+export class UdpListener {
+  readonly socket: dgram.Socket;
+  svc: ServiceState;
+  readonly counters: ServiceCounters;
+  readonly flows = new Map<string, Flow>();
+  limiter: SourceRateLimiter | null = null;
+  /** Rate settings the limiter was built with: unchanged settings keep its buckets across snapshots. */
+  private limiterKey = "";
+  boundPort = 0;
+  error: string | null = null;
+  private sweeper: NodeJS.Timeout | null = null;
+  private readonly debug: boolean;
+
+  constructor(
+    readonly plane: DataPlane,
+    svc: ServiceState,
+    readonly log: Logger,
+  ) {
+    this.svc = svc;
+    this.counters = plane.stats.service(svc.name);
+    this.debug = log.isLevelEnabled("debug");
+    this.socket = dgram.createSocket({ type: net.isIPv6(svc.host) ? "udp6" : "udp4", reuseAddr: false });
+    this.socket.on("error", (err) => {
+      this.error = err.message;
+      log.error({ service: svc.name, err: err.message }, "udp listener error");
+    });
+    this.socket.on("message", (msg, rinfo) => this.onMessage(msg, rinfo));
+    this.update(svc);
+  }
+
+  listen(): Promise<void> {
+    return new Promise((resolve) => {
+      const onError = (err: Error) => {
+        this.error = `listen udp ${this.svc.spec.listen}: ${err.message}`;
+        resolve();
+      };
+      this.socket.once("error", onError);
+      this.socket.bind({ address: this.svc.host, port: this.svc.port }, () => {
+        this.socket.off("error", onError);
+        this.error = null;
+        this.boundPort = this.socket.address().port;
+        // Coarse idle sweep: no timer per datagram or per flow.
+        const every = Math.max(100, Math.min(1000, Math.floor(this.svc.spec.timeouts.udpIdle / 4)));
+        this.sweeper = setInterval(() => this.sweep(Date.now()), every);
+        this.sweeper.unref();
+        resolve();
+      });
+    });
+  }
+
+  update(svc: ServiceState): void {
+    this.svc = svc;
+    const l = svc.spec.limits;
+    if (l.sourceRate > 0) {
+      const key = `${l.sourceRate}/${l.sourceBurst}`;
+      if (this.limiter === null || this.limiterKey !== key) this.limiter = new SourceRateLimiter(l.sourceRate, l.sourceBurst);
+      this.limiterKey = key;
+    } else this.limiter = null;
+  }
+
+  private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
+    const c = this.counters;
+    c.udpDatagramsIn++;
+    const key = `${rinfo.address}|${rinfo.port}`;
+    const now = Date.now();
+    let flow = this.flows.get(key);
+    if (flow === undefined) {
+      const created = this.createFlow(key, rinfo, now);
+      if (created === null) {
+        c.udpDropped++;
+        return;
+      }
+      flow = created;
+    }
+    flow.lastSeen = now;
+    const t = flow.target;
+    t.stats.bytesIn += msg.length;
+    c.bytesIn += msg.length;
+    if (flow.header !== null) flow.socket.send([flow.header, msg]);
+    else flow.socket.send(msg);
+  }
+
+  private createFlow(key: string, rinfo: dgram.RemoteInfo, now: number): Flow | null {
+    const svc = this.svc;
+    if (this.plane.draining) {
+      this.counters.refused.draining++;
+      return null;
+    }
+    if (this.flows.size >= svc.spec.limits.maxFlows) {
+      this.counters.refused["max-flows"]++;
+      return null;
+    }
+    if (svc.access !== null && !svc.access.permits(rinfo.address)) {
+      this.counters.refused.denied++;
+      return null;
+    }
+    if (this.limiter !== null && !this.limiter.take(rinfo.address, now)) {
+      this.counters.refused["rate-limited"]++;
+      return null;
+    }
+    const target = this.plane.router.route(svc, rinfo.address, rinfo.port, this.plane.availabilityExclude(svc), now);
+    if (target === null) {
+      this.counters.refused["no-backend"]++;
+      return null;
+    }
+    const sock = dgram.createSocket(net.isIPv6(target.host) ? "udp6" : "udp4");
+    const flow = new Flow(this, key, rinfo.address, rinfo.port, target, sock, now);
+    sock.on("error", (err: NodeJS.ErrnoException) => {
+      // ICMP port unreachable surfaces as ECONNREFUSED on a connected UDP socket.
+      this.counters.udpDropped++;
+      if (err.code === "ECONNREFUSED") this.plane.onConnectFailure(svc, target, "refused");
+      if (this.debug) this.log.debug({ service: svc.name, backend: target.label, err: err.message }, "udp upstream error");
+    });
+    sock.on("message", (reply) => {
+      flow.lastSeen = Date.now();
+      target.stats.bytesOut += reply.length;
+      this.counters.bytesOut += reply.length;
+      this.counters.udpDatagramsOut++;
+      this.socket.send(reply, flow.port, flow.address);
+    });
+    // connect() queues sends until it completes, so the first datagram can go at once.
+    sock.connect(target.port, target.host);
+    if (svc.spec.proxyProtocol === "v2") {
+      const local = this.socket.address();
+      flow.header = proxyV2Header(rinfo.address, rinfo.port, local.address, local.port, "udp");
+    }
+    this.flows.set(key, flow);
+    target.stats.active++;
+    target.stats.connections++;
+    target.stats.open.add(flow);
+    this.counters.active++;
+    this.counters.udpFlows++;
+    this.counters.accepted++;
+    return flow;
+  }
+
+  removeFlow(flow: Flow): void {
+    if (flow.closed) return;
+    flow.closed = true;
+    this.flows.delete(flow.key);
+    flow.target.stats.active--;
+    flow.target.stats.open.delete(flow);
+    this.counters.active--;
+    flow.socket.close();
+    this.plane.onConnectionClosed();
+  }
+
+  sweep(now: number): void {
+    const idle = this.svc.spec.timeouts.udpIdle;
+    for (const flow of this.flows.values()) if (now - flow.lastSeen >= idle) this.removeFlow(flow);
+  }
+
+  close(): Promise<void> {
+    if (this.sweeper) clearInterval(this.sweeper);
+    return new Promise((resolve) => {
+      try {
+        this.socket.close(() => resolve());
+      } catch {
+        resolve();
+      }
+    });
+  }
+
+  /** Ends every flow (on shutdown, once the drain timeout has passed or no datagrams are expected). */
+  closeFlows(): void {
+    for (const flow of [...this.flows.values()]) this.removeFlow(flow);
+  }
+}

@@ -1,0 +1,202 @@
+// A Ballast node: composes the store sync, reconcile, data plane, metrics, admin API, and the node's
+// registration in etcd. The same class runs standalone (YAML services in a memory store) and clustered.
+import os from "node:os";
+import { encodeValue, type NodeRecord } from "../shared/codec.js";
+import { KeySchema } from "../shared/keys.js";
+import type { NodeConfig } from "../shared/schema.js";
+import { VERSION } from "../shared/version.js";
+import { AdminServer } from "./admin/server.js";
+import { EtcdStore } from "./control/etcd-store.js";
+import { MemoryStore } from "./control/memory-store.js";
+import { Reconciler } from "./control/reconciler.js";
+import type { Lease, Store, SyncHandle } from "./control/store.js";
+import { DataPlane } from "./data/plane.js";
+import { createLogger, type Logger } from "./log.js";
+import { Metrics } from "./metrics.js";
+import type { Snapshot } from "./snapshot.js";
+import { describeState, explainRoute } from "./state.js";
+
+export type NodeMode = "standalone" | "shared" | "local-fallback";
+
+export interface NodeOptions {
+  config: NodeConfig;
+  /** Injected store (tests); otherwise etcd from the config, or a memory store holding the YAML services. */
+  store?: Store;
+  log?: Logger;
+}
+
+export class BallastNode {
+  readonly id: string;
+  readonly config: NodeConfig;
+  readonly keys: KeySchema;
+  readonly log: Logger;
+  readonly plane: DataPlane;
+  readonly metrics: Metrics;
+  readonly reconciler: Reconciler;
+  readonly store: Store;
+  readonly admin: AdminServer;
+  readonly standalone: boolean;
+  readonly startedAt = Date.now();
+  mode: NodeMode;
+  private sync: SyncHandle | null = null;
+  private lease: Lease | null = null;
+  private registerTimer: NodeJS.Timeout | null = null;
+  private lastRegistered = "";
+  private stopping = false;
+  private firstSnapshot: Promise<void>;
+  private resolveFirst!: () => void;
+  /** Extension points for the health and affinity modules. */
+  readonly closers: Array<() => Promise<void> | void> = [];
+
+  constructor(opts: NodeOptions) {
+    const c = opts.config;
+    this.config = c;
+    this.id = c.node.id ?? os.hostname();
+    this.log = opts.log ?? createLogger(c.log.level, { node: this.id });
+    this.keys = KeySchema.forCluster(c.cluster, c.etcd?.prefix);
+    this.standalone = !c.etcd && !opts.store;
+    this.mode = this.standalone ? "standalone" : "shared";
+    this.plane = new DataPlane(this.log, { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare });
+    this.metrics = new Metrics(this.plane, this.id);
+    this.firstSnapshot = new Promise((r) => {
+      this.resolveFirst = r;
+    });
+    this.reconciler = new Reconciler(this.keys, this.plane.stats, {
+      onSnapshot: (s) => this.onSnapshot(s),
+      onStatus: (connected) => {
+        this.metrics.storeConnected.set(connected ? 1 : 0);
+        this.metrics.lastSync = connected ? 0 : Date.now();
+      },
+      onInvalid: (fresh) => this.metrics.invalidRecordsTotal.inc(fresh.length),
+    }, this.log);
+    this.store = opts.store ?? (c.etcd ? new EtcdStore({ endpoints: c.etcd.endpoints, username: c.etcd.username, password: c.etcd.password, tls: c.etcd.tls }) : new MemoryStore());
+    this.admin = new AdminServer(
+      {
+        ready: () => this.ready,
+        state: () => describeState(this),
+        route: (service, client, port) => explainRoute(this, service, client, port),
+        metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
+        pages: new Map(),
+      },
+      c.admin.token,
+    );
+  }
+
+  get ready(): boolean {
+    return !this.stopping && this.plane.ready;
+  }
+
+  /** Starts the admin server, then the store sync; resolves once the first snapshot is applied. */
+  async start(opts: { waitForSnapshot?: boolean } = {}): Promise<void> {
+    if (this.standalone) await seedMemoryStore(this.config, this.keys, this.store);
+    const adminAddress = await this.admin.listen(this.config.admin.listen);
+    this.log.info({ address: adminAddress }, "admin listening");
+    this.sync = this.store.sync(this.keys.prefix, this.reconciler);
+    if (!this.standalone) this.scheduleRegister(0);
+    if (opts.waitForSnapshot !== false) await this.firstSnapshot;
+  }
+
+  private onSnapshot(s: Snapshot): void {
+    this.metrics.snapshotSwaps.inc();
+    this.metrics.snapshotRevision.set(s.revision);
+    this.metrics.invalidRecords.reset();
+    for (const r of s.invalid) this.metrics.invalidRecords.inc({ kind: this.keys.parse(r.key)?.kind ?? "unknown" });
+    this.plane.apply(s).then(
+      () => {
+        this.resolveFirst();
+        if (!this.standalone) this.scheduleRegister(0);
+      },
+      (err: Error) => this.log.error({ err: err.message }, "applying snapshot failed"),
+    );
+  }
+
+  /** The node's own record under nodes/<id>, leased so it disappears within the TTL when the node dies. */
+  private scheduleRegister(delayMs: number): void {
+    if (this.registerTimer || this.stopping) return;
+    this.registerTimer = setTimeout(() => {
+      this.registerTimer = null;
+      this.register().catch((err: Error) => {
+        this.log.debug({ err: err.message }, "node registration failed; retrying");
+        this.scheduleRegister(1000);
+      });
+    }, delayMs);
+    this.registerTimer.unref();
+  }
+
+  nodeRecord(): NodeRecord {
+    return {
+      id: this.id,
+      address: this.config.node.advertise ?? this.admin.address,
+      admin: this.config.node.advertise ?? this.admin.address,
+      zone: this.config.node.zone,
+      version: VERSION,
+      ready: this.ready,
+      draining: this.plane.draining,
+      revision: this.reconciler.appliedRevision,
+      mode: this.mode,
+      startedAt: this.startedAt,
+      updatedAt: Date.now(),
+    };
+  }
+
+  private async register(): Promise<void> {
+    if (this.stopping) return;
+    if (this.lease === null) {
+      const lease = await this.store.grantLease(this.config.etcd?.leaseTtl ?? 5, true);
+      this.lease = lease;
+      this.lastRegistered = "";
+      lease.onLost((reason) => {
+        this.log.warn({ reason }, "node lease lost; registering again");
+        if (this.lease === lease) this.lease = null;
+        this.scheduleRegister(500);
+      });
+    }
+    // Only ready/draining/mode changes are written: the revision is asked from the admin API, since
+    // writing it here would make every node's write bump every other node's revision, forever.
+    const r = this.nodeRecord();
+    const sig = `${r.ready}|${r.draining}|${r.mode}|${r.admin}`;
+    if (sig === this.lastRegistered) return;
+    await this.store.put(this.keys.node(this.id), encodeValue({ ...r }), { lease: this.lease.id });
+    this.lastRegistered = sig;
+  }
+
+  /** Re-publishes the node record when readiness or mode changed (called by health and drain). */
+  refreshRegistration(): void {
+    if (!this.standalone) this.scheduleRegister(0);
+  }
+
+  /** SIGTERM: not ready (anycast withdraws), stop accepting, let open connections finish, then stop. */
+  async shutdown(drainTimeoutMs = this.config.drainTimeout): Promise<{ remaining: number }> {
+    this.plane.draining = true;
+    this.log.info({ drainTimeoutMs, active: this.plane.active }, "draining");
+    if (!this.standalone) {
+      await this.register().catch(() => {});
+    }
+    const r = await this.plane.drain(drainTimeoutMs);
+    await this.close();
+    this.log.info({ remaining: r.remaining }, "stopped");
+    return r;
+  }
+
+  /** Stops everything at once (tests, and the end of shutdown). */
+  async close(): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    if (this.registerTimer) clearTimeout(this.registerTimer);
+    for (const c of this.closers.reverse()) await c();
+    await this.sync?.stop();
+    if (this.lease) await this.lease.revoke().catch(() => {});
+    await this.plane.close();
+    await this.admin.close();
+    await this.store.close();
+  }
+}
+
+/** Standalone mode: the YAML services become records in the memory store, so they take the same path as etcd's. */
+async function seedMemoryStore(c: NodeConfig, keys: KeySchema, store: Store): Promise<void> {
+  for (const s of c.services) {
+    const { backends, ...service } = s;
+    await store.put(keys.service(s.name), JSON.stringify(service));
+    for (const b of backends) await store.put(keys.backend(s.name, b.id), JSON.stringify(b));
+  }
+}

@@ -1,0 +1,164 @@
+// The snapshot: a pure function from validated records (of one revision) to a frozen, ready-to-route
+// view. The data plane swaps one reference to it; connections read it once. Same input → same snapshot.
+import { parseHostPort } from "../shared/address.js";
+import type { Verdict } from "../shared/codec.js";
+import type { BackendSpec, ServiceSpec } from "../shared/schema.js";
+import { AccessPolicy } from "./data/access.js";
+import type { BackendCounters, StatsRegistry } from "./data/stats.js";
+import type { BackendTarget, Picker } from "./lb/algorithm.js";
+import { pickerFactory } from "./lb/index.js";
+
+export interface Target extends BackendTarget {
+  readonly stats: BackendCounters;
+}
+
+/** A record that was skipped, with the reason an operator reads in logs, metrics and `ballast status`. */
+export interface InvalidRecord {
+  key: string;
+  reason: string;
+  /** True when an earlier valid value of this key is still in use. */
+  keptLastGood?: boolean;
+}
+
+export type VerdictView = Verdict & { source: "shared" | "local" };
+
+export interface BackendView {
+  readonly id: string;
+  readonly spec: BackendSpec;
+  readonly verdict: VerdictView | null;
+  /** Takes new connections (active, weight > 0, not down). */
+  readonly routable: boolean;
+  /** Why not routable ("drain", "disabled", "down: <reason>", "weight 0", "unknown") — empty when routable. */
+  readonly why: string;
+}
+
+export interface ServiceState {
+  readonly name: string;
+  readonly spec: ServiceSpec;
+  /** "tcp|host|port": listeners are reused across snapshots by this key. */
+  readonly listenKey: string;
+  readonly host: string;
+  readonly port: number;
+  readonly backends: readonly BackendView[];
+  /** Routable backends, sorted by id: what the picker chooses among. */
+  readonly targets: readonly Target[];
+  /** Backends that may keep existing sessions (active or drain, not disabled, not down). */
+  readonly sticky: ReadonlyMap<string, Target>;
+  readonly picker: Picker;
+  readonly hashSourceOnly: boolean;
+  readonly access: AccessPolicy | null;
+}
+
+export interface Snapshot {
+  readonly revision: number;
+  readonly services: ReadonlyMap<string, ServiceState>;
+  readonly invalid: readonly InvalidRecord[];
+}
+
+export interface SnapshotInput {
+  revision: number;
+  /** Service name → spec; already valid one by one (the record table parsed them). */
+  services: ReadonlyMap<string, ServiceSpec>;
+  /** Service name → backend id → spec (key order does not matter: everything is sorted). */
+  backends: ReadonlyMap<string, ReadonlyMap<string, BackendSpec>>;
+  /** `${service}/${id}` → verdict, whichever source the node uses now (shared or local fallback). */
+  verdicts: ReadonlyMap<string, VerdictView>;
+  /** Records rejected one by one before the build (parse errors). */
+  invalid: readonly InvalidRecord[];
+  /** Key builder for cross-record errors (so they carry the etcd key). */
+  keyOf: { service(name: string): string; backend(service: string, id: string): string };
+}
+
+const byString = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+export function listenKeyOf(protocol: string, host: string, port: number): string {
+  return `${protocol}|${host}|${port}`;
+}
+
+export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snapshot {
+  const invalid: InvalidRecord[] = [...input.invalid];
+  const services = new Map<string, ServiceState>();
+  const listenOwners = new Map<string, string>();
+
+  for (const name of [...input.services.keys()].sort(byString)) {
+    const spec = input.services.get(name)!;
+    const hp = parseHostPort(spec.listen)!;
+    const listenKey = listenKeyOf(spec.protocol, hp.host, hp.port);
+    // Port 0 means "any free port": each such service gets its own listener.
+    const owner = hp.port === 0 ? undefined : listenOwners.get(listenKey);
+    if (owner !== undefined) {
+      invalid.push({ key: input.keyOf.service(name), reason: `listen ${spec.protocol} ${spec.listen} already used by service ${owner}` });
+      continue;
+    }
+    let access: AccessPolicy | null = null;
+    if (spec.access.allow.length > 0 || spec.access.deny.length > 0) {
+      try {
+        access = new AccessPolicy(spec.access.allow, spec.access.deny);
+      } catch (err) {
+        invalid.push({ key: input.keyOf.service(name), reason: `access: ${(err as Error).message}` });
+        continue;
+      }
+    }
+    listenOwners.set(listenKey, name);
+
+    const specs = input.backends.get(name) ?? new Map<string, BackendSpec>();
+    const views: BackendView[] = [];
+    const targets: Target[] = [];
+    const sticky = new Map<string, Target>();
+    const seenAddress = new Map<string, string>();
+    for (const id of [...specs.keys()].sort(byString)) {
+      const b = specs.get(id)!;
+      const addressKey = `${b.address}|${b.port}`;
+      const dup = seenAddress.get(addressKey);
+      if (dup !== undefined) {
+        invalid.push({ key: input.keyOf.backend(name, id), reason: `duplicate address ${b.address}:${b.port} (same as backend ${dup})` });
+        continue;
+      }
+      seenAddress.set(addressKey, id);
+      const verdict = input.verdicts.get(`${name}/${id}`) ?? null;
+      let why = "";
+      if (b.state !== "active") why = b.state;
+      else if (b.weight === 0) why = "weight 0";
+      else if (verdict?.state === "down") why = `down: ${verdict.reason}`;
+      else if (!verdict && !spec.health.unknownRoutes && spec.health.type !== "none") why = "unknown";
+      const target: Target = Object.freeze({
+        id,
+        host: b.address,
+        port: b.port,
+        weight: b.weight,
+        zone: b.zone,
+        label: b.address.includes(":") ? `[${b.address}]:${b.port}` : `${b.address}:${b.port}`,
+        stats: stats.backend(name, id),
+      });
+      views.push(Object.freeze({ id, spec: b, verdict, routable: why === "", why }));
+      if (why === "") targets.push(target);
+      if (b.state !== "disabled" && verdict?.state !== "down") sticky.set(id, target);
+    }
+    const factory = pickerFactory(spec.algorithm);
+    services.set(
+      name,
+      Object.freeze({
+        name,
+        spec,
+        listenKey,
+        host: hp.host,
+        port: hp.port,
+        backends: Object.freeze(views),
+        targets: Object.freeze(targets),
+        sticky,
+        picker: factory.build(targets),
+        hashSourceOnly: factory.hashSourceOnly,
+        access,
+      }),
+    );
+  }
+
+  // Backends of services that do not exist (or were rejected) are invalid, so operators see typos.
+  for (const [service, specs] of input.backends) {
+    if (services.has(service)) continue;
+    const why = input.services.has(service) ? `service ${service} is invalid` : `unknown service ${service}`;
+    for (const id of specs.keys()) invalid.push({ key: input.keyOf.backend(service, id), reason: why });
+  }
+  invalid.sort((a, b) => byString(a.key, b.key));
+  return Object.freeze({ revision: input.revision, services, invalid: Object.freeze(invalid) });
+}

@@ -1,0 +1,181 @@
+// The TCP data plane over real loopback sockets: round trip, half-close, backpressure, retries,
+// limits, PROXY protocol, access rules, config changes that must not cut open connections.
+import net from "node:net";
+import { afterEach, describe, expect, it } from "vitest";
+import { parseProxyHeader } from "../../node/data/proxy-protocol.js";
+import { closeAllBackends, deadPort, startRecorder, startTcpEcho, tcpExchange } from "../helpers/backends.js";
+import { portOf, startNode, stopAllNodes } from "../helpers/node.js";
+import { waitFor } from "../helpers/wait.js";
+
+afterEach(async () => {
+  await stopAllNodes();
+  await closeAllBackends();
+});
+
+function service(name: string, backends: Array<{ id: string; port: number }>, extra: Record<string, unknown> = {}) {
+  return { name, listen: "127.0.0.1:0", backends: backends.map((b) => ({ id: b.id, address: "127.0.0.1", port: b.port })), ...extra };
+}
+
+describe("tcp proxy", () => {
+  it("relays a round trip and spreads connections over backends (round-robin)", async () => {
+    const a = await startTcpEcho("a");
+    const b = await startTcpEcho("b");
+    const node = await startNode({ services: [service("echo", [{ id: "a", port: a.port }, { id: "b", port: b.port }])] });
+    const port = portOf(node, "echo");
+    const replies = [];
+    for (let i = 0; i < 4; i++) replies.push(await tcpExchange(port, `hello${i}`));
+    expect(replies.sort()).toEqual(["a:hello0", "a:hello2", "b:hello1", "b:hello3"].sort());
+    expect(a.hits).toBe(2);
+    expect(b.hits).toBe(2);
+  });
+
+  it("keeps the reply path open after the client half-closes", async () => {
+    // The backend answers only after it sees the client's FIN.
+    const server = net.createServer({ allowHalfOpen: true }, (s) => {
+      let got = "";
+      s.on("data", (d) => (got += d));
+      s.on("end", () => s.end(`received ${got.length} bytes after FIN`));
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const node = await startNode({ services: [service("hc", [{ id: "x", port: (server.address() as net.AddressInfo).port }])] });
+    const reply = await tcpExchange(portOf(node, "hc"), "x".repeat(1000), { halfClose: true });
+    expect(reply).toBe("received 1000 bytes after FIN");
+    server.close();
+  });
+
+  it("applies backpressure to a slow reader: the backend cannot push more than the buffers hold", async () => {
+    const total = 200 * 1024 * 1024;
+    const chunk = Buffer.alloc(64 * 1024, 7);
+    let written = 0;
+    let stalled = false;
+    const server = net.createServer((s) => {
+      s.on("error", () => {});
+      const pump = () => {
+        while (written < total) {
+          written += chunk.length;
+          if (!s.write(chunk)) {
+            stalled = true;
+            s.once("drain", () => {
+              stalled = false;
+              pump();
+            });
+            return;
+          }
+        }
+        s.end();
+      };
+      pump();
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const node = await startNode({ services: [service("bulk", [{ id: "x", port: (server.address() as net.AddressInfo).port }])] });
+    const client = net.connect(portOf(node, "bulk"), "127.0.0.1");
+    client.pause();
+    await new Promise((r) => client.once("connect", r));
+    // Wait until the backend is blocked and stays blocked: the whole chain is full.
+    let last = -1;
+    await waitFor(() => {
+      const steady = stalled && written === last;
+      last = written;
+      return steady;
+    }, { intervalMs: 100, message: "backend stalls while the client does not read" });
+    expect(written).toBeLessThan(64 * 1024 * 1024);
+    // Resume: every byte arrives intact.
+    let received = 0;
+    client.on("data", (d: Buffer) => (received += d.length));
+    client.resume();
+    await new Promise((r) => client.on("end", r));
+    expect(received).toBe(total);
+    client.destroy();
+    server.close();
+  });
+
+  it("retries a failed connect on another backend, never the same one twice", async () => {
+    const live = await startTcpEcho("live");
+    const dead1 = await deadPort();
+    const dead2 = await deadPort();
+    const node = await startNode({
+      health: { ejectBase: "1ms", ejectMax: "1ms" },
+      services: [service("r", [{ id: "d1", port: dead1 }, { id: "d2", port: dead2 }, { id: "live", port: live.port }], { limits: { retries: 2 } })],
+    });
+    const port = portOf(node, "r");
+    for (let i = 0; i < 6; i++) expect(await tcpExchange(port, "ping")).toBe("live:ping");
+    const failures = node.plane.stats.backend("r", "d1").connectFailures.refused + node.plane.stats.backend("r", "d2").connectFailures.refused;
+    expect(failures).toBeGreaterThan(0);
+    expect(node.plane.stats.service("r").retries).toBe(failures);
+  });
+
+  it("refuses quickly over the per-backend connection limit and counts it", async () => {
+    const a = await startTcpEcho("a");
+    const node = await startNode({ services: [service("lim", [{ id: "a", port: a.port }], { limits: { maxConnectionsPerBackend: 2 } })] });
+    const port = portOf(node, "lim");
+    const open: net.Socket[] = [];
+    for (let i = 0; i < 2; i++) {
+      const s = net.connect(port, "127.0.0.1");
+      s.on("data", () => {});
+      open.push(s);
+    }
+    await waitFor(() => a.open === 2, { message: "two connections reach the backend" });
+    await expect(tcpExchange(port, "third")).rejects.toThrow(/ECONNRESET|socket hang up/);
+    expect(node.plane.stats.service("lim").refused["max-connections"]).toBe(1);
+    for (const s of open) s.destroy();
+  });
+
+  it("sends PROXY protocol v1 and v2 headers with the client's address", async () => {
+    const r1 = await startRecorder("v1");
+    const r2 = await startRecorder("v2");
+    const node = await startNode({
+      services: [service("p1", [{ id: "a", port: r1.port }], { proxyProtocol: "v1" }), service("p2", [{ id: "a", port: r2.port }], { proxyProtocol: "v2" })],
+    });
+    expect(await tcpExchange(portOf(node, "p1"), "data", { localAddress: "127.0.0.7" })).toBe("ok");
+    expect(await tcpExchange(portOf(node, "p2"), "data", { localAddress: "127.0.0.8" })).toBe("ok");
+    const h1 = parseProxyHeader(r1.firsts[0]);
+    const h2 = parseProxyHeader(r2.firsts[0]);
+    expect(r1.firsts[0].toString().startsWith("PROXY TCP4 127.0.0.7 127.0.0.1 ")).toBe(true);
+    expect(h1?.src).toBe("127.0.0.7");
+    expect(h2?.version).toBe(2);
+    expect(h2?.src).toBe("127.0.0.8");
+    expect(h2?.dstPort).toBe(portOf(node, "p2"));
+  });
+
+  it("denies clients by CIDR and limits new connections per source", async () => {
+    const a = await startTcpEcho("a");
+    const node = await startNode({
+      services: [
+        service("acl", [{ id: "a", port: a.port }], { access: { allow: ["127.0.0.0/8"], deny: ["127.0.0.66/32"] } }),
+        service("rate", [{ id: "a", port: a.port }], { limits: { sourceRate: 0.001, sourceBurst: 2 } }),
+      ],
+    });
+    expect(await tcpExchange(portOf(node, "acl"), "ok", { localAddress: "127.0.0.65" })).toBe("a:ok");
+    await expect(tcpExchange(portOf(node, "acl"), "no", { localAddress: "127.0.0.66" })).rejects.toThrow();
+    expect(node.plane.stats.service("acl").refused.denied).toBe(1);
+    const rate = portOf(node, "rate");
+    expect(await tcpExchange(rate, "1", { localAddress: "127.0.0.70" })).toBe("a:1");
+    expect(await tcpExchange(rate, "2", { localAddress: "127.0.0.70" })).toBe("a:2");
+    await expect(tcpExchange(rate, "3", { localAddress: "127.0.0.70" })).rejects.toThrow();
+    // Another source has its own bucket.
+    expect(await tcpExchange(rate, "4", { localAddress: "127.0.0.71" })).toBe("a:4");
+    expect(node.plane.stats.service("rate").refused["rate-limited"]).toBe(1);
+  });
+
+  it("keeps open connections when their backend is removed, and closes them after the drain timeout", async () => {
+    const a = await startTcpEcho("a", { prefix: false });
+    const b = await startTcpEcho("b", { prefix: false });
+    const node = await startNode({ services: [service("d", [{ id: "a", port: a.port }], { timeouts: { drain: "300ms" } })] });
+    const port = portOf(node, "d");
+    const s = net.connect(port, "127.0.0.1");
+    let got = "";
+    s.on("data", (d) => (got += d));
+    s.write("one");
+    await waitFor(() => got === "one");
+    // Replace backend a by b: a new revision, a new snapshot.
+    await node.store.delete(node.keys.backend("d", "a"));
+    await node.store.put(node.keys.backend("d", "b"), JSON.stringify({ address: "127.0.0.1", port: b.port }));
+    await waitFor(() => node.reconciler.snapshot?.services.get("d")?.targets[0]?.id === "b");
+    s.write("two");
+    await waitFor(() => got === "onetwo", { message: "the open connection still works after the change" });
+    expect(await tcpExchange(port, "new")).toBe("new");
+    expect(b.hits).toBe(1);
+    await new Promise((r) => s.on("close", r));
+    expect(a.open).toBe(0);
+  });
+});
