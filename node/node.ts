@@ -13,6 +13,8 @@ import type { Lease, Store, SyncHandle } from "./control/store.js";
 import { DataPlane } from "./data/plane.js";
 import { createLogger, type Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
+import { AffinityTable } from "./affinity/table.js";
+import { HealthManager } from "./health/manager.js";
 import type { Snapshot } from "./snapshot.js";
 import { describeState, explainRoute } from "./state.js";
 
@@ -45,8 +47,8 @@ export class BallastNode {
   private stopping = false;
   private firstSnapshot: Promise<void>;
   private resolveFirst!: () => void;
-  /** Extension points for the health and affinity modules. */
-  readonly closers: Array<() => Promise<void> | void> = [];
+  readonly health: HealthManager;
+  readonly affinity: AffinityTable;
 
   constructor(opts: NodeOptions) {
     const c = opts.config;
@@ -68,8 +70,14 @@ export class BallastNode {
         this.metrics.lastSync = connected ? 0 : Date.now();
       },
       onInvalid: (fresh) => this.metrics.invalidRecordsTotal.inc(fresh.length),
+      onClusterChange: () => this.health?.onClusterChange(),
     }, this.log);
     this.store = opts.store ?? (c.etcd ? new EtcdStore({ endpoints: c.etcd.endpoints, username: c.etcd.username, password: c.etcd.password, tls: c.etcd.tls }) : new MemoryStore());
+    // Affinity and health hang off the node; the router and the reconciler call into them.
+    this.affinity = new AffinityTable(this);
+    this.plane.router.affinity = this.affinity;
+    this.reconciler.affinity = this.affinity;
+    this.health = new HealthManager(this);
     this.admin = new AdminServer(
       {
         ready: () => this.ready,
@@ -92,6 +100,8 @@ export class BallastNode {
     const adminAddress = await this.admin.listen(this.config.admin.listen);
     this.log.info({ address: adminAddress }, "admin listening");
     this.sync = this.store.sync(this.keys.prefix, this.reconciler);
+    this.affinity.start();
+    this.health.start();
     if (!this.standalone) this.scheduleRegister(0);
     if (opts.waitForSnapshot !== false) await this.firstSnapshot;
   }
@@ -101,6 +111,7 @@ export class BallastNode {
     this.metrics.snapshotRevision.set(s.revision);
     this.metrics.invalidRecords.reset();
     for (const r of s.invalid) this.metrics.invalidRecords.inc({ kind: this.keys.parse(r.key)?.kind ?? "unknown" });
+    this.health.onSnapshot(s);
     this.plane.apply(s).then(
       () => {
         this.resolveFirst();
@@ -183,7 +194,8 @@ export class BallastNode {
     if (this.stopping) return;
     this.stopping = true;
     if (this.registerTimer) clearTimeout(this.registerTimer);
-    for (const c of this.closers.reverse()) await c();
+    await this.health.stop();
+    await this.affinity.stop();
     await this.sync?.stop();
     if (this.lease) await this.lease.revoke().catch(() => {});
     await this.plane.close();
