@@ -58,7 +58,7 @@ export class BallastNode {
     this.keys = KeySchema.forCluster(c.cluster, c.etcd?.prefix);
     this.standalone = !c.etcd && !opts.store;
     this.mode = this.standalone ? "standalone" : "shared";
-    this.plane = new DataPlane(this.log, { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare });
+    this.plane = new DataPlane(this.log, { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress });
     this.metrics = new Metrics(this.plane, this.id);
     this.firstSnapshot = new Promise((r) => {
       this.resolveFirst = r;

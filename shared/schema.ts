@@ -149,6 +149,11 @@ export const nodeConfigSchema = z
         zone: z.string().default(""),
         /** Address other nodes and the CLI use to reach this node's admin API (defaults to admin.listen). */
         advertise: z.string().optional(),
+        /**
+         * Bind every service on this address instead of the host in its `listen` (the port is kept): for
+         * several nodes on one machine (the demo, tests), or nodes whose VIP is bound under another name.
+         */
+        bindAddress: z.string().optional(),
       })
       .strict()
       .prefault({}),

@@ -71,7 +71,10 @@ export class Reconciler implements SyncSink {
     for (const e of events) {
       const k = this.keys.parse(e.key);
       if (!k) continue;
-      if (k.kind === "affinity") (affinity ??= []).push(e);
+      if (k.kind === "affinity") {
+        if (affinity === null) affinity = [];
+        affinity.push(e);
+      }
       else if (k.kind === "node") {
         if (e.type === "put") this.putNode(k.node!, e.value);
         else this.nodes.delete(k.node!);

@@ -15,6 +15,8 @@ export interface PlaneOptions {
   ejectMaxMs: number;
   /** Never eject more than this share of a service's backends (so a bad network does not empty it). */
   maxEjectedShare: number;
+  /** Bind services on this address instead of their listen host (node config `node.bindAddress`). */
+  bindAddress?: string;
 }
 
 export interface PlaneHooks {
@@ -39,6 +41,11 @@ export class DataPlane {
     readonly log: Logger,
     readonly options: PlaneOptions = { ejectBaseMs: 1000, ejectMaxMs: 30_000, maxEjectedShare: 0.5 },
   ) {}
+
+  /** The address a service's listener binds. */
+  bindHost(svc: ServiceState): string {
+    return this.options.bindAddress ?? svc.host;
+  }
 
   /** Ready = a snapshot is applied, every listener is bound, and the node is not draining. */
   get ready(): boolean {

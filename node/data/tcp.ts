@@ -66,7 +66,7 @@ export class TcpListener {
         resolve();
       };
       this.server.once("error", onError);
-      this.server.listen({ host: this.svc.host, port: this.svc.port }, () => {
+      this.server.listen({ host: this.plane.bindHost(this.svc), port: this.svc.port }, () => {
         this.server.off("error", onError);
         this.error = null;
         this.boundPort = (this.server.address() as net.AddressInfo).port;
@@ -105,14 +105,29 @@ export class TcpListener {
       socket.destroy();
       return;
     }
-    if (this.plane.draining) return this.refuse(socket, "draining");
+    if (this.plane.draining) {
+      this.refuse(socket, "draining");
+      return;
+    }
     const limits = svc.spec.limits;
-    if (limits.maxConnections > 0 && this.counters.active >= limits.maxConnections) return this.refuse(socket, "max-connections");
-    if (svc.access !== null && !svc.access.permits(ip)) return this.refuse(socket, "denied");
+    if (limits.maxConnections > 0 && this.counters.active >= limits.maxConnections) {
+      this.refuse(socket, "max-connections");
+      return;
+    }
+    if (svc.access !== null && !svc.access.permits(ip)) {
+      this.refuse(socket, "denied");
+      return;
+    }
     const now = Date.now();
-    if (this.limiter !== null && !this.limiter.take(ip, now)) return this.refuse(socket, "rate-limited");
+    if (this.limiter !== null && !this.limiter.take(ip, now)) {
+      this.refuse(socket, "rate-limited");
+      return;
+    }
     const target = this.plane.router.route(svc, ip, socket.remotePort ?? 0, this.exclude, now);
-    if (target === null) return this.refuse(socket, limits.maxConnectionsPerBackend > 0 && svc.targets.length > 0 ? "max-connections" : "no-backend");
+    if (target === null) {
+      this.refuse(socket, limits.maxConnectionsPerBackend > 0 && svc.targets.length > 0 ? "max-connections" : "no-backend");
+      return;
+    }
     this.counters.accepted++;
     new Connection(this, svc, socket, ip, target).connect();
   }
@@ -217,8 +232,9 @@ class Connection implements Closable {
       this.client.destroy();
       return;
     }
-    (this.tried ??= []).push(failed);
+    if (this.tried === null) this.tried = [];
     const tried = this.tried;
+    tried.push(failed);
     const base = this.listener.exclude;
     const next = plane.router.route(this.svc, this.ip, this.client.remotePort ?? 0, (t) => tried.includes(t as Target) || base(t), Date.now());
     if (next === null) {

@@ -9,10 +9,19 @@ import type { DataPlane } from "./plane.js";
 import { proxyV2Header } from "./proxy-protocol.js";
 import type { Closable, ServiceCounters } from "./stats.js";
 
+const MAX_PENDING = 64;
+
+function sendUpstream(flow: Flow, msg: Buffer): void {
+  if (flow.header !== null) flow.socket.send([flow.header, msg]);
+  else flow.socket.send(msg);
+}
+
 class Flow implements Closable {
   lastSeen: number;
   header: Buffer | null = null;
   closed = false;
+  /** Datagrams that arrived before the upstream socket finished connecting (bounded). */
+  pending: Buffer[] | null = [];
 
   constructor(
     readonly listener: UdpListener,
@@ -52,7 +61,7 @@ export class UdpListener {
     this.svc = svc;
     this.counters = plane.stats.service(svc.name);
     this.debug = log.isLevelEnabled("debug");
-    this.socket = dgram.createSocket({ type: net.isIPv6(svc.host) ? "udp6" : "udp4", reuseAddr: false });
+    this.socket = dgram.createSocket({ type: net.isIPv6(plane.bindHost(svc)) ? "udp6" : "udp4", reuseAddr: false });
     this.socket.on("error", (err) => {
       this.error = err.message;
       log.error({ service: svc.name, err: err.message }, "udp listener error");
@@ -68,7 +77,7 @@ export class UdpListener {
         resolve();
       };
       this.socket.once("error", onError);
-      this.socket.bind({ address: this.svc.host, port: this.svc.port }, () => {
+      this.socket.bind({ address: this.plane.bindHost(this.svc), port: this.svc.port }, () => {
         this.socket.off("error", onError);
         this.error = null;
         this.boundPort = this.socket.address().port;
@@ -109,8 +118,12 @@ export class UdpListener {
     const t = flow.target;
     t.stats.bytesIn += msg.length;
     c.bytesIn += msg.length;
-    if (flow.header !== null) flow.socket.send([flow.header, msg]);
-    else flow.socket.send(msg);
+    if (flow.pending !== null) {
+      if (flow.pending.length < MAX_PENDING) flow.pending.push(msg);
+      else c.udpDropped++;
+      return;
+    }
+    sendUpstream(flow, msg);
   }
 
   private createFlow(key: string, rinfo: dgram.RemoteInfo, now: number): Flow | null {
@@ -151,8 +164,13 @@ export class UdpListener {
       this.counters.udpDatagramsOut++;
       this.socket.send(reply, flow.port, flow.address);
     });
-    // connect() queues sends until it completes, so the first datagram can go at once.
-    sock.connect(target.port, target.host);
+    // A connected socket only accepts replies from the backend and reports ICMP unreachable; sends
+    // must wait for the connect callback, so the first datagrams queue briefly.
+    sock.connect(target.port, target.host, () => {
+      const queued = flow.pending;
+      flow.pending = null;
+      if (queued !== null && !flow.closed) for (const m of queued) sendUpstream(flow, m);
+    });
     if (svc.spec.proxyProtocol === "v2") {
       const local = this.socket.address();
       flow.header = proxyV2Header(rinfo.address, rinfo.port, local.address, local.port, "udp");
