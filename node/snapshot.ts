@@ -65,6 +65,8 @@ export interface SnapshotInput {
   verdicts: ReadonlyMap<string, VerdictView>;
   /** Records rejected one by one before the build (parse errors). */
   invalid: readonly InvalidRecord[];
+  /** Mod revision of a backend record: of two backends with one address, the older keeps it. */
+  backendRevision?: (service: string, id: string) => number;
   /** Key builder for cross-record errors (so they carry the etcd key). */
   keyOf: { service(name: string): string; backend(service: string, id: string): string };
 }
@@ -105,16 +107,24 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
     const views: BackendView[] = [];
     const targets: Target[] = [];
     const sticky = new Map<string, Target>();
+    // Duplicate addresses: the record written first keeps the address, so adding a mistaken
+    // duplicate never knocks out a backend that is serving. Same revisions → same answer everywhere.
+    const rev = input.backendRevision ?? (() => 0);
     const seenAddress = new Map<string, string>();
-    for (const id of [...specs.keys()].sort(byString)) {
+    const duplicate = new Set<string>();
+    const byAge = [...specs.keys()].sort((x, y) => rev(name, x) - rev(name, y) || byString(x, y));
+    for (const id of byAge) {
       const b = specs.get(id)!;
       const addressKey = `${b.address}|${b.port}`;
-      const dup = seenAddress.get(addressKey);
-      if (dup !== undefined) {
-        invalid.push({ key: input.keyOf.backend(name, id), reason: `duplicate address ${b.address}:${b.port} (same as backend ${dup})` });
-        continue;
-      }
-      seenAddress.set(addressKey, id);
+      const first = seenAddress.get(addressKey);
+      if (first !== undefined) {
+        duplicate.add(id);
+        invalid.push({ key: input.keyOf.backend(name, id), reason: `duplicate address ${b.address}:${b.port} (same as backend ${first})` });
+      } else seenAddress.set(addressKey, id);
+    }
+    for (const id of [...specs.keys()].sort(byString)) {
+      if (duplicate.has(id)) continue;
+      const b = specs.get(id)!;
       const verdict = input.verdicts.get(`${name}/${id}`) ?? null;
       let why = "";
       if (b.state !== "active") why = b.state;

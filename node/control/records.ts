@@ -13,6 +13,8 @@ export const MAX_RECORD_BYTES = 64 * 1024;
 interface Slot<T> {
   good: T | null;
   error: string | null;
+  /** etcd mod revision of the good value: the older of two conflicting records wins, on every node. */
+  rev: number;
 }
 
 export function parseServiceValue(name: string, raw: Buffer): ServiceSpec {
@@ -71,7 +73,7 @@ export class RecordTable {
     this.services.clear();
     this.backends.clear();
     this.verdicts.clear();
-    for (const kv of kvs) this.put(kv.key, kv.value);
+    for (const kv of kvs) this.put(kv.key, kv.value, kv.modRevision);
     this.revision = revision;
     return true;
   }
@@ -80,7 +82,7 @@ export class RecordTable {
   apply(events: readonly StoreEvent[], revision: number): boolean {
     let changed = false;
     for (const e of events) {
-      changed = (e.type === "put" ? this.put(e.key, e.value) : this.delete(e.key)) || changed;
+      changed = (e.type === "put" ? this.put(e.key, e.value, e.modRevision) : this.delete(e.key)) || changed;
     }
     this.revision = revision;
     return changed;
@@ -92,22 +94,22 @@ export class RecordTable {
     return k !== null && (k.kind === "service" || k.kind === "backend" || k.kind === "verdict");
   }
 
-  private put(key: string, value: Buffer): boolean {
+  private put(key: string, value: Buffer, rev: number): boolean {
     const k = this.keys.parse(key);
     if (!k) return false;
     switch (k.kind) {
       case "service":
-        return update(this.services, k.service!, () => parseServiceValue(k.service!, value));
+        return update(this.services, k.service!, rev, () => parseServiceValue(k.service!, value));
       case "backend": {
         let m = this.backends.get(k.service!);
         if (!m) {
           m = new Map();
           this.backends.set(k.service!, m);
         }
-        return update(m, k.id!, () => parseBackendValue(k.id!, value));
+        return update(m, k.id!, rev, () => parseBackendValue(k.id!, value));
       }
       case "verdict":
-        return update(this.verdicts, `${k.service}/${k.id}`, () => parseVerdictValue(value));
+        return update(this.verdicts, `${k.service}/${k.id}`, rev, () => parseVerdictValue(value));
       default:
         return false;
     }
@@ -155,6 +157,11 @@ export class RecordTable {
     return out;
   }
 
+  /** Mod revision of a backend's good value (0 when unknown). */
+  backendRevision(service: string, id: string): number {
+    return this.backends.get(service)?.get(id)?.rev ?? 0;
+  }
+
   invalid(): InvalidRecord[] {
     const out: InvalidRecord[] = [];
     for (const [name, slot] of this.services) if (slot.error) out.push({ key: this.keys.service(name), reason: slot.error, keptLastGood: slot.good !== null });
@@ -177,15 +184,16 @@ export class RecordTable {
       verdicts,
       invalid: this.invalid(),
       keyOf: { service: (n) => this.keys.service(n), backend: (s, id) => this.keys.backend(s, id) },
+      backendRevision: (s, id) => this.backendRevision(s, id),
     };
   }
 }
 
-function update<T>(map: Map<string, Slot<T>>, key: string, parse: () => T): boolean {
+function update<T>(map: Map<string, Slot<T>>, key: string, rev: number, parse: () => T): boolean {
   const slot = map.get(key);
   try {
     const good = parse();
-    map.set(key, { good, error: null });
+    map.set(key, { good, error: null, rev });
     return true;
   } catch (err) {
     const error = (err as Error).message;
@@ -194,7 +202,7 @@ function update<T>(map: Map<string, Slot<T>>, key: string, parse: () => T): bool
       slot.error = error;
       return changed;
     }
-    map.set(key, { good: null, error });
+    map.set(key, { good: null, error, rev });
     return true;
   }
 }
