@@ -1,0 +1,147 @@
+// Ballast nodes as the bench runs them: etcd-backed config files, service records seeded into etcd,
+// start (optionally under --cpu-prof), readiness, and probes for which admin features exist yet.
+import { spawnSync } from "node:child_process";
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { Etcd } from "./etcd.js";
+import { freePort, httpGet, sleep } from "./net.js";
+import type { Proc, ProcessGroup } from "./procs.js";
+
+export const repoRoot = fileURLToPath(new URL("../../../", import.meta.url));
+export const cliPath = join(repoRoot, "dist/node/cli.js");
+
+export interface Availability {
+  available: boolean;
+  note: string;
+}
+
+/** Whether a Ballast node can be run at all: the compiled CLI exists and answers --help. */
+export function probeBallast(): Availability {
+  if (!existsSync(cliPath)) return { available: false, note: "not built yet (dist/node/cli.js missing)" };
+  const r = spawnSync(process.execPath, [cliPath, "node", "--help"], { encoding: "utf8", timeout: 15_000 });
+  if (r.status !== 0) return { available: false, note: `not built yet (\`cli.js node --help\` exited ${r.status}: ${(r.stderr || r.stdout).trim().split("\n")[0] ?? ""})` };
+  return { available: true, note: "" };
+}
+
+export interface ServiceRecord {
+  name: string;
+  record: Record<string, unknown>;
+  backends: { id: string; value: Record<string, unknown> | string }[];
+}
+
+export async function seedServices(etcd: Etcd, cluster: string, services: ServiceRecord[]): Promise<number> {
+  let rev = 0;
+  for (const s of services) {
+    for (const b of s.backends) rev = await etcd.put(`/ballast/${cluster}/backends/${s.name}/${b.id}`, typeof b.value === "string" ? b.value : JSON.stringify(b.value));
+    rev = await etcd.put(`/ballast/${cluster}/services/${s.name}`, JSON.stringify(s.record));
+  }
+  return rev;
+}
+
+export interface NodeOptions {
+  id: string;
+  cluster: string;
+  etcdUrl: string;
+  runDir: string;
+  /** Write a CPU profile into this folder (node --cpu-prof). */
+  profileDir?: string;
+  leaseTtl?: number;
+  logLevel?: string;
+}
+
+export class BallastNode {
+  constructor(
+    readonly id: string,
+    readonly proc: Proc,
+    readonly adminPort: number,
+    readonly opts: NodeOptions,
+  ) {}
+
+  get admin(): string {
+    return `http://127.0.0.1:${this.adminPort}`;
+  }
+
+  get pid(): number {
+    return this.proc.pid;
+  }
+}
+
+export async function startNode(group: ProcessGroup, o: NodeOptions, adminPort?: number): Promise<BallastNode> {
+  const port = adminPort ?? (await freePort());
+  const config = [
+    `node: { id: ${o.id} }`,
+    `cluster: ${o.cluster}`,
+    `admin: { listen: "127.0.0.1:${port}" }`,
+    `log: { level: ${o.logLevel ?? "warn"} }`,
+    `etcd: { endpoints: ["${o.etcdUrl}"]${o.leaseTtl ? `, leaseTtl: ${o.leaseTtl}` : ""} }`,
+    `drainTimeout: 1s`,
+    "",
+  ].join("\n");
+  const file = join(o.runDir, `ballast-${o.id}.yaml`);
+  writeFileSync(file, config);
+  const nodeArgs: string[] = [];
+  if (o.profileDir) {
+    nodeArgs.push("--cpu-prof", "--cpu-prof-dir", o.profileDir, "--import", fileURLToPath(new URL("./agents/profile-exit.js", import.meta.url)));
+  }
+  // Each proxied connection holds two descriptors; ask for far more than the default so the limit
+  // reached (and reported) is the machine's hard limit, not a soft default.
+  const proc = group.start(`ballast-${o.id}`, process.execPath, [...nodeArgs, cliPath, "node", "--config", file], { nofile: 1_000_000, cwd: repoRoot });
+  const node = new BallastNode(o.id, proc, port, o);
+  await waitReady(node, 30_000);
+  return node;
+}
+
+export async function waitReady(node: BallastNode, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  let last = "";
+  while (Date.now() < end) {
+    if (!node.proc.running) throw new Error(`ballast node ${node.id} exited (${node.proc.exitCode}); last output:\n${node.proc.tail()}`);
+    const r = await httpGet(`${node.admin}/readyz`, 1000);
+    if (r.status === 200) return;
+    last = `${r.status} ${r.body.slice(0, 200)}`;
+    await sleep(100);
+  }
+  throw new Error(`ballast node ${node.id} not ready after ${timeoutMs} ms (last /readyz: ${last}); output:\n${node.proc.tail()}`);
+}
+
+/** Stops a node so that a --cpu-prof profile gets written (SIGUSR2 → process.exit via the preload). */
+export async function stopNode(node: BallastNode, profiled = false): Promise<void> {
+  if (profiled) {
+    node.proc.signal("SIGUSR2");
+    const t = setTimeout(() => node.proc.signal("SIGTERM"), 10_000);
+    await node.proc.exited;
+    clearTimeout(t);
+    return;
+  }
+  await node.proc.stop(5000);
+}
+
+/** The node's snapshot revision from /api/state, or NaN when the endpoint is missing or has no revision. */
+export async function stateRevision(node: BallastNode): Promise<number> {
+  const r = await httpGet(`${node.admin}/api/state`, 1000);
+  if (r.status !== 200) return Number.NaN;
+  try {
+    const j = JSON.parse(r.body) as Record<string, unknown>;
+    const rev = j.revision ?? (j.snapshot as Record<string, unknown> | undefined)?.revision;
+    return typeof rev === "number" ? rev : typeof rev === "string" ? Number(rev) : Number.NaN;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+export async function route(node: BallastNode, service: string, client: string): Promise<{ status: number; body: string }> {
+  return httpGet(`${node.admin}/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}`, 1000);
+}
+
+/** The TCP ports a process listens on at `address` (from `ss`), for services bound to port 0. */
+export function listeningPorts(pid: number, address: string): number[] {
+  const r = spawnSync("ss", ["-Hltnp"], { encoding: "utf8" });
+  const ports: number[] = [];
+  for (const line of (r.stdout ?? "").split("\n")) {
+    if (!line.includes(`pid=${pid},`)) continue;
+    const m = new RegExp(`\\s${address.replace(/\./g, "\\.")}:(\\d+)\\s`).exec(line);
+    if (m) ports.push(Number(m[1]));
+  }
+  return ports;
+}

@@ -1,0 +1,22 @@
+// What every bench phase gets: options, the process group, the run folder, progress output, results.
+import type { ProcessGroup } from "./procs.js";
+import type { Results } from "./report.js";
+
+export interface Options {
+  quick: boolean;
+  profile: boolean;
+  rounds: number;
+  /** Seconds per throughput run (keep-alive, new connections). */
+  durationS: number;
+  /** Skip the control-plane figures (--no-control-plane). */
+  controlPlane: boolean;
+}
+
+export interface Context {
+  opts: Options;
+  group: ProcessGroup;
+  runDir: string;
+  resultsDir: string;
+  results: Results;
+  log: (msg: string) => void;
+}

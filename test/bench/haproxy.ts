@@ -1,0 +1,45 @@
+// HAProxy 2.6, the performance peer: one thread, mode tcp, the same backends and health checks as Ballast.
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { waitTcp } from "./net.js";
+import type { Proc, ProcessGroup } from "./procs.js";
+
+export interface Frontend {
+  name: string;
+  port: number;
+  servers: { name: string; port: number; checkPort?: number }[];
+}
+
+export const HAPROXY_MAXCONN = 8000;
+
+export async function startHaproxy(group: ProcessGroup, runDir: string, frontends: Frontend[]): Promise<Proc> {
+  const sections = frontends
+    .map(
+      (f) => `frontend fe_${f.name}
+  bind 127.0.0.1:${f.port}
+  default_backend be_${f.name}
+
+backend be_${f.name}
+  balance roundrobin
+${f.servers.map((s) => `  server ${s.name} 127.0.0.1:${s.port} check inter 2s${s.checkPort ? ` port ${s.checkPort}` : ""}`).join("\n")}
+`,
+    )
+    .join("\n");
+  const cfg = `global
+  nbthread 1
+  maxconn ${HAPROXY_MAXCONN}
+
+defaults
+  mode tcp
+  maxconn ${HAPROXY_MAXCONN}
+  timeout connect 3s
+  timeout client 5m
+  timeout server 5m
+
+${sections}`;
+  const file = join(runDir, "haproxy.cfg");
+  writeFileSync(file, cfg);
+  const proc = group.start("haproxy", "haproxy", ["-db", "-f", file]);
+  for (const f of frontends) await waitTcp(f.port, 10_000, "haproxy");
+  return proc;
+}

@@ -1,0 +1,121 @@
+// Runs the load generators (wrk, iperf3, the UDP blaster agent) and parses their output into numbers.
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import type { ProcessGroup } from "./procs.js";
+
+export interface WrkResult {
+  rps: number;
+  p50Ms: number;
+  p99Ms: number;
+  requests: number;
+  /** connect + read + write + timeout socket errors, plus non-2xx/3xx responses. */
+  errors: number;
+}
+
+function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    child.stdout.on("data", (c: Buffer) => {
+      out += c.toString();
+    });
+    child.stderr.on("data", (c: Buffer) => {
+      out += c.toString();
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+    child.on("exit", (code) => {
+      clearTimeout(timer);
+      resolve({ code, out });
+    });
+    child.on("error", (err) => {
+      clearTimeout(timer);
+      resolve({ code: -1, out: err.message });
+    });
+  });
+}
+
+function toMs(value: string, unit: string): number {
+  const v = Number(value);
+  switch (unit) {
+    case "us":
+      return v / 1000;
+    case "ms":
+      return v;
+    case "s":
+      return v * 1000;
+    case "m":
+      return v * 60_000;
+    default:
+      return Number.NaN;
+  }
+}
+
+export function parseWrk(out: string): WrkResult {
+  const num = (re: RegExp) => {
+    const m = re.exec(out);
+    return m ? Number(m[1]) : 0;
+  };
+  const lat = (pct: string) => {
+    const m = new RegExp(`^\\s*${pct}%\\s+([\\d.]+)(us|ms|s|m)\\s*$`, "m").exec(out);
+    return m ? toMs(m[1], m[2]) : Number.NaN;
+  };
+  const sock = /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/.exec(out);
+  const sockErrors = sock ? Number(sock[1]) + Number(sock[2]) + Number(sock[3]) + Number(sock[4]) : 0;
+  return {
+    rps: num(/Requests\/sec:\s+([\d.]+)/),
+    p50Ms: lat("50"),
+    p99Ms: lat("99"),
+    requests: num(/(\d+) requests in/),
+    errors: sockErrors + num(/Non-2xx or 3xx responses: (\d+)/),
+  };
+}
+
+export async function wrk(port: number, o: { connections: number; durationS: number; close: boolean }): Promise<WrkResult & { raw: string }> {
+  const args = ["-t1", `-c${o.connections}`, `-d${o.durationS}s`, "--latency", "--timeout", "5s"];
+  if (o.close) args.push("-H", "Connection: close");
+  args.push(`http://127.0.0.1:${port}/`);
+  const { out } = await run("wrk", args, (o.durationS + 30) * 1000);
+  return { ...parseWrk(out), raw: out };
+}
+
+export interface IperfResult {
+  gbps: number;
+  error?: string;
+}
+
+export async function iperf(port: number, durationS: number): Promise<IperfResult> {
+  // iperf3 3.12 leaves the server busy for a moment after a test; retry "busy" once.
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const { out } = await run("iperf3", ["-c", "127.0.0.1", "-p", String(port), "-t", String(durationS), "-J", "--connect-timeout", "3000"], (durationS + 20) * 1000);
+    try {
+      const j = JSON.parse(out) as { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
+      if (j.error) {
+        if (/busy/i.test(j.error) && attempt < 2) {
+          await new Promise((r) => setTimeout(r, 1000));
+          continue;
+        }
+        return { gbps: Number.NaN, error: j.error };
+      }
+      return { gbps: (j.end?.sum_received?.bits_per_second ?? Number.NaN) / 1e9 };
+    } catch {
+      return { gbps: Number.NaN, error: out.slice(0, 200) };
+    }
+  }
+  return { gbps: Number.NaN, error: "server busy" };
+}
+
+export interface UdpResult {
+  rate: number;
+  loss: number;
+  sent: number;
+  received: number;
+  error?: string;
+}
+
+export async function udpBlast(group: ProcessGroup, port: number, durationMs: number): Promise<UdpResult> {
+  const script = fileURLToPath(new URL("./agents/udp-blast.js", import.meta.url));
+  const p = group.start("udp-blast", process.execPath, [script, "--port", String(port), "--durationMs", String(durationMs), "--sockets", "4", "--window", "32"]);
+  await p.exited;
+  const r = p.jsonLines().find((j) => "rate" in j) as UdpResult | undefined;
+  return r ?? { rate: Number.NaN, loss: Number.NaN, sent: 0, received: 0, error: p.tail(3) };
+}

@@ -1,0 +1,35 @@
+// --profile: runs the keep-alive and the new-connection load against a Ballast node started under
+// `node --cpu-prof`, one profile each, and ranks the hot functions.
+import { mkdirSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { type NodeOptions, startNode, stopNode } from "./ballast.js";
+import type { Context } from "./context.js";
+import { wrk } from "./load.js";
+import { sleep } from "./net.js";
+import { summarizeProfile } from "./profile.js";
+
+export async function profileRun(ctx: Context, nodeOpts: NodeOptions, port: number): Promise<void> {
+  const stamp = new Date().toISOString().replace(/[:.]/g, "-");
+  const runs = [
+    { name: "keep-alive", id: "bench-prof-ka", close: false, connections: 64 },
+    { name: "new-connections", id: "bench-prof-nc", close: true, connections: 32 },
+  ];
+  for (const run of runs) {
+    const dir = join(ctx.resultsDir, "profile", `${stamp}-${run.name}`);
+    mkdirSync(dir, { recursive: true });
+    ctx.log(`profile: ${run.name} against a node under --cpu-prof …`);
+    const node = await startNode(ctx.group, { ...nodeOpts, id: run.id, profileDir: dir });
+    await sleep(500);
+    const r = await wrk(port, { connections: run.connections, durationS: ctx.opts.durationS, close: run.close });
+    ctx.log(`  ${run.name} under the profiler: ${Math.round(r.rps)} req/s`);
+    await stopNode(node, true);
+    const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
+    if (!file) {
+      ctx.results.notes.push(`profile ${run.name}: the node wrote no .cpuprofile (it did not exit through process.exit)`);
+      continue;
+    }
+    const summary = summarizeProfile(join(dir, file));
+    ctx.results.profiles[run.name] = summary;
+    ctx.log(`  top self time (${run.name}): ${summary.top.slice(0, 6).map((f) => `${f.name || "(anon)"} ${f.selfPctBusy}%`).join(", ")}`);
+  }
+}
