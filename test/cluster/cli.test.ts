@@ -1,0 +1,76 @@
+// The `ballast` CLI against real etcd and real nodes: services and backends written by the CLI are
+// routed; -o json for scripts; status and route ask the nodes; clear errors without stack traces.
+import { execFile } from "node:child_process";
+import { promisify } from "node:util";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { closeAllBackends, deadPort, startTcpEcho, tcpExchange } from "../helpers/backends.js";
+import { type EtcdProcess, startEtcd } from "../helpers/etcd.js";
+import { CLI, portOf, startNode, stopAllNodes } from "../helpers/node.js";
+import { waitFor } from "../helpers/wait.js";
+
+const run = promisify(execFile);
+let etcd: EtcdProcess;
+beforeAll(async () => {
+  etcd = await startEtcd();
+});
+afterAll(async () => {
+  await etcd?.stop();
+});
+afterEach(async () => {
+  await stopAllNodes();
+  await closeAllBackends();
+});
+
+async function ballast(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const r = await run(process.execPath, [CLI, "--etcd", etcd.endpoint, "--cluster", "cli", ...args]);
+    return { code: 0, stdout: r.stdout, stderr: r.stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+describe("ballast CLI", () => {
+  it("manages services and backends that nodes route to, and explains routes", async () => {
+    const a = await startTcpEcho("a");
+    const b = await startTcpEcho("b");
+    expect((await ballast("service", "put", "web", "--json", JSON.stringify({ listen: "127.0.0.1:0", algorithm: "source-ip", health: { type: "none" } }))).code).toBe(0);
+    expect((await ballast("backend", "add", "web", "a", `127.0.0.1:${a.port}`, "--weight", "2", "--zone", "z1")).code).toBe(0);
+    const node = await startNode({ node: { id: "n1" }, cluster: "cli", etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 } });
+    expect(await tcpExchange(portOf(node, "web"), "1")).toBe("a:1");
+
+    const ls = JSON.parse((await ballast("-o", "json", "backend", "ls", "web")).stdout) as Array<Record<string, unknown>>;
+    expect(ls).toEqual([expect.objectContaining({ id: "a", address: `127.0.0.1:${a.port}`, weight: 2, zone: "z1", state: "active" })]);
+
+    await ballast("backend", "add", "web", "b", `127.0.0.1:${b.port}`);
+    expect((await ballast("backend", "drain", "web", "a")).code).toBe(0);
+    await waitFor(() => node.reconciler.snapshot?.services.get("web")?.targets.map((t) => t.id).join() === "b");
+    expect(await tcpExchange(portOf(node, "web"), "2")).toBe("b:2");
+
+    await waitFor(async () => JSON.parse((await ballast("-o", "json", "node", "ls")).stdout).length === 1, { message: "node registered" });
+    const route = JSON.parse((await ballast("-o", "json", "route", "web", "203.0.113.9")).stdout) as { backend: { id: string }; reason: string; node: string };
+    expect(route).toMatchObject({ backend: { id: "b" }, reason: "source-ip", node: "n1" });
+
+    const status = await ballast("status");
+    expect(status.stdout).toMatch(/NODES[\s\S]*n1[\s\S]*SERVICES[\s\S]*web[\s\S]*BACKENDS[\s\S]*a\s+127\.0\.0\.1:\d+\s+drain/);
+
+    expect((await ballast("service", "rm", "web")).code).toBe(0);
+    expect(JSON.parse((await ballast("-o", "json", "service", "ls")).stdout)).toEqual([]);
+  });
+
+  it("rejects an invalid record before writing it, naming the field", async () => {
+    const r = await ballast("service", "put", "bad", "--json", JSON.stringify({ listen: "127.0.0.1:0", protocol: "sctp" }));
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/service bad is invalid: protocol/);
+    expect(await etcd.get("/ballast/cli/services/bad")).toBeNull();
+  });
+
+  it("says clearly when etcd is unreachable, without a stack trace", async () => {
+    const port = await deadPort();
+    const r = await run(process.execPath, [CLI, "--etcd", `http://127.0.0.1:${port}`, "service", "ls"]).catch((e) => e as { code: number; stderr: string });
+    expect((r as { code: number }).code).toBe(1);
+    expect((r as { stderr: string }).stderr).toMatch(/^ballast: .*(etcd|unavailable|connect)/i);
+    expect((r as { stderr: string }).stderr).not.toMatch(/\n\s+at /);
+  });
+});
