@@ -63,8 +63,17 @@ function etcdFrom(opts: GlobalOpts): { store: Store; keys: KeySchema } {
 async function withStore<T>(cmd: Command, fn: (store: Store, keys: KeySchema, opts: GlobalOpts) => Promise<T>): Promise<T> {
   const opts = cmd.optsWithGlobals() as GlobalOpts;
   const { store, keys } = etcdFrom(opts);
+  const where = opts.etcd ?? process.env.BALLAST_ETCD ?? "http://127.0.0.1:2379";
   try {
-    return await withTimeout(fn(store, keys, opts), 10_000, `etcd at ${opts.etcd ?? process.env.BALLAST_ETCD ?? "http://127.0.0.1:2379"} did not answer within 10 s (is it running? set --etcd or BALLAST_ETCD)`);
+    return await withTimeout(fn(store, keys, opts), 10_000, `etcd at ${where} did not answer within 10 s (is it running? set --etcd or BALLAST_ETCD)`);
+  } catch (err) {
+    const e = err as { code?: string; message?: string };
+    if (e.code === "STORE_UNAVAILABLE") {
+      // gRPC's message is long; the operator needs the address and the socket error.
+      const cause = /Last error: (?:Error: )?([^.]+)/.exec(e.message ?? "")?.[1] ?? e.message;
+      throw new CliError(`cannot reach etcd at ${where}: ${cause} (is it running? set --etcd or BALLAST_ETCD)`);
+    }
+    throw err;
   } finally {
     await store.close().catch(() => {});
   }

@@ -53,7 +53,7 @@ ${ports.map((p) => `    listen 127.0.0.1:${p} backlog=4096;`).join("\n")}
 
 export async function startIperfServer(group: ProcessGroup): Promise<{ port: number; proc: Proc }> {
   const port = await freePort();
-  const proc = group.start("iperf3-server", "iperf3", ["-s", "-B", "127.0.0.1", "-p", String(port)]);
+  const proc = group.start("iperf3-server", "iperf3", ["-s", "-B", "127.0.0.1", "-p", String(port), "--forceflush"]);
   await proc.waitForLine(/Server listening/, 10_000);
   return { port, proc };
 }
