@@ -70,7 +70,7 @@ async function withStore<T>(cmd: Command, fn: (store: Store, keys: KeySchema, op
     const e = err as { code?: string; message?: string };
     if (e.code === "STORE_UNAVAILABLE") {
       // gRPC's message is long; the operator needs the address and the socket error.
-      const cause = /Last error: (?:Error: )?([^.]+)/.exec(e.message ?? "")?.[1] ?? e.message;
+      const cause = /Last error: (?:Error: )?(.+?)\.(?:\s|$)/.exec(e.message ?? "")?.[1] ?? e.message;
       throw new CliError(`cannot reach etcd at ${where}: ${cause} (is it running? set --etcd or BALLAST_ETCD)`);
     }
     throw err;
