@@ -1,0 +1,77 @@
+#!/bin/sh
+# Anycast announcer for one Ballast node. Runs beside the node in the node's network namespace (a
+# sidecar started with --network container:<node> and NET_ADMIN; the node itself needs neither),
+# puts the VIPs on lo, runs BIRD, and keeps the VIP routes announced to the router only while the
+# node's /readyz answers 200: withdrawn on drain, failure, a lost snapshot, or a node that hangs.
+#
+#   VIPS            VIPs to announce, space separated, e.g. "10.99.0.10" (required)
+#   ROUTER          the router's address on the network shared with the node (required)
+#   RETURN_ROUTES   client networks to reach through the router, e.g. "10.98.0.0/24"
+#   READY_URL       default http://127.0.0.1:9090/readyz
+#   POLL_MS         readiness poll period, default 250; RISE (default 2) successes announce,
+#                   FALL (default 1) failures withdraw; a check times out after 1 s
+#   LOCAL_AS        default 65010 (all nodes may share it); ROUTER_AS default 65000; BFD on|off (on)
+# Log lines "anycast: announce" / "anycast: withdraw" mark each transition (docker logs -t times them).
+set -eu
+# busybox sh runs its own applets before PATH; its ip lacks multipath, rules and -batch.
+if [ -x /usr/sbin/ip ]; then ip() { /usr/sbin/ip "$@"; }; fi
+
+: "${VIPS:?set VIPS}" "${ROUTER:?set ROUTER}"
+READY_URL=${READY_URL:-http://127.0.0.1:9090/readyz}
+POLL_MS=${POLL_MS:-250}
+RISE=${RISE:-2}
+FALL=${FALL:-1}
+LOCAL_AS=${LOCAL_AS:-65010}
+ROUTER_AS=${ROUTER_AS:-65000}
+BFD=${BFD:-on}
+CONF=/run/bird/bird-node.conf
+SOCK=/run/bird/bird.ctl
+TEMPLATE=${TEMPLATE:-/etc/ballast-anycast/bird-node.conf.in}
+
+mkdir -p /run/bird
+for vip in $VIPS; do ip addr replace "$vip/32" dev lo; done
+for net in ${RETURN_ROUTES:-}; do ip route replace "$net" via "$ROUTER"; done
+
+# The router id is this namespace's address on the way to the router.
+ROUTER_ID=$(ip -4 route get "$ROUTER" | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -n1)
+[ -n "$ROUTER_ID" ] || { echo "anycast: no route to router $ROUTER" >&2; exit 1; }
+
+routes=""
+for vip in $VIPS; do routes="$routes  route $vip/32 blackhole;\n"; done
+awk -v routes="$routes" '/@VIP_ROUTES@/ { printf "%s", routes; next } { print }' "$TEMPLATE" |
+  sed -e "s/@ROUTER_ID@/$ROUTER_ID/" -e "s/@ROUTER@/$ROUTER/" -e "s/@LOCAL_AS@/$LOCAL_AS/" \
+      -e "s/@ROUTER_AS@/$ROUTER_AS/" -e "s/@BFD@/$BFD/" >"$CONF"
+
+bird -f -c "$CONF" -s "$SOCK" &
+bird_pid=$!
+for _ in $(seq 1 50); do [ -S "$SOCK" ] && break; usleep 100000; done
+echo "anycast: bird up, router id $ROUTER_ID, peer $ROUTER, vips $VIPS, watching $READY_URL"
+
+announced=0
+set_announced() {
+  if [ "$1" = 1 ]; then birdcl -s "$SOCK" enable vip >/dev/null; echo "anycast: announce ($2)"
+  else birdcl -s "$SOCK" disable vip >/dev/null; echo "anycast: withdraw ($2)"; fi
+  announced=$1
+}
+
+stop() {
+  [ "$announced" = 1 ] && set_announced 0 "stopping"
+  usleep 300000  # let the withdraw reach the router before the session closes
+  kill "$bird_pid" 2>/dev/null || true
+  wait "$bird_pid" 2>/dev/null || true
+  exit 0
+}
+trap stop TERM INT
+
+ok=0
+bad=0
+while kill -0 "$bird_pid" 2>/dev/null; do
+  # timeout, not wget -T: busybox 1.35's wget crashes with -T.
+  if timeout 1 wget -q -O /dev/null "$READY_URL" 2>/dev/null; then ok=$((ok + 1)); bad=0; else bad=$((bad + 1)); ok=0; fi
+  if [ "$announced" = 0 ] && [ "$ok" -ge "$RISE" ]; then set_announced 1 "ready"; fi
+  if [ "$announced" = 1 ] && [ "$bad" -ge "$FALL" ]; then set_announced 0 "not ready"; fi
+  usleep $((POLL_MS * 1000)) &
+  wait $! || true  # a trap runs at once while waiting, not after the sleep
+done
+echo "anycast: bird exited" >&2
+exit 1
