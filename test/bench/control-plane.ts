@@ -113,15 +113,15 @@ async function deathToDown(ctx: Context, nodes: BallastNode[], victimPort: numbe
   const trials = ctx.opts.quick ? 1 : 3;
   const all: number[] = [];
   for (let t = 0; t < trials; t++) {
-    const back = await untilAll(nodes, performance.now(), 30_000, (n) => routesTo(n, client, "victim"));
+    const back = await untilAll(nodes, performance.now(), 20_000, (n) => routesTo(n, client, "victim"));
     if (!back.every(Number.isFinite)) break;
     const t0 = performance.now();
     victim.proc.kill();
-    const times = await untilAll(nodes, t0, 30_000, async (n) => !(await routesTo(n, client, "victim")));
+    const times = await untilAll(nodes, t0, 20_000, async (n) => !(await routesTo(n, client, "victim")));
     all.push(Math.max(...times));
     victim.proc = (await startTcpSink(ctx.group, "cp-victim", 1, [victimPort])).proc;
   }
-  if (all.length === 0 || !all.some(Number.isFinite)) return skip(ctx, name, "not built yet (a dead backend was still routed after 30 s)");
+  if (all.length === 0 || !all.some(Number.isFinite)) return skip(ctx, name, "not built yet (a dead backend was still routed after 20 s)");
   add(ctx, {
     name,
     value: `median ${secs(median(all))}, max ${secs(Math.max(...all))}`,

@@ -54,14 +54,20 @@ function shortUrl(url: string): string {
   return url.replace(/^file:\/\//, "");
 }
 
-export function summarizeProfile(file: string, topN = 20): ProfileSummary {
+/** `skipMs`: leave out the first part of the profile (node start-up: module loading, config, first sync). */
+export function summarizeProfile(file: string, skipMs = 0, topN = 20): ProfileSummary {
   const prof = JSON.parse(readFileSync(file, "utf8")) as CpuProfile;
   const byId = new Map<number, ProfileNode>();
   for (const n of prof.nodes) byId.set(n.id, n);
   // Time of sample i is the delta to the next sample.
   const selfUs = new Map<number, number>();
   let total = 0;
+  let at = 0;
+  let counted = 0;
   for (let i = 0; i < prof.samples.length; i++) {
+    at += Math.max(prof.timeDeltas[i] ?? 0, 0);
+    if (at < skipMs * 1000) continue;
+    counted++;
     const dt = prof.timeDeltas[i + 1] ?? prof.timeDeltas[i] ?? 0;
     const us = Math.max(dt, 0);
     selfUs.set(prof.samples[i], (selfUs.get(prof.samples[i]) ?? 0) + us);
@@ -96,7 +102,7 @@ export function summarizeProfile(file: string, topN = 20): ProfileSummary {
     }));
   const owners: Record<string, number> = {};
   for (const [k, v] of Object.entries(byOwner)) owners[k] = pct(v, total);
-  return { file, samples: prof.samples.length, durationMs: Math.round(total / 1000), busyPct: pct(busy, total), byOwner: owners, top };
+  return { file, samples: counted, durationMs: Math.round(total / 1000), busyPct: pct(busy, total), byOwner: owners, top };
 }
 
 export function profileMarkdown(title: string, s: ProfileSummary): string {

@@ -161,7 +161,8 @@ export function markdown(r: Results): string {
   }
   const d = derive(r);
   if (Number.isFinite(d.addedP99.haproxy)) {
-    const ok = Number.isFinite(d.addedP99.ratio) ? ` ${meetsMark(d.addedP99.ballast <= 1.5 * Math.max(d.addedP99.haproxy, 0))}` : "";
+    // A negative "added" latency means the direct p99 was noisier than the proxied one: no verdict.
+    const ok = Number.isFinite(d.addedP99.ratio) && d.addedP99.haproxy > 0 ? ` ${meetsMark(d.addedP99.ballast <= 1.5 * d.addedP99.haproxy)}` : " (noise: no verdict)";
     out.push(`| added p99 ms over direct (light load) | 0 | ${fmt(d.addedP99.haproxy, "ms")} | ${fmt(d.addedP99.ballast, "ms")} |  | ${fmtRatio(d.addedP99.ratio)} |  | ≤ 1.5× HAProxy's${ok} |`);
   }
   out.push("");
