@@ -1,30 +1,256 @@
-// Session affinity shared by the whole cluster (issue 5). Owned by the affinity engineer: this file is
-// the contract the node is wired to; the implementation replaces the body.
+// Session affinity shared by the whole cluster (issue 5): the router's synchronous lookup/record on the
+// local table, replication of new and refreshed entries to etcd in leased batches, and the merge of
+// every other node's batches arriving through the cluster watch.
 import type { AffinitySink } from "../control/reconciler.js";
 import type { KeyValue, StoreEvent } from "../control/store.js";
 import type { AffinityHook } from "../data/router.js";
 import type { BallastNode } from "../node.js";
 import type { ServiceState, Target } from "../snapshot.js";
+import { decodeBatch } from "./batch.js";
+import { EntryStore, GRACE_FACTOR, Merge, REFRESH_FACTOR, type ServiceTable } from "./entries.js";
+import { AffinityMetrics } from "./metrics.js";
+import { Replicator } from "./replicator.js";
+
+interface Received {
+  service: string;
+  value: Buffer;
+  /** From a watch event (counts towards replication lag), not from a (re)list. */
+  live: boolean;
+}
+
+/** Batches merged per event-loop turn, so a joining node's initial list does not stall the data plane. */
+const MERGE_BATCHES_PER_TURN = 64;
+const MIN_SWEEP_MS = 100;
+const MAX_SWEEP_MS = 2_000;
 
 export class AffinityTable implements AffinityHook, AffinitySink {
-  constructor(readonly node: BallastNode) {}
+  readonly entries: EntryStore;
+  /** Null in standalone mode: one node, nothing to share. */
+  readonly replicator: Replicator | null;
+  readonly metrics: AffinityMetrics;
+  readonly merges = { new: 0, same: 0, won: 0, lost: 0, stale: 0 };
+  batchesReceived = 0;
+  invalidBatches = 0;
+  private readonly self: number;
+  private inbox: Received[] = [];
+  private inboxHead = 0;
+  private draining = false;
+  private sweepTimer: NodeJS.Timeout | null = null;
+  private stopped = false;
+  // lookup() and the record() that follows it in the same route() share one Map lookup.
+  private cachedIp = "";
+  private cachedTable: ServiceTable | null = null;
+  private cachedSlot = -1;
 
-  lookup(_svc: ServiceState, _ip: string, _now: number): Target | null {
-    return null;
+  constructor(readonly node: BallastNode) {
+    const c = node.config.affinity;
+    this.entries = new EntryStore(c.maxEntries);
+    this.self = this.entries.names.intern(node.id);
+    this.entries.onEvict = (slot) => {
+      if (slot === this.cachedSlot) this.cachedTable = null;
+    };
+    this.replicator = node.standalone
+      ? null
+      : new Replicator(this.entries, {
+          store: node.store,
+          keys: node.keys,
+          nodeId: node.id,
+          log: node.log,
+          batchInterval: c.batchInterval,
+          batchMax: c.batchMax,
+          ttlOf: (t) => this.ttlOf(t),
+        });
+    this.metrics = new AffinityMetrics(node.metrics.registry, this);
   }
 
-  record(_svc: ServiceState, _ip: string, _target: Target, _now: number): void {}
+  // ---- hot path (router) ------------------------------------------------------------------------
 
-  reset(_kvs: KeyValue[]): void {}
+  lookup(svc: ServiceState, ip: string, now: number): Target | null {
+    const t = this.entries.ensureTable(svc.name);
+    this.cachedTable = null;
+    const slot = t.index.get(ip);
+    if (slot === undefined) {
+      t.misses++;
+      return null;
+    }
+    this.cachedIp = ip;
+    this.cachedTable = t;
+    this.cachedSlot = slot;
+    const e = this.entries;
+    if (now - e.lastUsed[slot] >= svc.spec.affinity.ttl * GRACE_FACTOR) {
+      t.expired++;
+      return null;
+    }
+    // Drained backends are in `sticky`: their clients stay until the TTL. The entry stays too when the
+    // backend is gone, so the replacing pick knows which generation it supersedes.
+    const target = svc.sticky.get(e.names.names[e.backend[slot]]);
+    if (target === undefined) {
+      t.moved++;
+      return null;
+    }
+    t.hits++;
+    return target;
+  }
 
-  events(_events: StoreEvent[]): void {}
+  record(svc: ServiceState, ip: string, target: Target, now: number): void {
+    const e = this.entries;
+    let t = this.cachedTable;
+    let slot: number | undefined;
+    if (t !== null && t.name === svc.name && this.cachedIp === ip && e.svc[this.cachedSlot] === t.id + 1) slot = this.cachedSlot;
+    else {
+      t = e.ensureTable(svc.name);
+      slot = t.index.get(ip);
+    }
+    this.cachedTable = null;
+    const ttl = svc.spec.affinity.ttl;
+    const backend = e.names.intern(target.id);
+    if (slot === undefined) {
+      slot = e.insert(t, ip, backend, this.self, 0, now, now);
+      this.replicator?.enqueue(t, slot);
+      return;
+    }
+    if (e.backend[slot] === backend && now - e.lastUsed[slot] < ttl * GRACE_FACTOR) {
+      e.use(slot, now);
+      if (now - e.written[slot] >= ttl * REFRESH_FACTOR) this.replicator?.enqueue(t, slot);
+      return;
+    }
+    // A new pick replacing an entry (expired, or its backend lost): the next generation, which wins
+    // over the old binding on every node, even those that have not noticed the backend is gone.
+    e.setBinding(slot, backend, this.self, e.gen[slot] + 1, now, now);
+    e.use(slot, now);
+    this.replicator?.enqueue(t, slot);
+  }
 
-  start(): void {}
+  describe(svc: ServiceState, ip: string, now: number): { backend: string; node: string; lastUsed: number } | null {
+    const e = this.entries;
+    const slot = e.table(svc.name)?.index.get(ip);
+    if (slot === undefined || now - e.lastUsed[slot] >= svc.spec.affinity.ttl * GRACE_FACTOR) return null;
+    return { backend: e.names.names[e.backend[slot]], node: e.names.names[e.creator[slot]], lastUsed: e.lastUsed[slot] };
+  }
+
+  // ---- cluster watch (reconciler) ---------------------------------------------------------------
+
+  reset(kvs: KeyValue[]): void {
+    // The local table is kept: entries whose batch keys are gone from etcd are still valid here.
+    for (const kv of kvs) this.receive(kv.key, kv.value, false);
+    this.scheduleMerge();
+  }
+
+  events(events: StoreEvent[]): void {
+    // Deletes are ignored: a batch key goes when its lease expires, after every entry in it did.
+    for (const ev of events) if (ev.type === "put") this.receive(ev.key, ev.value, true);
+    this.scheduleMerge();
+  }
+
+  private receive(key: string, value: Buffer, live: boolean): void {
+    const k = this.node.keys.parse(key);
+    if (k?.kind !== "affinity") return;
+    // Our own batches echo back through the watch; at startup (a list) they are a previous run's entries.
+    if (live && k.node === this.node.id) return;
+    this.inbox.push({ service: k.service!, value, live });
+  }
+
+  /** Merges after the reconciler has applied the same revision (it hands affinity keys over first). */
+  private scheduleMerge(): void {
+    if (this.draining || this.inboxHead >= this.inbox.length) return;
+    this.draining = true;
+    setImmediate(() => this.mergeSome());
+  }
+
+  private mergeSome(): void {
+    this.draining = false;
+    if (this.stopped) return;
+    const end = Math.min(this.inbox.length, this.inboxHead + MERGE_BATCHES_PER_TURN);
+    const now = Date.now();
+    for (; this.inboxHead < end; this.inboxHead++) this.mergeBatch(this.inbox[this.inboxHead], now);
+    if (this.inboxHead >= this.inbox.length) {
+      this.inbox = [];
+      this.inboxHead = 0;
+    } else this.scheduleMerge();
+  }
+
+  private mergeBatch(r: Received, now: number): void {
+    const svc = this.node.reconciler.snapshot?.services.get(r.service);
+    if (svc === undefined || svc.spec.affinity.mode !== "source-ip") return;
+    let batch: ReturnType<typeof decodeBatch>;
+    try {
+      batch = decodeBatch(r.value);
+    } catch (err) {
+      this.invalidBatches++;
+      this.node.log.debug({ service: r.service, err: (err as Error).message }, "invalid affinity batch skipped");
+      return;
+    }
+    this.batchesReceived++;
+    if (r.live) this.metrics.replicationLag.observe(Math.max(0, now - batch.base) / 1000);
+    const e = this.entries;
+    const t = e.ensureTable(r.service);
+    const grace = svc.spec.affinity.ttl * GRACE_FACTOR;
+    const m = this.merges;
+    for (const x of batch.entries) {
+      const result = e.merge(t, x.ip, e.names.intern(x.backend), e.names.intern(x.creator), x.gen, x.created, x.lastUsed, grace, now);
+      switch (result) {
+        case Merge.Stale:
+          m.stale++;
+          break;
+        case Merge.New:
+          m.new++;
+          break;
+        case Merge.Same:
+          m.same++;
+          break;
+        case Merge.Won:
+          m.won++;
+          break;
+        case Merge.Lost: {
+          m.lost++;
+          // The sender holds a binding that loses everywhere (it had not seen ours): tell it, unless
+          // ours is in flight anyway (created or refreshed within the last two batch intervals).
+          const slot = t.index.get(x.ip)!;
+          if (now - e.written[slot] >= 2 * this.node.config.affinity.batchInterval) this.replicator?.enqueue(t, slot);
+          break;
+        }
+      }
+    }
+  }
+
+  // ---- lifecycle ---------------------------------------------------------------------------------
+
+  start(): void {
+    this.replicator?.start();
+    this.scheduleSweep();
+  }
+
+  private ttlOf(t: ServiceTable): number | null {
+    const svc = this.node.reconciler.snapshot?.services.get(t.name);
+    return svc !== undefined && svc.spec.affinity.mode === "source-ip" ? svc.spec.affinity.ttl : null;
+  }
+
+  /** Coarse expiry: a sweep every TTL/8 of the shortest TTL (within 0.1-2 s); lookups check TTLs themselves. */
+  private scheduleSweep(): void {
+    if (this.stopped) return;
+    let shortest = Number.POSITIVE_INFINITY;
+    for (const svc of this.node.reconciler.snapshot?.services.values() ?? []) {
+      if (svc.spec.affinity.mode === "source-ip") shortest = Math.min(shortest, svc.spec.affinity.ttl);
+    }
+    const delay = Math.min(MAX_SWEEP_MS, Math.max(MIN_SWEEP_MS, shortest / 8));
+    this.sweepTimer = setTimeout(() => {
+      // Before the first snapshot no service is known: nothing to judge entries by yet.
+      if (this.node.reconciler.snapshot !== null) this.entries.sweep(Date.now(), (t) => this.ttlOf(t));
+      this.scheduleSweep();
+    }, delay);
+    this.sweepTimer.unref();
+  }
 
   /** Entry counts per service, for /api/state, `ballast status` and the status page. */
   counts(): Record<string, number> {
-    return {};
+    const out: Record<string, number> = {};
+    for (const t of this.entries.tables) out[t.name] = t.size;
+    return out;
   }
 
-  async stop(): Promise<void> {}
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.sweepTimer) clearTimeout(this.sweepTimer);
+    await this.replicator?.stop();
+  }
 }
