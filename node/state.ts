@@ -19,7 +19,7 @@ export function describeState(n: BallastNode) {
       protocol: svc.spec.protocol,
       algorithm: svc.spec.algorithm,
       proxyProtocol: svc.spec.proxyProtocol,
-      affinity: { mode: svc.spec.affinity.mode, ttlMs: svc.spec.affinity.ttl },
+      affinity: { mode: svc.spec.affinity.mode, ttlMs: svc.spec.affinity.ttl, entries: n.affinity.entries.table(svc.name)?.size ?? 0 },
       health: { type: svc.spec.health.type, intervalMs: svc.spec.health.interval, rise: svc.spec.health.rise, fall: svc.spec.health.fall },
       active: c.active,
       accepted: c.accepted,
@@ -65,7 +65,8 @@ export function describeState(n: BallastNode) {
     services,
     invalid: snap?.invalid ?? [],
     nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)),
-    health: { leader: hb?.leader ?? null, heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null, mode: n.mode },
+    // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
+    health: { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null },
   };
 }
 

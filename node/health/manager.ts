@@ -1,29 +1,202 @@
-// Health checking once per cluster (issue 4). Owned by the health engineer: this file is the contract
-// the node is wired to; the implementation replaces the body.
-import type { BallastNode } from "../node.js";
+// Health checking once per cluster (issue 4): composes the elected checker (leader.ts), local fallback
+// (local.ts) and the verdict mode of this node. Verdicts always reach routing through the snapshot:
+// shared ones from etcd, or in local fallback this node's own, through `reconciler.verdictSource`.
+import type { Verdict } from "../../shared/codec.js";
+import { formatDuration } from "../../shared/duration.js";
+import type { Logger } from "../log.js";
+import type { BallastNode, NodeMode } from "../node.js";
 import type { Snapshot } from "../snapshot.js";
+import { type CheckTarget, checkTargetsOf } from "./checker.js";
+import { HealthLeader } from "./leader.js";
+import { LocalFallback } from "./local.js";
+import { HealthMetrics } from "./metrics.js";
 
 export interface HealthStatus {
+  /** The node whose heartbeat is fresh (this node while it leads); null when there is none. */
   leader: string | null;
   isLeader: boolean;
-  mode: "shared" | "local-fallback" | "standalone";
+  mode: NodeMode;
+  /** Term of the leader (create revision of its election key). */
+  term: string | null;
+  /** Backends this node probes now (as leader or in local fallback). */
+  checking: number;
+  /** Why the node is in its mode, and since when (ms epoch). */
+  modeReason: string;
+  modeSince: number;
+}
+
+/** Heartbeat as read from etcd: the codec's fields plus what this version's leader adds. */
+interface HeartbeatSeen {
+  leader: string;
+  at: number;
+  term: string;
+  settled?: boolean;
 }
 
 export class HealthManager {
-  constructor(readonly node: BallastNode) {}
+  readonly metrics: HealthMetrics;
+  private readonly log: Logger;
+  private readonly leader: HealthLeader;
+  private local: LocalFallback | null = null;
+  private targets: CheckTarget[] | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private stopped = false;
+  private heartbeatKey = "";
+  private heartbeatSeenAt = 0;
+  private absentSince = Date.now();
+  private modeReason: string;
+  private modeSince = Date.now();
 
-  /** Called once after the node's first start steps (store sync running). */
-  start(): void {}
-
-  /** Called on every applied snapshot (the set of services/backends to check may have changed). */
-  onSnapshot(_snapshot: Snapshot): void {}
-
-  /** Called when nodes/heartbeat keys change in the reconciler's cluster view. */
-  onClusterChange(): void {}
-
-  status(): HealthStatus {
-    return { leader: this.node.reconciler.heartbeat?.leader ?? null, isLeader: false, mode: this.node.standalone ? "standalone" : "shared" };
+  constructor(readonly node: BallastNode) {
+    this.log = node.log.child({ module: "health" });
+    this.metrics = new HealthMetrics(node.metrics.registry);
+    this.metrics.setMode(node.mode);
+    this.modeReason = node.standalone ? "standalone: checks run in this process" : "starting";
+    const staleAfter = node.config.health.staleAfter;
+    this.leader = new HealthLeader({
+      id: node.id,
+      store: node.store,
+      keys: node.keys,
+      leaseTtl: node.config.etcd?.leaseTtl ?? 5,
+      // Several heartbeats per staleness bound, so one slow write does not send the cluster to fallback.
+      heartbeatMs: Math.min(1_000, Math.max(50, Math.floor(staleAfter / 4))),
+      log: this.log,
+      metrics: this.metrics,
+      targets: () => this.targets,
+      records: () => node.reconciler.records,
+    });
   }
 
-  async stop(): Promise<void> {}
+  /** Called once after the node's first start steps (store sync running). */
+  start(): void {
+    this.absentSince = Date.now();
+    this.leader.start();
+    if (this.node.standalone) return;
+    const every = Math.min(500, Math.max(20, Math.floor(this.node.config.health.staleAfter / 10)));
+    this.timer = setInterval(() => this.evaluate(), every);
+    this.timer.unref();
+  }
+
+  /** Called on every applied snapshot (the set of services/backends to check may have changed). */
+  onSnapshot(snapshot: Snapshot): void {
+    if (this.stopped) return;
+    this.targets = checkTargetsOf(snapshot);
+    this.leader.refresh();
+    this.local?.refresh(this.targets, this.sharedVerdicts());
+  }
+
+  /** Called when nodes/heartbeat keys change in the reconciler's cluster view. */
+  onClusterChange(): void {
+    this.evaluate();
+  }
+
+  status(): HealthStatus {
+    const isLeader = this.leader.leading;
+    const hb = this.node.reconciler.heartbeat as HeartbeatSeen | null;
+    const fresh = hb !== null && this.heartbeatAge(Date.now()) <= this.node.config.health.staleAfter;
+    return {
+      leader: isLeader ? this.node.id : fresh ? hb.leader : null,
+      isLeader,
+      mode: this.node.mode,
+      term: this.leader.termId ?? (fresh ? String(hb.term) : null),
+      checking: this.leader.checking + (this.local?.checking ?? 0),
+      modeReason: this.modeReason,
+      modeSince: this.modeSince,
+    };
+  }
+
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    if (this.timer) clearInterval(this.timer);
+    this.local?.stop();
+    this.local = null;
+    await this.leader.stop();
+  }
+
+  /** Milliseconds since the current heartbeat, measured on this node's clock where it can be. */
+  private heartbeatAge(now: number): number {
+    const hb = this.node.reconciler.heartbeat;
+    if (hb === null) {
+      if (this.heartbeatKey !== "") {
+        this.heartbeatKey = "";
+        this.absentSince = now;
+      }
+      return Number.POSITIVE_INFINITY;
+    }
+    const key = `${hb.leader}|${hb.term}|${hb.at}`;
+    if (key !== this.heartbeatKey) {
+      this.heartbeatKey = key;
+      // A new value counts from when it arrived (immune to small clock skew between nodes), unless
+      // its own timestamp is already past the bound (a dead leader's last heartbeat, read at start).
+      this.heartbeatSeenAt = now - hb.at > this.node.config.health.staleAfter ? hb.at : now;
+    }
+    return now - this.heartbeatSeenAt;
+  }
+
+  /** Switches between shared verdicts and local fallback; runs on a timer and on heartbeat changes. */
+  private evaluate(): void {
+    if (this.stopped || this.node.standalone) return;
+    const now = Date.now();
+    const staleAfter = this.node.config.health.staleAfter;
+    const r = this.node.reconciler;
+    const hb = r.heartbeat as HeartbeatSeen | null;
+    const age = this.heartbeatAge(now);
+    let fresh: boolean;
+    let why: string;
+    if (hb !== null) {
+      fresh = age <= staleAfter;
+      why = fresh
+        ? `leader ${hb.leader} heartbeat is fresh (term ${hb.term})`
+        : `leader ${hb.leader} heartbeat is ${formatDuration(Math.round(age))} old (staleAfter ${formatDuration(staleAfter)})`;
+    } else if (!r.connected && r.lastError !== null) {
+      fresh = false;
+      why = `no leader heartbeat and the store is unreachable (${r.lastError})`;
+    } else {
+      fresh = now - this.absentSince <= staleAfter;
+      why = `no leader heartbeat for ${formatDuration(Math.round(now - this.absentSince))}`;
+    }
+    if (this.node.mode === "shared" && !fresh) this.enterFallback(why);
+    // Back only once the leader's verdicts are its own observations (a new leader seeded from old
+    // verdicts may not have seen yet what this node's checks saw).
+    else if (this.node.mode === "local-fallback" && fresh && hb!.settled !== false) this.leaveFallback(why);
+  }
+
+  private enterFallback(reason: string): void {
+    this.local = new LocalFallback({ id: this.node.id, log: this.log, metrics: this.metrics, changed: () => this.rebuild() });
+    const local = this.local;
+    this.node.reconciler.verdictSource = (shared) => local.overlay(shared);
+    this.setMode("local-fallback", reason);
+    if (this.targets) local.refresh(this.targets, this.sharedVerdicts());
+    this.rebuild();
+  }
+
+  private leaveFallback(reason: string): void {
+    this.local?.stop();
+    this.local = null;
+    this.node.reconciler.verdictSource = (shared) => shared;
+    this.setMode("shared", reason);
+    this.rebuild();
+  }
+
+  private setMode(mode: NodeMode, reason: string): void {
+    const from = this.node.mode;
+    this.node.mode = mode;
+    this.modeReason = reason;
+    this.modeSince = Date.now();
+    this.metrics.setMode(mode);
+    this.metrics.modeTransitions.inc({ mode });
+    if (mode === "local-fallback") this.log.warn({ from, to: mode, reason }, "verdict mode local-fallback: routing by this node's own checks");
+    else this.log.info({ from, to: mode, reason }, `verdict mode ${mode}: routing by the leader's verdicts`);
+    this.node.refreshRegistration();
+  }
+
+  /** Re-applies verdicts to routing; not before the first snapshot (an empty one would unbind listeners). */
+  private rebuild(): void {
+    if (!this.stopped && this.node.reconciler.snapshot !== null) this.node.reconciler.rebuild();
+  }
+
+  private sharedVerdicts(): ReadonlyMap<string, Verdict> {
+    return this.node.reconciler.records.sharedVerdicts();
+  }
 }

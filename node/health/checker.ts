@@ -1,0 +1,227 @@
+// The check engine shared by the health leader and local fallback: one timer per target on a fixed
+// grid (start times spread over `jitter` × interval), rise/fall counting from an unknown or seeded
+// state, and a callback on every state transition. It never writes anywhere itself.
+import type { Verdict } from "../../shared/codec.js";
+import { hashString } from "../lb/hash.js";
+import type { Snapshot } from "../snapshot.js";
+import { type CheckKind, type HealthSettings, type Probe, type ProbeOutcome, probe as realProbe } from "./checks.js";
+
+export interface CheckTarget {
+  /** `${service}/${id}`, the key of the verdict map. */
+  readonly key: string;
+  readonly service: string;
+  readonly id: string;
+  readonly host: string;
+  readonly port: number;
+  readonly kind: CheckKind;
+  readonly settings: HealthSettings;
+}
+
+export type CheckState = "unknown" | "up" | "down";
+
+export interface CheckerHooks {
+  /** State transitions only: unknown → up/down and up ↔ down. */
+  onChange(target: CheckTarget, verdict: Verdict): void;
+  /** Every probe: outcome, duration, and how late it started against its schedule. */
+  onResult?(target: CheckTarget, outcome: ProbeOutcome, seconds: number, lagMs: number): void;
+}
+
+/** A zero interval from a config would spin; nothing useful is checked faster than this. */
+const MIN_INTERVAL_MS = 10;
+
+interface Slot {
+  target: CheckTarget;
+  state: CheckState;
+  successes: number;
+  failures: number;
+  since: number;
+  reason: string;
+  /** When the current/next probe was scheduled to start (ms epoch). */
+  due: number;
+  timer: NodeJS.Timeout | null;
+  running: boolean;
+  probes: number;
+  removed: boolean;
+}
+
+/**
+ * The targets of a snapshot: active backends of services whose check type is not `none`, at their
+ * check address. Drained and disabled backends are not checked (nothing checks them into traffic).
+ */
+export function checkTargetsOf(snapshot: Snapshot): CheckTarget[] {
+  const out: CheckTarget[] = [];
+  for (const svc of snapshot.services.values()) {
+    const settings = svc.spec.health;
+    if (settings.type === "none") continue;
+    // `tcp` is the schema's default check, and a UDP service has no TCP port to connect to: it gets a
+    // datagram probe. A TCP connect check of a UDP service is `send-expect` with neither send nor expect.
+    const kind: CheckKind = settings.type === "tcp" && svc.spec.protocol === "udp" ? "udp" : settings.type;
+    for (const b of svc.backends) {
+      if (b.spec.state !== "active") continue;
+      out.push({
+        key: `${svc.name}/${b.id}`,
+        service: svc.name,
+        id: b.id,
+        host: b.spec.checkAddress ?? b.spec.address,
+        port: b.spec.checkPort ?? b.spec.port,
+        kind,
+        settings,
+      });
+    }
+  }
+  return out;
+}
+
+export class Checker {
+  private readonly slots = new Map<string, Slot>();
+  private stopped = false;
+
+  constructor(
+    /** Written into every verdict as `checker`. */
+    readonly checkerId: string,
+    private readonly hooks: CheckerHooks,
+    private readonly probe: Probe = realProbe,
+  ) {}
+
+  get size(): number {
+    return this.slots.size;
+  }
+
+  /**
+   * Makes `targets` the set under check. Existing targets keep their state and schedule (rescheduled
+   * only when interval or jitter changed); new ones start from `seeds` (else unknown); gone ones stop.
+   */
+  setTargets(targets: Iterable<CheckTarget>, seeds: ReadonlyMap<string, Verdict> = new Map()): void {
+    if (this.stopped) return;
+    const now = Date.now();
+    const seen = new Set<string>();
+    for (const t of targets) {
+      seen.add(t.key);
+      const slot = this.slots.get(t.key);
+      if (slot === undefined) {
+        this.add(t, seeds.get(t.key) ?? null, now);
+        continue;
+      }
+      const prev = slot.target.settings;
+      slot.target = t;
+      if (prev.interval !== t.settings.interval || prev.jitter !== t.settings.jitter) this.schedule(slot, now + phaseOf(t));
+    }
+    for (const [key, slot] of this.slots) if (!seen.has(key)) this.remove(slot);
+  }
+
+  state(key: string): CheckState {
+    return this.slots.get(key)?.state ?? "unknown";
+  }
+
+  /** Current verdicts of the targets with a known state. */
+  verdicts(): Map<string, Verdict> {
+    const out = new Map<string, Verdict>();
+    for (const [key, s] of this.slots) if (s.state !== "unknown") out.set(key, this.verdictOf(s));
+    return out;
+  }
+
+  /** True once every target has been probed at least max(rise, fall) times by this checker. */
+  settled(): boolean {
+    for (const s of this.slots.values()) if (s.probes < Math.max(s.target.settings.rise, s.target.settings.fall)) return false;
+    return true;
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const slot of this.slots.values()) this.remove(slot);
+  }
+
+  private add(target: CheckTarget, seed: Verdict | null, now: number): void {
+    const slot: Slot = {
+      target,
+      state: seed?.state ?? "unknown",
+      // A seeded verdict counts as a full streak: the opposite result must still come `fall`/`rise` times.
+      successes: seed?.state === "up" ? target.settings.rise : 0,
+      failures: seed?.state === "down" ? target.settings.fall : 0,
+      since: seed?.since ?? now,
+      reason: seed?.reason ?? "",
+      due: 0,
+      timer: null,
+      running: false,
+      probes: 0,
+      removed: false,
+    };
+    this.slots.set(target.key, slot);
+    this.schedule(slot, now + phaseOf(target));
+  }
+
+  private remove(slot: Slot): void {
+    slot.removed = true;
+    if (slot.timer) clearTimeout(slot.timer);
+    slot.timer = null;
+    this.slots.delete(slot.target.key);
+  }
+
+  private schedule(slot: Slot, due: number): void {
+    if (slot.timer) clearTimeout(slot.timer);
+    slot.due = due;
+    slot.timer = setTimeout(() => this.fire(slot), Math.max(0, due - Date.now()));
+    slot.timer.unref();
+  }
+
+  private fire(slot: Slot): void {
+    slot.timer = null;
+    if (slot.removed || this.stopped) return;
+    const now = Date.now();
+    const interval = Math.max(MIN_INTERVAL_MS, slot.target.settings.interval);
+    // A probe still running (timeout > interval) skips this slot rather than piling up.
+    if (!slot.running) {
+      const lagMs = Math.max(0, now - slot.due);
+      const target = slot.target;
+      const started = performance.now();
+      slot.running = true;
+      this.probe(target, target.settings, target.kind).then(
+        (outcome) => this.record(slot, target, outcome, (performance.now() - started) / 1000, lagMs),
+        (err: Error) => this.record(slot, target, { ok: false, result: "error", reason: `probe failed: ${err.message}` }, (performance.now() - started) / 1000, lagMs),
+      );
+    }
+    // Stay on the grid; if the timer ran more than an interval late, skip the missed slots.
+    let due = slot.due + interval;
+    if (due <= now) due += Math.ceil((now - due + 1) / interval) * interval;
+    this.schedule(slot, due);
+  }
+
+  private record(slot: Slot, target: CheckTarget, outcome: ProbeOutcome, seconds: number, lagMs: number): void {
+    slot.running = false;
+    if (slot.removed || this.stopped) return;
+    slot.probes++;
+    this.hooks.onResult?.(target, outcome, seconds, lagMs);
+    const { rise, fall } = slot.target.settings;
+    if (outcome.ok) {
+      slot.successes++;
+      slot.failures = 0;
+      if (slot.state !== "up" && slot.successes >= rise) this.transition(slot, "up", outcome.reason);
+    } else {
+      slot.failures++;
+      slot.successes = 0;
+      if (slot.state !== "down" && slot.failures >= fall) this.transition(slot, "down", outcome.reason);
+    }
+  }
+
+  private transition(slot: Slot, state: "up" | "down", reason: string): void {
+    slot.state = state;
+    slot.since = Date.now();
+    slot.reason = reason;
+    this.hooks.onChange(slot.target, this.verdictOf(slot));
+  }
+
+  private verdictOf(s: Slot): Verdict {
+    return {
+      state: s.state === "down" ? "down" : "up",
+      since: s.since,
+      reason: s.reason,
+      count: s.state === "down" ? s.failures : s.successes,
+      checker: this.checkerId,
+    };
+  }
+}
+
+/** Where in the interval a target's probes start: fixed per key, spread over `jitter` × interval. */
+function phaseOf(t: CheckTarget): number {
+  return Math.floor(Math.max(MIN_INTERVAL_MS, t.settings.interval) * t.settings.jitter * (hashString(t.key) / 2 ** 32));
+}

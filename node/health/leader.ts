@@ -1,0 +1,299 @@
+// The health-check leader: every node campaigns; the elected one checks every backend and writes
+// verdicts (only on change) and a heartbeat, each as a fenced write that fails once another term
+// began. A refused or failed write ends the term at once: stop checking, step down, campaign again.
+import { setTimeout as sleep } from "node:timers/promises";
+import { encodeValue, type Verdict } from "../../shared/codec.js";
+import type { KeySchema } from "../../shared/keys.js";
+import { parseVerdictValue, type RecordTable } from "../control/records.js";
+import type { Leadership, Store } from "../control/store.js";
+import type { Logger } from "../log.js";
+import { type CheckTarget, Checker } from "./checker.js";
+import type { Probe } from "./checks.js";
+import type { HealthMetrics } from "./metrics.js";
+
+export interface LeaderContext {
+  readonly id: string;
+  readonly store: Store;
+  readonly keys: KeySchema;
+  /** Lease TTL of the election key, in seconds. */
+  readonly leaseTtl: number;
+  /** Period of heartbeat writes. */
+  readonly heartbeatMs: number;
+  readonly log: Logger;
+  readonly metrics: HealthMetrics;
+  readonly probe?: Probe;
+  /** Targets of the latest snapshot; null before the first one. */
+  targets(): readonly CheckTarget[] | null;
+  /** The node's record table (verdicts as applied, services and backends for pruning). */
+  records(): RecordTable;
+  onLeadership?(leading: boolean, term: string): void;
+}
+
+/** Writes in flight at once; a mass outage of 1000 backends is written in a few round trips. */
+const MAX_INFLIGHT_WRITES = 64;
+/** Pause before campaigning again after a term ended (a failing store must not make a hot loop). */
+const RECAMPAIGN_PAUSE_MS = 200;
+const STOP_GRACE_MS = 1_000;
+
+export class HealthLeader {
+  private stopped = false;
+  private readonly stopping = new AbortController();
+  private term: Term | null = null;
+
+  constructor(private readonly ctx: LeaderContext) {}
+
+  get leading(): boolean {
+    return this.term !== null && !this.term.ended;
+  }
+
+  /** The current term (create revision of our election key) while leading. */
+  get termId(): string | null {
+    return this.leading ? this.term!.leadership.term : null;
+  }
+
+  get checking(): number {
+    return this.leading ? this.term!.checking : 0;
+  }
+
+  start(): void {
+    void this.run();
+  }
+
+  /** The snapshot changed: new targets, and verdicts of backends that are gone can be removed. */
+  refresh(): void {
+    this.term?.refresh();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.stopping.abort();
+    const t = this.term;
+    // A campaign still waiting is ended by the store's close(); run() sees `stopped` when it returns.
+    if (t) await Promise.race([t.end("node stopping", true), sleep(STOP_GRACE_MS, undefined, { ref: false })]);
+  }
+
+  private async run(): Promise<void> {
+    let failures = 0;
+    while (!this.stopped) {
+      let leadership: Leadership;
+      try {
+        leadership = await this.ctx.store.campaign(this.ctx.keys.election, this.ctx.id, this.ctx.leaseTtl);
+      } catch (err) {
+        if (this.stopped) return;
+        this.ctx.log.warn({ err: (err as Error).message }, "health election campaign failed; retrying");
+        await this.pause(Math.min(5_000, RECAMPAIGN_PAUSE_MS * 2 ** Math.min(failures++, 5)));
+        continue;
+      }
+      if (this.stopped) {
+        await leadership.resign().catch(() => {});
+        return;
+      }
+      failures = 0;
+      const term = new Term(this.ctx, leadership);
+      this.term = term;
+      await term.run();
+      this.term = null;
+      await this.pause(RECAMPAIGN_PAUSE_MS);
+    }
+  }
+
+  private async pause(ms: number): Promise<void> {
+    try {
+      await sleep(ms, undefined, { signal: this.stopping.signal, ref: false });
+    } catch {
+      // stopping
+    }
+  }
+}
+
+/** One won election: from the seed read to the step-down. */
+class Term {
+  ended = false;
+  private readonly checker: Checker;
+  /** What etcd holds as far as this term knows: the verdicts read at the start plus our own writes. */
+  private readonly known = new Map<string, Verdict>();
+  /** Latest value to write per key (null = delete); at most one write per key in flight, in order. */
+  private readonly pending = new Map<string, Buffer | null>();
+  private readonly inflight = new Set<string>();
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private heartbeatInflight = false;
+  /** Pruning waits until the node's records are at least as new as the seed read. */
+  private seedRevision = Number.POSITIVE_INFINITY;
+  private targetsSeen = false;
+  private settled = false;
+  private finished!: () => void;
+  private readonly done = new Promise<void>((r) => (this.finished = r));
+  private resigning: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly ctx: LeaderContext,
+    readonly leadership: Leadership,
+  ) {
+    this.checker = new Checker(
+      ctx.id,
+      {
+        onChange: (target, verdict) => this.onVerdict(target, verdict),
+        onResult: (target, outcome, seconds, lagMs) => ctx.metrics.observe(target.service, outcome.result, seconds, lagMs),
+      },
+      ctx.probe,
+    );
+    leadership.onLost((reason) => void this.end(`leadership lost: ${reason}`, false));
+  }
+
+  get checking(): number {
+    return this.checker.size;
+  }
+
+  /** Resolves when the term is over. */
+  async run(): Promise<void> {
+    const l = this.leadership;
+    this.ctx.log.info({ term: l.term }, "elected health-check leader");
+    this.ctx.metrics.leader.set(1);
+    this.ctx.onLeadership?.(true, l.term);
+    try {
+      // Continue from the verdicts in etcd (no reset to unknown, so no flap on failover). Read after
+      // winning: a deposed leader's writes are fenced out by now, so this is the final word.
+      const { kvs, revision } = await this.ctx.store.list(this.ctx.keys.verdicts);
+      for (const kv of kvs) {
+        const k = this.ctx.keys.parse(kv.key);
+        if (k?.kind !== "verdict") continue;
+        try {
+          this.known.set(`${k.service}/${k.id}`, parseVerdictValue(kv.value));
+        } catch {
+          // an unreadable verdict is rewritten at the next transition
+        }
+      }
+      this.seedRevision = revision;
+    } catch (err) {
+      void this.end(`reading verdicts failed: ${(err as Error).message}`, true);
+    }
+    if (!this.ended) {
+      this.heartbeat();
+      this.refresh();
+    }
+    await this.done;
+  }
+
+  refresh(): void {
+    if (this.ended || this.seedRevision === Number.POSITIVE_INFINITY) return;
+    const targets = this.ctx.targets();
+    if (targets === null) return;
+    this.targetsSeen = true;
+    this.checker.setTargets(targets, this.known);
+    this.ctx.metrics.checking.set({ role: "leader" }, this.checker.size);
+    this.prune();
+  }
+
+  /**
+   * Deletes verdicts whose backend record is gone or whose service no longer checks. Drained and
+   * disabled backends keep theirs (they are not checked, and the verdict is right again if they return).
+   */
+  private prune(): void {
+    const records = this.ctx.records();
+    if (records.revision < this.seedRevision) return;
+    let services: ReturnType<RecordTable["serviceSpecs"]> | null = null;
+    let backends: ReturnType<RecordTable["backendSpecs"]> | null = null;
+    for (const key of records.sharedVerdicts().keys()) {
+      if (this.pending.has(key) || this.inflight.has(key)) continue;
+      services ??= records.serviceSpecs();
+      backends ??= records.backendSpecs();
+      const slash = key.indexOf("/");
+      const service = key.slice(0, slash);
+      const id = key.slice(slash + 1);
+      const spec = services.get(service);
+      if (spec !== undefined && spec.health.type !== "none" && backends.get(service)?.has(id)) continue;
+      this.known.delete(key);
+      this.ctx.log.info({ service, backend: id }, "removing the verdict of a backend that is gone or unchecked");
+      this.write(this.ctx.keys.verdict(service, id), null);
+    }
+  }
+
+  private onVerdict(target: CheckTarget, verdict: Verdict): void {
+    this.known.set(target.key, verdict);
+    this.ctx.metrics.verdictChanges.inc({ service: target.service, state: verdict.state, source: "shared" });
+    this.ctx.log.info(
+      { service: target.service, backend: target.id, state: verdict.state, reason: verdict.reason, count: verdict.count, term: this.leadership.term },
+      `backend ${verdict.state}`,
+    );
+    this.write(this.ctx.keys.verdict(target.service, target.id), encodeValue({ ...verdict }));
+  }
+
+  private write(key: string, value: Buffer | null): void {
+    if (this.ended) return;
+    this.pending.set(key, value);
+    this.pump();
+  }
+
+  private pump(): void {
+    for (const [key, value] of this.pending) {
+      if (this.ended || this.inflight.size >= MAX_INFLIGHT_WRITES) return;
+      if (this.inflight.has(key)) continue;
+      this.pending.delete(key);
+      this.inflight.add(key);
+      const write = value === null ? this.leadership.fencedDelete(key) : this.leadership.fencedPut(key, value);
+      write.then(
+        (ok) => {
+          this.inflight.delete(key);
+          if (this.fenced(ok)) this.pump();
+        },
+        (err: Error) => {
+          this.inflight.delete(key);
+          this.failed(err);
+        },
+      );
+    }
+  }
+
+  private heartbeat(): void {
+    if (this.ended) return;
+    if (!this.heartbeatInflight) {
+      // `settled`: every target has been probed max(rise, fall) times in this term, so these verdicts
+      // are this leader's own observations; nodes in local fallback wait for it before trusting them.
+      if (!this.settled && this.targetsSeen) this.settled = this.checker.settled();
+      const value = encodeValue({ leader: this.ctx.id, at: Date.now(), term: this.leadership.term, settled: this.settled, checking: this.checker.size });
+      this.heartbeatInflight = true;
+      this.leadership.fencedPut(this.ctx.keys.heartbeat, value).then(
+        (ok) => {
+          this.heartbeatInflight = false;
+          this.fenced(ok);
+        },
+        (err: Error) => {
+          this.heartbeatInflight = false;
+          this.failed(err);
+        },
+      );
+    }
+    this.heartbeatTimer = setTimeout(() => this.heartbeat(), this.ctx.heartbeatMs);
+    this.heartbeatTimer.unref();
+  }
+
+  /** Counts a fenced write; a refused one ends the term (the leadership already knows it is lost). */
+  private fenced(ok: boolean): boolean {
+    this.ctx.metrics.fencedWrites.inc({ result: ok ? "ok" : "refused" });
+    if (!ok) void this.end("fenced write refused: another term has begun", false);
+    return ok;
+  }
+
+  /** A write that did not reach etcd: whether it landed is unknown, so step down rather than guess. */
+  private failed(err: Error): void {
+    this.ctx.metrics.fencedWrites.inc({ result: "error" });
+    void this.end(`write failed: ${err.message}`, true);
+  }
+
+  end(reason: string, resign: boolean): Promise<void> {
+    if (this.ended) return this.resigning;
+    this.ended = true;
+    if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    this.checker.stop();
+    this.pending.clear();
+    this.ctx.metrics.leader.set(0);
+    this.ctx.metrics.checking.set({ role: "leader" }, 0);
+    const fields = { term: this.leadership.term, reason };
+    if (reason === "node stopping") this.ctx.log.info(fields, "health-check leader stepping down");
+    else this.ctx.log.warn(fields, "health-check leader stepped down");
+    this.ctx.onLeadership?.(false, this.leadership.term);
+    if (resign) this.resigning = this.leadership.resign().catch(() => {});
+    this.finished();
+    return this.resigning;
+  }
+}

@@ -1,0 +1,67 @@
+// Health metrics, registered on the node's registry (so they carry its `node` label): checks by
+// result, check latency and schedule lag, verdict changes, fenced writes, leadership and mode.
+import client from "prom-client";
+import type { NodeMode } from "../node.js";
+import type { CheckResult } from "./checks.js";
+
+export const MODES: readonly NodeMode[] = ["standalone", "shared", "local-fallback"];
+
+export type FencedWriteResult = "ok" | "refused" | "error";
+
+export class HealthMetrics {
+  readonly checks: client.Counter<"service" | "result">;
+  readonly checkSeconds: client.Histogram<"service">;
+  readonly lagSeconds: client.Histogram;
+  readonly verdictChanges: client.Counter<"service" | "state" | "source">;
+  readonly fencedWrites: client.Counter<"result">;
+  readonly leader: client.Gauge;
+  readonly mode: client.Gauge<"mode">;
+  readonly modeTransitions: client.Counter<"mode">;
+  readonly checking: client.Gauge<"role">;
+  private readonly seconds = new Map<string, client.Histogram.Internal<"service">>();
+
+  constructor(registry: client.Registry) {
+    const registers = [registry];
+    this.checks = new client.Counter({ name: "ballast_health_checks_total", help: "Health probes run by this node, by service and result.", labelNames: ["service", "result"], registers });
+    this.checkSeconds = new client.Histogram({
+      name: "ballast_health_check_seconds",
+      help: "Duration of health probes.",
+      labelNames: ["service"],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers,
+    });
+    this.lagSeconds = new client.Histogram({
+      name: "ballast_health_check_lag_seconds",
+      help: "How late probes start against their schedule (a growing tail means the checker falls behind).",
+      buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      registers,
+    });
+    this.verdictChanges = new client.Counter({
+      name: "ballast_health_verdict_changes_total",
+      help: "Verdict transitions made by this node: source=shared as health leader (written to etcd), source=local in local fallback.",
+      labelNames: ["service", "state", "source"],
+      registers,
+    });
+    this.fencedWrites = new client.Counter({ name: "ballast_health_fenced_writes_total", help: "Verdict and heartbeat writes as health leader, by result (refused = fenced out).", labelNames: ["result"], registers });
+    this.leader = new client.Gauge({ name: "ballast_health_leader", help: "1 while this node is the health-check leader.", registers });
+    this.mode = new client.Gauge({ name: "ballast_health_mode", help: "1 for the verdict mode this node routes by (shared, local-fallback, standalone).", labelNames: ["mode"], registers });
+    this.modeTransitions = new client.Counter({ name: "ballast_health_mode_transitions_total", help: "Switches of the verdict mode, by the mode entered.", labelNames: ["mode"], registers });
+    this.checking = new client.Gauge({ name: "ballast_health_checked_backends", help: "Backends this node probes now, as leader or in local fallback.", labelNames: ["role"], registers });
+    this.leader.set(0);
+  }
+
+  setMode(mode: NodeMode): void {
+    for (const m of MODES) this.mode.set({ mode: m }, m === mode ? 1 : 0);
+  }
+
+  observe(service: string, result: CheckResult, seconds: number, lagMs: number): void {
+    this.checks.inc({ service, result });
+    let h = this.seconds.get(service);
+    if (h === undefined) {
+      h = this.checkSeconds.labels(service);
+      this.seconds.set(service, h);
+    }
+    h.observe(seconds);
+    this.lagSeconds.observe(lagMs / 1000);
+  }
+}
