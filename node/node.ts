@@ -6,6 +6,7 @@ import { KeySchema } from "../shared/keys.js";
 import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
 import { AdminServer } from "./admin/server.js";
+import { allowsPeerOrigin, statusPage } from "./admin/status-page.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { MemoryStore } from "./control/memory-store.js";
 import { Reconciler } from "./control/reconciler.js";
@@ -84,7 +85,9 @@ export class BallastNode {
         state: () => describeState(this),
         route: (service, client, port) => explainRoute(this, service, client, port),
         metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
-        pages: new Map(),
+        pages: new Map([["/", statusPage]]),
+        publicPages: new Set(["/"]),
+        allowOrigin: (origin) => allowsPeerOrigin(this.reconciler.nodes.values(), origin),
       },
       c.admin.token,
     );
