@@ -14,7 +14,7 @@ afterEach(async () => {
 describe("node lifecycle and admin API", () => {
   it("drains on SIGTERM: not ready, new connections refused, the open one finishes, exit 0", async () => {
     const a = await startTcpEcho("a", { prefix: false });
-    const node = await spawnNode({ drainTimeout: "20s", services: [{ name: "echo", listen: "127.0.0.1:0", backends: [{ id: "a", address: "127.0.0.1", port: a.port }] }] });
+    const node = await spawnNode({ drainTimeout: "20s", services: [{ name: "echo", listen: "127.0.0.1:0", health: { type: "none" }, backends: [{ id: "a", address: "127.0.0.1", port: a.port }] }] });
     await waitFor(async () => (await fetch(`http://${node.admin}/readyz`)).status === 200, { message: "node ready" });
     const state = await getJson<{ services: Array<{ boundPort: number }> }>(node.admin, "/api/state");
     const port = state.services[0].boundPort;
@@ -38,7 +38,7 @@ describe("node lifecycle and admin API", () => {
     const b = await startTcpEcho("b");
     const node = await startNode({
       admin: { listen: "127.0.0.1:0", token: "s3cret" },
-      services: [{ name: "web", listen: "127.0.0.1:0", algorithm: "source-ip", backends: [{ id: "a", address: "127.0.0.1", port: a.port }, { id: "b", address: "127.0.0.1", port: b.port }] }],
+      services: [{ name: "web", listen: "127.0.0.1:0", algorithm: "source-ip", health: { type: "none" }, backends: [{ id: "a", address: "127.0.0.1", port: a.port }, { id: "b", address: "127.0.0.1", port: b.port }] }],
     });
     const admin = `http://${node.admin.address}`;
     const auth = { headers: { authorization: "Bearer s3cret" } };

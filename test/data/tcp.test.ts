@@ -12,8 +12,9 @@ afterEach(async () => {
   await closeAllBackends();
 });
 
+// Health checks off unless a test turns them on: their probe connections would count as backend hits.
 function service(name: string, backends: Array<{ id: string; port: number }>, extra: Record<string, unknown> = {}) {
-  return { name, listen: "127.0.0.1:0", backends: backends.map((b) => ({ id: b.id, address: "127.0.0.1", port: b.port })), ...extra };
+  return { name, listen: "127.0.0.1:0", health: { type: "none" }, backends: backends.map((b) => ({ id: b.id, address: "127.0.0.1", port: b.port })), ...extra };
 }
 
 describe("tcp proxy", () => {
@@ -67,7 +68,8 @@ describe("tcp proxy", () => {
       pump();
     });
     await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
-    const node = await startNode({ services: [service("bulk", [{ id: "x", port: (server.address() as net.AddressInfo).port }])] });
+    // No health checks: their connections would also receive the stream and share `written`.
+    const node = await startNode({ services: [service("bulk", [{ id: "x", port: (server.address() as net.AddressInfo).port }], { health: { type: "none" } })] });
     const client = net.connect(portOf(node, "bulk"), "127.0.0.1");
     client.pause();
     await new Promise((r) => client.once("connect", r));

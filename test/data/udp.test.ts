@@ -16,7 +16,7 @@ describe("udp proxy", () => {
     const a = await startUdpEcho("a");
     const b = await startUdpEcho("b");
     const node = await startNode({
-      services: [{ name: "dns", listen: "127.0.0.1:0", protocol: "udp", backends: [{ id: "a", address: "127.0.0.1", port: a.port }, { id: "b", address: "127.0.0.1", port: b.port }] }],
+      services: [{ name: "dns", listen: "127.0.0.1:0", protocol: "udp", health: { type: "none" }, backends: [{ id: "a", address: "127.0.0.1", port: a.port }, { id: "b", address: "127.0.0.1", port: b.port }] }],
     });
     const port = portOf(node, "dns");
     const clients = [0, 1, 2, 3].map(() => dgram.createSocket("udp4"));
@@ -42,8 +42,8 @@ describe("udp proxy", () => {
     const a = await startUdpEcho("a");
     const node = await startNode({
       services: [
-        { name: "u", listen: "127.0.0.1:0", protocol: "udp", timeouts: { udpIdle: "200ms" }, backends: [{ id: "a", address: "127.0.0.1", port: a.port }] },
-        { name: "empty", listen: "127.0.0.1:0", protocol: "udp", backends: [] },
+        { name: "u", listen: "127.0.0.1:0", protocol: "udp", health: { type: "none" }, timeouts: { udpIdle: "200ms" }, backends: [{ id: "a", address: "127.0.0.1", port: a.port }] },
+        { name: "empty", listen: "127.0.0.1:0", protocol: "udp", health: { type: "none" }, backends: [] },
       ],
     });
     expect(await udpExchange(portOf(node, "u"), "x")).toBe("a:x");
