@@ -122,6 +122,21 @@ describe("tcp proxy", () => {
     for (const s of open) s.destroy();
   });
 
+  it("refuses over the per-service connection limit and accepts again once a connection ends", async () => {
+    const a = await startTcpEcho("a");
+    const b = await startTcpEcho("b");
+    const node = await startNode({ services: [service("svc", [{ id: "a", port: a.port }, { id: "b", port: b.port }], { limits: { maxConnections: 1 } })] });
+    const port = portOf(node, "svc");
+    const held = net.connect(port, "127.0.0.1");
+    held.on("data", () => {});
+    await waitFor(() => a.open + b.open === 1);
+    await expect(tcpExchange(port, "second")).rejects.toThrow(/ECONNRESET|socket hang up/);
+    expect(node.plane.stats.service("svc").refused["max-connections"]).toBe(1);
+    held.destroy();
+    await waitFor(() => node.plane.stats.service("svc").active === 0);
+    expect(await tcpExchange(port, "third")).toMatch(/^[ab]:third$/);
+  });
+
   it("sends PROXY protocol v1 and v2 headers with the client's address", async () => {
     const r1 = await startRecorder("v1");
     const r2 = await startRecorder("v2");
