@@ -195,8 +195,11 @@ describe("health leadership across processes", () => {
     );
     const stepDown = JSON.parse(paused.logs.find((l) => l.includes("health-check leader stepped down"))!) as { reason: string };
     console.log(`[health] deposed leader ${oldLeader} after SIGCONT: stepped down (${stepDown.reason})`);
+    // Which comes first after SIGCONT is up to the event loop: a write refused by the fence, the lease
+    // timer, or the watch on the election key. Each ends the term; none lets a write through.
     const metrics = await (await fetch(`http://${paused.admin}/metrics`)).text();
-    expect(metricValue(metrics, "ballast_health_fenced_writes_total", { result: "refused" }), "a write of the old term was refused").toBeGreaterThanOrEqual(1);
+    const refused = metricValue(metrics, "ballast_health_fenced_writes_total", { result: "refused" }) ?? 0;
+    expect(refused > 0 || /lease lost|election key deleted/.test(stepDown.reason), stepDown.reason).toBe(true);
     expect(metricValue(metrics, "ballast_health_leader")).toBe(0);
 
     const late = rec.writes.filter((w) => w.rev > firstNewRev && w.type === "put" && (w.value?.leader === oldLeader || w.value?.checker === oldLeader));

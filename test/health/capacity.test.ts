@@ -1,0 +1,109 @@
+// How many backends one checker keeps up with at a 1 s interval: N listening sockets on loopback (in
+// a separate process, so the checker's CPU is its own), TCP probes through the real check engine, and
+// the lag of each probe behind its schedule. A measurement, not an assertion on speed: it only runs
+// with BALLAST_HEALTH_CAPACITY set, e.g.
+//   BALLAST_HEALTH_CAPACITY=1000,2000,4000 npx vitest run test/health/capacity.test.ts
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { type CheckTarget, Checker } from "../../node/health/checker.js";
+import { healthSchema } from "../../shared/schema.js";
+
+const sizes = (process.env.BALLAST_HEALTH_CAPACITY ?? "")
+  .split(",")
+  .map((s) => Number(s.trim()))
+  .filter((n) => n > 0);
+const RUN_MS = Number(process.env.BALLAST_HEALTH_CAPACITY_MS ?? 10_000);
+const WARMUP_MS = 2_000;
+
+const SERVERS = `
+import net from "node:net";
+const n = Number(process.argv[2]);
+const ports = [];
+for (let i = 0; i < n; i++) {
+  const s = net.createServer((c) => { c.on("error", () => {}); c.end(); });
+  await new Promise((r) => s.listen(0, "127.0.0.1", r));
+  ports.push(s.address().port);
+}
+process.stdout.write(JSON.stringify(ports) + "\\n");
+`;
+
+async function startServers(n: number): Promise<{ child: ChildProcess; ports: number[] }> {
+  const dir = mkdtempSync(join(tmpdir(), "ballast-capacity-"));
+  const file = join(dir, "servers.mjs");
+  writeFileSync(file, SERVERS);
+  const child = spawn(process.execPath, [file, String(n)], { stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  const ports = await new Promise<number[]>((resolve, reject) => {
+    child.stdout!.on("data", (d: Buffer) => {
+      out += d.toString();
+      if (out.includes("\n")) resolve(JSON.parse(out) as number[]);
+    });
+    child.once("exit", (code) => reject(new Error(`servers exited with ${code}`)));
+  });
+  return { child, ports };
+}
+
+function pct(sorted: number[], p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+describe.skipIf(sizes.length === 0)("health check capacity", () => {
+  it.each(sizes)("%i backends at a 1 s interval", async (n) => {
+    const { child, ports } = await startServers(n);
+    try {
+      const settings = healthSchema.parse({ type: "tcp", interval: "1s", timeout: "1s", rise: 2, fall: 3 });
+      const targets: CheckTarget[] = ports.map((port, i) => ({ key: `svc/b${i}`, service: "svc", id: `b${i}`, host: "127.0.0.1", port, kind: "tcp", settings }));
+      const started = Date.now();
+      const lags: number[] = [];
+      const durations: number[] = [];
+      let failures = 0;
+      let probes = 0;
+      const checker = new Checker("capacity", {
+        onChange: () => {},
+        onResult: (_t, outcome, seconds, lagMs) => {
+          if (Date.now() - started < WARMUP_MS) return;
+          probes++;
+          if (!outcome.ok) failures++;
+          lags.push(lagMs);
+          durations.push(seconds * 1000);
+        },
+      });
+      const cpu0 = process.cpuUsage();
+      const loopLag = { max: 0 };
+      let last = performance.now();
+      const tick = setInterval(() => {
+        const now = performance.now();
+        if (Date.now() - started >= WARMUP_MS) loopLag.max = Math.max(loopLag.max, now - last - 50);
+        last = now;
+      }, 50);
+      checker.setTargets(targets);
+      await new Promise((r) => setTimeout(r, WARMUP_MS + RUN_MS));
+      checker.stop();
+      clearInterval(tick);
+      const cpu = process.cpuUsage(cpu0);
+      const seconds = RUN_MS / 1000;
+      lags.sort((a, b) => a - b);
+      durations.sort((a, b) => a - b);
+      const rate = probes / seconds;
+      const report = {
+        backends: n,
+        expectedChecksPerSecond: n,
+        checksPerSecond: Math.round(rate),
+        keptUp: `${((100 * rate) / n).toFixed(1)}%`,
+        failures,
+        lagMs: { p50: pct(lags, 50), p99: pct(lags, 99), max: lags.at(-1) },
+        probeMs: { p50: +pct(durations, 50).toFixed(2), p99: +pct(durations, 99).toFixed(2) },
+        eventLoopStallMaxMs: Math.round(loopLag.max),
+        cpuOfOneCore: `${((100 * (cpu.user + cpu.system)) / 1e6 / (seconds + WARMUP_MS / 1000)).toFixed(1)}%`,
+      };
+      console.log(`[health capacity] ${JSON.stringify(report)}`);
+      expect(probes).toBeGreaterThan(0);
+    } finally {
+      child.kill("SIGKILL");
+    }
+  }, 120_000);
+});
