@@ -50,17 +50,22 @@ function parseProxyHeader(chunk) {
   return null;
 }
 
+// A length, not chunks: simple clients (the chaos load loop, nc) read one JSON line per answer.
+function reply(res, status, body) {
+  res.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(body) }).end(body);
+}
+
 const httpServer = http.createServer((req, res) => {
   const url = new URL(req.url ?? "/", "http://backend");
   if (url.pathname === "/_ctl/down" || url.pathname === "/_ctl/up") {
     healthy = url.pathname === "/_ctl/up";
-    res.writeHead(200, { "content-type": "application/json" }).end(`${JSON.stringify({ backend: NAME, healthy })}\n`);
+    reply(res, 200, `${JSON.stringify({ backend: NAME, healthy })}\n`);
     return;
   }
   const peer = `${req.socket.remoteAddress}:${req.socket.remotePort}`;
   const body = `${JSON.stringify({ backend: NAME, peer, client: req.socket.proxiedClient ?? peer, path: url.pathname, served: ++served })}\n`;
   const delay = Math.min(Math.max(Number(url.searchParams.get("delay")) || 0, 0), MAX_DELAY_MS);
-  const answer = () => res.writeHead(healthy ? 200 : 503, { "content-type": "application/json" }).end(body);
+  const answer = () => reply(res, healthy ? 200 : 503, body);
   if (delay > 0) setTimeout(answer, delay);
   else answer();
 });

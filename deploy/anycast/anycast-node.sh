@@ -11,6 +11,7 @@
 #   POLL_MS         readiness poll period, default 250; RISE (default 2) successes announce,
 #                   FALL (default 1) failures withdraw; a check times out after 1 s
 #   LOCAL_AS        default 65010 (all nodes may share it); ROUTER_AS default 65000; BFD on|off (on)
+# Needs bird2, iproute2, wget and timeout (busybox has them all), fractional sleep (GNU or busybox).
 # Log lines "anycast: announce" / "anycast: withdraw" mark each transition (docker logs -t times them).
 set -eu
 # busybox sh runs its own applets before PATH; its ip lacks multipath, rules and -batch.
@@ -24,6 +25,7 @@ FALL=${FALL:-1}
 LOCAL_AS=${LOCAL_AS:-65010}
 ROUTER_AS=${ROUTER_AS:-65000}
 BFD=${BFD:-on}
+POLL_S=$(awk -v ms="$POLL_MS" 'BEGIN { printf "%.3f", ms / 1000 }')
 CONF=/run/bird/bird-node.conf
 SOCK=/run/bird/bird.ctl
 TEMPLATE=${TEMPLATE:-/etc/ballast-anycast/bird-node.conf.in}
@@ -44,7 +46,7 @@ awk -v routes="$routes" '/@VIP_ROUTES@/ { printf "%s", routes; next } { print }'
 
 bird -f -c "$CONF" -s "$SOCK" &
 bird_pid=$!
-for _ in $(seq 1 50); do [ -S "$SOCK" ] && break; usleep 100000; done
+for _ in $(seq 1 50); do [ -S "$SOCK" ] && break; sleep 0.1; done
 echo "anycast: bird up, router id $ROUTER_ID, peer $ROUTER, vips $VIPS, watching $READY_URL"
 
 announced=0
@@ -56,7 +58,7 @@ set_announced() {
 
 stop() {
   [ "$announced" = 1 ] && set_announced 0 "stopping"
-  usleep 300000  # let the withdraw reach the router before the session closes
+  sleep 0.3  # let the withdraw reach the router before the session closes
   kill "$bird_pid" 2>/dev/null || true
   wait "$bird_pid" 2>/dev/null || true
   exit 0
@@ -70,7 +72,7 @@ while kill -0 "$bird_pid" 2>/dev/null; do
   if timeout 1 wget -q -O /dev/null "$READY_URL" 2>/dev/null; then ok=$((ok + 1)); bad=0; else bad=$((bad + 1)); ok=0; fi
   if [ "$announced" = 0 ] && [ "$ok" -ge "$RISE" ]; then set_announced 1 "ready"; fi
   if [ "$announced" = 1 ] && [ "$bad" -ge "$FALL" ]; then set_announced 0 "not ready"; fi
-  usleep $((POLL_MS * 1000)) &
+  sleep "$POLL_S" &
   wait $! || true  # a trap runs at once while waiting, not after the sleep
 done
 echo "anycast: bird exited" >&2

@@ -1,0 +1,806 @@
+// The chaos harness: starts a real Ballast cluster in containers (etcd members, nodes, demo backends,
+// and the anycast rig: a BIRD router, a BIRD announcer beside each node, a client behind the router),
+// on internal networks only, and gives each container the faults the scenarios need (kill, pause,
+// network cut, graceful stop). Images come from deploy/images/build.sh; nothing is pulled.
+//
+// Networks, per cluster (X picked at random, retried when taken):
+//   ctl      10.X+1.0.0/24  etcd members and nodes (cutting a node from etcd = disconnecting it here)
+//   fabric   10.X.0.0/16    nodes, backends, router, client; containers get addresses from 10.X.0.0/24,
+//                           client sources are 10.X.1.0/24, VIPs 10.X.255.0/24. Docker drops routed
+//                           traffic whose addresses are outside a bridge's subnet, so the router is
+//                           "one-armed": client → router → node all inside this one subnet.
+// Every container and network is named ballast-chaos-<run>-… and labelled ballast.chaos=<run> and
+// ballast.chaos.owner=<pid>; destroy() removes them, global setup sweeps those of dead owners.
+import { mkdirSync, writeFileSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import Docker from "dockerode";
+import { GenericContainer, type StartedTestContainer } from "testcontainers";
+import { waitFor } from "../helpers/wait.js";
+
+process.env.TESTCONTAINERS_RYUK_DISABLED ??= "true";
+process.env.TESTCONTAINERS_HOST_OVERRIDE ??= "127.0.0.1";
+
+export const IMAGES = {
+  node: "ballast-node:local",
+  etcd: "ballast-etcd:local",
+  bird: "ballast-bird:local",
+  base: "ballast-base:local",
+} as const;
+
+export const RUN_LABEL = "ballast.chaos";
+export const OWNER_LABEL = "ballast.chaos.owner";
+const CHAOS_DIR = dirname(fileURLToPath(import.meta.url));
+const LOG_DIR = resolve(process.cwd(), "test-artifacts/chaos");
+
+export const docker = new Docker();
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** The demo service every scenario uses unless it says otherwise (a record at services/web). */
+export const DEFAULT_SERVICE = {
+  listen: "0.0.0.0:8080",
+  protocol: "tcp",
+  affinity: { mode: "source-ip", ttl: "10m" },
+  health: { type: "http", interval: "1s", timeout: "500ms", rise: 2, fall: 2, http: { path: "/" } },
+};
+
+export interface ClusterOptions {
+  etcdMembers?: number;
+  nodes?: number;
+  backends?: number;
+  /** Router, announcers and client (default true); without, the client reaches nodes directly. */
+  anycast?: boolean;
+  /** Source addresses the client spreads its connections over (each one a "client"), default 32. */
+  clientSources?: number;
+  service?: Record<string, unknown>;
+  /** Extra node config merged over the default (top-level keys replace). */
+  nodeConfig?: (index: number) => Record<string, unknown>;
+  leaseTtl?: number;
+  cluster?: string;
+  /** Router: pin each connection to its first node through conntrack (default true). */
+  sticky?: boolean;
+}
+
+type NetKey = "ctl" | "fabric";
+
+interface NetworkInfo {
+  name: string;
+  subnet: string;
+  /** First three octets of the address range containers get, e.g. "10.140.0". */
+  base: string;
+}
+
+// GenericContainer with what the harness needs and testcontainers does not offer: a network chosen
+// at create time with aliases and no default bridge (testcontainers' withNetworkAliases attaches the
+// default bridge first), further networks connected before start, and sysctls.
+class ChaosContainer extends GenericContainer {
+  private extraNetworks: { network: string; aliases: string[] }[] = [];
+
+  constructor(image: string, name: string, run: string) {
+    super(image);
+    this.withName(name).withLabels({ [RUN_LABEL]: run, [OWNER_LABEL]: String(process.pid) });
+  }
+
+  onNetwork(network: string, aliases: string[] = []): this {
+    this.networkMode = network;
+    this.createOpts.NetworkingConfig = { EndpointsConfig: { [network]: { Aliases: aliases } } };
+    return this;
+  }
+
+  alsoOn(network: string, aliases: string[] = []): this {
+    this.extraNetworks.push({ network, aliases });
+    return this;
+  }
+
+  inNetworkNamespaceOf(containerId: string): this {
+    this.networkMode = `container:${containerId}`;
+    return this;
+  }
+
+  withSysctls(sysctls: Record<string, string>): this {
+    this.hostConfig.Sysctls = { ...this.hostConfig.Sysctls, ...sysctls };
+    return this;
+  }
+
+  protected override async containerCreated(containerId: string): Promise<void> {
+    for (const { network, aliases } of this.extraNetworks) {
+      await docker.getNetwork(network).connect({ Container: containerId, EndpointConfig: { Aliases: aliases } });
+    }
+  }
+}
+
+export interface ExecResult {
+  exitCode: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** One container and the faults it can suffer. */
+export class Member {
+  private addresses = new Map<string, string>();
+
+  constructor(
+    readonly cluster: ChaosCluster,
+    readonly role: string,
+    readonly name: string,
+    readonly container: StartedTestContainer,
+  ) {}
+
+  get id(): string {
+    return this.container.getId();
+  }
+
+  private get handle(): Docker.Container {
+    return docker.getContainer(this.id);
+  }
+
+  /** Address on a network (as of the last start/connect). */
+  ip(net: NetKey): string {
+    const ip = this.addresses.get(this.cluster.networks[net].name);
+    if (!ip) throw new Error(`${this.name} has no address on ${net}`);
+    return ip;
+  }
+
+  async refresh(): Promise<void> {
+    const info = await this.handle.inspect();
+    this.addresses.clear();
+    for (const [net, ep] of Object.entries(info.NetworkSettings.Networks ?? {})) if (ep.IPAddress) this.addresses.set(net, ep.IPAddress);
+  }
+
+  /** SIGKILL (or another signal); the container stays, start() brings it back. */
+  async kill(signal = "SIGKILL"): Promise<void> {
+    await this.handle.kill({ signal });
+  }
+
+  /** docker stop: SIGTERM, then SIGKILL after `graceSeconds`; resolves when the container has exited. */
+  async stop(graceSeconds = 30): Promise<void> {
+    await this.handle.stop({ t: graceSeconds });
+  }
+
+  /** Sends SIGTERM and returns at once (the scenario watches the drain). */
+  async terminate(): Promise<void> {
+    await this.kill("SIGTERM");
+  }
+
+  async start(): Promise<void> {
+    await this.handle.start();
+    await this.refresh();
+  }
+
+  async pause(): Promise<void> {
+    await this.handle.pause();
+  }
+
+  async unpause(): Promise<void> {
+    await this.handle.unpause();
+  }
+
+  /** Cuts the container from a network; it keeps its address there for connect(). */
+  async disconnect(net: NetKey): Promise<void> {
+    await docker.getNetwork(this.cluster.networks[net].name).disconnect({ Container: this.id, Force: true });
+  }
+
+  async connect(net: NetKey): Promise<void> {
+    const network = this.cluster.networks[net].name;
+    const ip = this.addresses.get(network);
+    await docker.getNetwork(network).connect({
+      Container: this.id,
+      EndpointConfig: { IPAMConfig: ip ? { IPv4Address: ip } : undefined, Aliases: this.aliases(net) },
+    });
+  }
+
+  protected aliases(_net: NetKey): string[] {
+    return [];
+  }
+
+  async running(): Promise<boolean> {
+    const info = await this.handle.inspect();
+    return info.State.Running && !info.State.Paused;
+  }
+
+  async exitCode(): Promise<number | null> {
+    const info = await this.handle.inspect();
+    return info.State.Running ? null : info.State.ExitCode;
+  }
+
+  async exec(cmd: string[]): Promise<ExecResult> {
+    const r = await this.container.exec(cmd);
+    return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
+  }
+
+  /** Runs a command and fails with its output when it exits non-zero. */
+  async sh(script: string): Promise<string> {
+    const r = await this.exec(["/bin/sh", "-c", script]);
+    if (r.exitCode !== 0) throw new Error(`${this.name}: \`${script}\` exited ${r.exitCode}: ${r.stderr || r.stdout}`);
+    return r.stdout;
+  }
+
+  /** The container's log (stdout and stderr), each line prefixed with docker's RFC 3339 timestamp. */
+  async logs(): Promise<string> {
+    const buf = (await this.handle.logs({ stdout: true, stderr: true, timestamps: true, follow: false })) as unknown as Buffer;
+    return demuxDockerLog(buf);
+  }
+}
+
+/** Strips docker's 8-byte stream headers from a non-TTY log. */
+function demuxDockerLog(buf: Buffer): string {
+  const out: Buffer[] = [];
+  let i = 0;
+  while (i + 8 <= buf.length) {
+    const len = buf.readUInt32BE(i + 4);
+    out.push(buf.subarray(i + 8, i + 8 + len));
+    i += 8 + len;
+  }
+  return Buffer.concat(out).toString("utf8");
+}
+
+export class EtcdMember extends Member {
+  constructor(
+    cluster: ChaosCluster,
+    name: string,
+    container: StartedTestContainer,
+    readonly memberName: string,
+  ) {
+    super(cluster, "etcd", name, container);
+  }
+
+  get clientUrl(): string {
+    return `http://${this.ip("ctl")}:2379`;
+  }
+
+  protected override aliases(): string[] {
+    return [this.memberName];
+  }
+
+  async healthy(): Promise<boolean> {
+    const res = await fetch(`${this.clientUrl}/health`, { signal: AbortSignal.timeout(1000) });
+    return res.ok && ((await res.json()) as { health?: string }).health === "true";
+  }
+
+  /** Member id and the leader's id as this member sees them (decimal strings). */
+  async status(timeoutMs = 3000): Promise<{ memberId: string; leader: string }> {
+    const s = (await this.gateway("/v3/maintenance/status", {}, timeoutMs)) as { header: { member_id: string }; leader: string };
+    return { memberId: s.header.member_id, leader: s.leader };
+  }
+
+  /** etcd's JSON gateway (grpc-gateway): keys and values base64. */
+  async gateway(path: string, body: unknown, timeoutMs = 3000): Promise<unknown> {
+    const res = await fetch(`${this.clientUrl}${path}`, {
+      method: "POST",
+      body: JSON.stringify(body),
+      headers: { "content-type": "application/json" },
+      signal: AbortSignal.timeout(timeoutMs),
+    });
+    if (!res.ok) throw new Error(`${this.name} ${path}: ${res.status} ${await res.text()}`);
+    return res.json();
+  }
+}
+
+export class BallastNode extends Member {
+  /** The BIRD announcer sharing this node's network namespace (anycast only). */
+  announcer?: Member;
+
+  constructor(
+    cluster: ChaosCluster,
+    name: string,
+    container: StartedTestContainer,
+    readonly nodeId: string,
+  ) {
+    super(cluster, "node", name, container);
+  }
+
+  protected override aliases(net: NetKey): string[] {
+    return net === "ctl" ? [this.nodeId] : [];
+  }
+
+  /** Admin API over the fabric network (it stays reachable when the node is cut from etcd). */
+  get adminUrl(): string {
+    return `http://${this.ip("fabric")}:9090`;
+  }
+
+  async ready(): Promise<boolean> {
+    try {
+      const res = await fetch(`${this.adminUrl}/readyz`, { signal: AbortSignal.timeout(1000) });
+      await res.arrayBuffer();
+      return res.status === 200;
+    } catch {
+      return false;
+    }
+  }
+
+  async api<T = Record<string, unknown>>(path: string): Promise<T> {
+    const res = await fetch(`${this.adminUrl}${path}`, { signal: AbortSignal.timeout(3000) });
+    if (!res.ok) throw new Error(`${this.name} ${path}: ${res.status} ${await res.text()}`);
+    return (await res.json()) as T;
+  }
+
+  state(): Promise<Record<string, unknown>> {
+    return this.api("/api/state");
+  }
+
+  route(service: string, client: string): Promise<Record<string, unknown>> {
+    return this.api(`/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}`);
+  }
+
+  async metrics(): Promise<string> {
+    const res = await fetch(`${this.adminUrl}/metrics`, { signal: AbortSignal.timeout(3000) });
+    return res.text();
+  }
+
+  /** Kill the node and its announcer together, as when the whole machine dies. */
+  async killWithAnnouncer(): Promise<void> {
+    await Promise.all([this.kill(), this.announcer?.kill()]);
+  }
+}
+
+export interface LoadOptions {
+  /** "ip:port"; default the VIP (anycast) or the first node (without). */
+  target?: string;
+  /** How many of the client's source addresses to use (default all). */
+  sources?: number;
+  concurrency?: number;
+  connections?: number;
+  durationMs: number;
+  timeoutMs?: number;
+  requests?: number;
+  gapMs?: number;
+  holdMs?: number;
+}
+
+export interface ConnectionRecord {
+  i: number;
+  src: string | null;
+  /** ms after the load started */
+  start: number;
+  connectMs: number;
+  end: number;
+  ok: boolean;
+  err: string | null;
+  backends: (string | null)[];
+  /** the node each answer came through (the backend's TCP peer) */
+  nodes: (string | null)[];
+  answered: number;
+}
+
+export interface LoadResult {
+  /** epoch ms the load started (inside the client container; same host clock) */
+  t0: number;
+  elapsedMs: number;
+  cutShort: boolean;
+  total: number;
+  ok: number;
+  failed: number;
+  errors: Record<string, number>;
+  connections: ConnectionRecord[];
+}
+
+export class Client extends Member {
+  constructor(
+    cluster: ChaosCluster,
+    name: string,
+    container: StartedTestContainer,
+    readonly sources: string[],
+  ) {
+    super(cluster, "client", name, container);
+  }
+
+  /** Runs the load loop in the container; bounded by count and time (and `timeout` around node). */
+  async load(opts: LoadOptions): Promise<LoadResult> {
+    const c = this.cluster;
+    const target = opts.target ?? (c.vip ? `${c.vip}:8080` : `${c.nodes[0].ip("fabric")}:8080`);
+    const sources = c.vip ? this.sources.slice(0, opts.sources ?? this.sources.length) : [];
+    const args = { ...opts, target, sources };
+    const bound = Math.ceil((opts.durationMs + (opts.timeoutMs ?? 2000) + ((opts.holdMs ?? 0) + (opts.gapMs ?? 0)) * (opts.requests ?? 1)) / 1000) + 10;
+    const r = await this.exec(["timeout", String(bound), "node", "/chaos/load-client.mjs", JSON.stringify(args)]);
+    if (r.exitCode !== 0) throw new Error(`load client exited ${r.exitCode}: ${r.stderr.slice(0, 2000)}`);
+    return JSON.parse(r.stdout) as LoadResult;
+  }
+}
+
+async function createNetwork(name: string, run: string, subnet: string, ipRange?: string): Promise<void> {
+  await docker.createNetwork({
+    Name: name,
+    Driver: "bridge",
+    Internal: true,
+    CheckDuplicate: true,
+    Labels: { [RUN_LABEL]: run, [OWNER_LABEL]: String(process.pid) },
+    IPAM: { Config: [{ Subnet: subnet, IPRange: ipRange }] },
+  });
+}
+
+export class ChaosCluster {
+  readonly etcd: EtcdMember[] = [];
+  readonly nodes: BallastNode[] = [];
+  readonly backends: Member[] = [];
+  router?: Member;
+  client?: Client;
+  /** The service VIP (anycast), e.g. "10.140.255.10". */
+  vip?: string;
+  networks!: Record<NetKey, NetworkInfo>;
+  readonly startedAt = Date.now();
+
+  private constructor(
+    readonly run: string,
+    readonly opts: Required<Omit<ClusterOptions, "nodeConfig">> & Pick<ClusterOptions, "nodeConfig">,
+  ) {}
+
+  get prefix(): string {
+    return `ballast-chaos-${this.run}`;
+  }
+
+  get keyPrefix(): string {
+    return `/ballast/${this.opts.cluster}/`;
+  }
+
+  /** Starts everything and waits until every node is ready (and, with anycast, announced). */
+  static async start(options: ClusterOptions = {}): Promise<ChaosCluster> {
+    const run = Math.random().toString(16).slice(2, 8);
+    const c = new ChaosCluster(run, {
+      etcdMembers: options.etcdMembers ?? 3,
+      nodes: options.nodes ?? 3,
+      backends: options.backends ?? 3,
+      anycast: options.anycast ?? true,
+      clientSources: options.clientSources ?? 32,
+      service: options.service ?? DEFAULT_SERVICE,
+      leaseTtl: options.leaseTtl ?? 3,
+      cluster: options.cluster ?? "chaos",
+      sticky: options.sticky ?? true,
+      nodeConfig: options.nodeConfig,
+    });
+    try {
+      await c.createNetworks();
+      await Promise.all([c.startEtcd(), c.startBackends(), c.opts.anycast ? c.startRouter() : Promise.resolve()]);
+      await c.putService("web", c.opts.service);
+      for (const b of c.backends) await c.putBackend("web", b.name.slice(c.prefix.length + 1), { address: b.ip("fabric"), port: 8080 });
+      await c.startNodes();
+      if (c.opts.anycast) {
+        await c.startClient();
+        await Promise.all(c.nodes.map((n) => c.startAnnouncer(n)));
+        await waitFor(async () => (await c.announcedNodes()).length === c.nodes.length, { timeoutMs: 30_000, intervalMs: 200, message: "every node announced to the router" });
+      }
+      return c;
+    } catch (err) {
+      await c.destroy().catch(() => {});
+      throw err;
+    }
+  }
+
+  private async createNetworks(): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const x = 100 + 2 * Math.floor(Math.random() * 70);
+      const fabric = { name: `${this.prefix}-fabric`, subnet: `10.${x}.0.0/16`, base: `10.${x}.0` };
+      const ctl = { name: `${this.prefix}-ctl`, subnet: `10.${x + 1}.0.0/24`, base: `10.${x + 1}.0` };
+      try {
+        await createNetwork(fabric.name, this.run, fabric.subnet, `${fabric.base}.0/24`);
+        await createNetwork(ctl.name, this.run, ctl.subnet);
+        this.networks = { fabric, ctl };
+        this.vip = this.opts.anycast ? `10.${x}.255.10` : undefined;
+        return;
+      } catch (err) {
+        await docker.getNetwork(fabric.name).remove().catch(() => {});
+        await docker.getNetwork(ctl.name).remove().catch(() => {});
+        if (attempt >= 5 || !/overlap|in use|conflict/i.test(String(err))) throw err;
+      }
+    }
+  }
+
+  /** Client source addresses live in 10.X.1.0/24, VIPs in 10.X.255.0/24. */
+  private get fabricPrefix(): string {
+    return this.networks.fabric.base.split(".").slice(0, 2).join(".");
+  }
+
+  private container(image: string, name: string): ChaosContainer {
+    return new ChaosContainer(image, `${this.prefix}-${name}`, this.run).withStartupTimeout(60_000);
+  }
+
+  private async track<T extends Member>(m: T, list?: T[]): Promise<T> {
+    await m.refresh();
+    list?.push(m);
+    return m;
+  }
+
+  private async startEtcd(): Promise<void> {
+    const names = Array.from({ length: this.opts.etcdMembers }, (_, i) => `etcd${i + 1}`);
+    const initial = names.map((n) => `${n}=http://${n}:2380`).join(",");
+    const members = await Promise.all(
+      names.map(async (n) => {
+        const started = await this.container(IMAGES.etcd, n)
+          .onNetwork(this.networks.ctl.name, [n])
+          .withEnvironment({
+            ETCD_NAME: n,
+            ETCD_INITIAL_CLUSTER: initial,
+            ETCD_INITIAL_CLUSTER_STATE: "new",
+            ETCD_INITIAL_CLUSTER_TOKEN: `ballast-chaos-${this.run}`,
+            ETCD_LISTEN_CLIENT_URLS: "http://0.0.0.0:2379",
+            ETCD_ADVERTISE_CLIENT_URLS: `http://${n}:2379`,
+            ETCD_LISTEN_PEER_URLS: "http://0.0.0.0:2380",
+            ETCD_INITIAL_ADVERTISE_PEER_URLS: `http://${n}:2380`,
+          })
+          .start();
+        return new EtcdMember(this, started.getName().replace(/^\//, ""), started, n);
+      }),
+    );
+    for (const m of members) await this.track(m, this.etcd);
+    await waitFor(async () => (await Promise.all(this.etcd.map((m) => m.healthy()))).every(Boolean), {
+      timeoutMs: 30_000,
+      intervalMs: 200,
+      message: "etcd members healthy",
+    });
+  }
+
+  private async startBackends(): Promise<void> {
+    const started = await Promise.all(
+      Array.from({ length: this.opts.backends }, (_, i) =>
+        this.container(IMAGES.node, `backend${i + 1}`)
+          .onNetwork(this.networks.fabric.name)
+          .withEntrypoint(["node", "/app/deploy/demo-backend.mjs"])
+          .withCommand([])
+          .withEnvironment({ NAME: `backend${i + 1}`, PORT: "8080" })
+          .start(),
+      ),
+    );
+    for (const s of started) await this.track(new Member(this, "backend", s.getName().replace(/^\//, ""), s), this.backends);
+  }
+
+  private async startRouter(): Promise<void> {
+    const started = await this.container(IMAGES.bird, "router")
+      .onNetwork(this.networks.fabric.name)
+      .withAddedCapabilities("NET_ADMIN")
+      .withSysctls({
+        "net.ipv4.ip_forward": "1",
+        "net.ipv4.fib_multipath_hash_policy": "1",
+        "net.ipv4.conf.all.rp_filter": "0",
+        "net.ipv4.conf.default.rp_filter": "0",
+      })
+      .withEnvironment({
+        FABRIC: `${this.networks.fabric.base}.0/24`,
+        VIP_RANGE: `${this.fabricPrefix}.255.0/24`,
+        STICKY: this.opts.sticky ? "1" : "0",
+      })
+      .start();
+    this.router = await this.track(new Member(this, "router", started.getName().replace(/^\//, ""), started));
+  }
+
+  /** The node config file: JSON is YAML, so no YAML writer is needed. */
+  nodeConfigFor(index: number): Record<string, unknown> {
+    return {
+      node: { id: `n${index + 1}`, zone: `z${(index % 3) + 1}` },
+      cluster: this.opts.cluster,
+      etcd: { endpoints: this.etcd.map((m) => `http://${m.memberName}:2379`), leaseTtl: this.opts.leaseTtl },
+      admin: { listen: "0.0.0.0:9090" },
+      log: { level: "info" },
+      drainTimeout: "10s",
+      ...this.opts.nodeConfig?.(index),
+    };
+  }
+
+  private async startNodes(): Promise<void> {
+    const started = await Promise.all(
+      Array.from({ length: this.opts.nodes }, (_, i) => this.startNode(i)),
+    );
+    for (const n of started) await this.track(n, this.nodes);
+    await waitFor(async () => (await Promise.all(this.nodes.map((n) => n.ready()))).every(Boolean), {
+      timeoutMs: 30_000,
+      intervalMs: 200,
+      message: "every node ready",
+    });
+  }
+
+  private async startNode(index: number): Promise<BallastNode> {
+    const id = `n${index + 1}`;
+    const started = await this.container(IMAGES.node, id)
+      .onNetwork(this.networks.ctl.name, [id])
+      .alsoOn(this.networks.fabric.name)
+      .withCopyContentToContainer([{ content: JSON.stringify(this.nodeConfigFor(index), null, 2), target: "/etc/ballast/ballast.yaml", mode: 0o644 }])
+      .start();
+    return new BallastNode(this, started.getName().replace(/^\//, ""), started, id);
+  }
+
+  private async startAnnouncer(node: BallastNode): Promise<void> {
+    const started = await this.container(IMAGES.bird, `${node.nodeId}-bird`)
+      .inNetworkNamespaceOf(node.id)
+      .withAddedCapabilities("NET_ADMIN")
+      .withEnvironment({
+        VIPS: this.vip!,
+        ROUTER: this.router!.ip("fabric"),
+        RETURN_ROUTES: `${this.fabricPrefix}.1.0/24`,
+        POLL_MS: "200",
+      })
+      .withCommand(["/usr/local/bin/anycast-node.sh"])
+      .start();
+    node.announcer = new Member(this, "announcer", started.getName().replace(/^\//, ""), started);
+  }
+
+  private async startClient(): Promise<void> {
+    const sources = Array.from({ length: this.opts.clientSources }, (_, i) => `${this.fabricPrefix}.1.${i + 1}`);
+    const started = await this.container(IMAGES.base, "client")
+      .onNetwork(this.networks.fabric.name)
+      .withAddedCapabilities("NET_ADMIN")
+      .withBindMounts([{ source: CHAOS_DIR, target: "/chaos", mode: "ro" }])
+      .withCommand(["sleep", "3600"])
+      .start();
+    const client = await this.track(new Client(this, started.getName().replace(/^\//, ""), started, sources));
+    // Sources are extra addresses on the client; VIP traffic goes to the router, from the first source.
+    await client.sh(
+      [
+        ...sources.map((s) => `ip addr add ${s}/32 dev eth0`),
+        `ip route add ${this.fabricPrefix}.255.0/24 via ${this.router!.ip("fabric")} src ${sources[0]}`,
+      ].join(" && "),
+    );
+    this.client = client;
+  }
+
+  /** Nodes (fabric addresses) the router currently has in its ECMP route for the VIP. */
+  async announcedNodes(): Promise<string[]> {
+    if (!this.router || !this.vip) return [];
+    const out = await this.router.sh(`/usr/sbin/ip -4 route show ${this.vip}/32`);
+    const hops = [...out.matchAll(/via (\d+\.\d+\.\d+\.\d+)/g)].map((m) => m[1]);
+    return hops.sort();
+  }
+
+  nodeByAddress(ip: string): BallastNode | undefined {
+    return this.nodes.find((n) => n.ip("fabric") === ip);
+  }
+
+  // --- etcd records, through the first live member's JSON gateway ---------------------------------
+
+  async etcdGateway(path: string, body: unknown): Promise<unknown> {
+    let last: unknown;
+    for (const m of this.etcd) {
+      try {
+        return await m.gateway(path, body);
+      } catch (err) {
+        last = err;
+      }
+    }
+    throw last;
+  }
+
+  async put(key: string, value: string): Promise<void> {
+    await this.etcdGateway("/v3/kv/put", { key: b64(key), value: b64(value) });
+  }
+
+  async del(key: string): Promise<void> {
+    await this.etcdGateway("/v3/kv/deleterange", { key: b64(key) });
+  }
+
+  /** Keys and raw values under a prefix. */
+  async list(prefix: string): Promise<{ key: string; value: Buffer }[]> {
+    const r = (await this.etcdGateway("/v3/kv/range", { key: b64(prefix), range_end: b64(prefixEnd(prefix)) })) as {
+      kvs?: { key: string; value: string }[];
+    };
+    return (r.kvs ?? []).map((kv) => ({ key: Buffer.from(kv.key, "base64").toString(), value: Buffer.from(kv.value, "base64") }));
+  }
+
+  putService(name: string, record: Record<string, unknown>): Promise<void> {
+    return this.put(`${this.keyPrefix}services/${name}`, JSON.stringify(record));
+  }
+
+  putBackend(service: string, id: string, record: Record<string, unknown> | string): Promise<void> {
+    return this.put(`${this.keyPrefix}backends/${service}/${id}`, typeof record === "string" ? record : JSON.stringify(record));
+  }
+
+  /** The member the given (default: all) members name as leader; undefined while there is none. */
+  async etcdLeader(among: EtcdMember[] = this.etcd): Promise<EtcdMember | undefined> {
+    const statuses = await Promise.all(among.map((m) => m.status(500).catch(() => null)));
+    const leaderIds = new Set(statuses.filter((s) => s && s.leader !== "0").map((s) => s!.leader));
+    return among.find((_, i) => statuses[i] && leaderIds.has(statuses[i]!.memberId));
+  }
+
+  // --- teardown ---------------------------------------------------------------------------------
+
+  /** Saves every container's log under test-artifacts/chaos/<run>/, then removes containers and networks. */
+  async destroy(): Promise<void> {
+    const containers = await docker.listContainers({ all: true, filters: { label: [`${RUN_LABEL}=${this.run}`] } });
+    const dir = resolve(LOG_DIR, this.run);
+    mkdirSync(dir, { recursive: true });
+    await Promise.all(
+      containers.map(async (info) => {
+        const c = docker.getContainer(info.Id);
+        try {
+          const buf = (await c.logs({ stdout: true, stderr: true, timestamps: true })) as unknown as Buffer;
+          writeFileSync(resolve(dir, `${info.Names[0]?.replace(/^\//, "") ?? info.Id}.log`), demuxDockerLog(buf));
+        } catch {
+          // logs are a convenience
+        }
+      }),
+    );
+    await removeLabelled(`${RUN_LABEL}=${this.run}`);
+  }
+}
+
+/** Removes containers (running or not, with volumes) and then networks carrying a label. */
+export async function removeLabelled(label: string): Promise<number> {
+  const containers = await docker.listContainers({ all: true, filters: { label: [label] } });
+  // Announcers live in their node's network namespace: they go first.
+  const remove = async (info: Docker.ContainerInfo) => {
+    const c = docker.getContainer(info.Id);
+    if (info.State === "paused") await c.unpause().catch(() => {});
+    await c.remove({ force: true, v: true }).catch(() => {});
+  };
+  const inOthersNamespace = (info: Docker.ContainerInfo) => info.HostConfig?.NetworkMode?.startsWith("container:") ?? false;
+  await Promise.all(containers.filter(inOthersNamespace).map(remove));
+  await Promise.all(containers.filter((i) => !inOthersNamespace(i)).map(remove));
+  const networks = await docker.listNetworks({ filters: { label: [label] } });
+  for (const n of networks) await docker.getNetwork(n.Id).remove().catch(() => {});
+  return containers.length + networks.length;
+}
+
+/** Removes what earlier runs left behind when their process died (owner pid gone). */
+export async function sweepOrphans(): Promise<number> {
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  const owners = new Set<string>();
+  for (const c of await docker.listContainers({ all: true, filters: { label: [OWNER_LABEL] } })) owners.add(c.Labels[OWNER_LABEL]);
+  for (const n of await docker.listNetworks({ filters: { label: [OWNER_LABEL] } })) owners.add(n.Labels?.[OWNER_LABEL] ?? "");
+  let removed = 0;
+  for (const owner of owners) {
+    if (owner && Number(owner) !== process.pid && !alive(Number(owner))) removed += await removeLabelled(`${OWNER_LABEL}=${owner}`);
+  }
+  return removed;
+}
+
+function b64(s: string): string {
+  return Buffer.from(s).toString("base64");
+}
+
+/** etcd's range end for "every key with this prefix": the prefix with its last byte incremented. */
+function prefixEnd(prefix: string): string {
+  const buf = Buffer.from(prefix);
+  buf[buf.length - 1]++;
+  return buf.toString();
+}
+
+// --- figures helpers used by the scenarios ----------------------------------------------------------
+
+export function percentile(values: number[], p: number): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+}
+
+/** Connections per node (by the node address the backend saw). */
+export function byNode(load: LoadResult): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const c of load.connections) for (const n of c.nodes) if (n) out[n] = (out[n] ?? 0) + 1;
+  return out;
+}
+
+export interface ReadinessSample {
+  /** ms since the watch started */
+  t: number;
+  ready: Record<string, boolean>;
+  announced: string[];
+}
+
+/** Samples every node's /readyz and the router's next hops until stopped (for "stayed ready" checks). */
+export function watchReadiness(c: ChaosCluster, intervalMs = 250): { stop: () => Promise<ReadinessSample[]> } {
+  const samples: ReadinessSample[] = [];
+  const t0 = Date.now();
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const at = Date.now();
+      const [ready, announced] = await Promise.all([
+        Promise.all(c.nodes.map(async (n) => [n.nodeId, await n.ready()] as const)),
+        c.announcedNodes().catch(() => []),
+      ]);
+      samples.push({ t: at - t0, ready: Object.fromEntries(ready), announced });
+      await sleep(Math.max(0, intervalMs - (Date.now() - at)));
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await loop;
+      return samples;
+    },
+  };
+}

@@ -1,0 +1,95 @@
+// Scenario 6: etcd members die under steady client load through the anycast VIP. With one of three
+// gone etcd keeps quorum and no client connection may fail; with all three gone the nodes serve on
+// from their last snapshot (fail-static), stay ready and announced, and catch up once etcd is back.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { waitFor } from "../helpers/wait.js";
+import { byNode, ChaosCluster, percentile, sleep, watchReadiness } from "./cluster.js";
+import { figures, formatFigures, recordFigure } from "./figures.js";
+
+const SCENARIO = "6 etcd members killed";
+const LOAD = { durationMs: 8_000, concurrency: 8, timeoutMs: 3_000 };
+
+describe(SCENARIO, () => {
+  let cluster: ChaosCluster;
+
+  beforeAll(async () => {
+    const t = Date.now();
+    cluster = await ChaosCluster.start({ etcdMembers: 3, nodes: 3, backends: 3, anycast: true });
+    recordFigure({ scenario: SCENARIO, figure: "cluster start (3 etcd, 3 nodes, 3 backends, router, client)", value: Date.now() - t, unit: "ms" });
+  });
+
+  afterAll(async () => {
+    process.stdout.write(`\n${formatFigures(figures(SCENARIO))}`);
+    await cluster?.destroy();
+  });
+
+  it("one of three members killed (the leader): zero failed client connections", async () => {
+    const leader = await cluster.etcdLeader();
+    expect(leader, "an etcd leader").toBeDefined();
+    const watch = watchReadiness(cluster);
+    const survivors = cluster.etcd.filter((m) => m !== leader);
+    const load = cluster.client!.load(LOAD);
+    await sleep(2_000);
+    const killedAt = Date.now();
+    await leader!.kill();
+    await waitFor(async () => (await cluster.etcdLeader(survivors)) !== undefined, { timeoutMs: 10_000, intervalMs: 50, message: "a new etcd leader" });
+    const electedMs = Date.now() - killedAt;
+    const result = await load;
+    const samples = await watch.stop();
+
+    const notReady = samples.filter((s) => Object.values(s.ready).some((r) => !r)).length;
+    const notAnnounced = samples.filter((s) => s.announced.length !== cluster.nodes.length).length;
+    const connectTimes = result.connections.filter((c) => c.connectMs >= 0).map((c) => c.connectMs);
+    recordFigure({ scenario: SCENARIO, figure: "one killed: client connections", value: result.total });
+    recordFigure({ scenario: SCENARIO, figure: "one killed: failed connections", value: result.failed, bound: "= 0" });
+    recordFigure({ scenario: SCENARIO, figure: "one killed: connect p99", value: percentile(connectTimes, 99), unit: "ms" });
+    recordFigure({ scenario: SCENARIO, figure: "one killed: new etcd leader after", value: electedMs, unit: "ms" });
+    recordFigure({ scenario: SCENARIO, figure: "one killed: readiness samples not all ready", value: notReady, bound: "= 0" });
+    recordFigure({ scenario: SCENARIO, figure: "one killed: nodes serving (by connections)", value: Object.keys(byNode(result)).length, bound: `= ${cluster.nodes.length}` });
+
+    expect(result.failed, JSON.stringify(result.errors)).toBe(0);
+    expect(notReady).toBe(0);
+    expect(notAnnounced).toBe(0);
+    expect(Object.keys(byNode(result)).length).toBe(cluster.nodes.length);
+    expect(survivors.length).toBe(2);
+  });
+
+  it("all three killed: nodes keep serving, then catch up when etcd returns", async () => {
+    const watch = watchReadiness(cluster);
+    const load = cluster.client!.load(LOAD);
+    await sleep(2_000);
+    await Promise.all(cluster.etcd.map((m) => m.kill().catch(() => {})));
+    const result = await load;
+    const samples = await watch.stop();
+
+    const notReady = samples.filter((s) => Object.values(s.ready).some((r) => !r)).length;
+    recordFigure({ scenario: SCENARIO, figure: "all killed: client connections", value: result.total });
+    recordFigure({ scenario: SCENARIO, figure: "all killed: failed connections", value: result.failed, bound: "= 0" });
+    recordFigure({ scenario: SCENARIO, figure: "all killed: readiness samples not all ready", value: notReady, bound: "= 0" });
+    expect(result.failed, JSON.stringify(result.errors)).toBe(0);
+    expect(notReady).toBe(0);
+    expect(Object.keys(byNode(result)).length).toBe(cluster.nodes.length);
+
+    // etcd back: every node reconnects and sees a change written afterwards.
+    const restartedAt = Date.now();
+    await Promise.all(cluster.etcd.map((m) => m.start()));
+    await waitFor(async () => (await Promise.all(cluster.etcd.map((m) => m.healthy()))).every(Boolean), { timeoutMs: 30_000, intervalMs: 200, message: "etcd healthy again" });
+    // A new backend (its own address: duplicates are rejected); nothing listens there, which is fine.
+    await cluster.putBackend("web", "late", { address: cluster.backends[0].ip("fabric"), port: 18080 });
+    await waitFor(
+      async () =>
+        (
+          await Promise.all(
+            cluster.nodes.map(async (n) => {
+              const st = await n.state();
+              return JSON.stringify(st).includes('"late"');
+            }),
+          )
+        ).every(Boolean),
+      { timeoutMs: 30_000, intervalMs: 200, message: "every node sees a backend written after etcd came back" },
+    );
+    const convergedMs = Date.now() - restartedAt;
+    recordFigure({ scenario: SCENARIO, figure: "etcd restarted: all nodes converged after", value: convergedMs, unit: "ms", bound: "≤ 30000 ms" });
+    await cluster.del(`${cluster.keyPrefix}backends/web/late`);
+  });
+});
