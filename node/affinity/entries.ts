@@ -1,9 +1,10 @@
-// The local affinity table's storage: every entry of every service in typed arrays (one slot per
-// entry), a Map per service from client IP to slot, one LRU list across services, and the merge rule.
+// The local affinity table's storage: every entry of every service in slots of two typed arrays, an
+// index per service from client address to slot, one LRU list across services, and the merge rule.
 //
-// Why typed arrays: a million entries as JS objects cost ~200 B each (object header, boxed doubles,
-// list pointers); as slots they cost the Map entry, the IP string and ~50 B of arrays, and a hit
-// reads and writes numbers in place without allocating.
+// Why this shape: a million entries as JS objects in a Map<string, …> cost ~200 B each and a hit
+// misses the CPU cache a dozen times. Here an IPv4 client is a 32-bit key in an open-addressing
+// table (no string kept), a slot's fields sit together (one 32-byte int record, one 32-byte float
+// record), and a hit reads and writes numbers in place without allocating. IPv6 clients use a Map.
 
 /** Entries live TTL + TTL/4 after the last use a node knows of: other nodes publish uses at most once per TTL/4. */
 export const GRACE_FACTOR = 1.25;
@@ -16,8 +17,133 @@ export function graceTtl(ttlMs: number): number {
 
 const NONE = -1;
 const INITIAL_CAPACITY = 1024;
+
+// Int record per slot (I_STRIDE int32s).
+const I_STRIDE = 8;
+const I_OWNER = 0; // owning table id + 1; 0 = free slot
+const I_BACKEND = 1;
+const I_CREATOR = 2;
+const I_GEN = 3;
+const I_PREV = 4;
+const I_NEXT = 5;
+const I_IP4 = 6; // the IPv4 address (int32), when I_FLAGS has V6 unset
+const I_FLAGS = 7;
+// Float record per slot (F_STRIDE float64s).
+const F_STRIDE = 4;
+const F_LAST_USED = 0;
+const F_WRITTEN = 1;
+const F_CREATED = 2;
+
 /** Slot flag: queued for replication. */
-export const QUEUED = 1;
+const QUEUED = 1;
+/** Slot flag: the client is an IPv6 (or other non-dotted-quad) address, kept as a string. */
+const V6 = 2;
+
+/** "a.b.c.d" (canonical: no leading zeros) → 0..2^32-1, anything else → -1. No allocation. */
+export function parseIpv4(s: string): number {
+  const n = s.length;
+  if (n < 7 || n > 15) return -1;
+  let acc = 0;
+  let octet = 0;
+  let digits = 0;
+  let dots = 0;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 46) {
+      if (digits === 0 || dots === 3) return -1;
+      acc = acc * 256 + octet;
+      octet = 0;
+      digits = 0;
+      dots++;
+    } else if (c >= 48 && c <= 57) {
+      if (digits > 0 && octet === 0) return -1; // leading zero: not the form sockets report
+      octet = octet * 10 + (c - 48);
+      if (octet > 255) return -1;
+      digits++;
+    } else return -1;
+  }
+  if (dots !== 3 || digits === 0) return -1;
+  return acc * 256 + octet;
+}
+
+export function formatIpv4(ip: number): string {
+  const u = ip >>> 0;
+  return `${u >>> 24}.${(u >>> 16) & 255}.${(u >>> 8) & 255}.${u & 255}`;
+}
+
+function hash32(x: number): number {
+  let h = x | 0;
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x85ebca6b);
+  h ^= h >>> 13;
+  h = Math.imul(h, 0xc2b2ae35);
+  h ^= h >>> 16;
+  return h;
+}
+
+/** IPv4 (int32) → slot: linear probing over [key, slot + 1] pairs, backward-shift deletion, ≤ 1/2 full. */
+class Ipv4Index {
+  private table = new Int32Array(2 * 16);
+  private mask = 15;
+  size = 0;
+
+  get(ip: number): number {
+    const t = this.table;
+    for (let i = hash32(ip) & this.mask; ; i = (i + 1) & this.mask) {
+      const v = t[2 * i + 1];
+      if (v === 0) return NONE;
+      if (t[2 * i] === ip) return v - 1;
+    }
+  }
+
+  set(ip: number, slot: number): void {
+    if (2 * (this.size + 1) > this.mask + 1) this.resize(2 * (this.mask + 1));
+    const t = this.table;
+    for (let i = hash32(ip) & this.mask; ; i = (i + 1) & this.mask) {
+      if (t[2 * i + 1] === 0) {
+        t[2 * i] = ip;
+        t[2 * i + 1] = slot + 1;
+        this.size++;
+        return;
+      }
+      if (t[2 * i] === ip) {
+        t[2 * i + 1] = slot + 1;
+        return;
+      }
+    }
+  }
+
+  delete(ip: number): void {
+    const t = this.table;
+    const mask = this.mask;
+    let i = hash32(ip) & mask;
+    for (; ; i = (i + 1) & mask) {
+      if (t[2 * i + 1] === 0) return;
+      if (t[2 * i] === ip) break;
+    }
+    this.size--;
+    // Pull later members of the probe run back into the hole, so no tombstones are needed.
+    for (let j = (i + 1) & mask; t[2 * j + 1] !== 0; j = (j + 1) & mask) {
+      const home = hash32(t[2 * j]) & mask;
+      const between = i <= j ? home > i && home <= j : home > i || home <= j;
+      if (!between) {
+        t[2 * i] = t[2 * j];
+        t[2 * i + 1] = t[2 * j + 1];
+        i = j;
+      }
+    }
+    t[2 * i] = 0;
+    t[2 * i + 1] = 0;
+  }
+
+  private resize(buckets: number): void {
+    const old = this.table;
+    this.table = new Int32Array(2 * buckets);
+    this.mask = buckets - 1;
+    this.size = 0;
+    for (let i = 0; i < old.length; i += 2) if (old[i + 1] !== 0) this.set(old[i], old[i + 1] - 1);
+  }
+}
 
 /** Strings (backend ids, node ids) as small integers, so slots hold numbers. Grows only with distinct ids. */
 export class Interner {
@@ -35,9 +161,10 @@ export class Interner {
   }
 }
 
-/** One service's entries: its IP index and the counters /api/state and metrics read. */
+/** One service's entries: its address index and the counters /api/state and metrics read. */
 export class ServiceTable {
-  readonly index = new Map<string, number>();
+  readonly v4 = new Ipv4Index();
+  readonly v6 = new Map<string, number>();
   /** Slots waiting to be written (a slot may be stale: the writer checks its flag and owner). */
   queue: number[] = [];
   hits = 0;
@@ -53,7 +180,7 @@ export class ServiceTable {
   ) {}
 
   get size(): number {
-    return this.index.size;
+    return this.v4.size + this.v6.size;
   }
 }
 
@@ -88,19 +215,10 @@ export class EntryStore {
   readonly tables: ServiceTable[] = [];
   private readonly byName = new Map<string, ServiceTable>();
   private capacity = 0;
-  // Per slot. svc is the owning table's id + 1; 0 marks a free slot.
-  svc = new Uint16Array(0);
-  backend = new Uint32Array(0);
-  creator = new Uint32Array(0);
-  gen = new Uint32Array(0);
-  lastUsed = new Float64Array(0);
-  created = new Float64Array(0);
-  /** The last use the cluster knows of (written by us or received): refreshes are due TTL/4 after it. */
-  written = new Float64Array(0);
-  flags = new Uint8Array(0);
-  private prev = new Int32Array(0);
-  private next = new Int32Array(0);
-  ips: string[] = [];
+  private ints = new Int32Array(0);
+  private floats = new Float64Array(0);
+  /** Client strings of non-IPv4 slots. */
+  private readonly v6ips = new Map<number, string>();
   /** LRU list: head is the most recently used slot, tail the next to evict. */
   private head = NONE;
   private tail = NONE;
@@ -124,59 +242,117 @@ export class EntryStore {
     let t = this.byName.get(name);
     if (t === undefined) {
       t = new ServiceTable(this.tables.length, name);
-      if (t.id >= 0xffff) throw new RangeError("too many affinity services");
       this.tables.push(t);
       this.byName.set(name, t);
     }
     return t;
   }
 
-  tableOfSlot(slot: number): ServiceTable | undefined {
-    const s = this.svc[slot];
-    return s === 0 ? undefined : this.tables[s - 1];
+  /** The client's slot in table `t`, or -1. */
+  find(t: ServiceTable, ip: string): number {
+    const v4 = parseIpv4(ip);
+    if (v4 >= 0) return t.v4.get(v4 | 0);
+    return t.v6.get(ip) ?? NONE;
   }
 
-  isLive(slot: number, now: number, ttlGraceMs: number): boolean {
-    return now - this.lastUsed[slot] < ttlGraceMs;
+  // Slot fields.
+  owner(slot: number): number {
+    return this.ints[slot * I_STRIDE + I_OWNER];
+  }
+  ownedBy(slot: number, t: ServiceTable): boolean {
+    return this.ints[slot * I_STRIDE + I_OWNER] === t.id + 1;
+  }
+  backend(slot: number): number {
+    return this.ints[slot * I_STRIDE + I_BACKEND];
+  }
+  creator(slot: number): number {
+    return this.ints[slot * I_STRIDE + I_CREATOR];
+  }
+  gen(slot: number): number {
+    return this.ints[slot * I_STRIDE + I_GEN];
+  }
+  lastUsed(slot: number): number {
+    return this.floats[slot * F_STRIDE + F_LAST_USED];
+  }
+  created(slot: number): number {
+    return this.floats[slot * F_STRIDE + F_CREATED];
+  }
+  /** The last use the cluster knows of (written by us or received): refreshes are due TTL/4 after it. */
+  written(slot: number): number {
+    return this.floats[slot * F_STRIDE + F_WRITTEN];
+  }
+  setWritten(slot: number, at: number): void {
+    this.floats[slot * F_STRIDE + F_WRITTEN] = at;
+  }
+  queued(slot: number): boolean {
+    return (this.ints[slot * I_STRIDE + I_FLAGS] & QUEUED) !== 0;
+  }
+  setQueued(slot: number, on: boolean): void {
+    const i = slot * I_STRIDE + I_FLAGS;
+    this.ints[i] = on ? this.ints[i] | QUEUED : this.ints[i] & ~QUEUED;
+  }
+  ip(slot: number): string {
+    const i = slot * I_STRIDE;
+    return (this.ints[i + I_FLAGS] & V6) !== 0 ? this.v6ips.get(slot)! : formatIpv4(this.ints[i + I_IP4]);
+  }
+  backendName(slot: number): string {
+    return this.names.names[this.backend(slot)];
+  }
+  creatorName(slot: number): string {
+    return this.names.names[this.creator(slot)];
   }
 
   /** A new binding for a client with no slot yet; evicts the least recently used entry when full. */
   insert(t: ServiceTable, ip: string, backend: number, creator: number, gen: number, created: number, lastUsed: number): number {
     const slot = this.allocate();
-    this.svc[slot] = t.id + 1;
-    this.ips[slot] = ip;
-    this.flags[slot] = 0;
-    this.written[slot] = 0;
+    const i = slot * I_STRIDE;
+    this.ints[i + I_OWNER] = t.id + 1;
+    const v4 = parseIpv4(ip);
+    if (v4 >= 0) {
+      this.ints[i + I_IP4] = v4 | 0;
+      this.ints[i + I_FLAGS] = 0;
+      t.v4.set(v4 | 0, slot);
+    } else {
+      this.ints[i + I_FLAGS] = V6;
+      this.v6ips.set(slot, ip);
+      t.v6.set(ip, slot);
+    }
+    this.floats[slot * F_STRIDE + F_WRITTEN] = 0;
     this.setBinding(slot, backend, creator, gen, created, lastUsed);
-    t.index.set(ip, slot);
     this.count++;
     this.pushHead(slot);
     return slot;
   }
 
   setBinding(slot: number, backend: number, creator: number, gen: number, created: number, lastUsed: number): void {
-    this.backend[slot] = backend;
-    this.creator[slot] = creator;
-    this.gen[slot] = gen;
-    this.created[slot] = created;
-    this.lastUsed[slot] = lastUsed;
+    const i = slot * I_STRIDE;
+    this.ints[i + I_BACKEND] = backend;
+    this.ints[i + I_CREATOR] = creator;
+    this.ints[i + I_GEN] = gen;
+    const f = slot * F_STRIDE;
+    this.floats[f + F_CREATED] = created;
+    this.floats[f + F_LAST_USED] = lastUsed;
   }
 
   /** A use of the entry: newest last use, front of the LRU list. */
   use(slot: number, now: number): void {
-    if (now > this.lastUsed[slot]) this.lastUsed[slot] = now;
+    const f = slot * F_STRIDE + F_LAST_USED;
+    if (now > this.floats[f]) this.floats[f] = now;
     this.moveToHead(slot);
   }
 
   remove(slot: number): void {
-    const s = this.svc[slot];
-    if (s === 0) return;
-    const t = this.tables[s - 1];
-    t.index.delete(this.ips[slot]);
+    const i = slot * I_STRIDE;
+    const owner = this.ints[i + I_OWNER];
+    if (owner === 0) return;
+    const t = this.tables[owner - 1];
+    if ((this.ints[i + I_FLAGS] & V6) !== 0) {
+      t.v6.delete(this.v6ips.get(slot)!);
+      this.v6ips.delete(slot);
+    } else t.v4.delete(this.ints[i + I_IP4]);
     this.unlink(slot);
-    this.svc[slot] = 0;
-    this.flags[slot] = 0;
-    this.ips[slot] = "";
+    this.ints[i + I_OWNER] = 0;
+    this.ints[i + I_FLAGS] = 0;
     this.count--;
     this.free.push(slot);
   }
@@ -188,33 +364,35 @@ export class EntryStore {
    */
   merge(t: ServiceTable, ip: string, backend: number, creator: number, gen: number, created: number, lastUsed: number, ttlGraceMs: number, now: number): Merge {
     if (now - lastUsed >= ttlGraceMs) return Merge.Stale;
-    const slot = t.index.get(ip);
-    if (slot === undefined) {
+    const slot = this.find(t, ip);
+    if (slot === NONE) {
       const s = this.insert(t, ip, backend, creator, gen, created, lastUsed);
-      this.written[s] = lastUsed;
+      this.setWritten(s, lastUsed);
       return Merge.New;
     }
-    if (now - this.lastUsed[slot] >= ttlGraceMs) {
+    const localLastUsed = this.lastUsed(slot);
+    if (now - localLastUsed >= ttlGraceMs) {
       this.setBinding(slot, backend, creator, gen, created, lastUsed);
-      this.written[slot] = lastUsed;
-      this.flags[slot] &= ~QUEUED;
+      this.setWritten(slot, lastUsed);
+      this.setQueued(slot, false);
       this.moveToHead(slot);
       return Merge.New;
     }
-    const sameBackend = this.backend[slot] === backend;
-    const newer = lastUsed > this.lastUsed[slot];
-    const sameBinding = sameBackend && this.gen[slot] === gen && this.created[slot] === created && this.creator[slot] === creator;
+    const localBackend = this.backend(slot);
+    const sameBackend = localBackend === backend;
+    const newer = lastUsed > localLastUsed;
+    const sameBinding = sameBackend && this.gen(slot) === gen && this.created(slot) === created && this.creator(slot) === creator;
     const n = this.names.names;
-    if (!sameBinding && wins(gen, created, n[creator], n[backend], this.gen[slot], this.created[slot], n[this.creator[slot]], n[this.backend[slot]])) {
+    if (!sameBinding && wins(gen, created, n[creator], n[backend], this.gen(slot), this.created(slot), n[this.creator(slot)], n[localBackend])) {
       if (sameBackend) {
         // Same backend under another identity: adopt the winning identity, keep the newest use.
-        this.setBinding(slot, backend, creator, gen, created, newer ? lastUsed : this.lastUsed[slot]);
-        if (lastUsed > this.written[slot]) this.written[slot] = lastUsed;
+        this.setBinding(slot, backend, creator, gen, created, newer ? lastUsed : localLastUsed);
+        if (lastUsed > this.written(slot)) this.setWritten(slot, lastUsed);
       } else {
         this.setBinding(slot, backend, creator, gen, created, lastUsed);
-        this.written[slot] = lastUsed;
+        this.setWritten(slot, lastUsed);
         // A queued write of the losing binding would only be overruled everywhere: not worth sending.
-        this.flags[slot] &= ~QUEUED;
+        this.setQueued(slot, false);
       }
       if (newer) this.moveToHead(slot);
       return sameBackend ? Merge.Same : Merge.Won;
@@ -222,16 +400,16 @@ export class EntryStore {
     if (!sameBackend) return Merge.Lost;
     // The same backend: a use of it on another node counts, whichever binding carries it.
     if (newer) {
-      this.lastUsed[slot] = lastUsed;
+      this.floats[slot * F_STRIDE + F_LAST_USED] = lastUsed;
       this.moveToHead(slot);
     }
-    if (lastUsed > this.written[slot]) this.written[slot] = lastUsed;
+    if (lastUsed > this.written(slot)) this.setWritten(slot, lastUsed);
     return Merge.Same;
   }
 
   /**
    * Removes entries past their TTL and all entries of tables `ttlOf` no longer knows (service gone or
-   * affinity off). Returns how many were removed. A linear scan of the slot arrays: ~1 ms per 100k.
+   * affinity off). Returns how many were removed. A linear scan of the slot records.
    */
   sweep(now: number, ttlOf: (t: ServiceTable) => number | null): number {
     const graces = this.tables.map((t) => {
@@ -240,10 +418,10 @@ export class EntryStore {
     });
     let removed = 0;
     for (let slot = 0; slot < this.highWater; slot++) {
-      const s = this.svc[slot];
-      if (s === 0) continue;
-      const grace = graces[s - 1];
-      if (grace < 0 || now - this.lastUsed[slot] >= grace) {
+      const owner = this.ints[slot * I_STRIDE + I_OWNER];
+      if (owner === 0) continue;
+      const grace = graces[owner - 1];
+      if (grace < 0 || now - this.floats[slot * F_STRIDE + F_LAST_USED] >= grace) {
         this.remove(slot);
         removed++;
       }
@@ -268,38 +446,31 @@ export class EntryStore {
   }
 
   private grow(capacity: number): void {
-    const copy = <T extends Uint8Array | Uint16Array | Uint32Array | Int32Array | Float64Array>(a: T, make: (n: number) => T): T => {
-      const b = make(capacity);
-      b.set(a);
-      return b;
-    };
-    this.svc = copy(this.svc, (n) => new Uint16Array(n));
-    this.backend = copy(this.backend, (n) => new Uint32Array(n));
-    this.creator = copy(this.creator, (n) => new Uint32Array(n));
-    this.gen = copy(this.gen, (n) => new Uint32Array(n));
-    this.lastUsed = copy(this.lastUsed, (n) => new Float64Array(n));
-    this.created = copy(this.created, (n) => new Float64Array(n));
-    this.written = copy(this.written, (n) => new Float64Array(n));
-    this.flags = copy(this.flags, (n) => new Uint8Array(n));
-    this.prev = copy(this.prev, (n) => new Int32Array(n));
-    this.next = copy(this.next, (n) => new Int32Array(n));
+    const ints = new Int32Array(capacity * I_STRIDE);
+    ints.set(this.ints);
+    const floats = new Float64Array(capacity * F_STRIDE);
+    floats.set(this.floats);
+    this.ints = ints;
+    this.floats = floats;
     this.capacity = capacity;
   }
 
   private pushHead(slot: number): void {
-    this.prev[slot] = NONE;
-    this.next[slot] = this.head;
-    if (this.head !== NONE) this.prev[this.head] = slot;
+    const i = slot * I_STRIDE;
+    this.ints[i + I_PREV] = NONE;
+    this.ints[i + I_NEXT] = this.head;
+    if (this.head !== NONE) this.ints[this.head * I_STRIDE + I_PREV] = slot;
     this.head = slot;
     if (this.tail === NONE) this.tail = slot;
   }
 
   private unlink(slot: number): void {
-    const p = this.prev[slot];
-    const n = this.next[slot];
-    if (p !== NONE) this.next[p] = n;
+    const i = slot * I_STRIDE;
+    const p = this.ints[i + I_PREV];
+    const n = this.ints[i + I_NEXT];
+    if (p !== NONE) this.ints[p * I_STRIDE + I_NEXT] = n;
     else this.head = n;
-    if (n !== NONE) this.prev[n] = p;
+    if (n !== NONE) this.ints[n * I_STRIDE + I_PREV] = p;
     else this.tail = p;
   }
 
@@ -311,6 +482,6 @@ export class EntryStore {
 
   /** Slots from least to most recently used (tests and debugging). */
   *lruOrder(): IterableIterator<number> {
-    for (let s = this.tail; s !== NONE; s = this.prev[s]) yield s;
+    for (let s = this.tail; s !== NONE; s = this.ints[s * I_STRIDE + I_PREV]) yield s;
   }
 }

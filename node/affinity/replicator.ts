@@ -6,7 +6,7 @@ import type { KeySchema } from "../../shared/keys.js";
 import type { Lease, Store } from "../control/store.js";
 import type { Logger } from "../log.js";
 import { type BatchEntry, encodeBatches } from "./batch.js";
-import { type EntryStore, graceTtl, QUEUED, REFRESH_FACTOR, type ServiceTable } from "./entries.js";
+import { type EntryStore, graceTtl, REFRESH_FACTOR, type ServiceTable } from "./entries.js";
 
 export interface ReplicatorOptions {
   store: Store;
@@ -50,9 +50,9 @@ export class Replicator {
   /** Queues a slot (once) for the next batch of its service; the cluster will know its current last use. */
   enqueue(t: ServiceTable, slot: number): void {
     const e = this.entries;
-    e.written[slot] = e.lastUsed[slot];
-    if ((e.flags[slot] & QUEUED) !== 0) return;
-    e.flags[slot] |= QUEUED;
+    e.setWritten(slot, e.lastUsed(slot));
+    if (e.queued(slot)) return;
+    e.setQueued(slot, true);
     t.queue.push(slot);
   }
 
@@ -112,17 +112,10 @@ export class Replicator {
       for (; i < t.queue.length && items.length < this.opts.batchMax; i++) {
         const slot = t.queue[i];
         // The slot may have been freed or handed to another client since it was queued.
-        if (e.svc[slot] !== t.id + 1 || (e.flags[slot] & QUEUED) === 0) continue;
-        e.flags[slot] &= ~QUEUED;
+        if (!e.ownedBy(slot, t) || !e.queued(slot)) continue;
+        e.setQueued(slot, false);
         if (ttl === null) continue;
-        items.push({
-          ip: e.ips[slot],
-          backend: e.names.names[e.backend[slot]],
-          lastUsed: e.lastUsed[slot],
-          created: e.created[slot],
-          gen: e.gen[slot],
-          creator: e.names.names[e.creator[slot]],
-        });
+        items.push({ ip: e.ip(slot), backend: e.backendName(slot), lastUsed: e.lastUsed(slot), created: e.created(slot), gen: e.gen(slot), creator: e.creatorName(slot) });
       }
       t.queue = i >= t.queue.length ? [] : t.queue.slice(i);
       if (items.length > 0 && ttl !== null) writes.push(this.write(t, ttl, items));
@@ -156,9 +149,9 @@ export class Replicator {
   private requeue(t: ServiceTable, items: BatchEntry[]): void {
     const e = this.entries;
     for (const item of items) {
-      const slot = t.index.get(item.ip);
-      if (slot === undefined || (e.flags[slot] & QUEUED) !== 0) continue;
-      e.flags[slot] |= QUEUED;
+      const slot = e.find(t, item.ip);
+      if (slot < 0 || e.queued(slot)) continue;
+      e.setQueued(slot, true);
       t.queue.push(slot);
     }
   }

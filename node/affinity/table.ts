@@ -68,22 +68,22 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   lookup(svc: ServiceState, ip: string, now: number): Target | null {
     const t = this.entries.ensureTable(svc.name);
     this.cachedTable = null;
-    const slot = t.index.get(ip);
-    if (slot === undefined) {
+    const e = this.entries;
+    const slot = e.find(t, ip);
+    if (slot < 0) {
       t.misses++;
       return null;
     }
     this.cachedIp = ip;
     this.cachedTable = t;
     this.cachedSlot = slot;
-    const e = this.entries;
-    if (now - e.lastUsed[slot] >= svc.spec.affinity.ttl * GRACE_FACTOR) {
+    if (now - e.lastUsed(slot) >= svc.spec.affinity.ttl * GRACE_FACTOR) {
       t.expired++;
       return null;
     }
     // Drained backends are in `sticky`: their clients stay until the TTL. The entry stays too when the
     // backend is gone, so the replacing pick knows which generation it supersedes.
-    const target = svc.sticky.get(e.names.names[e.backend[slot]]);
+    const target = svc.sticky.get(e.backendName(slot));
     if (target === undefined) {
       t.moved++;
       return null;
@@ -95,37 +95,38 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   record(svc: ServiceState, ip: string, target: Target, now: number): void {
     const e = this.entries;
     let t = this.cachedTable;
-    let slot: number | undefined;
-    if (t !== null && t.name === svc.name && this.cachedIp === ip && e.svc[this.cachedSlot] === t.id + 1) slot = this.cachedSlot;
+    let slot: number;
+    if (t !== null && t.name === svc.name && this.cachedIp === ip && e.ownedBy(this.cachedSlot, t)) slot = this.cachedSlot;
     else {
       t = e.ensureTable(svc.name);
-      slot = t.index.get(ip);
+      slot = e.find(t, ip);
     }
     this.cachedTable = null;
     const ttl = svc.spec.affinity.ttl;
     const backend = e.names.intern(target.id);
-    if (slot === undefined) {
+    if (slot < 0) {
       slot = e.insert(t, ip, backend, this.self, 0, now, now);
       this.replicator?.enqueue(t, slot);
       return;
     }
-    if (e.backend[slot] === backend && now - e.lastUsed[slot] < ttl * GRACE_FACTOR) {
+    if (e.backend(slot) === backend && now - e.lastUsed(slot) < ttl * GRACE_FACTOR) {
       e.use(slot, now);
-      if (now - e.written[slot] >= ttl * REFRESH_FACTOR) this.replicator?.enqueue(t, slot);
+      if (now - e.written(slot) >= ttl * REFRESH_FACTOR) this.replicator?.enqueue(t, slot);
       return;
     }
     // A new pick replacing an entry (expired, or its backend lost): the next generation, which wins
     // over the old binding on every node, even those that have not noticed the backend is gone.
-    e.setBinding(slot, backend, this.self, e.gen[slot] + 1, now, now);
+    e.setBinding(slot, backend, this.self, e.gen(slot) + 1, now, now);
     e.use(slot, now);
     this.replicator?.enqueue(t, slot);
   }
 
   describe(svc: ServiceState, ip: string, now: number): { backend: string; node: string; lastUsed: number } | null {
     const e = this.entries;
-    const slot = e.table(svc.name)?.index.get(ip);
-    if (slot === undefined || now - e.lastUsed[slot] >= svc.spec.affinity.ttl * GRACE_FACTOR) return null;
-    return { backend: e.names.names[e.backend[slot]], node: e.names.names[e.creator[slot]], lastUsed: e.lastUsed[slot] };
+    const t = e.table(svc.name);
+    const slot = t === undefined ? -1 : e.find(t, ip);
+    if (slot < 0 || now - e.lastUsed(slot) >= svc.spec.affinity.ttl * GRACE_FACTOR) return null;
+    return { backend: e.backendName(slot), node: e.creatorName(slot), lastUsed: e.lastUsed(slot) };
   }
 
   // ---- cluster watch (reconciler) ---------------------------------------------------------------
@@ -205,8 +206,8 @@ export class AffinityTable implements AffinityHook, AffinitySink {
           m.lost++;
           // The sender holds a binding that loses everywhere (it had not seen ours): tell it, unless
           // ours is in flight anyway (created or refreshed within the last two batch intervals).
-          const slot = t.index.get(x.ip)!;
-          if (now - e.written[slot] >= 2 * this.node.config.affinity.batchInterval) this.replicator?.enqueue(t, slot);
+          const slot = e.find(t, x.ip);
+          if (now - e.written(slot) >= 2 * this.node.config.affinity.batchInterval) this.replicator?.enqueue(t, slot);
           break;
         }
       }

@@ -72,8 +72,9 @@ function entriesOf(n: BallastNode, service: string): number {
 
 function entryBackend(n: BallastNode, service: string, ip: string): string | null {
   const e = n.affinity.entries;
-  const slot = e.table(service)?.index.get(ip);
-  return slot === undefined ? null : e.names.names[e.backend[slot]];
+  const t = e.table(service);
+  const slot = t === undefined ? -1 : e.find(t, ip);
+  return slot < 0 ? null : e.backendName(slot);
 }
 
 const ips = (count: number, prefix = "10.20") => Array.from({ length: count }, (_, i) => `${prefix}.${i >> 8}.${(i & 255) + 1}`);

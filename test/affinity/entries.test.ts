@@ -1,7 +1,7 @@
 // The local affinity table without etcd: the merge rule (table-driven and as a convergence property),
 // LRU eviction at the cap, expiry by sweep, slot reuse and growth.
 import { describe, expect, it } from "vitest";
-import { EntryStore, graceTtl, Merge, wins } from "../../node/affinity/entries.js";
+import { EntryStore, formatIpv4, graceTtl, Merge, parseIpv4, type ServiceTable, wins } from "../../node/affinity/entries.js";
 
 const TTL = 60_000;
 const GRACE = graceTtl(TTL);
@@ -21,15 +21,15 @@ function merge(store: EntryStore, ip: string, e: E, now = NOW): Merge {
 }
 
 function binding(store: EntryStore, ip: string) {
-  const slot = store.table("web")!.index.get(ip);
-  if (slot === undefined) return null;
-  return {
-    backend: store.names.names[store.backend[slot]],
-    creator: store.names.names[store.creator[slot]],
-    gen: store.gen[slot],
-    created: store.created[slot],
-    lastUsed: store.lastUsed[slot],
-  };
+  const slot = store.find(store.table("web")!, ip);
+  if (slot < 0) return null;
+  return { backend: store.backendName(slot), creator: store.creatorName(slot), gen: store.gen(slot), created: store.created(slot), lastUsed: store.lastUsed(slot) };
+}
+
+function ipsOf(store: EntryStore, t: ServiceTable): string[] {
+  const out: string[] = [];
+  for (const slot of store.lruOrder()) if (store.ownedBy(slot, t)) out.push(store.ip(slot));
+  return out.sort();
 }
 
 describe("wins (which binding of a client every node keeps)", () => {
@@ -162,18 +162,18 @@ describe("EntryStore capacity and expiry", () => {
     const t = store.ensureTable("web");
     const b = store.names.intern("x");
     const evicted: string[] = [];
-    store.onEvict = (slot) => evicted.push(store.ips[slot]);
+    store.onEvict = (slot) => evicted.push(store.ip(slot));
     for (const [i, ip] of ["1.0.0.1", "1.0.0.2", "1.0.0.3"].entries()) store.insert(t, ip, b, 0, 0, NOW + i, NOW + i);
     // A use of the oldest moves it to the front: the second-oldest goes first.
-    store.use(t.index.get("1.0.0.1")!, NOW + 10);
+    store.use(store.find(t, "1.0.0.1"), NOW + 10);
     store.insert(t, "1.0.0.4", b, 0, 0, NOW + 11, NOW + 11);
     expect(evicted).toEqual(["1.0.0.2"]);
-    expect([...t.index.keys()].sort()).toEqual(["1.0.0.1", "1.0.0.3", "1.0.0.4"]);
+    expect(ipsOf(store, t)).toEqual(["1.0.0.1", "1.0.0.3", "1.0.0.4"]);
     store.insert(t, "1.0.0.5", b, 0, 0, NOW + 12, NOW + 12);
     expect(evicted).toEqual(["1.0.0.2", "1.0.0.3"]);
     expect(store.evictions).toBe(2);
     expect(store.count).toBe(3);
-    expect([...store.lruOrder()].map((s) => store.ips[s])).toEqual(["1.0.0.1", "1.0.0.4", "1.0.0.5"]);
+    expect([...store.lruOrder()].map((s) => store.ip(s))).toEqual(["1.0.0.1", "1.0.0.4", "1.0.0.5"]);
   });
 
   it("one cap and one LRU list across services", () => {
@@ -198,7 +198,7 @@ describe("EntryStore capacity and expiry", () => {
     store.insert(old, "1.0.0.3", b, 0, 0, NOW, NOW);
     const removed = store.sweep(NOW, (t) => (t.name === "web" ? TTL : null));
     expect(removed).toBe(2);
-    expect([...web.index.keys()]).toEqual(["1.0.0.2"]);
+    expect(ipsOf(store, web)).toEqual(["1.0.0.2"]);
     expect(old.size).toBe(0);
     expect(store.count).toBe(1);
   });
@@ -209,11 +209,49 @@ describe("EntryStore capacity and expiry", () => {
     const b = store.names.intern("x");
     for (let i = 0; i < 5000; i++) store.insert(t, `10.0.${i >> 8}.${i & 255}`, b, 0, 0, NOW, NOW + i);
     expect(store.count).toBe(5000);
-    for (let i = 0; i < 5000; i++) expect(store.lastUsed[t.index.get(`10.0.${i >> 8}.${i & 255}`)!]).toBe(NOW + i);
+    for (let i = 0; i < 5000; i++) expect(store.lastUsed(store.find(t, `10.0.${i >> 8}.${i & 255}`))).toBe(NOW + i);
     const high = store.highWater;
-    store.remove(t.index.get("10.0.0.7")!);
+    store.remove(store.find(t, "10.0.0.7"));
     store.insert(t, "192.168.0.1", b, 0, 0, NOW, NOW);
     expect(store.highWater).toBe(high);
     expect(store.count).toBe(5000);
+  });
+});
+
+describe("client addresses", () => {
+  it.each([
+    { ip: "0.0.0.0", v4: 0 },
+    { ip: "10.0.0.1", v4: 0x0a000001 },
+    { ip: "255.255.255.255", v4: 0xffffffff },
+    { ip: "127.0.0.10", v4: 0x7f00000a },
+    { ip: "01.2.3.4", v4: -1 },
+    { ip: "1.2.3", v4: -1 },
+    { ip: "1.2.3.4.5", v4: -1 },
+    { ip: "256.0.0.1", v4: -1 },
+    { ip: "1..2.3", v4: -1 },
+    { ip: "::1", v4: -1 },
+    { ip: "::ffff:10.0.0.1", v4: -1 },
+  ])("parseIpv4($ip) = $v4", ({ ip, v4 }) => {
+    expect(parseIpv4(ip)).toBe(v4);
+    if (v4 >= 0) expect(formatIpv4(v4 | 0)).toBe(ip);
+  });
+
+  it("keeps IPv4 and IPv6 clients apart and finds each after many inserts and removals (index deletion keeps probe runs intact)", () => {
+    const store = new EntryStore(100_000);
+    const t = store.ensureTable("web");
+    const b = store.names.intern("x");
+    const ips: string[] = [];
+    for (let i = 0; i < 20_000; i++) ips.push(i % 5 === 0 ? `2001:db8::${i.toString(16)}` : `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`);
+    ips.push("::ffff:192.168.1.1", "192.168.1.1");
+    for (const ip of ips) store.insert(t, ip, b, 0, 0, NOW, NOW);
+    expect(t.size).toBe(ips.length);
+    // Remove every third, then check every address is found (or not) exactly as expected.
+    for (let i = 0; i < ips.length; i += 3) store.remove(store.find(t, ips[i]));
+    for (let i = 0; i < ips.length; i++) {
+      const slot = store.find(t, ips[i]);
+      if (i % 3 === 0) expect(slot, ips[i]).toBe(-1);
+      else expect(store.ip(slot)).toBe(ips[i]);
+    }
+    expect(t.size).toBe(ips.length - Math.ceil(ips.length / 3));
   });
 });
