@@ -26,7 +26,6 @@ export interface LeaderContext {
   targets(): readonly CheckTarget[] | null;
   /** The node's record table (verdicts as applied, services and backends for pruning). */
   records(): RecordTable;
-  onLeadership?(leading: boolean, term: string): void;
 }
 
 /** Writes in flight at once; a mass outage of 1000 backends is written in a few round trips. */
@@ -149,7 +148,6 @@ class Term {
     const l = this.leadership;
     this.ctx.log.info({ term: l.term }, "elected health-check leader");
     this.ctx.metrics.leader.set(1);
-    this.ctx.onLeadership?.(true, l.term);
     try {
       // Continue from the verdicts in etcd (no reset to unknown, so no flap on failover). Read after
       // winning: a deposed leader's writes are fenced out by now, so this is the final word.
@@ -291,7 +289,6 @@ class Term {
     const fields = { term: this.leadership.term, reason };
     if (reason === "node stopping") this.ctx.log.info(fields, "health-check leader stepping down");
     else this.ctx.log.warn(fields, "health-check leader stepped down");
-    this.ctx.onLeadership?.(false, this.leadership.term);
     if (resign) this.resigning = this.leadership.resign().catch(() => {});
     this.finished();
     return this.resigning;
