@@ -145,3 +145,17 @@ export function listeningPorts(pid: number, address: string): number[] {
   }
   return ports;
 }
+
+/** JS heap in use (sum over V8 heap spaces) from the node's /metrics, in MiB; NaN when not exported. */
+export async function heapUsedMiB(node: BallastNode): Promise<number> {
+  const r = await httpGet(`${node.admin}/metrics`, 2000);
+  if (r.status !== 200) return Number.NaN;
+  let sum = 0;
+  let found = false;
+  for (const line of r.body.split("\n")) {
+    if (line.startsWith("#") || !/nodejs_heap_space_size_used_bytes\{/.test(line)) continue;
+    sum += Number(line.slice(line.lastIndexOf(" ") + 1));
+    found = true;
+  }
+  return found ? sum / 2 ** 20 : Number.NaN;
+}

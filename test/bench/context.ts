@@ -10,6 +10,8 @@ export interface Options {
   durationS: number;
   /** Skip the control-plane figures (--no-control-plane). */
   controlPlane: boolean;
+  /** Use the Node HTTP backend even when nginx is installed (--node-backend). */
+  nodeBackend: boolean;
 }
 
 export interface Context {

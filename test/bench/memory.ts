@@ -3,7 +3,7 @@
 // file descriptors, so the process's open-file limit caps what can be reached and is reported.
 import { readFileSync } from "node:fs";
 import { agentPath, sinkOpen } from "./backends.js";
-import type { BallastNode } from "./ballast.js";
+import { type BallastNode, heapUsedMiB } from "./ballast.js";
 import type { Context } from "./context.js";
 import { HAPROXY_MAXCONN } from "./haproxy.js";
 import { fdCount, rssBytes, sleep } from "./net.js";
@@ -29,7 +29,15 @@ function reachableSteps(wanted: number[], max: number): number[] {
   return steps;
 }
 
-async function holdSteps(ctx: Context, label: string, port: number, pid: number, sink: Proc, steps: number[]): Promise<MemoryStep[]> {
+async function holdSteps(
+  ctx: Context,
+  label: string,
+  port: number,
+  pid: number,
+  sink: Proc,
+  steps: number[],
+  heap?: () => Promise<number>,
+): Promise<MemoryStep[]> {
   const max = steps[steps.length - 1];
   const agents = Math.max(1, Math.ceil(max / PER_AGENT));
   const share = (n: number) => Math.ceil(n / agents);
@@ -56,9 +64,10 @@ async function holdSteps(ctx: Context, label: string, port: number, pid: number,
       await sleep(1500);
       const rss = rssBytes(pid) / 2 ** 20;
       const backendOpen = sinkOpen(sink);
-      out.push({ connections: open, rssMiB: rss, backendOpen });
+      const heapMiB = heap ? await heap() : undefined;
+      out.push({ connections: open, rssMiB: rss, backendOpen, heapMiB });
       const failed = parsed.reduce((a, p) => a + p.failed, 0);
-      ctx.log(`  ${label}: ${open} idle connections open (backend sees ${backendOpen}) → RSS ${rss.toFixed(1)} MiB${failed ? `, ${failed} failed (${parsed.find((p) => p.lastError)?.lastError})` : ""}`);
+      ctx.log(`  ${label}: ${open} idle connections open (backend sees ${backendOpen}) → RSS ${rss.toFixed(1)} MiB${heapMiB ? ` (JS heap ${heapMiB.toFixed(1)} MiB)` : ""}${failed ? `, ${failed} failed (${parsed.find((p) => p.lastError)?.lastError})` : ""}`);
       if (parsed.some((p) => p.done) || open < step * 0.98) break;
       for (const p of procs) p.signal("SIGUSR2");
     }
@@ -103,9 +112,14 @@ export async function runMemory(ctx: Context, o: MemoryInputs): Promise<void> {
   const used = fdCount(node.pid);
   const maxReachable = Math.max(0, Math.floor((limit - used - 64) / 2));
   const steps = reachableSteps(wanted, maxReachable);
+  const heapIdle = await heapUsedMiB(node);
   ctx.log(`  Ballast: fresh idle RSS ${freshMiB.toFixed(1)} MiB (was ${afterLoadMiB.toFixed(1)} after the load runs); open-file limit ${limit} → at most ${maxReachable} proxied connections`);
-  const b = await holdSteps(ctx, "ballast", o.ballastPort, node.pid, o.sink, steps);
+  const b = await holdSteps(ctx, "ballast", o.ballastPort, node.pid, o.sink, steps, () => heapUsedMiB(node));
   const notes: string[] = [];
+  const last = b[b.length - 1];
+  if (Number.isFinite(heapIdle) && last?.heapMiB !== undefined) {
+    notes.push(`JS heap in use ${heapIdle.toFixed(1)} MiB idle, ${last.heapMiB.toFixed(1)} MiB at ${last.connections} connections (from /metrics)`);
+  }
   if (wanted.some((s) => s > maxReachable)) {
     notes.push(`open-file limit ${limit} (hard limit; raising it needs CAP_SYS_RESOURCE) allows ~${maxReachable} proxied connections; larger counts extrapolated from the measured per-connection cost`);
   }

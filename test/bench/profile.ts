@@ -1,15 +1,19 @@
 // Reads a V8 .cpuprofile (node --cpu-prof) and ranks functions by self time, grouped by who owns the code.
 import { readFileSync } from "node:fs";
+import { SourceMap } from "node:module";
+import { fileURLToPath } from "node:url";
 
 interface CallFrame {
   functionName: string;
   url: string;
   lineNumber: number;
+  columnNumber: number;
 }
 
 interface ProfileNode {
   id: number;
   callFrame: CallFrame;
+  children?: number[];
 }
 
 interface CpuProfile {
@@ -33,6 +37,8 @@ export interface ProfileSummary {
   busyPct: number;
   byOwner: Record<string, number>;
   top: FunctionCost[];
+  /** Ballast's own functions by inclusive time (self + callees): which of our code paths the cost sits under. */
+  ballastInclusive: { name: string; where: string; inclusivePctBusy: number }[];
 }
 
 function owner(cf: CallFrame): string {
@@ -44,6 +50,31 @@ function owner(cf: CallFrame): string {
   if (nm) return `npm:${nm[1]}`;
   if (/\/dist\/(node|shared)\//.test(cf.url)) return "ballast";
   return "other";
+}
+
+const maps = new Map<string, SourceMap | null>();
+
+/** "node/data/tcp.ts:204" for compiled Ballast code (through the .js.map next to it), else the compiled place. */
+function where(cf: CallFrame): string {
+  if (!cf.url) return "";
+  if (cf.url.startsWith("file://") && /\/dist\/(node|shared)\//.test(cf.url)) {
+    const file = fileURLToPath(cf.url);
+    let map = maps.get(file);
+    if (map === undefined) {
+      try {
+        map = new SourceMap(JSON.parse(readFileSync(`${file}.map`, "utf8")));
+      } catch {
+        map = null;
+      }
+      maps.set(file, map);
+    }
+    const e = map?.findEntry(cf.lineNumber, cf.columnNumber) as { originalSource?: string; originalLine?: number } | undefined;
+    if (e?.originalSource && e.originalLine !== undefined) {
+      const src = e.originalSource.replace(/^.*?\/((node|shared)\/)/, "$1");
+      return `${src}:${e.originalLine + 1}`;
+    }
+  }
+  return `${shortUrl(cf.url)}:${cf.lineNumber + 1}`;
 }
 
 function shortUrl(url: string): string {
@@ -95,14 +126,36 @@ export function summarizeProfile(file: string, skipMs = 0, topN = 20): ProfileSu
     .slice(0, topN)
     .map((e) => ({
       name: e.cf.functionName || "(anonymous)",
-      where: e.cf.url ? `${shortUrl(e.cf.url)}:${e.cf.lineNumber + 1}` : "",
+      where: where(e.cf),
       owner: owner(e.cf),
       selfPct: pct(e.us, total),
       selfPctBusy: pct(e.us, busy),
     }));
+  // Inclusive time of Ballast functions: walk each sampled node's stack once per distinct function.
+  const parent = new Map<number, number>();
+  for (const n of prof.nodes) for (const c of n.children ?? []) parent.set(c, n.id);
+  const inclusive = new Map<string, { cf: CallFrame; us: number }>();
+  for (const [id, us] of selfUs) {
+    if (byId.get(id)?.callFrame.functionName === "(idle)") continue;
+    const seen = new Set<string>();
+    for (let cur: number | undefined = id; cur !== undefined; cur = parent.get(cur)) {
+      const cf = byId.get(cur)?.callFrame;
+      if (!cf || owner(cf) !== "ballast") continue;
+      const key = `${cf.functionName}|${cf.url}|${cf.lineNumber}`;
+      if (seen.has(key)) continue;
+      seen.add(key);
+      const e = inclusive.get(key);
+      if (e) e.us += us;
+      else inclusive.set(key, { cf, us });
+    }
+  }
+  const ballastInclusive = [...inclusive.values()]
+    .sort((a, b) => b.us - a.us)
+    .slice(0, 12)
+    .map((e) => ({ name: e.cf.functionName || "(anonymous)", where: where(e.cf), inclusivePctBusy: pct(e.us, busy) }));
   const owners: Record<string, number> = {};
   for (const [k, v] of Object.entries(byOwner)) owners[k] = pct(v, total);
-  return { file, samples: counted, durationMs: Math.round(total / 1000), busyPct: pct(busy, total), byOwner: owners, top };
+  return { file, samples: counted, durationMs: Math.round(total / 1000), busyPct: pct(busy, total), byOwner: owners, top, ballastInclusive };
 }
 
 export function profileMarkdown(title: string, s: ProfileSummary): string {
@@ -118,6 +171,9 @@ export function profileMarkdown(title: string, s: ProfileSummary): string {
     "| function | where | owner | self % (all) | self % (busy) |",
     "|---|---|---|---:|---:|",
     ...s.top.map((f) => `| \`${f.name}\` | ${f.where} | ${f.owner} | ${f.selfPct} | ${f.selfPctBusy} |`),
+    "",
+    "Ballast functions by inclusive time (their own work plus everything they call), % of busy time: " +
+      s.ballastInclusive.map((f) => `\`${f.name}\` (${f.where}) ${f.inclusivePctBusy}%`).join(", "),
     "",
   ];
   return lines.join("\n");

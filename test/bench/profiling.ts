@@ -1,18 +1,19 @@
-// --profile: runs the keep-alive and the new-connection load against a Ballast node started under
+// --profile: runs the keep-alive, new-connection and bulk loads against a Ballast node started under
 // `node --cpu-prof`, one profile each, and ranks the hot functions.
 import { mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { type NodeOptions, startNode, stopNode } from "./ballast.js";
 import type { Context } from "./context.js";
-import { wrk } from "./load.js";
+import { iperf, wrk } from "./load.js";
 import { sleep } from "./net.js";
 import { summarizeProfile } from "./profile.js";
 
-export async function profileRun(ctx: Context, nodeOpts: NodeOptions, port: number): Promise<void> {
+export async function profileRun(ctx: Context, nodeOpts: NodeOptions, ports: { http: number; bulk: number }): Promise<void> {
   const stamp = new Date().toISOString().replace(/[:.]/g, "-");
   const runs = [
     { name: "keep-alive", id: "bench-prof-ka", close: false, connections: 64 },
     { name: "new-connections", id: "bench-prof-nc", close: true, connections: 32 },
+    { name: "bulk", id: "bench-prof-bulk", close: false, connections: 0 },
   ];
   for (const run of runs) {
     const dir = join(ctx.resultsDir, "profile", `${stamp}-${run.name}`);
@@ -23,8 +24,13 @@ export async function profileRun(ctx: Context, nodeOpts: NodeOptions, port: numb
     await sleep(500);
     // Start-up (module loading, first etcd sync) is not the hot path: leave it out of the summary.
     const loadStartMs = performance.now() - spawned;
-    const r = await wrk(port, { connections: run.connections, durationS: ctx.opts.durationS, close: run.close });
-    ctx.log(`  ${run.name} under the profiler: ${Math.round(r.rps)} req/s`);
+    if (run.name === "bulk") {
+      const r = await iperf(ports.bulk, ctx.opts.durationS);
+      ctx.log(`  bulk under the profiler: ${r.gbps.toFixed(2)} Gbit/s`);
+    } else {
+      const r = await wrk(ports.http, { connections: run.connections, durationS: ctx.opts.durationS, close: run.close });
+      ctx.log(`  ${run.name} under the profiler: ${Math.round(r.rps)} req/s`);
+    }
     await stopNode(node, true);
     const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
     if (!file) {

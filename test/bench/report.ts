@@ -41,6 +41,8 @@ export interface MemoryStep {
   connections: number;
   rssMiB: number;
   backendOpen: number;
+  /** JS heap in use at this step (Ballast only, from /metrics). */
+  heapMiB?: number;
 }
 
 export interface MemoryResult {
@@ -133,7 +135,7 @@ export function markdown(r: Results): string {
     out.push(
       `${m.date} · commit ${m.gitCommit} · ${m.cpuModel}, ${m.cores} cores, ${m.memoryGiB} GiB · kernel ${m.kernel} · Node ${m.node} · ${m.haproxy} · ${m.wrk} · ${m.iperf3} · ${m.etcd}` +
         (m.nginx ? ` · ${m.nginx}` : "") +
-        ` · open files ${m.nofileSoft}/${m.nofileHard}`,
+        ` · open files ${m.nofileSoft}/${m.nofileHard} · load average at start ${m.loadAverage}`,
       "",
     );
   }
@@ -144,7 +146,10 @@ export function markdown(r: Results): string {
     "",
   );
   out.push("## Data plane", "");
-  out.push("| figure | direct | HAProxy | Ballast | Ballast (affinity) | Ballast/HAProxy | Ballast/direct | target |", "|---|---:|---:|---:|---:|---:|---:|---|");
+  out.push(
+    "| figure | direct | HAProxy | Ballast | Ballast (affinity) | Ballast/HAProxy | per-round Ballast/HAProxy | Ballast/direct | target |",
+    "|---|---:|---:|---:|---:|---:|---|---:|---|",
+  );
   for (const [key, meta] of Object.entries(METRICS) as [MetricKey, (typeof METRICS)[MetricKey]][]) {
     if (!r.samples[key]) continue;
     const v = (t: Target) => med(r, key, t);
@@ -157,13 +162,21 @@ export function markdown(r: Results): string {
       const need = key === "nc.rps" ? 0.8 : 1.0;
       mark = ` ${meetsMark(b / h >= need)}`;
     }
-    out.push(`| ${meta.label} | ${fmt(dd, meta.unit)} | ${fmt(h, meta.unit)} | ${fmt(b, meta.unit)} | ${fmt(v("ballast-affinity"), meta.unit)} | ${fmtRatio(ratio(b, h))} | ${fmtRatio(ratio(b, dd))} | ${tgt}${mark} |`);
+    // Rounds are interleaved, so round i of Ballast and of HAProxy ran in the same minute: their ratio
+    // per round shows how much of the difference is noise.
+    const bs = r.samples[key]?.ballast ?? [];
+    const hs = r.samples[key]?.haproxy ?? [];
+    const perRound = bs.map((x, i) => ratio(x, hs[i])).filter(Number.isFinite);
+    const spread = perRound.length > 1 ? `${Math.min(...perRound).toFixed(2)}–${Math.max(...perRound).toFixed(2)}` : "";
+    out.push(
+      `| ${meta.label} | ${fmt(dd, meta.unit)} | ${fmt(h, meta.unit)} | ${fmt(b, meta.unit)} | ${fmt(v("ballast-affinity"), meta.unit)} | ${fmtRatio(ratio(b, h))} | ${spread} | ${fmtRatio(ratio(b, dd))} | ${tgt}${mark} |`,
+    );
   }
   const d = derive(r);
   if (Number.isFinite(d.addedP99.haproxy)) {
     // A negative "added" latency means the direct p99 was noisier than the proxied one: no verdict.
     const ok = Number.isFinite(d.addedP99.ratio) && d.addedP99.haproxy > 0 ? ` ${meetsMark(d.addedP99.ballast <= 1.5 * d.addedP99.haproxy)}` : " (noise: no verdict)";
-    out.push(`| added p99 ms over direct (light load) | 0 | ${fmt(d.addedP99.haproxy, "ms")} | ${fmt(d.addedP99.ballast, "ms")} |  | ${fmtRatio(d.addedP99.ratio)} |  | ≤ 1.5× HAProxy's${ok} |`);
+    out.push(`| added p99 ms over direct (light load) | 0 | ${fmt(d.addedP99.haproxy, "ms")} | ${fmt(d.addedP99.ballast, "ms")} |  | ${fmtRatio(d.addedP99.ratio)} |  |  | ≤ 1.5× HAProxy's${ok} |`);
   }
   out.push("");
   const mem = r.memory;

@@ -1,6 +1,7 @@
 // `npm run bench [-- --quick] [-- --profile]`: Ballast against HAProxy (1 thread, mode tcp) and a direct
 // connection, on loopback, in one run; control-plane figures after. See test/bench/README.md.
 import { mkdirSync } from "node:fs";
+import os from "node:os";
 import { join } from "node:path";
 import { startHttpBackends, startIperfServer, startTcpSink, startUdpEcho } from "./backends.js";
 import { type BallastNode, probeBallast, repoRoot, seedServices, type ServiceRecord, startNode, stopNode } from "./ballast.js";
@@ -31,6 +32,7 @@ function parseOptions(argv: string[]): Options {
     rounds: Number(value("rounds") ?? (quick ? 1 : 3)),
     durationS: Number(value("duration") ?? (quick ? 2 : 10)),
     controlPlane: !flag("no-control-plane"),
+    nodeBackend: flag("node-backend"),
   };
 }
 
@@ -56,6 +58,7 @@ async function finish(code: number): Promise<never> {
   log("stopping every process the bench started …");
   await group.stopAll();
   results.finished = new Date().toISOString();
+  results.notes.push(`Load average (1 min) at the end: ${os.loadavg()[0].toFixed(2)} on ${os.cpus().length} cores; anything else running on the machine competes with wrk, the proxies and the backends.`);
   const files = writeResults(resultsDir, results);
   log(`results: ${files.md}\n        ${files.json}\n        logs and configs: ${runDir}`);
   process.exit(code);
@@ -188,7 +191,7 @@ async function main(): Promise<void> {
   log(`Ballast bench, ${opts.quick ? "quick smoke run" : "full run"}: ${opts.rounds} round(s) of ${opts.durationS} s${opts.profile ? ", with CPU profiles" : ""}`);
   log("checking tools …");
   ensureTools(log);
-  const nginx = ensureNginx(!opts.quick, log);
+  const nginx = opts.nodeBackend ? null : ensureNginx(!opts.quick, log);
   results.machine = machineFacts(nginx);
   log(`${results.machine.cpuModel}, ${results.machine.cores} cores, Node ${results.machine.node}, ${results.machine.haproxy}`);
   results.ballast = probeBallast();
@@ -271,7 +274,7 @@ async function main(): Promise<void> {
   if (node && opts.profile) {
     const idleAfterLoad = rssBytes(node.pid) / 2 ** 20;
     await stopNode(node);
-    await profileRun(ctx, nodeOpts, bp.http);
+    await profileRun(ctx, nodeOpts, { http: bp.http, bulk: bp.bulk });
     node = await startNode(group, { ...nodeOpts, id: "bench-2" });
     results.notes.push(`Ballast RSS after the data-plane rounds (before the profile runs): ${idleAfterLoad.toFixed(1)} MiB.`);
   }

@@ -92,6 +92,8 @@ export interface MachineFacts {
   nofileHard: number;
   date: string;
   gitCommit: string;
+  /** 1-minute load average when the run started: other work on the machine skews every figure. */
+  loadAverage: string;
 }
 
 export function ulimitNofile(): { soft: number; hard: number } {
@@ -124,5 +126,6 @@ export function machineFacts(nginx: string | null): MachineFacts {
     nofileHard: lim.hard,
     date: new Date().toISOString(),
     gitCommit: firstLine("git", ["rev-parse", "--short", "HEAD"]),
+    loadAverage: os.loadavg()[0].toFixed(2),
   };
 }
