@@ -138,6 +138,8 @@ describe("affinity across the cluster", () => {
       const kept = clients.filter((ip) => route(n, "web", ip) === first.get(ip)).length;
       expect(kept, `clients keeping their backend through ${n.id}`).toBe(1000);
     }
+    const state = (await (await fetch(`http://${nb.admin.address}/api/state`)).json()) as { services: Array<{ name: string; affinity: { entries: number } }> };
+    expect(state.services.find((s) => s.name === "web")!.affinity.entries).toBe(1000);
     const text = await nb.metrics.registry.metrics();
     expect(text).toMatch(/ballast_affinity_hits_total\{service="web",node="nb"\} 1000/);
     expect(text).toMatch(/ballast_affinity_entries\{service="web",node="nb"\} 1000/);
@@ -207,6 +209,52 @@ describe("affinity across the cluster", () => {
     const res = (await (await fetch(`http://${state}/api/state`)).json()) as { services: Array<{ name: string; affinity: { entries: number } }> };
     expect(res.services.find((s) => s.name === "web")!.affinity.entries).toBe(0);
     await waitFor(async () => (await c.affinityKeys()).length === 0, { timeoutMs: 10_000, intervalMs: 250, message: "the batches leave etcd with their lease" });
+  });
+
+  it("uses on another node keep an entry alive everywhere (refreshes replicate at most every TTL/4)", async () => {
+    const c = freshCluster();
+    await c.putService("web", { affinity: { mode: "source-ip", ttl: "2s" } });
+    const rev = await c.putBackend("web", "a", 10001);
+    const nodes = await startNodes(c, ["na", "nb", "nc"]);
+    const [na, nb, nc] = nodes;
+    await applied(nodes, rev);
+    const clients = ips(10);
+    for (const ip of clients) route(na, "web", ip);
+    for (const n of nodes) await waitFor(() => entriesOf(n, "web") === 10);
+    const started = Date.now();
+    const batches0 = nb.affinity.replicator!.batches;
+    // The clients keep coming, through node B only, for twice the TTL.
+    while (Date.now() - started < 4_000) {
+      for (const ip of clients) route(nb, "web", ip);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    for (const n of [na, nc]) expect(entriesOf(n, "web"), `${n.id} still holds the entries`).toBe(10);
+    // 40 uses per client in 4 s, but refreshes only every TTL/4 (500 ms): about 8 batches, not 40.
+    const batches = nb.affinity.replicator!.batches - batches0;
+    expect(batches).toBeGreaterThanOrEqual(4);
+    expect(batches).toBeLessThanOrEqual(12);
+  });
+
+  it("a node that made a losing entry without knowing the winner is corrected by the nodes that hold it", async () => {
+    const c = freshCluster();
+    await c.putService("web");
+    await c.putBackend("web", "a", 10001);
+    const rev = await c.putBackend("web", "b", 10002);
+    const [na, nb] = await startNodes(c, ["na", "nb"]);
+    await applied([na, nb], rev);
+    const clients = ips(50);
+    for (const ip of clients) route(na, "web", ip, (t) => t.id === "b");
+    await waitFor(() => entriesOf(nb, "web") === 50);
+    // The batches vanish from etcd (deletes are not applied to tables: A and B keep their entries).
+    await etcd.etcdctl("del", "--prefix", `${c.prefix}affinity/`);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(entriesOf(nb, "web")).toBe(50);
+    // A node joining now lists nothing and picks differently for these clients.
+    const nc = await startNode(c.config("nc"));
+    await applied([nc], rev);
+    for (const ip of clients) expect(route(nc, "web", ip, (t) => t.id === "a")).toBe("b");
+    await waitFor(() => clients.every((ip) => entryBackend(nc, "web", ip) === "a"), { message: "the new node adopts the older entries" });
+    for (const n of [na, nb]) for (const ip of clients) expect(entryBackend(n, "web", ip)).toBe("a");
   });
 
   it("a backend that goes down: its clients move once and stay on their new backend from every node, even after it returns", async () => {
