@@ -93,8 +93,11 @@ export class BallastNode {
     );
   }
 
+  /** Set on SIGTERM: /readyz answers 503 while the listeners still accept for `withdrawDelay`. */
+  withdrawing = false;
+
   get ready(): boolean {
-    return !this.stopping && this.plane.ready;
+    return !this.stopping && !this.withdrawing && this.plane.ready;
   }
 
   /** Starts the admin server, then the store sync; resolves once the first snapshot is applied. */
@@ -145,7 +148,7 @@ export class BallastNode {
       zone: this.config.node.zone,
       version: VERSION,
       ready: this.ready,
-      draining: this.plane.draining,
+      draining: this.withdrawing || this.plane.draining,
       revision: this.reconciler.appliedRevision,
       mode: this.mode,
       startedAt: this.startedAt,
@@ -181,11 +184,12 @@ export class BallastNode {
 
   /** SIGTERM: not ready (anycast withdraws), stop accepting, let open connections finish, then stop. */
   async shutdown(drainTimeoutMs = this.config.drainTimeout): Promise<{ remaining: number }> {
-    this.plane.draining = true;
-    this.log.info({ drainTimeoutMs, active: this.plane.active }, "draining");
+    this.withdrawing = true;
+    this.log.info({ drainTimeoutMs, withdrawDelayMs: this.config.withdrawDelay, active: this.plane.active }, "draining");
     if (!this.standalone) {
       await this.register().catch(() => {});
     }
+    if (this.config.withdrawDelay > 0) await new Promise((r) => setTimeout(r, this.config.withdrawDelay));
     const r = await this.plane.drain(drainTimeoutMs);
     await this.close();
     this.log.info({ remaining: r.remaining }, "stopped");

@@ -52,7 +52,7 @@ export function describeState(n: BallastNode) {
   }
   const hb = n.reconciler.heartbeat;
   return {
-    node: { id: n.id, zone: n.config.node.zone, version: VERSION, ready: n.ready, draining: n.plane.draining, mode: n.mode, startedAt: n.startedAt, admin: n.admin.address },
+    node: { id: n.id, zone: n.config.node.zone, version: VERSION, ready: n.ready, draining: n.withdrawing || n.plane.draining, mode: n.mode, startedAt: n.startedAt, admin: n.admin.address },
     cluster: n.config.cluster,
     store: {
       kind: n.standalone ? "memory" : "etcd",

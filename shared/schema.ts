@@ -185,6 +185,11 @@ export const nodeConfigSchema = z
       .strict()
       .prefault({}),
     drainTimeout: duration("30s"),
+    /**
+     * On SIGTERM, how long the node keeps accepting after /readyz turns 503, so anycast withdraws the
+     * route (or a load balancer stops sending) before the listeners close. Behind anycast: ≥ 1s.
+     */
+    withdrawDelay: duration("0s"),
     health: z
       .object({
         /** Verdicts older than this (leader heartbeat age) switch the node to local checking. */

@@ -33,6 +33,17 @@ describe("node lifecycle and admin API", () => {
     expect(await node.exited).toBe(0);
   });
 
+  it("with withdrawDelay, keeps accepting while /readyz already says 503 (anycast withdraws first)", async () => {
+    const a = await startTcpEcho("a");
+    const node = await spawnNode({ withdrawDelay: "3s", drainTimeout: "1s", services: [{ name: "echo", listen: "127.0.0.1:0", health: { type: "none" }, backends: [{ id: "a", address: "127.0.0.1", port: a.port }] }] });
+    await waitFor(async () => (await fetch(`http://${node.admin}/readyz`)).status === 200);
+    const port = (await getJson<{ services: Array<{ boundPort: number }> }>(node.admin, "/api/state")).services[0].boundPort;
+    node.kill("SIGTERM");
+    await waitFor(async () => (await fetch(`http://${node.admin}/readyz`)).status === 503, { message: "readyz 503 at once" });
+    expect(await tcpExchange(port, "late")).toBe("a:late");
+    expect(await node.exited).toBe(0);
+  });
+
   it("explains a route and counts traffic in /metrics; a token guards everything but probes", async () => {
     const a = await startTcpEcho("a");
     const b = await startTcpEcho("b");
