@@ -345,6 +345,8 @@ const SCRIPT = String.raw`
       var rev = fresh ? lv.state.revision : null;
       var store = fresh ? lv.state.store : null;
       var active = fresh ? (lv.state.services || []).reduce(function (t, s) { return t + (s.active || 0); }, 0) : null;
+      var r = S.rates[n.id], cps = null;
+      if (fresh && r && Date.now() - r.t <= FRESH_MS) { cps = 0; for (var k in r.svc) cps += r.svc[k].cps; }
       var seen = lv.at ? age(Date.now() - lv.at) + " ago" : "never";
       return h("tr", { "data-node": n.id, class: fresh ? "" : "is-down" },
         h("td", null, h("b", null, n.id), n.id === selfId ? h("span", { class: "mute" }, " (this page)") : null, " ",
@@ -356,14 +358,15 @@ const SCRIPT = String.raw`
         h("td", { class: "num mono", "data-rev": rev === null ? "" : rev, title: fresh ? "etcd revision this node has applied" : lv.err || "no answer yet" },
           rev === null ? h("span", { class: "mute" }, "\u2014") : num(rev)),
         h("td", null, store ? (store.connected ? badge("up", "\u2714 etcd") : badge("down", "\u2716 etcd lost", store.lastError || "")) : h("span", { class: "mute" }, "\u2014")),
+        h("td", { class: "num" }, rate(cps)),
         h("td", { class: "num" }, active === null ? "\u2014" : num(active)),
         h("td", { class: "num" }, dur(serverNow() - n.startedAt)),
         h("td", { class: fresh ? "" : "down-t", title: lv.err || ("record updated " + ago(n.updatedAt)) }, fresh ? seen : (lv.err ? "\u2716 no answer \u00B7 " + seen : seen)),
         h("td", { class: "mono" }, n.id === selfId ? n.admin : h("a", { href: "http://" + n.admin + "/" }, n.admin)));
     });
-    var head = ["Node", "Zone", "Version", "State", "Mode", "Applied rev", "Store", "Active conns", "Uptime", "Last seen", "Admin"];
+    var head = ["Node", "Zone", "Version", "State", "Mode", "Applied rev", "Store", "Conn/s", "Active", "Uptime", "Last seen", "Admin"];
     return h("div", { class: "tablewrap" }, h("table", { id: "nodes-table" },
-      h("thead", null, h("tr", null, head.map(function (t, i) { return h("th", { class: i === 5 || i === 7 || i === 8 ? "num" : "" }, t); }))),
+      h("thead", null, h("tr", null, head.map(function (t, i) { return h("th", { class: i === 5 || (i >= 7 && i <= 9) ? "num" : "" }, t); }))),
       h("tbody", null, rows)));
   }
 
@@ -617,7 +620,7 @@ const SCRIPT = String.raw`
       fill("ex-answer", [
         h("div", { class: "to", id: "ex-backend" }, b.backend ? "\u2192 " + b.backend.id + " " : "\u2716 no backend", b.backend ? h("span", { class: "mono mute" }, b.backend.address) : null),
         h("div", null, "reason: ", h("b", { id: "ex-reason" }, b.reason)),
-        h("div", { class: "mute" }, "as node " + b.node + " routes it at revision " + num(b.revision) + " (ask another node's page for its answer)")
+        h("div", { class: "mute" }, "as node " + b.node + " routes it at revision " + num(b.revision) + ", asked " + new Date().toLocaleTimeString() + " (another node's page gives that node's answer)")
       ]);
     }, function (err) { fill("ex-answer", h("span", { class: "down-t" }, "\u2716 " + errText(err))); });
   });
