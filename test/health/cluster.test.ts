@@ -178,9 +178,13 @@ describe("health checking through etcd", () => {
       } finally {
         clearInterval(sampler);
       }
-      const deadFrom = samples.find((s) => s.source === "local" && !s.bRoutable)?.at ?? Number.POSITIVE_INFINITY;
-      const flaps = samples.filter((s) => s.at > deadFrom && s.bRoutable);
-      expect(flaps, "b routable again after local checks marked it down").toEqual([]);
+      for (const n of nodes) {
+        const mine = samples.filter((s) => s.node === n.id);
+        const deadFrom = mine.find((s) => s.source === "local" && !s.bRoutable)?.at ?? Number.POSITIVE_INFINITY;
+        expect(deadFrom, n.id).toBeLessThan(Number.POSITIVE_INFINITY);
+        const flaps = mine.filter((s) => s.at > deadFrom && s.bRoutable);
+        expect(flaps, `${n.id}: b routable again after its local checks marked it down`).toEqual([]);
+      }
     } finally {
       await local.stop();
     }
