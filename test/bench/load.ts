@@ -1,5 +1,5 @@
 // Runs the load generators (wrk, iperf3, the UDP blaster agent) and parses their output into numbers.
-import { spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import type { ProcessGroup } from "./procs.js";
 
@@ -12,9 +12,17 @@ export interface WrkResult {
   errors: number;
 }
 
+/** Load tools running now, so an interrupted bench can stop them too. */
+const running = new Set<ChildProcess>();
+
+export function killLoadTools(): void {
+  for (const c of running) c.kill("SIGKILL");
+}
+
 function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
     const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+    running.add(child);
     let out = "";
     child.stdout.on("data", (c: Buffer) => {
       out += c.toString();
@@ -25,10 +33,12 @@ function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: nu
     const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
     child.on("exit", (code) => {
       clearTimeout(timer);
+      running.delete(child);
       resolve({ code, out });
     });
     child.on("error", (err) => {
       clearTimeout(timer);
+      running.delete(child);
       resolve({ code: -1, out: err.message });
     });
   });

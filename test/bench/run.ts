@@ -9,7 +9,7 @@ import type { Context, Options } from "./context.js";
 import { runControlPlane } from "./control-plane.js";
 import { startEtcd } from "./etcd.js";
 import { type Frontend, startHaproxy } from "./haproxy.js";
-import { iperf, udpBlast, wrk } from "./load.js";
+import { iperf, killLoadTools, udpBlast, wrk } from "./load.js";
 import { runMemory } from "./memory.js";
 import { cpuSeconds, freePort, httpGet, rssBytes, sleep } from "./net.js";
 import { ProcessGroup } from "./procs.js";
@@ -53,9 +53,11 @@ const ctx: Context = { opts, group, runDir, resultsDir, results, log };
 
 let finishing = false;
 async function finish(code: number): Promise<never> {
-  if (finishing) process.exit(code);
+  // A second caller (the main flow failing because an interrupt stopped its processes) waits for the first.
+  if (finishing) return new Promise<never>(() => {});
   finishing = true;
   log("stopping every process the bench started …");
+  killLoadTools();
   await group.stopAll();
   results.finished = new Date().toISOString();
   results.notes.push(`Load average (1 min) at the end: ${os.loadavg()[0].toFixed(2)} on ${os.cpus().length} cores; anything else running on the machine competes with wrk, the proxies and the backends.`);
@@ -71,7 +73,10 @@ process.on("SIGTERM", () => {
   results.error = "terminated (SIGTERM)";
   void finish(143);
 });
-process.on("exit", () => group.killAllNow());
+process.on("exit", () => {
+  killLoadTools();
+  group.killAllNow();
+});
 
 interface Paths {
   /** Service port per target for the HTTP runs. */
@@ -306,7 +311,10 @@ try {
   await finish(0);
 } catch (err) {
   const e = err as Error;
-  results.error = e.message.split("\n")[0];
-  log(`FAILED: ${e.stack ?? e.message}`);
+  // After an interrupt the main flow fails because its processes were stopped: not news.
+  if (!finishing) {
+    results.error = e.message.split("\n")[0];
+    log(`FAILED: ${e.stack ?? e.message}`);
+  }
   await finish(1);
 }
