@@ -80,7 +80,7 @@ async function memory(): Promise<void> {
       rssAfterMiB: mib(after.rss),
       rssDeltaMiB: mib(after.rss - before.rss),
       heapDeltaMiB: mib(after.heapUsed - before.heapUsed),
-      externalDeltaMiB: mib(after.external + after.arrayBuffers - before.external - before.arrayBuffers),
+      arrayBuffersDeltaMiB: mib(after.arrayBuffers - before.arrayBuffers),
       bytesPerEntry: Math.round((after.rss - before.rss) / N),
       fillNsPerEntry: Math.round((fillMs * 1e6) / N),
       hitNs: Math.round((hitMs * 1e6) / N),
