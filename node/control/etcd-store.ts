@@ -346,7 +346,12 @@ export class EtcdStore implements Store {
     // Revoking hands leadership over in milliseconds instead of a TTL; bounded, etcd may be gone.
     const revoking: Promise<unknown>[] = [];
     for (const leadership of this.leaderships) revoking.push(leadership.end("store closed"));
-    for (const lease of this.leases) revoking.push(lease.revoke().catch(() => undefined));
+    // Only kept-alive leases (registration, leadership) die with the node. TTL-only leases carry data
+    // that must outlive its writer (affinity entries): etcd expires them on their own.
+    for (const lease of this.leases) {
+      if (lease.keepAlive) revoking.push(lease.revoke().catch(() => undefined));
+      else lease.detach();
+    }
     await withGrace(Promise.all(revoking), CLOSE_REVOKE_GRACE_MS);
     this.client.close();
   }
@@ -627,7 +632,7 @@ class EtcdStoreLease implements Lease {
     private readonly inner: EtcdLease,
     readonly id: string,
     ttlSeconds: number,
-    keepAlive: boolean,
+    readonly keepAlive: boolean,
     private readonly onEnded: () => void,
   ) {
     inner.on("lost", (err) => this.lose(describe(err)));
@@ -660,6 +665,14 @@ class EtcdStoreLease implements Lease {
     } catch (err) {
       throw storeError(err, "revoke lease");
     }
+  }
+
+  /** Forgets the lease locally without revoking it: etcd lets it expire at its TTL. */
+  detach(): void {
+    if (this.state !== "alive") return;
+    this.state = "revoked";
+    this.callbacks.length = 0;
+    this.end();
   }
 
   private arm(ttlSeconds: number, reason: string): void {

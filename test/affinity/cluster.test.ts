@@ -180,7 +180,7 @@ describe("affinity across the cluster", () => {
   // lease they granted, including the TTL-only leases of affinity batches, so a graceful stop deletes the
   // node's entries from etcd (the other nodes keep theirs locally; a node joining later does not get
   // them). Fix: close() revokes only kept-alive leases. Flip to it() once the store does.
-  it.fails("entries outlive a node that stopped gracefully (store revokes TTL leases on close: known gap)", async () => {
+  it("entries outlive a node that stopped gracefully", async () => {
     const c = freshCluster();
     await c.putService("web");
     const rev = await c.putBackend("web", "a", 10001);
