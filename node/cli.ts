@@ -326,7 +326,7 @@ export function buildCli(): Command {
         const svcRows = [];
         const beRows = [];
         for (const s of first?.services ?? []) {
-          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: (s.affinity as { mode: string }).mode, active: s.active });
+          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: affinityCell(s.affinity as { mode: string; ttlMs: number; entries?: number }), active: s.active });
           for (const b of s.backends as Array<Record<string, unknown>>) {
             const v = b.verdict as { state: string; reason: string } | null;
             beRows.push({ service: s.name, backend: b.id, address: `${b.address}:${b.port}`, state: b.state, verdict: v ? `${v.state}${v.reason ? ` (${v.reason})` : ""}` : "unknown", routable: b.routable, active: b.active });
@@ -366,6 +366,10 @@ export function buildCli(): Command {
     });
 
   return program;
+}
+
+function affinityCell(a: { mode: string; ttlMs: number; entries?: number }): string {
+  return a.mode === "none" ? "none" : `${a.mode} ttl ${Math.round(a.ttlMs / 1000)}s, ${a.entries ?? 0} entries`;
 }
 
 async function runNode(config: NodeConfig): Promise<void> {
