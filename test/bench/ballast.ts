@@ -159,3 +159,22 @@ export async function heapUsedMiB(node: BallastNode): Promise<number> {
   }
   return found ? sum / 2 ** 20 : Number.NaN;
 }
+
+/** One service's entry in /api/state (boundPort, affinity.entries, backends, …), or null. */
+export async function serviceState(node: BallastNode, name: string): Promise<Record<string, unknown> | null> {
+  const r = await httpGet(`${node.admin}/api/state`, 2000);
+  if (r.status !== 200) return null;
+  try {
+    const j = JSON.parse(r.body) as { services?: Record<string, unknown>[] };
+    return j.services?.find((s) => s.name === name) ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** Affinity entries a node holds for a service (from /api/state), NaN when not reported. */
+export async function affinityEntries(node: BallastNode, service: string): Promise<number> {
+  const s = await serviceState(node, service);
+  const n = (s?.affinity as { entries?: unknown } | undefined)?.entries;
+  return typeof n === "number" ? n : Number.NaN;
+}

@@ -5,6 +5,7 @@ import { loopbackAddress, parseArgs, report } from "./args.js";
 
 const args = parseArgs(process.argv.slice(2));
 const port = Number(args.port);
+const host = args.host ?? "127.0.0.1";
 const count = Number(args.count ?? 1000);
 const first = Number(args.first ?? 0x010000);
 const concurrency = Number(args.concurrency ?? 128);
@@ -18,7 +19,7 @@ let lastError = "";
 
 function one(i: number): Promise<void> {
   return new Promise((resolve) => {
-    const s = net.connect({ port, host: "127.0.0.1", localAddress: loopbackAddress(first, i) });
+    const s = net.connect({ port, host, localAddress: loopbackAddress(first, i) });
     let finished = false;
     const finish = (ok: boolean, err?: string) => {
       if (finished) return;
