@@ -429,3 +429,13 @@ export class SourceRateLimiter {
     return reuse;
   }
 }
+
+/**
+ * The limiter for a service's settings across snapshot swaps: the current one while rate and burst
+ * are unchanged (its buckets survive a config change), a new one when they change, null when off.
+ */
+export function limiterFor(current: SourceRateLimiter | null, ratePerSec: number, burst: number): SourceRateLimiter | null {
+  if (ratePerSec <= 0) return null;
+  if (current !== null && current.ratePerSec === ratePerSec && current.burst === burst) return current;
+  return new SourceRateLimiter(ratePerSec, burst);
+}

@@ -4,7 +4,7 @@ import net from "node:net";
 import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../snapshot.js";
-import { SourceRateLimiter } from "./access.js";
+import { limiterFor, type SourceRateLimiter } from "./access.js";
 import type { DataPlane } from "./plane.js";
 import { proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
 import type { Closable, ConnectFailureReason, ServiceCounters } from "./stats.js";
@@ -34,8 +34,6 @@ export class TcpListener {
   svc: ServiceState;
   readonly counters: ServiceCounters;
   limiter: SourceRateLimiter | null = null;
-  /** Rate settings the limiter was built with: unchanged settings keep its buckets across snapshots. */
-  private limiterKey = "";
   /** First-attempt exclusion: ejected or full backends. Built once per service update, not per connection. */
   exclude: Exclude = () => false;
   boundPort = 0;
@@ -77,12 +75,7 @@ export class TcpListener {
 
   update(svc: ServiceState): void {
     this.svc = svc;
-    const l = svc.spec.limits;
-    if (l.sourceRate > 0) {
-      const key = `${l.sourceRate}/${l.sourceBurst}`;
-      if (this.limiter === null || this.limiterKey !== key) this.limiter = new SourceRateLimiter(l.sourceRate, l.sourceBurst);
-      this.limiterKey = key;
-    } else this.limiter = null;
+    this.limiter = limiterFor(this.limiter, svc.spec.limits.sourceRate, svc.spec.limits.sourceBurst);
     this.exclude = this.plane.availabilityExclude(svc);
   }
 

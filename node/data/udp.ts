@@ -4,7 +4,7 @@ import dgram from "node:dgram";
 import net from "node:net";
 import type { Logger } from "pino";
 import type { ServiceState, Target } from "../snapshot.js";
-import { SourceRateLimiter } from "./access.js";
+import { limiterFor, type SourceRateLimiter } from "./access.js";
 import type { DataPlane } from "./plane.js";
 import { proxyV2Header } from "./proxy-protocol.js";
 import type { Closable, ServiceCounters } from "./stats.js";
@@ -46,8 +46,6 @@ export class UdpListener {
   readonly counters: ServiceCounters;
   readonly flows = new Map<string, Flow>();
   limiter: SourceRateLimiter | null = null;
-  /** Rate settings the limiter was built with: unchanged settings keep its buckets across snapshots. */
-  private limiterKey = "";
   boundPort = 0;
   error: string | null = null;
   private sweeper: NodeJS.Timeout | null = null;
@@ -92,12 +90,7 @@ export class UdpListener {
 
   update(svc: ServiceState): void {
     this.svc = svc;
-    const l = svc.spec.limits;
-    if (l.sourceRate > 0) {
-      const key = `${l.sourceRate}/${l.sourceBurst}`;
-      if (this.limiter === null || this.limiterKey !== key) this.limiter = new SourceRateLimiter(l.sourceRate, l.sourceBurst);
-      this.limiterKey = key;
-    } else this.limiter = null;
+    this.limiter = limiterFor(this.limiter, svc.spec.limits.sourceRate, svc.spec.limits.sourceBurst);
   }
 
   private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
