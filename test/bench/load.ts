@@ -90,6 +90,7 @@ export async function wrk(port: number, o: { connections: number; durationS: num
 
 export interface IperfResult {
   gbps: number;
+  bytes: number;
   error?: string;
 }
 
@@ -98,20 +99,20 @@ export async function iperf(port: number, durationS: number): Promise<IperfResul
   for (let attempt = 0; attempt < 3; attempt++) {
     const { out } = await run("iperf3", ["-c", "127.0.0.1", "-p", String(port), "-t", String(durationS), "-J", "--connect-timeout", "3000"], (durationS + 20) * 1000);
     try {
-      const j = JSON.parse(out) as { error?: string; end?: { sum_received?: { bits_per_second?: number } } };
+      const j = JSON.parse(out) as { error?: string; end?: { sum_received?: { bits_per_second?: number; bytes?: number } } };
       if (j.error) {
         if (/busy/i.test(j.error) && attempt < 2) {
           await new Promise((r) => setTimeout(r, 1000));
           continue;
         }
-        return { gbps: Number.NaN, error: j.error };
+        return { gbps: Number.NaN, bytes: 0, error: j.error };
       }
-      return { gbps: (j.end?.sum_received?.bits_per_second ?? Number.NaN) / 1e9 };
+      return { gbps: (j.end?.sum_received?.bits_per_second ?? Number.NaN) / 1e9, bytes: j.end?.sum_received?.bytes ?? 0 };
     } catch {
-      return { gbps: Number.NaN, error: out.slice(0, 200) };
+      return { gbps: Number.NaN, bytes: 0, error: out.slice(0, 200) };
     }
   }
-  return { gbps: Number.NaN, error: "server busy" };
+  return { gbps: Number.NaN, bytes: 0, error: "server busy" };
 }
 
 export interface UdpResult {

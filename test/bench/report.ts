@@ -22,8 +22,10 @@ export const METRICS = {
   "nc.p99": { label: "new-connection p99 ms", unit: "ms", higherIsBetter: false },
   "nc.cpuUsPerConn": { label: "proxy CPU µs per new connection", unit: "us", higherIsBetter: false },
   "bulk.gbps": { label: "bulk throughput Gbit/s (iperf3, 1 stream)", unit: "gbps", higherIsBetter: true, target: "≥ 1.0× HAProxy" },
+  "bulk.cpuMsPerGB": { label: "proxy CPU ms per GB relayed (bulk)", unit: "us", higherIsBetter: false },
   "udp.rate": { label: "UDP datagrams/s echoed (4 flows × 32 in flight)", unit: "rps", higherIsBetter: true },
   "udp.loss": { label: "UDP loss %", unit: "pct", higherIsBetter: false },
+  "udp.cpuUsPerDgram": { label: "proxy CPU µs per echoed datagram (both ways)", unit: "us", higherIsBetter: false },
 } as const;
 export type MetricKey = keyof typeof METRICS;
 

@@ -160,8 +160,12 @@ async function dataPlane(paths: Paths, targets: Target[]): Promise<void> {
     for (const target of targets) {
       const port = paths.bulk[target];
       if (!port) continue;
+      const pid = paths.pid[target]?.();
+      const cpu0 = pid ? cpuSeconds(pid) : Number.NaN;
       const r = await iperf(port, short);
+      const cpu = pid ? cpuSeconds(pid) - cpu0 : Number.NaN;
       addSample(results, "bulk.gbps", target, r.gbps);
+      if (pid && r.bytes > 0) addSample(results, "bulk.cpuMsPerGB", target, (cpu * 1000) / (r.bytes / 1e9));
       results.runs.push({ round, test: "bulk", target, gbps: r.gbps, error: r.error });
       log(`  bulk         ${target.padEnd(16)} ${Number.isFinite(r.gbps) ? r.gbps.toFixed(2) : "–"} Gbit/s${r.error ? `  (${r.error})` : ""}`);
       await sleep(500);
@@ -169,9 +173,13 @@ async function dataPlane(paths: Paths, targets: Target[]): Promise<void> {
     for (const target of targets) {
       const port = paths.udp[target];
       if (!port) continue;
+      const pid = paths.pid[target]?.();
+      const cpu0 = pid ? cpuSeconds(pid) : Number.NaN;
       const u = await udpBlast(group, port, short * 1000);
+      const cpu = pid ? cpuSeconds(pid) - cpu0 : Number.NaN;
       addSample(results, "udp.rate", target, u.rate);
       addSample(results, "udp.loss", target, u.loss);
+      if (pid && u.received > 0) addSample(results, "udp.cpuUsPerDgram", target, (cpu * 1e6) / u.received);
       results.runs.push({ round, test: "udp", target, ...u });
       log(`  udp          ${target.padEnd(16)} ${Math.round(u.rate).toString().padStart(7)} dgram/s  loss ${(u.loss * 100).toFixed(2)}%${u.error ? `  (${u.error})` : ""}`);
       if (u.received === 0) throw new Error(`UDP through ${target}: nothing echoed (${u.error ?? "no reply"})`);
