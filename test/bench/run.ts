@@ -168,6 +168,7 @@ async function dataPlane(paths: Paths, targets: Target[]): Promise<void> {
       if (pid && r.bytes > 0) addSample(results, "bulk.cpuMsPerGB", target, (cpu * 1000) / (r.bytes / 1e9));
       results.runs.push({ round, test: "bulk", target, gbps: r.gbps, error: r.error });
       log(`  bulk         ${target.padEnd(16)} ${Number.isFinite(r.gbps) ? r.gbps.toFixed(2) : "–"} Gbit/s${r.error ? `  (${r.error})` : ""}`);
+      if (!(r.bytes > 0)) throw new Error(`bulk through ${target}: iperf3 moved nothing (${r.error ?? "no result"})`);
       await sleep(500);
     }
     for (const target of targets) {
