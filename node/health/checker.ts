@@ -47,9 +47,12 @@ interface Slot {
 /**
  * The targets of a snapshot: active backends of services whose check type is not `none`, at their
  * check address. Drained and disabled backends are not checked (nothing checks them into traffic).
+ * Targets equal to `previous` ones are reused, and `changed` says whether any differs: most snapshots
+ * only carry new verdicts, and must not cost the checker anything.
  */
-export function checkTargetsOf(snapshot: Snapshot): CheckTarget[] {
+export function checkTargetsOf(snapshot: Snapshot, previous: readonly CheckTarget[] | null = null): { targets: CheckTarget[]; changed: boolean } {
   const out: CheckTarget[] = [];
+  let changed = previous === null;
   for (const svc of snapshot.services.values()) {
     const settings = svc.spec.health;
     if (settings.type === "none") continue;
@@ -58,18 +61,20 @@ export function checkTargetsOf(snapshot: Snapshot): CheckTarget[] {
     const kind: CheckKind = settings.type === "tcp" && svc.spec.protocol === "udp" ? "udp" : settings.type;
     for (const b of svc.backends) {
       if (b.spec.state !== "active") continue;
-      out.push({
-        key: `${svc.name}/${b.id}`,
-        service: svc.name,
-        id: b.id,
-        host: b.spec.checkAddress ?? b.spec.address,
-        port: b.spec.checkPort ?? b.spec.port,
-        kind,
-        settings,
-      });
+      const host = b.spec.checkAddress ?? b.spec.address;
+      const port = b.spec.checkPort ?? b.spec.port;
+      // Snapshots list services and backends sorted, so an unchanged target sits at the same index.
+      const prev = previous?.[out.length];
+      if (prev !== undefined && prev.service === svc.name && prev.id === b.id && prev.host === host && prev.port === port && prev.kind === kind && prev.settings === settings) {
+        out.push(prev);
+        continue;
+      }
+      changed = true;
+      out.push({ key: `${svc.name}/${b.id}`, service: svc.name, id: b.id, host, port, kind, settings });
     }
   }
-  return out;
+  if (previous !== null && out.length !== previous.length) changed = true;
+  return { targets: out, changed };
 }
 
 export class Checker {
@@ -89,9 +94,9 @@ export class Checker {
 
   /**
    * Makes `targets` the set under check. Existing targets keep their state and schedule (rescheduled
-   * only when interval or jitter changed); new ones start from `seeds` (else unknown); gone ones stop.
+   * only when interval or jitter changed); new ones start from `seedOf` (else unknown); gone ones stop.
    */
-  setTargets(targets: Iterable<CheckTarget>, seeds: ReadonlyMap<string, Verdict> = new Map()): void {
+  setTargets(targets: Iterable<CheckTarget>, seedOf: (key: string) => Verdict | undefined = () => undefined): void {
     if (this.stopped) return;
     const now = Date.now();
     const seen = new Set<string>();
@@ -99,7 +104,7 @@ export class Checker {
       seen.add(t.key);
       const slot = this.slots.get(t.key);
       if (slot === undefined) {
-        this.add(t, seeds.get(t.key) ?? null, now);
+        this.add(t, seedOf(t.key) ?? null, now);
         continue;
       }
       const prev = slot.target.settings;

@@ -30,6 +30,8 @@ export interface LeaderContext {
 
 /** Writes in flight at once; a mass outage of 1000 backends is written in a few round trips. */
 const MAX_INFLIGHT_WRITES = 64;
+/** Pruning waits this long after a change, so a burst of snapshots costs one pass. */
+const PRUNE_DELAY_MS = 100;
 /** Pause before campaigning again after a term ended (a failing store must not make a hot loop). */
 const RECAMPAIGN_PAUSE_MS = 200;
 const STOP_GRACE_MS = 1_000;
@@ -58,9 +60,14 @@ export class HealthLeader {
     void this.run();
   }
 
-  /** The snapshot changed: new targets, and verdicts of backends that are gone can be removed. */
+  /** The set of targets changed. */
   refresh(): void {
     this.term?.refresh();
+  }
+
+  /** Records changed: verdicts of backends that are gone may need removing. */
+  schedulePrune(): void {
+    this.term?.schedulePrune();
   }
 
   async stop(): Promise<void> {
@@ -115,6 +122,7 @@ class Term {
   private readonly pending = new Map<string, Buffer | null>();
   private readonly inflight = new Set<string>();
   private heartbeatTimer: NodeJS.Timeout | null = null;
+  private pruneTimer: NodeJS.Timeout | null = null;
   private heartbeatInflight = false;
   /** Pruning waits until the node's records are at least as new as the seed read. */
   private seedRevision = Number.POSITIVE_INFINITY;
@@ -177,9 +185,18 @@ class Term {
     const targets = this.ctx.targets();
     if (targets === null) return;
     this.targetsSeen = true;
-    this.checker.setTargets(targets, this.known);
+    this.checker.setTargets(targets, (key) => this.known.get(key));
     this.ctx.metrics.checking.set({ role: "leader" }, this.checker.size);
-    this.prune();
+    this.schedulePrune();
+  }
+
+  schedulePrune(): void {
+    if (this.ended || this.pruneTimer !== null) return;
+    this.pruneTimer = setTimeout(() => {
+      this.pruneTimer = null;
+      this.prune();
+    }, PRUNE_DELAY_MS);
+    this.pruneTimer.unref();
   }
 
   /**
@@ -187,6 +204,7 @@ class Term {
    * disabled backends keep theirs (they are not checked, and the verdict is right again if they return).
    */
   private prune(): void {
+    if (this.ended) return;
     const records = this.ctx.records();
     if (records.revision < this.seedRevision) return;
     let services: ReturnType<RecordTable["serviceSpecs"]> | null = null;
@@ -282,6 +300,7 @@ class Term {
     if (this.ended) return this.resigning;
     this.ended = true;
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    if (this.pruneTimer) clearTimeout(this.pruneTimer);
     this.checker.stop();
     this.pending.clear();
     this.ctx.metrics.leader.set(0);

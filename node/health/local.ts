@@ -40,9 +40,9 @@ export class LocalFallback {
     return this.checker.size;
   }
 
-  /** New targets start from `seeds` (the shared verdicts as last seen). */
-  refresh(targets: readonly CheckTarget[], seeds: ReadonlyMap<string, Verdict>): void {
-    this.checker.setTargets(targets, seeds);
+  /** New targets start from `seedOf` (the shared verdicts as last seen). */
+  refresh(targets: readonly CheckTarget[], seedOf: (key: string) => Verdict | undefined): void {
+    this.checker.setTargets(targets, seedOf);
     this.ctx.metrics.checking.set({ role: "local" }, this.checker.size);
   }
 

@@ -80,9 +80,13 @@ export class HealthManager {
   /** Called on every applied snapshot (the set of services/backends to check may have changed). */
   onSnapshot(snapshot: Snapshot): void {
     if (this.stopped) return;
-    this.targets = checkTargetsOf(snapshot);
-    this.leader.refresh();
-    this.local?.refresh(this.targets, this.sharedVerdicts());
+    const { targets, changed } = checkTargetsOf(snapshot, this.targets);
+    this.targets = targets;
+    if (changed) {
+      this.leader.refresh();
+      this.local?.refresh(targets, this.sharedSeeds());
+    }
+    this.leader.schedulePrune();
   }
 
   /** Called when nodes/heartbeat keys change in the reconciler's cluster view. */
@@ -167,7 +171,7 @@ export class HealthManager {
     const local = this.local;
     this.node.reconciler.verdictSource = (shared) => local.overlay(shared);
     this.setMode("local-fallback", reason);
-    if (this.targets) local.refresh(this.targets, this.sharedVerdicts());
+    if (this.targets) local.refresh(this.targets, this.sharedSeeds());
     this.rebuild();
   }
 
@@ -196,7 +200,12 @@ export class HealthManager {
     if (!this.stopped && this.node.reconciler.snapshot !== null) this.node.reconciler.rebuild();
   }
 
-  private sharedVerdicts(): ReadonlyMap<string, Verdict> {
-    return this.node.reconciler.records.sharedVerdicts();
+  /** Shared verdicts as seeds, read only if a new target needs one. */
+  private sharedSeeds(): (key: string) => Verdict | undefined {
+    let shared: ReadonlyMap<string, Verdict> | null = null;
+    return (key) => {
+      shared ??= this.node.reconciler.records.sharedVerdicts();
+      return shared.get(key);
+    };
   }
 }
