@@ -29,6 +29,7 @@ const CSS = `
 --up:#5fd38f;--upbg:#143223;--upln:#24573a;--down:#ff8a8a;--downbg:#3b1517;--downln:#6e2a2d;--warn:#f2c35b;--warnbg:#3a2c0c;
 --warnln:#6b5316;--unk:#b3bec9;--unkbg:#232c36;--unkln:#3a4654;--acc:#7aa7ff;--rowdown:#24161a;--spark:#7aa7ff;--sparkbg:#7aa7ff22}}
 *{box-sizing:border-box}
+[hidden]{display:none!important}
 body{margin:0;background:var(--bg);color:var(--ink);font:13px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Liberation Sans",sans-serif}
 code,.mono{font-family:ui-monospace,"SFMono-Regular","DejaVu Sans Mono","Liberation Mono",Menlo,monospace;font-size:12px}
 header{background:var(--head);color:var(--headink);padding:10px 20px;display:flex;flex-wrap:wrap;align-items:center;gap:8px 18px}
@@ -36,6 +37,7 @@ header h1{margin:0;font-size:18px;font-weight:650;letter-spacing:.2px;display:fl
 header h1 .logo{font-weight:800;letter-spacing:1.5px;font-size:12px;color:#8fb3ff;text-transform:uppercase}
 header .facts{display:flex;flex-wrap:wrap;gap:6px 16px;color:#b9c4d0;font-size:12.5px}
 header .facts b{color:#fff;font-weight:600}
+header .facts .warn-t{color:#f5c451}header .facts .down-t{color:#ff8f8f}
 header .live{margin-left:auto;font-size:12.5px}
 main{padding:14px 20px 30px;max-width:1500px;margin:0 auto}
 .banner{border:1px solid var(--downln);background:var(--downbg);color:var(--down);border-radius:6px;padding:8px 12px;margin-bottom:12px}
@@ -105,7 +107,7 @@ const SCRIPT = String.raw`
   var TOKEN_KEY = "ballast.token";
   var POLL_MS = 1000, PEER_MS = 2000, FRESH_MS = 6000, HISTORY = 60;
   var S = {
-    token: null, self: null, selfAt: 0, skew: 0, err: "", needToken: false, tokenRejected: false,
+    token: null, refused: undefined, self: null, selfAt: 0, skew: 0, err: "", needToken: false, tokenRejected: false,
     peers: {}, peerAt: 0, rates: {}, hist: {}, sort: { col: "id", dir: 1 }, scope: "all", services: ""
   };
 
@@ -265,9 +267,11 @@ const SCRIPT = String.raw`
   // ---- polling ----
   function tick() {
     var started = Date.now();
+    // Waiting for a token: asking again with the one that was refused would only fail again.
+    if (S.needToken && S.token === S.refused) { render(); setTimeout(tick, 250); return; }
     api("", "/api/state").then(function (r) {
       if (r.status === 401) {
-        S.tokenRejected = !!S.token; S.needToken = true; S.err = r.body && r.body.error || "401";
+        S.tokenRejected = !!S.token; S.needToken = true; S.refused = S.token; S.err = r.body && r.body.error || "401";
         return;
       }
       S.needToken = false;
@@ -330,8 +334,9 @@ const SCRIPT = String.raw`
     if (n.draining) return badge("warn", "\u25D2 draining");
     return n.ready ? badge("up", "\u2714 ready") : badge("down", "\u2716 not ready");
   }
-  function modeBadge(m) {
-    if (m === "local-fallback") return badge("warn", "\u26A0 local-fallback", "health verdicts are stale: this node checks backends itself");
+  function modeBadge(m, hl) {
+    var why = hl && hl.modeReason ? hl.modeReason + (hl.modeSince ? ", since " + ago(hl.modeSince) : "") : "";
+    if (m === "local-fallback") return badge("warn", "\u26A0 local-fallback", why || "shared verdicts are stale: this node checks backends itself");
     if (m === "shared") return badge("plain", "shared", "routing on the health leader's shared verdicts");
     return badge("plain", String(m || "\u2014"));
   }
@@ -354,7 +359,7 @@ const SCRIPT = String.raw`
         h("td", null, n.zone || h("span", { class: "mute" }, "\u2014")),
         h("td", { class: "mono" }, n.version, n.version !== common ? h("span", { class: "warn-t", title: "differs from most nodes (" + common + ")" }, " \u2260") : null),
         h("td", null, readyBadge(ln)),
-        h("td", null, modeBadge(ln.mode)),
+        h("td", null, modeBadge(ln.mode, fresh ? lv.state.health : null)),
         h("td", { class: "num mono", "data-rev": rev === null ? "" : rev, title: fresh ? "etcd revision this node has applied" : lv.err || "no answer yet" },
           rev === null ? h("span", { class: "mute" }, "\u2014") : num(rev)),
         h("td", null, store ? (store.connected ? badge("up", "\u2714 etcd") : badge("down", "\u2716 etcd lost", store.lastError || "")) : h("span", { class: "mute" }, "\u2014")),
@@ -550,23 +555,13 @@ const SCRIPT = String.raw`
     var sel = window.getSelection && window.getSelection();
     if (!force && sel && !sel.isCollapsed && $("app").contains(sel.anchorNode)) { fill("live", liveState()); return; }
     fill("live", liveState());
-    var ban = [];
-    if (S.needToken) {
-      ban.push(h("div", { class: "banner", id: "token-banner" },
-        S.tokenRejected ? "The admin API rejected the bearer token." : "This node's admin API needs a bearer token.",
-        h("form", { onsubmit: function (e) {
-          e.preventDefault();
-          var v = e.target.elements.token.value.trim();
-          if (!v) return;
-          S.token = v; S.tokenRejected = false;
-          try { sessionStorage.setItem(TOKEN_KEY, v); } catch (x) { /* kept in memory only */ }
-        } }, h("input", { name: "token", type: "password", placeholder: "token", autocomplete: "off", "aria-label": "admin token" }),
-          h("button", { class: "btn", type: "submit" }, "Use token"))));
-    } else if (S.err && S.self) {
-      ban.push(h("div", { class: "banner" }, "Lost contact with this node's admin API (" + S.err + "). Showing what it said " + age(Date.now() - S.selfAt) + " ago; retrying every second."));
-    }
-    fill("banners", ban);
-    if (!S.self) return;
+    // Banners are shown and hidden, never rebuilt: the token field must keep what is being typed.
+    $("token-banner").hidden = !S.needToken;
+    $("token-msg").textContent = S.tokenRejected ? "The admin API rejected the bearer token." : "This node's admin API needs a bearer token.";
+    $("lost-banner").hidden = !(S.err && S.self && !S.needToken);
+    if (S.err && S.self) $("lost-banner").textContent = "Lost contact with this node's admin API (" + S.err + "). Showing what it said " + age(Date.now() - S.selfAt) + " ago; retrying every second.";
+    $("content").hidden = !S.self || S.needToken;
+    if (!S.self || S.needToken) return;
     var st = S.self, nodes = nodeList(), hl = st.health || {};
     document.title = (function () {
       var down = 0; (st.services || []).forEach(function (s) { (s.backends || []).forEach(function (b) { if (b.verdict && b.verdict.state === "down") down++; }); });
@@ -579,7 +574,9 @@ const SCRIPT = String.raw`
       h("span", null, "store ", st.store.connected ? h("b", null, st.store.kind) : h("b", { class: "down-t" }, "\u2716 " + st.store.kind + " unreachable")),
       h("span", null, "health leader ", hl.leader ? h("b", { id: "leader" }, hl.leader) : h("b", { id: "leader", class: "warn-t" }, "none"),
         hl.heartbeatAgeMs !== null && hl.heartbeatAgeMs !== undefined ? " (heartbeat " + age(hl.heartbeatAgeMs) + " ago)" : ""),
-      h("span", null, "mode ", h("b", null, hl.mode || st.node.mode)),
+      h("span", null, "mode ", (hl.mode || st.node.mode) === "local-fallback"
+        ? [h("b", { class: "warn-t" }, "\u26A0 local-fallback"), hl.modeReason ? " (" + hl.modeReason + (hl.modeSince ? ", since " + ago(hl.modeSince) : "") + ")" : ""]
+        : h("b", null, hl.mode || st.node.mode)),
       h("span", null, "version ", h("b", null, st.node.version))
     ]);
 
@@ -624,6 +621,13 @@ const SCRIPT = String.raw`
       ]);
     }, function (err) { fill("ex-answer", h("span", { class: "down-t" }, "\u2716 " + errText(err))); });
   });
+  $("token-form").addEventListener("submit", function (e) {
+    e.preventDefault();
+    var input = e.target.elements.token, v = input.value.trim();
+    if (!v) return;
+    S.token = v; S.tokenRejected = false; input.value = "";
+    try { sessionStorage.setItem(TOKEN_KEY, v); } catch (x) { /* kept in memory only */ }
+  });
   $("scope").addEventListener("change", function (e) { S.scope = e.target.value; render(true); });
 
   tick();
@@ -661,8 +665,11 @@ const HTML = `<!doctype html>
 <div class="live" id="live" aria-live="polite"></div>
 </header>
 <main id="app">
-<div id="banners"></div>
+<div class="banner" id="token-banner" hidden><span id="token-msg"></span>
+<form id="token-form"><input name="token" type="password" placeholder="token" autocomplete="off" aria-label="admin token"><button class="btn" type="submit">Use token</button></form></div>
+<div class="banner" id="lost-banner" hidden></div>
 <noscript><div class="banner">This page needs JavaScript; the same data is at /api/state.</div></noscript>
+<div id="content" hidden>
 <div class="summary" id="summary"></div>
 <section class="card"><h2>Nodes <span class="sub mute">· registered in etcd; revision, store and connections as each node's own admin API reports them</span></h2><div id="nodes"></div></section>
 <div class="grid">
@@ -679,6 +686,7 @@ const HTML = `<!doctype html>
 </div>
 <h2>Services <span class="sub mute">· counters from <select id="scope" aria-label="counter scope"></select> <span id="scope-note"></span></span></h2>
 <div id="services"></div>
+</div>
 </main>
 <footer>Ballast status page · data from the documented admin API (/api/state, /api/route) · refreshes every second</footer>
 <script>${SCRIPT}</script>
