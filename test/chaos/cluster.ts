@@ -16,6 +16,7 @@ import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import Docker from "dockerode";
 import { GenericContainer, type StartedTestContainer } from "testcontainers";
+import { decodeValue } from "../../shared/codec.js";
 import { waitFor } from "../helpers/wait.js";
 
 process.env.TESTCONTAINERS_RYUK_DISABLED ??= "true";
@@ -44,6 +45,9 @@ export const DEFAULT_SERVICE = {
   affinity: { mode: "source-ip", ttl: "10m" },
   health: { type: "http", interval: "1s", timeout: "500ms", rise: 2, fall: 2, http: { path: "/" } },
 };
+
+/** Withdraw before closing listeners (node config `withdrawDelay`): the announcer polls /readyz every 200 ms. */
+export const WITHDRAW_DELAY_MS = 1_000;
 
 export interface ClusterOptions {
   etcdMembers?: number;
@@ -199,6 +203,21 @@ export class Member {
     return info.State.Running && !info.State.Paused;
   }
 
+  async inspect(): Promise<Docker.ContainerInspectInfo> {
+    return this.handle.inspect();
+  }
+
+  /** When the container's process last started and last ended (epoch ms, docker's own clock = host's). */
+  async times(): Promise<{ startedAt: number; finishedAt: number; running: boolean; paused: boolean; exitCode: number }> {
+    const s = (await this.handle.inspect()).State;
+    return { startedAt: Date.parse(s.StartedAt), finishedAt: Date.parse(s.FinishedAt), running: s.Running, paused: s.Paused, exitCode: s.ExitCode };
+  }
+
+  /** Networks the container is attached to now (names). */
+  async attached(): Promise<string[]> {
+    return Object.keys((await this.handle.inspect()).NetworkSettings.Networks ?? {});
+  }
+
   async exitCode(): Promise<number | null> {
     const info = await this.handle.inspect();
     return info.State.Running ? null : info.State.ExitCode;
@@ -315,8 +334,20 @@ export class BallastNode extends Member {
     return (await res.json()) as T;
   }
 
-  state(): Promise<Record<string, unknown>> {
-    return this.api("/api/state");
+  state(): Promise<NodeState> {
+    return this.api<NodeState>("/api/state");
+  }
+
+  /** One counter or gauge from /metrics (summed over label sets matching `labels`), 0 when absent. */
+  async metric(name: string, labels = ""): Promise<number> {
+    const text = await this.metrics();
+    let sum = 0;
+    for (const line of text.split("\n")) {
+      if (!line.startsWith(name) || (line[name.length] !== " " && line[name.length] !== "{")) continue;
+      if (labels && !line.includes(labels)) continue;
+      sum += Number(line.slice(line.lastIndexOf(" ") + 1));
+    }
+    return sum;
   }
 
   route(service: string, client: string): Promise<Record<string, unknown>> {
@@ -328,10 +359,48 @@ export class BallastNode extends Member {
     return res.text();
   }
 
+  /** The node's JSON log lines (pino), each with its own `time` as epoch ms; other lines are skipped. */
+  async logEvents(): Promise<LogEvent[]> {
+    const out: LogEvent[] = [];
+    for (const line of (await this.logs()).split("\n")) {
+      const brace = line.indexOf("{");
+      if (brace < 0) continue;
+      try {
+        const e = JSON.parse(line.slice(brace)) as Record<string, unknown>;
+        out.push({ ...e, at: Date.parse(String(e.time)), level: Number(e.level), msg: String(e.msg ?? "") });
+      } catch {
+        // not a log record
+      }
+    }
+    return out;
+  }
+
   /** Kill the node and its announcer together, as when the whole machine dies. */
   async killWithAnnouncer(): Promise<void> {
     await Promise.all([this.kill(), this.announcer?.kill()]);
   }
+}
+
+export interface LogEvent extends Record<string, unknown> {
+  at: number;
+  /** pino levels: 30 info, 40 warn, 50 error, 60 fatal */
+  level: number;
+  msg: string;
+}
+
+/** The parts of /api/state the scenarios read (docs: node/state.ts). */
+export interface NodeState {
+  node: { id: string; ready: boolean; draining: boolean; mode: string; startedAt: number };
+  store: { connected: boolean; lastError: string | null; staleSeconds: number };
+  revision: number;
+  snapshotRevision: number;
+  services: {
+    name: string;
+    affinity: { entries: number };
+    backends: { id: string; address: string; port: number; state: string; routable: boolean; verdict: { state: string; checker: string; source: string } | null; why: string }[];
+  }[];
+  nodes: { id: string; ready: boolean; mode: string }[];
+  health: { leader: string | null; isLeader: boolean; mode: string; term: string | null };
 }
 
 export interface LoadOptions {
@@ -346,11 +415,15 @@ export interface LoadOptions {
   requests?: number;
   gapMs?: number;
   holdMs?: number;
+  /** Hold of the first request (default holdMs); 0 makes the first answer name node and backend at once. */
+  firstHoldMs?: number;
 }
 
 export interface ConnectionRecord {
   i: number;
   src: string | null;
+  /** The client's local port (0 if the socket never got one): with src, the connection's conntrack key. */
+  port: number;
   /** ms after the load started */
   start: number;
   connectMs: number;
@@ -391,7 +464,8 @@ export class Client extends Member {
     const target = opts.target ?? (c.vip ? `${c.vip}:8080` : `${c.nodes[0].ip("fabric")}:8080`);
     const sources = c.vip ? this.sources.slice(0, opts.sources ?? this.sources.length) : [];
     const args = { ...opts, target, sources };
-    const bound = Math.ceil((opts.durationMs + (opts.timeoutMs ?? 2000) + ((opts.holdMs ?? 0) + (opts.gapMs ?? 0)) * (opts.requests ?? 1)) / 1000) + 10;
+    const hold = Math.max(opts.holdMs ?? 0, opts.firstHoldMs ?? 0);
+    const bound = Math.ceil((opts.durationMs + (opts.timeoutMs ?? 2000) + (hold + (opts.gapMs ?? 0)) * (opts.requests ?? 1)) / 1000) + 10;
     const r = await this.exec(["timeout", String(bound), "node", "/chaos/load-client.mjs", JSON.stringify(args)]);
     if (r.exitCode !== 0) throw new Error(`load client exited ${r.exitCode}: ${r.stderr.slice(0, 2000)}`);
     return JSON.parse(r.stdout) as LoadResult;
@@ -571,6 +645,7 @@ export class ChaosCluster {
       admin: { listen: "0.0.0.0:9090" },
       log: { level: "info" },
       drainTimeout: "10s",
+      withdrawDelay: `${WITHDRAW_DELAY_MS}ms`,
       ...this.opts.nodeConfig?.(index),
     };
   }
@@ -688,6 +763,144 @@ export class ChaosCluster {
     return among.find((_, i) => statuses[i] && leaderIds.has(statuses[i]!.memberId));
   }
 
+  // --- health, verdicts and history ------------------------------------------------------------
+
+  /** The backend's id in etcd (its container name without the run prefix). */
+  backendId(b: Member): string {
+    return b.name.slice(this.prefix.length + 1);
+  }
+
+  /** The demo backend's switch: unhealthy answers 503 to everything, health checks included. */
+  async setBackendHealthy(b: Member, healthy: boolean): Promise<void> {
+    const res = await fetch(`http://${b.ip("fabric")}:8080/_ctl/${healthy ? "up" : "down"}`, { method: "POST", signal: AbortSignal.timeout(2000) });
+    await res.arrayBuffer();
+    if (!res.ok) throw new Error(`${b.name} /_ctl: ${res.status}`);
+  }
+
+  /** The health leader as the given nodes (default all) report it: the one that says it leads. */
+  async healthLeader(among: BallastNode[] = this.nodes): Promise<BallastNode | undefined> {
+    const states = await Promise.all(among.map((n) => n.state().catch(() => null)));
+    const leaders = among.filter((_, i) => states[i]?.health.isLeader === true);
+    return leaders.length === 1 ? leaders[0] : undefined;
+  }
+
+  /** etcd's current revision. */
+  async revision(): Promise<number> {
+    const r = (await this.etcdGateway("/v3/kv/range", { key: b64(`${this.keyPrefix}services/web`) })) as { header: { revision: string } };
+    return Number(r.header.revision);
+  }
+
+  /** Verdict records in etcd, decoded, with their revisions. */
+  async verdicts(service = "web"): Promise<Map<string, VerdictRecord>> {
+    const prefix = `${this.keyPrefix}health/verdicts/${service}/`;
+    const r = (await this.etcdGateway("/v3/kv/range", { key: b64(prefix), range_end: b64(prefixEnd(prefix)) })) as {
+      kvs?: { key: string; value: string; mod_revision: string; version: string }[];
+    };
+    const out = new Map<string, VerdictRecord>();
+    for (const kv of r.kvs ?? []) {
+      const id = Buffer.from(kv.key, "base64").toString().slice(prefix.length);
+      const v = decodeValue(Buffer.from(kv.value, "base64")) as unknown as VerdictRecord;
+      out.set(id, { ...v, modRevision: Number(kv.mod_revision), version: Number(kv.version) });
+    }
+    return out;
+  }
+
+  /**
+   * Every change under a prefix since a revision (puts and deletes, with the previous value), read
+   * with `etcdctl watch --rev` in a live member: the history, not just the final state.
+   */
+  async history(prefix: string, fromRevision: number): Promise<EtcdEvent[]> {
+    const key = prefix.startsWith("/") ? prefix : `${this.keyPrefix}${prefix}`;
+    let lastErr: unknown;
+    for (const m of this.etcd) {
+      if (!(await m.running().catch(() => false))) continue;
+      // The watch never ends by itself: `timeout` stops it once the past events are printed.
+      const r = await m.exec(["timeout", "2", "etcdctl", "--endpoints=http://127.0.0.1:2379", "watch", `--rev=${fromRevision}`, "--prefix", "--prev-kv", "-w", "json", key]);
+      if (r.exitCode !== 0 && r.exitCode !== 124 && r.exitCode !== 143) {
+        lastErr = new Error(`${m.name}: etcdctl watch exited ${r.exitCode}: ${r.stderr}`);
+        continue;
+      }
+      const events: EtcdEvent[] = [];
+      for (const line of r.stdout.split("\n")) {
+        if (!line.startsWith("{")) continue;
+        const doc = JSON.parse(line) as { Events?: RawWatchEvent[] };
+        for (const e of doc.Events ?? []) events.push(parseWatchEvent(e));
+      }
+      return events.sort((a, b) => a.revision - b.revision);
+    }
+    throw lastErr ?? new Error("no etcd member running");
+  }
+
+  // --- back to the starting state --------------------------------------------------------------
+
+  /**
+   * Undoes whatever a scenario left: containers started, unpaused and on their networks again,
+   * announcers restarted with their node, backends healthy and their records at their addresses;
+   * then waits for the baseline. Cheap when nothing is broken.
+   */
+  async restore(): Promise<void> {
+    await Promise.all(this.etcd.map((m) => this.revive(m)));
+    await Promise.all(
+      this.backends.map(async (b) => {
+        const before = b.ip("fabric");
+        await this.revive(b);
+        if (b.ip("fabric") !== before) await this.putBackend("web", this.backendId(b), { address: b.ip("fabric"), port: 8080 });
+      }),
+    );
+    await waitFor(
+      async () => {
+        await Promise.all(this.backends.map((b) => this.setBackendHealthy(b, true)));
+        return true;
+      },
+      { timeoutMs: 15_000, intervalMs: 200, message: "every backend answering /_ctl/up" },
+    );
+    await Promise.all(
+      this.nodes.map(async (n) => {
+        await this.revive(n);
+        const attached = await n.attached();
+        for (const net of ["ctl", "fabric"] as const) if (!attached.includes(this.networks[net].name)) await n.connect(net);
+        await n.refresh();
+        if (n.announcer) {
+          const [node, bird] = await Promise.all([n.times(), n.announcer.times()]);
+          if (bird.running && bird.startedAt >= node.startedAt) return;
+          // The announcer lives in the node's network namespace: a restarted node has a new one.
+          if (bird.running) await n.announcer.kill().catch(() => {});
+          await waitFor(async () => !(await n.announcer!.times()).running, { timeoutMs: 10_000, intervalMs: 100, message: `${n.announcer.name} stopped` });
+          await n.announcer.start();
+        }
+      }),
+    );
+    await this.baseline();
+  }
+
+  private async revive(m: Member): Promise<void> {
+    const t = await m.times();
+    if (t.paused) await m.unpause();
+    else if (!t.running) await m.start();
+  }
+
+  /**
+   * Waits for the state every scenario starts from: all nodes ready, announced, connected to etcd,
+   * in shared mode under one health leader, and every backend up and routable on every node.
+   */
+  async baseline(timeoutMs = 45_000): Promise<void> {
+    let why = "";
+    await waitFor(
+      async () => {
+        const states = await Promise.all(this.nodes.map((n) => n.state()));
+        const leaders = new Set(states.map((s) => s.health.leader));
+        const notReady = states.filter((s) => !s.node.ready || !s.store.connected || s.node.mode !== "shared").map((s) => s.node.id);
+        const down = states.flatMap((s) => s.services.flatMap((svc) => svc.backends.filter((b) => !b.routable || b.verdict?.state !== "up").map((b) => `${s.node.id}:${b.id}`)));
+        const announced = this.vip ? (await this.announcedNodes()).length : this.nodes.length;
+        why = `not ready/connected/shared: [${notReady}], leaders: [${[...leaders]}], not up: [${down}], announced ${announced}/${this.nodes.length}`;
+        return notReady.length === 0 && leaders.size === 1 && !leaders.has(null) && down.length === 0 && announced === this.nodes.length;
+      },
+      { timeoutMs, intervalMs: 200, message: "the baseline" },
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}: ${why}`);
+    });
+  }
+
   // --- teardown ---------------------------------------------------------------------------------
 
   /** Saves every container's log under test-artifacts/chaos/<run>/, then removes containers and networks. */
@@ -708,6 +921,53 @@ export class ChaosCluster {
     );
     await removeLabelled(`${RUN_LABEL}=${this.run}`);
   }
+}
+
+export interface VerdictRecord {
+  state: "up" | "down";
+  since: number;
+  reason: string;
+  count: number;
+  checker: string;
+  modRevision: number;
+  version: number;
+}
+
+export interface EtcdEvent {
+  type: "put" | "delete";
+  key: string;
+  revision: number;
+  /** Decoded msgpack value (null for deletes or values that are not msgpack). */
+  value: Record<string, unknown> | null;
+  raw: Buffer;
+  prev: Buffer | null;
+}
+
+interface RawWatchEvent {
+  type?: number | string;
+  kv: { key: string; value?: string; mod_revision: number };
+  prev_kv?: { value?: string };
+}
+
+function parseWatchEvent(e: RawWatchEvent): EtcdEvent {
+  const raw = Buffer.from(e.kv.value ?? "", "base64");
+  const isDelete = e.type === 1 || e.type === "DELETE";
+  let value: Record<string, unknown> | null = null;
+  if (!isDelete) {
+    try {
+      value = decodeValue(raw);
+    } catch {
+      value = null;
+    }
+  }
+  return {
+    type: isDelete ? "delete" : "put",
+    key: Buffer.from(e.kv.key, "base64").toString(),
+    revision: Number(e.kv.mod_revision),
+    value,
+    raw,
+    prev: e.prev_kv?.value ? Buffer.from(e.prev_kv.value, "base64") : null,
+  };
 }
 
 /** Removes containers (running or not, with volumes) and then networks carrying a label. */
@@ -781,7 +1041,7 @@ export interface ReadinessSample {
 }
 
 /** Samples every node's /readyz and the router's next hops until stopped (for "stayed ready" checks). */
-export function watchReadiness(c: ChaosCluster, intervalMs = 250): { stop: () => Promise<ReadinessSample[]> } {
+export function watchReadiness(c: ChaosCluster, intervalMs = 250): { startedAt: number; stop: () => Promise<ReadinessSample[]> } {
   const samples: ReadinessSample[] = [];
   const t0 = Date.now();
   let running = true;
@@ -793,6 +1053,70 @@ export function watchReadiness(c: ChaosCluster, intervalMs = 250): { stop: () =>
         c.announcedNodes().catch(() => []),
       ]);
       samples.push({ t: at - t0, ready: Object.fromEntries(ready), announced });
+      await sleep(Math.max(0, intervalMs - (Date.now() - at)));
+    }
+  })();
+  return {
+    startedAt: t0,
+    stop: async () => {
+      running = false;
+      await loop;
+      return samples;
+    },
+  };
+}
+
+/**
+ * Samples the router's conntrack table while it runs: the node each client connection to the VIP
+ * was pinned to (the sticky mark is 256 + the next hop's last octet), keyed "src:port". This names
+ * the node of connections that failed before any answer, which the backends' replies cannot.
+ * Entries outlive their connection (10 s after a reset, 2 min in TIME_WAIT), so a 1 s sample misses none.
+ */
+export function watchConntrack(c: ChaosCluster, intervalMs = 1000): { stop: () => Promise<Map<string, string>> } {
+  const pinned = new Map<string, string>();
+  const base = c.networks.fabric.base;
+  let running = true;
+  const sample = async () => {
+    const out = await c.router!.exec(["cat", "/proc/net/nf_conntrack"]);
+    for (const line of out.stdout.split("\n")) {
+      const m = /src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+).* mark=(\d+)/.exec(line);
+      if (!m || m[2] !== c.vip) continue;
+      const mark = Number(m[5]);
+      if (mark > 256) pinned.set(`${m[1]}:${m[3]}`, `${base}.${mark - 256}`);
+    }
+  };
+  const loop = (async () => {
+    while (running) {
+      const at = Date.now();
+      await sample().catch(() => {});
+      await sleep(Math.max(0, intervalMs - (Date.now() - at)));
+    }
+  })();
+  return {
+    stop: async () => {
+      running = false;
+      await loop;
+      await sample().catch(() => {});
+      return pinned;
+    },
+  };
+}
+
+/** The node (fabric address) a connection went through: the router's pin, else the backend's answer. */
+export function nodeOf(conn: ConnectionRecord, pinned: Map<string, string>): string | null {
+  return (conn.src && conn.port ? pinned.get(`${conn.src}:${conn.port}`) : undefined) ?? conn.nodes.find((n) => n !== null) ?? null;
+}
+
+/** Polls the router's next hops for the VIP until stopped: when each node left and came back. */
+export function watchRoutes(c: ChaosCluster, intervalMs = 50): { stop: () => Promise<{ t: number; announced: string[] }[]> } {
+  const samples: { t: number; announced: string[] }[] = [];
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const at = Date.now();
+      const announced = await c.announcedNodes().catch(() => null);
+      // Stamped when the answer is in: "withdrawn by t" is then never earlier than the truth.
+      if (announced) samples.push({ t: Date.now(), announced });
       await sleep(Math.max(0, intervalMs - (Date.now() - at)));
     }
   })();

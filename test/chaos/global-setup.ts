@@ -5,9 +5,12 @@ import { execFileSync } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { docker, IMAGES, sweepOrphans } from "./cluster.js";
-import { FIGURES_FILE, formatFigures, readFiguresFile } from "./figures.js";
+import { FIGURES_FILE, type Figure, formatFigures, readFiguresFile } from "./figures.js";
+
+let startedAt = 0;
 
 export async function setup(): Promise<void> {
+  startedAt = Date.now();
   try {
     await docker.ping();
   } catch (err) {
@@ -32,6 +35,12 @@ export async function setup(): Promise<void> {
 
 export async function teardown(): Promise<void> {
   await sweepOrphans().catch(() => 0);
-  const figures = readFiguresFile();
+  // In scenario order whatever order the files ran in; rows without a number (setup) first.
+  const order = (f: Figure) => Number.parseInt(f.scenario, 10) || 0;
+  const figures = readFiguresFile()
+    .map((f, i) => ({ f, i }))
+    .sort((a, b) => order(a.f) - order(b.f) || a.i - b.i)
+    .map(({ f }) => f);
+  figures.push({ scenario: "suite", figure: "wall time (images, every file, teardown)", value: Math.round((Date.now() - startedAt) / 1000), unit: "s" });
   process.stdout.write(`\nChaos suite figures (${FIGURES_FILE}):\n${formatFigures(figures)}\n`);
 }

@@ -9,8 +9,10 @@
 // Options: target "ip:port"; sources [ip…] (round robin; each source is one "client"); concurrency;
 // connections (max count); durationMs; timeoutMs (per request, default 2000); requests per
 // connection (keep-alive, default 1) with gapMs between them; holdMs (the backend delays each
-// answer, for long-lived connections); startAt (epoch ms to start at, so the caller can line up
-// its fault with the load).
+// answer, for long-lived connections); firstHoldMs (the first request's hold, default holdMs: 0 makes
+// the first answer name the node and backend at once); startAt (epoch ms to start at, so the caller
+// can line up its fault with the load). Each record carries its local port, so the caller can find the
+// connection in the router's conntrack table (which node it was pinned to, even when it failed).
 import net from "node:net";
 
 const opts = JSON.parse(process.argv[2] ?? "{}");
@@ -23,13 +25,22 @@ const durationMs = opts.durationMs ?? 5_000;
 const timeoutMs = opts.timeoutMs ?? 2_000;
 const requests = Math.max(1, opts.requests ?? 1);
 const gapMs = opts.gapMs ?? 0;
-const path = opts.holdMs ? `/?delay=${opts.holdMs}` : "/";
+const holdMs = opts.holdMs ?? 0;
+const firstHoldMs = opts.firstHoldMs ?? holdMs;
+const pathFor = (n) => {
+  const hold = n === 0 ? firstHoldMs : holdMs;
+  return hold > 0 ? `/?delay=${hold}` : "/";
+};
 
 /** One connection's fate; times in ms since `t0`. */
 function runConnection(index, source, t0) {
   return new Promise((resolve) => {
-    const rec = { i: index, src: source ?? null, start: Date.now() - t0, connectMs: -1, end: -1, ok: false, err: null, backends: [], nodes: [], answered: 0 };
+    const rec = { i: index, src: source ?? null, port: 0, start: Date.now() - t0, connectMs: -1, end: -1, ok: false, err: null, backends: [], nodes: [], answered: 0 };
     const socket = net.connect({ host, port, localAddress: source });
+    // The port is bound once the connect is under way; a connection that never completes keeps it too.
+    setTimeout(() => {
+      rec.port ||= socket.localPort ?? 0;
+    }, 20);
     let buffer = "";
     let timer = null;
     let finished = false;
@@ -40,21 +51,23 @@ function runConnection(index, source, t0) {
       rec.end = Date.now() - t0;
       rec.ok = err === null;
       rec.err = err;
+      rec.port = socket.localPort ?? rec.port;
       socket.destroy();
       resolve(rec);
     };
     const arm = () => {
       clearTimeout(timer);
-      timer = setTimeout(() => finish(rec.connectMs < 0 ? "connect-timeout" : "timeout"), timeoutMs + (opts.holdMs ?? 0));
+      timer = setTimeout(() => finish(rec.connectMs < 0 ? "connect-timeout" : "timeout"), timeoutMs + Math.max(holdMs, firstHoldMs));
     };
     const send = () => {
       arm();
-      socket.write(`GET ${path} HTTP/1.1\r\nHost: chaos\r\nConnection: ${rec.answered + 1 < requests ? "keep-alive" : "close"}\r\n\r\n`);
+      socket.write(`GET ${pathFor(rec.answered)} HTTP/1.1\r\nHost: chaos\r\nConnection: ${rec.answered + 1 < requests ? "keep-alive" : "close"}\r\n\r\n`);
     };
     arm();
     socket.setNoDelay(true);
     socket.on("connect", () => {
       rec.connectMs = Date.now() - t0 - rec.start;
+      rec.port = socket.localPort;
       send();
     });
     socket.on("data", (chunk) => {
@@ -98,7 +111,7 @@ async function main() {
   // The hard bound: whatever hangs, the process ends and reports what it has.
   const results = [];
   let next = 0;
-  const hardStop = setTimeout(() => report(results, t0, true), durationMs + timeoutMs + (opts.holdMs ?? 0) * requests + gapMs * requests + 2_000);
+  const hardStop = setTimeout(() => report(results, t0, true), durationMs + timeoutMs + Math.max(holdMs, firstHoldMs) * requests + gapMs * requests + 2_000);
   hardStop.unref();
   const worker = async () => {
     while (next < maxConnections && Date.now() < deadline) {

@@ -1,0 +1,73 @@
+// Scenario 8: a node is stopped gracefully (SIGTERM) under load with long-lived connections. /readyz
+// turns 503 at once, the announcer withdraws the route, and only after `withdrawDelay` do the
+// listeners close, so no new connection meets a closed port; open connections finish during the
+// drain, and the node exits 0 with none left. Zero client errors.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { waitFor } from "../../helpers/wait.js";
+import { type ChaosCluster, nodeOf, sleep, WITHDRAW_DELAY_MS, watchConntrack, watchRoutes } from "../cluster.js";
+import { figures, formatFigures, recordFigure } from "../figures.js";
+
+export const GRACEFUL_STOP = "8 graceful node stop";
+const LOAD = { durationMs: 10_000, concurrency: 24, requests: 2, firstHoldMs: 0, holdMs: 3_000, timeoutMs: 3_000 };
+const STOP_AFTER_MS = 3_000;
+/** The chaos nodes' drainTimeout (cluster.ts). */
+const DRAIN_TIMEOUT_MS = 10_000;
+
+export function gracefulStop(cluster: () => ChaosCluster): void {
+  describe(GRACEFUL_STOP, () => {
+    beforeAll(() => cluster().restore());
+    afterAll(() => {
+      process.stdout.write(`\n${formatFigures(figures(GRACEFUL_STOP))}`);
+    });
+
+    it("route withdrawn before the listeners close, open connections finish, zero errors", async () => {
+      const c = cluster();
+      const leader = await c.healthLeader();
+      const victim = c.nodes.find((n) => n !== leader)!;
+      const victimIp = victim.ip("fabric");
+
+      const pins = watchConntrack(c);
+      const routes = watchRoutes(c);
+      const loading = c.client!.load(LOAD);
+      await sleep(STOP_AFTER_MS);
+      await victim.terminate();
+      await waitFor(async () => !(await victim.times()).running, { timeoutMs: WITHDRAW_DELAY_MS + DRAIN_TIMEOUT_MS + 10_000, intervalMs: 100, message: "the node exiting" });
+      const load = await loading;
+      const [pinned, routeSamples] = await Promise.all([pins.stop(), routes.stop()]);
+      const exit = await victim.times();
+      const log = await victim.logEvents();
+
+      const draining = log.find((e) => e.msg === "draining");
+      const stopped = log.find((e) => e.msg === "stopped");
+      expect(draining, "the node logged its drain").toBeDefined();
+      const termAt = draining!.at;
+      const listenersClosedAt = termAt + WITHDRAW_DELAY_MS;
+      const withdrawn = routeSamples.find((s) => s.t >= termAt && !s.announced.includes(victimIp));
+      const withdrawnMs = withdrawn ? withdrawn.t - termAt : Number.POSITIVE_INFINITY;
+
+      const conns = load.connections.map((x) => ({ ...x, node: nodeOf(x, pinned), startAt: load.t0 + x.start, endAt: load.t0 + x.end }));
+      const onVictim = conns.filter((x) => x.node === victimIp);
+      const openAtTerm = onVictim.filter((x) => x.startAt < termAt && x.endAt >= termAt);
+      const acceptedWhileWithdrawing = onVictim.filter((x) => x.startAt >= termAt);
+      const failed = conns.filter((x) => !x.ok);
+
+      const rec = (figure: string, value: number | string, unit?: string, bound?: string) => recordFigure({ scenario: GRACEFUL_STOP, figure, value, unit, bound });
+      rec("route withdrawn at the router after SIGTERM", Number.isFinite(withdrawnMs) ? withdrawnMs : "never", "ms", `< ${WITHDRAW_DELAY_MS} ms (withdrawDelay)`);
+      rec("listeners closed after SIGTERM (withdrawDelay)", WITHDRAW_DELAY_MS, "ms");
+      rec("connections open on the node at SIGTERM", openAtTerm.length, undefined, "> 0");
+      rec("  of which finished", openAtTerm.filter((x) => x.ok).length, undefined, `= ${openAtTerm.length}`);
+      rec("new connections it took before the route went", acceptedWhileWithdrawing.length);
+      rec("client connections / failed", `${load.total} / ${failed.length}`, undefined, "… / 0");
+      rec("drained and exited after SIGTERM", exit.finishedAt - termAt, "ms", `≤ ${WITHDRAW_DELAY_MS + DRAIN_TIMEOUT_MS} ms`);
+      rec("exit code / connections cut at the end", `${exit.exitCode} / ${String(stopped?.remaining ?? "?")}`, undefined, "0 / 0");
+
+      expect(withdrawnMs).toBeLessThan(WITHDRAW_DELAY_MS);
+      expect(withdrawn!.t).toBeLessThan(listenersClosedAt);
+      expect(openAtTerm.length).toBeGreaterThan(0);
+      expect(failed.map((x) => `${x.src}:${x.port} via ${x.node}: ${x.err}`)).toEqual([]);
+      expect(load.cutShort).toBe(false);
+      expect(exit.exitCode).toBe(0);
+      expect(stopped?.remaining).toBe(0);
+    });
+  });
+}
