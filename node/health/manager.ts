@@ -140,6 +140,15 @@ export class HealthManager {
 
   /** Switches between shared verdicts and local fallback; runs on a timer and on heartbeat changes. */
   private evaluate(): void {
+    try {
+      this.evaluateNow();
+    } catch (err) {
+      // A health bug must not take the node (or the store sync that called us) down with it.
+      this.log.error({ err: (err as Error).message }, "verdict mode evaluation failed");
+    }
+  }
+
+  private evaluateNow(): void {
     if (this.stopped || this.node.standalone) return;
     const now = Date.now();
     const staleAfter = this.node.config.health.staleAfter;
@@ -163,7 +172,8 @@ export class HealthManager {
     if (this.node.mode === "shared" && !fresh) this.enterFallback(why);
     // Back only once the leader's verdicts are its own observations (a new leader seeded from old
     // verdicts may not have seen yet what this node's checks saw).
-    else if (this.node.mode === "local-fallback" && fresh && hb!.settled !== false) this.leaveFallback(why);
+    // An absent heartbeat only delays fallback; it never ends one.
+    else if (this.node.mode === "local-fallback" && fresh && hb !== null && hb.settled !== false) this.leaveFallback(why);
   }
 
   private enterFallback(reason: string): void {

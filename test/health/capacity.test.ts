@@ -3,13 +3,19 @@
 // the lag of each probe behind its schedule. A measurement, not an assertion on speed: it only runs
 // with BALLAST_HEALTH_CAPACITY set, e.g.
 //   BALLAST_HEALTH_CAPACITY=1000,2000,4000 npx vitest run test/health/capacity.test.ts
+// The first case runs the check engine alone; the second a whole node leading over real etcd.
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { EtcdStore } from "../../node/control/etcd-store.js";
 import { type CheckTarget, Checker } from "../../node/health/checker.js";
+import { KeySchema } from "../../shared/keys.js";
 import { healthSchema } from "../../shared/schema.js";
+import { startEtcd } from "../helpers/etcd.js";
+import { startNode, stopAllNodes } from "../helpers/node.js";
+import { waitFor } from "../helpers/wait.js";
 
 const sizes = (process.env.BALLAST_HEALTH_CAPACITY ?? "")
   .split(",")
@@ -106,4 +112,49 @@ describe.skipIf(sizes.length === 0)("health check capacity", () => {
       child.kill("SIGKILL");
     }
   }, 120_000);
+});
+
+describe.skipIf(sizes.length === 0)("health check capacity of a leader node on etcd", () => {
+  it.each(sizes)("%i backends at a 1 s interval", async (n) => {
+    const etcd = await startEtcd();
+    const { child, ports } = await startServers(n);
+    const keys = KeySchema.forCluster("capacity");
+    const writer = new EtcdStore({ endpoints: [etcd.endpoint] });
+    try {
+      await writer.put(keys.service("svc"), JSON.stringify({ listen: "127.0.0.1:0", health: { type: "tcp", interval: "1s", timeout: "1s", rise: 2, fall: 3 } }));
+      for (let i = 0; i < ports.length; i += 200) {
+        await Promise.all(ports.slice(i, i + 200).map((port, j) => writer.put(keys.backend("svc", `b${i + j}`), `127.0.0.1:${port}`)));
+      }
+      const node = await startNode({ node: { id: "leader" }, cluster: "capacity", etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 } });
+      await waitFor(() => (node.reconciler.snapshot?.services.get("svc")?.backends.filter((b) => b.verdict?.state === "up").length ?? 0) === n, { timeoutMs: 120_000, message: "all verdicts up" });
+      const read = async () => {
+        const checks = (await node.health.metrics.checks.get()).values.reduce((sum, v) => sum + v.value, 0);
+        const lag = (await node.health.metrics.lagSeconds.get()).values.filter((v) => v.metricName?.endsWith("_bucket"));
+        return { checks, lag: new Map(lag.map((v) => [String(v.labels.le), v.value])) };
+      };
+      const cpu0 = process.cpuUsage();
+      const before = await read();
+      await new Promise((r) => setTimeout(r, RUN_MS));
+      const after = await read();
+      const cpu = process.cpuUsage(cpu0);
+      const total = after.lag.get("+Inf")! - before.lag.get("+Inf")!;
+      const within = (le: string) => `${((100 * (after.lag.get(le)! - before.lag.get(le)!)) / total).toFixed(1)}%`;
+      const rate = (after.checks - before.checks) / (RUN_MS / 1000);
+      const report = {
+        backends: n,
+        checksPerSecond: Math.round(rate),
+        keptUp: `${((100 * rate) / n).toFixed(1)}%`,
+        startedWithinMsOfSchedule: { 10: within("0.01"), 50: within("0.05"), 100: within("0.1"), 250: within("0.25") },
+        verdictsUp: node.reconciler.snapshot!.services.get("svc")!.backends.filter((b) => b.verdict?.state === "up").length,
+        cpuOfOneCore: `${((100 * (cpu.user + cpu.system)) / 1e6 / (RUN_MS / 1000)).toFixed(1)}%`,
+      };
+      console.log(`[health capacity, leader node] ${JSON.stringify(report)}`);
+      expect(rate).toBeGreaterThan(0);
+    } finally {
+      await stopAllNodes();
+      await writer.close();
+      child.kill("SIGKILL");
+      await etcd.stop();
+    }
+  }, 240_000);
 });
