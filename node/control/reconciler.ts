@@ -34,6 +34,8 @@ export class Reconciler implements SyncSink {
   /** Which verdicts route: shared ones from etcd unless the health module says otherwise. */
   verdictSource: (shared: ReadonlyMap<string, VerdictView>) => ReadonlyMap<string, VerdictView> = (s) => s;
   private seenInvalid = new Set<string>();
+  private rebuildPending: NodeJS.Immediate | null = null;
+  private pendingRevision = 0;
 
   constructor(
     readonly keys: KeySchema,
@@ -87,8 +89,13 @@ export class Reconciler implements SyncSink {
     }
     if (affinity) this.affinity?.events(affinity);
     const changed = this.records.apply(routing, revision);
-    this.appliedRevision = revision;
-    if (changed) this.rebuild();
+    if (changed || this.rebuildPending !== null) {
+      // One rebuild per event-loop turn, however many watch responses arrived in it: a mass verdict
+      // change (1000 backends down) would otherwise rebuild the whole snapshot once per backend.
+      // appliedRevision advances with the rebuild, so "applied ≥ r" still means "snapshot has r".
+      this.pendingRevision = revision;
+      this.rebuildPending ??= setImmediate(() => this.rebuild());
+    } else this.appliedRevision = revision;
     if (cluster) this.hooks.onClusterChange?.();
   }
 
@@ -102,6 +109,11 @@ export class Reconciler implements SyncSink {
 
   /** Rebuilds from the current records (also called when the verdict source changes). */
   rebuild(): void {
+    if (this.rebuildPending !== null) {
+      clearImmediate(this.rebuildPending);
+      this.rebuildPending = null;
+      this.appliedRevision = Math.max(this.appliedRevision, this.pendingRevision);
+    }
     const shared = new Map<string, VerdictView>();
     for (const [k, v] of this.records.sharedVerdicts()) shared.set(k, { ...v, source: "shared" });
     const input = this.records.input(this.verdictSource(shared));
