@@ -1,5 +1,6 @@
 // Runs the load generators (wrk, iperf3, the UDP blaster agent) and parses their output into numbers.
 import { type ChildProcess, spawn } from "node:child_process";
+import { createWriteStream, type WriteStream } from "node:fs";
 import { fileURLToPath } from "node:url";
 import type { ProcessGroup } from "./procs.js";
 
@@ -80,11 +81,19 @@ export function parseWrk(out: string): WrkResult {
   };
 }
 
+let toolLog: WriteStream | null = null;
+
+/** Keeps every load tool's raw output in `file` (for looking into an odd figure afterwards). */
+export function logLoadToolsTo(file: string): void {
+  toolLog = createWriteStream(file, { flags: "a" });
+}
+
 export async function wrk(port: number, o: { connections: number; durationS: number; close: boolean }): Promise<WrkResult & { raw: string }> {
   const args = ["-t1", `-c${o.connections}`, `-d${o.durationS}s`, "--latency", "--timeout", "5s"];
   if (o.close) args.push("-H", "Connection: close");
   args.push(`http://127.0.0.1:${port}/`);
   const { out } = await run("wrk", args, (o.durationS + 30) * 1000);
+  toolLog?.write(`\n=== ${new Date().toISOString()} wrk ${args.join(" ")}\n${out}`);
   return { ...parseWrk(out), raw: out };
 }
 
@@ -98,6 +107,7 @@ export async function iperf(port: number, durationS: number): Promise<IperfResul
   // iperf3 3.12 leaves the server busy for a moment after a test; retry "busy" once.
   for (let attempt = 0; attempt < 3; attempt++) {
     const { out } = await run("iperf3", ["-c", "127.0.0.1", "-p", String(port), "-t", String(durationS), "-J", "--connect-timeout", "3000"], (durationS + 20) * 1000);
+    toolLog?.write(`\n=== ${new Date().toISOString()} iperf3 -c 127.0.0.1 -p ${port} -t ${durationS}\n${out}`);
     try {
       const j = JSON.parse(out) as { error?: string; end?: { sum_received?: { bits_per_second?: number; bytes?: number } } };
       if (j.error) {

@@ -9,7 +9,7 @@ import type { Context, Options } from "./context.js";
 import { runControlPlane } from "./control-plane.js";
 import { startEtcd } from "./etcd.js";
 import { type Frontend, startHaproxy } from "./haproxy.js";
-import { iperf, killLoadTools, udpBlast, wrk } from "./load.js";
+import { iperf, killLoadTools, logLoadToolsTo, udpBlast, wrk } from "./load.js";
 import { runMemory } from "./memory.js";
 import { cpuSeconds, freePort, httpGet, rssBytes, sleep } from "./net.js";
 import { ProcessGroup } from "./procs.js";
@@ -43,6 +43,7 @@ const resultsDir = join(repoRoot, "results");
 const runDir = join(resultsDir, `run-${stamp}`);
 mkdirSync(runDir, { recursive: true });
 const group = new ProcessGroup(join(runDir, "logs"));
+logLoadToolsTo(join(runDir, "logs", "load-tools.log"));
 const results = newResults(opts.quick ? "quick" : "full", { ...opts });
 
 const log = (msg: string) => {
