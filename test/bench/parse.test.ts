@@ -1,0 +1,101 @@
+// The bench's parsers and statistics on fixed inputs: wrk's text report, V8 CPU profiles, medians.
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import { parseWrk } from "./load.js";
+import { summarizeProfile } from "./profile.js";
+import { median, percentile, ratio } from "./stats.js";
+
+const WRK_KEEPALIVE = `Running 2s test @ http://127.0.0.1:28081/
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.30ms    1.72ms  44.41ms   95.32%
+    Req/Sec    38.65k     3.12k   42.10k    80.00%
+  Latency Distribution
+     50%    1.28ms
+     75%    1.40ms
+     90%    1.63ms
+     99%    5.70ms
+  76902 requests in 2.00s, 12.32MB read
+Requests/sec:  38437.02
+Transfer/sec:      6.16MB
+`;
+
+const WRK_ERRORS = `Running 10s test @ http://127.0.0.1:28082/
+  1 threads and 32 connections
+  Latency Distribution
+     50%  812.00us
+     75%    1.10ms
+     90%    2.00ms
+     99%    1.02s
+  590 requests in 10.00s, 94.00KB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:     59.00
+Transfer/sec:      9.40KB
+`;
+
+describe("parseWrk", () => {
+  const cases = [
+    { description: "keep-alive run", input: WRK_KEEPALIVE, expected: { rps: 38437.02, p50Ms: 1.28, p99Ms: 5.7, requests: 76902, errors: 0 } },
+    { description: "microseconds, seconds and errors", input: WRK_ERRORS, expected: { rps: 59, p50Ms: 0.812, p99Ms: 1020, requests: 590, errors: 7 } },
+  ];
+  for (const c of cases) {
+    it(c.description, () => {
+      const r = parseWrk(c.input);
+      expect(r.rps).toBeCloseTo(c.expected.rps, 5);
+      expect(r.p50Ms).toBeCloseTo(c.expected.p50Ms, 5);
+      expect(r.p99Ms).toBeCloseTo(c.expected.p99Ms, 5);
+      expect(r.requests).toBe(c.expected.requests);
+      expect(r.errors).toBe(c.expected.errors);
+    });
+  }
+
+  it("a run that never connected parses as zero requests, not as an exception", () => {
+    const r = parseWrk("unable to connect to 127.0.0.1:1 Connection refused\n");
+    expect(r.requests).toBe(0);
+    expect(Number.isNaN(r.p99Ms)).toBe(true);
+  });
+});
+
+describe("stats", () => {
+  it("median and nearest-rank percentile ignore NaN", () => {
+    expect(median([3, 1, Number.NaN, 2])).toBe(2);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+    expect(Number.isNaN(median([]))).toBe(true);
+    expect(percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 99)).toBe(10);
+    expect(percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 50)).toBe(5);
+    expect(Number.isNaN(ratio(1, 0))).toBe(true);
+  });
+});
+
+describe("summarizeProfile", () => {
+  it("ranks self time, leaves out idle and the start-up window, and credits Ballast frames inclusively", () => {
+    // root → relay (ballast) → writeBuffer (native); root → (idle). Sample times: 1 ms apart.
+    const profile = {
+      nodes: [
+        { id: 1, callFrame: { functionName: "(root)", url: "", lineNumber: -1, columnNumber: -1 }, children: [2, 4, 5] },
+        { id: 2, callFrame: { functionName: "relay", url: "file:///x/dist/node/data/tcp.js", lineNumber: 9, columnNumber: 0 }, children: [3] },
+        { id: 3, callFrame: { functionName: "writeBuffer", url: "", lineNumber: -1, columnNumber: -1 } },
+        { id: 4, callFrame: { functionName: "(idle)", url: "", lineNumber: -1, columnNumber: -1 } },
+        { id: 5, callFrame: { functionName: "compileSourceTextModule", url: "node:internal/modules/esm/utils", lineNumber: 1, columnNumber: 0 } },
+      ],
+      // Start-up sample first (t = 1 ms), then 3 × writeBuffer, 1 × relay, 4 × idle.
+      samples: [5, 3, 3, 3, 2, 4, 4, 4, 4],
+      timeDeltas: [1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000],
+    };
+    const dir = mkdtempSync(join(tmpdir(), "bench-profile-"));
+    const file = join(dir, "p.cpuprofile");
+    writeFileSync(file, JSON.stringify(profile));
+    const s = summarizeProfile(file, 1.5);
+    expect(s.samples).toBe(8);
+    expect(s.top[0]).toMatchObject({ name: "writeBuffer", owner: "native" });
+    expect(s.top.some((f) => f.name === "compileSourceTextModule")).toBe(false);
+    expect(s.top.some((f) => f.name === "(idle)")).toBe(false);
+    expect(s.ballastInclusive[0]).toMatchObject({ name: "relay" });
+    // relay: its own sample plus three writeBuffer samples under it, of four busy samples (the last
+    // sample's duration is the previous delta, as for every sample).
+    expect(s.ballastInclusive[0].inclusivePctBusy).toBe(100);
+  });
+});
