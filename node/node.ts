@@ -204,6 +204,7 @@ export class BallastNode {
     await this.health.stop();
     await this.affinity.stop();
     await this.sync?.stop();
+    this.reconciler.stop();
     if (this.lease) await this.lease.revoke().catch(() => {});
     await this.plane.close();
     await this.admin.close();

@@ -36,6 +36,7 @@ export class Reconciler implements SyncSink {
   private seenInvalid = new Set<string>();
   private rebuildPending: NodeJS.Immediate | null = null;
   private pendingRevision = 0;
+  private stopped = false;
 
   constructor(
     readonly keys: KeySchema,
@@ -107,8 +108,16 @@ export class Reconciler implements SyncSink {
     this.hooks.onStatus?.(connected, error);
   }
 
+  /** No more rebuilds (node shutdown): a rebuild queued for this turn must not reopen listeners. */
+  stop(): void {
+    if (this.rebuildPending !== null) clearImmediate(this.rebuildPending);
+    this.rebuildPending = null;
+    this.stopped = true;
+  }
+
   /** Rebuilds from the current records (also called when the verdict source changes). */
   rebuild(): void {
+    if (this.stopped) return;
     if (this.rebuildPending !== null) {
       clearImmediate(this.rebuildPending);
       this.rebuildPending = null;

@@ -33,6 +33,8 @@ export class DataPlane {
   readonly stats = new StatsRegistry();
   readonly router = new Router();
   draining = false;
+  /** After close(), snapshots are ignored: nothing may reopen a listener. */
+  private closed = false;
   hooks: PlaneHooks = {};
   private idleWaiters: Array<() => void> = [];
   private applying: Promise<void> = Promise.resolve();
@@ -73,6 +75,7 @@ export class DataPlane {
   }
 
   private async applyNow(next: Snapshot): Promise<void> {
+    if (this.closed) return;
     const prev = this.current;
     this.current = next;
     const wanted = new Map<string, ServiceState>();
@@ -94,6 +97,8 @@ export class DataPlane {
         l.update(svc);
         continue;
       }
+      // A draining node opens nothing new.
+      if (this.draining) continue;
       const created = svc.spec.protocol === "udp" ? new UdpListener(this, svc, this.log) : new TcpListener(this, svc, this.log);
       this.listeners.set(key, created);
       opening.push(created.listen().then(() => {
@@ -196,6 +201,7 @@ export class DataPlane {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     this.draining = true;
     for (const counters of this.stats.backends.values()) closeAll(counters, "shutdown");
     await Promise.all([...this.listeners.values()].map((l) => l.close()));
