@@ -201,7 +201,7 @@ class Term {
 
   /**
    * Deletes verdicts whose backend record is gone or whose service no longer checks. Drained and
-   * disabled backends keep theirs (they are not checked, and the verdict is right again if they return).
+   * disabled backends keep theirs: they are not checked, and checking resumes from it if they return.
    */
   private prune(): void {
     if (this.ended) return;
@@ -210,17 +210,18 @@ class Term {
     let services: ReturnType<RecordTable["serviceSpecs"]> | null = null;
     let backends: ReturnType<RecordTable["backendSpecs"]> | null = null;
     for (const key of records.sharedVerdicts().keys()) {
-      if (this.pending.has(key) || this.inflight.has(key)) continue;
-      services ??= records.serviceSpecs();
-      backends ??= records.backendSpecs();
       const slash = key.indexOf("/");
       const service = key.slice(0, slash);
       const id = key.slice(slash + 1);
+      const etcdKey = this.ctx.keys.verdict(service, id);
+      if (this.pending.has(etcdKey) || this.inflight.has(etcdKey)) continue;
+      services ??= records.serviceSpecs();
+      backends ??= records.backendSpecs();
       const spec = services.get(service);
       if (spec !== undefined && spec.health.type !== "none" && backends.get(service)?.has(id)) continue;
       this.known.delete(key);
       this.ctx.log.info({ service, backend: id }, "removing the verdict of a backend that is gone or unchecked");
-      this.write(this.ctx.keys.verdict(service, id), null);
+      this.write(etcdKey, null);
     }
   }
 

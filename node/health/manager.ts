@@ -169,10 +169,11 @@ export class HealthManager {
       fresh = now - this.absentSince <= staleAfter;
       why = `no leader heartbeat for ${formatDuration(Math.round(now - this.absentSince))}`;
     }
-    if (this.node.mode === "shared" && !fresh) this.enterFallback(why);
-    // Back only once the leader's verdicts are its own observations (a new leader seeded from old
-    // verdicts may not have seen yet what this node's checks saw).
-    // An absent heartbeat only delays fallback; it never ends one.
+    if (this.node.mode === "shared" && fresh && hb !== null) this.modeReason = why;
+    else if (this.node.mode === "shared" && !fresh) this.enterFallback(why);
+    // Back only on a heartbeat whose leader has settled, i.e. whose verdicts are its own observations
+    // (a new leader seeded from old verdicts may not have seen yet what this node's checks saw).
+    // An absent heartbeat only delays a fallback; it never ends one.
     else if (this.node.mode === "local-fallback" && fresh && hb !== null && hb.settled !== false) this.leaveFallback(why);
   }
 
