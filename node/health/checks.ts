@@ -12,7 +12,6 @@ export type CheckKind = Exclude<HealthSettings["type"], "none">;
 
 /** Metric label of a probe outcome; the detail lives in `reason`. */
 export type CheckResult = "ok" | "refused" | "timeout" | "status" | "mismatch" | "error";
-export const CHECK_RESULTS: readonly CheckResult[] = ["ok", "refused", "timeout", "status", "mismatch", "error"];
 
 export interface ProbeOutcome {
   ok: boolean;
@@ -31,6 +30,7 @@ export type Probe = (target: ProbeTarget, settings: HealthSettings, kind: CheckK
 /** Bytes read at most while looking for an expected pattern or body match. */
 const MAX_READ = 64 * 1024;
 
+// Error listeners are `on`, not `once`: a second error after finishing must not become uncaught.
 const ok = (reason: string): ProbeOutcome => ({ ok: true, result: "ok", reason });
 const fail = (result: CheckResult, reason: string): ProbeOutcome => ({ ok: false, result, reason });
 const timedOut = (ms: number): ProbeOutcome => fail("timeout", `timeout ${formatDuration(ms)}`);
@@ -71,7 +71,7 @@ export function probeTcp(target: ProbeTarget, timeoutMs: number): Promise<ProbeO
     };
     const timer = setTimeout(() => finish(timedOut(timeoutMs)), timeoutMs);
     socket.once("connect", () => finish(ok("connected")));
-    socket.once("error", (err) => finish(socketError("connect", err)));
+    socket.on("error", (err) => finish(socketError("connect", err)));
   });
 }
 
@@ -100,7 +100,7 @@ export function probeHttp(target: ProbeTarget, settings: HealthSettings): Promis
     });
     const timer = setTimeout(() => finish(timedOut(timeoutMs)), timeoutMs);
     req.once("socket", (s) => s.once("connect", () => (connected = true)));
-    req.once("error", (err: NodeJS.ErrnoException) => {
+    req.on("error", (err: NodeJS.ErrnoException) => {
       // Before the connect: refused/unreachable; after: the reply was not HTTP, or the connection broke.
       if (!connected) finish(socketError("connect", err));
       else finish(fail("error", err.code?.startsWith("HPE_") ? "http invalid response" : `http ${err.code ?? err.message}`));
@@ -119,7 +119,7 @@ export function probeHttp(target: ProbeTarget, settings: HealthSettings): Promis
         else if (body.length > MAX_READ) finish(fail("mismatch", "body mismatch"));
       });
       res.once("end", () => finish(fail("mismatch", "body mismatch")));
-      res.once("error", () => finish(fail("mismatch", "body mismatch")));
+      res.on("error", () => finish(fail("mismatch", "body mismatch")));
     });
     req.end();
   });
@@ -155,7 +155,7 @@ export function probeSendExpect(target: ProbeTarget, settings: HealthSettings): 
       else if (received.length > MAX_READ) finish(fail("mismatch", "expect mismatch"));
     });
     socket.once("end", () => finish(fail("mismatch", "expect mismatch")));
-    socket.once("error", (err) => finish(socketError(connected ? "read" : "connect", err)));
+    socket.on("error", (err) => finish(socketError(connected ? "read" : "connect", err)));
   });
 }
 
@@ -181,7 +181,7 @@ export function probeUdp(target: ProbeTarget, settings: HealthSettings): Promise
       resolve(outcome);
     };
     const timer = setTimeout(() => finish(timedOut(timeoutMs)), timeoutMs);
-    socket.once("error", (err: NodeJS.ErrnoException) => finish(socketError("udp", err)));
+    socket.on("error", (err: NodeJS.ErrnoException) => finish(socketError("udp", err)));
     socket.on("message", (msg) => {
       if (expect === "" || msg.toString("latin1").includes(expect)) finish(ok("reply matched"));
       else finish(fail("mismatch", "expect mismatch"));

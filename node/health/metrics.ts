@@ -4,7 +4,7 @@ import client from "prom-client";
 import type { NodeMode } from "../node.js";
 import type { CheckResult } from "./checks.js";
 
-export const MODES: readonly NodeMode[] = ["standalone", "shared", "local-fallback"];
+const MODES: readonly NodeMode[] = ["standalone", "shared", "local-fallback"];
 
 export type FencedWriteResult = "ok" | "refused" | "error";
 
