@@ -38,7 +38,6 @@ export function backendKilled(cluster: () => ChaosCluster): void {
           await sleep(100);
         }
       })();
-      const killRequestedAt = Date.now();
       await victim.kill();
       const killedAt = (await victim.times()).finishedAt;
       await poller;
@@ -54,7 +53,6 @@ export function backendKilled(cluster: () => ChaosCluster): void {
       const rec = (figure: string, value: number | string, unit?: string, bound?: string) => recordFigure({ scenario: BACKEND_KILLED, figure, value, unit, bound });
       rec("out of rotation on every node after", Number.isFinite(slowest) ? slowest : "never", "ms", `≤ ${DETECTION_BOUND_MS} ms`);
       rec("  per node", perNode.map((ms, i) => `${c.nodes[i].nodeId} ${ms}`).join(", "), "ms");
-      rec("  docker kill call took", killedAt - killRequestedAt, "ms");
       rec("verdict in etcd", `${verdict?.state} by ${verdict?.checker} (${verdict?.reason})`);
       rec("connections afterwards / failed / to the dead backend", `${load.total} / ${load.failed} / ${toVictim}`, undefined, "… / 0 / 0");
 
