@@ -33,7 +33,8 @@ export const CHECK_TYPES = ["tcp", "http", "send-expect", "udp", "none"] as cons
 
 export const healthSchema = z
   .object({
-    type: z.enum(CHECK_TYPES).default("tcp"),
+    /** Default: tcp (connect) for TCP services, udp (datagram out, reply in) for UDP services. */
+    type: z.enum(CHECK_TYPES).optional(),
     interval: duration("2s"),
     timeout: duration("1s"),
     rise: z.number().int().min(1).max(100).default(2),
@@ -107,7 +108,8 @@ export const serviceSchema = z
   .strict();
 
 export type ServiceInput = z.input<typeof serviceSchema>;
-export type ServiceSpec = z.output<typeof serviceSchema> & { name: string; algorithm: AlgorithmName };
+export type CheckType = (typeof CHECK_TYPES)[number];
+export type ServiceSpec = z.output<typeof serviceSchema> & { name: string; algorithm: AlgorithmName; health: { type: CheckType } };
 
 const backendObject = z
   .object({
@@ -230,8 +232,15 @@ export function formatIssues(error: z.ZodError): string[] {
   });
 }
 
+/** Parses health settings alone (tests, tools), with the check type a service of `protocol` gets by default. */
+export function parseHealth(input: unknown, protocol: "tcp" | "udp" = "tcp"): z.output<typeof healthSchema> & { type: CheckType } {
+  const h = healthSchema.parse(input);
+  return { ...h, type: h.type ?? (protocol === "udp" ? "udp" : "tcp") };
+}
+
 /** Fills algorithm defaults that depend on other fields. */
 export function resolveService(name: string, parsed: z.output<typeof serviceSchema>): ServiceSpec {
   const algorithm: AlgorithmName = parsed.algorithm ?? (parsed.affinity.mode === "source-ip" ? "source-ip" : "round-robin");
-  return { ...parsed, name, algorithm };
+  const type: CheckType = parsed.health.type ?? (parsed.protocol === "udp" ? "udp" : "tcp");
+  return { ...parsed, name, algorithm, health: { ...parsed.health, type } };
 }

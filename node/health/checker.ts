@@ -56,9 +56,8 @@ export function checkTargetsOf(snapshot: Snapshot, previous: readonly CheckTarge
   for (const svc of snapshot.services.values()) {
     const settings = svc.spec.health;
     if (settings.type === "none") continue;
-    // `tcp` is the schema's default check, and a UDP service has no TCP port to connect to: it gets a
-    // datagram probe. A TCP connect check of a UDP service is `send-expect` with neither send nor expect.
-    const kind: CheckKind = settings.type === "tcp" && svc.spec.protocol === "udp" ? "udp" : settings.type;
+    // The type defaults by protocol (tcp connect / udp datagram) in resolveService().
+    const kind: CheckKind = settings.type;
     for (const b of svc.backends) {
       if (b.spec.state !== "active") continue;
       const host = b.spec.checkAddress ?? b.spec.address;

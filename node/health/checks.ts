@@ -4,11 +4,12 @@ import dgram from "node:dgram";
 import http from "node:http";
 import net from "node:net";
 import { formatDuration } from "../../shared/duration.js";
-import type { healthSchema } from "../../shared/schema.js";
+import type { CheckType, healthSchema } from "../../shared/schema.js";
 import type { z } from "zod";
 
-export type HealthSettings = z.output<typeof healthSchema>;
-export type CheckKind = Exclude<HealthSettings["type"], "none">;
+/** A service's health settings after resolveService() filled the protocol-dependent check type. */
+export type HealthSettings = z.output<typeof healthSchema> & { type: CheckType };
+export type CheckKind = Exclude<CheckType, "none">;
 
 /** Metric label of a probe outcome; the detail lives in `reason`. */
 export type CheckResult = "ok" | "refused" | "timeout" | "status" | "mismatch" | "error";

@@ -12,7 +12,7 @@ import { describe, expect, it } from "vitest";
 import { EtcdStore } from "../../node/control/etcd-store.js";
 import { type CheckTarget, Checker } from "../../node/health/checker.js";
 import { KeySchema } from "../../shared/keys.js";
-import { healthSchema } from "../../shared/schema.js";
+import { parseHealth } from "../../shared/schema.js";
 import { startEtcd } from "../helpers/etcd.js";
 import { startNode, stopAllNodes } from "../helpers/node.js";
 import { waitFor } from "../helpers/wait.js";
@@ -61,7 +61,7 @@ describe.skipIf(sizes.length === 0)("health check capacity", () => {
   it.each(sizes)("%i backends at a 1 s interval", async (n) => {
     const { child, ports } = await startServers(n);
     try {
-      const settings = healthSchema.parse({ type: "tcp", interval: "1s", timeout: "1s", rise: 2, fall: 3 });
+      const settings = parseHealth({ type: "tcp", interval: "1s", timeout: "1s", rise: 2, fall: 3 });
       const targets: CheckTarget[] = ports.map((port, i) => ({ key: `svc/b${i}`, service: "svc", id: `b${i}`, host: "127.0.0.1", port, kind: "tcp", settings }));
       const started = Date.now();
       const lags: number[] = [];

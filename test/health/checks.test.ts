@@ -5,7 +5,7 @@ import http from "node:http";
 import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CheckKind, type HealthSettings, probe } from "../../node/health/checks.js";
-import { healthSchema } from "../../shared/schema.js";
+import { parseHealth } from "../../shared/schema.js";
 import { closeAllBackends, deadPort, startTcpEcho, startUdpEcho } from "../helpers/backends.js";
 
 const servers: Array<{ close(): void }> = [];
@@ -58,7 +58,7 @@ afterAll(async () => {
 });
 
 function settings(input: Record<string, unknown>): HealthSettings {
-  return healthSchema.parse({ timeout: 150, ...input });
+  return parseHealth({ timeout: 150, ...input });
 }
 
 interface Case {

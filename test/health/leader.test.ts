@@ -11,12 +11,12 @@ import { HealthMetrics } from "../../node/health/metrics.js";
 import { createLogger } from "../../node/log.js";
 import { decodeValue, encodeValue } from "../../shared/codec.js";
 import { KeySchema } from "../../shared/keys.js";
-import { healthSchema } from "../../shared/schema.js";
+import { parseHealth } from "../../shared/schema.js";
 import client from "prom-client";
 import { waitFor } from "../helpers/wait.js";
 
 const keys = KeySchema.forCluster("unit");
-const settings = healthSchema.parse({ type: "tcp", interval: 20, timeout: 10, rise: 2, fall: 2, jitter: 0 });
+const settings = parseHealth({ type: "tcp", interval: 20, timeout: 10, rise: 2, fall: 2, jitter: 0 });
 
 type WriteMode = "ok" | "refuse" | "throw";
 
