@@ -417,6 +417,8 @@ export interface LoadOptions {
   holdMs?: number;
   /** Hold of the first request (default holdMs); 0 makes the first answer name node and backend at once. */
   firstHoldMs?: number;
+  /** Epoch ms to start at (same clock as the host): lines a fault up with the load, whatever exec's delay. */
+  startAt?: number;
 }
 
 export interface ConnectionRecord {
@@ -465,7 +467,8 @@ export class Client extends Member {
     const sources = c.vip ? this.sources.slice(0, opts.sources ?? this.sources.length) : [];
     const args = { ...opts, target, sources };
     const hold = Math.max(opts.holdMs ?? 0, opts.firstHoldMs ?? 0);
-    const bound = Math.ceil((opts.durationMs + (opts.timeoutMs ?? 2000) + (hold + (opts.gapMs ?? 0)) * (opts.requests ?? 1)) / 1000) + 10;
+    const wait = Math.max(0, (opts.startAt ?? 0) - Date.now());
+    const bound = Math.ceil((wait + opts.durationMs + (opts.timeoutMs ?? 2000) + (hold + (opts.gapMs ?? 0)) * (opts.requests ?? 1)) / 1000) + 10;
     const r = await this.exec(["timeout", String(bound), "node", "/chaos/load-client.mjs", JSON.stringify(args)]);
     if (r.exitCode !== 0) throw new Error(`load client exited ${r.exitCode}: ${r.stderr.slice(0, 2000)}`);
     return JSON.parse(r.stdout) as LoadResult;

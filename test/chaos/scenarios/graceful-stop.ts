@@ -9,8 +9,12 @@ import { type ChaosCluster, nodeOf, sleep, WITHDRAW_DELAY_MS, watchConntrack, wa
 import { figures, formatFigures, recordFigure } from "../figures.js";
 
 export const GRACEFUL_STOP = "8 graceful node stop";
-const LOAD = { durationMs: 10_000, concurrency: 24, requests: 2, firstHoldMs: 0, holdMs: 3_000, timeoutMs: 3_000 };
-const STOP_AFTER_MS = 3_000;
+/** Each connection: one quick answer (names its node), then one held for 4 s. */
+const LOAD = { durationMs: 10_000, concurrency: 24, requests: 2, firstHoldMs: 0, holdMs: 4_000, timeoutMs: 3_000 };
+/** Into the first 4 s wave: its connections outlive withdrawDelay, so the drain has to wait for them. */
+const STOP_AFTER_MS = 1_500;
+/** Time for `docker exec` to start the load client before the load's agreed start. */
+const EXEC_SLACK_MS = 2_000;
 /** The chaos nodes' drainTimeout (cluster.ts). */
 const DRAIN_TIMEOUT_MS = 10_000;
 
@@ -51,8 +55,9 @@ export function gracefulStop(cluster: () => ChaosCluster): void {
 
       const pins = watchConntrack(c);
       const routes = watchRoutes(c);
-      const loading = c.client!.load(LOAD);
-      await sleep(STOP_AFTER_MS);
+      const startAt = Date.now() + EXEC_SLACK_MS;
+      const loading = c.client!.load({ ...LOAD, startAt });
+      await sleep(startAt + STOP_AFTER_MS - Date.now());
       const closing = listenersClosed(victimIp, Date.now() + WITHDRAW_DELAY_MS + DRAIN_TIMEOUT_MS);
       await victim.terminate();
       const closedAt = await closing;
@@ -75,12 +80,14 @@ export function gracefulStop(cluster: () => ChaosCluster): void {
       const openAtTerm = onVictim.filter((x) => x.startAt < termAt && x.endAt >= termAt);
       const acceptedWhileWithdrawing = onVictim.filter((x) => x.startAt >= termAt);
       const failed = conns.filter((x) => !x.ok);
+      const finishedAfterClose = openAtTerm.filter((x) => x.ok && closedAt !== null && x.endAt > closedAt).length;
 
       const rec = (figure: string, value: number | string, unit?: string, bound?: string) => recordFigure({ scenario: GRACEFUL_STOP, figure, value, unit, bound });
       rec("route withdrawn at the router after SIGTERM", Number.isFinite(withdrawnMs) ? withdrawnMs : "never", "ms", `< ${WITHDRAW_DELAY_MS} ms (withdrawDelay)`);
       rec("listeners closed (connect refused) after SIGTERM", Number.isFinite(closedMs) ? closedMs : "never", "ms", `≥ ${WITHDRAW_DELAY_MS} ms (withdrawDelay)`);
       rec("connections open on the node at SIGTERM", openAtTerm.length, undefined, "> 0");
       rec("  of which finished", openAtTerm.filter((x) => x.ok).length, undefined, `= ${openAtTerm.length}`);
+      rec("  of which finished after the listeners closed", finishedAfterClose, undefined, "> 0");
       rec("new connections it took before the route went", acceptedWhileWithdrawing.length);
       rec("client connections / failed", `${load.total} / ${failed.length}`, undefined, "… / 0");
       rec("drained and exited after SIGTERM", exit.finishedAt - termAt, "ms", `≤ ${WITHDRAW_DELAY_MS + DRAIN_TIMEOUT_MS} ms`);
@@ -90,6 +97,7 @@ export function gracefulStop(cluster: () => ChaosCluster): void {
       expect(withdrawnMs, "route withdrawn before the listeners closed").toBeLessThan(closedMs);
       expect(closedMs).toBeGreaterThanOrEqual(WITHDRAW_DELAY_MS);
       expect(openAtTerm.length).toBeGreaterThan(0);
+      expect(finishedAfterClose, "connections the drain waited for").toBeGreaterThan(0);
       expect(failed.map((x) => `${x.src}:${x.port} via ${x.node}: ${x.err}`)).toEqual([]);
       expect(load.cutShort).toBe(false);
       expect(exit.exitCode).toBe(0);

@@ -12,6 +12,8 @@ export const NODE_KILLED = "1 node killed";
 const RECOVERY_BOUND_MS = 3_000;
 const LOAD = { durationMs: 12_000, concurrency: 24, requests: 3, firstHoldMs: 0, holdMs: 500, gapMs: 100, timeoutMs: 2_000 };
 const KILL_AFTER_MS = 4_000;
+/** Time for `docker exec` to start the load client before the load's agreed start. */
+const EXEC_SLACK_MS = 2_000;
 
 export function nodeKilled(cluster: () => ChaosCluster): void {
   describe(NODE_KILLED, () => {
@@ -50,8 +52,9 @@ export function nodeKilled(cluster: () => ChaosCluster): void {
 
       const pins = watchConntrack(c);
       const routes = watchRoutes(c);
-      const loading = client.load(LOAD);
-      await sleep(KILL_AFTER_MS);
+      const startAt = Date.now() + EXEC_SLACK_MS;
+      const loading = client.load({ ...LOAD, startAt });
+      await sleep(startAt + KILL_AFTER_MS - Date.now());
       const killRequestedAt = Date.now();
       await victim.killWithAnnouncer();
       const finishedAt = (await victim.times()).finishedAt;
