@@ -54,6 +54,13 @@ interface BackoffConfig {
 
 const LIST_PAGE_SIZE = 1_000;
 const WATCH_CANCEL_GRACE_MS = 1_000;
+/**
+ * A silent partition leaves a watch stream open with nothing on it; gRPC keepalive notices after
+ * ~15 s. A small read every LIVENESS_MS with its own short deadline notices in a few seconds, so
+ * /api/state and the staleness metric tell the truth while the node serves fail-static.
+ */
+const LIVENESS_MS = 2_000;
+const LIVENESS_TIMEOUT_MS = 2_000;
 const CLOSE_REVOKE_GRACE_MS = 1_000;
 
 type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions["faultHandling"]>["host"]>>;
@@ -237,6 +244,9 @@ export class EtcdStore implements Store {
         list: (p) => this.list(p),
         watch: (p, fromRevision) =>
           this.client.watch().prefix(p).startRevision(String(fromRevision)).watcher(),
+        probe: async (p) => {
+          await this.call("liveness", () => this.client.kv.range({ key: Buffer.from(p), limit: 1, count_only: true }, { deadline: Date.now() + LIVENESS_TIMEOUT_MS }));
+        },
       },
       prefix,
       sink,
@@ -490,6 +500,8 @@ interface SyncSource {
   list(prefix: string): Promise<{ kvs: KeyValue[]; revision: number }>;
   /** An etcd3 watcher not yet attached to the stream, so every listener is in place before any event. */
   watch(prefix: string, fromRevision: number): Watcher;
+  /** A cheap read with a short deadline: rejects when etcd does not answer. */
+  probe(prefix: string): Promise<void>;
 }
 
 /**
@@ -549,9 +561,11 @@ class PrefixSync implements SyncHandle {
     return new Promise((resolve) => {
       const watcher = this.source.watch(this.prefix, fromRevision);
       let settled = false;
+      let liveness: NodeJS.Timeout | undefined;
       const finish = (reason: string, cancel: boolean): Promise<void> => {
         if (settled) return Promise.resolve();
         settled = true;
+        clearInterval(liveness);
         this.endWatch = null;
         const cancelling = cancel ? detach(watcher) : Promise.resolve();
         resolve(reason);
@@ -562,6 +576,22 @@ class PrefixSync implements SyncHandle {
         if (settled) return;
         onConnected();
         this.report(true);
+        if (liveness !== undefined) return;
+        let probing = false;
+        liveness = setInterval(() => {
+          if (probing || settled) return;
+          probing = true;
+          this.source.probe(this.prefix).then(
+            () => {
+              probing = false;
+            },
+            (err: unknown) => {
+              probing = false;
+              void finish(`etcd not answering: ${describe(err)}`, true);
+            },
+          );
+        }, LIVENESS_MS);
+        liveness.unref();
       });
       watcher.on("data", (res) => {
         if (settled || res.events.length === 0) return; // empty: progress notification

@@ -371,6 +371,29 @@ describe("EtcdStore through etcd failures", () => {
     expect(sink.violations).toEqual([]);
   });
 
+  it("reports a silent etcd (SIGSTOP: sockets open, no answers) within seconds, and re-lists when it answers again", async () => {
+    const etcd = await startEtcd();
+    cleanups.push(() => etcd.stop());
+    const store = storeFor(etcd);
+    await etcd.put("/silent/a", "1");
+    const sink = new RecordingSink();
+    track(store.sync("/silent/", sink));
+    await waitFor(() => sink.connected === true, { message: "sync connected" });
+    const resetsBefore = sink.resets;
+    etcd.pause();
+    try {
+      // The liveness read (every 2 s, 2 s deadline) notices long before gRPC keepalive (~15 s).
+      await waitFor(() => sink.connected === false, { timeoutMs: 8_000, message: "status(false) while etcd is frozen" });
+      expect(sink.statuses.at(-1)?.error).toMatch(/not answering/);
+    } finally {
+      etcd.resume();
+    }
+    await etcd.put("/silent/a", "2");
+    await waitFor(() => sink.connected === true && sink.state.get("/silent/a") === "2", { timeoutMs: 15_000, message: "re-listed after etcd answers again" });
+    expect(sink.resets).toBeGreaterThan(resetsBefore);
+    expect(sink.violations).toEqual([]);
+  });
+
   it("does not throw while etcd is unreachable at start, and converges once it starts", async () => {
     const etcd = await startEtcd();
     cleanups.push(() => etcd.stop());
