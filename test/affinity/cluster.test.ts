@@ -3,27 +3,21 @@
 // every table and from etcd; a lost backend's clients move once and stay; concurrent creation
 // converges; the cap evicts; UDP flows stick too.
 import dgram from "node:dgram";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { hashString } from "../../node/lb/hash.js";
 import type { BallastNode } from "../../node/node.js";
 import type { ServiceState, Target } from "../../node/snapshot.js";
 import { explainRoute } from "../../node/state.js";
-import { closeAllBackends, startTcpEcho, startUdpEcho, tcpExchange } from "../helpers/backends.js";
-import { type EtcdProcess, startEtcd } from "../helpers/etcd.js";
-import { getJson, portOf, spawnNode, startNode, stopAllNodes } from "../helpers/node.js";
+import { startTcpEcho, startUdpEcho, tcpExchange } from "../helpers/backends.js";
+import type { EtcdProcess } from "../helpers/etcd.js";
+import { getJson, portOf, spawnNode, startNode } from "../helpers/node.js";
+import { useSharedEtcd } from "../helpers/suite.js";
 import { waitFor } from "../helpers/wait.js";
 
 let etcd: EtcdProcess;
 let cluster = 0;
-beforeAll(async () => {
-  etcd = await startEtcd();
-});
-afterAll(async () => {
-  await etcd?.stop();
-});
-afterEach(async () => {
-  await stopAllNodes();
-  await closeAllBackends();
+useSharedEtcd((e) => {
+  etcd = e;
 });
 
 /** Each test uses its own cluster name (its own key prefix) on the shared etcd. */

@@ -2,23 +2,17 @@
 // routed; -o json for scripts; status and route ask the nodes; clear errors without stack traces.
 import { execFile } from "node:child_process";
 import { promisify } from "node:util";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { closeAllBackends, deadPort, startTcpEcho, tcpExchange } from "../helpers/backends.js";
-import { type EtcdProcess, startEtcd } from "../helpers/etcd.js";
-import { CLI, portOf, startNode, stopAllNodes } from "../helpers/node.js";
+import { describe, expect, it } from "vitest";
+import { deadPort, startTcpEcho, tcpExchange } from "../helpers/backends.js";
+import type { EtcdProcess } from "../helpers/etcd.js";
+import { CLI, portOf, startNode } from "../helpers/node.js";
+import { useSharedEtcd } from "../helpers/suite.js";
 import { waitFor } from "../helpers/wait.js";
 
 const run = promisify(execFile);
 let etcd: EtcdProcess;
-beforeAll(async () => {
-  etcd = await startEtcd();
-});
-afterAll(async () => {
-  await etcd?.stop();
-});
-afterEach(async () => {
-  await stopAllNodes();
-  await closeAllBackends();
+useSharedEtcd((e) => {
+  etcd = e;
 });
 
 async function ballast(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {

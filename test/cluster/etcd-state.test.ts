@@ -2,24 +2,18 @@
 // another client (etcdctl), skip bad records with reasons, serve through etcd outages (fail-static),
 // re-list after compaction, and agree on every routing decision at the same revision.
 import net from "node:net";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { explainRoute } from "../../node/state.js";
-import { closeAllBackends, startHttpBackend, startTcpEcho, tcpExchange } from "../helpers/backends.js";
+import { startHttpBackend, startTcpEcho, tcpExchange } from "../helpers/backends.js";
 import { type EtcdProcess, startEtcd } from "../helpers/etcd.js";
-import { getJson, portOf, spawnNode, startNode, stopAllNodes } from "../helpers/node.js";
+import { getJson, portOf, spawnNode, startNode } from "../helpers/node.js";
+import { useSharedEtcd } from "../helpers/suite.js";
 import { waitFor } from "../helpers/wait.js";
 
 let etcd: EtcdProcess;
 let cluster = 0;
-beforeAll(async () => {
-  etcd = await startEtcd();
-});
-afterAll(async () => {
-  await etcd?.stop();
-});
-afterEach(async () => {
-  await stopAllNodes();
-  await closeAllBackends();
+useSharedEtcd((e) => {
+  etcd = e;
 });
 
 /** Each test uses its own cluster name (its own key prefix) on the shared etcd. */

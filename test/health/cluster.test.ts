@@ -1,27 +1,21 @@
 // Health checking once per cluster, with in-process nodes on real etcd: one leader checks, every node
 // routes by its verdicts; removed backends lose their verdicts; etcd unreachable → local fallback
 // routes around a backend that dies meanwhile; with no working leader, passive ejection still works.
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { EtcdStore } from "../../node/control/etcd-store.js";
 import type { BallastNode } from "../../node/node.js";
 import { KeySchema } from "../../shared/keys.js";
-import { closeAllBackends, startTcpEcho, tcpExchange } from "../helpers/backends.js";
+import { startTcpEcho, tcpExchange } from "../helpers/backends.js";
 import { type EtcdProcess, startEtcd } from "../helpers/etcd.js";
-import { getJson, portOf, startNode, stopAllNodes } from "../helpers/node.js";
+import { getJson, portOf, startNode } from "../helpers/node.js";
+import { useSharedEtcd } from "../helpers/suite.js";
 import { waitFor } from "../helpers/wait.js";
 import { metricValue } from "./metrics-text.js";
 
 let etcd: EtcdProcess;
 let cluster = 0;
-beforeAll(async () => {
-  etcd = await startEtcd();
-});
-afterAll(async () => {
-  await etcd?.stop();
-});
-afterEach(async () => {
-  await stopAllNodes();
-  await closeAllBackends();
+useSharedEtcd((e) => {
+  etcd = e;
 });
 
 const INTERVAL = 200;
