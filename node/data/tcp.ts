@@ -164,7 +164,9 @@ class Connection implements Closable {
     up.once("connect", () => this.onConnect(up));
     up.on("error", (err: NodeJS.ErrnoException) => this.onUpstreamError(up, err));
     up.on("close", () => {
-      if (this.connected) this.client.destroy();
+      // A backend that closed cleanly has had client.end() called: let the client's write queue
+      // flush (the idle timeout still bounds it). Anything else ends the client at once.
+      if (this.connected && !this.client.writableEnded) this.client.destroy();
     });
   }
 
@@ -253,7 +255,14 @@ class Connection implements Closable {
   private finish(): void {
     if (this.finished) return;
     this.finished = true;
-    this.upstream?.destroy();
+    const up = this.upstream;
+    if (up !== null && this.connected && up.writableEnded && !up.writableFinished && !up.destroyed) {
+      // The client closed cleanly after its FIN was forwarded: let the upstream flush what it still
+      // holds for the backend (bounded by the idle timeout), then close it; nobody reads it any more.
+      up.setTimeout(this.svc.spec.timeouts.idle);
+      up.once("timeout", () => up.destroy());
+      up.once("finish", () => up.destroy());
+    } else up?.destroy();
     if (this.connected || this.upstream !== null) {
       // The current target holds this connection unless a failed attempt already released it.
       if (this.target.stats.open.has(this)) this.release(this.target);

@@ -44,6 +44,45 @@ describe("tcp proxy", () => {
     server.close();
   });
 
+  it("delivers a whole large reply to a client that half-closed first and reads slowly", async () => {
+    // Small enough to fit in the socket buffers along the way, so the backend can finish and close
+    // while the client has read nothing: the node then holds the tail in its write queue.
+    const total = 4 * 1024 * 1024;
+    // The backend waits for the client's FIN, then sends a large reply and closes.
+    const server = net.createServer({ allowHalfOpen: true }, (s) => {
+      s.on("error", () => {});
+      s.resume();
+      s.on("end", () => {
+        const chunk = Buffer.alloc(64 * 1024, 9);
+        let sent = 0;
+        const pump = () => {
+          while (sent < total) {
+            sent += chunk.length;
+            if (!s.write(chunk)) return void s.once("drain", pump);
+          }
+          s.end();
+        };
+        pump();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    let backendClosed = false;
+    server.on("connection", (s) => s.on("close", () => (backendClosed = true)));
+    const node = await startNode({ services: [service("big", [{ id: "x", port: (server.address() as net.AddressInfo).port }])] });
+    const client = net.connect({ port: portOf(node, "big"), host: "127.0.0.1", allowHalfOpen: true });
+    client.pause();
+    await new Promise((r) => client.once("connect", r));
+    client.end("request");
+    // Read nothing until the backend has sent everything and closed: the node holds the rest.
+    await waitFor(() => backendClosed, { timeoutMs: 20_000, message: "backend finished and closed" });
+    let received = 0;
+    client.on("data", (d: Buffer) => (received += d.length));
+    client.resume();
+    await new Promise((r) => client.on("close", r));
+    expect(received).toBe(total);
+    server.close();
+  });
+
   it("applies backpressure to a slow reader: the backend cannot push more than the buffers hold", async () => {
     const total = 200 * 1024 * 1024;
     const chunk = Buffer.alloc(64 * 1024, 7);
