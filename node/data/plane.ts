@@ -3,7 +3,7 @@
 // change) and starts the drain clock for backends that left.
 import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
-import type { ServiceState, Snapshot, Target } from "../snapshot.js";
+import type { BackendView, ServiceState, Snapshot, Target } from "../snapshot.js";
 import { Router } from "./router.js";
 import { type BackendCounters, type ConnectFailureReason, StatsRegistry } from "./stats.js";
 import { TcpListener } from "./tcp.js";
@@ -116,11 +116,19 @@ export class DataPlane {
    */
   private reconcileBackends(prev: Snapshot | null, next: Snapshot): void {
     if (prev === null) return;
+    // Views by service and id, built only for services that have open connections (10k backends
+    // must not cost a linear search per backend).
+    const views = new Map<string, Map<string, BackendView>>();
     for (const [key, counters] of this.stats.backends) {
       if (counters.open.size === 0 && counters.drainTimer === null) continue;
       const slash = key.indexOf("/");
       const svc = next.services.get(key.slice(0, slash));
-      const view = svc?.backends.find((b) => b.id === counters.id);
+      let byId = svc ? views.get(svc.name) : undefined;
+      if (svc && !byId) {
+        byId = new Map(svc.backends.map((b) => [b.id, b]));
+        views.set(svc.name, byId);
+      }
+      const view = byId?.get(counters.id);
       const keep = view !== undefined && view.spec.state === "active" && view.verdict?.state !== "down";
       if (keep) {
         if (counters.drainTimer) {
