@@ -81,6 +81,11 @@ export const serviceSchema = z
         connect: duration("3s"),
         idle: duration("5m"),
         udpIdle: duration("30s"),
+        /**
+         * Idle timeout once either side has sent its FIN (HAProxy's client-fin/server-fin): a client
+         * that half-closed toward a backend that never answers must not hold a slot for `idle`.
+         */
+        halfClosed: duration("30s"),
         drain: duration("30s"),
       })
       .strict()

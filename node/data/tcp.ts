@@ -200,15 +200,27 @@ class Connection implements Closable {
       if (!up.write(chunk)) client.pause();
     });
     up.on("drain", () => client.resume());
-    client.on("end", () => up.end());
+    client.on("end", () => {
+      up.end();
+      this.onHalfClose();
+    });
     up.on("data", (chunk: Buffer) => {
       bs.bytesOut += chunk.length;
       sc.bytesOut += chunk.length;
       if (!client.write(chunk)) up.pause();
     });
     client.on("drain", () => up.resume());
-    up.on("end", () => client.end());
+    up.on("end", () => {
+      client.end();
+      this.onHalfClose();
+    });
     client.resume();
+  }
+
+  /** One side sent its FIN: the shorter half-closed timeout applies from now on. */
+  private onHalfClose(): void {
+    const t = this.svc.spec.timeouts;
+    if (t.halfClosed < t.idle) this.client.setTimeout(t.halfClosed);
   }
 
   private onUpstreamError(up: net.Socket, err: NodeJS.ErrnoException): void {
