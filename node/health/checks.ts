@@ -58,19 +58,33 @@ export const probe: Probe = (target, settings, kind) => {
   }
 };
 
+/**
+ * A probe's one outcome: the first call wins, the deadline is cleared and `release` frees the socket.
+ * `atDeadline` says what running out of time means for this kind of probe.
+ */
+function settleOnce(
+  resolve: (outcome: ProbeOutcome) => void,
+  timeoutMs: number,
+  release: () => void,
+  atDeadline: () => ProbeOutcome = () => timedOut(timeoutMs),
+): (outcome: ProbeOutcome) => void {
+  let done = false;
+  const finish = (outcome: ProbeOutcome) => {
+    if (done) return;
+    done = true;
+    clearTimeout(timer);
+    release();
+    resolve(outcome);
+  };
+  const timer = setTimeout(() => finish(atDeadline()), timeoutMs);
+  return finish;
+}
+
 /** Connect, then close: the backend accepts connections. */
 export function probeTcp(target: ProbeTarget, timeoutMs: number): Promise<ProbeOutcome> {
   return new Promise((resolve) => {
     const socket = net.connect({ host: target.host, port: target.port });
-    let done = false;
-    const finish = (outcome: ProbeOutcome) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(outcome);
-    };
-    const timer = setTimeout(() => finish(timedOut(timeoutMs)), timeoutMs);
+    const finish = settleOnce(resolve, timeoutMs, () => socket.destroy());
     socket.once("connect", () => finish(ok("connected")));
     socket.on("error", (err) => finish(socketError("connect", err)));
   });
@@ -81,15 +95,8 @@ export function probeHttp(target: ProbeTarget, settings: HealthSettings): Promis
   const h = settings.http ?? { method: "GET", path: "/", host: undefined, expectStatus: [200, 399] as [number, number], bodyMatch: undefined };
   const timeoutMs = settings.timeout;
   return new Promise((resolve) => {
-    let done = false;
     let connected = false;
-    const finish = (outcome: ProbeOutcome) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      req.destroy();
-      resolve(outcome);
-    };
+    const finish = settleOnce(resolve, timeoutMs, () => req.destroy());
     const hostHeader = h.host ?? (target.host.includes(":") ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`);
     const req = http.request({
       host: target.host,
@@ -99,7 +106,6 @@ export function probeHttp(target: ProbeTarget, settings: HealthSettings): Promis
       headers: { host: hostHeader, "user-agent": "ballast-health", connection: "close" },
       agent: false,
     });
-    const timer = setTimeout(() => finish(timedOut(timeoutMs)), timeoutMs);
     req.once("socket", (s) => s.once("connect", () => (connected = true)));
     req.on("error", (err: NodeJS.ErrnoException) => {
       // Before the connect: refused/unreachable; after: the reply was not HTTP, or the connection broke.
@@ -132,18 +138,10 @@ export function probeSendExpect(target: ProbeTarget, settings: HealthSettings): 
   const expect = settings.expect ?? "";
   return new Promise((resolve) => {
     const socket = net.connect({ host: target.host, port: target.port });
-    let done = false;
     let connected = false;
     let received = "";
-    const finish = (outcome: ProbeOutcome) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
-      socket.destroy();
-      resolve(outcome);
-    };
     // A wrong banner on a connection the server keeps open is only known for sure at the deadline.
-    const timer = setTimeout(() => finish(received.length > 0 ? fail("mismatch", "expect mismatch") : timedOut(timeoutMs)), timeoutMs);
+    const finish = settleOnce(resolve, timeoutMs, () => socket.destroy(), () => (received.length > 0 ? fail("mismatch", "expect mismatch") : timedOut(timeoutMs)));
     socket.setEncoding("latin1");
     socket.once("connect", () => {
       connected = true;
@@ -169,19 +167,13 @@ export function probeUdp(target: ProbeTarget, settings: HealthSettings): Promise
   const expect = settings.expect ?? "";
   return new Promise((resolve) => {
     const socket = dgram.createSocket(net.isIPv6(target.host) ? "udp6" : "udp4");
-    let done = false;
-    const finish = (outcome: ProbeOutcome) => {
-      if (done) return;
-      done = true;
-      clearTimeout(timer);
+    const finish = settleOnce(resolve, timeoutMs, () => {
       try {
         socket.close();
       } catch {
         // already closed
       }
-      resolve(outcome);
-    };
-    const timer = setTimeout(() => finish(timedOut(timeoutMs)), timeoutMs);
+    });
     socket.on("error", (err: NodeJS.ErrnoException) => finish(socketError("udp", err)));
     socket.on("message", (msg) => {
       if (expect === "" || msg.toString("latin1").includes(expect)) finish(ok("reply matched"));
