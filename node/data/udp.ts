@@ -3,6 +3,7 @@
 import dgram from "node:dgram";
 import net from "node:net";
 import type { Logger } from "pino";
+import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../snapshot.js";
 import { limiterFor, type SourceRateLimiter } from "./access.js";
 import type { DataPlane } from "./plane.js";
@@ -46,6 +47,8 @@ export class UdpListener {
   readonly counters: ServiceCounters;
   readonly flows = new Map<string, Flow>();
   limiter: SourceRateLimiter | null = null;
+  /** New-flow exclusion (ejected or full backends), built once per service update as in TCP. */
+  exclude: Exclude = () => false;
   boundPort = 0;
   error: string | null = null;
   private sweeper: NodeJS.Timeout | null = null;
@@ -91,6 +94,7 @@ export class UdpListener {
   update(svc: ServiceState): void {
     this.svc = svc;
     this.limiter = limiterFor(this.limiter, svc.spec.limits.sourceRate, svc.spec.limits.sourceBurst);
+    this.exclude = this.plane.availabilityExclude(svc);
   }
 
   private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
@@ -137,7 +141,7 @@ export class UdpListener {
       this.counters.refused["rate-limited"]++;
       return null;
     }
-    const target = this.plane.router.route(svc, rinfo.address, rinfo.port, this.plane.availabilityExclude(svc), now);
+    const target = this.plane.router.route(svc, rinfo.address, rinfo.port, this.exclude, now);
     if (target === null) {
       this.counters.refused["no-backend"]++;
       return null;
