@@ -16,6 +16,7 @@ import { createLogger, type Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
 import { AffinityTable } from "./affinity/table.js";
 import { HealthManager } from "./health/manager.js";
+import { NodeDns } from "./dns/node-dns.js";
 import type { Snapshot } from "./snapshot.js";
 import { describeState, explainRoute } from "./state.js";
 
@@ -50,6 +51,8 @@ export class BallastNode {
   private resolveFirst!: () => void;
   readonly health: HealthManager;
   readonly affinity: AffinityTable;
+  /** The authoritative DNS responder, when the config has `dns.listen`. */
+  readonly dns: NodeDns | null;
 
   constructor(opts: NodeOptions) {
     const c = opts.config;
@@ -71,7 +74,10 @@ export class BallastNode {
         this.metrics.lastSync = connected ? 0 : Date.now();
       },
       onInvalid: (fresh) => this.metrics.invalidRecordsTotal.inc(fresh.length),
-      onClusterChange: () => this.health?.onClusterChange(),
+      onClusterChange: () => {
+        this.health?.onClusterChange();
+        this.dns?.refresh();
+      },
     }, this.log);
     this.store = opts.store ?? (c.etcd ? new EtcdStore({ endpoints: c.etcd.endpoints, username: c.etcd.username, password: c.etcd.password, tls: c.etcd.tls }) : new MemoryStore());
     // Affinity and health hang off the node; the router and the reconciler call into them.
@@ -79,6 +85,7 @@ export class BallastNode {
     this.plane.router.affinity = this.affinity;
     this.reconciler.affinity = this.affinity;
     this.health = new HealthManager(this);
+    this.dns = c.dns ? new NodeDns(this) : null;
     this.admin = new AdminServer(
       {
         ready: () => this.ready,
@@ -108,6 +115,7 @@ export class BallastNode {
     this.sync = this.store.sync(this.keys.prefix, this.reconciler);
     this.affinity.start();
     this.health.start();
+    await this.dns?.start();
     if (!this.standalone) this.scheduleRegister(0);
     if (opts.waitForSnapshot !== false) await this.firstSnapshot;
   }
@@ -118,6 +126,7 @@ export class BallastNode {
     this.metrics.invalidRecords.reset();
     for (const r of s.invalid) this.metrics.invalidRecords.inc({ kind: this.keys.parse(r.key)?.kind ?? "unknown" });
     this.health.onSnapshot(s);
+    this.dns?.refresh();
     this.plane.apply(s).then(
       () => {
         this.resolveFirst();
@@ -151,6 +160,7 @@ export class BallastNode {
       draining: this.withdrawing || this.plane.draining,
       revision: this.reconciler.appliedRevision,
       mode: this.mode,
+      public: this.config.node.publicAddresses,
       startedAt: this.startedAt,
       updatedAt: Date.now(),
     };
@@ -201,6 +211,7 @@ export class BallastNode {
     if (this.stopping) return;
     this.stopping = true;
     if (this.registerTimer) clearTimeout(this.registerTimer);
+    await this.dns?.close();
     await this.health.stop();
     await this.affinity.stop();
     await this.sync?.stop();

@@ -63,9 +63,10 @@ export function describeState(n: BallastNode) {
     revision: n.reconciler.appliedRevision,
     snapshotRevision: snap?.revision ?? 0,
     services,
-    invalid: snap?.invalid ?? [],
+    invalid: n.reconciler.dns.error ? [...(snap?.invalid ?? []), { key: n.keys.dns, reason: n.reconciler.dns.error, keptLastGood: n.reconciler.dns.spec !== null }] : (snap?.invalid ?? []),
     nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
+    dns: n.dns?.describe() ?? null,
     health: { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null },
   };
 }

@@ -35,6 +35,8 @@ export interface NodeRecord {
   draining: boolean;
   revision: number;
   mode: "shared" | "local-fallback" | "standalone";
+  /** Addresses clients reach the node's services on (node config `node.publicAddresses`): the DNS answers. Absent in older records. */
+  public?: string[];
   startedAt: number;
   updatedAt: number;
 }

@@ -7,13 +7,14 @@
 //   health/heartbeat                   msgpack HealthHeartbeat, written by the leader (fenced)
 //   health/verdicts/<service>/<id>     msgpack Verdict, written by the leader (fenced), only on change
 //   affinity/<service>/<node>/<seq>    msgpack AffinityBatch, leased for the affinity TTL (not to the writer)
+//   dns                                JSON DnsRecordInput (zone, TTL, names), written by people (`ballast dns set`)
 
 export function clusterPrefix(cluster: string, prefix?: string): string {
   if (prefix) return prefix.endsWith("/") ? prefix : `${prefix}/`;
   return `/ballast/${cluster}/`;
 }
 
-export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "affinity" | "election";
+export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "affinity" | "election" | "dns";
 
 export interface ParsedKey {
   kind: KeyKind;
@@ -38,6 +39,7 @@ export class KeySchema {
   get election(): string { return `${this.prefix}health/election/`; }
   get heartbeat(): string { return `${this.prefix}health/heartbeat`; }
   get affinity(): string { return `${this.prefix}affinity/`; }
+  get dns(): string { return `${this.prefix}dns`; }
 
   service(name: string): string { return `${this.services}${name}`; }
   backend(service: string, id: string): string { return `${this.backends}${service}/${id}`; }
@@ -62,6 +64,8 @@ export class KeySchema {
         if (parts[1] === "verdicts" && parts.length === 4 && parts[2] && parts[3]) return { kind: "verdict", service: parts[2], id: parts[3] };
         if (parts[1] === "election") return { kind: "election" };
         return null;
+      case "dns":
+        return parts.length === 1 ? { kind: "dns" } : null;
       case "affinity":
         return parts.length === 4 && parts[1] && parts[2] && parts[3] ? { kind: "affinity", service: parts[1], node: parts[2], seq: parts[3] } : null;
       default:

@@ -3,6 +3,7 @@
 import { decodeValue, type HealthHeartbeat, type NodeRecord } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
 import type { Logger } from "../log.js";
+import { DnsRecordSlot } from "../dns/record.js";
 import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../snapshot.js";
 import type { StatsRegistry } from "../data/stats.js";
 import { RecordTable } from "./records.js";
@@ -25,6 +26,8 @@ export class Reconciler implements SyncSink {
   readonly records: RecordTable;
   readonly nodes = new Map<string, NodeRecord>();
   heartbeat: HealthHeartbeat | null = null;
+  /** The cluster's `dns` record (zone and names for the DNS responder). */
+  readonly dns = new DnsRecordSlot();
   /** Highest revision this node has processed (whether or not routing changed). */
   appliedRevision = 0;
   snapshot: Snapshot | null = null;
@@ -52,12 +55,14 @@ export class Reconciler implements SyncSink {
     const affinity: KeyValue[] = [];
     this.nodes.clear();
     this.heartbeat = null;
+    this.dns.delete();
     for (const kv of kvs) {
       const k = this.keys.parse(kv.key);
       if (!k) continue;
       if (k.kind === "affinity") affinity.push(kv);
       else if (k.kind === "node") this.putNode(k.node!, kv.value);
       else if (k.kind === "heartbeat") this.putHeartbeat(kv.value);
+      else if (k.kind === "dns") this.putDns(kv.value, kv.modRevision);
       else routing.push(kv);
     }
     this.records.reset(routing, revision);
@@ -85,6 +90,10 @@ export class Reconciler implements SyncSink {
       } else if (k.kind === "heartbeat") {
         if (e.type === "put") this.putHeartbeat(e.value);
         else this.heartbeat = null;
+        cluster = true;
+      } else if (k.kind === "dns") {
+        if (e.type === "put") this.putDns(e.value, e.modRevision);
+        else this.dns.delete();
         cluster = true;
       } else if (k.kind !== "election") routing.push(e);
     }
@@ -143,6 +152,11 @@ export class Reconciler implements SyncSink {
     } catch (err) {
       this.log.warn({ key: this.keys.node(id), reason: (err as Error).message }, "invalid node record skipped");
     }
+  }
+
+  private putDns(value: Buffer, modRevision: number): void {
+    this.dns.put(value, modRevision);
+    if (this.dns.error) this.log.warn({ key: this.keys.dns, reason: this.dns.error, keptLastGood: this.dns.spec !== null }, "invalid record skipped");
   }
 
   private putHeartbeat(value: Buffer): void {
