@@ -97,6 +97,32 @@ export class Metrics {
           for (const reason of CONNECT_FAILURE_REASONS) this.inc({ service: b.service, backend: b.id, reason }, b.connectFailures[reason]);
       },
     });
+    new client.Counter({
+      name: "ballast_zone_routed_total",
+      help: "New clients of locality: prefer-zone services routed by this node's zone plan: kept in its zone (local) or sent to another (spillover).",
+      labelNames: ["service", "decision"],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const s of plane.stats.services.values()) {
+          if (s.zoneLocal === 0 && s.zoneSpillover === 0) continue;
+          this.inc({ service: s.service, decision: "local" }, s.zoneLocal);
+          this.inc({ service: s.service, decision: "spillover" }, s.zoneSpillover);
+        }
+      },
+    });
+    // The zone of each backend as an info metric (join on service, backend), so the backend series
+    // above aggregate by zone without a label change on every one of them.
+    new client.Gauge({
+      name: "ballast_backend_zone_info",
+      help: "1 per backend of the applied snapshot, labelled with its zone.",
+      labelNames: ["service", "backend", "zone"],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const svc of plane.current?.services.values() ?? []) for (const b of svc.backends) this.set({ service: svc.name, backend: b.id, zone: b.spec.zone }, 1);
+      },
+    });
     this.ejections = new client.Counter({ name: "ballast_backend_ejections_total", help: "Passive ejections after connect failures.", labelNames: ["service", "backend"], registers: [r] });
     this.connectLatency = new client.Histogram({
       name: "ballast_upstream_connect_seconds",

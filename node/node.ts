@@ -83,6 +83,7 @@ export class BallastNode {
     // Affinity and health hang off the node; the router and the reconciler call into them.
     this.affinity = new AffinityTable(this);
     this.plane.router.affinity = this.affinity;
+    this.plane.router.zone = c.node.zone;
     this.reconciler.affinity = this.affinity;
     this.health = new HealthManager(this);
     this.dns = c.dns ? new NodeDns(this) : null;

@@ -4,9 +4,10 @@ import { parseHostPort } from "../shared/address.js";
 import type { Verdict } from "../shared/codec.js";
 import type { BackendSpec, ServiceSpec } from "../shared/schema.js";
 import { AccessPolicy } from "./data/access.js";
-import type { BackendCounters, StatsRegistry } from "./data/stats.js";
+import type { BackendCounters, ServiceCounters, StatsRegistry } from "./data/stats.js";
 import type { BackendTarget, Picker } from "./lb/algorithm.js";
 import { pickerFactory } from "./lb/index.js";
+import { buildZonePlans, type ZonePlan } from "./lb/zones.js";
 
 export interface Target extends BackendTarget {
   readonly stats: BackendCounters;
@@ -47,6 +48,9 @@ export interface ServiceState {
   readonly picker: Picker;
   readonly hashSourceOnly: boolean;
   readonly access: AccessPolicy | null;
+  /** `locality: prefer-zone`: the plan of each zone that has backends (the router uses its node's zone's); else null. */
+  readonly zones: ReadonlyMap<string, ZonePlan> | null;
+  readonly counters: ServiceCounters;
 }
 
 export interface Snapshot {
@@ -159,6 +163,11 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
         picker: factory.build(targets),
         hashSourceOnly: factory.hashSourceOnly,
         access,
+        zones:
+          spec.locality === "prefer-zone"
+            ? buildZonePlans(views.map((v) => ({ zone: v.spec.zone, weight: v.spec.weight, capacity: v.spec.state === "active" && v.spec.weight > 0 })), targets, factory, spec.zoneAware.minHealthyShare)
+            : null,
+        counters: stats.service(name),
       }),
     );
   }

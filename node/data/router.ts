@@ -2,6 +2,7 @@
 // service has affinity), then the service's algorithm. Synchronous; never awaits etcd, never throws.
 import type { Exclude } from "../lb/algorithm.js";
 import { flowHash, hashString } from "../lb/hash.js";
+import { chooseZone } from "../lb/zones.js";
 import type { ServiceState, Target } from "../snapshot.js";
 
 /** Session affinity as the router sees it (implemented by the affinity table). */
@@ -18,6 +19,8 @@ export class Router {
   /** Why the last route() chose what it chose: doubles as a metric label and the explain answer. */
   reason = "";
   affinity: AffinityHook | null = null;
+  /** The node's zone (node config `node.zone`): `prefer-zone` services route by its plan. */
+  zone = "";
 
   /** `commit` false (route explain) looks without recording an affinity entry. */
   route(svc: ServiceState, ip: string, port: number, exclude: Exclude | null, now: number, commit = true): Target | null {
@@ -31,6 +34,21 @@ export class Router {
       }
     }
     const hash = svc.hashSourceOnly ? hashString(ip) : flowHash(ip, port);
+    if (svc.zones !== null && this.zone !== "") {
+      const plan = svc.zones.get(this.zone);
+      const choice = plan === undefined ? null : chooseZone(plan, hash);
+      // A zone whose every backend is excluded (full, ejected) falls through to the whole service.
+      const zt = choice === null ? null : (choice.picker.pick(hash, exclude) as Target | null);
+      if (zt !== null) {
+        if (commit) {
+          if (choice!.local) svc.counters.zoneLocal++;
+          else svc.counters.zoneSpillover++;
+          if (sticky) this.affinity!.record(svc, ip, zt, now);
+        }
+        this.reason = choice!.reason;
+        return zt;
+      }
+    }
     const t = svc.picker.pick(hash, exclude) as Target | null;
     if (t === null) {
       this.reason = svc.targets.length === 0 ? "no-backend" : "all-excluded";

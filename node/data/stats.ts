@@ -43,6 +43,9 @@ export class ServiceCounters {
   udpDatagramsIn = 0;
   udpDatagramsOut = 0;
   udpDropped = 0;
+  /** `locality: prefer-zone` decisions: new clients kept in the node's zone, and those spilled over to another. */
+  zoneLocal = 0;
+  zoneSpillover = 0;
   refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0 };
   constructor(readonly service: string) {}
 }
