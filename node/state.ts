@@ -19,6 +19,7 @@ export function describeState(n: BallastNode) {
       protocol: svc.spec.protocol,
       algorithm: svc.spec.algorithm,
       proxyProtocol: svc.spec.proxyProtocol,
+      locality: svc.spec.locality,
       affinity: { mode: svc.spec.affinity.mode, ttlMs: svc.spec.affinity.ttl, entries: n.affinity.entries.table(svc.name)?.size ?? 0 },
       health: { type: svc.spec.health.type, intervalMs: svc.spec.health.interval, rise: svc.spec.health.rise, fall: svc.spec.health.fall },
       active: c.active,
