@@ -417,6 +417,9 @@ const SCRIPT = String.raw`
   function sortRows(rows) {
     var c = S.sort.col, d = S.sort.dir;
     return rows.sort(function (x, y) {
+      // Backends are grouped by zone (a zone's capacity reads as one block); the chosen column sorts within it.
+      var z = String(x.sort.zone).localeCompare(String(y.sort.zone));
+      if (z !== 0 && c !== "zone") return z;
       var a = x.sort[c], b = y.sort[c];
       var r = typeof a === "number" && typeof b === "number" ? a - b : String(a).localeCompare(String(b));
       return r !== 0 ? r * d : x.b.id < y.b.id ? -1 : x.b.id > y.b.id ? 1 : 0;
