@@ -20,6 +20,8 @@ export const EDNS_PAYLOAD = 1232;
 const PLAIN_UDP = 512;
 /** A query carries OPT and perhaps TSIG/SIG(0): more additional records than this is not a query. */
 const MAX_ADDITIONALS = 4;
+/** Unsent reply bytes one TCP client may hold before it is disconnected. */
+const MAX_TCP_PENDING = 256 * 1024;
 const QR = 0x8000;
 const AA = 0x0400;
 const TC = 0x0200;
@@ -184,6 +186,11 @@ export class DnsResponder {
         framed.writeUInt16BE(reply.length, 0);
         reply.copy(framed, 2);
         socket.write(framed);
+        // A client that pipelines queries but never reads its replies would make us buffer without end.
+        if (socket.writableLength > MAX_TCP_PENDING) {
+          socket.destroy();
+          return;
+        }
       }
     });
   }
