@@ -65,7 +65,6 @@ describe("clients resolving through the nodes' DNS", () => {
     const sources = Array.from({ length: 8 }, (_, i) => `127.0.10.${i + 1}`);
     const log: Array<{ at: number; ok: boolean; to: string }> = [];
     const answers: Array<{ at: number; named: boolean }> = [];
-    let killedAt: number;
     const deadline = Date.now() + 12_000;
     const client = async (src: string) => {
       let cache: { addresses: string[]; until: number } = { addresses: [], until: 0 };
@@ -88,7 +87,7 @@ describe("clients resolving through the nodes' DNS", () => {
     const killRequested = Date.now();
     victim.kill("SIGKILL");
     await victim.exited;
-    killedAt = Date.now();
+    const killedAt = Date.now();
     await running;
 
     const lastNamed = Math.max(...answers.filter((a) => a.named).map((a) => a.at));
