@@ -9,7 +9,7 @@ import { formatIssues, type NodeConfig, nodeConfigSchema } from "../shared/schem
 import { VERSION } from "../shared/version.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { parseBackendValue, parseServiceValue } from "./control/records.js";
-import { parseDnsValue } from "./dns/record.js";
+import { parseDnsValue } from "./control/dns-record.js";
 import type { Store } from "./control/store.js";
 import { BallastNode } from "./node.js";
 

@@ -3,7 +3,7 @@
 import { decodeValue, type HealthHeartbeat, type NodeRecord } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
 import type { Logger } from "../log.js";
-import { DnsRecordSlot } from "../dns/record.js";
+import { DnsRecordSlot } from "./dns-record.js";
 import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../snapshot.js";
 import type { StatsRegistry } from "../data/stats.js";
 import { RecordTable } from "./records.js";

@@ -1,7 +1,7 @@
 // The schema additions of DNS and zones: bad values fail with the field path; defaults in one place.
 import { describe, expect, it } from "vitest";
 import { parseServiceValue } from "../../node/control/records.js";
-import { parseDnsValue } from "../../node/dns/record.js";
+import { parseDnsValue } from "../../node/control/dns-record.js";
 import { formatIssues, nodeConfigSchema } from "../../shared/schema.js";
 
 const issues = (input: unknown) => {

@@ -1,7 +1,7 @@
 // The cluster's `dns` record: parsed and validated like every person-written record; a bad update keeps
 // the last good value (and is listed with its key and reason), so a typo never takes the zone away.
 import { type DnsRecordSpec, dnsRecordSchema, formatIssues } from "../../shared/schema.js";
-import { MAX_RECORD_BYTES } from "../control/records.js";
+import { MAX_RECORD_BYTES } from "./records.js";
 
 export function parseDnsValue(raw: Buffer): DnsRecordSpec {
   if (raw.length > MAX_RECORD_BYTES) throw new Error(`value of ${raw.length} bytes exceeds ${MAX_RECORD_BYTES}`);
