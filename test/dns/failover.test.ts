@@ -77,7 +77,7 @@ describe("clients resolving through the nodes' DNS", () => {
         const to = cache.addresses[0];
         if (to === undefined) continue;
         const at = Date.now();
-        const ok = await tcpExchange(port, "p", { host: to, localAddress: src, timeoutMs: 1000 }).then((r) => r === "e:p", () => false);
+        const ok = await tcpExchange(port, "p", { host: to, localAddress: src, timeoutMs: 3000 }).then((r) => r === "e:p", () => false);
         log.push({ at, ok, to });
         await new Promise((r) => setTimeout(r, 50));
       }

@@ -45,7 +45,7 @@ async function setup(count: number, dnsRecord: Record<string, unknown> = {}, ext
   const nodes: BallastNode[] = [];
   for (let i = 1; i <= count; i++) nodes.push(await startNode(c.config(`n${i}`, [`127.0.0.${10 + i}`], extra(i))));
   const all = nodes.map((_, i) => `127.0.0.${11 + i}`);
-  for (const n of nodes) await waitFor(() => sameSet(n.dns!.describe().names.find((x) => x.name === "web.lb.test")?.addresses.map((a) => a.address) ?? [], all), { message: `${n.id} sees all nodes live: ${JSON.stringify(n.dns!.describe())}` });
+  for (const n of nodes) await waitFor(() => sameSet(n.dns!.describe().names.find((x) => x.name === "web.lb.test")?.addresses.map((a) => a.address) ?? [], all), { timeoutMs: 20_000, message: `${n.id} sees all nodes live: ${JSON.stringify(n.dns!.describe())}` });
   return { c, nodes, all };
 }
 
@@ -223,7 +223,7 @@ describe("DNS responder", () => {
     await etcd.put(c.service("web"), JSON.stringify({ listen: "127.0.0.1:0", health: { type: "none" } }));
     await etcd.put(c.dnsKey, JSON.stringify({ zone: "lb.test" }));
     const n = await startNode(c.config("rrl", ["127.0.0.11"], { dns: { rrl: { responsesPerSecond: 5, burst: 5, slip: 2, ipv4Prefix: 32, maxSources: 16 } } }));
-    await waitFor(() => (n.dns!.describe().names[1]?.addresses.length ?? 0) === 1);
+    await waitFor(() => n.dns!.describe().names.find((x) => x.name === "web.lb.test")?.addresses.length === 1, { timeoutMs: 20_000, message: "the node in its own answer" });
     const port = dnsPort(n);
     const s = dgram.createSocket("udp4");
     let full = 0;
