@@ -55,3 +55,16 @@ export interface HealthHeartbeat {
   at: number;
   term: string;
 }
+
+/** A verdict record's value; throws naming what is wrong (the record is then skipped with that reason). */
+export function parseVerdictValue(raw: Buffer): Verdict {
+  const v = decodeValue(raw);
+  if (v.state !== "up" && v.state !== "down") throw new Error(`verdict state must be up or down, got ${String(v.state)}`);
+  return {
+    state: v.state,
+    since: typeof v.since === "number" ? v.since : 0,
+    reason: typeof v.reason === "string" ? v.reason : "",
+    count: typeof v.count === "number" ? v.count : 0,
+    checker: typeof v.checker === "string" ? v.checker : "",
+  };
+}

@@ -1,11 +1,11 @@
 // Records → snapshot, as pure logic: the record table's per-key validation (bad records skipped
 // with key and reason, last good value kept) and the builder's cross-record checks.
 import { describe, expect, it } from "vitest";
+import { RecordTable } from "../node/control/records.js";
+import { buildSnapshot } from "../node/model/snapshot.js";
+import { StatsRegistry } from "../node/model/stats.js";
 import { encodeValue } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
-import { RecordTable } from "../node/control/records.js";
-import { StatsRegistry } from "../node/data/stats.js";
-import { buildSnapshot } from "../node/snapshot.js";
 
 const keys = KeySchema.forCluster("t");
 const kv = (key: string, value: string | Buffer, modRevision = 1) => ({ key, value: Buffer.isBuffer(value) ? value : Buffer.from(value), modRevision, lease: "0" });

@@ -1,10 +1,10 @@
 // The record table: every routing record (service, backend, verdict) of the cluster prefix, parsed one
 // by one. A bad record is listed with its key and reason; a bad update keeps the key's last good value.
 import { parseHostPort } from "../../shared/address.js";
-import { decodeValue, type Verdict } from "../../shared/codec.js";
+import { decodeValue, parseVerdictValue, type Verdict } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
-import { backendSchema, type BackendSpec, formatIssues, resolveService, type ServiceSpec, serviceSchema } from "../../shared/schema.js";
-import type { InvalidRecord, SnapshotInput, VerdictView } from "../snapshot.js";
+import { type BackendSpec, backendSchema, formatIssues, resolveService, type ServiceSpec, serviceSchema } from "../../shared/schema.js";
+import type { InvalidRecord, SnapshotInput, VerdictView } from "../model/snapshot.js";
 import type { KeyValue, StoreEvent } from "./store.js";
 
 /** etcd allows 1.5 MiB; a person-written record above this is a mistake (or an attack), not a config. */
@@ -46,18 +46,6 @@ export function parseBackendValue(id: string, raw: Buffer): BackendSpec {
   if (!r.success) throw new Error(formatIssues(r.error).join("; "));
   if (r.data.id !== undefined && r.data.id !== id) throw new Error(`id ${r.data.id} does not match the key's ${id}`);
   return { ...r.data, id };
-}
-
-export function parseVerdictValue(raw: Buffer): Verdict {
-  const v = decodeValue(raw);
-  if (v.state !== "up" && v.state !== "down") throw new Error(`verdict state must be up or down, got ${String(v.state)}`);
-  return {
-    state: v.state,
-    since: typeof v.since === "number" ? v.since : 0,
-    reason: typeof v.reason === "string" ? v.reason : "",
-    count: typeof v.count === "number" ? v.count : 0,
-    checker: typeof v.checker === "string" ? v.checker : "",
-  };
 }
 
 export class RecordTable {

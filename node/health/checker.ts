@@ -3,7 +3,7 @@
 // state, and a callback on every state transition. It never writes anywhere itself.
 import type { Verdict } from "../../shared/codec.js";
 import { hashString } from "../lb/hash.js";
-import type { Snapshot } from "../snapshot.js";
+import type { Snapshot } from "../model/snapshot.js";
 import { type CheckKind, type HealthSettings, type Probe, type ProbeOutcome, probe as realProbe } from "./checks.js";
 
 export interface CheckTarget {

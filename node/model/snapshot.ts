@@ -1,12 +1,13 @@
 // The snapshot: a pure function from validated records (of one revision) to a frozen, ready-to-route
 // view. The data plane swaps one reference to it; connections read it once. Same input → same snapshot.
-import { parseHostPort } from "../shared/address.js";
-import type { Verdict } from "../shared/codec.js";
-import type { BackendSpec, ServiceSpec } from "../shared/schema.js";
-import { AccessPolicy } from "./data/access.js";
-import type { BackendCounters, StatsRegistry } from "./data/stats.js";
-import type { BackendTarget, Picker } from "./lb/algorithm.js";
-import { pickerFactory } from "./lb/index.js";
+import { parseHostPort } from "../../shared/address.js";
+import type { Verdict } from "../../shared/codec.js";
+import type { BackendSpec, ServiceSpec } from "../../shared/schema.js";
+import type { BackendTarget, Picker } from "../lb/algorithm.js";
+import { pickerFactory } from "../lb/index.js";
+import { AccessPolicy } from "./access.js";
+import type { ForwardingMode } from "./forwarder.js";
+import type { BackendCounters, StatsRegistry } from "./stats.js";
 
 export interface Target extends BackendTarget {
   readonly stats: BackendCounters;
@@ -34,7 +35,8 @@ export interface BackendView {
 
 export interface ServiceState {
   readonly name: string;
-  readonly spec: ServiceSpec;
+  /** `forwarding` is read through forwardingOf(): records written before it existed are proxied. */
+  readonly spec: ServiceSpec & { readonly forwarding?: ForwardingMode };
   /** "tcp|host|port": listeners are reused across snapshots by this key. */
   readonly listenKey: string;
   readonly host: string;
