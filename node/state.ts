@@ -1,16 +1,40 @@
 // What the admin API says about a node: /api/state (the documented JSON behind the CLI and the status
 // page) and /api/route (route explain: which backend a client would get, and why).
 import net from "node:net";
+import type { ApiError, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
 import { clientAddress } from "../shared/ip.js";
+import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
-import { forwardingOf } from "./model/forwarder.js";
-import type { ServiceState } from "./model/snapshot.js";
-import type { BallastNode } from "./node.js";
+import type { AffinityTable } from "./affinity/table.js";
+import type { Reconciler } from "./control/reconciler.js";
+import type { DataPlane } from "./data/plane.js";
+import type { HealthManager } from "./health/manager.js";
+import type { NodeMode } from "./health/mode.js";
+import { type Forwarder, forwardingOf } from "./model/forwarder.js";
+import type { ServiceState, Snapshot } from "./model/snapshot.js";
 
-export function describeState(n: BallastNode) {
+/** What the admin answers read from the node that composes them (the node itself satisfies it). */
+export interface StateContext {
+  readonly id: string;
+  readonly config: { readonly cluster: string; readonly node: Pick<NodeConfig["node"], "zone"> };
+  readonly standalone: boolean;
+  readonly startedAt: number;
+  readonly ready: boolean;
+  readonly withdrawing: boolean;
+  readonly mode: NodeMode;
+  readonly admin: { readonly address: string };
+  readonly metrics: { readonly lastSync: number };
+  readonly reconciler: Pick<Reconciler, "snapshot" | "heartbeat" | "connected" | "lastError" | "appliedRevision" | "nodes">;
+  readonly plane: Pick<DataPlane, "listenerOf" | "stats" | "router" | "availabilityExclude" | "draining">;
+  readonly forwarders: readonly Forwarder<Snapshot>[];
+  readonly affinity: Pick<AffinityTable, "describe" | "entries">;
+  readonly health: Pick<HealthManager, "status">;
+}
+
+export function describeState(n: StateContext): StateView {
   const snap = n.reconciler.snapshot;
   const now = Date.now();
-  const services = [];
+  const services: ServiceStateView[] = [];
   for (const svc of snap?.services.values() ?? []) {
     const l = n.plane.listenerOf(svc.name);
     const c = n.plane.stats.service(svc.name);
@@ -75,7 +99,7 @@ export function describeState(n: BallastNode) {
 }
 
 /** Which forwarder carries a service, and its word on it (a mode no forwarder handles says so). */
-function forwardingStatus(n: BallastNode, svc: ServiceState) {
+function forwardingStatus(n: StateContext, svc: ServiceState): ForwardingStateView {
   const mode = forwardingOf(svc.spec);
   for (const f of n.forwarders) {
     if (!f.handles(mode)) continue;
@@ -85,7 +109,7 @@ function forwardingStatus(n: BallastNode, svc: ServiceState) {
   return { mode, forwarder: null, programmed: false, reason: `no forwarder on this node handles forwarding mode ${mode}`, revision: 0 };
 }
 
-export function explainRoute(n: BallastNode, service: string, client: string, port: number): { status: number; body: unknown } {
+export function explainRoute(n: StateContext, service: string, client: string, port: number): { status: number; body: RouteAnswer | ApiError } {
   const snap = n.reconciler.snapshot;
   const svc = snap?.services.get(service);
   if (!snap || !svc) return { status: 404, body: { error: `no service ${service}`, revision: snap?.revision ?? 0 } };

@@ -4,11 +4,12 @@
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { parseHostPort } from "../../shared/address.js";
+import type { ApiError, RouteAnswer, StateView } from "../../shared/api.js";
 
 export interface AdminApi {
   ready(): boolean;
-  state(): unknown;
-  route(service: string, client: string, port: number): { status: number; body: unknown };
+  state(): StateView;
+  route(service: string, client: string, port: number): { status: number; body: RouteAnswer | ApiError };
   metrics(): Promise<{ contentType: string; body: string }>;
   /** Optional extra GET routes (status page assets, later features): path → handler. */
   pages?: Map<string, () => { contentType: string; body: string | Buffer }>;
