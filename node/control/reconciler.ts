@@ -127,7 +127,7 @@ export class Reconciler implements SyncSink {
     const shared = new Map<string, VerdictView>();
     for (const [k, v] of this.records.sharedVerdicts()) shared.set(k, { ...v, source: "shared" });
     const input = this.records.input(this.hooks.routingVerdicts?.(shared) ?? shared);
-    const next = buildSnapshot(input, this.stats);
+    const next = buildSnapshot(input, this.stats, this.snapshot);
     // Log each invalid record once per key and reason, not on every revision.
     const fresh = next.invalid.filter((r) => !this.seenInvalid.has(`${r.key}\n${r.reason}`));
     this.seenInvalid = new Set(next.invalid.map((r) => `${r.key}\n${r.reason}`));

@@ -12,6 +12,8 @@ export const MAX_RECORD_BYTES = 64 * 1024;
 
 interface Slot<T> {
   good: T | null;
+  /** The bytes `good` was parsed from: the same bytes again are not a change. */
+  raw: Buffer | null;
   error: string | null;
   /** etcd mod revision of the good value: the older of two conflicting records wins, on every node. */
   rev: number;
@@ -87,17 +89,18 @@ export class RecordTable {
     if (!k) return false;
     switch (k.kind) {
       case "service":
-        return update(this.services, k.service!, rev, () => parseServiceValue(k.service!, value));
+        return update(this.services, k.service!, rev, value, () => parseServiceValue(k.service!, value));
       case "backend": {
         let m = this.backends.get(k.service!);
         if (!m) {
           m = new Map();
           this.backends.set(k.service!, m);
         }
-        return update(m, k.id!, rev, () => parseBackendValue(k.id!, value));
+        const backends = m;
+        return update(backends, k.id!, rev, value, () => parseBackendValue(k.id!, value), () => sharesAddress(backends, k.id!));
       }
       case "verdict":
-        return update(this.verdicts, `${k.service}/${k.id}`, rev, () => parseVerdictValue(value));
+        return update(this.verdicts, `${k.service}/${k.id}`, rev, value, () => parseVerdictValue(value));
       default:
         return false;
     }
@@ -177,11 +180,23 @@ export class RecordTable {
   }
 }
 
-function update<T>(map: Map<string, Slot<T>>, key: string, rev: number, parse: () => T): boolean {
+/**
+ * Puts one record; returns whether routing may change. The same bytes as the good value are not a
+ * change (the parsed object is kept, so the snapshot builder sees it unchanged by identity), unless
+ * they clear an error; the mod revision is still taken, since it orders duplicate backend addresses
+ * (`revMatters` then says whether that order can matter for this record).
+ */
+function update<T>(map: Map<string, Slot<T>>, key: string, rev: number, raw: Buffer, parse: () => T, revMatters: () => boolean = () => false): boolean {
   const slot = map.get(key);
+  if (slot !== undefined && slot.good !== null && slot.raw !== null && slot.raw.equals(raw)) {
+    const changed = slot.error !== null || (slot.rev !== rev && revMatters());
+    slot.error = null;
+    slot.rev = rev;
+    return changed;
+  }
   try {
     const good = parse();
-    map.set(key, { good, error: null, rev });
+    map.set(key, { good, raw: Buffer.from(raw), error: null, rev });
     return true;
   } catch (err) {
     const error = (err as Error).message;
@@ -190,7 +205,15 @@ function update<T>(map: Map<string, Slot<T>>, key: string, rev: number, parse: (
       slot.error = error;
       return changed;
     }
-    map.set(key, { good: null, error, rev });
+    map.set(key, { good: null, raw: null, error, rev });
     return true;
   }
+}
+
+/** Whether another backend of the service has this one's address (then record age decides which routes). */
+function sharesAddress(backends: Map<string, Slot<BackendSpec>>, id: string): boolean {
+  const me = backends.get(id)?.good;
+  if (!me) return false;
+  for (const [other, slot] of backends) if (other !== id && slot.good !== null && slot.good.address === me.address && slot.good.port === me.port) return true;
+  return false;
 }
