@@ -3,7 +3,7 @@
 // shell needs `Authorization: Bearer <token>` (probes and a static page carry no secrets).
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { parseHostPort } from "../../shared/address.js";
+import { formatHostPort, parseHostPort } from "../../shared/address.js";
 import type { ApiError, RouteAnswer, StateView } from "../../shared/api.js";
 
 export interface AdminApi {
@@ -43,7 +43,7 @@ export class AdminServer {
       this.server.listen(hp.port, hp.host, () => {
         this.server.off("error", reject);
         const a = this.server.address() as AddressInfo;
-        this.address = a.family === "IPv6" ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+        this.address = formatHostPort(a.address, a.port);
         resolve(this.address);
       });
     });

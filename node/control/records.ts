@@ -1,7 +1,7 @@
 // The record table: every routing record (service, backend, verdict) of the cluster prefix, parsed one
 // by one. A bad record is listed with its key and reason; a bad update keeps the key's last good value.
 import { parseHostPort } from "../../shared/address.js";
-import { decodeValue, parseVerdictValue, type Verdict } from "../../shared/codec.js";
+import { parseVerdictValue, type Verdict } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
 import { type BackendSpec, backendSchema, formatIssues, resolveService, type ServiceSpec, serviceSchema } from "../../shared/schema.js";
 import type { InvalidRecord, SnapshotInput, VerdictView } from "../model/snapshot.js";
@@ -76,12 +76,6 @@ export class RecordTable {
     }
     this.revision = revision;
     return changed;
-  }
-
-  /** Whether this key is one the table owns (service, backend, verdict). */
-  owns(key: string): boolean {
-    const k = this.keys.parse(key);
-    return k !== null && (k.kind === "service" || k.kind === "backend" || k.kind === "verdict");
   }
 
   private put(key: string, value: Buffer, rev: number): boolean {
@@ -188,7 +182,7 @@ export class RecordTable {
  */
 function update<T>(map: Map<string, Slot<T>>, key: string, rev: number, raw: Buffer, parse: () => T, revMatters: () => boolean = () => false): boolean {
   const slot = map.get(key);
-  if (slot !== undefined && slot.good !== null && slot.raw !== null && slot.raw.equals(raw)) {
+  if (slot !== undefined && slot.good !== null && slot.raw?.equals(raw)) {
     const changed = slot.error !== null || (slot.rev !== rev && revMatters());
     slot.error = null;
     slot.rev = rev;

@@ -113,10 +113,6 @@ export class Checker {
     for (const [key, slot] of this.slots) if (!seen.has(key)) this.remove(slot);
   }
 
-  state(key: string): CheckState {
-    return this.slots.get(key)?.state ?? "unknown";
-  }
-
   /** Current verdicts of the targets with a known state. */
   verdicts(): Map<string, Verdict> {
     const out = new Map<string, Verdict>();

@@ -1,6 +1,6 @@
 // The snapshot: a pure function from validated records (of one revision) to a frozen, ready-to-route
 // view. The data plane swaps one reference to it; connections read it once. Same input → same snapshot.
-import { parseHostPort } from "../../shared/address.js";
+import { formatHostPort, parseHostPort } from "../../shared/address.js";
 import type { Verdict } from "../../shared/codec.js";
 import type { BackendSpec, ServiceSpec } from "../../shared/schema.js";
 import type { BackendTarget, Picker } from "../lb/algorithm.js";
@@ -165,7 +165,7 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
       // The previous Target when nothing it carries changed, so a reused picker and the new sticky
       // map hold the same objects (retries compare targets by identity).
       const old = prevTargets.get(id);
-      const label = b.address.includes(":") ? `[${b.address}]:${b.port}` : `${b.address}:${b.port}`;
+      const label = formatHostPort(b.address, b.port);
       const target: Target =
         old !== undefined && old.host === b.address && old.port === b.port && old.weight === b.weight && old.zone === b.zone
           ? old
