@@ -1,7 +1,33 @@
 // The admin API's answers, declared once: node/state.ts builds them, the CLI, the status page script
 // (node/admin/assets/status.js, through JSDoc) and the chaos harness read them. Adding a field here
 // is the whole change; a renamed or removed one fails the type check everywhere it is read.
-import type { NodeRecord, Verdict } from "./codec.js";
+// No imports: the status page script reads these types in the browser build, without Node types.
+
+/** A node's record under nodes/<id> (written by the node, leased). */
+export interface NodeRecord {
+  id: string;
+  address: string;
+  admin: string;
+  zone: string;
+  version: string;
+  ready: boolean;
+  draining: boolean;
+  revision: number;
+  mode: "shared" | "local-fallback" | "standalone";
+  startedAt: number;
+  updatedAt: number;
+}
+
+export type VerdictState = "up" | "down";
+
+export interface Verdict {
+  state: VerdictState;
+  since: number;
+  reason: string;
+  /** Consecutive results agreeing with the state at the time of writing. */
+  count: number;
+  checker: string;
+}
 
 export type VerdictSource = "shared" | "local";
 

@@ -1,8 +1,12 @@
 // Versioned msgpack values for what machines write at volume (node records, verdicts, heartbeats,
 // affinity batches). Every value is a map with `v`; readers accept newer versions and ignore extra fields.
+
 import { Packr } from "msgpackr";
+import type { Verdict } from "./api.js";
 
 // Plain maps (no record extension) so any msgpack reader, in any language, can decode our values.
+export type { NodeRecord, Verdict, VerdictState } from "./api.js";
+
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
 export const CODEC_VERSION = 1;
@@ -23,31 +27,6 @@ export function decodeValue(bytes: Uint8Array): Record<string, unknown> {
   const v = (out as { v?: unknown }).v;
   if (typeof v !== "number" || v < 1) throw new Error("missing version field v");
   return out as Record<string, unknown>;
-}
-
-export interface NodeRecord {
-  id: string;
-  address: string;
-  admin: string;
-  zone: string;
-  version: string;
-  ready: boolean;
-  draining: boolean;
-  revision: number;
-  mode: "shared" | "local-fallback" | "standalone";
-  startedAt: number;
-  updatedAt: number;
-}
-
-export type VerdictState = "up" | "down";
-
-export interface Verdict {
-  state: VerdictState;
-  since: number;
-  reason: string;
-  /** Consecutive results agreeing with the state at the time of writing. */
-  count: number;
-  checker: string;
 }
 
 export interface HealthHeartbeat {
