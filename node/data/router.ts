@@ -1,9 +1,10 @@
 // The routing decision, shared by the hot path and `route explain`: affinity entry first (when the
-// service has affinity), then the service's algorithm. Synchronous; never awaits etcd, never throws.
+// service has affinity), then the node's zone plan (locality: prefer-zone), then the service's algorithm. Synchronous; never awaits etcd, never throws.
+import type { AlgorithmName } from "../../shared/schema.js";
 import type { Exclude } from "../lb/algorithm.js";
 import { flowHash, hashString } from "../lb/hash.js";
 import { chooseZone } from "../lb/zones.js";
-import type { ServiceState, Target } from "../snapshot.js";
+import type { ServiceState, Target } from "../model/snapshot.js";
 
 /** Session affinity as the router sees it (implemented by the affinity table). */
 export interface AffinityHook {
@@ -15,22 +16,36 @@ export interface AffinityHook {
   describe?(svc: ServiceState, ip: string, now: number): { backend: string; node: string; lastUsed: number } | null;
 }
 
+/** Why no backend: every routable one is full under a per-backend cap, or there is none to take it. */
+export type RouteRefusal = "no-backend" | "max-connections";
+
+/**
+ * A routing decision. Its reason is the one string for the `route explain` answer, the refuse counter
+ * label (when target is null) and the log field.
+ */
+export type RouteResult = { readonly target: Target; readonly reason: "affinity" | AlgorithmName | ZoneReason } | { readonly target: null; readonly reason: RouteRefusal };
+
+/** `prefer-zone` reasons: "zone-local", "zone-local: zone a at 50%, keeps 71%", "spillover: zone a at 50% → zone b". */
+export type ZoneReason = string;
+
+const NO_BACKEND: RouteResult = Object.freeze({ target: null, reason: "no-backend" });
+const FULL: RouteResult = Object.freeze({ target: null, reason: "max-connections" });
+
 export class Router {
-  /** Why the last route() chose what it chose: doubles as a metric label and the explain answer. */
-  reason = "";
-  affinity: AffinityHook | null = null;
-  /** The node's zone (node config `node.zone`): `prefer-zone` services route by its plan. */
-  zone = "";
+  /** `zone`: the node's zone (node config `node.zone`); `prefer-zone` services route by its plan. */
+  constructor(
+    private readonly affinity: AffinityHook | null,
+    readonly zone = "",
+  ) {}
 
   /** `commit` false (route explain) looks without recording an affinity entry. */
-  route(svc: ServiceState, ip: string, port: number, exclude: Exclude | null, now: number, commit = true): Target | null {
-    const sticky = svc.spec.affinity.mode === "source-ip" && this.affinity !== null;
-    if (sticky) {
-      const t = this.affinity!.lookup(svc, ip, now);
+  route(svc: ServiceState, ip: string, port: number, exclude: Exclude | null, now: number, commit = true): RouteResult {
+    const affinity = svc.spec.affinity.mode === "source-ip" ? this.affinity : null;
+    if (affinity !== null) {
+      const t = affinity.lookup(svc, ip, now);
       if (t !== null && (exclude === null || !exclude(t))) {
-        if (commit) this.affinity!.record(svc, ip, t, now);
-        this.reason = "affinity";
-        return t;
+        if (commit) affinity.record(svc, ip, t, now);
+        return { target: t, reason: "affinity" };
       }
     }
     const hash = svc.hashSourceOnly ? hashString(ip) : flowHash(ip, port);
@@ -43,19 +58,21 @@ export class Router {
         if (commit) {
           if (choice!.local) svc.counters.zoneLocal++;
           else svc.counters.zoneSpillover++;
-          if (sticky) this.affinity!.record(svc, ip, zt, now);
+          if (affinity !== null) affinity.record(svc, ip, zt, now);
         }
-        this.reason = choice!.reason;
-        return zt;
+        return { target: zt, reason: choice!.reason };
       }
     }
     const t = svc.picker.pick(hash, exclude) as Target | null;
-    if (t === null) {
-      this.reason = svc.targets.length === 0 ? "no-backend" : "all-excluded";
-      return null;
-    }
-    if (sticky && commit) this.affinity!.record(svc, ip, t, now);
-    this.reason = svc.spec.algorithm;
-    return t;
+    if (t === null) return refusal(svc);
+    if (affinity !== null && commit) affinity.record(svc, ip, t, now);
+    return { target: t, reason: svc.spec.algorithm };
   }
+}
+
+/** Off the hot path (only when nothing was picked): a full backend under the per-backend cap says "max-connections". */
+function refusal(svc: ServiceState): RouteResult {
+  const max = svc.spec.limits.maxConnectionsPerBackend;
+  if (max > 0) for (const t of svc.targets) if (t.stats.active >= max) return FULL;
+  return NO_BACKEND;
 }

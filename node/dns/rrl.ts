@@ -3,7 +3,7 @@
 // limit, replies are dropped, except every `slip`-th which goes out truncated (TC) so a real client
 // retries over TCP, which cannot be spoofed. Memory is bounded: at most `maxSources` prefixes, the
 // oldest forgotten first.
-import { IP_INVALID, IP_V4, isV4Mapped, readIP } from "../data/access.js";
+import { IP_INVALID, IP_V4, isV4Mapped, readIP } from "../../shared/ip.js";
 
 export type RrlAction = "pass" | "slip" | "drop";
 

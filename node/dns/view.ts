@@ -4,7 +4,7 @@
 import net from "node:net";
 import type { NodeRecord } from "../../shared/codec.js";
 import type { DnsRecordSpec, Locality } from "../../shared/schema.js";
-import { CidrList } from "../data/access.js";
+import { CidrList } from "../model/access.js";
 
 /** One address of a live node: what an A/AAAA answer carries. */
 export interface DnsAddress {
