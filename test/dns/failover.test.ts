@@ -70,8 +70,10 @@ describe("clients resolving through the nodes' DNS", () => {
       let cache: { addresses: string[]; until: number } = { addresses: [], until: 0 };
       while (Date.now() < deadline) {
         if (Date.now() >= cache.until) {
+          const sent = Date.now();
           const r = await resolve("127.0.0.41", dnsPort, "web.lb.test", src).catch(() => ({ addresses: [] as string[], ttl: 0 }));
-          answers.push({ at: Date.now(), named: r.addresses.includes("127.0.0.42") });
+          // Stamped when the query left: what the responder knew then, not how long the reply took to be read.
+          answers.push({ at: sent, named: r.addresses.includes("127.0.0.42") });
           cache = { addresses: r.addresses, until: Date.now() + r.ttl * 1000 };
         }
         const to = cache.addresses[0];
