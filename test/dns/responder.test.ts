@@ -28,7 +28,8 @@ function freshCluster() {
     config: (id: string, publicAddresses: string[], extra: Record<string, unknown> = {}) => ({
       node: { id, publicAddresses, ...((extra.node as object) ?? {}) },
       cluster: name,
-      etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 },
+      // leaseTtl 5: a 2 s lease can lapse on a starved 2-core machine and take the node out of its own answer.
+      etcd: { endpoints: [etcd.endpoint], leaseTtl: 5 },
       dns: { listen: "127.0.0.1:0", ...((extra.dns as object) ?? {}) },
       ...Object.fromEntries(Object.entries(extra).filter(([k]) => k !== "node" && k !== "dns")),
     }),
@@ -305,7 +306,7 @@ describe("DNS responder", () => {
     await etcd.put(c.service("web"), JSON.stringify({ listen: "127.0.0.1:0", health: { type: "none" } }));
     await etcd.put(c.dnsKey, JSON.stringify({ zone: "lb.test", ttl: 1 }));
     const n1 = await startNode(c.config("n1", ["127.0.0.11"]));
-    const child = await spawnNode({ ...c.config("n2", ["127.0.0.12"]), node: { id: "n2", publicAddresses: ["127.0.0.12"], bindAddress: "127.0.0.1" } });
+    const child = await spawnNode({ ...c.config("n2", ["127.0.0.12"]), node: { id: "n2", publicAddresses: ["127.0.0.12"], bindAddress: "127.0.0.1" }, etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 } });
     const port = dnsPort(n1);
     await waitFor(async () => sorted((await dig(port, "web.lb.test", "A")).answers).join() === "127.0.0.11,127.0.0.12", { message: "both nodes answer" });
     child.kill("SIGKILL");
