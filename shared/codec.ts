@@ -3,7 +3,9 @@
 import { Packr } from "msgpackr";
 
 // Plain maps (no record extension) so any msgpack reader, in any language, can decode our values.
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+// 64-bit integers decode as numbers: a BigInt anywhere in a value makes JSON.stringify throw, so one
+// record written by another msgpack library (or a rogue writer) would fail /api/state on every node.
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: "number" });
 
 export const CODEC_VERSION = 1;
 
