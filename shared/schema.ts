@@ -3,6 +3,7 @@
 import { z } from "zod";
 import { parseHostPort } from "./address.js";
 import { parseDuration } from "./duration.js";
+import { BACKEND_ID, NODE_ID, SERVICE_NAME } from "./keys.js";
 
 const duration = (fallback: string) =>
   z
@@ -70,7 +71,7 @@ export const affinitySchema = z
 /** A service record: what an operator puts at services/<name> (name comes from the key in etcd). */
 export const serviceSchema = z
   .object({
-    name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/, "expected 1-63 characters of letters, digits, '_', '.', '-'").optional(),
+    name: z.string().regex(SERVICE_NAME, "expected 1-63 characters of letters, digits, '_', '.', '-'").optional(),
     listen: hostPort,
     protocol: z.enum(["tcp", "udp"]).default("tcp"),
     /** Omitted: round-robin, or source-ip when affinity is on (so every node picks alike before entries replicate). */
@@ -118,7 +119,7 @@ export type ServiceSpec = z.output<typeof serviceSchema> & { name: string; algor
 
 const backendObject = z
   .object({
-    id: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.:-]{0,127}$/, "expected 1-128 characters of letters, digits, '_', '.', ':', '-'").optional(),
+    id: z.string().regex(BACKEND_ID, "expected 1-128 characters of letters, digits, '_', '.', ':', '-'").optional(),
     address: z.string().min(1),
     port: z.number().int().min(1).max(65535),
     weight: z.number().int().min(0).max(1000).default(1),
@@ -152,7 +153,7 @@ export const nodeConfigSchema = z
   .object({
     node: z
       .object({
-        id: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
+        id: z.string().regex(NODE_ID).optional(),
         zone: z.string().default(""),
         /** Address other nodes and the CLI use to reach this node's admin API (defaults to admin.listen). */
         advertise: z.string().optional(),
@@ -217,7 +218,7 @@ export const nodeConfigSchema = z
       .strict()
       .prefault({}),
     services: z
-      .array(serviceSchema.extend({ name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/), backends: z.array(embeddedBackend).default([]) }))
+      .array(serviceSchema.extend({ name: z.string().regex(SERVICE_NAME), backends: z.array(embeddedBackend).default([]) }))
       .default([]),
   })
   .strict();

@@ -54,8 +54,9 @@ export class Reconciler implements SyncSink {
     this.heartbeat = null;
     for (const kv of kvs) {
       const k = this.keys.parse(kv.key);
-      if (!k) continue;
-      if (k.kind === "affinity") affinity.push(kv);
+      // Unrecognised keys go to the record table, which lists them as invalid.
+      if (!k) routing.push(kv);
+      else if (k.kind === "affinity") affinity.push(kv);
       else if (k.kind === "node") this.putNode(k.node!, kv.value);
       else if (k.kind === "heartbeat") this.putHeartbeat(kv.value);
       else routing.push(kv);
@@ -73,8 +74,8 @@ export class Reconciler implements SyncSink {
     let cluster = false;
     for (const e of events) {
       const k = this.keys.parse(e.key);
-      if (!k) continue;
-      if (k.kind === "affinity") {
+      if (!k) routing.push(e);
+      else if (k.kind === "affinity") {
         if (affinity === null) affinity = [];
         affinity.push(e);
       }

@@ -57,3 +57,36 @@ describe("msgpack 64-bit integers (finding 11)", () => {
     expect(r.status).toBe(200);
   });
 });
+
+describe("key segments (finding 17)", () => {
+  const P = keys.prefix;
+  const svc = JSON.stringify({ listen: "127.0.0.1:0" });
+  it.each([
+    { description: "a newline in a service name", key: `${P}services/web\nx`, value: svc, reason: /service name .* is not 1-63 characters/ },
+    { description: "an RTL override in a service name", key: `${P}services/ab\u202Ecd`, value: svc, reason: /service name/ },
+    { description: "a 2000-character service name", key: `${P}services/${"s".repeat(2000)}`, value: svc, reason: /2000 characters/ },
+    { description: "a space in a backend id", key: `${P}backends/web/b 1`, value: "10.0.0.9:80", reason: /backend id/ },
+    { description: "an extra segment under services", key: `${P}services/web/extra`, value: svc, reason: /unrecognised key: expected services\/<service>/ },
+    { description: "an extra segment under backends", key: `${P}backends/web/b1/x`, value: "10.0.0.9:80", reason: /unrecognised key: expected backends/ },
+    { description: "an empty backend id", key: `${P}backends/web/`, value: "10.0.0.9:80", reason: /backend id/ },
+    { description: "a top-level typo", key: `${P}service/web`, value: svc, reason: /unrecognised key: "service"/ },
+    { description: "a bad verdict key", key: `${P}health/verdicts/web/b1/x`, value: encodeValue({ state: "up" }), reason: /unrecognised key/ },
+    { description: "a bad affinity sequence", key: `${P}affinity/web/n1/12ab`, value: Buffer.from([0x80]), reason: /batch sequence/ },
+    { description: "a bad node id", key: `${P}nodes/n\u0000`, value: encodeValue(goodNode("x", "127.0.0.1:1")), reason: /node id/ },
+  ])("lists $description as invalid; valid records keep working", async ({ key, value, reason }) => {
+    const store = new MemoryStore();
+    await store.put(keys.service("web"), svc);
+    await store.put(keys.backend("web", "b1"), "127.0.0.1:9");
+    await store.put(key, value);
+    const n = await nodeOn(store);
+    const r = await state(n);
+    expect(r.status).toBe(200);
+    const bad = r.body.invalid.find((x) => x.key === key);
+    expect(bad?.reason, JSON.stringify(r.body.invalid)).toMatch(reason);
+    expect(r.body.services.map((s) => s.name)).toEqual(["web"]);
+    expect(n.reconciler.snapshot!.services.get("web")!.targets.map((t) => t.id)).toEqual(["b1"]);
+    // Removing the key removes the entry.
+    await store.delete(key);
+    await waitFor(() => !n.reconciler.snapshot!.invalid.some((x) => x.key === key), { message: "the deleted key leaves the invalid list" });
+  });
+});
