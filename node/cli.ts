@@ -3,10 +3,11 @@
 import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { parse as parseYaml } from "yaml";
-import { decodeValue } from "../shared/codec.js";
+import { type NodeRecord, parseNodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
 import { formatIssues, type NodeConfig, nodeConfigSchema } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
+import { PeerTrust } from "./admin/peer-trust.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { parseBackendValue, parseServiceValue } from "./control/records.js";
 import type { Store } from "./control/store.js";
@@ -46,6 +47,7 @@ interface GlobalOpts {
   cacert?: string;
   cert?: string;
   key?: string;
+  trust?: string;
 }
 
 function etcdFrom(opts: GlobalOpts): { store: Store; keys: KeySchema } {
@@ -109,17 +111,34 @@ async function fetchJson(url: string, token?: string): Promise<unknown> {
   return body;
 }
 
-async function listNodes(store: Store, keys: KeySchema) {
+/** Node records, validated as the nodes validate them: bad ones come back under `invalid`, never as a node to contact. */
+async function listNodes(store: Store, keys: KeySchema): Promise<{ nodes: NodeRecord[]; invalid: Array<{ key: string; reason: string }> }> {
   const { kvs } = await store.list(keys.nodes);
-  const out = [];
+  const nodes: NodeRecord[] = [];
+  const invalid: Array<{ key: string; reason: string }> = [];
   for (const kv of kvs) {
+    const k = keys.parse(kv.key);
     try {
-      out.push(decodeValue(kv.value) as Record<string, unknown>);
-    } catch {
-      // A malformed node record is not ours to fix here; `status` lists it.
+      if (k?.kind !== "node") throw new Error(keys.reason(kv.key) ?? "not a node key");
+      nodes.push(parseNodeRecord(k.node!, kv.value));
+    } catch (err) {
+      invalid.push({ key: kv.key, reason: `node record: ${(err as Error).message}` });
     }
   }
-  return out;
+  return { nodes, invalid };
+}
+
+/**
+ * The admin token goes only to nodes whose admin host is in --trust (or BALLAST_TRUST): a node record
+ * is whatever its writer put in etcd, and `--token` must not be handed to any address found there.
+ */
+function peerTrust(opts: GlobalOpts): PeerTrust {
+  const list = (opts.trust ?? process.env.BALLAST_TRUST ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "");
+  try {
+    return new PeerTrust(list, "--trust");
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
 }
 
 export function buildCli(): Command {
@@ -134,6 +153,7 @@ export function buildCli(): Command {
     .option("--cacert <file>", "CA certificate for etcd TLS")
     .option("--cert <file>", "client certificate for etcd TLS")
     .option("--key <file>", "client key for etcd TLS")
+    .option("--trust <hosts>", "admin hosts (CIDRs, addresses, DNS names; comma separated) that may be sent --token (env BALLAST_TRUST; default none)")
     .addOption(new Option("-o, --output <format>", "output format").choices(["table", "json"]).default("table"))
     .showHelpAfterError();
 
@@ -156,7 +176,8 @@ export function buildCli(): Command {
     .description("list registered nodes")
     .action(async (_o, cmd: Command) =>
       withStore(cmd, async (store, keys, opts) => {
-        const nodes = await listNodes(store, keys);
+        const { nodes, invalid } = await listNodes(store, keys);
+        for (const r of invalid) process.stderr.write(`ballast: invalid ${r.key}: ${r.reason}\n`);
         print(opts, nodes.map((n) => ({ id: n.id, admin: n.admin, zone: n.zone, version: n.version, ready: n.ready, draining: n.draining, mode: n.mode })), nodes);
       }),
     );
@@ -302,23 +323,26 @@ export function buildCli(): Command {
     .option("--token <token>", "admin API bearer token")
     .action(async (o: { token?: string }, cmd: Command) =>
       withStore(cmd, async (store, keys, opts) => {
-        const nodes = await listNodes(store, keys);
+        const { nodes, invalid: badNodes } = await listNodes(store, keys);
+        const trust = peerTrust(opts);
         const states: Record<string, unknown>[] = [];
         const nodeRows = [];
         for (const n of nodes) {
           let st: Record<string, unknown> | null = null;
+          const trusted = trust.trusts(n.admin);
+          let why = "unreachable";
           try {
-            st = (await fetchJson(`http://${n.admin}/api/state`, o.token)) as Record<string, unknown>;
+            st = (await fetchJson(`http://${n.admin}/api/state`, trusted ? o.token : undefined)) as Record<string, unknown>;
             states.push(st);
-          } catch {
-            // Listed with "unreachable" below.
+          } catch (err) {
+            if (o.token && !trusted && /: 401 /.test((err as Error).message)) why = "token withheld (not in --trust)";
           }
           const h = st?.health as { leader?: string } | undefined;
-          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? (st.node as { ready: boolean }).ready : "unreachable", mode: st ? (st.node as { mode: string }).mode : "-", revision: st?.revision ?? "-", leader: h?.leader === n.id ? "yes" : "" });
+          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? (st.node as { ready: boolean }).ready : why, mode: st ? (st.node as { mode: string }).mode : "-", revision: st?.revision ?? "-", leader: h?.leader === n.id ? "yes" : "" });
         }
         const first = states[0] as { services?: Array<Record<string, unknown>>; invalid?: unknown[]; health?: unknown } | undefined;
         if (opts.output === "json") {
-          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: first?.invalid ?? [], health: first?.health ?? null });
+          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: [...(first?.invalid ?? []), ...badNodes], health: first?.health ?? null });
           return;
         }
         process.stdout.write("NODES\n");
@@ -336,7 +360,8 @@ export function buildCli(): Command {
         print(opts, svcRows);
         process.stdout.write("\nBACKENDS\n");
         print(opts, beRows);
-        const invalid = (first?.invalid ?? []) as Array<Record<string, unknown>>;
+        const known = new Set(((first?.invalid ?? []) as Array<{ key: string }>).map((r) => r.key));
+        const invalid = [...((first?.invalid ?? []) as Array<Record<string, unknown>>), ...badNodes.filter((r) => !known.has(r.key)).map((r) => ({ ...r, keptLastGood: false }))];
         process.stdout.write("\nINVALID RECORDS\n");
         print(opts, invalid.map((r) => ({ key: r.key, reason: r.reason, keptLastGood: r.keptLastGood ?? false })));
         if (nodes.length === 0) process.stdout.write("\n(no node is registered: are nodes running with this --cluster?)\n");
@@ -352,15 +377,18 @@ export function buildCli(): Command {
     .action(async (service: string, client: string, o: { node?: string; port: string; token?: string }, cmd: Command) => {
       const opts = cmd.optsWithGlobals() as GlobalOpts;
       let admin = o.node;
+      // The node named on the command line gets the token; one found in etcd only when --trust lists it.
+      let token = o.token;
       if (!admin) {
         admin = await withStore(cmd, async (store, keys) => {
-          const nodes = await listNodes(store, keys);
+          const { nodes } = await listNodes(store, keys);
           const ready = nodes.find((n) => n.ready) ?? nodes[0];
           if (!ready) throw new CliError("no node is registered; pass --node ADMIN_ADDRESS");
-          return String(ready.admin);
+          return ready.admin;
         });
+        if (!peerTrust(opts).trusts(admin)) token = undefined;
       }
-      const body = (await fetchJson(`http://${admin}/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}&port=${o.port}`, o.token)) as Record<string, unknown>;
+      const body = (await fetchJson(`http://${admin}/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}&port=${o.port}`, token)) as Record<string, unknown>;
       const b = body.backend as { id: string; address: string } | null;
       print(opts, [{ service, client, backend: b ? `${b.id} (${b.address})` : "none", reason: body.reason, node: body.node, revision: body.revision }], body);
     });

@@ -6,6 +6,7 @@ import { KeySchema } from "../shared/keys.js";
 import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
 import { AdminServer } from "./admin/server.js";
+import { PeerTrust } from "./admin/peer-trust.js";
 import { allowsPeerOrigin, statusPage } from "./admin/status-page.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { MemoryStore } from "./control/memory-store.js";
@@ -40,6 +41,8 @@ export class BallastNode {
   readonly admin: AdminServer;
   readonly standalone: boolean;
   readonly startedAt = Date.now();
+  /** Which peers' admin APIs the status page may send the token to (admin.trustedPeers). */
+  readonly peerTrust: PeerTrust;
   mode: NodeMode;
   private sync: SyncHandle | null = null;
   private lease: Lease | null = null;
@@ -57,6 +60,7 @@ export class BallastNode {
     this.id = c.node.id ?? os.hostname();
     this.log = opts.log ?? createLogger(c.log.level, { node: this.id });
     this.keys = KeySchema.forCluster(c.cluster, c.etcd?.prefix);
+    this.peerTrust = new PeerTrust(c.admin.trustedPeers);
     this.standalone = !c.etcd && !opts.store;
     this.mode = this.standalone ? "standalone" : "shared";
     this.plane = new DataPlane(this.log, { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress });

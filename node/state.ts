@@ -64,7 +64,8 @@ export function describeState(n: BallastNode) {
     snapshotRevision: snap?.revision ?? 0,
     services,
     invalid: snap?.invalid ?? [],
-    nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)),
+    // `trusted`: the status page sends the token to this node's admin API (admin.trustedPeers).
+    nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)).map((r) => ({ ...r, trusted: r.id === n.id || n.peerTrust.trusts(r.admin) })),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
     health: { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null },
   };

@@ -185,6 +185,13 @@ export const nodeConfigSchema = z
       .object({
         listen: hostPort.default("127.0.0.1:9090"),
         token: z.string().min(1).optional(),
+        /**
+         * Other nodes' admin hosts the status page may send the token to: CIDRs/addresses for IP hosts,
+         * exact DNS names. Empty (default): the token never leaves the page's own origin.
+         */
+        trustedPeers: z
+          .array(z.string().refine((s) => /^[0-9a-fA-F:.]+(\/\d{1,3})?$/.test(s) || /^[a-zA-Z0-9.-]{1,253}$/.test(s), { message: 'expected a CIDR like "10.0.0.0/8", an address or a DNS name' }))
+          .default([]),
       })
       .strict()
       .prefault({}),

@@ -8,6 +8,8 @@ import { KeySchema } from "../../shared/keys.js";
 import { nodeConfigSchema } from "../../shared/schema.js";
 import { createLogger } from "../../node/log.js";
 import { MemoryStore } from "../../node/control/memory-store.js";
+import { Reconciler } from "../../node/control/reconciler.js";
+import { StatsRegistry } from "../../node/data/stats.js";
 import { BallastNode } from "../../node/node.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -88,5 +90,45 @@ describe("key segments (finding 17)", () => {
     // Removing the key removes the entry.
     await store.delete(key);
     await waitFor(() => !n.reconciler.snapshot!.invalid.some((x) => x.key === key), { message: "the deleted key leaves the invalid list" });
+  });
+});
+
+describe("node records and the heartbeat are validated (finding 10)", () => {
+  it.each([
+    { description: "an admin address with a path", patch: { admin: "evil.example/x?steal=" }, reason: /admin/ },
+    { description: "an admin address with userinfo", patch: { admin: "user@evil.example:80" }, reason: /admin/ },
+    { description: "an admin address with a scheme", patch: { admin: "http://evil.example:80" }, reason: /admin/ },
+    { description: "an RTL override in the zone", patch: { zone: "eu\u202E1" }, reason: /zone/ },
+    { description: "a missing ready flag", patch: { ready: undefined }, reason: /ready/ },
+    { description: "a string revision", patch: { revision: "7" }, reason: /revision/ },
+    { description: "an id other than the key's", patch: { id: "someone-else" }, reason: /does not match/ },
+  ])("lists a node record with $description as invalid and leaves it out of nodes", async ({ patch, reason }) => {
+    const store = new MemoryStore();
+    const rec: Record<string, unknown> = { ...goodNode("bad", "127.0.0.1:1"), ...patch };
+    for (const k of Object.keys(rec)) if (rec[k] === undefined) delete rec[k];
+    await store.put(keys.node("bad"), encodeValue(rec));
+    await store.put(keys.node("ok"), encodeValue(goodNode("ok", "10.0.0.2:9090")));
+    const n = await nodeOn(store, { admin: { listen: "127.0.0.1:0", trustedPeers: ["10.0.0.0/24"] } });
+    const r = await state(n);
+    expect(r.status).toBe(200);
+    expect(r.body.invalid.find((x) => x.key === keys.node("bad"))?.reason, JSON.stringify(r.body.invalid)).toMatch(reason);
+    // n1 is the node itself (registered, trusted as its own origin).
+    expect(r.body.nodes.map((x) => x.id).filter((id) => id !== "n1")).toEqual(["ok"]);
+    expect(r.body.nodes.find((x) => x.id === "ok")).toMatchObject({ trusted: true });
+    // Fixed by its writer: listed no more, and back in nodes.
+    await store.put(keys.node("bad"), encodeValue(goodNode("bad", "192.0.2.1:9090")));
+    await waitFor(() => n.reconciler.nodes.has("bad") && !n.reconciler.snapshot!.invalid.some((x) => x.key === keys.node("bad")));
+    expect((await state(n)).body.nodes.find((x) => x.id === "bad")).toMatchObject({ trusted: false });
+  });
+
+  it("lists a bad heartbeat as invalid and keeps the last good one", () => {
+    const r = new Reconciler(keys, new StatsRegistry(), { onSnapshot: () => {} }, createLogger("silent", {}));
+    r.reset([{ key: keys.heartbeat, value: encodeValue({ leader: "n9", at: 5, term: "t" }), modRevision: 1, lease: "0" }], 1);
+    expect(r.heartbeat?.leader).toBe("n9");
+    r.events([{ type: "put", key: keys.heartbeat, value: encodeValue({ leader: "n9\nx", at: "soon", term: "t" }), modRevision: 2 }], 2);
+    r.rebuild();
+    expect(r.snapshot!.invalid.find((x) => x.key === keys.heartbeat)?.reason).toMatch(/heartbeat: .*leader/);
+    expect(r.heartbeat?.leader).toBe("n9");
+    r.stop();
   });
 });
