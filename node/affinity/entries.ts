@@ -211,7 +211,8 @@ export enum Merge {
 }
 
 export class EntryStore {
-  readonly names = new Interner();
+  /** Replaced (not grown for ever) by compactNames once most of its names are no longer referenced. */
+  names = new Interner();
   readonly tables: ServiceTable[] = [];
   private readonly byName = new Map<string, ServiceTable>();
   private capacity = 0;
@@ -427,6 +428,47 @@ export class EntryStore {
       }
     }
     return removed;
+  }
+
+  /**
+   * Frees interned names no slot refers to any more (backends removed, creators whose entries
+   * expired): the interner only grows, and a stream of entries naming ever new ids would otherwise
+   * hold every name for the life of the process. Runs when fewer than half the names are in use;
+   * renumbers the slots' references. `pinned` names keep an index (the node's own id). Returns
+   * whether it compacted (callers re-intern indexes they hold).
+   */
+  compactNames(pinned: readonly string[], minNames = 1024): boolean {
+    const old = this.names.names;
+    if (old.length < minNames) return false;
+    const used = new Uint8Array(old.length);
+    let inUse = 0;
+    const ints = this.ints;
+    for (let slot = 0; slot < this.highWater; slot++) {
+      const i = slot * I_STRIDE;
+      if (ints[i + I_OWNER] === 0) continue;
+      for (const f of [I_BACKEND, I_CREATOR]) {
+        const n = ints[i + f];
+        if (used[n] === 0) {
+          used[n] = 1;
+          inUse++;
+        }
+      }
+    }
+    if (2 * (inUse + pinned.length) > old.length) return false;
+    const fresh = new Interner();
+    for (const p of pinned) fresh.intern(p);
+    const remap = new Int32Array(old.length).fill(NONE);
+    for (let slot = 0; slot < this.highWater; slot++) {
+      const i = slot * I_STRIDE;
+      if (ints[i + I_OWNER] === 0) continue;
+      for (const f of [I_BACKEND, I_CREATOR]) {
+        const n = ints[i + f];
+        if (remap[n] === NONE) remap[n] = fresh.intern(old[n]);
+        ints[i + f] = remap[n];
+      }
+    }
+    this.names = fresh;
+    return true;
   }
 
   private allocate(): number {

@@ -63,6 +63,8 @@ export class AffinityMetrics {
     });
     scalar("ballast_affinity_batches_received_total", "Affinity batches from other nodes merged into this node's table.", () => table.batchesReceived);
     scalar("ballast_affinity_invalid_batches_total", "Affinity values that could not be decoded (skipped).", () => table.invalidBatches);
+    scalar("ballast_affinity_invalid_entries_total", "Affinity entries skipped: malformed, or naming a backend the service does not have.", () => table.invalidEntries);
+    scalar("ballast_affinity_clamped_entries_total", "Affinity entries whose times were later than now + clock skew allowance (clamped).", () => table.clampedEntries);
     new client.Counter({
       name: "ballast_affinity_merges_total",
       help: "Entries from other nodes by merge result: new, same (refresh), won (replaced a different local entry), lost (local entry kept), stale (past TTL).",
