@@ -99,6 +99,8 @@ export const serviceSchema = z
         /** New connections per second allowed from one source IP (0 = unlimited), with a burst. */
         sourceRate: z.number().min(0).default(0),
         sourceBurst: z.number().int().min(1).default(20),
+        /** IPv6 sources are rate-limited per network of this many bits (a subscriber typically holds a /64). */
+        sourceIpv6Prefix: z.number().int().min(1).max(128).default(64),
         /** Connect attempts on other backends after a failed connect. */
         retries: z.number().int().min(0).max(10).default(2),
       })
