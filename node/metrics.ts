@@ -123,6 +123,21 @@ export class Metrics {
     plane.hooks.onEject = (svc, t) => this.ejections.inc({ service: svc.name, backend: t.id });
   }
 
+  /**
+   * Drops counters of backends and services that left `snapshot` and have nothing open (see
+   * StatsRegistry.prune), with their series kept outside the registry. Called on every snapshot and
+   * before every scrape (a backend with connections when it left is dropped once they closed).
+   */
+  prune(plane: DataPlane, snapshot: Parameters<DataPlane["stats"]["prune"]>[0]): string[] {
+    const dropped = plane.stats.prune(snapshot);
+    for (const b of dropped.backends) this.ejections.remove({ service: b.service, backend: b.id });
+    for (const s of dropped.services) {
+      this.latencyChildren.delete(s);
+      this.connectLatency.remove({ service: s });
+    }
+    return dropped.services;
+  }
+
   private latency(service: string): client.Histogram.Internal<"service"> {
     let child = this.latencyChildren.get(service);
     if (!child) {

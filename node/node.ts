@@ -88,7 +88,10 @@ export class BallastNode {
         ready: () => this.ready,
         state: () => describeState(this),
         route: (service, client, port) => explainRoute(this, service, client, port),
-        metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
+        metrics: async () => {
+          this.pruneMetrics();
+          return { contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() };
+        },
         pages: new Map([["/", statusPage]]),
         publicPages: new Set(["/"]),
         allowOrigin: (origin) => allowsPeerOrigin(this.reconciler.nodes.values(), origin),
@@ -122,13 +125,23 @@ export class BallastNode {
     this.metrics.invalidRecords.reset();
     for (const r of s.invalid) this.metrics.invalidRecords.inc({ kind: this.keys.parse(r.key)?.kind ?? "unknown" });
     this.health.onSnapshot(s);
+    this.pruneMetrics();
     this.plane.apply(s).then(
       () => {
+        // Backends that left with connections: their counters go once those closed (or at the next scrape).
+        this.pruneMetrics();
         this.resolveFirst();
         if (!this.standalone) this.scheduleRegister(0);
       },
       (err: Error) => this.log.error({ err: err.message }, "applying snapshot failed"),
     );
+  }
+
+  /** Forgets counters and series of backends and services gone from the newest snapshot (issue 13, finding 14). */
+  private pruneMetrics(): void {
+    const s = this.reconciler.snapshot;
+    if (s === null) return;
+    for (const service of this.metrics.prune(this.plane, s)) this.health.metrics.forgetService(service);
   }
 
   /** The node's own record under nodes/<id>, leased so it disappears within the TTL when the node dies. */

@@ -59,6 +59,8 @@ export interface HealthHeartbeat {
   leader: string;
   at: number;
   term: string;
+  settled?: boolean;
+  checking?: number;
 }
 
 /** Free text a node publishes about itself: short, and no control or bidi characters (they reach terminals and pages). */
@@ -97,6 +99,9 @@ export const heartbeatSchema = z.object({
   leader: z.string().regex(NODE_ID, "expected a node id"),
   at: epochMs,
   term: label(128),
+  /** Written by leaders since the settled-verdicts change; absent from older ones. */
+  settled: z.boolean().optional(),
+  checking: z.number().int().min(0).optional(),
 });
 
 function issues(error: z.ZodError): string {

@@ -10,6 +10,8 @@ export class AffinityMetrics {
     const r = registry;
     const e = table.entries;
     type Table = (typeof e.tables)[number];
+    // A service that is gone has no series once its entries are swept (its table is kept, empty).
+    const listed = (t: Table) => t.size > 0 || table.node.reconciler.snapshot?.services.has(t.name) === true;
     const counter = (name: string, help: string, read: (t: Table) => number) =>
       new client.Counter({
         name,
@@ -18,7 +20,7 @@ export class AffinityMetrics {
         registers: [r],
         collect() {
           this.reset();
-          for (const t of e.tables) this.inc({ service: t.name }, read(t));
+          for (const t of e.tables) if (listed(t)) this.inc({ service: t.name }, read(t));
         },
       });
     const gauge = (name: string, help: string, read: (t: Table) => number) =>
@@ -29,7 +31,7 @@ export class AffinityMetrics {
         registers: [r],
         collect() {
           this.reset();
-          for (const t of e.tables) this.set({ service: t.name }, read(t));
+          for (const t of e.tables) if (listed(t)) this.set({ service: t.name }, read(t));
         },
       });
     counter("ballast_affinity_hits_total", "Connections and UDP flows routed by a live affinity entry.", (t) => t.hits);
