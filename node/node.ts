@@ -1,6 +1,7 @@
 // A Ballast node: composes the store sync, reconcile, data plane, metrics, admin API, and the node's
 // registration in etcd. The same class runs standalone (YAML services in a memory store) and clustered.
 import os from "node:os";
+import { parseHostPort } from "../shared/address.js";
 import { encodeValue, type NodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
 import type { NodeConfig } from "../shared/schema.js";
@@ -97,6 +98,11 @@ export class BallastNode {
         allowOrigin: (origin) => allowsPeerOrigin(this.reconciler.nodes.values(), origin),
       },
       c.admin.token,
+      {
+        // The names this node is reached by: the advertised one, the listen one, and any configured.
+        allowedHosts: [...c.admin.allowedHosts, ...[c.node.advertise, c.admin.listen].flatMap((a) => (a ? [parseHostPort(a)?.host ?? a] : []))],
+        maxConnections: c.admin.maxConnections,
+      },
     );
   }
 

@@ -191,6 +191,13 @@ export const nodeConfigSchema = z
          * Other nodes' admin hosts the status page may send the token to: CIDRs/addresses for IP hosts,
          * exact DNS names. Empty (default): the token never leaves the page's own origin.
          */
+        /**
+         * Host names the admin API answers to, besides IP literals, localhost and the names in
+         * node.advertise and admin.listen (DNS-rebinding guard: other Host headers get 403).
+         */
+        allowedHosts: z.array(z.string().regex(/^[a-zA-Z0-9.-]{1,253}$/, "expected a DNS name")).default([]),
+        /** Open admin connections at most; the rest are closed at once (they share the fd budget). */
+        maxConnections: z.number().int().min(1).max(10_000).default(64),
         trustedPeers: z
           .array(z.string().refine((s) => /^[0-9a-fA-F:.]+(\/\d{1,3})?$/.test(s) || /^[a-zA-Z0-9.-]{1,253}$/.test(s), { message: 'expected a CIDR like "10.0.0.0/8", an address or a DNS name' }))
           .default([]),
