@@ -88,6 +88,7 @@ export class BallastNode {
       {
         ready: () => this.ready,
         state: () => describeState(this),
+        stateKey: () => `${this.reconciler.appliedRevision}|${this.reconciler.snapshot?.revision ?? 0}|${this.ready}|${this.mode}|${this.reconciler.connected}`,
         route: (service, client, port) => explainRoute(this, service, client, port),
         metrics: async () => {
           this.pruneMetrics();

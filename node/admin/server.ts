@@ -34,6 +34,11 @@ export interface AdminApi {
    * browser cannot put a header on a navigation. Whatever the page then fetches needs the token.
    */
   publicPages?: ReadonlySet<string>;
+  /**
+   * Changes whenever /api/state would change other than in its live counters (revision applied,
+   * readiness, mode): a cached state is reused only while this stays the same.
+   */
+  stateKey?(): string;
   /** Whether a page from this browser origin (another node's status page) may read /api/state (CORS). */
   allowOrigin?(origin: string): boolean;
 }
@@ -43,7 +48,7 @@ export class AdminServer {
   address = "";
   private readonly tokenHash: Buffer | null;
   private readonly allowedHosts: Set<string>;
-  private stateCache: { at: number; json: string } | null = null;
+  private stateCache: { at: number; key: string; json: string } | null = null;
 
   constructor(
     private readonly api: AdminApi,
@@ -133,10 +138,13 @@ export class AdminServer {
       }
       case "/api/state": {
         const now = Date.now();
-        if (this.stateCache === null || now - this.stateCache.at >= STATE_CACHE_MS || now < this.stateCache.at) {
-          this.stateCache = { at: now, json: JSON.stringify(this.api.state()) };
+        const key = this.api.stateKey?.() ?? "";
+        let c = this.stateCache;
+        if (c === null || c.key !== key || now - c.at >= STATE_CACHE_MS || now < c.at) {
+          c = { at: now, key, json: JSON.stringify(this.api.state()) };
+          this.stateCache = c;
         }
-        return sendJson(res, 200, this.stateCache.json);
+        return sendJson(res, 200, c.json);
       }
       case "/api/route": {
         const service = url.searchParams.get("service");

@@ -224,6 +224,8 @@ export class EntryStore {
   private head = NONE;
   private tail = NONE;
   private free: number[] = [];
+  /** compactNames looks again once the interner holds this many names. */
+  private compactAt = 0;
   /** Slots [0, highWater) have been handed out at least once. */
   highWater = 0;
   count = 0;
@@ -439,35 +441,38 @@ export class EntryStore {
    */
   compactNames(pinned: readonly string[], minNames = 1024): boolean {
     const old = this.names.names;
-    if (old.length < minNames) return false;
+    // Amortised: a scan only once the interner has doubled since the last one (or reached minNames).
+    if (old.length < Math.max(minNames, this.compactAt)) return false;
     const used = new Uint8Array(old.length);
     let inUse = 0;
     const ints = this.ints;
     for (let slot = 0; slot < this.highWater; slot++) {
       const i = slot * I_STRIDE;
       if (ints[i + I_OWNER] === 0) continue;
-      for (const f of [I_BACKEND, I_CREATOR]) {
-        const n = ints[i + f];
-        if (used[n] === 0) {
-          used[n] = 1;
-          inUse++;
-        }
-      }
+      const b = ints[i + I_BACKEND];
+      const c = ints[i + I_CREATOR];
+      if (used[b] === 0) inUse += used[b] = 1;
+      if (used[c] === 0) inUse += used[c] = 1;
     }
-    if (2 * (inUse + pinned.length) > old.length) return false;
+    if (2 * (inUse + pinned.length) > old.length) {
+      this.compactAt = 2 * old.length;
+      return false;
+    }
     const fresh = new Interner();
     for (const p of pinned) fresh.intern(p);
     const remap = new Int32Array(old.length).fill(NONE);
     for (let slot = 0; slot < this.highWater; slot++) {
       const i = slot * I_STRIDE;
       if (ints[i + I_OWNER] === 0) continue;
-      for (const f of [I_BACKEND, I_CREATOR]) {
-        const n = ints[i + f];
-        if (remap[n] === NONE) remap[n] = fresh.intern(old[n]);
-        ints[i + f] = remap[n];
-      }
+      const b = ints[i + I_BACKEND];
+      if (remap[b] === NONE) remap[b] = fresh.intern(old[b]);
+      ints[i + I_BACKEND] = remap[b];
+      const c = ints[i + I_CREATOR];
+      if (remap[c] === NONE) remap[c] = fresh.intern(old[c]);
+      ints[i + I_CREATOR] = remap[c];
     }
     this.names = fresh;
+    this.compactAt = 2 * fresh.names.length;
     return true;
   }
 

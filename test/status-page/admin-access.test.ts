@@ -165,6 +165,25 @@ describe("admin API hardening (issue 13, finding 15)", () => {
     expect(builds).toBe(before + 1); // and fresh again after the interval
   });
 
+  it("rebuilds the cached state at once when the node's state key changes (a new revision applied)", async () => {
+    let key = "r1";
+    let n = 0;
+    const api: AdminApi = { ready: () => true, state: () => ({ n: ++n, key }), stateKey: () => key, route: () => ({ status: 200, body: {} }), metrics: async () => ({ contentType: "text/plain", body: "" }) };
+    const s = new AdminServer(api, undefined);
+    const b = `http://${await s.listen("127.0.0.1:0")}`;
+    try {
+      const a = JSON.parse((await get(b, "/api/state", { host: "127.0.0.1" })).body) as { n: number; key: string };
+      const same = JSON.parse((await get(b, "/api/state", { host: "127.0.0.1" })).body) as { n: number };
+      key = "r2";
+      const next = JSON.parse((await get(b, "/api/state", { host: "127.0.0.1" })).body) as { n: number; key: string };
+      // Within STATE_CACHE_MS (no sleep here): the same key reuses the build, a new key does not.
+      expect(same.n === a.n || same.n === a.n + 1).toBe(true);
+      expect(next.key).toBe("r2");
+    } finally {
+      await s.close();
+    }
+  });
+
   it("caps open admin connections", async () => {
     const port = Number(new URL(base).port);
     const held: net.Socket[] = [];
