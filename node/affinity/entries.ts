@@ -16,6 +16,8 @@ export function graceTtl(ttlMs: number): number {
 }
 
 const NONE = -1;
+/** compactNames scans the slots on one call in this many (it runs after every sweep). */
+const COMPACT_EVERY = 8;
 const INITIAL_CAPACITY = 1024;
 
 // Int record per slot (I_STRIDE int32s).
@@ -224,8 +226,7 @@ export class EntryStore {
   private head = NONE;
   private tail = NONE;
   private free: number[] = [];
-  /** compactNames looks again once the interner holds this many names. */
-  private compactAt = 0;
+  private compactCalls = 0;
   /** Slots [0, highWater) have been handed out at least once. */
   highWater = 0;
   count = 0;
@@ -441,8 +442,8 @@ export class EntryStore {
    */
   compactNames(pinned: readonly string[], minNames = 1024): boolean {
     const old = this.names.names;
-    // Amortised: a scan only once the interner has doubled since the last one (or reached minNames).
-    if (old.length < Math.max(minNames, this.compactAt)) return false;
+    // Amortised: a slot scan on one call in COMPACT_EVERY (a sweep is a slot scan already).
+    if (old.length < minNames || ++this.compactCalls % COMPACT_EVERY !== 0) return false;
     const used = new Uint8Array(old.length);
     let inUse = 0;
     const ints = this.ints;
@@ -454,10 +455,7 @@ export class EntryStore {
       if (used[b] === 0) inUse += used[b] = 1;
       if (used[c] === 0) inUse += used[c] = 1;
     }
-    if (2 * (inUse + pinned.length) > old.length) {
-      this.compactAt = 2 * old.length;
-      return false;
-    }
+    if (2 * (inUse + pinned.length) > old.length) return false;
     const fresh = new Interner();
     for (const p of pinned) fresh.intern(p);
     const remap = new Int32Array(old.length).fill(NONE);
@@ -472,7 +470,6 @@ export class EntryStore {
       ints[i + I_CREATOR] = remap[c];
     }
     this.names = fresh;
-    this.compactAt = 2 * fresh.names.length;
     return true;
   }
 

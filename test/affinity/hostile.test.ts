@@ -96,7 +96,7 @@ describe("affinity batches from a rogue node", () => {
     await merged(n);
     expect(e.table("web")!.size).toBe(5_000);
     expect(e.names.names.length).toBeGreaterThanOrEqual(5_000);
-    await waitFor(() => e.table("web")!.size === 0 && e.names.names.length < 100, { timeoutMs: 10_000, message: "entries expire and their names are freed" });
+    await waitFor(() => e.table("web")!.size === 0 && e.names.names.length < 100, { timeoutMs: 30_000, message: "entries expire and their names are freed" });
     // The node still records its own picks after the renumbering.
     const svc = n.reconciler.snapshot!.services.get("web")!;
     n.affinity.record(svc, "10.9.9.9", svc.targets[0], Date.now());
