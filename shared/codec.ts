@@ -1,9 +1,13 @@
 // Versioned msgpack values for what machines write at volume (node records, verdicts, heartbeats,
 // affinity batches). Every value is a map with `v`; readers accept newer versions and ignore extra fields.
+
 import { Packr } from "msgpackr";
 import { z } from "zod";
 import { parseHostPort } from "./address.js";
+import type { NodeRecord, Verdict } from "./api.js";
 import { NODE_ID } from "./keys.js";
+
+export type { NodeRecord, Verdict, VerdictState } from "./api.js";
 
 // Plain maps (no record extension) so any msgpack reader, in any language, can decode our values.
 // 64-bit integers decode as numbers: a BigInt anywhere in a value makes JSON.stringify throw, so one
@@ -28,31 +32,6 @@ export function decodeValue(bytes: Uint8Array): Record<string, unknown> {
   const v = (out as { v?: unknown }).v;
   if (typeof v !== "number" || v < 1) throw new Error("missing version field v");
   return out as Record<string, unknown>;
-}
-
-export interface NodeRecord {
-  id: string;
-  address: string;
-  admin: string;
-  zone: string;
-  version: string;
-  ready: boolean;
-  draining: boolean;
-  revision: number;
-  mode: "shared" | "local-fallback" | "standalone";
-  startedAt: number;
-  updatedAt: number;
-}
-
-export type VerdictState = "up" | "down";
-
-export interface Verdict {
-  state: VerdictState;
-  since: number;
-  reason: string;
-  /** Consecutive results agreeing with the state at the time of writing. */
-  count: number;
-  checker: string;
 }
 
 export interface HealthHeartbeat {
@@ -120,4 +99,17 @@ export function parseHeartbeat(bytes: Uint8Array): HealthHeartbeat {
   const r = heartbeatSchema.safeParse(decodeValue(bytes));
   if (!r.success) throw new Error(issues(r.error));
   return r.data;
+}
+
+/** A verdict record's value; throws naming what is wrong (the record is then skipped with that reason). */
+export function parseVerdictValue(raw: Buffer): Verdict {
+  const v = decodeValue(raw);
+  if (v.state !== "up" && v.state !== "down") throw new Error(`verdict state must be up or down, got ${String(v.state)}`);
+  return {
+    state: v.state,
+    since: typeof v.since === "number" ? v.since : 0,
+    reason: typeof v.reason === "string" ? v.reason : "",
+    count: typeof v.count === "number" ? v.count : 0,
+    checker: typeof v.checker === "string" ? v.checker : "",
+  };
 }

@@ -5,16 +5,15 @@
 // record is listed with its key and a reason; the good records keep routing.
 import { Packr } from "msgpackr";
 import { afterAll, describe, expect, it } from "vitest";
-import { encodeValue, parseHeartbeat, parseNodeRecord } from "../shared/codec.js";
+import { encodeValue, parseHeartbeat, parseNodeRecord, parseVerdictValue } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
 import { nodeConfigSchema } from "../shared/schema.js";
 import { decodeBatch, encodeBatch } from "../node/affinity/batch.js";
 import { MemoryStore } from "../node/control/memory-store.js";
-import { parseVerdictValue } from "../node/control/records.js";
 import { Reconciler } from "../node/control/reconciler.js";
 import type { KeyValue, StoreEvent } from "../node/control/store.js";
 import { proxyV1Header, proxyV2Header, parseProxyHeader } from "../node/data/proxy-protocol.js";
-import { StatsRegistry } from "../node/data/stats.js";
+import { StatsRegistry } from "../node/model/stats.js";
 import { createLogger } from "../node/log.js";
 import { BallastNode } from "../node/node.js";
 import { waitFor } from "./helpers/wait.js";

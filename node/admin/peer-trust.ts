@@ -7,7 +7,7 @@
 // ("lb2.example") for DNS hosts. The default list is empty: the token stays with the page's own origin
 // (and, for the CLI, with the node named by --node).
 import { parseHostPort } from "../../shared/address.js";
-import { CidrList } from "../data/access.js";
+import { CidrList } from "../model/access.js";
 
 export class PeerTrust {
   private readonly cidrs: CidrList;

@@ -11,7 +11,7 @@ export class AffinityMetrics {
     const e = table.entries;
     type Table = (typeof e.tables)[number];
     // A service that is gone has no series once its entries are swept (its table is kept, empty).
-    const listed = (t: Table) => t.size > 0 || table.node.reconciler.snapshot?.services.has(t.name) === true;
+    const listed = (t: Table) => t.size > 0 || table.hasService(t.name);
     const counter = (name: string, help: string, read: (t: Table) => number) =>
       new client.Counter({
         name,

@@ -9,7 +9,7 @@ import { nodeConfigSchema } from "../../shared/schema.js";
 import { createLogger } from "../../node/log.js";
 import { MemoryStore } from "../../node/control/memory-store.js";
 import { Reconciler } from "../../node/control/reconciler.js";
-import { StatsRegistry } from "../../node/data/stats.js";
+import { StatsRegistry } from "../../node/model/stats.js";
 import { BallastNode } from "../../node/node.js";
 import { waitFor } from "../helpers/wait.js";
 

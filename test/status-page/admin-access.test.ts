@@ -1,14 +1,19 @@
 // What the status page needs from the admin server, without a browser: the page shell without the
 // token (and no data in it), the token still required for the API, CORS on /api/state only for other
 // nodes' admin origins (preflight included), and an inline script that parses.
+import { spawnSync } from "node:child_process";
 import http from "node:http";
 import net from "node:net";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import vm from "node:vm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type AdminApi, AdminServer, STATE_CACHE_MS } from "../../node/admin/server.js";
 import { waitFor } from "../helpers/wait.js";
 import { allowsPeerOrigin, statusPage, statusPageScript } from "../../node/admin/status-page.js";
+import type { StateView } from "../../shared/api.js";
 
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const TOKEN = "t0ken";
 const peers = [{ admin: "127.0.0.1:9091" }, { admin: "[::1]:9092" }, { admin: "lb2.example:9090" }];
 
@@ -32,8 +37,9 @@ describe("status page access rules", () => {
   beforeAll(async () => {
     const api: AdminApi = {
       ready: () => true,
-      state: () => ({ cluster: "c", secret: "cluster data" }),
-      route: () => ({ status: 200, body: {} }),
+      // Only who may read it matters here, not the shape.
+      state: () => ({ cluster: "c", secret: "cluster data" }) as unknown as StateView,
+      route: () => ({ status: 404, body: { error: "no service" } }),
       metrics: async () => ({ contentType: "text/plain", body: "" }),
       pages: new Map([["/", statusPage]]),
       publicPages: new Set(["/"]),
@@ -95,6 +101,12 @@ describe("status page access rules", () => {
     expect(() => new vm.Script(statusPageScript)).not.toThrow();
     expect(statusPage().body.length).toBeLessThan(64 * 1024);
   });
+
+  it("has a script that type-checks against the admin API types (shared/api.ts) and the DOM", () => {
+    const r = spawnSync(process.execPath, [join(repo, "node_modules/typescript/bin/tsc"), "-p", join(repo, "node/admin/assets")], { encoding: "utf8", timeout: 120_000 });
+    expect(`${r.stdout}${r.stderr}`).toBe("");
+    expect(r.status).toBe(0);
+  }, 150_000);
 });
 
 /** A GET with a Host header of our choosing (fetch would put the URL's). */
@@ -118,8 +130,8 @@ describe("admin API hardening (issue 13, finding 15)", () => {
   beforeAll(async () => {
     const api: AdminApi = {
       ready: () => true,
-      state: () => ({ builds: ++builds, nested: { list: [1, 2, 3] } }),
-      route: () => ({ status: 200, body: {} }),
+      state: () => ({ builds: ++builds, nested: { list: [1, 2, 3] } }) as unknown as StateView,
+      route: () => ({ status: 404, body: { error: "no service" } }),
       metrics: async () => ({ contentType: "text/plain", body: "" }),
       pages: new Map([["/", statusPage]]),
       publicPages: new Set(["/"]),
@@ -168,7 +180,7 @@ describe("admin API hardening (issue 13, finding 15)", () => {
   it("rebuilds the cached state at once when the node's state key changes (a new revision applied)", async () => {
     let key = "r1";
     let n = 0;
-    const api: AdminApi = { ready: () => true, state: () => ({ n: ++n, key }), stateKey: () => key, route: () => ({ status: 200, body: {} }), metrics: async () => ({ contentType: "text/plain", body: "" }) };
+    const api: AdminApi = { ready: () => true, state: () => ({ n: ++n, key }) as unknown as StateView, stateKey: () => key, route: () => ({ status: 404, body: { error: "no service" } }), metrics: async () => ({ contentType: "text/plain", body: "" }) };
     const s = new AdminServer(api, undefined);
     const b = `http://${await s.listen("127.0.0.1:0")}`;
     try {
@@ -205,7 +217,7 @@ describe("admin API hardening (issue 13, finding 15)", () => {
   });
 
   it("compares the token in constant time: any length is a 401, never a 500", async () => {
-    const api: AdminApi = { ready: () => true, state: () => ({}), route: () => ({ status: 200, body: {} }), metrics: async () => ({ contentType: "text/plain", body: "" }) };
+    const api: AdminApi = { ready: () => true, state: () => ({}) as unknown as StateView, route: () => ({ status: 404, body: { error: "no service" } }), metrics: async () => ({ contentType: "text/plain", body: "" }) };
     const s = new AdminServer(api, TOKEN);
     const b = `http://${await s.listen("127.0.0.1:0")}`;
     try {
