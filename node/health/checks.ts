@@ -96,16 +96,25 @@ export function probeHttp(target: ProbeTarget, settings: HealthSettings): Promis
   const timeoutMs = settings.timeout;
   return new Promise((resolve) => {
     let connected = false;
-    const finish = settleOnce(resolve, timeoutMs, () => req.destroy());
     const hostHeader = h.host ?? (target.host.includes(":") ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`);
-    const req = http.request({
-      host: target.host,
-      port: target.port,
-      method: h.method,
-      path: h.path,
-      headers: { host: hostHeader, "user-agent": "ballast-health", connection: "close" },
-      agent: false,
-    });
+    let req: http.ClientRequest;
+    try {
+      req = http.request({
+        host: target.host,
+        port: target.port,
+        method: h.method,
+        path: h.path,
+        headers: { host: hostHeader, "user-agent": "ballast-health", connection: "close" },
+        agent: false,
+      });
+    } catch (err) {
+      // The schema rejects what http.request refuses; settings built elsewhere (tests, tools) may not.
+      // A refused request is this node's problem, so it says so instead of throwing.
+      resolve(fail("error", `http request refused: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
+      return;
+    }
+    // The deadline is armed only once the request exists: its release must have something to destroy.
+    const finish = settleOnce(resolve, timeoutMs, () => req.destroy());
     req.once("socket", (s) => s.once("connect", () => (connected = true)));
     req.on("error", (err: NodeJS.ErrnoException) => {
       // Before the connect: refused/unreachable; after: the reply was not HTTP, or the connection broke.
