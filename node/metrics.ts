@@ -2,7 +2,7 @@
 // at scrape time (collect), so a connection costs no label lookups. Histograms use cached children.
 import client from "prom-client";
 import type { DataPlane } from "./data/plane.js";
-import { CONNECT_FAILURE_REASONS, REFUSE_REASONS } from "./data/stats.js";
+import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, UDP_DISCARD_REASONS } from "./data/stats.js";
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -42,6 +42,16 @@ export class Metrics {
     svcCounter("ballast_udp_datagrams_in_total", "UDP datagrams received from clients.", (s) => s.udpDatagramsIn);
     svcCounter("ballast_udp_datagrams_out_total", "UDP datagrams relayed back to clients.", (s) => s.udpDatagramsOut);
     svcCounter("ballast_udp_datagrams_dropped_total", "UDP datagrams that could not be delivered.", (s) => s.udpDropped);
+    new client.Counter({
+      name: "ballast_udp_datagrams_discarded_total",
+      help: "UDP datagrams discarded per service and reason (also counted in ballast_udp_datagrams_dropped_total).",
+      labelNames: ["service", "reason"],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const s of plane.stats.services.values()) for (const reason of UDP_DISCARD_REASONS) this.inc({ service: s.service, reason }, s.udpDiscarded[reason]);
+      },
+    });
     new client.Gauge({
       name: "ballast_connections_active",
       help: "Open connections and UDP flows per service.",

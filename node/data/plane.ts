@@ -1,6 +1,7 @@
 // The data plane: owns the listeners and swaps snapshots. apply() reconciles listeners with the new
 // snapshot (reusing a listener whose address is unchanged, so connections are never cut by a config
 // change) and starts the drain clock for backends that left.
+import os from "node:os";
 import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
 import type { BackendView, ServiceState, Snapshot, Target } from "../snapshot.js";
@@ -37,6 +38,9 @@ export class DataPlane {
   private closed = false;
   hooks: PlaneHooks = {};
   private idleWaiters: Array<() => void> = [];
+  /** Ports of this node's bound UDP listeners, and its own addresses: a datagram from one is a loop. */
+  private ownUdpPorts = new Set<number>();
+  private readonly ownAddresses = localAddresses();
   private applying: Promise<void> = Promise.resolve();
 
   constructor(
@@ -107,7 +111,15 @@ export class DataPlane {
       }));
     }
     await Promise.all(opening);
+    const ports = new Set<number>();
+    for (const l of this.listeners.values()) if (l instanceof UdpListener && l.boundPort !== 0) ports.add(l.boundPort);
+    this.ownUdpPorts = ports;
     this.reconcileBackends(prev, next);
+  }
+
+  /** Whether a UDP source is one of this node's own listeners (checked once per new flow). */
+  isOwnUdpEndpoint(address: string, port: number): boolean {
+    return this.ownUdpPorts.has(port) && (this.ownAddresses.has(address) || address.startsWith("127.") || address.startsWith("::ffff:127."));
   }
 
   /**
@@ -215,6 +227,13 @@ export class DataPlane {
     await Promise.all([...this.listeners.values()].map((l) => l.close()));
     this.listeners.clear();
   }
+}
+
+/** This host's interface addresses (read once; loopback ranges are checked by prefix). */
+function localAddresses(): Set<string> {
+  const out = new Set<string>(["::1", "0.0.0.0", "::"]);
+  for (const list of Object.values(os.networkInterfaces())) for (const a of list ?? []) out.add(a.address);
+  return out;
 }
 
 function closeAll(counters: BackendCounters, reason: string): void {

@@ -8,13 +8,14 @@ import type { ServiceState, Target } from "../snapshot.js";
 import { limiterFor, type SourceRateLimiter } from "./access.js";
 import type { DataPlane } from "./plane.js";
 import { proxyV2Header } from "./proxy-protocol.js";
-import type { Closable, ServiceCounters } from "./stats.js";
+import type { Closable, ServiceCounters, UdpDiscardReason } from "./stats.js";
 
 const MAX_PENDING = 64;
 
 function sendUpstream(flow: Flow, msg: Buffer): void {
-  if (flow.header !== null) flow.socket.send([flow.header, msg]);
-  else flow.socket.send(msg);
+  // With a callback, a refused send is counted there instead of becoming an 'error' event.
+  if (flow.header !== null) flow.socket.send([flow.header, msg], flow.onSent);
+  else flow.socket.send(msg, flow.onSent);
 }
 
 class Flow implements Closable {
@@ -23,6 +24,8 @@ class Flow implements Closable {
   closed = false;
   /** Datagrams that arrived before the upstream socket finished connecting (bounded). */
   pending: Buffer[] | null = [];
+  /** One send callback per flow (not per datagram): counts sends the kernel refused. */
+  readonly onSent: (err: Error | null) => void;
 
   constructor(
     readonly listener: UdpListener,
@@ -34,6 +37,13 @@ class Flow implements Closable {
     now: number,
   ) {
     this.lastSeen = now;
+    const counters = listener.counters;
+    this.onSent = (err) => {
+      if (err !== null) {
+        counters.udpDropped++;
+        counters.udpDiscarded["send-error"]++;
+      }
+    };
   }
 
   close(_reason: string): void {
@@ -51,8 +61,16 @@ export class UdpListener {
   exclude: Exclude = () => false;
   boundPort = 0;
   error: string | null = null;
+  /** Set once close() began: the service socket is gone, nothing may be sent on it. */
+  closed = false;
+  /** "address|port" of every backend of the service (any state): datagrams from them are loops. */
+  private backendEndpoints = new Set<string>();
   private sweeper: NodeJS.Timeout | null = null;
   private readonly debug: boolean;
+  /** One reply-send callback for the listener (not one per datagram). */
+  private readonly onReplySent = (err: Error | null): void => {
+    if (err !== null) this.discard("send-error");
+  };
 
   constructor(
     readonly plane: DataPlane,
@@ -64,6 +82,7 @@ export class UdpListener {
     this.debug = log.isLevelEnabled("debug");
     this.socket = dgram.createSocket({ type: net.isIPv6(plane.bindHost(svc)) ? "udp6" : "udp4", reuseAddr: false });
     this.socket.on("error", (err) => {
+      // Sends carry callbacks, so what arrives here is the socket itself failing.
       this.error = err.message;
       log.error({ service: svc.name, err: err.message }, "udp listener error");
     });
@@ -95,6 +114,15 @@ export class UdpListener {
     this.svc = svc;
     this.limiter = limiterFor(this.limiter, svc.spec.limits.sourceRate, svc.spec.limits.sourceBurst);
     this.exclude = this.plane.availabilityExclude(svc);
+    const endpoints = new Set<string>();
+    // The same "address|port" form as a flow key, so the loop check is one lookup of the key.
+    for (const b of svc.backends) endpoints.add(`${b.spec.address}|${b.spec.port}`);
+    this.backendEndpoints = endpoints;
+  }
+
+  private discard(reason: UdpDiscardReason): void {
+    this.counters.udpDropped++;
+    this.counters.udpDiscarded[reason]++;
   }
 
   private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
@@ -117,7 +145,7 @@ export class UdpListener {
     c.bytesIn += msg.length;
     if (flow.pending !== null) {
       if (flow.pending.length < MAX_PENDING) flow.pending.push(msg);
-      else c.udpDropped++;
+      else this.discard("queue-full");
       return;
     }
     sendUpstream(flow, msg);
@@ -125,6 +153,17 @@ export class UdpListener {
 
   private createFlow(key: string, rinfo: dgram.RemoteInfo, now: number): Flow | null {
     const svc = this.svc;
+    // Checked once per new flow, not per datagram. No reply can go to port 0 (sending one throws).
+    if (rinfo.port === 0) {
+      this.counters.udpDiscarded["source-port-0"]++;
+      return null;
+    }
+    // A source that is one of the service's backends or one of this node's listeners would make the
+    // node relay replies back into itself (one spoofed datagram → tens of thousands of echoes).
+    if (this.backendEndpoints.has(key) || this.plane.isOwnUdpEndpoint(rinfo.address, rinfo.port)) {
+      this.counters.udpDiscarded.loop++;
+      return null;
+    }
     if (this.plane.draining) {
       this.counters.refused.draining++;
       return null;
@@ -149,17 +188,34 @@ export class UdpListener {
     const sock = dgram.createSocket(net.isIPv6(target.host) ? "udp6" : "udp4");
     const flow = new Flow(this, key, rinfo.address, rinfo.port, target, sock, now);
     sock.on("error", (err: NodeJS.ErrnoException) => {
-      // ICMP port unreachable surfaces as ECONNREFUSED on a connected UDP socket.
-      this.counters.udpDropped++;
-      if (err.code === "ECONNREFUSED") this.plane.onConnectFailure(svc, target, "refused");
       if (this.debug) this.log.debug({ service: svc.name, backend: target.label, err: err.message }, "udp upstream error");
+      // ICMP port unreachable surfaces as ECONNREFUSED on a connected UDP socket.
+      if (err.code === "ECONNREFUSED") {
+        this.counters.udpDropped++;
+        this.plane.onConnectFailure(svc, target, "refused");
+        return;
+      }
+      if (flow.pending !== null) {
+        // The socket never got made (EMFILE, ENOBUFS…: this node's shortage, not the backend's fault):
+        // the flow must not sit in the table holding queued datagrams until the idle sweep.
+        this.counters.udpDropped += flow.pending.length;
+        this.counters.udpDiscarded["no-socket"] += flow.pending.length;
+        this.removeFlow(flow);
+        return;
+      }
+      this.counters.udpDropped++;
     });
     sock.on("message", (reply) => {
+      if (this.closed) {
+        // The service socket is gone (listener moved or removed): nothing to reply from.
+        this.discard("listener-closed");
+        return;
+      }
       flow.lastSeen = Date.now();
       target.stats.bytesOut += reply.length;
       this.counters.bytesOut += reply.length;
       this.counters.udpDatagramsOut++;
-      this.socket.send(reply, flow.port, flow.address);
+      this.socket.send(reply, flow.port, flow.address, this.onReplySent);
     });
     // A connected socket only accepts replies from the backend and reports ICMP unreachable; sends
     // must wait for the connect callback, so the first datagrams queue briefly.
@@ -189,7 +245,11 @@ export class UdpListener {
     flow.target.stats.active--;
     flow.target.stats.open.delete(flow);
     this.counters.active--;
-    flow.socket.close();
+    try {
+      flow.socket.close();
+    } catch {
+      // a socket whose bind failed may already be closed
+    }
     this.plane.onConnectionClosed();
   }
 
@@ -198,8 +258,14 @@ export class UdpListener {
     for (const flow of this.flows.values()) if (now - flow.lastSeen >= idle) this.removeFlow(flow);
   }
 
+  /**
+   * Closes the service socket and ends its flows: a flow's replies can only go out from the service
+   * socket, so without it the flow is an upstream socket nobody sweeps (an fd leak).
+   */
   close(): Promise<void> {
     if (this.sweeper) clearInterval(this.sweeper);
+    this.closed = true;
+    this.closeFlows();
     return new Promise((resolve) => {
       try {
         this.socket.close(() => resolve());
