@@ -110,11 +110,18 @@ async function fetchJson(url: string, token?: string): Promise<unknown> {
 }
 
 async function listNodes(store: Store, keys: KeySchema) {
+  return (await listNodeEntries(store, keys)).map((e) => e.record);
+}
+
+/** Node records with the id their key names (nodes/<id>): a record's own `id` field proves nothing. */
+async function listNodeEntries(store: Store, keys: KeySchema): Promise<Array<{ keyId: string; record: Record<string, unknown> }>> {
   const { kvs } = await store.list(keys.nodes);
   const out = [];
   for (const kv of kvs) {
+    const keyId = keys.parse(kv.key)?.node;
+    if (keyId === undefined) continue;
     try {
-      out.push(decodeValue(kv.value) as Record<string, unknown>);
+      out.push({ keyId, record: decodeValue(kv.value) as Record<string, unknown> });
     } catch {
       // A malformed node record is not ours to fix here; `status` lists it.
     }
@@ -302,10 +309,10 @@ export function buildCli(): Command {
     .option("--token <token>", "admin API bearer token")
     .action(async (o: { token?: string }, cmd: Command) =>
       withStore(cmd, async (store, keys, opts) => {
-        const nodes = await listNodes(store, keys);
+        const nodes = await listNodeEntries(store, keys);
         const states: Record<string, unknown>[] = [];
         const nodeRows = [];
-        for (const n of nodes) {
+        for (const { keyId, record: n } of nodes) {
           let st: Record<string, unknown> | null = null;
           try {
             st = (await fetchJson(`http://${n.admin}/api/state`, o.token)) as Record<string, unknown>;
@@ -313,8 +320,12 @@ export function buildCli(): Command {
           } catch {
             // Listed with "unreachable" below.
           }
-          const h = st?.health as { leader?: string } | undefined;
-          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? (st.node as { ready: boolean }).ready : "unreachable", mode: st ? (st.node as { mode: string }).mode : "-", revision: st?.revision ?? "-", leader: h?.leader === n.id ? "yes" : "" });
+          // Leader only when the node that answered is the one the key names and says it leads: a junk
+          // record (no id, or another node's id and admin address) must not be shown as the leader.
+          const answered = (st?.node as { id?: unknown } | undefined)?.id;
+          const leads = (st?.health as { isLeader?: unknown } | undefined)?.isLeader === true;
+          const leader = leads && answered === keyId && n.id === keyId;
+          nodeRows.push({ node: keyId, admin: n.admin, zone: n.zone, ready: st ? (st.node as { ready: boolean }).ready : "unreachable", mode: st ? (st.node as { mode: string }).mode : "-", revision: st?.revision ?? "-", leader: leader ? "yes" : "" });
         }
         const first = states[0] as { services?: Array<Record<string, unknown>>; invalid?: unknown[]; health?: unknown } | undefined;
         if (opts.output === "json") {

@@ -72,10 +72,14 @@ export class DataPlane {
     return undefined;
   }
 
-  /** Applies snapshots one at a time, in order. */
+  /**
+   * Applies snapshots one at a time, in order. The caller sees this apply's failure; the chain does
+   * not: one rejected apply must not skip every later snapshot for the life of the process.
+   */
   apply(next: Snapshot): Promise<void> {
-    this.applying = this.applying.then(() => this.applyNow(next));
-    return this.applying;
+    const run = this.applying.then(() => this.applyNow(next));
+    this.applying = run.catch(() => {});
+    return run;
   }
 
   private async applyNow(next: Snapshot): Promise<void> {
