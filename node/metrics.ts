@@ -53,6 +53,16 @@ export class Metrics {
       },
     });
     new client.Gauge({
+      name: "ballast_service_listening",
+      help: "1 while the service's listener is bound on this node, 0 when it failed (see listenerError in /api/state).",
+      labelNames: ["service"],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const l of plane.listeners.values()) this.set({ service: l.svc.name }, l.error === null ? 1 : 0);
+      },
+    });
+    new client.Gauge({
       name: "ballast_connections_active",
       help: "Open connections and UDP flows per service.",
       labelNames: ["service"],

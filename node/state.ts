@@ -63,7 +63,8 @@ export function describeState(n: BallastNode) {
     revision: n.reconciler.appliedRevision,
     snapshotRevision: snap?.revision ?? 0,
     services,
-    invalid: snap?.invalid ?? [],
+    // A service this node cannot bind is listed like an invalid record, for this node only.
+    invalid: [...(snap?.invalid ?? []), ...n.plane.listenerFailures().map((f) => ({ key: n.keys.service(f.service), reason: `not served on this node: ${f.reason}` }))],
     nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
     health: { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null },

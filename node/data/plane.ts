@@ -53,11 +53,28 @@ export class DataPlane {
     return this.options.bindAddress ?? svc.host;
   }
 
-  /** Ready = a snapshot is applied, every listener is bound, and the node is not draining. */
+  /**
+   * Ready = a snapshot is applied, the node is not draining, and it serves: one service that cannot
+   * bind (address in use, not configured here) is reported per service (listenerError in /api/state,
+   * `ballast_service_listening` 0, listed under invalid) and must not make anycast withdraw every other
+   * VIP of the node. Only when no listener is bound at all is the node unready.
+   */
   get ready(): boolean {
     if (this.current === null || this.draining) return false;
-    for (const l of this.listeners.values()) if (l.error !== null) return false;
-    return true;
+    let bound = false;
+    let failed = false;
+    for (const l of this.listeners.values()) {
+      if (l.error === null) bound = true;
+      else failed = true;
+    }
+    return bound || !failed;
+  }
+
+  /** Services whose listener failed, with the reason (for state, metrics and `ballast status`). */
+  listenerFailures(): Array<{ service: string; reason: string }> {
+    const out = [];
+    for (const l of this.listeners.values()) if (l.error !== null) out.push({ service: l.svc.name, reason: l.error });
+    return out;
   }
 
   /** Total open connections and UDP flows. */
@@ -92,7 +109,8 @@ export class DataPlane {
     const closing: Promise<void>[] = [];
     for (const [key, l] of this.listeners) {
       const svc = wanted.get(key);
-      if (svc && svc.name === l.svc.name) continue;
+      // A listener that never bound is made again: each snapshot is a retry of the bind.
+      if (svc && svc.name === l.svc.name && !(l.error !== null && l.boundPort === 0)) continue;
       // Removed service or address taken over by another one: stop accepting; open connections finish.
       this.listeners.delete(key);
       closing.push(l.close());
