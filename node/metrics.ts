@@ -53,6 +53,17 @@ export class Metrics {
       },
     });
     new client.Gauge({
+      name: "ballast_fd_budget",
+      help: "The data plane's descriptor budget: capacity (RLIMIT_NOFILE less headroom and reserves) and in_use (2 per TCP connection, 1 per UDP flow).",
+      labelNames: ["kind"],
+      registers: [r],
+      collect() {
+        const b = plane.fds;
+        this.set({ kind: "capacity" }, Number.isFinite(b.capacity) ? b.capacity : -1);
+        this.set({ kind: "in_use" }, b.inUse);
+      },
+    });
+    new client.Gauge({
       name: "ballast_service_listening",
       help: "1 while the service's listener is bound on this node, 0 when it failed (see listenerError in /api/state).",
       labelNames: ["service"],

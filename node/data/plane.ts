@@ -5,6 +5,7 @@ import os from "node:os";
 import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
 import type { BackendView, ServiceState, Snapshot, Target } from "../snapshot.js";
+import { FdBudget } from "./fd-budget.js";
 import { Router } from "./router.js";
 import { type BackendCounters, type ConnectFailureReason, StatsRegistry } from "./stats.js";
 import { TcpListener } from "./tcp.js";
@@ -18,6 +19,8 @@ export interface PlaneOptions {
   maxEjectedShare: number;
   /** Bind services on this address instead of their listen host (node config `node.bindAddress`). */
   bindAddress?: string;
+  /** The descriptor budget (tests pass a small one); by default from RLIMIT_NOFILE. */
+  fdBudget?: FdBudget;
 }
 
 export interface PlaneHooks {
@@ -33,6 +36,8 @@ export class DataPlane {
   readonly listeners = new Map<string, Listener>();
   readonly stats = new StatsRegistry();
   readonly router = new Router();
+  /** Connections and flows share it with probes, etcd and admin (see fd-budget.ts). */
+  readonly fds: FdBudget;
   draining = false;
   /** After close(), snapshots are ignored: nothing may reopen a listener. */
   private closed = false;
@@ -46,7 +51,9 @@ export class DataPlane {
   constructor(
     readonly log: Logger,
     readonly options: PlaneOptions = { ejectBaseMs: 1000, ejectMaxMs: 30_000, maxEjectedShare: 0.5 },
-  ) {}
+  ) {
+    this.fds = options.fdBudget ?? new FdBudget();
+  }
 
   /** The address a service's listener binds. */
   bindHost(svc: ServiceState): string {
@@ -136,6 +143,7 @@ export class DataPlane {
     const ports = new Set<number>();
     for (const l of this.listeners.values()) if (l instanceof UdpListener && l.boundPort !== 0) ports.add(l.boundPort);
     this.ownUdpPorts = ports;
+    this.fds.reserve("listeners", this.listeners.size);
     this.reconcileBackends(prev, next);
   }
 

@@ -5,7 +5,11 @@ import type { BackendStats } from "../lb/algorithm.js";
 export const CONNECT_FAILURE_REASONS = ["refused", "timeout", "reset", "unreachable", "other"] as const;
 export type ConnectFailureReason = (typeof CONNECT_FAILURE_REASONS)[number];
 
-export const REFUSE_REASONS = ["max-connections", "denied", "rate-limited", "no-backend", "draining", "max-flows"] as const;
+/**
+ * fd-budget: the node's descriptor budget (node/data/fd-budget.ts) is spent; local-resources: the
+ * upstream socket could not be made (EMFILE, ENOBUFS…), which is this node's shortage, not the backend's.
+ */
+export const REFUSE_REASONS = ["max-connections", "denied", "rate-limited", "no-backend", "draining", "max-flows", "fd-budget", "local-resources"] as const;
 export type RefuseReason = (typeof REFUSE_REASONS)[number];
 
 /**
@@ -57,7 +61,7 @@ export class ServiceCounters {
   udpDatagramsOut = 0;
   udpDropped = 0;
   udpDiscarded: Record<UdpDiscardReason, number> = { "source-port-0": 0, loop: 0, "send-error": 0, "queue-full": 0, "no-socket": 0, "listener-closed": 0 };
-  refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0 };
+  refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0, "fd-budget": 0, "local-resources": 0 };
   constructor(readonly service: string) {}
 }
 

@@ -5,6 +5,7 @@ import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../snapshot.js";
 import { limiterFor, type SourceRateLimiter } from "./access.js";
+import { FDS_PER_CONNECTION, isLocalResourceError } from "./fd-budget.js";
 import type { DataPlane } from "./plane.js";
 import { proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
 import type { Closable, ConnectFailureReason, ServiceCounters } from "./stats.js";
@@ -83,7 +84,7 @@ export class TcpListener {
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
-  private refuse(socket: net.Socket, reason: "max-connections" | "denied" | "rate-limited" | "no-backend" | "draining"): void {
+  private refuse(socket: net.Socket, reason: "max-connections" | "denied" | "rate-limited" | "no-backend" | "draining" | "fd-budget"): void {
     this.counters.refused[reason]++;
     if (this.debug) this.log.debug({ service: this.svc.name, client: socket.remoteAddress, reason }, "connection refused");
     // RST at once: the client learns quickly and we hold no state for it.
@@ -116,8 +117,14 @@ export class TcpListener {
       this.refuse(socket, "rate-limited");
       return;
     }
+    // Before the pick: a refused connection must not leave an affinity entry behind. Released in finish().
+    if (!this.plane.fds.take(FDS_PER_CONNECTION)) {
+      this.refuse(socket, "fd-budget");
+      return;
+    }
     const target = this.plane.router.route(svc, ip, socket.remotePort ?? 0, this.exclude, now);
     if (target === null) {
+      this.plane.fds.release(FDS_PER_CONNECTION);
       this.refuse(socket, limits.maxConnectionsPerBackend > 0 && svc.targets.length > 0 ? "max-connections" : "no-backend");
       return;
     }
@@ -232,8 +239,15 @@ class Connection implements Closable {
     if (up !== this.upstream || this.finished) return;
     const failed = this.target;
     this.release(failed);
-    const reason = classifyConnectError(err.code);
     const plane = this.listener.plane;
+    if (isLocalResourceError(err.code)) {
+      // This node could not make the socket: not the backend's failure (no ejection), and another
+      // backend would fare no better right now.
+      this.listener.counters.refused["local-resources"]++;
+      this.client.destroy();
+      return;
+    }
+    const reason = classifyConnectError(err.code);
     plane.onConnectFailure(this.svc, failed, reason);
     if (this.attempts > this.svc.spec.limits.retries) {
       this.client.destroy();
@@ -280,6 +294,7 @@ class Connection implements Closable {
       if (this.target.stats.open.has(this)) this.release(this.target);
     }
     this.listener.counters.active--;
+    this.listener.plane.fds.release(FDS_PER_CONNECTION);
     this.listener.plane.onConnectionClosed();
   }
 }

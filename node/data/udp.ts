@@ -6,6 +6,7 @@ import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../snapshot.js";
 import { limiterFor, type SourceRateLimiter } from "./access.js";
+import { FDS_PER_FLOW } from "./fd-budget.js";
 import type { DataPlane } from "./plane.js";
 import { proxyV2Header } from "./proxy-protocol.js";
 import type { Closable, ServiceCounters, UdpDiscardReason } from "./stats.js";
@@ -185,6 +186,11 @@ export class UdpListener {
       this.counters.refused["no-backend"]++;
       return null;
     }
+    // Last, so only a flow that would be made spends budget; released in removeFlow().
+    if (!this.plane.fds.take(FDS_PER_FLOW)) {
+      this.counters.refused["fd-budget"]++;
+      return null;
+    }
     const sock = dgram.createSocket(net.isIPv6(target.host) ? "udp6" : "udp4");
     const flow = new Flow(this, key, rinfo.address, rinfo.port, target, sock, now);
     sock.on("error", (err: NodeJS.ErrnoException) => {
@@ -245,6 +251,7 @@ export class UdpListener {
     flow.target.stats.active--;
     flow.target.stats.open.delete(flow);
     this.counters.active--;
+    this.plane.fds.release(FDS_PER_FLOW);
     try {
       flow.socket.close();
     } catch {

@@ -4,6 +4,7 @@ import dgram from "node:dgram";
 import http from "node:http";
 import net from "node:net";
 import { formatDuration } from "../../shared/duration.js";
+import { isLocalResourceError } from "../data/fd-budget.js";
 import type { CheckType, healthSchema } from "../../shared/schema.js";
 import type { z } from "zod";
 
@@ -11,8 +12,11 @@ import type { z } from "zod";
 export type HealthSettings = z.output<typeof healthSchema> & { type: CheckType };
 export type CheckKind = Exclude<CheckType, "none">;
 
-/** Metric label of a probe outcome; the detail lives in `reason`. */
-export type CheckResult = "ok" | "refused" | "timeout" | "status" | "mismatch" | "error";
+/**
+ * Metric label of a probe outcome; the detail lives in `reason`. `local`: this node could not make
+ * the probe (EMFILE, ENOBUFS…) — says nothing about the backend, so it never counts toward a verdict.
+ */
+export type CheckResult = "ok" | "refused" | "timeout" | "status" | "mismatch" | "error" | "local";
 
 export interface ProbeOutcome {
   ok: boolean;
@@ -38,6 +42,7 @@ const timedOut = (ms: number): ProbeOutcome => fail("timeout", `timeout ${format
 
 function socketError(what: string, err: NodeJS.ErrnoException): ProbeOutcome {
   const code = err.code ?? err.message;
+  if (isLocalResourceError(err.code)) return fail("local", `local ${code} (this node, not the backend)`);
   return fail(code === "ECONNREFUSED" ? "refused" : "error", `${what} ${code}`);
 }
 

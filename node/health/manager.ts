@@ -82,6 +82,8 @@ export class HealthManager {
     if (this.stopped) return;
     const { targets, changed } = checkTargetsOf(snapshot, this.targets);
     this.targets = targets;
+    // Each probe holds one descriptor while it runs: keep that many out of the data plane's budget.
+    this.node.plane.fds.reserve("probes", targets.length);
     if (changed) {
       this.leader.refresh();
       this.local?.refresh(targets, this.sharedSeeds());
