@@ -39,7 +39,7 @@ describe("spoofed UDP sources", () => {
     try {
       spoofUdp({ srcAddress: "127.0.0.1", srcPort: 0, dstPort: portOf(node, "u"), payload: "spoof" });
       const c = node.plane.stats.service("u");
-      await waitFor(() => c.udpDiscarded["source-port-0"] === 1, { timeoutMs: 3_000, message: "the port-0 datagram is discarded" });
+      await waitFor(() => c.udpDiscarded["source-port-0"] === 1, { timeoutMs: 10_000, message: "the port-0 datagram is discarded" });
       expect(c.udpDropped).toBe(1);
       // The service keeps working for real clients, and the backend never saw the spoofed datagram.
       expect(await udpExchange(portOf(node, "u"), "q")).toBe("a:q");
@@ -56,7 +56,7 @@ describe("spoofed UDP sources", () => {
     spoofUdp({ srcAddress: "127.0.0.1", srcPort: a.port, dstPort: portOf(node, "u"), payload: "loop" });
     const c = node.plane.stats.service("u");
     // Before the fix the echo bounced between node and backend until the datagram outgrew 64 KiB.
-    await waitFor(() => c.udpDiscarded.loop === 1, { timeoutMs: 3_000, message: "the looping datagram is discarded" });
+    await waitFor(() => c.udpDiscarded.loop === 1, { timeoutMs: 10_000, message: "the looping datagram is discarded" });
     expect(await udpExchange(portOf(node, "u"), "q")).toBe("a:q");
     expect(a.hits).toBe(1);
     expect(c.udpDatagramsOut).toBe(1);
@@ -68,7 +68,7 @@ describe("spoofed UDP sources", () => {
     const port = portOf(node, "u");
     spoofUdp({ srcAddress: "127.0.0.1", srcPort: port, dstPort: port, payload: "self" });
     const c = node.plane.stats.service("u");
-    await waitFor(() => c.udpDiscarded.loop === 1, { timeoutMs: 3_000, message: "the self-sourced datagram is discarded" });
+    await waitFor(() => c.udpDiscarded.loop === 1, { timeoutMs: 10_000, message: "the self-sourced datagram is discarded" });
     expect(a.hits).toBe(0);
   });
 
@@ -78,7 +78,7 @@ describe("spoofed UDP sources", () => {
     // A client "at" lo's broadcast address: the reply send fails with EACCES (no SO_BROADCAST).
     spoofUdp({ srcAddress: "127.255.255.255", srcPort: 5353, dstPort: portOf(node, "u"), payload: "b" });
     const c = node.plane.stats.service("u");
-    await waitFor(() => c.udpDiscarded["send-error"] === 1, { timeoutMs: 3_000, message: "the refused reply is counted" });
+    await waitFor(() => c.udpDiscarded["send-error"] === 1, { timeoutMs: 10_000, message: "the refused reply is counted" });
     expect(a.hits).toBe(1);
     expect(node.plane.listenerOf("u")?.error).toBeNull();
     expect(node.ready).toBe(true);
