@@ -37,7 +37,7 @@ describe("spoofed UDP sources", () => {
     const node = await startNode({ services: [udpService("u", a.port)] });
     const uncaught = watchUncaught();
     try {
-      spoofUdp({ srcAddress: "127.0.0.1", srcPort: 0, dstPort: portOf(node, "u"), payload: "spoof" });
+      await spoofUdp({ srcAddress: "127.0.0.1", srcPort: 0, dstPort: portOf(node, "u"), payload: "spoof" });
       const c = node.plane.stats.service("u");
       await waitFor(() => c.udpDiscarded["source-port-0"] === 1, { timeoutMs: 10_000, message: "the port-0 datagram is discarded" });
       expect(c.udpDropped).toBe(1);
@@ -53,7 +53,7 @@ describe("spoofed UDP sources", () => {
   it("drops a datagram spoofed from a backend's own address:port instead of looping (finding 13)", async () => {
     const a = await startUdpEcho("a");
     const node = await startNode({ services: [udpService("u", a.port)] });
-    spoofUdp({ srcAddress: "127.0.0.1", srcPort: a.port, dstPort: portOf(node, "u"), payload: "loop" });
+    await spoofUdp({ srcAddress: "127.0.0.1", srcPort: a.port, dstPort: portOf(node, "u"), payload: "loop" });
     const c = node.plane.stats.service("u");
     // Before the fix the echo bounced between node and backend until the datagram outgrew 64 KiB.
     await waitFor(() => c.udpDiscarded.loop === 1, { timeoutMs: 10_000, message: "the looping datagram is discarded" });
@@ -66,7 +66,7 @@ describe("spoofed UDP sources", () => {
     const a = await startUdpEcho("a");
     const node = await startNode({ services: [udpService("u", a.port)] });
     const port = portOf(node, "u");
-    spoofUdp({ srcAddress: "127.0.0.1", srcPort: port, dstPort: port, payload: "self" });
+    await spoofUdp({ srcAddress: "127.0.0.1", srcPort: port, dstPort: port, payload: "self" });
     const c = node.plane.stats.service("u");
     await waitFor(() => c.udpDiscarded.loop === 1, { timeoutMs: 10_000, message: "the self-sourced datagram is discarded" });
     expect(a.hits).toBe(0);
@@ -76,7 +76,7 @@ describe("spoofed UDP sources", () => {
     const a = await startUdpEcho("a");
     const node = await startNode({ services: [udpService("u", a.port)] });
     // A client "at" lo's broadcast address: the reply send fails with EACCES (no SO_BROADCAST).
-    spoofUdp({ srcAddress: "127.255.255.255", srcPort: 5353, dstPort: portOf(node, "u"), payload: "b" });
+    await spoofUdp({ srcAddress: "127.255.255.255", srcPort: 5353, dstPort: portOf(node, "u"), payload: "b" });
     const c = node.plane.stats.service("u");
     await waitFor(() => c.udpDiscarded["send-error"] === 1, { timeoutMs: 10_000, message: "the refused reply is counted" });
     expect(a.hits).toBe(1);

@@ -2,7 +2,13 @@
 // (root) writes the IP and UDP headers itself, so the source address and port are whatever the test
 // says (port 0, a backend's own address:port, a broadcast address). Python's socket module does the
 // raw send; Node has no raw sockets. Only 127.0.0.0/8 destinations.
-import { execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
+import { promisify } from "node:util";
+
+const run = promisify(execFile);
+// Debian's interpreter directly: a version-manager shim on PATH adds seconds on a loaded machine.
+const PYTHON = existsSync("/usr/bin/python3") ? "/usr/bin/python3" : "python3";
 
 const SCRIPT = `
 import socket, struct, sys
@@ -14,7 +20,7 @@ s.sendto(ip + udp, ("127.0.0.1", 0))
 `;
 
 /** Sends one datagram to 127.0.0.1:`dstPort` that appears to come from `srcAddress`:`srcPort`. */
-export function spoofUdp(opts: { srcAddress: string; srcPort: number; dstPort: number; payload: string }): void {
+export async function spoofUdp(opts: { srcAddress: string; srcPort: number; dstPort: number; payload: string }): Promise<void> {
   if (!opts.srcAddress.startsWith("127.")) throw new Error("spoofUdp: loopback sources only");
-  execFileSync("python3", ["-c", SCRIPT, opts.srcAddress, String(opts.srcPort), String(opts.dstPort), opts.payload], { stdio: ["ignore", "ignore", "inherit"], timeout: 5_000 });
+  await run(PYTHON, ["-c", SCRIPT, opts.srcAddress, String(opts.srcPort), String(opts.dstPort), opts.payload], { timeout: 30_000 });
 }
