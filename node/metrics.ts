@@ -1,8 +1,8 @@
 // Prometheus metrics. Hot-path counters are plain numbers on the stats objects; prom-client reads them
 // at scrape time (collect), so a connection costs no label lookups. Histograms use cached children.
 import client from "prom-client";
-import type { DataPlane } from "./data/plane.js";
-import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, UDP_DISCARD_REASONS } from "./data/stats.js";
+import type { DataPlane, PlaneHooks } from "./data/plane.js";
+import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, type StatsRegistry, UDP_DISCARD_REASONS } from "./model/stats.js";
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -18,12 +18,15 @@ export class Metrics {
   /** Set by the node: last time the store was in sync (ms), for the staleness gauge. */
   lastSync = 0;
 
-  constructor(plane: DataPlane, nodeId: string) {
+  /** Handed to the data plane at construction: connect latency and ejections. */
+  readonly planeHooks: PlaneHooks;
+
+  constructor(stats: StatsRegistry, nodeId: string) {
     const r = this.registry;
     r.setDefaultLabels({ node: nodeId });
     client.collectDefaultMetrics({ register: r, prefix: "ballast_process_" });
 
-    const svcCounter = (name: string, help: string, read: (s: import("./data/stats.js").ServiceCounters) => number) =>
+    const svcCounter = (name: string, help: string, read: (s: import("./model/stats.js").ServiceCounters) => number) =>
       new client.Counter({
         name,
         help,
@@ -31,7 +34,7 @@ export class Metrics {
         registers: [r],
         collect() {
           this.reset();
-          for (const s of plane.stats.services.values()) this.inc({ service: s.service }, read(s));
+          for (const s of stats.services.values()) this.inc({ service: s.service }, read(s));
         },
       });
     svcCounter("ballast_connections_accepted_total", "Connections (and UDP flows) accepted per service.", (s) => s.accepted);
@@ -49,28 +52,7 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const s of plane.stats.services.values()) for (const reason of UDP_DISCARD_REASONS) this.inc({ service: s.service, reason }, s.udpDiscarded[reason]);
-      },
-    });
-    new client.Gauge({
-      name: "ballast_fd_budget",
-      help: "The data plane's descriptor budget: capacity (RLIMIT_NOFILE less headroom and reserves) and in_use (2 per TCP connection, 1 per UDP flow).",
-      labelNames: ["kind"],
-      registers: [r],
-      collect() {
-        const b = plane.fds;
-        this.set({ kind: "capacity" }, Number.isFinite(b.capacity) ? b.capacity : -1);
-        this.set({ kind: "in_use" }, b.inUse);
-      },
-    });
-    new client.Gauge({
-      name: "ballast_service_listening",
-      help: "1 while the service's listener is bound on this node, 0 when it failed (see listenerError in /api/state).",
-      labelNames: ["service"],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const l of plane.listeners.values()) this.set({ service: l.svc.name }, l.error === null ? 1 : 0);
+        for (const s of stats.services.values()) for (const reason of UDP_DISCARD_REASONS) this.inc({ service: s.service, reason }, s.udpDiscarded[reason]);
       },
     });
     new client.Gauge({
@@ -80,7 +62,7 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const s of plane.stats.services.values()) this.set({ service: s.service }, s.active);
+        for (const s of stats.services.values()) this.set({ service: s.service }, s.active);
       },
     });
     new client.Counter({
@@ -90,10 +72,10 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const s of plane.stats.services.values()) for (const reason of REFUSE_REASONS) this.inc({ service: s.service, reason }, s.refused[reason]);
+        for (const s of stats.services.values()) for (const reason of REFUSE_REASONS) this.inc({ service: s.service, reason }, s.refused[reason]);
       },
     });
-    const beCounter = (name: string, help: string, read: (b: import("./data/stats.js").BackendCounters) => number) =>
+    const beCounter = (name: string, help: string, read: (b: import("./model/stats.js").BackendCounters) => number) =>
       new client.Counter({
         name,
         help,
@@ -101,7 +83,7 @@ export class Metrics {
         registers: [r],
         collect() {
           this.reset();
-          for (const b of plane.stats.backends.values()) this.inc({ service: b.service, backend: b.id }, read(b));
+          for (const b of stats.backends.values()) this.inc({ service: b.service, backend: b.id }, read(b));
         },
       });
     beCounter("ballast_backend_connections_total", "Connections (and UDP flows) sent to each backend.", (b) => b.connections);
@@ -114,7 +96,7 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const b of plane.stats.backends.values()) this.set({ service: b.service, backend: b.id }, b.active);
+        for (const b of stats.backends.values()) this.set({ service: b.service, backend: b.id }, b.active);
       },
     });
     new client.Counter({
@@ -124,7 +106,7 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const b of plane.stats.backends.values())
+        for (const b of stats.backends.values())
           for (const reason of CONNECT_FAILURE_REASONS) this.inc({ service: b.service, backend: b.id, reason }, b.connectFailures[reason]);
       },
     });
@@ -150,8 +132,37 @@ export class Metrics {
         this.set(self.lastSync === 0 ? 0 : Math.max(0, (Date.now() - self.lastSync) / 1000));
       },
     });
-    plane.hooks.onConnected = (svc, _t, seconds) => this.latency(svc.name).observe(seconds);
-    plane.hooks.onEject = (svc, t) => this.ejections.inc({ service: svc.name, backend: t.id });
+    this.planeHooks = {
+      onConnected: (svc, _t, seconds) => this.latency(svc.name).observe(seconds),
+      onEject: (svc, t) => this.ejections.inc({ service: svc.name, backend: t.id }),
+    };
+  }
+
+  /** Gauges read from the proxy data plane at scrape time: its descriptor budget and which listeners are bound. */
+  observePlane(plane: DataPlane): void {
+    const r = this.registry;
+    new client.Gauge({
+      name: "ballast_fd_budget",
+      help: "The data plane's descriptor budget: capacity (RLIMIT_NOFILE less headroom and reserves) and in_use (2 per TCP connection, 1 per UDP flow).",
+      labelNames: ["kind"],
+      registers: [r],
+      collect() {
+        const b = plane.fds;
+        this.set({ kind: "capacity" }, Number.isFinite(b.capacity) ? b.capacity : -1);
+        this.set({ kind: "in_use" }, b.inUse);
+      },
+    });
+    new client.Gauge({
+      name: "ballast_service_listening",
+      help: "1 while the service's listener is bound on this node, 0 when it failed (see listenerError in /api/state).",
+      labelNames: ["service"],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const l of plane.listeners.values()) this.set({ service: l.svc.name }, l.error === null ? 1 : 0);
+      },
+    });
+
   }
 
   private latency(service: string): client.Histogram.Internal<"service"> {
