@@ -3,7 +3,7 @@
 import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../model/snapshot.js";
 import type { ConnectFailureReason, StatsRegistry } from "../model/stats.js";
-import type { FdBudget } from "./fd-budget.js";
+import type { FdBudget } from "../model/fd-budget.js";
 import type { Router } from "./router.js";
 
 export interface ListenerHost {

@@ -8,7 +8,7 @@ import type { Exclude } from "../lb/algorithm.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
 import type { BackendView, ServiceState, Snapshot, Target } from "../model/snapshot.js";
 import { type BackendCounters, type ConnectFailureReason, StatsRegistry } from "../model/stats.js";
-import { FdBudget } from "./fd-budget.js";
+import { FdBudget } from "../model/fd-budget.js";
 import type { ListenerHost } from "./host.js";
 import { type AffinityHook, Router } from "./router.js";
 import { TcpListener } from "./tcp.js";

@@ -7,7 +7,7 @@ import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../model/snapshot.js";
 import type { Closable, ConnectFailureReason, RefuseReason, ServiceCounters } from "../model/stats.js";
 import { admit } from "./admit.js";
-import { FDS_PER_CONNECTION, isLocalResourceError } from "./fd-budget.js";
+import { FDS_PER_CONNECTION, isLocalResourceError } from "../model/fd-budget.js";
 import type { ListenerHost } from "./host.js";
 import { proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
 import { limiterFor, type SourceRateLimiter } from "./rate-limit.js";

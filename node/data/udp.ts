@@ -8,7 +8,7 @@ import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../model/snapshot.js";
 import type { Closable, ServiceCounters, UdpDiscardReason } from "../model/stats.js";
 import { admit } from "./admit.js";
-import { FDS_PER_FLOW } from "./fd-budget.js";
+import { FDS_PER_FLOW } from "../model/fd-budget.js";
 import type { ListenerHost } from "./host.js";
 import { proxyV2Header } from "./proxy-protocol.js";
 import { limiterFor, type SourceRateLimiter } from "./rate-limit.js";

@@ -7,7 +7,7 @@ import net from "node:net";
 import type { z } from "zod";
 import { formatHostPort } from "../../shared/address.js";
 import { formatDuration } from "../../shared/duration.js";
-import { isLocalResourceError } from "../data/fd-budget.js";
+import { isLocalResourceError } from "../model/fd-budget.js";
 import type { CheckType, healthSchema } from "../../shared/schema.js";
 
 /** A service's health settings after resolveService() filled the protocol-dependent check type. */

@@ -6,7 +6,7 @@ export const CONNECT_FAILURE_REASONS = ["refused", "timeout", "reset", "unreacha
 export type ConnectFailureReason = (typeof CONNECT_FAILURE_REASONS)[number];
 
 /**
- * fd-budget: the node's descriptor budget (node/data/fd-budget.ts) is spent; local-resources: the
+ * fd-budget: the node's descriptor budget (node/model/fd-budget.ts) is spent; local-resources: the
  * upstream socket could not be made (EMFILE, ENOBUFS…), which is this node's shortage, not the backend's.
  */
 export const REFUSE_REASONS = ["max-connections", "denied", "rate-limited", "no-backend", "draining", "max-flows", "fd-budget", "local-resources"] as const;

@@ -130,7 +130,7 @@ describe("descriptor exhaustion on the health leader", () => {
 
 describe("the fd budget", () => {
   it("reads the soft limit from /proc/self/limits and keeps headroom and reserves out of the data plane", async () => {
-    const { FdBudget, readFdLimit } = await import("../../node/data/fd-budget.js");
+    const { FdBudget, readFdLimit } = await import("../../node/model/fd-budget.js");
     const { mkdtempSync, writeFileSync } = await import("node:fs");
     const { join } = await import("node:path");
     const { tmpdir } = await import("node:os");
