@@ -41,6 +41,9 @@ export interface DsrServicePlan {
   readonly flowTimeoutMs: number;
   /** Pins per service on this node; past it, new flows are hashed without a pin. */
   readonly maxFlows: number;
+  /** Access: sources allowed (empty: all) and denied, as CIDRs — dropped at ingress, statelessly. */
+  readonly allow: readonly string[];
+  readonly deny: readonly string[];
 }
 
 export interface DsrTablePlan {
@@ -53,9 +56,10 @@ export interface DsrTablePlan {
 
 /** Objects found in the table before this process first wrote it (a restarted node adopts them). */
 export interface DsrExisting {
-  readonly chains: readonly string[];
-  readonly maps: readonly string[];
-  readonly counters: readonly string[];
+  readonly chains: string[];
+  readonly maps: string[];
+  readonly sets: string[];
+  readonly counters: string[];
 }
 
 const INGRESS = "ingress";
@@ -81,7 +85,7 @@ function hashKey(s: DsrServicePlan): string {
 
 /** Everything that, when it changes, needs the service's chain rewritten (not just its maps). */
 function shapeOf(s: DsrServicePlan, device: string): string {
-  return [s.vip, s.port, s.protocol, s.hashSourceOnly, s.modulus, s.seed, s.flowTimeoutMs, s.maxFlows, device].join("|");
+  return JSON.stringify([s.vip, s.port, s.protocol, s.hashSourceOnly, s.modulus, s.seed, s.flowTimeoutMs, s.maxFlows, s.allow, s.deny, device]);
 }
 
 function sameSlots(a: Uint32Array, b: Uint32Array): boolean {
@@ -109,7 +113,11 @@ function serviceRules(t: string, s: DsrServicePlan, device: string): string[] {
   const flows = flowsMap(s);
   const fwd = `counter name meta mark map @${s.object}_counters fwd ip to meta mark map @${s.object}_backends device "${device}"`;
   const slot = `meta mark set jhash ${key} mod ${s.modulus} seed ${hex(s.seed)} map @${s.object}_slots`;
+  const access: string[] = [];
+  if (s.allow.length > 0) access.push(`add rule ${c} ip saddr != @${s.object}_allow drop`);
+  if (s.deny.length > 0) access.push(`add rule ${c} ip saddr @${s.object}_deny drop`);
   return [
+    ...access,
     // 1. A pinned flow keeps its backend (and its pin stays fresh) while the backend may carry it.
     `add rule ${c} meta mark set ${key} map @${flows} update @${flows} { ${key} : meta mark } ${fwd}`,
     // 2. No pin (new flow, or a failover from another node), or its backend is down: the shared table.
@@ -155,6 +163,14 @@ export function renderDsr(prev: DsrTablePlan | null, next: DsrTablePlan, existin
       const key = s.hashSourceOnly ? "ip saddr" : "ip saddr . th sport";
       out.push(`add map netdev ${t} ${flows} { typeof ${key} : meta mark; size ${s.maxFlows}; flags dynamic,timeout; timeout ${Math.max(1, Math.round(s.flowTimeoutMs / 1000))}s; }`);
     }
+    if (reshaped) {
+      for (const [kind, list] of [["allow", s.allow], ["deny", s.deny]] as const) {
+        if (list.length === 0) continue;
+        out.push(`add set netdev ${t} ${s.object}_${kind} { type ipv4_addr; flags interval; auto-merge; }`);
+        out.push(`flush set netdev ${t} ${s.object}_${kind}`);
+        out.push(`add element netdev ${t} ${s.object}_${kind} { ${elements([...list])} }`);
+      }
+    }
     if (reshaped || !sameSlots(before!.slots, s.slots)) {
       out.push(`flush map netdev ${t} ${s.object}_slots`);
       if (s.slots.length > 0) {
@@ -180,6 +196,9 @@ export function renderDsr(prev: DsrTablePlan | null, next: DsrTablePlan, existin
     if (reshaped) {
       out.push(...serviceRules(t, s, next.device));
       if (before && flowsMap(before) !== flows) out.push(`delete map netdev ${t} ${flowsMap(before)}`);
+      for (const kind of ["allow", "deny"] as const) {
+        if (before && before[kind].length > 0 && s[kind].length === 0) out.push(`delete set netdev ${t} ${s.object}_${kind}`);
+      }
     }
     out.push(`add element netdev ${t} ${SERVICES} { ${s.vip} . ${s.protocol} . ${s.port} : jump ${s.object} }`);
   }
@@ -196,6 +215,7 @@ export function renderDsr(prev: DsrTablePlan | null, next: DsrTablePlan, existin
     out.push(`flush chain netdev ${t} ${s.object}`, `delete chain netdev ${t} ${s.object}`);
     out.push(`delete map netdev ${t} ${s.object}_slots`, `delete map netdev ${t} ${s.object}_backends`, `delete map netdev ${t} ${s.object}_counters`);
     out.push(`delete map netdev ${t} ${flowsMap(s)}`, `delete counter netdev ${t} ${noBackendCounter(s)}`);
+    for (const kind of ["allow", "deny"] as const) if (s[kind].length > 0) out.push(`delete set netdev ${t} ${s.object}_${kind}`);
     for (const b of s.backends) out.push(`delete counter netdev ${t} ${counterOf(s, b.key)}`);
   }
   if (first && existing) {
@@ -205,11 +225,13 @@ export function renderDsr(prev: DsrTablePlan | null, next: DsrTablePlan, existin
       owned.add(s.object);
       owned.add(`${s.object}_slots`).add(`${s.object}_backends`).add(`${s.object}_counters`).add(flowsMap(s));
       owned.add(noBackendCounter(s));
+      for (const kind of ["allow", "deny"] as const) if (s[kind].length > 0) owned.add(`${s.object}_${kind}`);
       for (const b of s.backends) owned.add(counterOf(s, b.key));
     }
     const stale = (name: string) => name.startsWith(CHAIN_PREFIX) && !owned.has(name);
     for (const c of existing.chains.filter(stale)) out.push(`flush chain netdev ${t} ${c}`, `delete chain netdev ${t} ${c}`);
     for (const m of existing.maps.filter(stale)) out.push(`delete map netdev ${t} ${m}`);
+    for (const m of existing.sets.filter(stale)) out.push(`delete set netdev ${t} ${m}`);
     for (const c of existing.counters.filter(stale)) out.push(`delete counter netdev ${t} ${c}`);
   }
   return `${out.join("\n")}\n`;

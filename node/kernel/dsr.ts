@@ -2,104 +2,89 @@
 // (node/kernel/dsr-ruleset.ts) and keeps per-service status and per-backend counters. One
 // transaction per snapshot; a failed apply keeps the previous ruleset serving (nft transactions are
 // all or nothing), is logged, counted and reported per service — the node never crashes or flushes.
-import { execFile } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { buildMaglevTable } from "../lb/maglev.js";
-import type { ForwarderServiceStatus } from "../model/forwarder.js";
+import type { Logger } from "pino";
+import type { MaglevPicker } from "../lb/maglev.js";
+import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
+import type { ServiceState, Snapshot } from "../snapshot.js";
 import { type DsrBackend, type DsrExisting, type DsrServicePlan, type DsrTablePlan, dsrCounterName, dsrObjectName, renderDsr, renderDsrFlush } from "./dsr-ruleset.js";
-import { ipv4Bytes, kernelSlot } from "./jhash.js";
+import { kernelSlot } from "./jhash.js";
+import { type NftRunner, nftRunner, nftUnavailable } from "./nft.js";
+import { tableName } from "./ruleset.js";
+import { clusterSeed } from "./seed.js";
 
-/** What the programmer needs of a service (the snapshot's ServiceState satisfies it). */
-export interface DsrServiceInput {
-  readonly name: string;
-  readonly host: string;
-  readonly port: number;
-  readonly hashSourceOnly: boolean;
-  readonly spec: {
-    readonly protocol: "tcp" | "udp";
-    readonly forwarding?: string;
-    readonly timeouts: { readonly idle: number; readonly udpIdle: number };
-    readonly limits: { readonly maxFlows: number };
-  };
-  /** Routable backends (take new flows), sorted by id. */
-  readonly targets: readonly { readonly id: string; readonly host: string; readonly weight: number }[];
-  /** Backends that may keep their flows (routable or draining, not down or disabled). */
-  readonly sticky: ReadonlyMap<string, { readonly id: string; readonly host: string }>;
+/** IPv4 dotted quad → unsigned 32-bit number, or -1. */
+function ipv4(ip: string): number {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
+  if (!m) return -1;
+  let v = 0;
+  for (let i = 1; i <= 4; i++) {
+    const o = Number(m[i]);
+    if (o > 255) return -1;
+    v = v * 256 + o;
+  }
+  return v;
 }
 
-export interface DsrSnapshotInput {
-  readonly revision: number;
-  readonly services: ReadonlyMap<string, DsrServiceInput>;
-}
-
-/** Runs nft (in a namespace for tests): the script goes through a file, as nft 1.0.6 cannot read a socketpair stdin. */
-export type NftExec = (args: string[], script?: string) => Promise<{ code: number; stdout: string; stderr: string }>;
-
-/** `nft` on this machine, or inside `ip netns exec <netns>` when given. */
-export function nftExec(netns?: string): NftExec {
-  return (args, script) =>
-    new Promise((resolve) => {
-      let dir: string | null = null;
-      const argv = [...args];
-      if (script !== undefined) {
-        dir = mkdtempSync(join(tmpdir(), "ballast-nft-"));
-        const file = join(dir, "ruleset.nft");
-        writeFileSync(file, script);
-        argv.push("-f", file);
-      }
-      const [cmd, full] = netns ? ["ip", ["netns", "exec", netns, "nft", ...argv]] : ["nft", argv];
-      execFile(cmd, full, { timeout: 30_000, maxBuffer: 256 * 1024 * 1024 }, (err, stdout, stderr) => {
-        if (dir) rmSync(dir, { recursive: true, force: true });
-        const code = err ? (typeof (err as { code?: unknown }).code === "number" ? (err as { code: number }).code : 127) : 0;
-        resolve({ code, stdout: String(stdout), stderr: String(stderr) || (err && code !== 0 ? err.message : "") });
-      });
-    });
+/** A backend's key in the kernel maps: its IPv4 address as an unsigned 32-bit number. */
+export function dsrBackendKey(address: string): number {
+  const v = ipv4(address);
+  if (v < 0) throw new RangeError(`not an IPv4 address: ${address}`);
+  return v;
 }
 
 /**
- * Slots for a kernel table of `backends` backends: the smallest prime ≥ 100 per backend from a fixed
- * ladder (so an update stays small and every node picks the same size), at least 251.
+ * A DSR service as the kernel programs it, from the snapshot: the slots are the picker's own Maglev
+ * table (node/kernel/table-size.ts builds it for kernel-forwarded services), so route explain and the
+ * kernel read one table. A string: why this node cannot program it.
  */
-export function dsrTableSize(backends: number): number {
-  const want = Math.max(251, backends * 100);
-  let size = 251;
-  while (size < want) size = size * 2;
-  while (!isPrime(size)) size++;
-  return size;
-}
-
-function isPrime(n: number): boolean {
-  if (n < 2) return false;
-  for (let d = 2; d * d <= n; d++) if (n % d === 0) return false;
-  return true;
-}
-
-/** Why a service cannot be forwarded by DSR on this node, or null. (Record validation refuses the rest.) */
-export function dsrUnsupported(svc: DsrServiceInput): string | null {
-  if (ipv4Bytes(svc.host) === null || svc.host === "0.0.0.0") return `listen: forwarding dsr needs a specific IPv4 VIP, got ${svc.host}`;
+export function dsrServicePlan(svc: ServiceState, seed: number): DsrServicePlan | string {
+  if (ipv4(svc.host) <= 0) return `listen: forwarding dsr needs the service's own IPv4 address (the VIP), got ${svc.host}`;
   if (svc.port === 0) return "listen: forwarding dsr needs a fixed port";
-  for (const b of svc.sticky.values()) if (ipv4Bytes(b.host) === null) return `backend ${b.id}: forwarding dsr needs an IPv4 backend address, got ${b.host}`;
-  return null;
+  const backends: DsrBackend[] = [];
+  for (const t of svc.sticky.values()) {
+    if (ipv4(t.host) < 0) return `backend ${t.id}: forwarding dsr needs an IPv4 address, got ${t.host}`;
+    backends.push({ key: dsrBackendKey(t.host), id: t.id, address: t.host });
+  }
+  // The snapshot refuses a second backend with the same address, so keys are unique.
+  backends.sort((a, b) => a.key - b.key);
+  const picker = svc.picker as Partial<MaglevPicker>;
+  const size = picker.size ?? 0;
+  const table = picker.table;
+  const targets = picker.targets ?? [];
+  if (size === 0 || !table) return `algorithm: forwarding dsr needs maglev or source-ip, got ${svc.spec.algorithm}`;
+  const slots = new Uint32Array(targets.length === 0 ? 0 : size);
+  if (targets.length > 0) {
+    const keys = targets.map((t) => dsrBackendKey(t.host));
+    for (let i = 0; i < size; i++) slots[i] = keys[table[i]];
+  }
+  const spec = svc.spec;
+  return {
+    name: svc.name,
+    object: dsrObjectName(svc.name),
+    vip: svc.host,
+    port: svc.port,
+    protocol: spec.protocol,
+    hashSourceOnly: svc.hashSourceOnly,
+    modulus: size,
+    seed: seed >>> 0,
+    slots,
+    backends,
+    flowTimeoutMs: spec.protocol === "udp" ? spec.timeouts.udpIdle : spec.timeouts.idle,
+    maxFlows: spec.limits.maxFlows,
+    allow: spec.access.allow,
+    deny: spec.access.deny,
+  };
 }
 
-export interface DsrOptions {
-  /** The cluster name: the table is `ballast_<cluster>` (family netdev). */
+export interface DsrForwarderOptions {
+  /** The cluster name: the table is `ballast_<cluster>` in the netdev family (NAT's is inet: two tables). */
   cluster: string;
-  /** The interface facing the backends' L2 segment. */
-  device: string;
-  /** Hash seed shared by every node of the cluster. */
-  seed: number;
-  exec?: NftExec;
-  /** Called for each failed apply (logs, metrics). */
-  onError?(error: string): void;
-}
-
-/** The nft table name for a cluster: letters, digits and `_` only. */
-export function dsrTableName(cluster: string): string {
-  return `ballast_${cluster.replace(/[^A-Za-z0-9_]/g, "_")}`;
+  /** Node config `dsr.interface`: the interface on the backends' L2 segment (ingress hook and egress). */
+  device: string | undefined;
+  log: Logger;
+  runner?: NftRunner;
+  /** Overrides the cluster seed (tests). */
+  seed?: number;
 }
 
 export interface DsrBackendCounters {
@@ -107,19 +92,42 @@ export interface DsrBackendCounters {
   bytes: number;
 }
 
-export class DsrProgrammer {
-  readonly table: string;
-  private readonly exec: NftExec;
-  private applied: DsrTablePlan | null = null;
-  private adopted = false;
-  private readonly statuses = new Map<string, ForwarderServiceStatus>();
-  /** Applies that nft refused (the previous ruleset kept serving). */
-  failures = 0;
-  lastError: string | null = null;
+/** What /api/state shows about the DSR table. */
+export interface DsrState {
+  table: string;
+  device: string | null;
+  seed: number;
+  unavailable: string | null;
+  applies: number;
+  failures: number;
+  lastError: string | null;
+  lastApplyMs: number;
+}
 
-  constructor(private readonly opts: DsrOptions) {
-    this.table = dsrTableName(opts.cluster);
-    this.exec = opts.exec ?? nftExec();
+export class DsrForwarder implements Forwarder<Snapshot> {
+  readonly name = "dsr";
+  readonly table: string;
+  readonly seed: number;
+  private readonly runner: NftRunner;
+  private readonly log: Logger;
+  private applied: DsrTablePlan | null = null;
+  /** This process has written the table once (before that, it adopts what an earlier process left). */
+  private adopted = false;
+  private unavailable: string | null | undefined;
+  private readonly statuses = new Map<string, ForwarderServiceStatus>();
+  readonly stats = { applies: 0, failures: 0, lastError: null as string | null, lastApplyMs: 0 };
+  private pending: Snapshot | null = null;
+  private running: Promise<void> | null = null;
+
+  constructor(private readonly opts: DsrForwarderOptions) {
+    this.table = tableName(opts.cluster);
+    this.seed = (opts.seed ?? clusterSeed(opts.cluster)) >>> 0;
+    this.runner = opts.runner ?? nftRunner();
+    this.log = opts.log;
+  }
+
+  handles(mode: ForwardingMode): boolean {
+    return mode === "dsr";
   }
 
   /** The plan last written to the kernel (route explain reads it). */
@@ -131,117 +139,110 @@ export class DsrProgrammer {
     return this.statuses.get(service);
   }
 
-  /** Builds the plan for the DSR services of a snapshot; services DSR cannot carry get a reason instead. */
-  plan(snapshot: DsrSnapshotInput): { plan: DsrTablePlan; refused: Map<string, string> } {
-    const services = new Map<string, DsrServicePlan>();
-    const refused = new Map<string, string>();
-    for (const svc of snapshot.services.values()) {
-      if (svc.spec.forwarding !== "dsr") continue;
-      const why = dsrUnsupported(svc);
-      if (why) {
-        refused.set(svc.name, why);
-        continue;
-      }
-      const stickyKeys = new Map<string, number>();
-      const backends: DsrBackend[] = [];
-      for (const b of svc.sticky.values()) {
-        const key = dsrBackendKey(b.host);
-        stickyKeys.set(b.id, key);
-        backends.push({ key, id: b.id, address: b.host });
-      }
-      // Two backends with one address cannot both be in a service (the snapshot refuses the later one).
-      backends.sort((a, b) => a.key - b.key);
-
-      const routable = svc.targets.filter((t) => t.weight > 0 && stickyKeys.has(t.id));
-      const modulus = dsrTableSize(routable.length);
-      const slots = new Uint32Array(routable.length === 0 ? 0 : modulus);
-      if (routable.length > 0) {
-        const table = buildMaglevTable(
-          routable.map((t) => t.id),
-          routable.map((t) => t.weight),
-          modulus,
-        );
-        for (let i = 0; i < modulus; i++) slots[i] = stickyKeys.get(routable[table[i]].id)!;
-      }
-      services.set(svc.name, {
-        name: svc.name,
-        object: dsrObjectName(svc.name),
-        vip: svc.host,
-        port: svc.port,
-        protocol: svc.spec.protocol,
-        hashSourceOnly: svc.hashSourceOnly,
-        modulus,
-        seed: this.opts.seed >>> 0,
-        slots,
-        backends,
-        flowTimeoutMs: svc.spec.protocol === "udp" ? svc.spec.timeouts.udpIdle : svc.spec.timeouts.idle,
-        maxFlows: svc.spec.limits.maxFlows,
-      });
-    }
-    return { plan: { table: this.table, device: this.opts.device, services }, refused };
+  state(): DsrState {
+    return { table: this.table, device: this.opts.device ?? null, seed: this.seed, unavailable: this.unavailable ?? null, ...this.stats };
   }
 
-  /**
-   * Programs a snapshot. Never rejects: a refused transaction leaves the previous ruleset serving
-   * and puts the error on every DSR service's status.
-   */
-  async apply(snapshot: DsrSnapshotInput): Promise<void> {
-    const { plan, refused } = this.plan(snapshot);
-    const existing = this.adopted ? null : await this.readExisting();
-    const script = renderDsr(this.applied, plan, existing);
-    let error: string | null = null;
-    try {
-      const r = await this.exec([], script);
-      if (r.code !== 0) error = (r.stderr || r.stdout).trim().split("\n").slice(0, 3).join(" ") || `nft exited ${r.code}`;
-    } catch (err) {
-      error = (err as Error).message;
+  /** Applies snapshots in order; snapshots that arrive during an apply coalesce into the newest. */
+  apply(snap: Snapshot): Promise<void> {
+    this.pending = snap;
+    this.running ??= this.applyPending();
+    return this.running;
+  }
+
+  private async applyPending(): Promise<void> {
+    while (this.pending !== null) {
+      const snap = this.pending;
+      this.pending = null;
+      try {
+        await this.applyNow(snap);
+      } catch (err) {
+        // apply() never rejects: the previous programming keeps serving.
+        this.stats.failures++;
+        this.stats.lastError = (err as Error).message;
+        this.log.error({ err: (err as Error).message }, "dsr apply failed");
+      }
     }
-    const prevStatuses = new Map(this.statuses);
-    this.statuses.clear();
-    for (const [name, why] of refused) this.statuses.set(name, { programmed: false, reason: why, revision: 0 });
-    if (error) {
-      this.failures++;
-      this.lastError = error;
-      this.opts.onError?.(error);
-      for (const name of plan.services.keys()) {
-        const before = prevStatuses.get(name);
-        const serving = this.applied?.services.has(name) ?? false;
-        this.statuses.set(name, { programmed: serving, reason: `nft apply failed: ${error}`, revision: serving ? (before?.revision ?? 0) : 0 });
+    this.running = null;
+  }
+
+  private async tableExists(): Promise<boolean> {
+    const r = await this.runner.run(["list", "tables", "netdev"]);
+    return r.ok && r.stdout.split("\n").some((l) => l.trim() === `table netdev ${this.table}`);
+  }
+
+  private async applyNow(snap: Snapshot): Promise<void> {
+    const dsr = [...snap.services.values()].filter((s) => this.handles(forwardingOf(s.spec)));
+    for (const name of [...this.statuses.keys()]) if (!dsr.some((s) => s.name === name)) this.statuses.delete(name);
+    // No DSR service and nothing programmed: create nothing (a table left by an earlier run is emptied).
+    if (dsr.length === 0 && this.applied === null && (this.unavailable !== undefined || !(await this.tableExists()))) return;
+    if (this.opts.device === undefined) {
+      for (const s of dsr) this.statuses.set(s.name, { programmed: false, reason: "node config dsr.interface is not set (the interface facing the backends)", revision: 0 });
+      return;
+    }
+    if (this.unavailable === undefined || this.unavailable !== null) this.unavailable = await nftUnavailable(this.runner);
+    if (this.unavailable !== null) {
+      for (const s of dsr) this.statuses.set(s.name, { programmed: false, reason: this.unavailable, revision: 0 });
+      return;
+    }
+    const services = new Map<string, DsrServicePlan>();
+    const refused = new Map<string, string>();
+    for (const svc of dsr) {
+      const p = dsrServicePlan(svc, this.seed);
+      if (typeof p === "string") refused.set(svc.name, p);
+      else services.set(svc.name, p);
+    }
+    const plan: DsrTablePlan = { table: this.table, device: this.opts.device, services };
+    const existing = this.adopted ? null : await this.readExisting();
+    const r = await this.runner.load(renderDsr(this.adopted ? this.applied : null, plan, existing));
+    if (!r.ok) {
+      this.stats.failures++;
+      this.stats.lastError = r.error;
+      this.log.error({ table: this.table, revision: snap.revision, err: r.error }, "dsr nftables apply failed; the previous ruleset keeps forwarding");
+      for (const svc of dsr) {
+        const prev = this.statuses.get(svc.name);
+        const why = refused.get(svc.name);
+        this.statuses.set(svc.name, why !== undefined ? { programmed: false, reason: why, revision: 0 } : { programmed: prev?.programmed ?? false, reason: `apply failed: ${r.error}`, revision: prev?.revision ?? 0 });
       }
       return;
     }
-    this.lastError = null;
     this.adopted = true;
     this.applied = plan;
-    for (const name of plan.services.keys()) this.statuses.set(name, { programmed: true, reason: null, revision: snapshot.revision });
+    this.stats.applies++;
+    this.stats.lastApplyMs = r.ms;
+    this.stats.lastError = null;
+    this.log.debug({ table: this.table, revision: snap.revision, ms: Math.round(r.ms) }, "dsr nftables applied");
+    for (const svc of dsr) {
+      const why = refused.get(svc.name);
+      this.statuses.set(svc.name, why === undefined ? { programmed: true, reason: null, revision: snap.revision } : { programmed: false, reason: why, revision: 0 });
+    }
   }
 
   /** Objects a previous process left in our table (names only: `-t` leaves out the elements). */
   private async readExisting(): Promise<DsrExisting | null> {
-    const r = await this.exec(["-j", "-t", "list", "table", "netdev", this.table]);
-    if (r.code !== 0) return null; // no table yet
-    const chains: string[] = [];
-    const maps: string[] = [];
-    const counters: string[] = [];
+    const r = await this.runner.run(["-j", "-t", "list", "table", "netdev", this.table]);
+    if (!r.ok) return null; // no table yet
+    const found: DsrExisting = { chains: [], maps: [], sets: [], counters: [] };
     try {
       for (const o of (JSON.parse(r.stdout) as { nftables: Record<string, { name?: string }>[] }).nftables) {
-        if (o.chain?.name) chains.push(o.chain.name);
-        else if (o.map?.name) maps.push(o.map.name);
-        else if (o.counter?.name) counters.push(o.counter.name);
+        if (o.chain?.name) found.chains.push(o.chain.name);
+        else if (o.map?.name) found.maps.push(o.map.name);
+        else if (o.set?.name) found.sets.push(o.set.name);
+        else if (o.counter?.name) found.counters.push(o.counter.name);
       }
     } catch {
       return null;
     }
-    return { chains, maps, counters };
+    return found;
   }
 
-  /** Per-backend packets and bytes (client → backend; replies bypass the node), service → backend id → counters. */
+  /** Per-backend packets and bytes, client → backend only (replies bypass the node): service → backend id → counters. */
   async counters(): Promise<Map<string, Map<string, DsrBackendCounters>>> {
     const out = new Map<string, Map<string, DsrBackendCounters>>();
     const plan = this.applied;
     if (!plan) return out;
-    const r = await this.exec(["-j", "list", "counters", "table", "netdev", this.table]);
-    if (r.code !== 0) return out;
+    const r = await this.runner.run(["-j", "list", "counters", "table", "netdev", this.table]);
+    if (!r.ok) return out;
     const byName = new Map<string, DsrBackendCounters>();
     try {
       for (const o of (JSON.parse(r.stdout) as { nftables: { counter?: { name: string; packets: number; bytes: number } }[] }).nftables) {
@@ -258,31 +259,28 @@ export class DsrProgrammer {
     return out;
   }
 
-  /** Removes the whole DSR table (the documented flush); the kernel stops forwarding DSR services. */
-  async flush(): Promise<{ ok: boolean; error: string | null }> {
-    const r = await this.exec([], renderDsrFlush(this.table));
+  /** The kernel keeps forwarding while the node drains: anycast withdraws the route first. */
+  async drain(_timeoutMs: number): Promise<{ remaining: number }> {
+    return { remaining: 0 };
+  }
+
+  /** Leaves the table in place (fail-static): a restarted node adopts it, pins included. */
+  async close(): Promise<void> {}
+
+  /** `ballast node --flush`: removes the DSR table; the kernel stops forwarding DSR services on this node. */
+  async flush(): Promise<{ removed: boolean; error: string | null }> {
+    if (!(await this.tableExists())) return { removed: false, error: null };
+    const r = await this.runner.load(renderDsrFlush(this.table));
     this.applied = null;
     this.adopted = false;
-    return { ok: r.code === 0 || /No such file/.test(r.stderr), error: r.code === 0 ? null : r.stderr.trim() };
+    return { removed: r.ok, error: r.ok ? null : r.error };
   }
 }
 
-/** Where the kernel sends a flow by the table (pins aside): slot and backend, for route explain. */
+/** Where the kernel sends a flow by the table (this node's pins aside): slot and backend, for route explain. */
 export function explainDsr(s: DsrServicePlan, client: string, port: number): { slot: number; backend: DsrBackend | null } {
-  const slot = kernelSlot(client, s.hashSourceOnly ? null : port, s.modulus, s.seed);
-  if (s.slots.length === 0) return { slot, backend: null };
+  const slot = kernelSlot(client, port, s.hashSourceOnly, s.seed, s.modulus);
+  if (slot < 0 || s.slots.length === 0) return { slot, backend: null };
   const key = s.slots[slot];
   return { slot, backend: s.backends.find((b) => b.key === key) ?? null };
-}
-
-/** A backend's key in the kernel maps: its IPv4 address as an unsigned 32-bit number. */
-export function dsrBackendKey(address: string): number {
-  const b = ipv4Bytes(address);
-  if (!b) throw new RangeError(`not an IPv4 address: ${address}`);
-  return ((b[0] << 24) | (b[1] << 16) | (b[2] << 8) | b[3]) >>> 0;
-}
-
-/** A random 32-bit seed (a cluster's first node writes one; tests use their own). */
-export function randomSeed(): number {
-  return randomBytes(4).readUInt32BE(0);
 }

@@ -2,36 +2,32 @@
 // in their own namespaces; a client, the nodes and the backends share one switch; the backends hold
 // the VIP on lo. Every address exists only inside the namespaces this file creates.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DsrProgrammer, type DsrServiceInput, type DsrSnapshotInput, explainDsr, nftExec, randomSeed } from "../../node/kernel/dsr.js";
+import { randomBytes } from "node:crypto";
+import { DsrForwarder, explainDsr } from "../../node/kernel/dsr.js";
+import { nftRunner } from "../../node/kernel/nft.js";
+import { createLogger } from "../../node/log.js";
+import type { Snapshot } from "../../node/snapshot.js";
 import { netnsUnavailable } from "../helpers/netns.js";
 import { waitFor } from "../helpers/wait.js";
 import { type DsrLab, dsrLab, type Reply } from "./dsr-topology.js";
+import { labSnapshot } from "./lab.js";
+
+const log = createLogger(process.env.BALLAST_TEST_LOG ?? "silent");
 
 const skip = netnsUnavailable();
 
 type BackendState = "up" | "drain" | "down";
 
-/** A snapshot with two DSR services on the lab's VIP and port: `web` (TCP) and `webu` (UDP), the same backends. */
-function snapshot(lab: DsrLab, revision: number, states: Record<string, BackendState>): DsrSnapshotInput {
-  const ids = Object.keys(states).sort();
-  const targets = ids.filter((id) => states[id] === "up").map((id) => ({ id, host: lab.backends.get(id)!.ip, weight: 1 }));
-  const sticky = new Map(ids.filter((id) => states[id] !== "down").map((id) => [id, { id, host: lab.backends.get(id)!.ip }]));
-  const svc = (name: string, protocol: "tcp" | "udp"): DsrServiceInput => ({
-    name,
-    host: lab.vip,
-    port: lab.port,
-    hashSourceOnly: false,
-    spec: { protocol, forwarding: "dsr", timeouts: { idle: 300_000, udpIdle: 30_000 }, limits: { maxFlows: 65536 } },
-    targets,
-    sticky,
-  });
-  return {
-    revision,
-    services: new Map([
-      ["web", svc("web", "tcp")],
-      ["webu", svc("webu", "udp")],
-    ]),
-  };
+/**
+ * A snapshot, through the real record parser and snapshot builder, with two DSR services on the
+ * lab's VIP and port: `web` (TCP) and `webu` (UDP), the same backends in the given states.
+ */
+function snapshot(lab: DsrLab, revision: number, states: Record<string, BackendState>): Snapshot {
+  const backends: Record<string, Record<string, unknown>> = {};
+  for (const [id, st] of Object.entries(states)) backends[id] = { address: lab.backends.get(id)!.ip, port: lab.port, state: st === "drain" ? "drain" : "active" };
+  const down = Object.keys(states).filter((id) => states[id] === "down");
+  const svc = (protocol: "tcp" | "udp") => ({ listen: `${lab.vip}:${lab.port}`, protocol, forwarding: "dsr" });
+  return labSnapshot(revision, { web: { service: svc("tcp"), backends, down }, webu: { service: svc("udp"), backends, down } });
 }
 
 const backendOf = (r: Reply | string): string => (typeof r === "string" ? `error: ${r}` : r.backend);
@@ -39,21 +35,22 @@ const backendOf = (r: Reply | string): string => (typeof r === "string" ? `error
 describe.skipIf(skip !== null)("forwarding: dsr in the kernel (namespaces)", () => {
   let lab: DsrLab;
   let seed: number;
-  let programmers: DsrProgrammer[];
+  let programmers: DsrForwarder[];
+  const forwarder = (i: number, cluster = "t", device = "eth0") => new DsrForwarder({ cluster, device, seed, log, runner: nftRunner({ netns: lab.nodes[i].name }) });
 
   beforeAll(async () => {
     lab = await dsrLab(["b1", "b2", "b3"]);
-    seed = randomSeed();
-    programmers = lab.nodes.map((ns) => new DsrProgrammer({ cluster: "t", device: "eth0", seed, exec: nftExec(ns.name) }));
+    seed = randomBytes(4).readUInt32BE(0);
+    programmers = [forwarder(0), forwarder(1)];
   });
   afterAll(async () => {
     await lab?.topology.destroy();
   });
 
-  async function applyAll(snap: DsrSnapshotInput, nodes = programmers): Promise<void> {
+  async function applyAll(snap: Snapshot, nodes = programmers): Promise<void> {
     for (const p of nodes) {
       await p.apply(snap);
-      for (const name of ["web", "webu"]) expect(p.status(name), p.lastError ?? "").toEqual({ programmed: true, reason: null, revision: snap.revision });
+      for (const name of ["web", "webu"]) expect(p.status(name), p.stats.lastError ?? "").toEqual({ programmed: true, reason: null, revision: snap.revision });
     }
   }
 
@@ -196,45 +193,53 @@ describe.skipIf(skip !== null)("forwarding: dsr in the kernel (namespaces)", () 
     }
   });
 
-  it("drops (and counts) packets when no backend is routable, and refuses what DSR cannot carry", async () => {
+  it("drops (and counts) packets when no backend is routable; an unset interface or a refused transaction keeps the previous ruleset", async () => {
     const p = programmers[1];
     await p.apply(snapshot(lab, 7, { b1: "down", b2: "down", b3: "down" }));
+    expect(p.current!.services.get("webu")!.slots.length).toBe(0);
     expect(p.status("webu")).toEqual({ programmed: true, reason: null, revision: 7 });
     await lab.routeVia(1);
     expect(await lab.driver.udp(45000, 500)).toBe("udp timeout");
     const out = await lab.nodes[1].run("nft", ["list", "counters", "table", "netdev", p.table]);
     expect(out).toMatch(/dsr_webu_\w+_none \{\s*packets [1-9]/);
 
-    const svc = snapshot(lab, 8, { b1: "up" }).services.get("web")!;
-    await p.apply({ revision: 8, services: new Map([["web", { ...svc, host: "0.0.0.0" }]]) });
-    expect(p.status("web")?.programmed).toBe(false);
-    expect(p.status("web")?.reason).toMatch(/^listen: forwarding dsr needs a specific IPv4 VIP/);
+    // The node config names no interface: the services are reported, not programmed.
+    const unset = new DsrForwarder({ cluster: "t3", device: undefined, seed, log, runner: nftRunner({ netns: lab.nodes[1].name }) });
+    await unset.apply(snapshot(lab, 8, { b1: "up" }));
+    expect(unset.status("web")).toEqual({ programmed: false, reason: expect.stringMatching(/^node config dsr.interface is not set/), revision: 0 });
     // A transaction the kernel refuses (an interface that does not exist) keeps the previous ruleset.
-    const broken = new DsrProgrammer({ cluster: "t2", device: "nosuchdev0", seed, exec: nftExec(lab.nodes[1].name) });
+    const broken = forwarder(1, "t2", "nosuchdev0");
     await broken.apply(snapshot(lab, 9, { b1: "up" }));
-    expect(broken.failures).toBe(1);
+    expect(broken.stats.failures).toBe(1);
     expect(broken.status("web")).toMatchObject({ programmed: false, revision: 0 });
-    expect(broken.status("web")?.reason).toMatch(/^nft apply failed: /);
+    expect(broken.status("web")?.reason).toMatch(/^apply failed: /);
+    expect(await lab.driver.udp(45001, 500)).toBe("udp timeout");
+    await p.apply(snapshot(lab, 10, { b1: "up" }));
+    expect(backendOf(await lab.driver.udp(45002))).toBe("b1");
+    const failing = forwarder(1, "t", "nosuchdev0");
+    await failing.apply(snapshot(lab, 11, { b2: "up" }));
+    expect(failing.stats.failures).toBe(1);
+    expect(backendOf(await lab.driver.udp(45003)), "the previous ruleset still forwards").toBe("b1");
   });
 
   it("a restarted node adopts its table: pins survive, stale services are removed", async () => {
     const p = programmers[0];
-    await applyAll(snapshot(lab, 10, { b1: "up", b2: "up" }), [p]);
+    await applyAll(snapshot(lab, 20, { b1: "up", b2: "up" }), [p]);
     await lab.routeVia(0);
     const ports = Array.from({ length: 20 }, (_, i) => 46000 + i);
     const first = new Map<number, string>();
     for (const port of ports) first.set(port, backendOf(await lab.driver.udp(port)));
     // A new process (nothing in memory) with b3 added: the pins it finds in the kernel must hold.
-    const restarted = new DsrProgrammer({ cluster: "t", device: "eth0", seed, exec: nftExec(lab.nodes[0].name) });
-    await restarted.apply(snapshot(lab, 11, { b1: "up", b2: "up", b3: "up" }));
-    expect(restarted.status("webu")).toEqual({ programmed: true, reason: null, revision: 11 });
+    const restarted = forwarder(0);
+    await restarted.apply(snapshot(lab, 21, { b1: "up", b2: "up", b3: "up" }));
+    expect(restarted.status("webu")).toEqual({ programmed: true, reason: null, revision: 21 });
     const plan = restarted.current!.services.get("webu")!;
     expect(ports.filter((port) => explainDsr(plan, lab.clientIp, port).backend?.id !== first.get(port)).length).toBeGreaterThan(0);
     for (const port of ports) expect(backendOf(await lab.driver.udp(port)), `udp ${port}`).toBe(first.get(port));
     // Another restart whose first snapshot no longer has the services: what the old process made goes; the table stays.
-    const again = new DsrProgrammer({ cluster: "t", device: "eth0", seed, exec: nftExec(lab.nodes[0].name) });
-    await again.apply({ revision: 12, services: new Map() });
-    expect(again.failures).toBe(0);
+    const again = forwarder(0);
+    await again.apply(labSnapshot(22, {}));
+    expect(again.stats.failures).toBe(0);
     const left = await lab.nodes[0].run("nft", ["-t", "list", "table", "netdev", again.table]);
     expect(left).not.toMatch(/dsr_web/);
     expect(left).toMatch(/chain ingress/);
