@@ -17,6 +17,7 @@ import { Metrics } from "./metrics.js";
 import { AffinityTable } from "./affinity/table.js";
 import { HealthManager } from "./health/manager.js";
 import { KernelForwarder } from "./kernel/forwarder.js";
+import { registerKernelMetrics } from "./kernel/metrics.js";
 import type { Snapshot } from "./snapshot.js";
 import { describeState, explainRoute } from "./state.js";
 
@@ -83,6 +84,7 @@ export class BallastNode {
     this.reconciler.affinity = this.affinity;
     this.health = new HealthManager(this);
     this.kernel = new KernelForwarder({ cluster: c.cluster, log: this.log, affinityOf: (svc) => this.affinity.bindings(svc) });
+    registerKernelMetrics(this.metrics.registry, this.kernel, () => this.reconciler.snapshot);
     this.admin = new AdminServer(
       {
         ready: () => this.ready,

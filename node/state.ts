@@ -2,6 +2,8 @@
 // page) and /api/route (route explain: which backend a client would get, and why).
 import net from "node:net";
 import { VERSION } from "../shared/version.js";
+import { explainNat } from "./kernel/forwarder.js";
+import { forwardingOf } from "./model/forwarder.js";
 import type { BallastNode } from "./node.js";
 
 export function describeState(n: BallastNode) {
@@ -17,6 +19,9 @@ export function describeState(n: BallastNode) {
       boundPort: l?.boundPort ?? 0,
       listenerError: l?.error ?? null,
       protocol: svc.spec.protocol,
+      forwarding: forwardingOf(svc.spec),
+      // The kernel forwarder's word on a NAT service: programmed, or why not (null for proxied services).
+      kernel: n.kernel.status(svc.name) ?? null,
       algorithm: svc.spec.algorithm,
       proxyProtocol: svc.spec.proxyProtocol,
       affinity: { mode: svc.spec.affinity.mode, ttlMs: svc.spec.affinity.ttl, entries: n.affinity.entries.table(svc.name)?.size ?? 0 },
@@ -61,6 +66,7 @@ export function describeState(n: BallastNode) {
       staleSeconds: n.metrics.lastSync === 0 ? 0 : (now - n.metrics.lastSync) / 1000,
     },
     revision: n.reconciler.appliedRevision,
+    kernel: n.kernel.state(),
     snapshotRevision: snap?.revision ?? 0,
     services,
     invalid: snap?.invalid ?? [],
@@ -78,6 +84,16 @@ export function explainRoute(n: BallastNode, service: string, client: string, po
   const base = { service, client, port, revision: n.reconciler.appliedRevision, node: n.id };
   if (svc.access !== null && !svc.access.permits(client)) return { status: 200, body: { ...base, backend: null, reason: "denied" } };
   const now = Date.now();
+  if (forwardingOf(svc.spec) === "nat") {
+    // The kernel's own choice: an affinity entry (a map element consulted first), else jhash → slot → backend.
+    const entry = svc.spec.affinity.mode === "source-ip" ? n.affinity.describe(svc, client, now) : null;
+    const sticky = entry ? svc.sticky.get(entry.backend) : undefined;
+    if (entry && sticky) {
+      return { status: 200, body: { ...base, forwarding: "nat", backend: { id: sticky.id, address: sticky.label }, reason: `affinity (from node ${entry.node})`, version: VERSION } };
+    }
+    const k = explainNat(svc, n.kernel.seed, client, port);
+    return { status: 200, body: { ...base, forwarding: "nat", backend: k.backend ? { id: k.backend.id, address: k.backend.label } : null, reason: k.reason, slot: k.slot, version: VERSION } };
+  }
   const router = n.plane.router;
   const described = svc.spec.affinity.mode === "source-ip" ? (router.affinity?.describe?.(svc, client, now) ?? null) : null;
   const t = router.route(svc, client, port, n.plane.availabilityExclude(svc), now, false);
