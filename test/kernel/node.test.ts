@@ -17,7 +17,10 @@ const ADMIN = "10.77.1.1:9090";
 const ports = (from: number, n: number) => Array.from({ length: n }, (_, i) => from + i);
 
 /** GETs from inside a namespace (the admin API listens on an address that exists only there), one process for all. */
-async function nsGetMany(ns: Namespace, paths: string[]): Promise<any[]> {
+// biome-ignore lint/suspicious/noExplicitAny: JSON from the admin API, read field by field in assertions
+type Json = any;
+
+async function nsGetMany(ns: Namespace, paths: string[]): Promise<Json[]> {
   const js = `Promise.all(${JSON.stringify(paths)}.map((p) => fetch("http://${ADMIN}" + p).then((r) => r.json()))).then((j) => process.stdout.write(JSON.stringify(j)))`;
   return JSON.parse(await ns.run(process.execPath, ["-e", js]));
 }
@@ -70,7 +73,7 @@ describe.skipIf(skip !== null)("a Ballast node with forwarding: nat (real proces
       throw new Error(`${(err as Error).message}\nnode log:\n${node.logs.join("").slice(-3000)}`);
     }
   };
-  const webState = async () => ((await nsGet(lab.client, "/api/state")).services as any[]).find((s) => s.name === "web");
+  const webState = async () => ((await nsGet(lab.client, "/api/state")).services as Json[]).find((s) => s.name === "web");
 
   it("programs, explains, keeps forwarding after SIGKILL, adopts on restart, and --flush removes the table", async () => {
     const first = start();
