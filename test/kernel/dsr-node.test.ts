@@ -58,11 +58,11 @@ ${backends}
   });
 
   it("programs the service from its snapshot; state, route explain and metrics describe the kernel path", async () => {
-    let state: { services: { name: string; forwarding: string; dsr: { programmed: boolean; reason: string | null }; backends: { id: string; dsr: { packets: number } }[] }[]; dsr: { table: string; device: string } } | null = null;
+    let state: { services: { name: string; forwarding: string; kernel: { programmed: boolean; reason: string | null } | null; backends: { id: string; dsr: { packets: number } }[] }[]; dsr: { table: string; device: string } } | null = null;
     await waitFor(
       async () => {
         state = JSON.parse(await admin("/api/state"));
-        return state!.services[0]?.dsr?.programmed === true;
+        return state!.services[0]?.kernel?.programmed === true;
       },
       { message: "dsr service programmed", timeoutMs: 20_000 },
     );
