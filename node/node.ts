@@ -83,7 +83,12 @@ export class BallastNode {
     this.plane.router.affinity = this.affinity;
     this.reconciler.affinity = this.affinity;
     this.health = new HealthManager(this);
-    this.kernel = new KernelForwarder({ cluster: c.cluster, log: this.log, affinityOf: (svc) => this.affinity.bindings(svc) });
+    this.kernel = new KernelForwarder({
+      cluster: c.cluster,
+      log: this.log,
+      affinityOf: (svc) => this.affinity.bindings(svc),
+      learn: (svc, client, target) => this.affinity.record(svc, client, target, Date.now()),
+    });
     registerKernelMetrics(this.metrics.registry, this.kernel, () => this.reconciler.snapshot);
     this.admin = new AdminServer(
       {

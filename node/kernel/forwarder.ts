@@ -6,7 +6,8 @@ import type { Logger } from "pino";
 import { parseIpv4 } from "../affinity/entries.js";
 import type { MaglevPicker } from "../lb/maglev.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
-import type { ServiceState, Snapshot } from "../snapshot.js";
+import type { ServiceState, Snapshot, Target } from "../snapshot.js";
+import { ConntrackEvents, type NewFlow } from "./conntrack-events.js";
 import { type ConntrackTool, conntrackTool, type FlowFilter } from "./conntrack.js";
 import { kernelSlot } from "./jhash.js";
 import { type NftRunner, nftRunner, nftUnavailable } from "./nft.js";
@@ -20,6 +21,12 @@ export interface KernelForwarderOptions {
   conntrack?: ConntrackTool;
   /** Affinity entries of a service as client → backend id (from the shared affinity table); null: none. */
   affinityOf?: (svc: ServiceState) => ReadonlyMap<string, string> | null;
+  /** A client's new flow of an affinity service reached `target`: record the affinity entry. */
+  learn?: (svc: ServiceState, client: string, target: Target) => void;
+  /** Namespace of the conntrack event watcher (tests); default: the node's own. */
+  netns?: string;
+  /** How often affinity entries (learned here or replicated from other nodes) are re-programmed. */
+  affinitySyncMs?: number;
 }
 
 /** What /api/state shows about the kernel table. */
@@ -183,6 +190,7 @@ export class KernelForwarder implements Forwarder<Snapshot> {
   }
 
   private async applyNow(snap: Snapshot): Promise<void> {
+    this.last = snap;
     const nat = [...snap.services.values()].filter((s) => this.handles(forwardingOf(s.spec)));
     for (const name of [...this.statuses.keys()]) if (!nat.some((s) => s.name === name)) this.statuses.delete(name);
     // A node with no NAT service creates no table; one left by an earlier run is still reconciled (emptied).
@@ -234,6 +242,52 @@ export class KernelForwarder implements Forwarder<Snapshot> {
       this.statuses.set(svc.name, why === undefined ? { programmed: true, reason: null, revision: snap.revision } : { programmed: false, reason: why, revision: 0 });
     }
     this.reconcileFlows(nat);
+    this.reconcileAffinity(nat);
+  }
+
+  private last: Snapshot | null = null;
+  private events: ConntrackEvents | null = null;
+  private affinityTimer: NodeJS.Timeout | null = null;
+  /** "protocol|vip|port" → affinity service, for the conntrack event watcher. */
+  private learning = new Map<string, ServiceState>();
+
+  /**
+   * Affinity in the kernel: entries are map elements consulted before the hash. New clients are
+   * learned from conntrack's NEW events (no per-packet userspace work) and recorded in the shared
+   * affinity table; entries are re-programmed every affinitySyncMs while an affinity service exists.
+   */
+  private reconcileAffinity(nat: readonly ServiceState[]): void {
+    const learning = new Map<string, ServiceState>();
+    for (const svc of nat) if (svc.spec.affinity.mode === "source-ip" && this.statuses.get(svc.name)?.programmed) learning.set(`${svc.spec.protocol}|${svc.host}|${svc.port}`, svc);
+    this.learning = learning;
+    if (learning.size === 0 || !this.opts.learn) {
+      this.events?.stop();
+      this.events = null;
+      if (this.affinityTimer) clearInterval(this.affinityTimer);
+      this.affinityTimer = null;
+      return;
+    }
+    if (!this.events) {
+      this.events = new ConntrackEvents((f) => this.onNewFlow(f), { log: this.log, netns: this.opts.netns });
+      this.events.start();
+    }
+    if (!this.affinityTimer) {
+      this.affinityTimer = setInterval(() => {
+        if (this.last && this.running === null) void this.apply(this.last);
+      }, this.opts.affinitySyncMs ?? 1000);
+      this.affinityTimer.unref();
+    }
+  }
+
+  private onNewFlow(f: NewFlow): void {
+    const svc = this.learning.get(`${f.protocol}|${f.vip}|${f.port}`);
+    if (!svc) return;
+    for (const t of svc.targets) {
+      if (t.host === f.backend && t.port === f.backendPort) {
+        this.opts.learn!(svc, f.client, t);
+        return;
+      }
+    }
   }
 
   /**
@@ -303,6 +357,10 @@ export class KernelForwarder implements Forwarder<Snapshot> {
 
   /** Leaves the table in place (fail-static): a restarted node adopts it. */
   async close(): Promise<void> {
+    this.events?.stop();
+    this.events = null;
+    if (this.affinityTimer) clearInterval(this.affinityTimer);
+    this.affinityTimer = null;
     for (const t of this.drainTimers.values()) clearTimeout(t);
     this.drainTimers.clear();
   }
