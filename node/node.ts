@@ -88,6 +88,7 @@ export class BallastNode {
       log: this.log,
       affinityOf: (svc) => this.affinity.bindings(svc),
       learn: (svc, client, target) => this.affinity.record(svc, client, target, Date.now()),
+      stats: this.plane.stats,
     });
     registerKernelMetrics(this.metrics.registry, this.kernel, () => this.reconciler.snapshot);
     this.admin = new AdminServer(

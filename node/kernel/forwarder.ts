@@ -4,6 +4,7 @@
 // kernel forwards; this class only runs when a snapshot arrives (never per packet).
 import type { Logger } from "pino";
 import { parseIpv4 } from "../affinity/entries.js";
+import type { StatsRegistry } from "../data/stats.js";
 import type { MaglevPicker } from "../lb/maglev.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
 import type { ServiceState, Snapshot, Target } from "../snapshot.js";
@@ -11,7 +12,7 @@ import { ConntrackEvents, type NewFlow } from "./conntrack-events.js";
 import { type ConntrackTool, conntrackTool, type FlowFilter } from "./conntrack.js";
 import { kernelSlot } from "./jhash.js";
 import { type NftRunner, nftRunner, nftUnavailable } from "./nft.js";
-import { backendValue, type Family, type NatServiceModel, type NatTableModel, renderDelta, renderFull, serviceObjectId, tableName } from "./ruleset.js";
+import { backendValue, counterName, type Family, type NatServiceModel, type NatTableModel, renderDelta, renderFull, serviceObjectId, tableName } from "./ruleset.js";
 import { clusterSeed } from "./seed.js";
 
 export interface KernelForwarderOptions {
@@ -27,6 +28,10 @@ export interface KernelForwarderOptions {
   netns?: string;
   /** How often affinity entries (learned here or replicated from other nodes) are re-programmed. */
   affinitySyncMs?: number;
+  /** Where nft counters and conntrack flows are written, so the proxy's metric names carry NAT figures too. */
+  stats?: StatsRegistry;
+  /** How often counters and tracked flows are read (default 5 s). */
+  countersEveryMs?: number;
 }
 
 /** What /api/state shows about the kernel table. */
@@ -89,6 +94,10 @@ export function natServiceModel(svc: ServiceState, affinity: ReadonlyMap<string,
     sourceRate: spec.limits.sourceRate,
     sourceBurst: spec.limits.sourceBurst,
     maxConnections: spec.limits.maxConnections,
+    counters: new Map(svc.backends.map((b) => {
+      const v = backendValue(b.spec.address, b.spec.port);
+      return [v, counterName(serviceObjectId(svc.name), v)];
+    })),
   };
 }
 
@@ -243,6 +252,62 @@ export class KernelForwarder implements Forwarder<Snapshot> {
     }
     this.reconcileFlows(nat);
     this.reconcileAffinity(nat);
+    if (this.opts.stats && !this.countersTimer) {
+      this.countersTimer = setInterval(() => void this.collectCounters(), this.opts.countersEveryMs ?? 5000);
+      this.countersTimer.unref();
+    }
+  }
+
+  private countersTimer: NodeJS.Timeout | null = null;
+  /** Tracked flows per NAT service at the last read. */
+  readonly flowsBy = new Map<string, number>();
+  private collecting = false;
+
+  /**
+   * Per-backend bytes (nft counters, both directions) and tracked flows (conntrack) into the stats
+   * registry: the same metric names as the proxy, with forwarding="nat". Read every few seconds.
+   */
+  async collectCounters(): Promise<void> {
+    const stats = this.opts.stats;
+    if (!stats || this.collecting || this.applied === null || this.last === null) return;
+    this.collecting = true;
+    try {
+      const r = await this.runner.run(["-j", "list", "counters", "table", "inet", this.table]);
+      if (!r.ok) return;
+      const bytes = new Map<string, number>();
+      for (const o of (JSON.parse(r.stdout) as { nftables?: Array<{ counter?: { name: string; bytes: number } }> }).nftables ?? []) {
+        if (o.counter) bytes.set(o.counter.name, o.counter.bytes);
+      }
+      for (const [name, m] of this.applied.services) {
+        const svc = this.last.services.get(name);
+        if (!svc) continue;
+        const flows = await this.conntrack.flowsByBackend({ protocol: m.protocol, vip: m.vip, port: m.port });
+        const sc = stats.service(name);
+        let bin = 0;
+        let bout = 0;
+        let active = 0;
+        for (const b of svc.backends) {
+          const c = m.counters.get(backendValue(b.spec.address, b.spec.port));
+          if (c === undefined) continue;
+          const bc = stats.backend(name, b.id);
+          bc.bytesIn = bytes.get(`${c}_in`) ?? bc.bytesIn;
+          bc.bytesOut = bytes.get(`${c}_out`) ?? bc.bytesOut;
+          if (flows) bc.active = flows.get(`${b.spec.address}|${b.spec.port}`) ?? 0;
+          bin += bc.bytesIn;
+          bout += bc.bytesOut;
+          active += bc.active;
+        }
+        sc.bytesIn = bin;
+        sc.bytesOut = bout;
+        // Not sc.active: the data plane's drain waits for that to reach 0, and tracked flows are the
+        // kernel's to carry (they outlive the process). Per-backend gauges carry them instead.
+        this.flowsBy.set(name, active);
+      }
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message }, "reading nft counters failed");
+    } finally {
+      this.collecting = false;
+    }
   }
 
   private last: Snapshot | null = null;
@@ -357,6 +422,8 @@ export class KernelForwarder implements Forwarder<Snapshot> {
 
   /** Leaves the table in place (fail-static): a restarted node adopts it. */
   async close(): Promise<void> {
+    if (this.countersTimer) clearInterval(this.countersTimer);
+    this.countersTimer = null;
     this.events?.stop();
     this.events = null;
     if (this.affinityTimer) clearInterval(this.affinityTimer);

@@ -38,7 +38,7 @@ function model(size: number, n: number): NatTableModel {
   return {
     table: "ballast_bench",
     seed: 1,
-    services: new Map([["web", { name: "web", id: "s_web", family: 4, protocol: "tcp", vip: "10.99.0.1", port: 80, snat: true, sourceOnly: false, size, slots, affinity: null, allow: [], deny: [], sourceRate: 0, sourceBurst: 20, maxConnections: 0 }]]),
+    services: new Map([["web", { name: "web", id: "s_web", family: 4, protocol: "tcp", vip: "10.99.0.1", port: 80, snat: true, sourceOnly: false, size, slots, affinity: null, allow: [], deny: [], sourceRate: 0, sourceBurst: 20, maxConnections: 0, counters: new Map() }]]),
   };
 }
 
