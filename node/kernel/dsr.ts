@@ -3,6 +3,7 @@
 // transaction per snapshot; a failed apply keeps the previous ruleset serving (nft transactions are
 // all or nothing), is logged, counted and reported per service — the node never crashes or flushes.
 import type { Logger } from "pino";
+import type { StatsRegistry } from "../data/stats.js";
 import type { MaglevPicker } from "../lb/maglev.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
 import type { ServiceState, Snapshot } from "../snapshot.js";
@@ -87,6 +88,8 @@ export interface DsrForwarderOptions {
   runner?: NftRunner;
   /** Overrides the cluster seed (tests). */
   seed?: number;
+  /** The data plane's stats registry: per-backend bytes land in the proxy's metric names (forwarding="dsr"). */
+  stats?: StatsRegistry;
 }
 
 export interface DsrBackendCounters {
@@ -270,7 +273,15 @@ export class DsrForwarder implements Forwarder<Snapshot> {
     }
     for (const s of plan.services.values()) {
       const m = new Map<string, DsrBackendCounters>();
-      for (const b of s.backends) m.set(b.id, byName.get(dsrCounterName(s, b.key)) ?? { packets: 0, bytes: 0 });
+      let bytesIn = 0;
+      for (const b of s.backends) {
+        const c = byName.get(dsrCounterName(s, b.key)) ?? { packets: 0, bytes: 0 };
+        m.set(b.id, c);
+        // Client → backend only: replies bypass the node, so bytesOut stays 0 for DSR.
+        if (this.opts.stats) this.opts.stats.backend(s.name, b.id).bytesIn = c.bytes;
+        bytesIn += c.bytes;
+      }
+      if (this.opts.stats) this.opts.stats.service(s.name).bytesIn = bytesIn;
       out.set(s.name, m);
     }
     this.lastCounters = out;
