@@ -3,7 +3,7 @@
 // backend, and an affinity entry learned by one node (from conntrack) reaches the other through
 // etcd and keeps the client's backend after the first node is killed.
 import type { ChildProcess } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -41,6 +41,7 @@ describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces
   const nodeNs: Namespace[] = [];
   const procs: ChildProcess[] = [];
   const logs: string[][] = [[], []];
+  const dirs: string[] = [];
 
   const etcdctl = (...args: string[]) => etcdNs.run("etcdctl", ["--endpoints", ETCD, ...args]);
   const get = async (node: number, path: string): Promise<Json> =>
@@ -54,6 +55,7 @@ describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces
   };
   const startNode = (i: number) => {
     const dir = mkdtempSync(join(tmpdir(), "ballast-nat-cluster-"));
+    dirs.push(dir);
     const file = join(dir, "node.yaml");
     writeFileSync(file, stringify({ node: { id: NODES[i].id }, cluster: "natc", etcd: { endpoints: [ETCD], leaseTtl: 2 }, admin: { listen: `${NODES[i].address}:9090` }, log: { level: "info" }, affinity: { batchInterval: "50ms" } }));
     const child = nodeNs[i].spawn(process.execPath, [CLI, "node", "--config", file], { stdio: ["ignore", "pipe", "pipe"] });
@@ -74,6 +76,7 @@ describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces
     etcdNs = await topo.namespace("etcd");
     await topo.attach(etcdNs, ["10.78.0.5/24"]);
     const dataDir = mkdtempSync(join(tmpdir(), "ballast-nat-etcd-"));
+    dirs.push(dataDir);
     etcdNs.spawn("etcd", ["--data-dir", dataDir, "--listen-client-urls", ETCD, "--advertise-client-urls", ETCD, "--listen-peer-urls", "http://10.78.0.5:2380", "--initial-advertise-peer-urls", "http://10.78.0.5:2380", "--initial-cluster", "default=http://10.78.0.5:2380", "--log-level", "error"]);
     for (let i = 0; i < 3; i++) {
       const b = await topo.namespace(`b${i}`);
@@ -96,6 +99,7 @@ describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces
   }, 120_000);
   afterAll(async () => {
     await topo?.destroy();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
   it("from the same revision both nodes send every flow to the same backend", async () => {

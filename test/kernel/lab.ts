@@ -14,7 +14,7 @@ export const CLIENT = "10.77.1.2";
 
 const BACKEND_JS = `
 const net = require("net"), dgram = require("dgram"), name = process.argv[1];
-net.createServer((s) => { s.on("error", () => {}); const me = name + " " + s.remoteAddress + "\\n"; s.write(me); s.on("data", () => s.write(me)); s.on("end", () => s.end()); }).listen(8080, "0.0.0.0");
+net.createServer((s) => { s.on("error", () => {}); const me = name + " " + s.remoteAddress.replace(/^::ffff:/, "") + "\\n"; s.write(me); s.on("data", () => s.write(me)); s.on("end", () => s.end()); }).listen(8080, "::");
 const u = dgram.createSocket("udp4"); u.on("message", (m, r) => u.send(name + " " + r.address, r.port, r.address)); u.bind(8080, "0.0.0.0");
 `;
 

@@ -252,4 +252,31 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () 
     expect(stats.service("web").bytesIn).toBe(svc.backends.reduce((n, b) => n + stats.backend("web", b.id).bytesIn, 0));
     held.close();
   });
+
+  it("IPv6: 200 TCP flows through an IPv6 VIP reach the backend the TypeScript jhash predicts", async () => {
+    await lab.client.addAddress("eth0", "fd77:1::2/64");
+    await lab.lb.addAddress("c0", "fd77:1::1/64");
+    await lab.lb.addAddress("eth0", "fd77:2::1/64");
+    await lab.client.addRoute("default", "fd77:1::1");
+    for (const [i, b] of lab.backends.entries()) await b.addAddress("eth0", `fd77:2::${10 + i}/64`);
+    const b6: Record<string, Record<string, unknown>> = {};
+    for (let i = 0; i < 3; i++) b6[`b${i}`] = { address: `fd77:2::${10 + i}`, port: 8080 };
+    const f = forwarder();
+    const snap = labSnapshot(80, { web6: { service: { listen: "[fd77:9::1]:80", forwarding: "nat" }, backends: b6 } });
+    await f.apply(snap);
+    expect(f.status("web6")).toMatchObject({ programmed: true, reason: null });
+    const js = `const net = require("net"); const out = []; Promise.all(${JSON.stringify(ports(49000, 200))}.map((lp) => new Promise((res) => {
+      const s = net.connect({ host: "fd77:9::1", port: 80, localPort: lp, localAddress: "fd77:1::2" }); let b = "";
+      const t = setTimeout(() => { s.destroy(); res(lp + " timeout"); }, 5000);
+      s.on("data", (d) => { b += d; if (b.includes("\\n")) { clearTimeout(t); s.resetAndDestroy(); res(lp + " " + b.trim()); } });
+      s.on("error", (e) => { clearTimeout(t); res(lp + " error:" + e.code); }); }))).then((r) => process.stdout.write(r.join("\\n")));`;
+    const out = await lab.client.run(process.execPath, ["-e", js], 60_000);
+    const svc = snap.services.get("web6")!;
+    const wrong: string[] = [];
+    for (const line of out.split("\n")) {
+      const [p, name, from] = line.split(" ");
+      if (explainNat(svc, f.seed, "fd77:1::2", Number(p)).backend?.id !== name || from !== "fd77:2::1") wrong.push(line);
+    }
+    expect(wrong).toEqual([]);
+  });
 });
