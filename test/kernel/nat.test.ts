@@ -279,4 +279,27 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () 
     }
     expect(wrong).toEqual([]);
   });
+
+  it("drain: tracked flows stay until timeouts.drain, then they are removed", async () => {
+    const f = forwarder();
+    const svc = natService({ timeouts: { drain: "1500ms" } });
+    await f.apply(labSnapshot(90, { web: svc }));
+    const held = await lab.hold(ports(49500, 24));
+    const before = await held.ask();
+    const onB0 = [...before].filter(([, a]) => a.startsWith("b0")).map(([p]) => p);
+    expect(onB0.length).toBeGreaterThan(0);
+    const drained = natService({ timeouts: { drain: "1500ms" } });
+    drained.backends.b0.state = "drain";
+    await f.apply(labSnapshot(91, { web: drained }));
+    // Still open right after the drain started.
+    const during = await held.ask();
+    for (const p of onB0) expect(during.get(p)).toBe(before.get(p));
+    const removed = f.state().flowsRemoved;
+    await waitFor(() => f.state().flowsRemoved > removed, { timeoutMs: 10_000, message: "drain timeout removed b0's flows" });
+    const after = await held.ask();
+    for (const p of onB0) expect(after.get(p)).toMatch(/^error:ECONNRESET|^closed$/);
+    // Connections to the other backends are untouched.
+    for (const [p, a] of before) if (!a.startsWith("b0")) expect(after.get(p)).toBe(a);
+    held.close();
+  });
 });
