@@ -34,7 +34,7 @@ Promise.all(ports.map((lp) => new Promise((res) => { const s = net.connect({ hos
 // biome-ignore lint/suspicious/noExplicitAny: JSON from the admin API, read field by field in assertions
 type Json = any;
 
-describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces)", () => {
+describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces)", { timeout: 180_000 }, () => {
   let topo: Topology;
   let client: Namespace;
   let etcdNs: Namespace;
@@ -96,7 +96,7 @@ describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces
     for (let i = 0; i < 3; i++) await etcdctl("put", `/ballast/natc/backends/web/b${i}`, `10.78.0.2${i}:8080`);
     startNode(0);
     startNode(1);
-  }, 120_000);
+  }, 240_000);
   afterAll(async () => {
     await topo?.destroy();
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
@@ -105,7 +105,7 @@ describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces
   it("from the same revision both nodes send every flow to the same backend", async () => {
     const rev = Number(JSON.parse(await etcdctl("get", "/ballast/natc/services/web", "-w", "json")).header.revision);
     for (const i of [0, 1]) {
-      await waitFor(() => programmed(i, "web", rev), { timeoutMs: 30_000, intervalMs: 300, message: `node ${i} programmed (log: ${logs[i].join("").slice(-500)})` });
+      await waitFor(() => programmed(i, "web", rev), { timeoutMs: 90_000, intervalMs: 300, message: `node ${i} programmed (log: ${logs[i].join("").slice(-500)})` });
     }
     const ports = Array.from({ length: 60 }, (_, i) => 26000 + i);
     await via(0);
@@ -115,13 +115,13 @@ describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces
     expect([...one.values()].filter((b) => !/^b\d$/.test(b))).toEqual([]);
     expect(two).toEqual(one);
     expect(new Set(one.values()).size).toBe(3);
-  }, 120_000);
+  }, 240_000);
 
   it("an affinity entry learned on one node reaches the other and keeps the client's backend after the first node dies", async () => {
     await etcdctl("put", "/ballast/natc/services/sticky", JSON.stringify({ listen: "10.78.9.2:80", forwarding: "nat", affinity: { mode: "source-ip", ttl: "10m" }, health: { type: "none" } }));
     for (let i = 0; i < 3; i++) await etcdctl("put", `/ballast/natc/backends/sticky/b${i}`, `10.78.0.2${i}:8080`);
     const rev = Number(JSON.parse(await etcdctl("get", "/ballast/natc/backends/sticky/b2", "-w", "json")).header.revision);
-    for (const i of [0, 1]) await waitFor(() => programmed(i, "sticky", rev), { timeoutMs: 30_000, intervalMs: 300, message: `node ${i} programmed sticky` });
+    for (const i of [0, 1]) await waitFor(() => programmed(i, "sticky", rev), { timeoutMs: 90_000, intervalMs: 300, message: `node ${i} programmed sticky` });
     await client.ip("route", "replace", "10.78.9.2/32", "via", NODES[0].address);
     const script = FLOWS_JS.replaceAll(VIP, "10.78.9.2");
     const first = await client.run(process.execPath, ["-e", script, JSON.stringify([27000])]);
@@ -138,5 +138,5 @@ describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces
     await client.ip("route", "replace", "10.78.9.2/32", "via", NODES[1].address);
     const after = await client.run(process.execPath, ["-e", script, JSON.stringify([27001, 27002, 27003])]);
     for (const line of after.split("\n")) expect(line.split(" ")[1]).toBe(backend);
-  }, 120_000);
+  }, 240_000);
 });

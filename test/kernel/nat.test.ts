@@ -1,7 +1,7 @@
 // forwarding: nat end to end in namespaces: the kernel forwarder programs the lb namespace's
 // nftables from a snapshot; a client namespace opens real TCP/UDP flows through it to backend
 // namespaces. The TypeScript jhash predicts the kernel's backend for every flow.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { StatsRegistry } from "../../node/data/stats.js";
 import { createLogger } from "../../node/log.js";
 import { conntrackTool } from "../../node/kernel/conntrack.js";
@@ -21,7 +21,9 @@ function natService(extra: Record<string, unknown> = {}, backends = 3, protocol 
   return { service: { listen: `${VIP}:80`, protocol, forwarding: "nat", algorithm: "maglev", ...extra }, backends: b };
 }
 
-describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () => {
+// Real processes in namespaces on a shared 2-core machine: generous per-test deadlines (a test that
+// times out keeps running in the background and would disturb the next one).
+describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", { timeout: 180_000 }, () => {
   let lab: Lab;
   const forwarders: KernelForwarder[] = [];
   const forwarder = (cluster = "lab") => {
@@ -31,6 +33,10 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () 
   };
   beforeAll(async () => {
     lab = await createLab(3);
+  });
+  afterEach(() => {
+    // Held connections end with their test, also when it failed half way.
+    for (const h of lab?.held ?? []) h.close();
   });
   afterAll(async () => {
     for (const f of forwarders) await f.close();
@@ -233,9 +239,12 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () 
     const stats = new StatsRegistry();
     const f = new KernelForwarder({ cluster: "lab", log, runner: nftRunner({ netns: lab.lb.name }), conntrack: conntrackTool({ netns: lab.lb.name }), stats, countersEveryMs: 60_000 });
     forwarders.push(f);
-    const snap = labSnapshot(70, { web: natService() });
+    // Its own service port: flows of other tests to port 80 must not count here.
+    const own = natService();
+    own.service.listen = `${VIP}:81`;
+    const snap = labSnapshot(70, { web: own });
     await f.apply(snap);
-    const held = await lab.hold(ports(48000, 12));
+    const held = await lab.hold(ports(48000, 12), 81);
     const answers = await held.ask();
     await f.collectCounters();
     const svc = snap.services.get("web")!;
