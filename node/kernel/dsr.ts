@@ -184,9 +184,11 @@ export class DsrForwarder implements Forwarder<Snapshot> {
     const dsr = [...snap.services.values()].filter((s) => this.handles(forwardingOf(s.spec)));
     for (const name of [...this.statuses.keys()]) if (!dsr.some((s) => s.name === name)) this.statuses.delete(name);
     // No DSR service and nothing programmed: create nothing. A table an earlier run left is emptied;
-    // whether there is one is asked once per process, so nodes without DSR never run nft again.
+    // whether there is one is asked once per process, and only by a node configured for DSR (one
+    // without dsr.interface cannot have programmed it; `ballast node --flush` removes it anyway), so
+    // other nodes never spawn nft for DSR.
     if (dsr.length === 0 && this.applied === null) {
-      if (this.leftoverChecked) return;
+      if (this.leftoverChecked || this.opts.device === undefined) return;
       this.leftoverChecked = true;
       if (!(await this.tableExists())) return;
     }
