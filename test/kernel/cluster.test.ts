@@ -69,7 +69,7 @@ describe.skipIf(skip !== null)("two nodes, one etcd, forwarding: nat (namespaces
   const programmed = async (node: number, service: string, revision?: number) => {
     const st = await get(node, "/api/state");
     const s = (st.services as Json[]).find((x) => x.name === service);
-    return s?.kernel?.programmed === true && (revision === undefined || s.kernel.revision >= revision);
+    return s?.forwarding?.programmed === true && (revision === undefined || s.forwarding.revision >= revision);
   };
 
   beforeAll(async () => {
