@@ -3,10 +3,10 @@
 // transaction per snapshot; a failed apply keeps the previous ruleset serving (nft transactions are
 // all or nothing), is logged, counted and reported per service — the node never crashes or flushes.
 import type { Logger } from "pino";
-import type { StatsRegistry } from "../data/stats.js";
+import type { StatsRegistry } from "../model/stats.js";
 import type { MaglevPicker } from "../lb/maglev.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
-import type { ServiceState, Snapshot } from "../snapshot.js";
+import type { ServiceState, Snapshot } from "../model/snapshot.js";
 import { type DsrBackend, type DsrExisting, type DsrServicePlan, type DsrTablePlan, dsrCounterName, dsrFlowsMapName, dsrObjectName, renderDsr, renderDsrFlush } from "./dsr-ruleset.js";
 import { kernelSlot } from "./jhash.js";
 import { type NftRunner, nftRunner, nftUnavailable } from "./nft.js";
