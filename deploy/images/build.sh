@@ -170,7 +170,11 @@ build_node() {
   cp "$ROOT/deploy/demo-backend.mjs" "$ROOT/deploy/healthcheck.mjs" "$stage/deploy/"
   # Hard links make the copy instant; prune only unlinks, and the one file npm would rewrite in
   # place (the hidden lockfile) is unlinked first so the checkout's tree is never touched.
-  cp -al "$ROOT/node_modules" "$stage/node_modules" 2>/dev/null || { rm -rf "$stage/node_modules"; cp -a "$ROOT/node_modules" "$stage/node_modules"; }
+  # A node_modules that is a symlink (a shared install) is resolved first: copying the link itself
+  # would make the rm and prune below act on the shared tree.
+  local modules
+  modules=$(readlink -f "$ROOT/node_modules")
+  cp -al "$modules" "$stage/node_modules" 2>/dev/null || { rm -rf "$stage/node_modules"; cp -a "$modules" "$stage/node_modules"; }
   rm -f "$stage/node_modules/.package-lock.json"
   (cd "$stage" && npm prune --omit=dev --offline --ignore-scripts --no-audit --no-fund --silent) || die "npm prune failed"
   rm -rf "$stage/node_modules/.cache" "$stage/node_modules/.package-lock.json"
