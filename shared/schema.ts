@@ -3,6 +3,13 @@
 import { z } from "zod";
 import { parseHostPort } from "./address.js";
 import { parseDuration } from "./duration.js";
+import { BACKEND_ID, NODE_ID, SERVICE_NAME } from "./keys.js";
+
+/**
+ * Node's timers take a signed 32-bit delay: anything longer (about 24.8 days) fires after 1 ms, so an
+ * interval of `100000h` would probe hundreds of times a second. Durations are bounded here, at the source.
+ */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
 
 const duration = (fallback: string) =>
   z
@@ -14,8 +21,18 @@ const duration = (fallback: string) =>
         ctx.addIssue({ code: "custom", message: `expected a duration like "500ms", "5s", "2m" or milliseconds, got ${JSON.stringify(v)}` });
         return z.NEVER;
       }
+      if (ms > MAX_DURATION_MS) {
+        ctx.addIssue({ code: "custom", message: `expected a duration of at most ${MAX_DURATION_MS}ms (about 24 days), got ${JSON.stringify(v)}` });
+        return z.NEVER;
+      }
       return ms;
     });
+
+// What node's http.request accepts (its checkIsHttpToken, INVALID_PATH_REGEX and header-value checks):
+// a value it would reject must fail here, with its field path, not throw from a probe timer later.
+const httpToken = /^[\^_`a-zA-Z\-0-9!#$%&'*+.|~]+$/;
+const httpPath = /^\/[\u0021-\u00ff]*$/;
+const headerValue = /^[\t\x20-\x7e\x80-\xff]*$/;
 
 const hostPort = z.string().refine((s) => parseHostPort(s) !== null, {
   message: 'expected "address:port" (IPv6 as "[::1]:port"), port 0-65535',
@@ -47,9 +64,9 @@ export const healthSchema = z
     closeOnDown: z.boolean().default(false),
     http: z
       .object({
-        method: z.string().default("GET"),
-        path: z.string().default("/"),
-        host: z.string().optional(),
+        method: z.string().regex(httpToken, "expected an HTTP method token like GET or HEAD").default("GET"),
+        path: z.string().max(2048).regex(httpPath, 'expected a path starting with "/", without spaces or control characters').default("/"),
+        host: z.string().max(255).regex(headerValue, "expected a Host header value without control characters").optional(),
         expectStatus: z.tuple([z.number().int(), z.number().int()]).default([200, 399]),
         bodyMatch: z.string().optional(),
       })
@@ -81,9 +98,9 @@ export const natSchema = z
   .strict();
 
 /** A service record: what an operator puts at services/<name> (name comes from the key in etcd). */
-export const serviceSchema = z
+const serviceObject = z
   .object({
-    name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/, "expected 1-63 characters of letters, digits, '_', '.', '-'").optional(),
+    name: z.string().regex(SERVICE_NAME, "expected 1-63 characters of letters, digits, '_', '.', '-'").optional(),
     listen: hostPort,
     protocol: z.enum(["tcp", "udp"]).default("tcp"),
     /** Omitted: round-robin, or source-ip when affinity is on (so every node picks alike before entries replicate). */
@@ -115,6 +132,8 @@ export const serviceSchema = z
         /** New connections per second allowed from one source IP (0 = unlimited), with a burst. */
         sourceRate: z.number().min(0).default(0),
         sourceBurst: z.number().int().min(1).default(20),
+        /** IPv6 sources are rate-limited per network of this many bits (a subscriber typically holds a /64). */
+        sourceIpv6Prefix: z.number().int().min(1).max(128).default(64),
         /** Connect attempts on other backends after a failed connect. */
         retries: z.number().int().min(0).max(10).default(2),
       })
@@ -129,13 +148,24 @@ export const serviceSchema = z
   })
   .strict();
 
+/** Rules across fields of one service record (shared by etcd records and the YAML file). */
+function checkService(s: z.output<typeof serviceObject>, ctx: z.RefinementCtx): void {
+  // PROXY v1 is a text line at the start of a TCP stream; UDP has no stream to prefix, so a v1 UDP
+  // service would send no header at all while claiming to, and a client could forge one.
+  if (s.protocol === "udp" && s.proxyProtocol === "v1") {
+    ctx.addIssue({ code: "custom", path: ["proxyProtocol"], message: "v1 is TCP only; UDP services use none or v2" });
+  }
+}
+
+export const serviceSchema = serviceObject.superRefine(checkService);
+
 export type ServiceInput = z.input<typeof serviceSchema>;
 export type CheckType = (typeof CHECK_TYPES)[number];
 export type ServiceSpec = z.output<typeof serviceSchema> & { name: string; algorithm: AlgorithmName; health: { type: CheckType } };
 
 const backendObject = z
   .object({
-    id: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.:-]{0,127}$/, "expected 1-128 characters of letters, digits, '_', '.', ':', '-'").optional(),
+    id: z.string().regex(BACKEND_ID, "expected 1-128 characters of letters, digits, '_', '.', ':', '-'").optional(),
     address: z.string().min(1),
     port: z.number().int().min(1).max(65535),
     weight: z.number().int().min(0).max(1000).default(1),
@@ -169,7 +199,7 @@ export const nodeConfigSchema = z
   .object({
     node: z
       .object({
-        id: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
+        id: z.string().regex(NODE_ID).optional(),
         zone: z.string().default(""),
         /** Address other nodes and the CLI use to reach this node's admin API (defaults to admin.listen). */
         advertise: z.string().optional(),
@@ -201,6 +231,20 @@ export const nodeConfigSchema = z
       .object({
         listen: hostPort.default("127.0.0.1:9090"),
         token: z.string().min(1).optional(),
+        /**
+         * Other nodes' admin hosts the status page may send the token to: CIDRs/addresses for IP hosts,
+         * exact DNS names. Empty (default): the token never leaves the page's own origin.
+         */
+        /**
+         * Host names the admin API answers to, besides IP literals, localhost and the names in
+         * node.advertise and admin.listen (DNS-rebinding guard: other Host headers get 403).
+         */
+        allowedHosts: z.array(z.string().regex(/^[a-zA-Z0-9.-]{1,253}$/, "expected a DNS name")).default([]),
+        /** Open admin connections at most; the rest are closed at once (they share the fd budget). */
+        maxConnections: z.number().int().min(1).max(10_000).default(64),
+        trustedPeers: z
+          .array(z.string().refine((s) => /^[0-9a-fA-F:.]+(\/\d{1,3})?$/.test(s) || /^[a-zA-Z0-9.-]{1,253}$/.test(s), { message: 'expected a CIDR like "10.0.0.0/8", an address or a DNS name' }))
+          .default([]),
       })
       .strict()
       .prefault({}),
@@ -234,7 +278,11 @@ export const nodeConfigSchema = z
       .strict()
       .prefault({}),
     services: z
-      .array(serviceSchema.extend({ name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/), backends: z.array(embeddedBackend).default([]) }))
+      .array(
+        serviceObject
+          .extend({ name: z.string().regex(SERVICE_NAME), backends: z.array(embeddedBackend).default([]) })
+          .superRefine(checkService),
+      )
       .default([]),
   })
   .strict()

@@ -1,5 +1,6 @@
 // Runs once before the test files. The cluster tests need real etcd processes, the status-page
-// test needs Debian's chromium, the kernel tests nftables and conntrack. On a fresh Debian machine as root, installs what is missing;
+// test Debian's chromium, spoofed-datagram tests python3, the kernel tests nftables and conntrack.
+// On a fresh Debian machine as root, installs what is missing;
 // otherwise fails with the command that would.
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -14,6 +15,8 @@ export default function setup(): void {
   // forwarding: nat tests (test/kernel/) program nftables and read conntrack inside their own namespaces.
   if (!have("nft") && !existsSync("/usr/sbin/nft")) missing.push("nftables");
   if (!have("conntrack") && !existsSync("/usr/sbin/conntrack")) missing.push("conntrack");
+  // Spoofed-datagram tests (test/helpers/spoof.ts) send through Python's raw sockets.
+  if (!have("python3")) missing.push("python3-minimal");
   if (missing.length === 0) return;
   if (process.getuid?.() === 0 && existsSync("/etc/debian_version")) {
     execFileSync("sh", ["-c", `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(" ")}`], { stdio: "inherit" });
