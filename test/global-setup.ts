@@ -1,5 +1,6 @@
 // Runs once before the test files. The cluster tests need real etcd processes, the status-page
-// test needs Debian's chromium, the kernel tests nftables and conntrack, spoofed-datagram tests python3. On a fresh Debian machine as root, installs what is missing;
+// test Debian's chromium, spoofed-datagram tests python3, the kernel tests nftables and conntrack.
+// On a fresh Debian machine as root, installs what is missing;
 // otherwise fails with the command that would.
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";

@@ -3,7 +3,7 @@
 // apply fails, and removes tracked flows of backends that went down or finished draining. The
 // kernel forwards; this class only runs when a snapshot arrives (never per packet).
 import type { Logger } from "pino";
-import { parseIpv4 } from "../affinity/entries.js";
+import { isIP } from "node:net";
 import type { StatsRegistry } from "../model/stats.js";
 import type { MaglevPicker } from "../lb/maglev.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
@@ -48,7 +48,7 @@ export interface KernelState {
   flowsRemoved: number;
 }
 
-const familyOf = (ip: string): Family | 0 => (parseIpv4(ip) >= 0 ? 4 : ip.includes(":") ? 6 : 0);
+const familyOf = (ip: string): Family | 0 => isIP(ip) as Family | 0;
 
 /** The kernel model of one service, or why it cannot be programmed. */
 export function natServiceModel(svc: ServiceState, affinity: ReadonlyMap<string, string> | null): NatServiceModel | string {
@@ -135,6 +135,7 @@ export class KernelForwarder implements Forwarder<Snapshot> {
   private readonly statuses = new Map<string, ForwarderServiceStatus>();
   private unavailable: string | null | undefined;
   private leftoverChecked = false;
+  private leftover = false;
   private backends = new Map<string, BackendMemory>();
   private readonly drainTimers = new Map<string, NodeJS.Timeout>();
   readonly stats = { applies: 0, failures: 0, lastError: null as string | null, lastApplyMs: 0, lastSlotsChanged: 0, flowsRemoved: 0 };
@@ -205,10 +206,17 @@ export class KernelForwarder implements Forwarder<Snapshot> {
     for (const name of [...this.statuses.keys()]) if (!nat.some((s) => s.name === name)) this.statuses.delete(name);
     // A node with no NAT service creates no table; one left by an earlier run is still reconciled (emptied).
     if (nat.length === 0 && this.applied === null) {
-      // Checked once per process (not per snapshot): proxy-only nodes should not spawn nft at all.
-      if (this.leftoverChecked) return;
-      this.leftoverChecked = true;
-      if (!(await this.tableExists())) return;
+      // A table left by an earlier run is still reconciled (emptied). Looked for once per process and
+      // in the background: a proxy-only node's snapshots must not wait for an nft process.
+      if (!this.leftoverChecked) {
+        this.leftoverChecked = true;
+        void this.tableExists().then((exists) => {
+          if (!exists || this.last === null) return;
+          this.leftover = true;
+          void this.apply(this.last);
+        });
+      }
+      if (!this.leftover) return;
     }
     if (this.unavailable === undefined || this.unavailable !== null) this.unavailable = await nftUnavailable(this.runner);
     if (this.unavailable !== null) {

@@ -143,7 +143,7 @@ export class MaglevPicker implements Picker {
   private readonly seen: Uint32Array;
   private epoch = 0;
 
-  /** `size` overrides the table size (kernel-forwarded services size it to their backends: node/kernel/table-size.ts). */
+  /** `size` overrides the table size (kernel-forwarded services size it to their backends: node/lb/nat-table.ts). */
   constructor(algorithm: AlgorithmName, targets: readonly BackendTarget[], size?: number) {
     this.algorithm = algorithm;
     const usable = targets.filter((t) => t.weight > 0 && Number.isFinite(t.weight));

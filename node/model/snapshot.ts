@@ -4,7 +4,7 @@ import { formatHostPort, parseHostPort } from "../../shared/address.js";
 import type { Verdict } from "../../shared/codec.js";
 import type { BackendSpec, ServiceSpec } from "../../shared/schema.js";
 import type { BackendTarget, Picker } from "../lb/algorithm.js";
-import { natPickerFactory } from "../kernel/table-size.js";
+import { natPickerFactory } from "../lb/nat-table.js";
 import { pickerFactory } from "../lb/index.js";
 import { AccessPolicy } from "./access.js";
 import type { ForwardingMode } from "./forwarder.js";

@@ -8,7 +8,7 @@ import { StatsRegistry } from "../../node/model/stats.js";
 import { KernelForwarder } from "../../node/kernel/forwarder.js";
 import { nftRunner } from "../../node/kernel/nft.js";
 import { backendValue, type NatTableModel, renderFull } from "../../node/kernel/ruleset.js";
-import { natTableSize } from "../../node/kernel/table-size.js";
+import { natTableSize } from "../../node/lb/nat-table.js";
 import { buildMaglevTable } from "../../node/lb/maglev.js";
 import { buildSnapshot, type Snapshot } from "../../node/model/snapshot.js";
 import { KeySchema } from "../../shared/keys.js";

@@ -8,7 +8,7 @@ import { natServiceModel } from "../../node/kernel/forwarder.js";
 import { flowKey, jhash, reciprocalScale } from "../../node/kernel/jhash.js";
 import { type NatServiceModel, renderDelta, renderFull } from "../../node/kernel/ruleset.js";
 import { clusterSeed } from "../../node/kernel/seed.js";
-import { NAT_TABLE_LADDER, natTableSize } from "../../node/kernel/table-size.js";
+import { NAT_TABLE_LADDER, natTableSize } from "../../node/lb/nat-table.js";
 import { buildSnapshot } from "../../node/model/snapshot.js";
 import { KeySchema } from "../../shared/keys.js";
 import { formatIssues, nodeConfigSchema } from "../../shared/schema.js";

@@ -1,6 +1,6 @@
 // The Maglev table of a kernel-forwarded service: its size comes from a fixed ladder (the smallest
 // step ≥ 100 × backends, ≈1% imbalance), and ONE function builds the table that the userspace
-// picker (route explain) and the kernel map (node/kernel/ruleset.ts) both read.
+// picker (route explain) and the kernel map (node/kernel/ruleset.ts; this file sits with the pickers so the model can build it) both read.
 //
 // Why not the proxy's 65,537 entries: every slot is a map element the kernel loads in one
 // transaction; 65,537 elements take 0.65-1.6 s to load and a verdict flip rewrites ~1/n of them. A
@@ -8,8 +8,8 @@
 // "smallest prime ≥ 100·n") keeps the size, and so every flow's slot, unchanged while the backend
 // count moves within a step.
 import type { AlgorithmName } from "../../shared/schema.js";
-import type { BackendTarget, PickerFactory } from "../lb/algorithm.js";
-import { MaglevPicker } from "../lb/maglev.js";
+import type { BackendTarget, PickerFactory } from "./algorithm.js";
+import { MaglevPicker } from "./maglev.js";
 
 const ENTRIES_PER_BACKEND = 100;
 /** Steps: the smallest prime ≥ 100·2^k, for k = 0, 1, …, up to 2^24 entries. */
