@@ -19,11 +19,16 @@ export class Metrics {
   /** Set by the node: last time the store was in sync (ms), for the staleness gauge. */
   lastSync = 0;
 
+  /** The forwarding label of a service's series; the node points it at the applied snapshot. */
+  forwardingOf: (service: string) => string = () => "proxy";
+
   /** Handed to the data plane at construction: connect latency and ejections. */
   readonly planeHooks: PlaneHooks;
 
   constructor(stats: StatsRegistry, nodeId: string) {
     const r = this.registry;
+    // The forwarding mode of a service (proxy, or nat: the kernel forwarder fills the same counters).
+    const mode = (service: string): string => this.forwardingOf(service);
     r.setDefaultLabels({ node: nodeId });
     client.collectDefaultMetrics({ register: r, prefix: "ballast_process_" });
 
@@ -31,11 +36,11 @@ export class Metrics {
       new client.Counter({
         name,
         help,
-        labelNames: ["service"],
+        labelNames: ["service", "forwarding"],
         registers: [r],
         collect() {
           this.reset();
-          for (const s of stats.services.values()) this.inc({ service: s.service }, read(s));
+          for (const s of stats.services.values()) this.inc({ service: s.service, forwarding: mode(s.service) }, read(s));
         },
       });
     svcCounter("ballast_connections_accepted_total", "Connections (and UDP flows) accepted per service.", (s) => s.accepted);
@@ -80,11 +85,11 @@ export class Metrics {
       new client.Counter({
         name,
         help,
-        labelNames: ["service", "backend"],
+        labelNames: ["service", "backend", "forwarding"],
         registers: [r],
         collect() {
           this.reset();
-          for (const b of stats.backends.values()) this.inc({ service: b.service, backend: b.id }, read(b));
+          for (const b of stats.backends.values()) this.inc({ service: b.service, backend: b.id, forwarding: mode(b.service) }, read(b));
         },
       });
     beCounter("ballast_backend_connections_total", "Connections (and UDP flows) sent to each backend.", (b) => b.connections);
@@ -92,12 +97,12 @@ export class Metrics {
     beCounter("ballast_backend_bytes_out_total", "Bytes received from each backend.", (b) => b.bytesOut);
     new client.Gauge({
       name: "ballast_backend_connections_active",
-      help: "Open connections and UDP flows per backend.",
-      labelNames: ["service", "backend"],
+      help: "Open connections and UDP flows per backend (forwarding nat: tracked flows in conntrack).",
+      labelNames: ["service", "backend", "forwarding"],
       registers: [r],
       collect() {
         this.reset();
-        for (const b of stats.backends.values()) this.set({ service: b.service, backend: b.id }, b.active);
+        for (const b of stats.backends.values()) this.set({ service: b.service, backend: b.id, forwarding: mode(b.service) }, b.active);
       },
     });
     new client.Counter({
