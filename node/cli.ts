@@ -1,6 +1,6 @@
 // The `ballast` command: runs a node (`ballast node --config FILE`) and manages the cluster through
 // etcd (services, backends, nodes, status) and the nodes' admin APIs (route explain).
-import { readFileSync } from "node:fs";
+import { readFileSync, watchFile } from "node:fs";
 import { Command, Option } from "commander";
 import { parse as parseYaml } from "yaml";
 import { decodeValue } from "../shared/codec.js";
@@ -142,14 +142,15 @@ export function buildCli(): Command {
     .description("run a node (--config FILE), or list the cluster's nodes (node ls)")
     .option("-c, --config <file>", "node config file (YAML)")
     .option("--check", "validate the config file and exit")
-    .action(async (o: { config?: string; check?: boolean }) => {
+    .option("--watch", "reload the config file when it changes (as SIGHUP does)")
+    .action(async (o: { config?: string; check?: boolean; watch?: boolean }) => {
       if (!o.config) throw new CliError("ballast node needs --config FILE (see deploy/examples/standalone.yaml)");
       const config = loadConfig(o.config);
       if (o.check) {
         process.stdout.write(`config ${o.config} is valid\n`);
         return;
       }
-      await runNode(config);
+      await runNode(config, o.config, o.watch === true);
     });
   node
     .command("ls")
@@ -372,8 +373,31 @@ function affinityCell(a: { mode: string; ttlMs: number; entries?: number }): str
   return a.mode === "none" ? "none" : `${a.mode} ttl ${Math.round(a.ttlMs / 1000)}s, ${a.entries ?? 0} entries`;
 }
 
-async function runNode(config: NodeConfig): Promise<void> {
+async function runNode(config: NodeConfig, path: string, watch: boolean): Promise<void> {
   const node = new BallastNode({ config });
+  // SIGHUP (systemd ExecReload, logrotate, config management) re-reads the file; without this handler
+  // Node's default would end the process (exit 129) and cut every connection.
+  const reload = (source: string) => {
+    let next: NodeConfig;
+    try {
+      next = loadConfig(path);
+    } catch (err) {
+      node.reloadRejected(source, (err as Error).message);
+      return;
+    }
+    void node.reload(next, source);
+  };
+  process.on("SIGHUP", () => reload("SIGHUP"));
+  if (watch) {
+    // Polling the file's stat survives editors and config tools that replace the file by rename.
+    let last = "";
+    watchFile(path, { interval: 1000, persistent: false }, (cur) => {
+      const sig = `${cur.mtimeMs}|${cur.size}|${cur.ino}`;
+      if (cur.mtimeMs === 0 || sig === last) return;
+      last = sig;
+      reload("watch");
+    });
+  }
   let shuttingDown = false;
   const stop = (signal: string) => {
     if (shuttingDown) {

@@ -18,6 +18,7 @@ import { AffinityTable } from "./affinity/table.js";
 import { HealthManager } from "./health/manager.js";
 import type { Snapshot } from "./snapshot.js";
 import { describeState, explainRoute } from "./state.js";
+import { ReloadMetrics, type ReloadResult, reloadNode } from "./reload.js";
 
 export type NodeMode = "standalone" | "shared" | "local-fallback";
 
@@ -50,6 +51,8 @@ export class BallastNode {
   private resolveFirst!: () => void;
   readonly health: HealthManager;
   readonly affinity: AffinityTable;
+  readonly reloads: ReloadMetrics;
+  private reloading: Promise<unknown> = Promise.resolve();
 
   constructor(opts: NodeOptions) {
     const c = opts.config;
@@ -61,6 +64,7 @@ export class BallastNode {
     this.mode = this.standalone ? "standalone" : "shared";
     this.plane = new DataPlane(this.log, { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress });
     this.metrics = new Metrics(this.plane, this.id);
+    this.reloads = new ReloadMetrics(this.metrics.registry);
     this.firstSnapshot = new Promise((r) => {
       this.resolveFirst = r;
     });
@@ -180,6 +184,38 @@ export class BallastNode {
   /** Re-publishes the node record when readiness or mode changed (called by health and drain). */
   refreshRegistration(): void {
     if (!this.standalone) this.scheduleRegister(0);
+  }
+
+  /**
+   * SIGHUP / file watch with a config that passed validation: applied like an etcd change (listeners and
+   * connections kept). Reloads run one at a time, in order.
+   */
+  reload(next: NodeConfig, source: string): Promise<ReloadResult | null> {
+    const run = this.reloading.then(async () => {
+      if (this.stopping) return null;
+      try {
+        const r = await reloadNode(this, next);
+        this.reloads.reloads.inc({ result: "applied" });
+        this.reloads.lastSuccessful.set(1);
+        this.log.info({ source, applied: r.applied, writes: r.writes }, "config reloaded");
+        if (r.needsRestart.length > 0) this.log.warn({ source, fields: r.needsRestart }, "config reload: these fields need a restart; their running values are kept");
+        return r;
+      } catch (err) {
+        this.reloads.reloads.inc({ result: "failed" });
+        this.reloads.lastSuccessful.set(0);
+        this.log.error({ source, err: (err as Error).message }, "config reload failed");
+        return null;
+      }
+    });
+    this.reloading = run;
+    return run;
+  }
+
+  /** A reload whose file did not validate: the running config stays; the error names the field path. */
+  reloadRejected(source: string, error: string): void {
+    this.reloads.reloads.inc({ result: "invalid" });
+    this.reloads.lastSuccessful.set(0);
+    this.log.error({ source, err: error }, "config reload rejected; keeping the running config");
   }
 
   /** SIGTERM: not ready (anycast withdraws), stop accepting, let open connections finish, then stop. */

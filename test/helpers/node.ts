@@ -39,6 +39,8 @@ export const CLI = join(repo, "dist/node/cli.js");
 export interface NodeProcess {
   child: ChildProcess;
   admin: string;
+  /** The config file the node runs from (tests rewrite it, then send SIGHUP). */
+  file: string;
   logs: string[];
   exited: Promise<number | null>;
   kill(signal?: NodeJS.Signals): void;
@@ -49,12 +51,17 @@ process.on("exit", () => {
   for (const c of children) c.kill("SIGKILL");
 });
 
+/** Writes a node config file as spawnNode does (admin on port 0, info logs), for a reload. */
+export function writeNodeConfig(file: string, config: Record<string, unknown>): void {
+  writeFileSync(file, stringify({ admin: { listen: "127.0.0.1:0" }, log: { level: "info" }, ...config }));
+}
+
 /** Runs `ballast node --config` as a child process (needs `npm run build`); resolves once its admin API listens. */
-export async function spawnNode(config: Record<string, unknown>): Promise<NodeProcess> {
+export async function spawnNode(config: Record<string, unknown>, extraArgs: string[] = []): Promise<NodeProcess> {
   const dir = mkdtempSync(join(tmpdir(), "ballast-node-"));
   const file = join(dir, "ballast.yaml");
-  writeFileSync(file, stringify({ admin: { listen: "127.0.0.1:0" }, log: { level: "info" }, ...config }));
-  const child = spawn(process.execPath, [CLI, "node", "--config", file], { stdio: ["ignore", "pipe", "pipe"] });
+  writeNodeConfig(file, config);
+  const child = spawn(process.execPath, [CLI, "node", "--config", file, ...extraArgs], { stdio: ["ignore", "pipe", "pipe"] });
   children.add(child);
   const logs: string[] = [];
   let admin = "";
@@ -88,7 +95,7 @@ export async function spawnNode(config: Record<string, unknown>): Promise<NodePr
     if (dead) throw new Error(`node exited:\n${logs.join("\n")}`);
     return admin !== "";
   }, { timeoutMs: 15_000, message: "node admin listening" });
-  return { child, admin, logs, exited, kill: (sig = "SIGKILL") => child.kill(sig) };
+  return { child, admin, file, logs, exited, kill: (sig = "SIGKILL") => child.kill(sig) };
 }
 
 export async function getJson<T = Record<string, unknown>>(admin: string, path: string): Promise<T> {
