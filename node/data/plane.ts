@@ -27,6 +27,9 @@ export interface PlaneHooks {
 
 type Listener = TcpListener | UdpListener;
 
+/** On drain, how long UDP flows may still carry replies before they end (capped by the service's udpIdle). */
+export const UDP_DRAIN_GRACE_MS = 2000;
+
 export class DataPlane {
   current: Snapshot | null = null;
   readonly listeners = new Map<string, Listener>();
@@ -188,10 +191,21 @@ export class DataPlane {
     }
   }
 
-  /** Stops accepting, waits for open connections up to `timeoutMs`, then closes what is left. */
+  /**
+   * Stops accepting, waits for open connections up to `timeoutMs`, then closes what is left. UDP has no
+   * end of a flow to wait for: its flows get a short grace for replies in flight (UDP_DRAIN_GRACE_MS, or
+   * the service's udpIdle if shorter), then end, so an idle flow never holds the exit for its idle timeout.
+   */
   async drain(timeoutMs: number): Promise<{ remaining: number }> {
     this.draining = true;
-    await Promise.all([...this.listeners.values()].filter((l) => l instanceof TcpListener).map((l) => l.close()));
+    for (const l of this.listeners.values()) {
+      if (!(l instanceof UdpListener)) continue;
+      const grace = setTimeout(() => l.closeFlows(), Math.min(UDP_DRAIN_GRACE_MS, l.svc.spec.timeouts.udpIdle));
+      grace.unref();
+    }
+    // server.close() stops accepting at once but calls back only when every connection has ended:
+    // awaiting it here would start the drain clock after the connections were gone (no timeout at all).
+    const tcpClosed = Promise.all([...this.listeners.values()].filter((l) => l instanceof TcpListener).map((l) => l.close()));
     if (this.active > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, timeoutMs);
@@ -204,6 +218,7 @@ export class DataPlane {
     }
     const remaining = this.active;
     for (const counters of this.stats.backends.values()) closeAll(counters, "shutdown");
+    await tcpClosed;
     for (const l of this.listeners.values()) if (l instanceof UdpListener) await l.close();
     return { remaining };
   }
