@@ -18,6 +18,7 @@ import { AffinityTable } from "./affinity/table.js";
 import { HealthManager } from "./health/manager.js";
 import type { Snapshot } from "./snapshot.js";
 import { describeState, explainRoute } from "./state.js";
+import { registerBackendGauges } from "./backend-metrics.js";
 import { ReloadMetrics, type ReloadResult, reloadNode } from "./reload.js";
 
 export type NodeMode = "standalone" | "shared" | "local-fallback";
@@ -65,6 +66,7 @@ export class BallastNode {
     this.plane = new DataPlane(this.log, { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress });
     this.metrics = new Metrics(this.plane, this.id);
     this.reloads = new ReloadMetrics(this.metrics.registry);
+    registerBackendGauges(this.metrics.registry, this.plane);
     this.firstSnapshot = new Promise((r) => {
       this.resolveFirst = r;
     });
