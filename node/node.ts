@@ -19,6 +19,7 @@ import { HealthManager } from "./health/manager.js";
 import type { Snapshot } from "./snapshot.js";
 import { describeState, explainRoute } from "./state.js";
 import { registerBackendGauges } from "./backend-metrics.js";
+import { AccessLog, registerAccessLogMetrics } from "./data/access-log.js";
 import { ReloadMetrics, type ReloadResult, reloadNode } from "./reload.js";
 
 export type NodeMode = "standalone" | "shared" | "local-fallback";
@@ -67,6 +68,8 @@ export class BallastNode {
     this.metrics = new Metrics(this.plane, this.id);
     this.reloads = new ReloadMetrics(this.metrics.registry);
     registerBackendGauges(this.metrics.registry, this.plane);
+    this.plane.accessLog = new AccessLog(this.id, c.accessLog);
+    registerAccessLogMetrics(this.metrics.registry, this.plane.accessLog);
     this.firstSnapshot = new Promise((r) => {
       this.resolveFirst = r;
     });
@@ -245,6 +248,7 @@ export class BallastNode {
     this.reconciler.stop();
     if (this.lease) await this.lease.revoke().catch(() => {});
     await this.plane.close();
+    this.plane.accessLog?.close();
     await this.admin.close();
     await this.store.close();
   }

@@ -7,7 +7,7 @@ import type { NodeConfig } from "../shared/schema.js";
 import type { BallastNode } from "./node.js";
 
 /** Node settings applied on reload. Everything else (node id, cluster, etcd, admin, affinity sizes) needs a restart. */
-const LIVE_FIELDS = ["log.level", "drainTimeout", "withdrawDelay", "health.ejectBase", "health.ejectMax", "health.maxEjectedShare", "services"] as const;
+const LIVE_FIELDS = ["accessLog.enabled", "accessLog.ratePerSecond", "accessLog.sample", "log.level", "drainTimeout", "withdrawDelay", "health.ejectBase", "health.ejectMax", "health.maxEjectedShare", "services"] as const;
 
 export interface ReloadResult {
   /** Field paths whose new value is now in effect. */
@@ -49,6 +49,8 @@ export async function reloadNode(node: BallastNode, next: NodeConfig): Promise<R
     node.log.level = next.log.level;
     running.log.level = next.log.level;
   }
+  running.accessLog = { ...next.accessLog, path: running.accessLog.path };
+  node.plane.accessLog?.configure(running.accessLog);
   running.drainTimeout = next.drainTimeout;
   running.withdrawDelay = next.withdrawDelay;
   running.health.ejectBase = next.health.ejectBase;

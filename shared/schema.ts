@@ -191,6 +191,21 @@ export const nodeConfigSchema = z
       .object({ level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info") })
       .strict()
       .prefault({}),
+    /**
+     * One JSON line (msg "access") per finished TCP connection and ended UDP flow, written in batches.
+     * On by default; `ratePerSecond` caps lines per node (the rest are counted, not written), `sample`
+     * logs that share of connections. Switch, rate and sample apply on reload; `path` at start.
+     */
+    accessLog: z
+      .object({
+        enabled: z.boolean().default(true),
+        ratePerSecond: z.number().int().min(1).max(1_000_000).default(1000),
+        sample: z.number().min(0).max(1).default(1),
+        /** Append to this file instead of standard output. */
+        path: z.string().default(""),
+      })
+      .strict()
+      .prefault({}),
     drainTimeout: duration("30s"),
     /**
      * On SIGTERM, how long the node keeps accepting after /readyz turns 503, so anycast withdraws the

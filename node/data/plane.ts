@@ -4,6 +4,7 @@
 import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
 import type { BackendView, ServiceState, Snapshot, Target } from "../snapshot.js";
+import type { AccessLog } from "./access-log.js";
 import { Router } from "./router.js";
 import { type BackendCounters, type ConnectFailureReason, StatsRegistry } from "./stats.js";
 import { TcpListener } from "./tcp.js";
@@ -39,6 +40,8 @@ export class DataPlane {
   /** After close(), snapshots are ignored: nothing may reopen a listener. */
   private closed = false;
   hooks: PlaneHooks = {};
+  /** One line per finished connection/flow (set by the node from `accessLog`); null: off. */
+  accessLog: AccessLog | null = null;
   private idleWaiters: Array<() => void> = [];
   private applying: Promise<void> = Promise.resolve();
 

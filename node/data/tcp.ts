@@ -5,6 +5,7 @@ import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../snapshot.js";
 import { limiterFor, type SourceRateLimiter } from "./access.js";
+import { type Termination, terminationOf } from "./access-log.js";
 import type { DataPlane } from "./plane.js";
 import { proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
 import type { Closable, ConnectFailureReason, ServiceCounters } from "./stats.js";
@@ -134,6 +135,11 @@ class Connection implements Closable {
   private attempts = 0;
   private tried: Target[] | null = null;
   private connectStart = 0;
+  /** For the access log: when it began, bytes each way, and the first cause of its end. */
+  private readonly start = Date.now();
+  private bytesIn = 0;
+  private bytesOut = 0;
+  private ended: Termination | null = null;
 
   constructor(
     private readonly listener: TcpListener,
@@ -145,7 +151,7 @@ class Connection implements Closable {
     listener.counters.active++;
     client.setTimeout(svc.spec.timeouts.idle);
     client.on("timeout", () => this.close("idle timeout"));
-    client.on("close", () => this.finish());
+    client.on("close", (hadError) => this.finish(hadError));
   }
 
   connect(): void {
@@ -197,20 +203,24 @@ class Connection implements Closable {
     client.on("data", (chunk: Buffer) => {
       bs.bytesIn += chunk.length;
       sc.bytesIn += chunk.length;
+      this.bytesIn += chunk.length;
       if (!up.write(chunk)) client.pause();
     });
     up.on("drain", () => client.resume());
     client.on("end", () => {
+      this.ended ??= "client-closed";
       up.end();
       this.onHalfClose();
     });
     up.on("data", (chunk: Buffer) => {
       bs.bytesOut += chunk.length;
       sc.bytesOut += chunk.length;
+      this.bytesOut += chunk.length;
       if (!client.write(chunk)) up.pause();
     });
     client.on("drain", () => up.resume());
     up.on("end", () => {
+      this.ended ??= "backend-closed";
       client.end();
       this.onHalfClose();
     });
@@ -226,6 +236,7 @@ class Connection implements Closable {
   private onUpstreamError(up: net.Socket, err: NodeJS.ErrnoException): void {
     if (this.connected) {
       // Established: a reset from the backend ends the session for the client too.
+      this.ended ??= "backend-reset";
       this.client.destroy();
       return;
     }
@@ -236,6 +247,7 @@ class Connection implements Closable {
     const plane = this.listener.plane;
     plane.onConnectFailure(this.svc, failed, reason);
     if (this.attempts > this.svc.spec.limits.retries) {
+      this.ended ??= "connect-failed";
       this.client.destroy();
       return;
     }
@@ -246,6 +258,7 @@ class Connection implements Closable {
     const next = plane.router.route(this.svc, this.ip, this.client.remotePort ?? 0, (t) => tried.includes(t as Target) || base(t), Date.now());
     if (next === null) {
       this.listener.counters.refused["no-backend"]++;
+      this.ended ??= "connect-failed";
       this.client.destroy();
       return;
     }
@@ -259,14 +272,16 @@ class Connection implements Closable {
     t.stats.open.delete(this);
   }
 
-  close(_reason: string): void {
+  close(reason: string): void {
+    this.ended ??= terminationOf(reason);
     this.client.destroy();
     this.upstream?.destroy();
   }
 
-  private finish(): void {
+  private finish(hadError: boolean): void {
     if (this.finished) return;
     this.finished = true;
+    this.ended ??= hadError ? "client-reset" : this.connected ? "client-closed" : "client-aborted";
     const up = this.upstream;
     if (up !== null && this.connected && up.writableEnded && !up.writableFinished && !up.destroyed) {
       // The client closed cleanly after its FIN was forwarded: let the upstream flush what it still
@@ -280,6 +295,26 @@ class Connection implements Closable {
       if (this.target.stats.open.has(this)) this.release(this.target);
     }
     this.listener.counters.active--;
-    this.listener.plane.onConnectionClosed();
+    const plane = this.listener.plane;
+    plane.onConnectionClosed();
+    const log = plane.accessLog;
+    const now = Date.now();
+    if (log !== null && log.admit(now)) {
+      const t = this.target;
+      log.push({
+        service: this.svc.name,
+        protocol: "tcp",
+        client: this.ip,
+        clientPort: this.client.remotePort ?? 0,
+        backend: t.id,
+        backendAddress: t.label,
+        start: this.start,
+        end: now,
+        bytesIn: this.bytesIn,
+        bytesOut: this.bytesOut,
+        termination: this.ended,
+        attempts: this.attempts,
+      });
+    }
   }
 }

@@ -6,6 +6,7 @@ import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../snapshot.js";
 import { limiterFor, type SourceRateLimiter } from "./access.js";
+import { terminationOf } from "./access-log.js";
 import type { DataPlane } from "./plane.js";
 import { proxyV2Header } from "./proxy-protocol.js";
 import type { Closable, ServiceCounters } from "./stats.js";
@@ -23,6 +24,10 @@ class Flow implements Closable {
   closed = false;
   /** Datagrams that arrived before the upstream socket finished connecting (bounded). */
   pending: Buffer[] | null = [];
+  /** For the access log. */
+  readonly start: number;
+  bytesIn = 0;
+  bytesOut = 0;
 
   constructor(
     readonly listener: UdpListener,
@@ -34,10 +39,11 @@ class Flow implements Closable {
     now: number,
   ) {
     this.lastSeen = now;
+    this.start = now;
   }
 
-  close(_reason: string): void {
-    this.listener.removeFlow(this);
+  close(reason: string): void {
+    this.listener.removeFlow(this, reason);
   }
 }
 
@@ -115,6 +121,7 @@ export class UdpListener {
     const t = flow.target;
     t.stats.bytesIn += msg.length;
     c.bytesIn += msg.length;
+    flow.bytesIn += msg.length;
     if (flow.pending !== null) {
       if (flow.pending.length < MAX_PENDING) flow.pending.push(msg);
       else c.udpDropped++;
@@ -157,6 +164,7 @@ export class UdpListener {
     sock.on("message", (reply) => {
       flow.lastSeen = Date.now();
       target.stats.bytesOut += reply.length;
+      flow.bytesOut += reply.length;
       this.counters.bytesOut += reply.length;
       this.counters.udpDatagramsOut++;
       this.socket.send(reply, flow.port, flow.address);
@@ -182,7 +190,7 @@ export class UdpListener {
     return flow;
   }
 
-  removeFlow(flow: Flow): void {
+  removeFlow(flow: Flow, reason: string): void {
     if (flow.closed) return;
     flow.closed = true;
     this.flows.delete(flow.key);
@@ -191,11 +199,30 @@ export class UdpListener {
     this.counters.active--;
     flow.socket.close();
     this.plane.onConnectionClosed();
+    const log = this.plane.accessLog;
+    const now = Date.now();
+    if (log !== null && log.admit(now)) {
+      const t = flow.target;
+      log.push({
+        service: this.svc.name,
+        protocol: "udp",
+        client: flow.address,
+        clientPort: flow.port,
+        backend: t.id,
+        backendAddress: t.label,
+        start: flow.start,
+        end: now,
+        bytesIn: flow.bytesIn,
+        bytesOut: flow.bytesOut,
+        termination: terminationOf(reason),
+        attempts: 1,
+      });
+    }
   }
 
   sweep(now: number): void {
     const idle = this.svc.spec.timeouts.udpIdle;
-    for (const flow of this.flows.values()) if (now - flow.lastSeen >= idle) this.removeFlow(flow);
+    for (const flow of this.flows.values()) if (now - flow.lastSeen >= idle) this.removeFlow(flow, "udp idle");
   }
 
   close(): Promise<void> {
@@ -211,6 +238,6 @@ export class UdpListener {
 
   /** Ends every flow (on shutdown, once the drain timeout has passed or no datagrams are expected). */
   closeFlows(): void {
-    for (const flow of [...this.flows.values()]) this.removeFlow(flow);
+    for (const flow of [...this.flows.values()]) this.removeFlow(flow, "udp drain");
   }
 }

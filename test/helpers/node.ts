@@ -14,7 +14,10 @@ import { waitFor } from "./wait.js";
 const running = new Set<BallastNode>();
 
 export async function startNode(config: Record<string, unknown>, opts: { waitForSnapshot?: boolean } = {}): Promise<BallastNode> {
-  const parsed = nodeConfigSchema.parse({ admin: { listen: "127.0.0.1:0" }, ...config });
+  // The access log is on by default and writes to stdout; in-process nodes keep the test output clean
+  // unless a test turns it on (with a file) or BALLAST_TEST_LOG asks for logs.
+  const quiet = process.env.BALLAST_TEST_LOG === undefined ? { accessLog: { enabled: false } } : {};
+  const parsed = nodeConfigSchema.parse({ admin: { listen: "127.0.0.1:0" }, ...quiet, ...config });
   const node = new BallastNode({ config: parsed, log: createLogger(process.env.BALLAST_TEST_LOG ?? "silent", { node: parsed.node.id }) });
   running.add(node);
   await node.start(opts);
