@@ -8,6 +8,7 @@ import { VERSION } from "../shared/version.js";
 import { AdminServer } from "./admin/server.js";
 import { allowsPeerOrigin, statusPage } from "./admin/status-page.js";
 import { EtcdStore } from "./control/etcd-store.js";
+import { LastKnownGood, registerLastGoodMetrics } from "./control/last-good.js";
 import { MemoryStore } from "./control/memory-store.js";
 import { Reconciler } from "./control/reconciler.js";
 import type { Lease, Store, SyncHandle } from "./control/store.js";
@@ -54,6 +55,8 @@ export class BallastNode {
   readonly health: HealthManager;
   readonly affinity: AffinityTable;
   readonly reloads: ReloadMetrics;
+  /** Clustered with `stateDir`: the last applied records on disk, served at start if etcd is unreachable. */
+  readonly lastGood: LastKnownGood | null = null;
   private reloading: Promise<unknown> = Promise.resolve();
 
   constructor(opts: NodeOptions) {
@@ -83,6 +86,12 @@ export class BallastNode {
       onClusterChange: () => this.health?.onClusterChange(),
     }, this.log);
     this.store = opts.store ?? (c.etcd ? new EtcdStore({ endpoints: c.etcd.endpoints, username: c.etcd.username, password: c.etcd.password, tls: c.etcd.tls }) : new MemoryStore());
+    if (!this.standalone && c.stateDir !== "") {
+      this.lastGood = new LastKnownGood(this.reconciler, c.stateDir, this.keys, this.log, (savedAt) => {
+        this.metrics.lastSync = savedAt;
+      });
+      registerLastGoodMetrics(this.metrics.registry, this.lastGood);
+    }
     // Affinity and health hang off the node; the router and the reconciler call into them.
     this.affinity = new AffinityTable(this);
     this.plane.router.affinity = this.affinity;
@@ -114,7 +123,7 @@ export class BallastNode {
     if (this.standalone) await seedMemoryStore(this.config, this.keys, this.store);
     const adminAddress = await this.admin.listen(this.config.admin.listen);
     this.log.info({ address: adminAddress }, "admin listening");
-    this.sync = this.store.sync(this.keys.prefix, this.reconciler);
+    this.sync = this.store.sync(this.keys.prefix, this.lastGood ?? this.reconciler);
     this.affinity.start();
     this.health.start();
     if (!this.standalone) this.scheduleRegister(0);
@@ -245,6 +254,7 @@ export class BallastNode {
     await this.health.stop();
     await this.affinity.stop();
     await this.sync?.stop();
+    await this.lastGood?.close();
     this.reconciler.stop();
     if (this.lease) await this.lease.revoke().catch(() => {});
     await this.plane.close();

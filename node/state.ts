@@ -59,6 +59,9 @@ export function describeState(n: BallastNode) {
       connected: n.standalone ? true : n.reconciler.connected,
       lastError: n.reconciler.lastError,
       staleSeconds: n.metrics.lastSync === 0 ? 0 : (now - n.metrics.lastSync) / 1000,
+      // "disk": serving the last known good file since etcd has not answered since start.
+      snapshotSource: n.standalone ? "memory" : (n.lastGood?.source ?? "etcd"),
+      lastKnownGood: n.lastGood ? { file: n.lastGood.file, revision: n.lastGood.revision, savedAt: n.lastGood.savedAt || null, writeError: n.lastGood.lastError } : null,
     },
     revision: n.reconciler.appliedRevision,
     snapshotRevision: snap?.revision ?? 0,

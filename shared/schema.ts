@@ -206,6 +206,11 @@ export const nodeConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Directory for this node's last known good snapshot (clustered mode): the routing records and
+     * revision last applied, served at start while etcd cannot be reached. Empty: not kept.
+     */
+    stateDir: z.string().default(""),
     drainTimeout: duration("30s"),
     /**
      * On SIGTERM, how long the node keeps accepting after /readyz turns 503, so anycast withdraws the

@@ -102,7 +102,7 @@ describe("access log", () => {
     const file = tmpFile();
     const node = await startNode({
       accessLog: { path: file },
-      services: [{ name: "dns", listen: "127.0.0.1:0", protocol: "udp", timeouts: { udpIdle: "200ms" }, health: { type: "none" }, backends: [{ id: "u", address: "127.0.0.1", port: u.port }] }],
+      services: [{ name: "dns", listen: "127.0.0.1:0", protocol: "udp", timeouts: { udpIdle: "1s" }, health: { type: "none" }, backends: [{ id: "u", address: "127.0.0.1", port: u.port }] }],
     });
     const s = dgram.createSocket("udp4");
     expect(await udpExchange(portOf(node, "dns"), "ping", { socket: s })).toBe("u:ping");
