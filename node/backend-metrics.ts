@@ -37,6 +37,9 @@ export function registerBackendGauges(registry: client.Registry, plane: DataPlan
     }),
   );
   gauge("ballast_backend_weight", "The backend's configured weight (0: no new clients).", labels, (g) => each((l, b) => g.set(l, b.spec.weight)));
+  gauge("ballast_backend_effective_weight", "The weight new connections are spread by: 0 when not routable, below the configured weight during slow start.", labels, (g) =>
+    each((l, b) => g.set(l, b.effectiveWeight)),
+  );
   gauge("ballast_backend_ejected", "1 while this node has passively ejected the backend after connect failures.", labels, (g, now) =>
     each((l, b, svc) => g.set(l, plane.stats.backend(svc.name, b.id).ejectedUntil > now ? 1 : 0)),
   );

@@ -130,7 +130,19 @@ export class BallastNode {
     if (opts.waitForSnapshot !== false) await this.firstSnapshot;
   }
 
+  private rampTimer: NodeJS.Timeout | null = null;
+
   private onSnapshot(s: Snapshot): void {
+    // Slow start: the next ramp step is a rebuild from the same records at a later clock.
+    if (this.rampTimer !== null) clearTimeout(this.rampTimer);
+    this.rampTimer = null;
+    if (s.nextRampAt !== null && !this.stopping) {
+      this.rampTimer = setTimeout(() => {
+        this.rampTimer = null;
+        this.reconciler.rebuild();
+      }, Math.max(0, s.nextRampAt - Date.now()));
+      this.rampTimer.unref();
+    }
     this.metrics.snapshotSwaps.inc();
     this.metrics.snapshotRevision.set(s.revision);
     this.metrics.invalidRecords.reset();
@@ -251,6 +263,7 @@ export class BallastNode {
     if (this.stopping) return;
     this.stopping = true;
     if (this.registerTimer) clearTimeout(this.registerTimer);
+    if (this.rampTimer) clearTimeout(this.rampTimer);
     await this.health.stop();
     await this.affinity.stop();
     await this.sync?.stop();

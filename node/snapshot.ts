@@ -30,6 +30,8 @@ export interface BackendView {
   readonly routable: boolean;
   /** Why not routable ("drain", "disabled", "down: <reason>", "weight 0", "unknown") — empty when routable. */
   readonly why: string;
+  /** The weight the picker uses: `spec.weight`, or less while the service's slowStart ramps it. */
+  readonly effectiveWeight: number;
 }
 
 export interface ServiceState {
@@ -51,6 +53,8 @@ export interface ServiceState {
 
 export interface Snapshot {
   readonly revision: number;
+  /** When a slow-start ramp takes its next step (ms epoch): the snapshot must be rebuilt then. Null: none. */
+  readonly nextRampAt: number | null;
   readonly services: ReadonlyMap<string, ServiceState>;
   readonly invalid: readonly InvalidRecord[];
 }
@@ -67,11 +71,38 @@ export interface SnapshotInput {
   invalid: readonly InvalidRecord[];
   /** Mod revision of a backend record: of two backends with one address, the older keeps it. */
   backendRevision?: (service: string, id: string) => number;
+  /** Clock for slow start (ms epoch); default Date.now(). The only input that is not a record. */
+  now?: number;
   /** Key builder for cross-record errors (so they carry the etcd key). */
   keyOf: { service(name: string): string; backend(service: string, id: string): string };
 }
 
 const byString = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** Slow start begins at this share of the weight. */
+export const SLOW_START_FLOOR = 0.1;
+/**
+ * Ramp steps. Each step is a new snapshot; Maglev rebuilds its table per step, and each rebuild moves
+ * the flows of the table entries that change hands (about the weight share gained, of the ramping
+ * backend's future flows), so Maglev ramps in 4 coarse steps, the stateless-per-flow algorithms in 10.
+ */
+const RAMP_STEPS_HASHED = 4;
+const RAMP_STEPS = 10;
+
+/**
+ * Effective weight during slow start, and when it next changes. Quantized to steps so every node,
+ * reading the same verdict `since`, switches at the same moments and builds the same Maglev table.
+ */
+export function slowStartWeight(weight: number, since: number | null, slowStart: number, steps: number, now: number): { weight: number; next: number | null } {
+  if (slowStart <= 0 || weight === 0) return { weight, next: null };
+  // No verdict yet (a new backend, health on): it starts at the floor until its first up verdict.
+  if (since === null) return { weight: weight * SLOW_START_FLOOR, next: null };
+  const elapsed = now - since;
+  if (elapsed >= slowStart) return { weight, next: null };
+  const step = Math.max(0, Math.floor((elapsed / slowStart) * steps));
+  const share = Math.max(SLOW_START_FLOOR, step / steps);
+  return { weight: weight * share, next: since + Math.ceil(((step + 1) * slowStart) / steps) };
+}
 
 export function listenKeyOf(protocol: string, host: string, port: number): string {
   return `${protocol}|${host}|${port}`;
@@ -81,6 +112,8 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
   const invalid: InvalidRecord[] = [...input.invalid];
   const services = new Map<string, ServiceState>();
   const listenOwners = new Map<string, string>();
+  const now = input.now ?? Date.now();
+  let nextRampAt: number | null = null;
 
   for (const name of [...input.services.keys()].sort(byString)) {
     const spec = input.services.get(name)!;
@@ -131,16 +164,23 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
       else if (b.weight === 0) why = "weight 0";
       else if (verdict?.state === "down") why = `down: ${verdict.reason}`;
       else if (!verdict && !spec.health.unknownRoutes && spec.health.type !== "none") why = "unknown";
+      let weight = b.weight;
+      if (spec.slowStart > 0 && why === "" && spec.health.type !== "none") {
+        const steps = spec.algorithm === "maglev" || spec.algorithm === "source-ip" ? RAMP_STEPS_HASHED : RAMP_STEPS;
+        const ramp = slowStartWeight(b.weight, verdict?.state === "up" ? verdict.since : null, spec.slowStart, steps, now);
+        weight = ramp.weight;
+        if (ramp.next !== null && (nextRampAt === null || ramp.next < nextRampAt)) nextRampAt = ramp.next;
+      }
       const target: Target = Object.freeze({
         id,
         host: b.address,
         port: b.port,
-        weight: b.weight,
+        weight,
         zone: b.zone,
         label: b.address.includes(":") ? `[${b.address}]:${b.port}` : `${b.address}:${b.port}`,
         stats: stats.backend(name, id),
       });
-      views.push(Object.freeze({ id, spec: b, verdict, routable: why === "", why }));
+      views.push(Object.freeze({ id, spec: b, verdict, routable: why === "", why, effectiveWeight: why === "" ? weight : 0 }));
       if (why === "") targets.push(target);
       if (b.state !== "disabled" && verdict?.state !== "down") sticky.set(id, target);
     }
@@ -170,5 +210,5 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
     for (const id of specs.keys()) invalid.push({ key: input.keyOf.backend(service, id), reason: why });
   }
   invalid.sort((a, b) => byString(a.key, b.key));
-  return Object.freeze({ revision: input.revision, services, invalid: Object.freeze(invalid) });
+  return Object.freeze({ revision: input.revision, nextRampAt, services, invalid: Object.freeze(invalid) });
 }

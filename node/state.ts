@@ -35,6 +35,7 @@ export function describeState(n: BallastNode) {
           address: b.spec.address,
           port: b.spec.port,
           weight: b.spec.weight,
+          effectiveWeight: b.effectiveWeight,
           zone: b.spec.zone,
           state: b.spec.state,
           verdict: b.verdict,

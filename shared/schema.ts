@@ -109,6 +109,12 @@ export const serviceSchema = z
       .prefault({}),
     affinity: affinitySchema.prefault({}),
     health: healthSchema.prefault({}),
+    /**
+     * A backend whose verdict turned up less than this ago (new or recovered) takes a weight that ramps
+     * from 10% to its full weight, in steps, measured from the verdict's `since` so every node ramps
+     * alike. 0: off.
+     */
+    slowStart: duration("0s"),
   })
   .strict();
 
