@@ -73,6 +73,9 @@ async function withStore<T>(cmd: Command, fn: (store: Store, keys: KeySchema, op
       const cause = /Last error: (?:Error: )?(.+?)\.(?:\s|$)/.exec(e.message ?? "")?.[1] ?? e.message;
       throw new CliError(`cannot reach etcd at ${where}: ${cause} (is it running? set --etcd or BALLAST_ETCD)`);
     }
+    if (e.code === "STORE_AUTH") {
+      throw new CliError(`etcd at ${where} refused the credentials${opts.user ? ` of user ${opts.user}` : ""}: ${e.message} (check --user and --password)`);
+    }
     throw err;
   } finally {
     await store.close().catch(() => {});
