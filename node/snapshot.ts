@@ -49,6 +49,8 @@ export interface ServiceState {
   readonly picker: Picker;
   readonly hashSourceOnly: boolean;
   readonly access: AccessPolicy | null;
+  /** acceptProxy: the peers trusted to send a PROXY header (null: the service takes none). */
+  readonly proxyFrom: AccessPolicy | null;
 }
 
 export interface Snapshot {
@@ -134,6 +136,19 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
         continue;
       }
     }
+    let proxyFrom: AccessPolicy | null = null;
+    if (spec.acceptProxy.version !== "none") {
+      if (spec.protocol !== "tcp") {
+        invalid.push({ key: input.keyOf.service(name), reason: "acceptProxy: only for tcp services" });
+        continue;
+      }
+      try {
+        proxyFrom = new AccessPolicy(spec.acceptProxy.from, [], "acceptProxy");
+      } catch (err) {
+        invalid.push({ key: input.keyOf.service(name), reason: (err as Error).message });
+        continue;
+      }
+    }
     listenOwners.set(listenKey, name);
 
     const specs = input.backends.get(name) ?? new Map<string, BackendSpec>();
@@ -199,6 +214,7 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
         picker: factory.build(targets),
         hashSourceOnly: factory.hashSourceOnly,
         access,
+        proxyFrom,
       }),
     );
   }

@@ -110,6 +110,16 @@ export const serviceSchema = z
     affinity: affinitySchema.prefault({}),
     health: healthSchema.prefault({}),
     /**
+     * TCP: clients are balancers in front of this one that send a PROXY header (v1 text or v2 binary)
+     * first; the client address in it is the one affinity, access rules, rate limits and the PROXY
+     * header sent onward use. Only peers in `from` may connect; anything else is refused.
+     */
+    acceptProxy: z
+      .object({ version: z.enum(["none", "v1", "v2"]).default("none"), from: z.array(cidr).default([]) })
+      .strict()
+      .refine((a) => a.version === "none" || a.from.length > 0, { message: "acceptProxy.from: list the balancers trusted to send PROXY headers", path: ["from"] })
+      .prefault({}),
+    /**
      * A backend whose verdict turned up less than this ago (new or recovered) takes a weight that ramps
      * from 10% to its full weight, in steps, measured from the verdict's `since` so every node ramps
      * alike. 0: off.

@@ -5,7 +5,7 @@ import type { BackendStats } from "../lb/algorithm.js";
 export const CONNECT_FAILURE_REASONS = ["refused", "timeout", "reset", "unreachable", "other"] as const;
 export type ConnectFailureReason = (typeof CONNECT_FAILURE_REASONS)[number];
 
-export const REFUSE_REASONS = ["max-connections", "denied", "rate-limited", "no-backend", "draining", "max-flows"] as const;
+export const REFUSE_REASONS = ["max-connections", "denied", "rate-limited", "no-backend", "draining", "max-flows", "proxy-header"] as const;
 export type RefuseReason = (typeof REFUSE_REASONS)[number];
 
 /** Something that can be closed when its backend leaves (a TCP connection or a UDP flow). */
@@ -43,7 +43,8 @@ export class ServiceCounters {
   udpDatagramsIn = 0;
   udpDatagramsOut = 0;
   udpDropped = 0;
-  refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0 };
+  /** proxy-header: acceptProxy refused a peer that is not a trusted balancer, or whose header was missing or bad. */
+  refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0, "proxy-header": 0 };
   constructor(readonly service: string) {}
 }
 

@@ -7,10 +7,65 @@ import type { ServiceState, Target } from "../snapshot.js";
 import { limiterFor, type SourceRateLimiter } from "./access.js";
 import { type Termination, terminationOf } from "./access-log.js";
 import type { DataPlane } from "./plane.js";
-import { proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
+import { type ProxyHeader, parseProxyHeader, proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
 import type { Closable, ConnectFailureReason, ServiceCounters } from "./stats.js";
 
 const noop = () => {};
+
+/** acceptProxy: the header must arrive within this long and this many bytes (v2 with TLVs included). */
+const PROXY_HEADER_TIMEOUT_MS = 3000;
+const PROXY_HEADER_MAX = 4096;
+
+/**
+ * Reads the PROXY header a trusted balancer sends first. Calls `done` once with the header and the bytes
+ * that followed it (the start of the client's stream), or with null when the peer sent something else,
+ * too much, or nothing in time. The socket is left paused.
+ */
+function readProxyHeader(socket: net.Socket, version: "v1" | "v2", done: (h: ProxyHeader | null, rest: Buffer | null, eof: { ended: boolean }) => void): void {
+  let buf: Buffer = Buffer.alloc(0);
+  // A client that sends its FIN with the header: 'end' can fire before the relay listens for it, so
+  // it is remembered here and the relay forwards it.
+  const eof = { ended: false };
+  socket.once("end", () => {
+    eof.ended = true;
+  });
+  let settled = false;
+  const finish = (h: ProxyHeader | null, rest: Buffer | null) => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timer);
+    socket.off("data", onData);
+    socket.off("close", onClose);
+    socket.pause();
+    done(h, rest, eof);
+  };
+  const onData = (chunk: Buffer) => {
+    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+    const h = parseProxyHeader(buf);
+    if (h !== null) {
+      // The version the service expects, and a header that names a TCP client (or LOCAL: a health check).
+      if ((h.version === 1) !== (version === "v1") || h.transport !== "tcp") finish(null, null);
+      else finish(h, buf.length > h.length ? buf.subarray(h.length) : null);
+      return;
+    }
+    // Not (yet) a header: give up once it cannot be one (a v1 line is at most 107 bytes).
+    if (buf.length >= PROXY_HEADER_MAX || (version === "v1" && buf.length >= 107) || !couldBeHeader(buf)) finish(null, null);
+  };
+  const onClose = () => finish(null, null);
+  const timer = setTimeout(() => finish(null, null), PROXY_HEADER_TIMEOUT_MS);
+  socket.on("data", onData);
+  socket.on("close", onClose);
+  socket.resume();
+}
+
+/** Whether `buf` is a prefix of a v1 or v2 header (so more bytes are worth waiting for). */
+function couldBeHeader(buf: Buffer): boolean {
+  const v1 = Buffer.from("PROXY ");
+  const v2 = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+  const n1 = Math.min(buf.length, v1.length);
+  const n2 = Math.min(buf.length, v2.length);
+  return buf.compare(v1, 0, n1, 0, n1) === 0 || buf.compare(v2, 0, n2, 0, n2) === 0;
+}
 
 export function classifyConnectError(code: string | undefined): ConnectFailureReason {
   switch (code) {
@@ -84,7 +139,7 @@ export class TcpListener {
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
-  private refuse(socket: net.Socket, reason: "max-connections" | "denied" | "rate-limited" | "no-backend" | "draining"): void {
+  private refuse(socket: net.Socket, reason: "max-connections" | "denied" | "rate-limited" | "no-backend" | "draining" | "proxy-header"): void {
     this.counters.refused[reason]++;
     if (this.debug) this.log.debug({ service: this.svc.name, client: socket.remoteAddress, reason }, "connection refused");
     // RST at once: the client learns quickly and we hold no state for it.
@@ -103,6 +158,34 @@ export class TcpListener {
       this.refuse(socket, "draining");
       return;
     }
+    if (svc.proxyFrom !== null) {
+      // Only the balancers in front may speak for a client; the rest are refused before any byte is read.
+      if (!svc.proxyFrom.permits(ip)) {
+        this.refuse(socket, "proxy-header");
+        return;
+      }
+      const version = svc.spec.acceptProxy.version as "v1" | "v2";
+      readProxyHeader(socket, version, (h, rest, eof) => {
+        if (h === null) {
+          if (!socket.destroyed) this.refuse(socket, "proxy-header");
+          else this.counters.refused["proxy-header"]++;
+          return;
+        }
+        if (h.local) this.admit(socket, ip, socket.remotePort ?? 0, null, 0, rest, eof);
+        else this.admit(socket, h.src, h.srcPort, h.dst, h.dstPort, rest, eof);
+      });
+      return;
+    }
+    this.admit(socket, ip, socket.remotePort ?? 0, null, 0, null, null);
+  }
+
+  /**
+   * Admission and the pick for a client at `ip:port` (the socket's peer, or the client a trusted
+   * balancer's PROXY header names; then `dst` is the address it connected to and `head` the bytes that
+   * followed the header).
+   */
+  private admit(socket: net.Socket, ip: string, port: number, dst: string | null, dstPort: number, head: Buffer | null, eof: { ended: boolean } | null): void {
+    const svc = this.svc;
     const limits = svc.spec.limits;
     if (limits.maxConnections > 0 && this.counters.active >= limits.maxConnections) {
       this.refuse(socket, "max-connections");
@@ -117,13 +200,13 @@ export class TcpListener {
       this.refuse(socket, "rate-limited");
       return;
     }
-    const target = this.plane.router.route(svc, ip, socket.remotePort ?? 0, this.exclude, now);
+    const target = this.plane.router.route(svc, ip, port, this.exclude, now);
     if (target === null) {
       this.refuse(socket, limits.maxConnectionsPerBackend > 0 && svc.targets.length > 0 ? "max-connections" : "no-backend");
       return;
     }
     this.counters.accepted++;
-    new Connection(this, svc, socket, ip, target).connect();
+    new Connection(this, svc, socket, ip, target, port, dst, dstPort, head, eof).connect();
   }
 }
 
@@ -147,6 +230,13 @@ class Connection implements Closable {
     private readonly client: net.Socket,
     private readonly ip: string,
     private target: Target,
+    private readonly port: number,
+    /** With acceptProxy: the address the client connected to (from its header); null: this socket's. */
+    private readonly dst: string | null,
+    private readonly dstPort: number,
+    /** With acceptProxy: client bytes that came with the header, sent before anything else. */
+    private head: Buffer | null,
+    private readonly eof: { ended: boolean } | null,
   ) {
     listener.counters.active++;
     client.setTimeout(svc.spec.timeouts.idle);
@@ -188,10 +278,17 @@ class Connection implements Closable {
     const pp = this.svc.spec.proxyProtocol;
     if (pp !== "none") {
       const src = this.ip;
-      const srcPort = this.client.remotePort ?? 0;
-      const dst = this.client.localAddress ?? "";
-      const dstPort = this.client.localPort ?? 0;
+      const srcPort = this.port;
+      const dst = this.dst ?? this.client.localAddress ?? "";
+      const dstPort = this.dst !== null ? this.dstPort : (this.client.localPort ?? 0);
       up.write(pp === "v1" ? proxyV1Header(src, srcPort, dst, dstPort) : proxyV2Header(src, srcPort, dst, dstPort, "tcp"));
+    }
+    if (this.head !== null) {
+      this.bytesIn += this.head.length;
+      this.target.stats.bytesIn += this.head.length;
+      this.listener.counters.bytesIn += this.head.length;
+      up.write(this.head);
+      this.head = null;
     }
     this.relay(up);
   }
@@ -224,6 +321,11 @@ class Connection implements Closable {
       client.end();
       this.onHalfClose();
     });
+    if (this.eof?.ended) {
+      this.ended ??= "client-closed";
+      up.end();
+      this.onHalfClose();
+    }
     client.resume();
   }
 
@@ -255,7 +357,7 @@ class Connection implements Closable {
     const tried = this.tried;
     tried.push(failed);
     const base = this.listener.exclude;
-    const next = plane.router.route(this.svc, this.ip, this.client.remotePort ?? 0, (t) => tried.includes(t as Target) || base(t), Date.now());
+    const next = plane.router.route(this.svc, this.ip, this.port, (t) => tried.includes(t as Target) || base(t), Date.now());
     if (next === null) {
       this.listener.counters.refused["no-backend"]++;
       this.ended ??= "connect-failed";
@@ -305,7 +407,7 @@ class Connection implements Closable {
         service: this.svc.name,
         protocol: "tcp",
         client: this.ip,
-        clientPort: this.client.remotePort ?? 0,
+        clientPort: this.port,
         backend: t.id,
         backendAddress: t.label,
         start: this.start,
