@@ -13,6 +13,8 @@ export default function setup(): void {
   if (!existsSync("/usr/bin/chromium")) missing.push("chromium");
   // promtool validates deploy/prometheus/ (test/metrics/backend-gauges.test.ts); apt does not start Prometheus.
   if (!have("promtool")) missing.push("prometheus");
+  // BIRD for the IPv6 anycast test (test/anycast/ipv6.test.ts, root only: network namespaces).
+  if (!existsSync("/usr/sbin/bird")) missing.push("bird2");
   if (missing.length === 0) return;
   if (process.getuid?.() === 0 && existsSync("/etc/debian_version")) {
     execFileSync("sh", ["-c", `apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing.join(" ")}`], { stdio: "inherit" });
