@@ -10,6 +10,7 @@ import { VERSION } from "../shared/version.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { parseBackendValue, parseServiceValue } from "./control/records.js";
 import type { Store } from "./control/store.js";
+import { type BallastEvent, eventsPrefix } from "./events.js";
 import { BallastNode } from "./node.js";
 
 class CliError extends Error {}
@@ -346,6 +347,65 @@ export function buildCli(): Command {
         if (nodes.length === 0) process.stdout.write("\n(no node is registered: are nodes running with this --cluster?)\n");
       }),
     );
+
+  program
+    .command("events")
+    .description("the cluster's recent events (verdicts, ejections, leadership, modes, drains, reloads, invalid records); kept 1 h")
+    .option("-f, --follow", "keep printing new events as they are written")
+    .option("--limit <n>", "print at most the last n events", "100")
+    .action(async (o: { follow?: boolean; limit: string }, cmd: Command) => {
+      const opts = cmd.optsWithGlobals() as GlobalOpts;
+      const row = (e: BallastEvent) => ({ time: new Date(e.at).toISOString(), node: e.node, kind: e.kind, service: e.service ?? "", backend: e.backend ?? "", message: e.message });
+      const parse = (value: Buffer): BallastEvent | null => {
+        try {
+          return JSON.parse(value.toString()) as BallastEvent;
+        } catch {
+          return null;
+        }
+      };
+      const events = await withStore(cmd, async (store, keys) => {
+        const { kvs } = await store.list(eventsPrefix(keys));
+        return kvs.map((kv) => parse(kv.value)).filter((e): e is BallastEvent => e !== null).sort((a, b) => a.at - b.at);
+      });
+      const last = events.slice(-Math.max(1, Number(o.limit) || 100));
+      if (!o.follow) {
+        print(opts, last.map(row), last);
+        return;
+      }
+      // Follow: one JSON line per event with -o json, else one aligned-free line each; until Ctrl-C.
+      const line = (e: BallastEvent) => {
+        const r = row(e);
+        process.stdout.write(opts.output === "json" ? `${JSON.stringify(e)}\n` : `${r.time}  ${r.node}  ${r.kind}  ${r.message}\n`);
+      };
+      for (const e of last) line(e);
+      const { store, keys } = etcdFrom(opts);
+      const seen = new Set(last.map((e) => `${e.node}|${e.at}|${e.message}`));
+      const handle = store.sync(eventsPrefix(keys), {
+        reset: (kvs) => {
+          for (const kv of kvs) {
+            const e = parse(kv.value);
+            if (e && !seen.has(`${e.node}|${e.at}|${e.message}`)) {
+              seen.add(`${e.node}|${e.at}|${e.message}`);
+              line(e);
+            }
+          }
+        },
+        events: (evs) => {
+          for (const ev of evs) {
+            if (ev.type !== "put") continue;
+            const e = parse(ev.value);
+            if (e) line(e);
+          }
+        },
+        status: () => {},
+      });
+      await new Promise<void>((resolve) => {
+        process.once("SIGINT", resolve);
+        process.once("SIGTERM", resolve);
+      });
+      await handle.stop();
+      await store.close();
+    });
 
   program
     .command("route <service> <client-ip>")

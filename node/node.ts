@@ -13,6 +13,7 @@ import { MemoryStore } from "./control/memory-store.js";
 import { Reconciler } from "./control/reconciler.js";
 import type { Lease, Store, SyncHandle } from "./control/store.js";
 import { DataPlane } from "./data/plane.js";
+import { EventLog } from "./events.js";
 import { createLogger, type Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
 import { AffinityTable } from "./affinity/table.js";
@@ -55,6 +56,9 @@ export class BallastNode {
   readonly health: HealthManager;
   readonly affinity: AffinityTable;
   readonly reloads: ReloadMetrics;
+  readonly events: EventLog;
+  private lastSnapshot: Snapshot | null = null;
+  private watchTimer: NodeJS.Timeout | null = null;
   /** Clustered with `stateDir`: the last applied records on disk, served at start if etcd is unreachable. */
   readonly lastGood: LastKnownGood | null = null;
   private reloading: Promise<unknown> = Promise.resolve();
@@ -82,7 +86,10 @@ export class BallastNode {
         this.metrics.storeConnected.set(connected ? 1 : 0);
         this.metrics.lastSync = connected ? 0 : Date.now();
       },
-      onInvalid: (fresh) => this.metrics.invalidRecordsTotal.inc(fresh.length),
+      onInvalid: (fresh) => {
+        this.metrics.invalidRecordsTotal.inc(fresh.length);
+        for (const r of fresh.slice(0, 20)) this.events.record("invalid-record", `invalid record ${r.key}: ${r.reason}`, {}, true);
+      },
       onClusterChange: () => this.health?.onClusterChange(),
     }, this.log);
     this.store = opts.store ?? (c.etcd ? new EtcdStore({ endpoints: c.etcd.endpoints, username: c.etcd.username, password: c.etcd.password, tls: c.etcd.tls }) : new MemoryStore());
@@ -97,13 +104,22 @@ export class BallastNode {
     this.plane.router.affinity = this.affinity;
     this.reconciler.affinity = this.affinity;
     this.health = new HealthManager(this);
+    this.events = new EventLog(this.id, this.keys, this.store, this.log, () => this.standalone || this.health.status().isLeader);
+    const onEject = this.plane.hooks.onEject;
+    this.plane.hooks.onEject = (svc, t, until) => {
+      onEject?.(svc, t, until);
+      this.events.record("ejection", `backend ${svc.name}/${t.id} ejected for ${Math.round((until - Date.now()) / 1000)} s after connect failures`, { service: svc.name, backend: t.id });
+    };
     this.admin = new AdminServer(
       {
         ready: () => this.ready,
         state: () => describeState(this),
         route: (service, client, port) => explainRoute(this, service, client, port),
         metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
-        pages: new Map([["/", statusPage]]),
+        pages: new Map<string, () => { contentType: string; body: string | Buffer }>([
+          ["/", statusPage],
+          ["/api/events", () => ({ contentType: "application/json; charset=utf-8", body: JSON.stringify({ node: this.id, events: this.events.recent() }) })],
+        ]),
         publicPages: new Set(["/"]),
         allowOrigin: (origin) => allowsPeerOrigin(this.reconciler.nodes.values(), origin),
       },
@@ -126,6 +142,22 @@ export class BallastNode {
     this.sync = this.store.sync(this.keys.prefix, this.lastGood ?? this.reconciler);
     this.affinity.start();
     this.health.start();
+    this.events.record("started", `node started (${this.mode})`);
+    // Leadership and mode transitions, seen from outside the health module (a 1 s poll is plenty for a timeline).
+    let leader = false;
+    let mode = this.mode;
+    this.watchTimer = setInterval(() => {
+      const st = this.health.status();
+      if (st.isLeader !== leader) {
+        leader = st.isLeader;
+        this.events.record("leadership", leader ? `became health-check leader (term ${st.term})` : "no longer health-check leader");
+      }
+      if (this.mode !== mode) {
+        this.events.record("mode", `verdict mode ${mode} → ${this.mode}${st.modeReason ? `: ${st.modeReason}` : ""}`);
+        mode = this.mode;
+      }
+    }, 1000);
+    this.watchTimer.unref();
     if (!this.standalone) this.scheduleRegister(0);
     if (opts.waitForSnapshot !== false) await this.firstSnapshot;
   }
@@ -143,6 +175,8 @@ export class BallastNode {
       }, Math.max(0, s.nextRampAt - Date.now()));
       this.rampTimer.unref();
     }
+    this.events.diff(this.lastSnapshot, s);
+    this.lastSnapshot = s;
     this.metrics.snapshotSwaps.inc();
     this.metrics.snapshotRevision.set(s.revision);
     this.metrics.invalidRecords.reset();
@@ -224,6 +258,7 @@ export class BallastNode {
         this.reloads.reloads.inc({ result: "applied" });
         this.reloads.lastSuccessful.set(1);
         this.log.info({ source, applied: r.applied, writes: r.writes }, "config reloaded");
+        this.events.record("reload", `config reloaded (${source}): ${r.applied.join(", ") || "no change"}`);
         if (r.needsRestart.length > 0) this.log.warn({ source, fields: r.needsRestart }, "config reload: these fields need a restart; their running values are kept");
         return r;
       } catch (err) {
@@ -242,11 +277,13 @@ export class BallastNode {
     this.reloads.reloads.inc({ result: "invalid" });
     this.reloads.lastSuccessful.set(0);
     this.log.error({ source, err: error }, "config reload rejected; keeping the running config");
+    this.events.record("reload", `config reload rejected (${source}): ${error.split("\n").slice(1).join("; ").trim() || error}`);
   }
 
   /** SIGTERM: not ready (anycast withdraws), stop accepting, let open connections finish, then stop. */
   async shutdown(drainTimeoutMs = this.config.drainTimeout): Promise<{ remaining: number }> {
     this.withdrawing = true;
+    this.events.record("drain", `node draining (drainTimeout ${drainTimeoutMs} ms)`);
     this.log.info({ drainTimeoutMs, withdrawDelayMs: this.config.withdrawDelay, active: this.plane.active }, "draining");
     if (!this.standalone) {
       await this.register().catch(() => {});
@@ -264,6 +301,8 @@ export class BallastNode {
     this.stopping = true;
     if (this.registerTimer) clearTimeout(this.registerTimer);
     if (this.rampTimer) clearTimeout(this.rampTimer);
+    if (this.watchTimer) clearInterval(this.watchTimer);
+    this.events.close();
     await this.health.stop();
     await this.affinity.stop();
     await this.sync?.stop();

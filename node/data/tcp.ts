@@ -401,7 +401,7 @@ class Connection implements Closable {
     plane.onConnectionClosed();
     const log = plane.accessLog;
     const now = Date.now();
-    if (log !== null && log.admit(now)) {
+    if (log?.admit(now)) {
       const t = this.target;
       log.push({
         service: this.svc.name,

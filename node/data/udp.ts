@@ -201,7 +201,7 @@ export class UdpListener {
     this.plane.onConnectionClosed();
     const log = this.plane.accessLog;
     const now = Date.now();
-    if (log !== null && log.admit(now)) {
+    if (log?.admit(now)) {
       const t = flow.target;
       log.push({
         service: this.svc.name,
