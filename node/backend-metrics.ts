@@ -4,7 +4,7 @@
 import client from "prom-client";
 import type { BackendState } from "../shared/schema.js";
 import type { DataPlane } from "./data/plane.js";
-import type { BackendView, ServiceState } from "./snapshot.js";
+import type { BackendView, ServiceState } from "./model/snapshot.js";
 
 const STATES: readonly BackendState[] = ["active", "drain", "disabled"];
 type Labels = "service" | "backend" | "zone";

@@ -6,7 +6,7 @@
 import type { KeySchema } from "../shared/keys.js";
 import type { Lease, Store } from "./control/store.js";
 import type { Logger } from "./log.js";
-import type { Snapshot } from "./snapshot.js";
+import type { Snapshot } from "./model/snapshot.js";
 
 export const EVENT_KINDS = ["verdict", "backend-state", "ejection", "leadership", "mode", "drain", "reload", "invalid-record", "started"] as const;
 export type EventKind = (typeof EVENT_KINDS)[number];

@@ -1,13 +1,42 @@
 // What the admin API says about a node: /api/state (the documented JSON behind the CLI and the status
 // page) and /api/route (route explain: which backend a client would get, and why).
 import net from "node:net";
+import type { ApiError, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
+import { clientAddress } from "../shared/ip.js";
+import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
-import type { BallastNode } from "./node.js";
+import type { AffinityTable } from "./affinity/table.js";
+import type { LastKnownGood } from "./control/last-good.js";
+import type { Reconciler } from "./control/reconciler.js";
+import type { DataPlane } from "./data/plane.js";
+import type { HealthManager } from "./health/manager.js";
+import type { NodeMode } from "./health/mode.js";
+import { type Forwarder, forwardingOf } from "./model/forwarder.js";
+import type { ServiceState, Snapshot } from "./model/snapshot.js";
 
-export function describeState(n: BallastNode) {
+/** What the admin answers read from the node that composes them (the node itself satisfies it). */
+export interface StateContext {
+  readonly id: string;
+  readonly config: { readonly cluster: string; readonly node: Pick<NodeConfig["node"], "zone"> };
+  readonly standalone: boolean;
+  readonly startedAt: number;
+  readonly ready: boolean;
+  readonly withdrawing: boolean;
+  readonly mode: NodeMode;
+  readonly admin: { readonly address: string };
+  readonly metrics: { readonly lastSync: number };
+  readonly reconciler: Pick<Reconciler, "snapshot" | "heartbeat" | "connected" | "lastError" | "appliedRevision" | "nodes">;
+  readonly plane: Pick<DataPlane, "listenerOf" | "stats" | "router" | "availabilityExclude" | "draining">;
+  readonly forwarders: readonly Forwarder<Snapshot>[];
+  readonly affinity: Pick<AffinityTable, "describe" | "entries">;
+  readonly health: Pick<HealthManager, "status">;
+  readonly lastGood: Pick<LastKnownGood, "source" | "file" | "revision" | "savedAt" | "lastError"> | null;
+}
+
+export function describeState(n: StateContext): StateView {
   const snap = n.reconciler.snapshot;
   const now = Date.now();
-  const services = [];
+  const services: ServiceStateView[] = [];
   for (const svc of snap?.services.values() ?? []) {
     const l = n.plane.listenerOf(svc.name);
     const c = n.plane.stats.service(svc.name);
@@ -19,6 +48,7 @@ export function describeState(n: BallastNode) {
       protocol: svc.spec.protocol,
       algorithm: svc.spec.algorithm,
       proxyProtocol: svc.spec.proxyProtocol,
+      forwarding: forwardingStatus(n, svc),
       affinity: { mode: svc.spec.affinity.mode, ttlMs: svc.spec.affinity.ttl, entries: n.affinity.entries.table(svc.name)?.size ?? 0 },
       health: { type: svc.spec.health.type, intervalMs: svc.spec.health.interval, rise: svc.spec.health.rise, fall: svc.spec.health.fall },
       active: c.active,
@@ -74,21 +104,31 @@ export function describeState(n: BallastNode) {
   };
 }
 
-export function explainRoute(n: BallastNode, service: string, client: string, port: number): { status: number; body: unknown } {
+/** Which forwarder carries a service, and its word on it (a mode no forwarder handles says so). */
+function forwardingStatus(n: StateContext, svc: ServiceState): ForwardingStateView {
+  const mode = forwardingOf(svc.spec);
+  for (const f of n.forwarders) {
+    if (!f.handles(mode)) continue;
+    const st = f.status(svc.name) ?? { programmed: false, reason: "not applied yet", revision: 0 };
+    return { mode, forwarder: f.name, programmed: st.programmed, reason: st.reason, revision: st.revision };
+  }
+  return { mode, forwarder: null, programmed: false, reason: `no forwarder on this node handles forwarding mode ${mode}`, revision: 0 };
+}
+
+export function explainRoute(n: StateContext, service: string, client: string, port: number): { status: number; body: RouteAnswer | ApiError } {
   const snap = n.reconciler.snapshot;
   const svc = snap?.services.get(service);
   if (!snap || !svc) return { status: 404, body: { error: `no service ${service}`, revision: snap?.revision ?? 0 } };
   if (net.isIP(client) === 0) return { status: 400, body: { error: `client must be an IP address, got ${client}` } };
   const base = { service, client, port, revision: n.reconciler.appliedRevision, node: n.id };
-  if (svc.access !== null && !svc.access.permits(client)) return { status: 200, body: { ...base, backend: null, reason: "denied" } };
+  const ip = clientAddress(client);
+  if (svc.access !== null && !svc.access.permits(ip)) return { status: 200, body: { ...base, backend: null, reason: "denied" } };
   const now = Date.now();
-  const router = n.plane.router;
-  const described = svc.spec.affinity.mode === "source-ip" ? (router.affinity?.describe?.(svc, client, now) ?? null) : null;
-  const t = router.route(svc, client, port, n.plane.availabilityExclude(svc), now, false);
-  let reason = router.reason;
-  if (reason === "affinity" && described) reason = `affinity (from node ${described.node}, last used ${Math.round((now - described.lastUsed) / 1000)} s ago)`;
+  const described = svc.spec.affinity.mode === "source-ip" ? n.affinity.describe(svc, ip, now) : null;
+  const { target, reason } = n.plane.router.route(svc, ip, port, n.plane.availabilityExclude(svc), now, false);
+  const why = reason === "affinity" && described ? `affinity (from node ${described.node}, last used ${Math.round((now - described.lastUsed) / 1000)} s ago)` : reason;
   return {
     status: 200,
-    body: { ...base, backend: t ? { id: t.id, address: t.label } : null, reason, version: VERSION },
+    body: { ...base, backend: target ? { id: target.id, address: target.label } : null, reason: why, version: VERSION },
   };
 }

@@ -2,13 +2,15 @@
 // timeout and bounded retries on other backends, then relay both ways with backpressure and half-close.
 import net from "node:net";
 import type { Logger } from "pino";
+import { clientAddress } from "../../shared/ip.js";
 import type { Exclude } from "../lb/algorithm.js";
-import type { ServiceState, Target } from "../snapshot.js";
-import { limiterFor, type SourceRateLimiter } from "./access.js";
+import type { ServiceState, Target } from "../model/snapshot.js";
+import type { Closable, ConnectFailureReason, RefuseReason, ServiceCounters } from "../model/stats.js";
 import { type Termination, terminationOf } from "./access-log.js";
-import type { DataPlane } from "./plane.js";
+import { admit } from "./admit.js";
+import type { ListenerHost } from "./host.js";
 import { type ProxyHeader, parseProxyHeader, proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
-import type { Closable, ConnectFailureReason, ServiceCounters } from "./stats.js";
+import { limiterFor, type SourceRateLimiter } from "./rate-limit.js";
 
 const noop = () => {};
 
@@ -97,7 +99,7 @@ export class TcpListener {
   private readonly debug: boolean;
 
   constructor(
-    readonly plane: DataPlane,
+    readonly plane: ListenerHost,
     svc: ServiceState,
     readonly log: Logger,
   ) {
@@ -139,9 +141,9 @@ export class TcpListener {
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
-  private refuse(socket: net.Socket, reason: "max-connections" | "denied" | "rate-limited" | "no-backend" | "draining" | "proxy-header"): void {
+  private refuse(socket: net.Socket, ip: string, reason: RefuseReason): void {
     this.counters.refused[reason]++;
-    if (this.debug) this.log.debug({ service: this.svc.name, client: socket.remoteAddress, reason }, "connection refused");
+    if (this.debug) this.log.debug({ service: this.svc.name, client: ip, reason }, "connection refused");
     // RST at once: the client learns quickly and we hold no state for it.
     socket.resetAndDestroy();
   }
@@ -149,34 +151,35 @@ export class TcpListener {
   private accept(socket: net.Socket): void {
     socket.on("error", noop);
     const svc = this.svc;
-    const ip = socket.remoteAddress;
-    if (ip === undefined) {
+    const raw = socket.remoteAddress;
+    if (raw === undefined) {
       socket.destroy();
       return;
     }
-    if (this.plane.draining) {
-      this.refuse(socket, "draining");
-      return;
-    }
+    const ip = clientAddress(raw);
     if (svc.proxyFrom !== null) {
+      if (this.plane.draining) {
+        this.refuse(socket, ip, "draining");
+        return;
+      }
       // Only the balancers in front may speak for a client; the rest are refused before any byte is read.
       if (!svc.proxyFrom.permits(ip)) {
-        this.refuse(socket, "proxy-header");
+        this.refuse(socket, ip, "proxy-header");
         return;
       }
       const version = svc.spec.acceptProxy.version as "v1" | "v2";
       readProxyHeader(socket, version, (h, rest, eof) => {
         if (h === null) {
-          if (!socket.destroyed) this.refuse(socket, "proxy-header");
+          if (!socket.destroyed) this.refuse(socket, ip, "proxy-header");
           else this.counters.refused["proxy-header"]++;
           return;
         }
-        if (h.local) this.admit(socket, ip, socket.remotePort ?? 0, null, 0, rest, eof);
-        else this.admit(socket, h.src, h.srcPort, h.dst, h.dstPort, rest, eof);
+        if (h.local) this.admitClient(socket, ip, socket.remotePort ?? 0, null, 0, rest, eof);
+        else this.admitClient(socket, clientAddress(h.src), h.srcPort, h.dst, h.dstPort, rest, eof);
       });
       return;
     }
-    this.admit(socket, ip, socket.remotePort ?? 0, null, 0, null, null);
+    this.admitClient(socket, ip, socket.remotePort ?? 0, null, 0, null, null);
   }
 
   /**
@@ -184,29 +187,22 @@ export class TcpListener {
    * balancer's PROXY header names; then `dst` is the address it connected to and `head` the bytes that
    * followed the header).
    */
-  private admit(socket: net.Socket, ip: string, port: number, dst: string | null, dstPort: number, head: Buffer | null, eof: { ended: boolean } | null): void {
+  private admitClient(socket: net.Socket, ip: string, port: number, dst: string | null, dstPort: number, head: Buffer | null, eof: { ended: boolean } | null): void {
     const svc = this.svc;
-    const limits = svc.spec.limits;
-    if (limits.maxConnections > 0 && this.counters.active >= limits.maxConnections) {
-      this.refuse(socket, "max-connections");
-      return;
-    }
-    if (svc.access !== null && !svc.access.permits(ip)) {
-      this.refuse(socket, "denied");
-      return;
-    }
     const now = Date.now();
-    if (this.limiter !== null && !this.limiter.take(ip, now)) {
-      this.refuse(socket, "rate-limited");
+    const max = svc.spec.limits.maxConnections;
+    const refused = admit(this.plane.draining, max > 0 && this.counters.active >= max ? "max-connections" : null, svc, this.limiter, ip, now);
+    if (refused !== null) {
+      this.refuse(socket, ip, refused);
       return;
     }
-    const target = this.plane.router.route(svc, ip, port, this.exclude, now);
-    if (target === null) {
-      this.refuse(socket, limits.maxConnectionsPerBackend > 0 && svc.targets.length > 0 ? "max-connections" : "no-backend");
+    const routed = this.plane.router.route(svc, ip, port, this.exclude, now);
+    if (routed.target === null) {
+      this.refuse(socket, ip, routed.reason);
       return;
     }
     this.counters.accepted++;
-    new Connection(this, svc, socket, ip, target, port, dst, dstPort, head, eof).connect();
+    new Connection(this, svc, socket, ip, routed.target, port, dst, dstPort, head, eof).connect();
   }
 }
 
@@ -277,7 +273,9 @@ class Connection implements Closable {
     plane.onConnected(this.svc, this.target, (performance.now() - this.connectStart) / 1000);
     const pp = this.svc.spec.proxyProtocol;
     if (pp !== "none") {
-      const src = this.ip;
+      // From a trusted balancer's header: its client and destination. Otherwise the socket's own
+      // spelling of the client (the header keeps its family as the socket saw it).
+      const src = this.dst !== null ? this.ip : (this.client.remoteAddress ?? this.ip);
       const srcPort = this.port;
       const dst = this.dst ?? this.client.localAddress ?? "";
       const dstPort = this.dst !== null ? this.dstPort : (this.client.localPort ?? 0);
@@ -358,14 +356,14 @@ class Connection implements Closable {
     tried.push(failed);
     const base = this.listener.exclude;
     const next = plane.router.route(this.svc, this.ip, this.port, (t) => tried.includes(t as Target) || base(t), Date.now());
-    if (next === null) {
-      this.listener.counters.refused["no-backend"]++;
+    if (next.target === null) {
+      this.listener.counters.refused[next.reason]++;
       this.ended ??= "connect-failed";
       this.client.destroy();
       return;
     }
     this.listener.counters.retries++;
-    this.target = next;
+    this.target = next.target;
     this.connect();
   }
 

@@ -157,11 +157,6 @@ export class MaglevPicker implements Picker {
     this.seen = new Uint32Array(usable.length);
   }
 
-  /** Table entry for a hash, before exclusions: what `route explain` reports as the primary choice. */
-  slot(hash: number): number {
-    return (hash >>> 0) % this.size;
-  }
-
   /** Maglev is a pure function of the hash (the epoch marks are scratch space, not state a pick depends on). */
   peek(hash: number, exclude: Exclude | null): BackendTarget | null {
     return this.pick(hash, exclude);

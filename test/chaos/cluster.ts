@@ -11,11 +11,13 @@
 //                           "one-armed": client → router → node all inside this one subnet.
 // Every container and network is named ballast-chaos-<run>-… and labelled ballast.chaos=<run> and
 // ballast.chaos.owner=<pid>; destroy() removes them, global setup sweeps those of dead owners.
+
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import Docker from "dockerode";
 import { GenericContainer, type StartedTestContainer } from "testcontainers";
+import type { RouteAnswer, StateView } from "../../shared/api.js";
 import { decodeValue } from "../../shared/codec.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -350,7 +352,7 @@ export class BallastNode extends Member {
     return sum;
   }
 
-  route(service: string, client: string): Promise<Record<string, unknown>> {
+  route(service: string, client: string): Promise<RouteAnswer> {
     return this.api(`/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}`);
   }
 
@@ -388,20 +390,8 @@ export interface LogEvent extends Record<string, unknown> {
   msg: string;
 }
 
-/** The parts of /api/state the scenarios read (docs: node/state.ts). */
-export interface NodeState {
-  node: { id: string; ready: boolean; draining: boolean; mode: string; startedAt: number };
-  store: { connected: boolean; lastError: string | null; staleSeconds: number };
-  revision: number;
-  snapshotRevision: number;
-  services: {
-    name: string;
-    affinity: { entries: number };
-    backends: { id: string; address: string; port: number; state: string; routable: boolean; verdict: { state: string; checker: string; source: string } | null; why: string }[];
-  }[];
-  nodes: { id: string; ready: boolean; mode: string }[];
-  health: { leader: string | null; isLeader: boolean; mode: string; term: string | null };
-}
+/** /api/state, as the node declares it. */
+export type NodeState = StateView;
 
 export interface LoadOptions {
   /** "ip:port"; default the VIP (anycast) or the first node (without). */

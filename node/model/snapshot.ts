@@ -1,12 +1,13 @@
 // The snapshot: a pure function from validated records (of one revision) to a frozen, ready-to-route
 // view. The data plane swaps one reference to it; connections read it once. Same input → same snapshot.
-import { parseHostPort } from "../shared/address.js";
-import type { Verdict } from "../shared/codec.js";
-import type { BackendSpec, ServiceSpec } from "../shared/schema.js";
-import { AccessPolicy } from "./data/access.js";
-import type { BackendCounters, StatsRegistry } from "./data/stats.js";
-import type { BackendTarget, Picker } from "./lb/algorithm.js";
-import { pickerFactory } from "./lb/index.js";
+import { formatHostPort, parseHostPort } from "../../shared/address.js";
+import type { Verdict } from "../../shared/codec.js";
+import type { BackendSpec, ServiceSpec } from "../../shared/schema.js";
+import type { BackendTarget, Picker } from "../lb/algorithm.js";
+import { pickerFactory } from "../lb/index.js";
+import { AccessPolicy } from "./access.js";
+import type { ForwardingMode } from "./forwarder.js";
+import type { BackendCounters, StatsRegistry } from "./stats.js";
 
 export interface Target extends BackendTarget {
   readonly stats: BackendCounters;
@@ -36,7 +37,8 @@ export interface BackendView {
 
 export interface ServiceState {
   readonly name: string;
-  readonly spec: ServiceSpec;
+  /** `forwarding` is read through forwardingOf(): records written before it existed are proxied. */
+  readonly spec: ServiceSpec & { readonly forwarding?: ForwardingMode };
   /** "tcp|host|port": listeners are reused across snapshots by this key. */
   readonly listenKey: string;
   readonly host: string;
@@ -110,7 +112,21 @@ export function listenKeyOf(protocol: string, host: string, port: number): strin
   return `${protocol}|${host}|${port}`;
 }
 
-export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snapshot {
+/** Same verdict as far as routing and the operator can tell (views are rebuilt on every build). */
+function sameVerdict(a: VerdictView | null, b: VerdictView | null): boolean {
+  if (a === b) return true;
+  if (a === null || b === null) return false;
+  return a.state === b.state && a.reason === b.reason && a.since === b.since && a.count === b.count && a.checker === b.checker && a.source === b.source;
+}
+
+/**
+ * Builds the snapshot. With `prev` (the snapshot this one replaces), a service whose spec, backends
+ * and verdicts are unchanged keeps its previous ServiceState (picker included): one verdict flip does
+ * not rebuild N Maglev tables or reset every round-robin/least-conn position. A service whose routable
+ * set is unchanged (a verdict detail or a drained-but-not-routable backend changed) keeps its picker.
+ * The record table keeps the parsed spec object of an unchanged record, so "unchanged" is identity.
+ */
+export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: Snapshot | null = null): Snapshot {
   const invalid: InvalidRecord[] = [...input.invalid];
   const services = new Map<string, ServiceState>();
   const listenOwners = new Map<string, string>();
@@ -127,8 +143,10 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
       invalid.push({ key: input.keyOf.service(name), reason: `listen ${spec.protocol} ${spec.listen} already used by service ${owner}` });
       continue;
     }
-    let access: AccessPolicy | null = null;
-    if (spec.access.allow.length > 0 || spec.access.deny.length > 0) {
+    const before = prev?.services.get(name);
+    const same = before !== undefined && before.spec === spec ? before : undefined;
+    let access: AccessPolicy | null = same !== undefined ? same.access : null;
+    if (same === undefined && (spec.access.allow.length > 0 || spec.access.deny.length > 0)) {
       try {
         access = new AccessPolicy(spec.access.allow, spec.access.deny);
       } catch (err) {
@@ -136,8 +154,8 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
         continue;
       }
     }
-    let proxyFrom: AccessPolicy | null = null;
-    if (spec.acceptProxy.version !== "none") {
+    let proxyFrom: AccessPolicy | null = same !== undefined ? same.proxyFrom : null;
+    if (same === undefined && spec.acceptProxy.version !== "none") {
       if (spec.protocol !== "tcp") {
         invalid.push({ key: input.keyOf.service(name), reason: "acceptProxy: only for tcp services" });
         continue;
@@ -170,8 +188,22 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
         invalid.push({ key: input.keyOf.backend(name, id), reason: `duplicate address ${b.address}:${b.port} (same as backend ${first})` });
       } else seenAddress.set(addressKey, id);
     }
-    for (const id of [...specs.keys()].sort(byString)) {
-      if (duplicate.has(id)) continue;
+    const ids = [...specs.keys()].sort(byString).filter((id) => !duplicate.has(id));
+    if (same !== undefined && same.backends.length === ids.length) {
+      let unchanged = true;
+      for (let i = 0; i < ids.length && unchanged; i++) {
+        const v = same.backends[i];
+        unchanged = v.id === ids[i] && v.spec === specs.get(ids[i]) && sameVerdict(v.verdict, input.verdicts.get(`${name}/${ids[i]}`) ?? null);
+      }
+      // A service still in a slow-start ramp is rebuilt: the same records give a new weight later.
+      if (unchanged && !same.backends.some((v) => v.routable && v.effectiveWeight !== v.spec.weight)) {
+        services.set(name, same);
+        continue;
+      }
+    }
+    const prevTargets = new Map<string, Target>();
+    if (before !== undefined) for (const t of before.sticky.values()) prevTargets.set(t.id, t);
+    for (const id of ids) {
       const b = specs.get(id)!;
       const verdict = input.verdicts.get(`${name}/${id}`) ?? null;
       let why = "";
@@ -186,13 +218,20 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
         weight = ramp.weight;
         if (ramp.next !== null && (nextRampAt === null || ramp.next < nextRampAt)) nextRampAt = ramp.next;
       }
-      const target: Target = Object.freeze({
+      // The previous Target when nothing it carries changed, so a reused picker and the new sticky
+      // map hold the same objects (retries compare targets by identity).
+      const old = prevTargets.get(id);
+      const label = formatHostPort(b.address, b.port);
+      const target: Target =
+        old !== undefined && old.host === b.address && old.port === b.port && old.weight === weight && old.zone === b.zone
+          ? old
+          : Object.freeze({
         id,
         host: b.address,
         port: b.port,
         weight,
         zone: b.zone,
-        label: b.address.includes(":") ? `[${b.address}]:${b.port}` : `${b.address}:${b.port}`,
+        label,
         stats: stats.backend(name, id),
       });
       views.push(Object.freeze({ id, spec: b, verdict, routable: why === "", why, effectiveWeight: why === "" ? weight : 0 }));
@@ -200,6 +239,7 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
       if (b.state !== "disabled" && verdict?.state !== "down") sticky.set(id, target);
     }
     const factory = pickerFactory(spec.algorithm);
+    const keepPicker = before !== undefined && before.spec.algorithm === spec.algorithm && sameTargets(before.targets, targets);
     services.set(
       name,
       Object.freeze({
@@ -209,9 +249,9 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
         host: hp.host,
         port: hp.port,
         backends: Object.freeze(views),
-        targets: Object.freeze(targets),
+        targets: keepPicker ? before.targets : Object.freeze(targets),
         sticky,
-        picker: factory.build(targets),
+        picker: keepPicker ? before.picker : factory.build(targets),
         hashSourceOnly: factory.hashSourceOnly,
         access,
         proxyFrom,
@@ -227,4 +267,10 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
   }
   invalid.sort((a, b) => byString(a.key, b.key));
   return Object.freeze({ revision: input.revision, nextRampAt, services, invalid: Object.freeze(invalid) });
+}
+
+function sameTargets(a: readonly Target[], b: readonly Target[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

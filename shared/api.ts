@@ -1,0 +1,150 @@
+// The admin API's answers, declared once: node/state.ts builds them, the CLI, the status page script
+// (node/admin/assets/status.js, through JSDoc) and the chaos harness read them. Adding a field here
+// is the whole change; a renamed or removed one fails the type check everywhere it is read.
+// No imports: the status page script reads these types in the browser build, without Node types.
+
+/** A node's record under nodes/<id> (written by the node, leased). */
+export interface NodeRecord {
+  id: string;
+  address: string;
+  admin: string;
+  zone: string;
+  version: string;
+  ready: boolean;
+  draining: boolean;
+  revision: number;
+  mode: "shared" | "local-fallback" | "standalone";
+  startedAt: number;
+  updatedAt: number;
+}
+
+export type VerdictState = "up" | "down";
+
+export interface Verdict {
+  state: VerdictState;
+  since: number;
+  reason: string;
+  /** Consecutive results agreeing with the state at the time of writing. */
+  count: number;
+  checker: string;
+}
+
+export type VerdictSource = "shared" | "local";
+
+export interface BackendStateView {
+  id: string;
+  address: string;
+  port: number;
+  weight: number;
+  /** The weight new connections are spread by: below `weight` during slow start, 0 when not routable. */
+  effectiveWeight: number;
+  zone: string;
+  state: "active" | "drain" | "disabled";
+  verdict: (Verdict & { source: VerdictSource }) | null;
+  /** Takes new connections. */
+  routable: boolean;
+  /** Why not routable ("drain", "disabled", "down: <reason>", "weight 0", "unknown"); empty when routable. */
+  why: string;
+  /** Passively ejected after connect failures (this node only). */
+  ejected: boolean;
+  active: number;
+  connections: number;
+  bytesIn: number;
+  bytesOut: number;
+  connectFailures: Record<"refused" | "timeout" | "reset" | "unreachable" | "other", number>;
+}
+
+/** Which forwarder carries a service on this node, and its word on it. */
+export interface ForwardingStateView {
+  mode: "proxy" | "nat" | "dsr";
+  /** Null when no forwarder on this node handles the mode. */
+  forwarder: string | null;
+  programmed: boolean;
+  reason: string | null;
+  revision: number;
+}
+
+export interface ServiceStateView {
+  name: string;
+  listen: string;
+  boundPort: number;
+  listenerError: string | null;
+  protocol: "tcp" | "udp";
+  algorithm: string;
+  proxyProtocol: "none" | "v1" | "v2";
+  forwarding: ForwardingStateView;
+  affinity: { mode: "none" | "source-ip"; ttlMs: number; entries: number };
+  health: { type: string; intervalMs: number; rise: number; fall: number };
+  active: number;
+  accepted: number;
+  bytesIn: number;
+  bytesOut: number;
+  retries: number;
+  refused: Record<"max-connections" | "denied" | "rate-limited" | "no-backend" | "draining" | "max-flows" | "proxy-header", number>;
+  udp?: { flows: number; datagramsIn: number; datagramsOut: number; dropped: number };
+  backends: BackendStateView[];
+}
+
+export interface InvalidRecordView {
+  key: string;
+  reason: string;
+  keptLastGood?: boolean;
+}
+
+export type NodeMode = NodeRecord["mode"];
+
+export interface HealthStateView {
+  /** The node whose heartbeat is fresh (this node while it leads); null when there is none. */
+  leader: string | null;
+  isLeader: boolean;
+  mode: NodeMode;
+  term: string | null;
+  checking: number;
+  modeReason: string;
+  modeSince: number;
+  heartbeatAt: number | null;
+  heartbeatAgeMs: number | null;
+}
+
+/** GET /api/state. */
+export interface StateView {
+  node: { id: string; zone: string; version: string; ready: boolean; draining: boolean; mode: NodeMode; startedAt: number; admin: string };
+  cluster: string;
+  store: {
+    kind: "memory" | "etcd";
+    connected: boolean;
+    lastError: string | null;
+    staleSeconds: number;
+    /** Where the routing records come from: "disk" while serving the last known good file (etcd not reached since start). */
+    snapshotSource: "memory" | "none" | "etcd" | "disk";
+    /** With `stateDir`: the last known good file, its revision and when it was written. */
+    lastKnownGood: { file: string; revision: number; savedAt: number | null; writeError: string | null } | null;
+  };
+  /** Highest etcd revision this node has processed. */
+  revision: number;
+  /** Revision of the snapshot that routes now. */
+  snapshotRevision: number;
+  services: ServiceStateView[];
+  invalid: readonly InvalidRecordView[];
+  nodes: NodeRecord[];
+  health: HealthStateView;
+}
+
+/** GET /api/route with status 200: which backend a new connection from the client would get, and why. */
+export interface RouteAnswer {
+  service: string;
+  client: string;
+  port: number;
+  revision: number;
+  node: string;
+  backend: { id: string; address: string } | null;
+  /** The router's reason ("affinity (from node …)", the algorithm, "no-backend", "max-connections") or "denied". */
+  reason: string;
+  version?: string;
+}
+
+/** Any admin API error body (404, 400, 401, …). */
+export interface ApiError {
+  error: string;
+  revision?: number;
+}
