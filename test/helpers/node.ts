@@ -97,7 +97,7 @@ export async function spawnNode(config: Record<string, unknown>, extraArgs: stri
   await waitFor(() => {
     if (dead) throw new Error(`node exited:\n${logs.join("\n")}`);
     return admin !== "";
-  }, { timeoutMs: 15_000, message: "node admin listening" });
+  }, { timeoutMs: 45_000, message: "node admin listening" });
   return { child, admin, file, logs, exited, kill: (sig = "SIGKILL") => child.kill(sig) };
 }
 
