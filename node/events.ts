@@ -3,23 +3,15 @@
 // expire (bounded in time), at a bounded rate (bounded in count); `ballast events [--follow]` reads them
 // for the whole cluster. Facts every node sees alike (verdicts, invalid records) are written by the
 // health leader only, so the cluster log has each once.
+import type { EventView } from "../shared/api.js";
 import type { KeySchema } from "../shared/keys.js";
 import type { Lease, Store } from "./control/store.js";
 import type { Logger } from "./log.js";
 import type { Snapshot } from "./model/snapshot.js";
 
-export const EVENT_KINDS = ["verdict", "backend-state", "ejection", "leadership", "mode", "drain", "reload", "invalid-record", "started"] as const;
-export type EventKind = (typeof EVENT_KINDS)[number];
-
-export interface BallastEvent {
-  /** ms epoch on the node that saw it. */
-  at: number;
-  node: string;
-  kind: EventKind;
-  message: string;
-  service?: string;
-  backend?: string;
-}
+/** One event; `at` is ms epoch on the node that saw it. The shape is the admin API's (shared/api.ts). */
+export type BallastEvent = EventView;
+export type EventKind = EventView["kind"];
 
 /** Events kept in memory per node. */
 const RING = 500;

@@ -143,6 +143,22 @@ export interface RouteAnswer {
   version?: string;
 }
 
+/** One event (GET /api/events, `ballast events`). */
+export interface EventView {
+  at: number;
+  node: string;
+  kind: "verdict" | "backend-state" | "ejection" | "leadership" | "mode" | "drain" | "reload" | "invalid-record" | "started";
+  message: string;
+  service?: string;
+  backend?: string;
+}
+
+/** GET /api/events: this node's most recent events, oldest first. */
+export interface EventsView {
+  node: string;
+  events: EventView[];
+}
+
 /** Any admin API error body (404, 400, 401, …). */
 export interface ApiError {
   error: string;
