@@ -23,7 +23,7 @@ const LEASE_WINDOW_MS = 10 * 60_000;
 const WRITES_PER_SECOND = 20;
 
 export function eventsPrefix(keys: KeySchema): string {
-  return `${keys.prefix}events/`;
+  return keys.events;
 }
 
 export class EventLog {
