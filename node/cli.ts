@@ -344,7 +344,10 @@ export function buildCli(): Command {
           } catch (err) {
             if (o.token && !trusted && /: 401 /.test((err as Error).message)) why = "token withheld (not in --trust)";
           }
-          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? st.node.ready : why, mode: st ? st.node.mode : "-", revision: st?.revision ?? "-", leader: st?.health.leader === n.id ? "yes" : "" });
+          // Leader only when the node that answered is the one its record names and says it leads: a
+          // record carrying another node's admin address must not be shown as a second leader.
+          const leader = st !== null && st.health.isLeader === true && st.node.id === n.id;
+          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? st.node.ready : why, mode: st ? st.node.mode : "-", revision: st?.revision ?? "-", leader: leader ? "yes" : "" });
         }
         const first: StateView | undefined = states[0];
         if (opts.output === "json") {
@@ -491,6 +494,17 @@ async function runNode(config: NodeConfig, path: string, watch: boolean): Promis
     });
   }
   let shuttingDown = false;
+  /** 1 once anything went fatally wrong, also during a drain a signal started. */
+  let exitCode = 0;
+  const drainThenExit = () => {
+    node.shutdown().then(
+      () => process.exit(exitCode),
+      (err: Error) => {
+        node.log.error({ err }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
   const stop = (signal: string) => {
     if (shuttingDown) {
       node.log.warn({ signal }, "second signal: exiting now");
@@ -498,18 +512,24 @@ async function runNode(config: NodeConfig, path: string, watch: boolean): Promis
     }
     shuttingDown = true;
     node.log.info({ signal }, "shutting down");
-    node.shutdown().then(
-      () => process.exit(0),
-      (err: Error) => {
-        node.log.error({ err: err.message }, "shutdown failed");
-        process.exit(1);
-      },
-    );
+    drainThenExit();
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
-  // A node must not die of a bug in one connection's handling; log it loudly and keep serving.
-  process.on("uncaughtException", (err) => node.log.error({ err: err.stack ?? String(err) }, "uncaught exception"));
+  // An exception nothing caught means this process's state is no longer known to be sound: log it
+  // with the error object, drain (readyz 503, open connections finish up to drainTimeout), and exit
+  // non-zero so the supervisor starts a clean process. Carrying on served from possibly broken state.
+  const fatal = (kind: "uncaught exception" | "unhandled rejection") => (err: unknown) => {
+    node.log.fatal({ err }, `${kind}: draining, then exiting 1`);
+    exitCode = 1;
+    if (shuttingDown) return;
+    shuttingDown = true;
+    // If the drain itself hangs, the supervisor still gets its restart.
+    setTimeout(() => process.exit(1), config.drainTimeout + config.withdrawDelay + 5_000).unref();
+    drainThenExit();
+  };
+  process.on("uncaughtException", fatal("uncaught exception"));
+  process.on("unhandledRejection", fatal("unhandled rejection"));
   await node.start({ waitForSnapshot: false });
 }
 

@@ -117,6 +117,7 @@ export class BallastNode {
         },
       },
     );
+    this.metrics.observePlane(this.plane);
     registerBackendGauges(this.metrics.registry, this.plane);
     this.plane.accessLog = new AccessLog(this.id, c.accessLog);
     registerAccessLogMetrics(this.metrics.registry, this.plane.accessLog);
@@ -156,6 +157,7 @@ export class BallastNode {
       log: this.log,
       registry: this.metrics.registry,
       cluster: this.reconciler,
+      fds: this.plane.fds,
       onMode: () => this.refreshRegistration(),
     });
     this.events = new EventLog(this.id, this.keys, this.store, this.log, () => this.standalone || this.health.status().isLeader);

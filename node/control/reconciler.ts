@@ -5,7 +5,7 @@ import type { KeySchema } from "../../shared/keys.js";
 import type { Logger } from "../log.js";
 import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../model/snapshot.js";
 import type { StatsRegistry } from "../model/stats.js";
-import { RecordTable } from "./records.js";
+import { MAX_VALUE_BYTES, RecordTable } from "./records.js";
 import type { KeyValue, StoreEvent, SyncSink } from "./store.js";
 
 /** Receives the affinity records of the prefix (implemented by the affinity table). */
@@ -54,8 +54,14 @@ export class Reconciler implements SyncSink {
     this.nodes.clear();
     this.heartbeat = null;
     this.records.cluster.clear();
+    const oversized: Array<[string, string]> = [];
     for (const kv of kvs) {
       const k = this.keys.parse(kv.key);
+      const tooLarge = kv.unreadable ?? (kv.value.length > MAX_VALUE_BYTES ? oversizeReason(kv.value.length) : undefined);
+      if (tooLarge !== undefined) {
+        oversized.push([kv.key, tooLarge]);
+        continue;
+      }
       // Unrecognised keys go to the record table, which lists them as invalid.
       if (!k) routing.push(kv);
       else if (k.kind === "affinity") affinity.push(kv);
@@ -65,6 +71,7 @@ export class Reconciler implements SyncSink {
       else if (k.kind !== "event") routing.push(kv);
     }
     this.records.reset(routing, revision);
+    for (const [key, reason] of oversized) this.records.markOversized(key, reason);
     this.affinity?.reset(affinity);
     this.appliedRevision = revision;
     this.rebuild();
@@ -78,6 +85,12 @@ export class Reconciler implements SyncSink {
     let invalidChanged = false;
     for (const e of events) {
       const k = this.keys.parse(e.key);
+      if (e.type === "put" && e.value.length > MAX_VALUE_BYTES) {
+        // Not applied: a routing record keeps its last good value; the key is listed as invalid.
+        invalidChanged = this.records.markOversized(e.key, oversizeReason(e.value.length)) || invalidChanged;
+        continue;
+      }
+      invalidChanged = this.records.clearOversized(e.key) || invalidChanged;
       if (!k) routing.push(e);
       else if (k.kind === "affinity") {
         if (affinity === null) affinity = [];
@@ -181,4 +194,8 @@ export class Reconciler implements SyncSink {
     this.records.cluster.set(key, reason);
     return true;
   }
+}
+
+function oversizeReason(bytes: number): string {
+  return `value of ${bytes} bytes exceeds the ${MAX_VALUE_BYTES}-byte limit for values under the prefix`;
 }

@@ -85,7 +85,7 @@ describe("config reload", () => {
 
   it("--watch reloads when the file changes, without a signal", async () => {
     const a = await startTcpEcho("a");
-    const node = await spawnNode({ services: [service([{ id: "a", address: "127.0.0.1", port: a.port }])] }, ["--watch"]);
+    const node = await spawnNode({ services: [service([{ id: "a", address: "127.0.0.1", port: a.port }])] }, { args: ["--watch"] });
     await waitFor(async () => (await fetch(`http://${node.admin}/readyz`)).status === 200, { message: "node ready" });
     writeNodeConfig(node.file, { services: [service([{ id: "a", address: "127.0.0.1", port: a.port, weight: 7 }])] });
     await waitFor(async () => (await getJson<State>(node.admin, "/api/state")).services[0].backends[0].weight === 7, { message: "the watched change applied" });

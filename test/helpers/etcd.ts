@@ -17,6 +17,8 @@ export interface StartEtcdOptions {
    * certificate signed by it. Health is then polled on a separate plain-HTTP metrics port.
    */
   tls?: { cert: string; key: string; ca?: string };
+  /** More etcd flags, e.g. `--max-request-bytes=8388608` to write values above the 1.5 MiB default. */
+  extraArgs?: string[];
 }
 
 export interface EtcdProcess {
@@ -158,6 +160,7 @@ class EtcdHarnessProcess implements EtcdProcess {
     readonly peerPort: number,
     readonly dataDir: string,
     private readonly ownsDataDir: boolean,
+    private readonly extraArgs: readonly string[] = [],
     private readonly tls?: { cert: string; key: string; ca?: string },
     private readonly metricsPort = 0,
   ) {}
@@ -189,6 +192,7 @@ class EtcdHarnessProcess implements EtcdProcess {
       "--election-timeout=500",
       "--logger=zap",
       "--log-level=error",
+      ...this.extraArgs,
     ];
     if (this.tls) {
       args.push(`--cert-file=${this.tls.cert}`, `--key-file=${this.tls.key}`, `--listen-metrics-urls=http://127.0.0.1:${this.metricsPort}`);
@@ -351,7 +355,7 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdProces
     const ownsDataDir = opts.dataDir === undefined;
     const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "ballast-etcd-"));
     if (ownsDataDir) ownedDirs.add(dataDir);
-    const etcd = new EtcdHarnessProcess(etcdBin, etcdctlBin, clientPort, peerPort, dataDir, ownsDataDir, opts.tls, metricsPort);
+    const etcd = new EtcdHarnessProcess(etcdBin, etcdctlBin, clientPort, peerPort, dataDir, ownsDataDir, opts.extraArgs, opts.tls, metricsPort);
     try {
       await etcd.launch();
       return etcd;
