@@ -20,5 +20,5 @@ export function pickerFactory(name: AlgorithmName): PickerFactory {
 
 /** A picker for a service with no routable backends: always null, no table to build. */
 export function emptyPicker(algorithm: AlgorithmName): Picker {
-  return { algorithm, pick: (): BackendTarget | null => null };
+  return { algorithm, pick: (): BackendTarget | null => null, peek: (): BackendTarget | null => null };
 }
