@@ -116,3 +116,18 @@ export function cpuSeconds(pid: number): number {
     return Number.NaN;
   }
 }
+
+/**
+ * CPU time the whole machine spent busy (all cores: user, nice, system, irq, softirq, steal), in
+ * seconds. Kernel forwarding does its work in softirq, charged to no process: this is where it shows.
+ */
+export function machineBusySeconds(): number {
+  try {
+    const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal (guest time is already inside user)
+    const busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + (cpu[7] ?? 0);
+    return busy / 100;
+  } catch {
+    return Number.NaN;
+  }
+}

@@ -1,0 +1,126 @@
+// The data-plane topology: three network namespaces the bench makes (test/helpers/netns.ts), so that
+// every path crosses the same hops and the kernel modes have a real balancer namespace to program:
+//
+//   client ns  c0 10.77.1.2 ──veth── l0 10.77.1.1  balancer ns  10.77.2.1 l1 ──veth── b0 10.77.2.2, .3  backend ns
+//   (wrk, iperf3 -c)                 (HAProxy, the Ballast node, IP forwarding on)     (nginx, iperf3 -s, sink; VIP 10.77.4.1 on lo)
+//
+// direct: the client reaches 10.77.2.2 through the balancer namespace as a plain router. HAProxy and
+// Ballast proxy listen on 10.77.1.1. Ballast NAT's VIP 10.77.3.1 and Ballast DSR's VIP 10.77.4.1 exist
+// nowhere on the balancer: only the node's nftables table makes them answer. Every address exists only
+// inside these namespaces; the host namespace gets no link, route or rule. The node's etcd and admin API
+// cross into the host through Unix-socket relays (agents/relay.ts), never through a link.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type Namespace, netnsUnavailable, Topology } from "../helpers/netns.js";
+import { agentPath, type Placement } from "./backends.js";
+import { startRelay } from "./ballast.js";
+import type { Context } from "./context.js";
+import type { Etcd } from "./etcd.js";
+import type { Dest } from "./load.js";
+import { sleep } from "./net.js";
+import { which } from "./tools.js";
+
+export const NET = {
+  client: "10.77.1.2",
+  lbFront: "10.77.1.1",
+  lbBack: "10.77.2.1",
+  backends: ["10.77.2.2", "10.77.2.3"],
+  natVip: "10.77.3.1",
+  dsrVip: "10.77.4.1",
+  /** The NAT control-plane figures' 100 backends: more addresses of the backend namespace. */
+  manyPrefix: "10.77.5.",
+  httpPort: 80,
+  iperfPort: 5201,
+  /** TCP sink: health-check target of the iperf3 backends (a check connection would look like a test client). */
+  sinkPort: 7001,
+  haproxy: { http: 8001, bulk: 5202 },
+  ballast: { http: 8002, affinity: 8003, bulk: 5203 },
+  /** etcd inside the balancer namespace (a relay to the host's etcd). */
+  etcdPort: 2379,
+} as const;
+
+export interface NsPlane {
+  topo: Topology;
+  client: Namespace;
+  lb: Namespace;
+  backend: Namespace;
+  /** Folder of the relays' Unix sockets (short: socket paths are limited to 107 bytes). */
+  sockDir: string;
+  /** etcd as the node in the balancer namespace reaches it. */
+  etcdUrl: string;
+  backendAt(ports: number[]): Placement;
+  waitListening(ns: Namespace, port: number, timeoutMs?: number): Promise<void>;
+  dest(host: string, port: number): Dest;
+  /** GET http://host:port/ from the client namespace until 200 or the deadline. */
+  probeHttp(host: string, port: number, timeoutMs: number): Promise<{ ok: boolean; last: string }>;
+  destroy(): Promise<void>;
+}
+
+/** Why the namespace data plane cannot run here, or null. */
+export function namespacesUnavailable(): string | null {
+  return netnsUnavailable() ?? (which("ss") ? null : "`ss` (iproute2) is missing");
+}
+
+export async function buildNamespaces(ctx: Context, etcd: Etcd): Promise<NsPlane> {
+  const topo = await Topology.create();
+  const sockDir = mkdtempSync(join(tmpdir(), "bb-"));
+  let destroyed = false;
+  const destroy = async () => {
+    if (destroyed) return;
+    destroyed = true;
+    await topo.destroy();
+    rmSync(sockDir, { recursive: true, force: true });
+  };
+  ctx.cleanups.push(destroy);
+  const client = await topo.namespace("c");
+  const lb = await topo.namespace("lb");
+  const backend = await topo.namespace("be");
+  await topo.link(client, "c0", lb, "l0", { aAddr: `${NET.client}/24`, bAddr: `${NET.lbFront}/24` });
+  await topo.link(lb, "l1", backend, "b0", { aAddr: `${NET.lbBack}/24`, bAddr: `${NET.backends[0]}/24` });
+  for (const a of NET.backends.slice(1)) await backend.addAddress("b0", `${a}/24`);
+  await client.addRoute("default", NET.lbFront);
+  await backend.addRoute("default", NET.lbBack);
+  await lb.enableForwarding();
+  // DSR backends hold the VIP on lo and must not answer ARP for it (deploy/dsr does the same on a real host).
+  await backend.ip("addr", "add", `${NET.dsrVip}/32`, "dev", "lo");
+  await backend.sysctl("net.ipv4.conf.all.arp_ignore", 1);
+  await backend.sysctl("net.ipv4.conf.all.arp_announce", 2);
+  // Replies of a DSR backend come from the VIP, which the balancer has no route for: no reverse-path drop.
+  await lb.sysctl("net.ipv4.conf.all.rp_filter", 0);
+  await lb.sysctl("net.ipv4.conf.default.rp_filter", 0);
+
+  // etcd for the node in the balancer namespace: 127.0.0.1:2379 there → socket → the host's etcd.
+  const etcdPort = Number(new URL(etcd.url).port);
+  const sock = join(sockDir, "etcd.sock");
+  await startRelay(ctx.group, "relay-etcd-host", `unix:${sock}`, `tcp:127.0.0.1:${etcdPort}`);
+  await startRelay(ctx.group, "relay-etcd-lb", `tcp:127.0.0.1:${NET.etcdPort}`, `unix:${sock}`, lb.name);
+
+  const waitListening = async (ns: Namespace, port: number, timeoutMs = 10_000) => {
+    const end = Date.now() + timeoutMs;
+    while (Date.now() < end) {
+      const r = await ns.exec("ss", ["-Hltn"]);
+      if (new RegExp(`:${port}\\s`).test(r.stdout)) return;
+      await sleep(100);
+    }
+    throw new Error(`nothing listening on port ${port} in namespace ${ns.name} after ${timeoutMs} ms`);
+  };
+  return {
+    topo,
+    client,
+    lb,
+    backend,
+    sockDir,
+    etcdUrl: `http://127.0.0.1:${NET.etcdPort}`,
+    backendAt: (ports) => ({ ns: backend.name, host: "0.0.0.0", ports, waitListening: (p) => waitListening(backend, p) }),
+    waitListening,
+    dest: (host, port) => ({ host, port, ns: client.name }),
+    async probeHttp(host, port, timeoutMs) {
+      const p = ctx.group.start("http-probe", "ip", ["netns", "exec", client.name, process.execPath, agentPath("http-probe"), "--url", `http://${host}:${port}/`, "--timeoutMs", String(timeoutMs)]);
+      await p.exited;
+      const j = p.jsonLines().find((x) => "ok" in x);
+      return { ok: j?.ok === true, last: String(j?.last ?? p.tail(2)) };
+    },
+    destroy,
+  };
+}
