@@ -16,6 +16,7 @@ import { createLogger, type Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
 import { AffinityTable } from "./affinity/table.js";
 import { HealthManager } from "./health/manager.js";
+import { KernelForwarder } from "./kernel/forwarder.js";
 import type { Snapshot } from "./snapshot.js";
 import { describeState, explainRoute } from "./state.js";
 
@@ -50,6 +51,8 @@ export class BallastNode {
   private resolveFirst!: () => void;
   readonly health: HealthManager;
   readonly affinity: AffinityTable;
+  /** Programs `forwarding: nat` services into nftables; the data plane proxies the rest. */
+  readonly kernel: KernelForwarder;
 
   constructor(opts: NodeOptions) {
     const c = opts.config;
@@ -79,6 +82,7 @@ export class BallastNode {
     this.plane.router.affinity = this.affinity;
     this.reconciler.affinity = this.affinity;
     this.health = new HealthManager(this);
+    this.kernel = new KernelForwarder({ cluster: c.cluster, log: this.log, affinityOf: (svc) => this.affinity.bindings(svc) });
     this.admin = new AdminServer(
       {
         ready: () => this.ready,
@@ -118,6 +122,7 @@ export class BallastNode {
     this.metrics.invalidRecords.reset();
     for (const r of s.invalid) this.metrics.invalidRecords.inc({ kind: this.keys.parse(r.key)?.kind ?? "unknown" });
     this.health.onSnapshot(s);
+    void this.kernel.apply(s);
     this.plane.apply(s).then(
       () => {
         this.resolveFirst();
@@ -207,6 +212,7 @@ export class BallastNode {
     this.reconciler.stop();
     if (this.lease) await this.lease.revoke().catch(() => {});
     await this.plane.close();
+    await this.kernel.close();
     await this.admin.close();
     await this.store.close();
   }

@@ -6,6 +6,7 @@ import type { BackendSpec, ServiceSpec } from "../shared/schema.js";
 import { AccessPolicy } from "./data/access.js";
 import type { BackendCounters, StatsRegistry } from "./data/stats.js";
 import type { BackendTarget, Picker } from "./lb/algorithm.js";
+import { natPickerFactory } from "./kernel/table-size.js";
 import { pickerFactory } from "./lb/index.js";
 
 export interface Target extends BackendTarget {
@@ -144,7 +145,8 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
       if (why === "") targets.push(target);
       if (b.state !== "disabled" && verdict?.state !== "down") sticky.set(id, target);
     }
-    const factory = pickerFactory(spec.algorithm);
+    // A NAT service's table is the kernel map's: the same builder feeds explain and nftables.
+    const factory = spec.forwarding === "nat" ? natPickerFactory(spec.algorithm) : pickerFactory(spec.algorithm);
     services.set(
       name,
       Object.freeze({

@@ -67,6 +67,19 @@ export const affinitySchema = z
   })
   .strict();
 
+/** How a service's packets reach its backends: the userspace proxy, or kernel NAT (nftables). */
+export const FORWARDING_MODES = ["proxy", "nat"] as const;
+
+/** Options of `forwarding: nat` (docs/keys.md). */
+export const natSchema = z
+  .object({
+    /** Rewrite the source to the node's address toward backends (full NAT), so backends need no route back. */
+    snat: z.boolean().default(true),
+    /** Remove a backend's tracked flows when it is verdicted down, so clients learn at once instead of hanging. */
+    flushOnDown: z.boolean().default(true),
+  })
+  .strict();
+
 /** A service record: what an operator puts at services/<name> (name comes from the key in etcd). */
 export const serviceSchema = z
   .object({
@@ -76,6 +89,10 @@ export const serviceSchema = z
     /** Omitted: round-robin, or source-ip when affinity is on (so every node picks alike before entries replicate). */
     algorithm: z.enum(ALGORITHMS).optional(),
     proxyProtocol: z.enum(["none", "v1", "v2"]).default("none"),
+    /** proxy (default): Ballast terminates connections; nat: the node programs the kernel (nftables) to forward. */
+    forwarding: z.enum(FORWARDING_MODES).default("proxy"),
+    /** Only with `forwarding: nat`. */
+    nat: natSchema.optional(),
     timeouts: z
       .object({
         connect: duration("3s"),
@@ -220,9 +237,41 @@ export const nodeConfigSchema = z
       .array(serviceSchema.extend({ name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/), backends: z.array(embeddedBackend).default([]) }))
       .default([]),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    c.services.forEach((s, i) => {
+      for (const line of forwardingRefusals(s)) {
+        const colon = line.indexOf(": ");
+        ctx.addIssue({ code: "custom", path: ["services", i, ...line.slice(0, colon).split(".")], message: line.slice(colon + 2) });
+      }
+    });
+  });
 
 export type NodeConfig = z.output<typeof nodeConfigSchema>;
+
+const WILDCARDS = new Set(["", "0.0.0.0", "::", "[::]", "*"]);
+
+/**
+ * What a service record asks that its forwarding mode cannot do, as "field: reason" lines (empty when
+ * fine). The kernel path hashes, rewrites addresses and lets conntrack keep flows: it cannot
+ * terminate connections (PROXY protocol), run stateful pickers, or count per backend.
+ */
+export function forwardingRefusals(s: z.output<typeof serviceSchema>): string[] {
+  const out: string[] = [];
+  if (s.forwarding !== "nat") {
+    if (s.nat !== undefined) out.push("nat: only for forwarding: nat");
+    return out;
+  }
+  if (s.proxyProtocol !== "none") out.push("proxyProtocol: needs forwarding: proxy (the kernel does not terminate connections)");
+  if (s.algorithm !== undefined && s.algorithm !== "maglev" && s.algorithm !== "source-ip") {
+    out.push(`algorithm: ${s.algorithm} needs forwarding: proxy; forwarding nat hashes in the kernel (maglev or source-ip)`);
+  }
+  if (s.limits.maxConnectionsPerBackend > 0) out.push("limits.maxConnectionsPerBackend: needs forwarding: proxy (the kernel counts per service, not per backend)");
+  const hp = parseHostPort(s.listen);
+  if (hp && WILDCARDS.has(hp.host)) out.push("listen: forwarding nat needs the service's own address (the VIP), not a wildcard");
+  if (hp && hp.port === 0) out.push("listen: forwarding nat needs a fixed port, not 0");
+  return out;
+}
 
 /** Turns a zod error into lines naming the field path, e.g. `services[0].listen: expected "address:port"`. */
 export function formatIssues(error: z.ZodError): string[] {
@@ -245,7 +294,10 @@ export function parseHealth(input: unknown, protocol: "tcp" | "udp" = "tcp"): z.
 
 /** Fills algorithm defaults that depend on other fields. */
 export function resolveService(name: string, parsed: z.output<typeof serviceSchema>): ServiceSpec {
-  const algorithm: AlgorithmName = parsed.algorithm ?? (parsed.affinity.mode === "source-ip" ? "source-ip" : "round-robin");
+  const refused = forwardingRefusals(parsed);
+  if (refused.length > 0) throw new Error(refused.join("; "));
+  // A NAT service hashes in the kernel: maglev over the flow unless affinity asks for the source alone.
+  const algorithm: AlgorithmName = parsed.algorithm ?? (parsed.affinity.mode === "source-ip" ? "source-ip" : parsed.forwarding === "nat" ? "maglev" : "round-robin");
   const type: CheckType = parsed.health.type ?? (parsed.protocol === "udp" ? "udp" : "tcp");
   return { ...parsed, name, algorithm, health: { ...parsed.health, type } };
 }

@@ -3,6 +3,7 @@
 // change) and starts the drain clock for backends that left.
 import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
+import { forwardingOf } from "../model/forwarder.js";
 import type { BackendView, ServiceState, Snapshot, Target } from "../snapshot.js";
 import { Router } from "./router.js";
 import { type BackendCounters, type ConnectFailureReason, StatsRegistry } from "./stats.js";
@@ -79,7 +80,8 @@ export class DataPlane {
     const prev = this.current;
     this.current = next;
     const wanted = new Map<string, ServiceState>();
-    for (const svc of next.services.values()) wanted.set(svc.port === 0 ? `${svc.listenKey}|${svc.name}` : svc.listenKey, svc);
+    // Services of other forwarding modes are carried by the kernel: no listener here.
+    for (const svc of next.services.values()) if (forwardingOf(svc.spec) === "proxy") wanted.set(svc.port === 0 ? `${svc.listenKey}|${svc.name}` : svc.listenKey, svc);
 
     const closing: Promise<void>[] = [];
     for (const [key, l] of this.listeners) {

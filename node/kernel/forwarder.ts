@@ -1,0 +1,318 @@
+// The kernel forwarder: programs `forwarding: nat` services into the node's nftables table from each
+// snapshot (the same Maglev table the userspace picker holds), keeps the previous ruleset when an
+// apply fails, and removes tracked flows of backends that went down or finished draining. The
+// kernel forwards; this class only runs when a snapshot arrives (never per packet).
+import type { Logger } from "pino";
+import { parseIpv4 } from "../affinity/entries.js";
+import type { MaglevPicker } from "../lb/maglev.js";
+import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
+import type { ServiceState, Snapshot } from "../snapshot.js";
+import { type ConntrackTool, conntrackTool, type FlowFilter } from "./conntrack.js";
+import { kernelSlot } from "./jhash.js";
+import { type NftRunner, nftRunner, nftUnavailable } from "./nft.js";
+import { backendValue, type Family, type NatServiceModel, type NatTableModel, renderDelta, renderFull, serviceObjectId, tableName } from "./ruleset.js";
+import { clusterSeed } from "./seed.js";
+
+export interface KernelForwarderOptions {
+  cluster: string;
+  log: Logger;
+  runner?: NftRunner;
+  conntrack?: ConntrackTool;
+  /** Affinity entries of a service as client → backend id (from the shared affinity table); null: none. */
+  affinityOf?: (svc: ServiceState) => ReadonlyMap<string, string> | null;
+}
+
+/** What /api/state shows about the kernel table. */
+export interface KernelState {
+  table: string;
+  seed: number;
+  /** Why the node cannot program nftables (no nft, no CAP_NET_ADMIN), or null. */
+  unavailable: string | null;
+  applies: number;
+  failures: number;
+  lastError: string | null;
+  lastApplyMs: number;
+  lastSlotsChanged: number;
+  flowsRemoved: number;
+}
+
+const familyOf = (ip: string): Family | 0 => (parseIpv4(ip) >= 0 ? 4 : ip.includes(":") ? 6 : 0);
+
+/** The kernel model of one service, or why it cannot be programmed. */
+export function natServiceModel(svc: ServiceState, affinity: ReadonlyMap<string, string> | null): NatServiceModel | string {
+  const family = familyOf(svc.host);
+  if (family === 0) return `listen address ${svc.host} is not an IP address`;
+  for (const b of svc.backends) {
+    const f = familyOf(b.spec.address);
+    if (f !== family) return `backend ${b.id} (${b.spec.address}) is not an IPv${family} address like the service's ${svc.host}`;
+  }
+  const picker = svc.picker as Partial<MaglevPicker>;
+  const size = picker.size ?? 0;
+  const table = picker.table;
+  const targets = picker.targets ?? [];
+  const slots: string[] = new Array(size);
+  const values = targets.map((t) => backendValue(t.host, t.port));
+  for (let i = 0; i < size; i++) {
+    const idx = table ? table[i] : -1;
+    slots[i] = idx >= 0 ? values[idx] : "";
+  }
+  const spec = svc.spec;
+  let aff: Map<string, string> | null = null;
+  if (spec.affinity.mode === "source-ip") {
+    aff = new Map();
+    for (const [client, backendId] of affinity ?? []) {
+      const t = svc.sticky.get(backendId);
+      if (t !== undefined && familyOf(client) === family) aff.set(client, backendValue(t.host, t.port));
+    }
+  }
+  return {
+    name: svc.name,
+    id: serviceObjectId(svc.name),
+    family,
+    protocol: spec.protocol,
+    vip: svc.host,
+    port: svc.port,
+    snat: spec.nat?.snat ?? true,
+    sourceOnly: svc.hashSourceOnly,
+    size,
+    slots,
+    affinity: aff,
+    allow: spec.access.allow,
+    deny: spec.access.deny,
+    sourceRate: spec.limits.sourceRate,
+    sourceBurst: spec.limits.sourceBurst,
+    maxConnections: spec.limits.maxConnections,
+  };
+}
+
+/** Route explain for a NAT service: the slot the kernel's hash picks and the backend in it. */
+export function explainNat(svc: ServiceState, seed: number, client: string, port: number) {
+  const picker = svc.picker as Partial<MaglevPicker>;
+  const size = picker.size ?? 0;
+  if (size === 0 || !picker.table || !picker.targets || picker.targets.length === 0) return { slot: -1, backend: null, reason: "no-backend" };
+  const slot = kernelSlot(client, port, svc.hashSourceOnly, seed, size);
+  if (slot < 0) return { slot, backend: null, reason: "bad-client" };
+  return { slot, backend: picker.targets[picker.table[slot]] ?? null, reason: `${svc.spec.algorithm} (kernel jhash, slot ${slot} of ${size})` };
+}
+
+interface BackendMemory {
+  protocol: "tcp" | "udp";
+  vip: string;
+  port: number;
+  address: string;
+  bport: number;
+  /** Took new flows (active, not down) in the last snapshot. */
+  serving: boolean;
+  down: boolean;
+}
+
+export class KernelForwarder implements Forwarder<Snapshot> {
+  readonly name = "kernel";
+  readonly table: string;
+  readonly seed: number;
+  private readonly runner: NftRunner;
+  private readonly conntrack: ConntrackTool;
+  private readonly log: Logger;
+  private applied: NatTableModel | null = null;
+  /** The next apply replaces the whole table (first apply of this process, or after a failure). */
+  private needFull = true;
+  private readonly statuses = new Map<string, ForwarderServiceStatus>();
+  private unavailable: string | null | undefined;
+  private backends = new Map<string, BackendMemory>();
+  private readonly drainTimers = new Map<string, NodeJS.Timeout>();
+  readonly stats = { applies: 0, failures: 0, lastError: null as string | null, lastApplyMs: 0, lastSlotsChanged: 0, flowsRemoved: 0 };
+  /** Resolves when the flow removals started by the last apply finished (tests). */
+  flowWork: Promise<void> = Promise.resolve();
+
+  constructor(private readonly opts: KernelForwarderOptions) {
+    this.table = tableName(opts.cluster);
+    this.seed = clusterSeed(opts.cluster);
+    this.runner = opts.runner ?? nftRunner();
+    this.conntrack = opts.conntrack ?? conntrackTool();
+    this.log = opts.log;
+  }
+
+  handles(mode: ForwardingMode): boolean {
+    return mode === "nat";
+  }
+
+  status(service: string): ForwarderServiceStatus | undefined {
+    return this.statuses.get(service);
+  }
+
+  state(): KernelState {
+    return { table: this.table, seed: this.seed, unavailable: this.unavailable ?? null, ...this.stats };
+  }
+
+  private async tableExists(): Promise<boolean> {
+    const r = await this.runner.run(["list", "tables", "inet"]);
+    return r.ok && r.stdout.split("\n").some((l) => l.trim() === `table inet ${this.table}`);
+  }
+
+  /**
+   * Applies snapshots in order, one nft transaction at a time. Snapshots that arrive while one is
+   * being applied coalesce: only the newest is programmed next (a flapping verdict costs one update).
+   */
+  apply(snap: Snapshot): Promise<void> {
+    this.pending = snap;
+    this.running ??= this.applyPending();
+    return this.running;
+  }
+
+  private pending: Snapshot | null = null;
+  private running: Promise<void> | null = null;
+
+  private async applyPending(): Promise<void> {
+    while (this.pending !== null) {
+      const snap = this.pending;
+      this.pending = null;
+      await this.applyOne(snap);
+    }
+    this.running = null;
+  }
+
+  private async applyOne(snap: Snapshot): Promise<void> {
+    try {
+      await this.applyNow(snap);
+    } catch (err) {
+      // apply() never rejects: the previous programming keeps serving.
+      this.stats.failures++;
+      this.stats.lastError = (err as Error).message;
+      this.log.error({ err: (err as Error).message }, "kernel forwarder apply failed");
+    }
+  }
+
+  private async applyNow(snap: Snapshot): Promise<void> {
+    const nat = [...snap.services.values()].filter((s) => this.handles(forwardingOf(s.spec)));
+    for (const name of [...this.statuses.keys()]) if (!nat.some((s) => s.name === name)) this.statuses.delete(name);
+    // A node with no NAT service creates no table; one left by an earlier run is still reconciled (emptied).
+    if (nat.length === 0 && this.applied === null && (this.unavailable !== undefined || !(await this.tableExists()))) return;
+    if (this.unavailable === undefined || this.unavailable !== null) this.unavailable = await nftUnavailable(this.runner);
+    if (this.unavailable !== null) {
+      for (const s of nat) this.statuses.set(s.name, { programmed: false, reason: this.unavailable, revision: 0 });
+      return;
+    }
+    const services = new Map<string, NatServiceModel>();
+    const refused = new Map<string, string>();
+    for (const svc of nat) {
+      const m = natServiceModel(svc, this.opts.affinityOf?.(svc) ?? null);
+      if (typeof m === "string") refused.set(svc.name, m);
+      else services.set(svc.name, m);
+    }
+    const next: NatTableModel = { table: this.table, seed: this.seed, services };
+    let script: string;
+    let slotsChanged: number;
+    if (this.needFull || this.applied === null) {
+      script = renderFull(next);
+      slotsChanged = [...services.values()].reduce((n, s) => n + s.size, 0);
+    } else {
+      const d = renderDelta(this.applied, next);
+      script = d.script;
+      slotsChanged = d.slotsChanged;
+    }
+    const r = script === "" ? { ok: true, error: "", ms: 0 } : await this.runner.load(script);
+    if (!r.ok) {
+      this.stats.failures++;
+      this.stats.lastError = r.error;
+      this.needFull = true;
+      this.log.error({ table: this.table, revision: snap.revision, err: r.error }, "nftables apply failed; the previous ruleset keeps forwarding");
+      for (const svc of nat) {
+        const prev = this.statuses.get(svc.name);
+        this.statuses.set(svc.name, { programmed: prev?.programmed ?? false, reason: `apply failed: ${r.error}`, revision: prev?.revision ?? 0 });
+      }
+      return;
+    }
+    this.applied = next;
+    this.needFull = false;
+    this.stats.applies++;
+    this.stats.lastApplyMs = r.ms;
+    this.stats.lastSlotsChanged = slotsChanged;
+    this.stats.lastError = null;
+    if (script !== "") this.log.debug({ table: this.table, revision: snap.revision, ms: Math.round(r.ms), slotsChanged }, "nftables applied");
+    for (const svc of nat) {
+      const why = refused.get(svc.name);
+      this.statuses.set(svc.name, why === undefined ? { programmed: true, reason: null, revision: snap.revision } : { programmed: false, reason: why, revision: 0 });
+    }
+    this.reconcileFlows(nat);
+  }
+
+  /**
+   * Conntrack is the connection table: a backend verdicted down loses its tracked flows at once (the
+   * client gets a reset from the new backend instead of hanging, unless `nat.flushOnDown` is false);
+   * a drained, disabled or removed backend keeps them for the service's drain timeout.
+   */
+  private reconcileFlows(nat: readonly ServiceState[]): void {
+    const seen = new Map<string, BackendMemory>();
+    const work: Promise<unknown>[] = [];
+    const drainOf = new Map<string, number>();
+    for (const svc of nat) {
+      drainOf.set(svc.name, svc.spec.timeouts.drain);
+      for (const b of svc.backends) {
+        const key = `${svc.name}/${b.id}`;
+        const down = b.verdict?.state === "down";
+        const mem: BackendMemory = { protocol: svc.spec.protocol, vip: svc.host, port: svc.port, address: b.spec.address, bport: b.spec.port, serving: b.spec.state === "active" && !down, down };
+        seen.set(key, mem);
+        const prev = this.backends.get(key);
+        if (mem.serving) {
+          this.cancelDrain(key);
+          continue;
+        }
+        if (down && prev && !prev.down && (svc.spec.nat?.flushOnDown ?? true)) {
+          this.cancelDrain(key);
+          work.push(this.removeFlows(key, mem, "backend down"));
+        } else if (!down && prev?.serving) this.startDrain(key, mem, svc.spec.timeouts.drain);
+      }
+    }
+    for (const [key, mem] of this.backends) {
+      if (seen.has(key) || !mem.serving) continue;
+      // Removed (or its service removed): flows finish or go at the drain timeout.
+      this.startDrain(key, mem, drainOf.get(key.slice(0, key.indexOf("/"))) ?? 30_000);
+    }
+    this.backends = seen;
+    this.flowWork = Promise.all(work).then(() => {});
+  }
+
+  private startDrain(key: string, mem: BackendMemory, ms: number): void {
+    if (this.drainTimers.has(key)) return;
+    const timer = setTimeout(() => {
+      this.drainTimers.delete(key);
+      void this.removeFlows(key, mem, "drain timeout");
+    }, ms);
+    timer.unref();
+    this.drainTimers.set(key, timer);
+  }
+
+  private cancelDrain(key: string): void {
+    const t = this.drainTimers.get(key);
+    if (t) clearTimeout(t);
+    this.drainTimers.delete(key);
+  }
+
+  private async removeFlows(key: string, m: BackendMemory, why: string): Promise<void> {
+    const f: FlowFilter = { protocol: m.protocol, vip: m.vip, port: m.port, backend: { address: m.address, port: m.bport } };
+    const r = await this.conntrack.deleteFlows(f);
+    this.stats.flowsRemoved += r.removed;
+    if (r.error) this.log.warn({ backend: key, why, err: r.error }, "removing tracked flows failed");
+    else this.log.info({ backend: key, why, removed: r.removed }, "tracked flows removed");
+  }
+
+  /** The kernel keeps forwarding while the node drains: anycast withdraws the route first. */
+  async drain(_timeoutMs: number): Promise<{ remaining: number }> {
+    return { remaining: 0 };
+  }
+
+  /** Leaves the table in place (fail-static): a restarted node adopts it. */
+  async close(): Promise<void> {
+    for (const t of this.drainTimers.values()) clearTimeout(t);
+    this.drainTimers.clear();
+  }
+
+  /** `ballast node --flush`: removes the table; tracked flows keep their NAT bindings until they end. */
+  async flush(): Promise<{ removed: boolean; error: string | null }> {
+    if (!(await this.tableExists())) return { removed: false, error: null };
+    const r = await this.runner.run(["delete", "table", "inet", this.table]);
+    this.applied = null;
+    this.needFull = true;
+    return { removed: r.ok, error: r.ok ? null : r.error };
+  }
+}
