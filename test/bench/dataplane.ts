@@ -41,6 +41,10 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
   const { opts, results, log } = ctx;
   const d = opts.durationS;
   const short = Math.max(1, Math.round(d / 2));
+  // Warm-up, not recorded: JIT of the Node processes, ARP and conntrack entries, nginx's first
+  // connections. Without it whichever path runs first (direct) pays for all of them.
+  log("warm-up (not recorded) …");
+  for (const target of targets) await wrk(paths.http[target]!, { connections: 8, durationS: opts.quick ? 1 : 2, close: false });
   for (let round = 1; round <= opts.rounds; round++) {
     log(`round ${round}/${opts.rounds}`);
     for (const target of targets) {
