@@ -1,14 +1,20 @@
-// The data-plane topology: three network namespaces the bench makes (test/helpers/netns.ts), so that
-// every path crosses the same hops and the kernel modes have a real balancer namespace to program:
+// The data-plane topology: network namespaces the bench makes (test/helpers/netns.ts), so that every
+// path crosses the same hops and the kernel modes have a real balancer namespace to program. The
+// balancer is one-armed, as a Maglev/DSR node is: client, balancer and backends hang off one switch
+// (a bridge namespace), in two subnets, and the balancer namespace routes between them.
 //
-//   client ns  c0 10.77.1.2 ──veth── l0 10.77.1.1  balancer ns  10.77.2.1 l1 ──veth── b0 10.77.2.2, .3  backend ns
-//   (wrk, iperf3 -c)                 (HAProxy, the Ballast node, IP forwarding on)     (nginx, iperf3 -s, sink; VIP 10.77.4.1 on lo)
+//   client ns  eth0 10.77.1.2 ─┐                 ┌─ eth0 10.77.1.1 + 10.77.2.1  balancer ns (HAProxy, Ballast node, IP forwarding)
+//   (wrk, iperf3 -c)           └── switch ns br0 ┤
+//                                                └─ eth0 10.77.2.2, 10.77.2.3  backend ns (nginx, iperf3 -s, sink; DSR VIP 10.77.4.1 on lo)
 //
-// direct: the client reaches 10.77.2.2 through the balancer namespace as a plain router. HAProxy and
-// Ballast proxy listen on 10.77.1.1. Ballast NAT's VIP 10.77.3.1 and Ballast DSR's VIP 10.77.4.1 exist
-// nowhere on the balancer: only the node's nftables table makes them answer. Every address exists only
-// inside these namespaces; the host namespace gets no link, route or rule. The node's etcd and admin API
-// cross into the host through Unix-socket relays (agents/relay.ts), never through a link.
+// The client's default route and the backends' default route both point at the balancer, so every
+// packet of every path, both ways, goes client → switch → balancer → switch → backend. direct: the
+// balancer only routes. HAProxy and Ballast proxy listen on 10.77.1.1. Ballast NAT's VIP 10.77.3.1
+// and Ballast DSR's VIP 10.77.4.1 are no address of the balancer: only the node's nftables tables make
+// them answer (NAT: DNAT + SNAT in its inet table; DSR: netdev ingress on eth0 forwarding to the
+// backend's MAC, replies routed by the balancer straight back to the client, untouched by Ballast).
+// Every address exists only inside these namespaces; the host namespace gets no link, route or rule.
+// The node's etcd and admin API cross into the host through Unix-socket relays (agents/relay.ts).
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -36,6 +42,8 @@ export const NET = {
   sinkPort: 7001,
   haproxy: { http: 8001, bulk: 5202 },
   ballast: { http: 8002, affinity: 8003, bulk: 5203 },
+  /** Every namespace's one interface on the switch; DSR's ingress hook and egress device on the balancer. */
+  dev: "eth0",
   /** etcd inside the balancer namespace (a relay to the host's etcd). */
   etcdPort: 2379,
 } as const;
@@ -76,19 +84,24 @@ export async function buildNamespaces(ctx: Context, etcd: Etcd): Promise<NsPlane
   const client = await topo.namespace("c");
   const lb = await topo.namespace("lb");
   const backend = await topo.namespace("be");
-  await topo.link(client, "c0", lb, "l0", { aAddr: `${NET.client}/24`, bAddr: `${NET.lbFront}/24` });
-  await topo.link(lb, "l1", backend, "b0", { aAddr: `${NET.lbBack}/24`, bAddr: `${NET.backends[0]}/24` });
-  for (const a of NET.backends.slice(1)) await backend.addAddress("b0", `${a}/24`);
+  await topo.attach(client, [`${NET.client}/24`], NET.dev);
+  await topo.attach(lb, [`${NET.lbFront}/24`, `${NET.lbBack}/24`], NET.dev);
+  await topo.attach(backend, NET.backends.map((a) => `${a}/24`), NET.dev);
   await client.addRoute("default", NET.lbFront);
   await backend.addRoute("default", NET.lbBack);
   await lb.enableForwarding();
+  // One-armed routing sends packets back out the interface they came in on: no ICMP redirects (the
+  // client and the backends would learn to skip the balancer, and the paths would differ).
+  await lb.sysctl("net.ipv4.conf.all.send_redirects", 0);
+  await lb.sysctl(`net.ipv4.conf.${NET.dev}.send_redirects`, 0);
+  for (const n of [client, backend]) await n.sysctl("net.ipv4.conf.all.accept_redirects", 0);
   // DSR backends hold the VIP on lo and must not answer ARP for it (deploy/dsr does the same on a real host).
   await backend.ip("addr", "add", `${NET.dsrVip}/32`, "dev", "lo");
   await backend.sysctl("net.ipv4.conf.all.arp_ignore", 1);
   await backend.sysctl("net.ipv4.conf.all.arp_announce", 2);
   // Replies of a DSR backend come from the VIP, which the balancer has no route for: no reverse-path drop.
   await lb.sysctl("net.ipv4.conf.all.rp_filter", 0);
-  await lb.sysctl("net.ipv4.conf.default.rp_filter", 0);
+  await lb.sysctl(`net.ipv4.conf.${NET.dev}.rp_filter`, 0);
 
   // etcd for the node in the balancer namespace: 127.0.0.1:2379 there → socket → the host's etcd.
   const etcdPort = Number(new URL(etcd.url).port);

@@ -121,8 +121,9 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
   log("creating the namespaces (client → balancer → backend) …");
   const ns = await buildNamespaces(ctx, etcd);
   results.topology =
-    `Topology: network namespaces made by the bench — client (\`${NET.client}\`) → balancer (\`${NET.lbFront}\` / \`${NET.lbBack}\`, IP forwarding on) → backend (\`${NET.backends.join("`, `")}\`, VIP \`${NET.dsrVip}\` on lo), joined by veth pairs. ` +
-    `Every path crosses the balancer namespace: **direct** routes through it as a plain router; HAProxy and Ballast proxy listen on \`${NET.lbFront}\`; Ballast NAT's VIP \`${NET.natVip}\` and Ballast DSR's VIP \`${NET.dsrVip}\` answer only through the node's nftables table. wrk and iperf3 run in the client namespace.`;
+    `Topology: network namespaces made by the bench, one-armed as a Maglev/DSR node is — client (\`${NET.client}\`), balancer (\`${NET.lbFront}\` + \`${NET.lbBack}\`, IP forwarding on, no redirects) and backend (\`${NET.backends.join("`, `")}\`; VIP \`${NET.dsrVip}\` on lo) on one switch (a bridge namespace), in two subnets; ` +
+    "the client's and the backends' default routes point at the balancer, so every path crosses client → switch → balancer → switch → backend, both ways. " +
+    `**direct**: the balancer only routes. HAProxy and Ballast proxy listen on \`${NET.lbFront}\`. Ballast NAT's VIP \`${NET.natVip}\` and Ballast DSR's VIP \`${NET.dsrVip}\` are no address of the balancer: only the node's nftables tables make them answer (DSR replies are routed by the balancer straight back to the client, untouched by Ballast). wrk and iperf3 run in the client namespace.`;
 
   log("starting backends in the backend namespace …");
   const http = await startHttpBackends(group, runDir, nginx, 1, ns.backendAt([NET.httpPort]));
