@@ -146,7 +146,7 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
       if (b.state !== "disabled" && verdict?.state !== "down") sticky.set(id, target);
     }
     // A NAT service's table is the kernel map's: the same builder feeds explain and nftables.
-    const factory = spec.forwarding === "nat" ? natPickerFactory(spec.algorithm) : pickerFactory(spec.algorithm);
+    const factory = spec.forwarding === "nat" ? natPickerFactory(spec.algorithm, views.length) : pickerFactory(spec.algorithm);
     services.set(
       name,
       Object.freeze({

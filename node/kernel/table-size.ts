@@ -38,14 +38,18 @@ export function natTableSize(backends: number): number {
   return NAT_TABLE_LADDER[NAT_TABLE_LADDER.length - 1];
 }
 
-/** The one builder of a NAT service's table: its picker's `table`/`targets` are what the kernel map holds. */
-export function buildNatPicker(algorithm: AlgorithmName, targets: readonly BackendTarget[]): MaglevPicker {
-  const usable = targets.filter((t) => t.weight > 0 && Number.isFinite(t.weight));
-  return new MaglevPicker(algorithm, targets, natTableSize(usable.length));
+/**
+ * The one builder of a NAT service's table: its picker's `table`/`targets` are what the kernel map
+ * holds. The size follows the service's configured backends (`members`, whatever their verdict),
+ * not the routable ones: a verdict flip then keeps the size and is a delta of ≈1/n of the slots.
+ */
+export function buildNatPicker(algorithm: AlgorithmName, targets: readonly BackendTarget[], members: number): MaglevPicker {
+  return new MaglevPicker(algorithm, targets, natTableSize(Math.max(members, targets.length)));
 }
 
 /** The picker factory the snapshot uses for `forwarding: nat` services (maglev, or source-ip for affinity). */
-export function natPickerFactory(algorithm: AlgorithmName): PickerFactory {
+export function natPickerFactory(algorithm: AlgorithmName, members: number): PickerFactory {
   const sourceOnly = algorithm === "source-ip";
-  return { name: sourceOnly ? "source-ip" : "maglev", hashSourceOnly: sourceOnly, build: (targets) => buildNatPicker(sourceOnly ? "source-ip" : "maglev", targets) };
+  const name = sourceOnly ? "source-ip" : "maglev";
+  return { name, hashSourceOnly: sourceOnly, build: (targets) => buildNatPicker(name, targets, members) };
 }

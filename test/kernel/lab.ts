@@ -40,6 +40,24 @@ function udp(lp) { return new Promise((res) => { const u = dgram.createSocket("u
   await Promise.all(work); process.stdout.write(out.join("\\n") + "\\n"); })();
 `;
 
+/** Holds TCP connections open from the client; each line on stdin asks every connection for its backend again. */
+const HOLD_JS = `
+const net = require("net");
+const [host, port, ports] = [process.argv[1], +process.argv[2], JSON.parse(process.argv[3])];
+const socks = ports.map((lp) => { const s = net.connect({ host, port, localPort: lp, localAddress: "${CLIENT}" }); s.lp = lp; s.buf = ""; s.setEncoding("utf8");
+  s.on("data", (d) => { s.buf += d; let nl; while ((nl = s.buf.indexOf("\\n")) >= 0) { const line = s.buf.slice(0, nl); s.buf = s.buf.slice(nl + 1); process.stdout.write(s.lp + " " + line + "\\n"); } });
+  s.on("error", (e) => process.stdout.write(s.lp + " error:" + e.code + "\\n"));
+  s.on("close", () => process.stdout.write(s.lp + " closed\\n")); return s; });
+process.stdin.on("data", () => { for (const s of socks) if (!s.destroyed) s.write("?\\n"); });
+process.stdin.on("end", () => { for (const s of socks) s.resetAndDestroy(); process.exit(0); });
+`;
+
+export interface HeldFlows {
+  /** Asks every held connection again; resolves with source port → last answer once all answered (or closed). */
+  ask(): Promise<Map<number, string>>;
+  close(): void;
+}
+
 export interface Lab {
   topo: Topology;
   client: Namespace;
@@ -49,6 +67,8 @@ export interface Lab {
   address(i: number): string;
   /** Runs one flow per source port from the client; returns source port → backend name ("timeout"/"error:…" on failure). */
   flows(protocol: "tcp" | "udp", ports: number[], opts?: { port?: number; concurrency?: number }): Promise<Map<number, string>>;
+  /** Opens TCP connections from these source ports and keeps them open. */
+  hold(ports: number[], port?: number): Promise<HeldFlows>;
   destroy(): Promise<void>;
 }
 
@@ -84,6 +104,40 @@ export async function createLab(n: number, opts: { backendRoute?: boolean } = {}
           m.set(Number(line.slice(0, sp)), line.slice(sp + 1));
         }
         return m;
+      },
+      async hold(ports, port = 80) {
+        const child = client.spawn(process.execPath, ["-e", HOLD_JS, VIP, String(port), JSON.stringify(ports)], { stdio: ["pipe", "pipe", "pipe"] });
+        const last = new Map<number, string>();
+        let lines = 0;
+        let buf = "";
+        child.stdout!.on("data", (d: Buffer) => {
+          buf += d.toString();
+          let nl = buf.indexOf("\n");
+          while (nl >= 0) {
+            const line = buf.slice(0, nl);
+            buf = buf.slice(nl + 1);
+            const sp = line.indexOf(" ");
+            const p = Number(line.slice(0, sp));
+            const prev = last.get(p);
+            // A closed connection stays reported as closed, with the error that closed it if any.
+            if (!(prev?.startsWith("error:") && line.endsWith(" closed"))) last.set(p, line.slice(sp + 1));
+            lines++;
+            nl = buf.indexOf("\n");
+          }
+        });
+        await waitFor(() => last.size === ports.length, { message: "held connections answered", timeoutMs: 15_000 });
+        return {
+          async ask() {
+            const before = lines;
+            const open = [...last.values()].filter((v) => !v.startsWith("error:") && v !== "closed").length;
+            child.stdin!.write("?\n");
+            await waitFor(() => lines - before >= open, { message: "held connections answered again", timeoutMs: 10_000 }).catch(() => {});
+            return new Map(last);
+          },
+          close() {
+            child.stdin!.end();
+          },
+        };
       },
       destroy: () => topo.destroy(),
     };

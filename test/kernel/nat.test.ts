@@ -64,4 +64,108 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () 
     const wrong = [...got].filter(([p, a]) => explainNat(svc, f.seed, CLIENT, p).backend?.id !== a.split(" ")[0]);
     expect(wrong).toEqual([]);
   });
+
+  it("nat.snat false: backends see the client's own address (they route replies through the node)", async () => {
+    const routed = await createLab(2, { backendRoute: true });
+    try {
+      const f = new KernelForwarder({ cluster: "lab", log, runner: nftRunner({ netns: routed.lb.name }), conntrack: conntrackTool({ netns: routed.lb.name }) });
+      await f.apply(labSnapshot(7, { web: natService({ nat: { snat: false } }, 2) }));
+      const got = await routed.flows("tcp", ports(21000, 20));
+      for (const a of got.values()) expect(a).toMatch(new RegExp(`^b[01] ${CLIENT.replace(/\./g, "\\.")}$`));
+    } finally {
+      await routed.destroy();
+    }
+  });
+
+  it("a verdict flip is a small delta: established flows stay, new flows follow the map, 500 new connections during changes all succeed", async () => {
+    const f = forwarder();
+    await f.apply(labSnapshot(10, { web: natService() }));
+    const held = await lab.hold(ports(40000, 30));
+    const before = await held.ask();
+    // While 500 connections are opened, the table changes back and forth (b2 down, up, down, up).
+    const load = lab.flows("tcp", ports(41000, 500), { concurrency: 20 });
+    for (let i = 0; i < 5; i++) {
+      await f.apply(labSnapshot(11 + i, { web: { ...natService(), down: i % 2 === 0 ? ["b2"] : [] } }));
+      expect(f.status("web")?.reason).toBe(null);
+    }
+    const answers = await load;
+    expect([...answers.values()].filter((a) => !/^b[012] /.test(a))).toEqual([]);
+    // b2 is down now: its slots (about a third) were rewritten as a delta, not the whole table.
+    const svcSize = labSnapshot(1, { web: natService() }).services.get("web")!.picker as unknown as { size: number };
+    expect(f.state().lastSlotsChanged).toBeGreaterThan(0);
+    expect(f.state().lastSlotsChanged).toBeLessThan(svcSize.size);
+    // Connections on b0 and b1 stayed where they were (b2's were removed: it is down).
+    const after = await held.ask();
+    for (const [p, a] of before) {
+      if (!a.startsWith("b2")) expect(after.get(p), `held flow ${p}`).toBe(a);
+    }
+    // New flows never reach the down backend.
+    const fresh = await lab.flows("tcp", ports(42000, 100));
+    expect([...fresh.values()].filter((a) => a.startsWith("b2"))).toEqual([]);
+    held.close();
+  });
+
+  it("down: tracked flows of the backend are removed (the client learns at once); drain: they are kept", async () => {
+    const f = forwarder();
+    await f.apply(labSnapshot(20, { web: natService() }));
+    const held = await lab.hold(ports(43000, 30));
+    const before = await held.ask();
+    const on = (b: string) => [...before].filter(([, a]) => a.startsWith(b)).map(([p]) => p);
+    expect(on("b1").length).toBeGreaterThan(0);
+    expect(on("b2").length).toBeGreaterThan(0);
+    // b1 drains: its connections keep working; b2 goes down: its flows are removed.
+    const drain = natService();
+    drain.backends.b1.state = "drain";
+    await f.apply(labSnapshot(21, { web: { ...drain, down: ["b2"] } }));
+    await f.flowWork;
+    expect(f.state().flowsRemoved).toBeGreaterThan(0);
+    const after = await held.ask();
+    for (const p of on("b1")) expect(after.get(p)).toBe(before.get(p));
+    // A removed flow's next packet is picked up as a new flow and sent to a live backend, which
+    // answers a mid-stream segment with a reset: the client learns at once.
+    for (const p of on("b2")) expect(after.get(p)).toMatch(/^error:ECONNRESET|^closed$/);
+    held.close();
+  });
+
+  it("a failed apply keeps the previous ruleset forwarding, shows the reason, and the next apply recovers", async () => {
+    const f0 = forwarder();
+    await f0.apply(labSnapshot(30, { web: natService() }));
+    const real = nftRunner({ netns: lab.lb.name });
+    let fail = true;
+    const f = new KernelForwarder({
+      cluster: "lab",
+      log,
+      runner: { load: (script) => real.load(fail ? `${script}add rule inet nosuchtable nosuchchain drop\n` : script), run: (a) => real.run(a) },
+      conntrack: conntrackTool({ netns: lab.lb.name }),
+    });
+    forwarders.push(f);
+    await f.apply(labSnapshot(31, { web: natService({}, 2) }));
+    expect(f.status("web")?.programmed).toBe(false);
+    expect(f.status("web")?.reason).toMatch(/^apply failed: .*No such file or directory/);
+    expect(f.state().failures).toBe(1);
+    // The previous table (three backends) still forwards.
+    const got = await lab.flows("tcp", ports(44000, 60));
+    expect(new Set([...got.values()].map((a) => a.split(" ")[0]))).toEqual(new Set(["b0", "b1", "b2"]));
+    fail = false;
+    await f.apply(labSnapshot(32, { web: natService({}, 2) }));
+    expect(f.status("web")).toEqual({ programmed: true, reason: null, revision: 32 });
+    const now = await lab.flows("tcp", ports(44100, 60));
+    expect(new Set([...now.values()].map((a) => a.split(" ")[0]))).toEqual(new Set(["b0", "b1"]));
+  });
+
+  it("a new process adopts the table a dead one left: established flows are not disturbed", async () => {
+    const first = forwarder();
+    await first.apply(labSnapshot(40, { web: natService() }));
+    const held = await lab.hold(ports(45000, 20));
+    const before = await held.ask();
+    // The first forwarder "dies" (its table stays); a new one applies a later revision with b0 gone.
+    const second = forwarder();
+    const s = natService();
+    delete (s.backends as Record<string, unknown>).b0;
+    await second.apply(labSnapshot(41, { web: s }));
+    expect(second.status("web")?.programmed).toBe(true);
+    const after = await held.ask();
+    expect(after).toEqual(before);
+    held.close();
+  });
 });
