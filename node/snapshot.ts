@@ -78,6 +78,16 @@ export function listenKeyOf(protocol: string, host: string, port: number): strin
   return `${protocol}|${host}|${port}`;
 }
 
+/**
+ * Why a backend cannot serve a `forwarding: dsr` service: the node forwards packets unchanged, so the
+ * backend must listen on the service's own port and be an IPv4 neighbour (its address resolves by ARP).
+ */
+function dsrBackendRefusal(b: BackendSpec, listenPort: number): string | null {
+  if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(b.address)) return `address: forwarding dsr needs an IPv4 backend address, got ${b.address}`;
+  if (b.port !== listenPort) return `port: forwarding dsr cannot translate ports: backend port ${b.port} must equal the service's listen port ${listenPort}`;
+  return null;
+}
+
 export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snapshot {
   const invalid: InvalidRecord[] = [...input.invalid];
   const services = new Map<string, ServiceState>();
@@ -116,6 +126,12 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
     const byAge = [...specs.keys()].sort((x, y) => rev(name, x) - rev(name, y) || byString(x, y));
     for (const id of byAge) {
       const b = specs.get(id)!;
+      const dsrWhy = spec.forwarding === "dsr" ? dsrBackendRefusal(b, hp.port) : null;
+      if (dsrWhy !== null) {
+        duplicate.add(id);
+        invalid.push({ key: input.keyOf.backend(name, id), reason: dsrWhy });
+        continue;
+      }
       const addressKey = `${b.address}|${b.port}`;
       const first = seenAddress.get(addressKey);
       if (first !== undefined) {
@@ -146,7 +162,8 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
       if (b.state !== "disabled" && verdict?.state !== "down") sticky.set(id, target);
     }
     // A NAT service's table is the kernel map's: the same builder feeds explain and nftables.
-    const factory = spec.forwarding === "nat" ? natPickerFactory(spec.algorithm, views.length) : pickerFactory(spec.algorithm);
+    const kernel = spec.forwarding === "nat" || spec.forwarding === "dsr";
+    const factory = kernel ? natPickerFactory(spec.algorithm, views.length) : pickerFactory(spec.algorithm);
     services.set(
       name,
       Object.freeze({
