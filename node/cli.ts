@@ -171,6 +171,7 @@ export function buildCli(): Command {
     .option("--protocol <tcp|udp>", "protocol")
     .option("--algorithm <name>", "round-robin | least-conn | p2c | maglev | source-ip")
     .option("--affinity-ttl <duration>", "turn on source-ip affinity with this TTL")
+    .option("--forwarding <mode>", "proxy | nat | dsr (dsr: the backends hold the VIP on lo; deploy/dsr/README.md)")
     .action(async (name: string, o: Record<string, string | undefined>, cmd: Command) =>
       withStore(cmd, async (store, keys) => {
         let record: Record<string, unknown>;
@@ -182,6 +183,7 @@ export function buildCli(): Command {
           if (o.protocol) record.protocol = o.protocol;
           if (o.algorithm) record.algorithm = o.algorithm;
           if (o.affinityTtl) record.affinity = { mode: "source-ip", ttl: o.affinityTtl };
+          if (o.forwarding) record.forwarding = o.forwarding;
         }
         const raw = Buffer.from(JSON.stringify(record));
         try {
@@ -222,9 +224,9 @@ export function buildCli(): Command {
           const name = kv.key.slice(keys.services.length);
           try {
             const s = parseServiceValue(name, kv.value);
-            return { name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: s.affinity.mode, health: s.health.type, error: "" };
+            return { name, listen: s.listen, protocol: s.protocol, forwarding: s.forwarding, algorithm: s.algorithm, affinity: s.affinity.mode, health: s.health.type, error: "" };
           } catch (err) {
-            return { name, listen: "", protocol: "", algorithm: "", affinity: "", health: "", error: (err as Error).message };
+            return { name, listen: "", protocol: "", forwarding: "", algorithm: "", affinity: "", health: "", error: (err as Error).message };
           }
         });
         print(opts, rows);
@@ -326,7 +328,7 @@ export function buildCli(): Command {
         const svcRows = [];
         const beRows = [];
         for (const s of first?.services ?? []) {
-          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: affinityCell(s.affinity as { mode: string; ttlMs: number; entries?: number }), active: s.active });
+          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, forwarding: s.forwarding ?? "proxy", kernel: dsrCell(String(s.name), states), algorithm: s.algorithm, affinity: affinityCell(s.affinity as { mode: string; ttlMs: number; entries?: number }), active: s.active });
           for (const b of s.backends as Array<Record<string, unknown>>) {
             const v = b.verdict as { state: string; reason: string } | null;
             beRows.push({ service: s.name, backend: b.id, address: `${b.address}:${b.port}`, state: b.state, verdict: v ? `${v.state}${v.reason ? ` (${v.reason})` : ""}` : "unknown", routable: b.routable, active: b.active });
@@ -366,6 +368,21 @@ export function buildCli(): Command {
     });
 
   return program;
+}
+
+/** A DSR service's programming across the nodes that answered: "2/3 programmed (node-3: reason)"; "" for other modes. */
+function dsrCell(service: string, states: Record<string, unknown>[]): string {
+  let programmed = 0;
+  let of = 0;
+  let why = "";
+  for (const st of states) {
+    const svc = (st.services as Array<{ name: string; dsr?: { programmed: boolean; reason: string | null } }> | undefined)?.find((x) => x.name === service);
+    if (!svc?.dsr) continue;
+    of++;
+    if (svc.dsr.programmed) programmed++;
+    if (!why && svc.dsr.reason) why = ` (${(st.node as { id: string }).id}: ${svc.dsr.reason})`;
+  }
+  return of === 0 ? "" : `dsr ${programmed}/${of} programmed${why}`;
 }
 
 function affinityCell(a: { mode: string; ttlMs: number; entries?: number }): string {

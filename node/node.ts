@@ -16,6 +16,8 @@ import { createLogger, type Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
 import { AffinityTable } from "./affinity/table.js";
 import { HealthManager } from "./health/manager.js";
+import { DsrForwarder } from "./kernel/dsr.js";
+import { registerDsrMetrics } from "./kernel/dsr-metrics.js";
 import { KernelForwarder } from "./kernel/forwarder.js";
 import type { Snapshot } from "./snapshot.js";
 import { describeState, explainRoute } from "./state.js";
@@ -53,6 +55,8 @@ export class BallastNode {
   readonly affinity: AffinityTable;
   /** Programs `forwarding: nat` services into nftables; the data plane proxies the rest. */
   readonly kernel: KernelForwarder;
+  /** Programs `forwarding: dsr` services into the node's netdev table (stateless, direct return). */
+  readonly dsr: DsrForwarder;
 
   constructor(opts: NodeOptions) {
     const c = opts.config;
@@ -83,6 +87,8 @@ export class BallastNode {
     this.reconciler.affinity = this.affinity;
     this.health = new HealthManager(this);
     this.kernel = new KernelForwarder({ cluster: c.cluster, log: this.log, affinityOf: (svc) => this.affinity.bindings(svc) });
+    this.dsr = new DsrForwarder({ cluster: c.cluster, device: c.dsr?.interface, log: this.log });
+    registerDsrMetrics(this.metrics.registry, this.dsr, () => this.reconciler.snapshot?.services.keys() ?? []);
     this.admin = new AdminServer(
       {
         ready: () => this.ready,
@@ -123,6 +129,7 @@ export class BallastNode {
     for (const r of s.invalid) this.metrics.invalidRecords.inc({ kind: this.keys.parse(r.key)?.kind ?? "unknown" });
     this.health.onSnapshot(s);
     void this.kernel.apply(s);
+    void this.dsr.apply(s);
     this.plane.apply(s).then(
       () => {
         this.resolveFirst();
@@ -213,6 +220,7 @@ export class BallastNode {
     if (this.lease) await this.lease.revoke().catch(() => {});
     await this.plane.close();
     await this.kernel.close();
+    await this.dsr.close();
     await this.admin.close();
     await this.store.close();
   }

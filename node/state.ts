@@ -2,6 +2,8 @@
 // page) and /api/route (route explain: which backend a client would get, and why).
 import net from "node:net";
 import { VERSION } from "../shared/version.js";
+import { explainNat } from "./kernel/forwarder.js";
+import { forwardingOf } from "./model/forwarder.js";
 import type { BallastNode } from "./node.js";
 
 export function describeState(n: BallastNode) {
@@ -19,6 +21,9 @@ export function describeState(n: BallastNode) {
       protocol: svc.spec.protocol,
       algorithm: svc.spec.algorithm,
       proxyProtocol: svc.spec.proxyProtocol,
+      forwarding: forwardingOf(svc.spec),
+      // DSR: whether this node's kernel carries the service, and why not.
+      dsr: forwardingOf(svc.spec) === "dsr" ? (n.dsr.status(svc.name) ?? { programmed: false, reason: "not applied yet", revision: 0 }) : undefined,
       affinity: { mode: svc.spec.affinity.mode, ttlMs: svc.spec.affinity.ttl, entries: n.affinity.entries.table(svc.name)?.size ?? 0 },
       health: { type: svc.spec.health.type, intervalMs: svc.spec.health.interval, rise: svc.spec.health.rise, fall: svc.spec.health.fall },
       active: c.active,
@@ -46,6 +51,8 @@ export function describeState(n: BallastNode) {
           bytesIn: s.bytesIn,
           bytesOut: s.bytesOut,
           connectFailures: s.connectFailures,
+          // DSR: packets and bytes the kernel forwarded to the backend (client → backend; replies bypass the node).
+          dsr: forwardingOf(svc.spec) === "dsr" ? (n.dsr.lastCounters.get(svc.name)?.get(b.id) ?? { packets: 0, bytes: 0 }) : undefined,
         };
       }),
     });
@@ -63,6 +70,7 @@ export function describeState(n: BallastNode) {
     revision: n.reconciler.appliedRevision,
     snapshotRevision: snap?.revision ?? 0,
     services,
+    dsr: n.dsr.state(),
     invalid: snap?.invalid ?? [],
     nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
@@ -76,6 +84,27 @@ export function explainRoute(n: BallastNode, service: string, client: string, po
   if (!snap || !svc) return { status: 404, body: { error: `no service ${service}`, revision: snap?.revision ?? 0 } };
   if (net.isIP(client) === 0) return { status: 400, body: { error: `client must be an IP address, got ${client}` } };
   const base = { service, client, port, revision: n.reconciler.appliedRevision, node: n.id };
+  if (forwardingOf(svc.spec) === "dsr") {
+    // The kernel's own choice: its jhash over the picker's table (the same table it holds). A flow this
+    // node already pinned keeps its pinned backend while that backend is not down.
+    if (net.isIP(client) !== 4) return { status: 400, body: { error: `forwarding dsr is IPv4 only, got client ${client}` } };
+    if (svc.access !== null && !svc.access.permits(client)) return { status: 200, body: { ...base, backend: null, reason: "denied", forwarding: "dsr" } };
+    const e = explainNat(svc, n.dsr.seed, client, port);
+    const st = n.dsr.status(service);
+    return {
+      status: 200,
+      body: {
+        ...base,
+        forwarding: "dsr",
+        backend: e.backend ? { id: e.backend.id, address: e.backend.label } : null,
+        reason: e.backend ? `${e.reason}; dsr: a flow this node pinned earlier keeps its backend while it is not down` : e.reason,
+        slot: e.slot,
+        programmed: st?.programmed ?? false,
+        notProgrammed: st && !st.programmed ? st.reason : undefined,
+        version: VERSION,
+      },
+    };
+  }
   if (svc.access !== null && !svc.access.permits(client)) return { status: 200, body: { ...base, backend: null, reason: "denied" } };
   const now = Date.now();
   const router = n.plane.router;

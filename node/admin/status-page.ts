@@ -402,6 +402,8 @@ const SCRIPT = String.raw`
         var bb = findBe(findSvc(st[id], svc.name), b.id);
         if (!bb) continue;
         active += bb.active || 0; conns += bb.connections || 0; by += (bb.bytesIn || 0) + (bb.bytesOut || 0);
+        // dsr: the bytes the node's kernel forwarded to the backend (replies bypass the node).
+        if (bb.dsr) by += bb.dsr.bytes || 0;
         for (var r in bb.connectFailures || {}) fails[r] = (fails[r] || 0) + bb.connectFailures[r];
       }
       var reason = v.reason || (b.routable ? "" : b.why);
@@ -477,6 +479,21 @@ const SCRIPT = String.raw`
     return svg;
   }
 
+  // Where the kernel carries a dsr service: "kernel on 2/3 nodes", and the first node's reason when not.
+  function dsrCell(svc) {
+    var st = scoped(), on = 0, of = 0, why = "";
+    for (var id in st) {
+      var s = findSvc(st[id], svc.name);
+      if (!s || !s.dsr) continue;
+      of++;
+      if (s.dsr.programmed) on++;
+      if (!why && s.dsr.reason) why = id + ": " + s.dsr.reason;
+    }
+    if (of === 0) return null;
+    if (on === of && !why) return h("span", { "data-dsr": "programmed" }, "kernel on ", h("b", null, on + "/" + of), " nodes");
+    return h("span", { class: "down-t", "data-dsr": "not-programmed", title: why }, "\u2716 kernel on " + on + "/" + of + " nodes" + (why ? " (" + why + ")" : ""));
+  }
+
   function renderService(svc) {
     var udp = svc.protocol === "udp";
     var cps = scopedRate("svc", svc.name), bps = scopedSvcBytes(svc.name);
@@ -505,6 +522,8 @@ const SCRIPT = String.raw`
           h("span", null, "algorithm ", h("b", null, svc.algorithm)),
           h("span", null, "affinity ", affText),
           svc.proxyProtocol && svc.proxyProtocol !== "none" ? h("span", null, "PROXY ", h("b", null, svc.proxyProtocol)) : null,
+          svc.forwarding && svc.forwarding !== "proxy" ? h("span", { "data-forwarding": svc.forwarding }, "forwarding ", h("b", null, svc.forwarding)) : null,
+          svc.forwarding === "dsr" ? dsrCell(svc) : null,
           h("span", { class: "mute" }, "check " + (hc.type || "\u2014") + (hc.type && hc.type !== "none" ? " every " + dur(hc.intervalMs) + ", rise " + hc.rise + " fall " + hc.fall : "")),
           svc.listenerError ? h("span", { class: "down-t" }, "\u2716 listener: " + svc.listenerError) : null),
         h("div", { class: "figs" },

@@ -76,6 +76,8 @@ export function dsrServicePlan(svc: ServiceState, seed: number): DsrServicePlan 
   };
 }
 
+const COUNTER_REFRESH_MS = 5000;
+
 export interface DsrForwarderOptions {
   /** The cluster name: the table is `ballast_<cluster>` in the netdev family (NAT's is inet: two tables). */
   cluster: string;
@@ -116,6 +118,8 @@ export class DsrForwarder implements Forwarder<Snapshot> {
   private unavailable: string | null | undefined;
   private readonly statuses = new Map<string, ForwarderServiceStatus>();
   readonly stats = { applies: 0, failures: 0, lastError: null as string | null, lastApplyMs: 0 };
+  private leftoverChecked = false;
+  private counterTimer: NodeJS.Timeout | null = null;
   private pending: Snapshot | null = null;
   private running: Promise<void> | null = null;
 
@@ -174,8 +178,13 @@ export class DsrForwarder implements Forwarder<Snapshot> {
   private async applyNow(snap: Snapshot): Promise<void> {
     const dsr = [...snap.services.values()].filter((s) => this.handles(forwardingOf(s.spec)));
     for (const name of [...this.statuses.keys()]) if (!dsr.some((s) => s.name === name)) this.statuses.delete(name);
-    // No DSR service and nothing programmed: create nothing (a table left by an earlier run is emptied).
-    if (dsr.length === 0 && this.applied === null && (this.unavailable !== undefined || !(await this.tableExists()))) return;
+    // No DSR service and nothing programmed: create nothing. A table an earlier run left is emptied;
+    // whether there is one is asked once per process, so nodes without DSR never run nft again.
+    if (dsr.length === 0 && this.applied === null) {
+      if (this.leftoverChecked) return;
+      this.leftoverChecked = true;
+      if (!(await this.tableExists())) return;
+    }
     if (this.opts.device === undefined) {
       for (const s of dsr) this.statuses.set(s.name, { programmed: false, reason: "node config dsr.interface is not set (the interface facing the backends)", revision: 0 });
       return;
@@ -208,6 +217,11 @@ export class DsrForwarder implements Forwarder<Snapshot> {
     }
     this.adopted = true;
     this.applied = plan;
+    // /api/state shows per-backend counters from the last read; scrapes read them too.
+    if (plan.services.size > 0 && this.counterTimer === null) {
+      this.counterTimer = setInterval(() => void this.counters().catch(() => {}), COUNTER_REFRESH_MS);
+      this.counterTimer.unref();
+    }
     this.stats.applies++;
     this.stats.lastApplyMs = r.ms;
     this.stats.lastError = null;
@@ -236,6 +250,9 @@ export class DsrForwarder implements Forwarder<Snapshot> {
     return found;
   }
 
+  /** The counters of the last read (refreshed by counters(): scrapes and the state timer). */
+  lastCounters = new Map<string, Map<string, DsrBackendCounters>>();
+
   /** Per-backend packets and bytes, client → backend only (replies bypass the node): service → backend id → counters. */
   async counters(): Promise<Map<string, Map<string, DsrBackendCounters>>> {
     const out = new Map<string, Map<string, DsrBackendCounters>>();
@@ -256,6 +273,7 @@ export class DsrForwarder implements Forwarder<Snapshot> {
       for (const b of s.backends) m.set(b.id, byName.get(dsrCounterName(s, b.key)) ?? { packets: 0, bytes: 0 });
       out.set(s.name, m);
     }
+    this.lastCounters = out;
     return out;
   }
 
@@ -265,7 +283,10 @@ export class DsrForwarder implements Forwarder<Snapshot> {
   }
 
   /** Leaves the table in place (fail-static): a restarted node adopts it, pins included. */
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    if (this.counterTimer) clearInterval(this.counterTimer);
+    this.counterTimer = null;
+  }
 
   /** `ballast node --flush`: removes the DSR table; the kernel stops forwarding DSR services on this node. */
   async flush(): Promise<{ removed: boolean; error: string | null }> {
