@@ -5,6 +5,7 @@
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { decodeValue } from "../../shared/codec.js";
+import { nodeConfigSchema } from "../../shared/schema.js";
 import { execCommand } from "../helpers/netns.js";
 import { type BallastNode, type NodeOptions, seedServices, type ServiceRecord, serviceState, startNode, stopNode } from "./ballast.js";
 import type { Context } from "./context.js";
@@ -27,9 +28,15 @@ export const KERNEL_MODES: KernelMode[] = [
   { target: "ballast-dsr", mode: "dsr", vip: NET.dsrVip, http: "http-dsr", bulk: "bulk-dsr" },
 ];
 
-/** Node config lines the kernel modes need in the balancer namespace (none so far: the defaults serve). */
+/**
+ * Node config lines the kernel modes need in the balancer namespace: DSR's interface on the backends'
+ * segment (`dsr.interface`). Only when this build's node config knows the key: the config is strict,
+ * and a node that does not have DSR must still start for the other paths.
+ */
 export function kernelNodeConfig(_ns: NsPlane): string[] {
-  return [];
+  const probe = nodeConfigSchema.safeParse({ node: { id: "probe" }, dsr: { interface: NET.dev } });
+  const knowsDsr = probe.success || !probe.error.issues.some((i) => i.code === "unrecognized_keys" && i.keys.includes("dsr"));
+  return knowsDsr ? [`dsr: { interface: ${NET.dev} }`] : [];
 }
 
 type BackendRecord = ServiceRecord["backends"][number];
