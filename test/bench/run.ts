@@ -234,7 +234,6 @@ async function loopbackPlane(etcd: Etcd): Promise<number[]> {
   if (results.ballast.available) {
     await seedServices(etcd, "bench-lo", services);
     node = await startNode(group, nodeOpts);
-    await sleep(2000);
   }
   const udpPorts: Partial<Record<Target, number>> = { direct: udpEcho.port };
   if (node) udpPorts.ballast = bp.udp;
