@@ -277,7 +277,7 @@ export async function runNatControlPlane(ctx: Context, etcd: Etcd, ns: NsPlane, 
       const before = (await etcd.range(key)).revision;
       const t0 = performance.now();
       await setDown(b.value.address, down);
-      const [tv, kv] = await until(t0, 10_000, async () => {
+      const [tv, kv] = await until(t0, 20_000, async () => {
         const r = await etcd.range(key, { minModRevision: before + 1 });
         const v = r.kvs[0];
         if (!v) return null;
@@ -299,7 +299,7 @@ export async function runNatControlPlane(ctx: Context, etcd: Etcd, ns: NsPlane, 
     const p99 = percentile(applied, 99);
     add(ctx, {
       name: `NAT: verdict flip → map updated on the node (${CP_BACKENDS} backends)`,
-      value: `p50 ${ms(p50)} / p99 ${ms(p99)} (${applied.filter(Number.isFinite).length} flips${lost ? `, ${lost} without a verdict in 10 s` : ""})`,
+      value: `p50 ${ms(p50)} / p99 ${ms(p99)} (${applied.filter(Number.isFinite).length} flips${lost ? `, ${lost} without a verdict in 20 s` : ""})`,
       target: "p99 ≤ 200 ms",
       meets: Number.isFinite(p99) ? p99 <= 200 : null,
       note: `health verdict written to etcd (down, then up again; checks every 500 ms, fall/rise 1) → the node has programmed the verdict's revision (its \`nftables applied\` log line, or /api/state); etcd polled every ~2 ms. Of which the nft transaction (the node's own timing): p50 ${ms(percentile(flipNft, 50))} / p99 ${ms(percentile(flipNft, 99))}, ${median(flipSlots)} slots changed (median). Failure → verdict in etcd took p50 ${ms(percentile(detected, 50))} (health detection, not counted)`,

@@ -218,10 +218,9 @@ export function markdown(r: Results): string {
         `| added p99 over direct | ${compared
           .flatMap((t) => {
             const b = addedP99(r, t);
-            const x = ratio(b, h);
             // A negative "added" latency means the direct p99 was noisier than a proxied one: no verdict.
-            const verdict = t === "ballast" ? (h > 0 && b > 0 ? ` ${meetsMark(b <= 1.5 * h)} ≤ 1.5` : " (noise: no verdict)") : "";
-            return [`${fmtRatio(x)}${verdict}`, ""];
+            if (!(h > 0 && b > 0)) return ["noise: no verdict", ""];
+            return [`${fmtRatio(ratio(b, h))}${t === "ballast" ? ` ${meetsMark(b <= 1.5 * h)} ≤ 1.5` : ""}`, ""];
           })
           .join(" | ")} |`,
       );

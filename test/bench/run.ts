@@ -195,6 +195,9 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
     for (const t of ["ballast", "ballast-affinity", "ballast-nat", "ballast-dsr"] as Target[]) results.skipped[t] = `skipped — ${results.ballast.note}`;
   }
 
+  // Let the node settle first: right after start every backend's verdict goes unknown → up, and each
+  // new snapshot is programmed again (nft runs), which would load whichever path runs first.
+  if (node) await settle(node);
   const stopScrape = scrapeMetrics(() => node);
   log(`data plane: ${targets.join(", ")} (backend: ${http.kind})`);
   await tcpRounds(ctx, paths, targets);
@@ -212,6 +215,24 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
   else if (results.ballast.available) results.controlPlane.push({ name: "NAT: verdict flip → map updated / service map loaded / table size", value: "skipped", meets: null, note: results.skipped["ballast-nat"] ?? "" });
   await haproxy.stop();
   await ns.destroy();
+}
+
+/** Waits (up to 20 s) until every backend of every service on the node has an "up" verdict. */
+async function settle(node: BallastNode): Promise<void> {
+  const end = Date.now() + 20_000;
+  let pending = "";
+  while (Date.now() < end) {
+    const r = await httpGet(`${node.admin}/api/state`, 2000);
+    try {
+      const services = (JSON.parse(r.body) as { services: { name: string; backends: { id: string; verdict: { state?: string } | null }[] }[] }).services;
+      pending = services.flatMap((s) => s.backends.filter((b) => b.verdict?.state !== "up").map((b) => `${s.name}/${b.id}`)).join(", ");
+      if (pending === "") return;
+    } catch {
+      pending = `/api/state: ${r.status}`;
+    }
+    await sleep(250);
+  }
+  results.notes.push(`The node had not settled when the rounds began (backends without an "up" verdict after 20 s: ${pending}).`);
 }
 
 const TARGET_NAME: Record<string, string> = { "ballast-nat": "Ballast NAT", "ballast-dsr": "Ballast DSR" };
