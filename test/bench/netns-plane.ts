@@ -23,6 +23,7 @@ import { agentPath, type Placement } from "./backends.js";
 import { startRelay } from "./ballast.js";
 import type { Context } from "./context.js";
 import type { Etcd } from "./etcd.js";
+import type { Proc } from "./procs.js";
 import type { Dest } from "./load.js";
 import { sleep } from "./net.js";
 import { which } from "./tools.js";
@@ -60,6 +61,8 @@ export interface NsPlane {
   backendAt(ports: number[]): Placement;
   waitListening(ns: Namespace, port: number, timeoutMs?: number): Promise<void>;
   dest(host: string, port: number): Dest;
+  /** Long-running processes inside the namespaces (and their relays): stopped before the namespaces go. */
+  procs: Proc[];
   /** GET http://host:port/ from the client namespace until 200 or the deadline. */
   probeHttp(host: string, port: number, timeoutMs: number): Promise<{ ok: boolean; last: string }>;
   destroy(): Promise<void>;
@@ -74,9 +77,11 @@ export async function buildNamespaces(ctx: Context, etcd: Etcd): Promise<NsPlane
   const topo = await Topology.create();
   const sockDir = mkdtempSync(join(tmpdir(), "bb-"));
   let destroyed = false;
+  const procs: Proc[] = [];
   const destroy = async () => {
     if (destroyed) return;
     destroyed = true;
+    await Promise.all(procs.map((p) => p.stop(2000)));
     await topo.destroy();
     rmSync(sockDir, { recursive: true, force: true });
   };
@@ -106,8 +111,8 @@ export async function buildNamespaces(ctx: Context, etcd: Etcd): Promise<NsPlane
   // etcd for the node in the balancer namespace: 127.0.0.1:2379 there → socket → the host's etcd.
   const etcdPort = Number(new URL(etcd.url).port);
   const sock = join(sockDir, "etcd.sock");
-  await startRelay(ctx.group, "relay-etcd-host", `unix:${sock}`, `tcp:127.0.0.1:${etcdPort}`);
-  await startRelay(ctx.group, "relay-etcd-lb", `tcp:127.0.0.1:${NET.etcdPort}`, `unix:${sock}`, lb.name);
+  procs.push(await startRelay(ctx.group, "relay-etcd-host", `unix:${sock}`, `tcp:127.0.0.1:${etcdPort}`));
+  procs.push(await startRelay(ctx.group, "relay-etcd-lb", `tcp:127.0.0.1:${NET.etcdPort}`, `unix:${sock}`, lb.name));
 
   const waitListening = async (ns: Namespace, port: number, timeoutMs = 10_000) => {
     const end = Date.now() + timeoutMs;
@@ -124,6 +129,7 @@ export async function buildNamespaces(ctx: Context, etcd: Etcd): Promise<NsPlane
     lb,
     backend,
     sockDir,
+    procs,
     etcdUrl: `http://127.0.0.1:${NET.etcdPort}`,
     backendAt: (ports) => ({ ns: backend.name, host: "0.0.0.0", ports, waitListening: (p) => waitListening(backend, p) }),
     waitListening,

@@ -127,12 +127,13 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
 
   log("starting backends in the backend namespace …");
   const http = await startHttpBackends(group, runDir, nginx, 1, ns.backendAt([NET.httpPort]));
+  ns.procs.push(http.proc);
   results.backend = {
     kind: http.kind,
     note: http.kind === "nginx" ? "nginx, 1 worker, `return 200`, on every backend address" : "Node http server (nginx not installed); check direct req/s ≫ proxied req/s to see it is not the bottleneck",
   };
-  await startIperfServer(group, ns.backendAt([NET.iperfPort]));
-  await startTcpSink(group, "tcp-sink-ns", 1, undefined, ns.backendAt([NET.sinkPort]));
+  ns.procs.push((await startIperfServer(group, ns.backendAt([NET.iperfPort]))).proc);
+  ns.procs.push((await startTcpSink(group, "tcp-sink-ns", 1, undefined, ns.backendAt([NET.sinkPort]))).proc);
 
   log("starting HAProxy in the balancer namespace …");
   const frontends: Frontend[] = [
@@ -211,7 +212,13 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
     await profileRun(ctx, (id, profileDir) => startNode(group, { ...nodeOpts, id, profileDir }), { http: paths.http.ballast!, bulk: paths.bulk.ballast! });
   }
   if (node) await stopNode(node);
-  if (results.ballast.available && paths.http["ballast-nat"]) await runNatControlPlane(ctx, etcd, ns, nodeOpts);
+  if (results.ballast.available && paths.http["ballast-nat"]) {
+    // As the other control-plane figures: a failure is reported in its row, the run goes on.
+    await runNatControlPlane(ctx, etcd, ns, nodeOpts).catch((err: Error) => {
+      results.controlPlane.push({ name: "NAT: verdict flip → map updated / service map loaded / table size", value: "skipped", meets: null, note: `failed: ${err.message.split("\n")[0]}` });
+      log(`NAT control plane failed: ${err.stack ?? err.message}`);
+    });
+  }
   else if (results.ballast.available) results.controlPlane.push({ name: "NAT: verdict flip → map updated / service map loaded / table size", value: "skipped", meets: null, note: results.skipped["ballast-nat"] ?? "" });
   await haproxy.stop();
   await ns.destroy();
