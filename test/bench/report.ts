@@ -95,6 +95,8 @@ export interface Results {
   ballast: { available: boolean; note: string };
   /** How the data-plane paths were wired (namespaces, addresses), for the report's header. */
   topology?: string;
+  /** CPU the Ballast node process used while no test ran (health checks, metrics, etcd), ms per second. */
+  nodeIdleCpuMsPerS?: number;
   /** Paths that were not measured, with why ("skipped — not built yet: …"). */
   skipped: Partial<Record<Target, string>>;
   samples: Partial<Record<MetricKey, Partial<Record<Target, number[]>>>>;
@@ -230,6 +232,18 @@ export function markdown(r: Results): string {
       "For rates higher is better; for latency and CPU a ratio > 1 means the path costs more. Balancer CPU for NAT and DSR is the Ballast node process's own CPU: the kernel forwards in softirq, charged to no process; the whole-machine row shows that work.",
       "",
     );
+    const idle = r.nodeIdleCpuMsPerS;
+    if (idle !== undefined && Number.isFinite(idle)) {
+      const per = (t: Target) => {
+        const rps = med(r, "ka.rps", t);
+        return Number.isFinite(rps) && rps > 0 ? `${TARGET_LABELS[t]}'s keep-alive rate that alone is ${((idle * 1000) / rps).toFixed(1)} µs per request` : "";
+      };
+      const at = (["ballast-nat", "ballast-dsr"] as Target[]).map(per).filter(Boolean);
+      out.push(
+        `The Ballast node process uses ${idle.toFixed(1)} ms of CPU per second with no test running (health checks, metric scrapes, etcd)${at.length ? `; at ${at.join(", at ")}` : ""}: the kernel paths' per-request process CPU is that baseline, not forwarding work.`,
+        "",
+      );
+    }
   }
   const mem = r.memory;
   if (mem.ballast || mem.haproxy) {

@@ -15,7 +15,7 @@ import { KERNEL_MODES, kernelNodeConfig, kernelServices, probeKernelMode, runNat
 import { killLoadTools, logLoadToolsTo } from "./load.js";
 import { runMemory } from "./memory.js";
 import { buildNamespaces, NET, namespacesUnavailable } from "./netns-plane.js";
-import { freePort, httpGet, rssBytes, sleep } from "./net.js";
+import { cpuSeconds, freePort, httpGet, rssBytes, sleep } from "./net.js";
 import { ProcessGroup } from "./procs.js";
 import { profileRun } from "./profiling.js";
 import { newResults, type Target, writeResults } from "./report.js";
@@ -198,7 +198,14 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
 
   // Let the node settle first: right after start every backend's verdict goes unknown → up, and each
   // new snapshot is programmed again (nft runs), which would load whichever path runs first.
-  if (node) await settle(node);
+  if (node) {
+    await settle(node);
+    // The node's baseline with no traffic: what its CPU per request on the kernel paths is made of.
+    const idleS = opts.quick ? 1 : 3;
+    const c0 = cpuSeconds(node.pid);
+    await sleep(idleS * 1000);
+    results.nodeIdleCpuMsPerS = ((cpuSeconds(node.pid) - c0) * 1000) / idleS;
+  }
   const stopScrape = scrapeMetrics(() => node);
   log(`data plane: ${targets.join(", ")} (backend: ${http.kind})`);
   await tcpRounds(ctx, paths, targets);
