@@ -10,6 +10,8 @@ import { VERSION } from "../shared/version.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { parseBackendValue, parseServiceValue } from "./control/records.js";
 import type { Store } from "./control/store.js";
+import { KernelForwarder } from "./kernel/forwarder.js";
+import { createLogger } from "./log.js";
 import { BallastNode } from "./node.js";
 
 class CliError extends Error {}
@@ -122,6 +124,15 @@ async function listNodes(store: Store, keys: KeySchema) {
   return out;
 }
 
+/** "proxy", "nat", or "nat (not programmed: reason)" from a service's /api/state entry. */
+function forwardingCell(s: Record<string, unknown>): string {
+  const mode = (s.forwarding as string | undefined) ?? "proxy";
+  const k = s.kernel as { programmed: boolean; reason: string | null } | null | undefined;
+  if (!k) return mode;
+  if (!k.programmed) return `${mode} (not programmed: ${k.reason ?? "pending"})`;
+  return k.reason ? `${mode} (${k.reason})` : mode;
+}
+
 export function buildCli(): Command {
   const program = new Command("ballast")
     .description("Ballast: a clustered L4 load balancer (TCP/UDP) sharing state through etcd")
@@ -142,11 +153,20 @@ export function buildCli(): Command {
     .description("run a node (--config FILE), or list the cluster's nodes (node ls)")
     .option("-c, --config <file>", "node config file (YAML)")
     .option("--check", "validate the config file and exit")
-    .action(async (o: { config?: string; check?: boolean }) => {
+    .option("--flush", "remove this cluster's nftables table (forwarding: nat) from this network namespace and exit")
+    .action(async (o: { config?: string; check?: boolean; flush?: boolean }) => {
       if (!o.config) throw new CliError("ballast node needs --config FILE (see deploy/examples/standalone.yaml)");
       const config = loadConfig(o.config);
       if (o.check) {
         process.stdout.write(`config ${o.config} is valid\n`);
+        return;
+      }
+      if (o.flush) {
+        // The kernel keeps forwarding after the node stops (fail-static); this is how to stop it.
+        const k = new KernelForwarder({ cluster: config.cluster, log: createLogger("silent") });
+        const r = await k.flush();
+        if (r.error) throw new CliError(`cannot remove nftables table inet ${k.table}: ${r.error}`);
+        process.stdout.write(r.removed ? `removed nftables table inet ${k.table}\n` : `no nftables table inet ${k.table} here\n`);
         return;
       }
       await runNode(config);
@@ -171,7 +191,7 @@ export function buildCli(): Command {
     .option("--protocol <tcp|udp>", "protocol")
     .option("--algorithm <name>", "round-robin | least-conn | p2c | maglev | source-ip")
     .option("--affinity-ttl <duration>", "turn on source-ip affinity with this TTL")
-    .option("--forwarding <mode>", "proxy | nat | dsr (dsr: the backends hold the VIP on lo; deploy/dsr/README.md)")
+    .option("--forwarding <proxy|nat|dsr>", "proxy (default): Ballast terminates connections; nat: the kernel forwards (nftables); dsr: the kernel forwards statelessly and backends answer clients directly (deploy/dsr/README.md)")
     .action(async (name: string, o: Record<string, string | undefined>, cmd: Command) =>
       withStore(cmd, async (store, keys) => {
         let record: Record<string, unknown>;
@@ -328,7 +348,7 @@ export function buildCli(): Command {
         const svcRows = [];
         const beRows = [];
         for (const s of first?.services ?? []) {
-          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, forwarding: s.forwarding ?? "proxy", kernel: dsrCell(String(s.name), states), algorithm: s.algorithm, affinity: affinityCell(s.affinity as { mode: string; ttlMs: number; entries?: number }), active: s.active });
+          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, forwarding: forwardingCell(s), algorithm: s.algorithm, affinity: affinityCell(s.affinity as { mode: string; ttlMs: number; entries?: number }), active: s.active });
           for (const b of s.backends as Array<Record<string, unknown>>) {
             const v = b.verdict as { state: string; reason: string } | null;
             beRows.push({ service: s.name, backend: b.id, address: `${b.address}:${b.port}`, state: b.state, verdict: v ? `${v.state}${v.reason ? ` (${v.reason})` : ""}` : "unknown", routable: b.routable, active: b.active });
@@ -368,21 +388,6 @@ export function buildCli(): Command {
     });
 
   return program;
-}
-
-/** A DSR service's programming across the nodes that answered: "2/3 programmed (node-3: reason)"; "" for other modes. */
-function dsrCell(service: string, states: Record<string, unknown>[]): string {
-  let programmed = 0;
-  let of = 0;
-  let why = "";
-  for (const st of states) {
-    const svc = (st.services as Array<{ name: string; dsr?: { programmed: boolean; reason: string | null } }> | undefined)?.find((x) => x.name === service);
-    if (!svc?.dsr) continue;
-    of++;
-    if (svc.dsr.programmed) programmed++;
-    if (!why && svc.dsr.reason) why = ` (${(st.node as { id: string }).id}: ${svc.dsr.reason})`;
-  }
-  return of === 0 ? "" : `dsr ${programmed}/${of} programmed${why}`;
 }
 
 function affinityCell(a: { mode: string; ttlMs: number; entries?: number }): string {

@@ -19,6 +19,7 @@ import { HealthManager } from "./health/manager.js";
 import { DsrForwarder } from "./kernel/dsr.js";
 import { registerDsrMetrics } from "./kernel/dsr-metrics.js";
 import { KernelForwarder } from "./kernel/forwarder.js";
+import { registerKernelMetrics } from "./kernel/metrics.js";
 import type { Snapshot } from "./snapshot.js";
 import { describeState, explainRoute } from "./state.js";
 
@@ -87,6 +88,7 @@ export class BallastNode {
     this.reconciler.affinity = this.affinity;
     this.health = new HealthManager(this);
     this.kernel = new KernelForwarder({ cluster: c.cluster, log: this.log, affinityOf: (svc) => this.affinity.bindings(svc) });
+    registerKernelMetrics(this.metrics.registry, this.kernel, () => this.reconciler.snapshot);
     this.dsr = new DsrForwarder({ cluster: c.cluster, device: c.dsr?.interface, log: this.log });
     registerDsrMetrics(this.metrics.registry, this.dsr, () => this.reconciler.snapshot?.services.keys() ?? []);
     this.admin = new AdminServer(

@@ -19,11 +19,11 @@ export function describeState(n: BallastNode) {
       boundPort: l?.boundPort ?? 0,
       listenerError: l?.error ?? null,
       protocol: svc.spec.protocol,
+      forwarding: forwardingOf(svc.spec),
+      // The kernel's word on a NAT or DSR service: programmed, or why not (null for proxied services).
+      kernel: n.kernel.status(svc.name) ?? n.dsr.status(svc.name) ?? null,
       algorithm: svc.spec.algorithm,
       proxyProtocol: svc.spec.proxyProtocol,
-      forwarding: forwardingOf(svc.spec),
-      // DSR: whether this node's kernel carries the service, and why not.
-      dsr: forwardingOf(svc.spec) === "dsr" ? (n.dsr.status(svc.name) ?? { programmed: false, reason: "not applied yet", revision: 0 }) : undefined,
       affinity: { mode: svc.spec.affinity.mode, ttlMs: svc.spec.affinity.ttl, entries: n.affinity.entries.table(svc.name)?.size ?? 0 },
       health: { type: svc.spec.health.type, intervalMs: svc.spec.health.interval, rise: svc.spec.health.rise, fall: svc.spec.health.fall },
       active: c.active,
@@ -68,6 +68,7 @@ export function describeState(n: BallastNode) {
       staleSeconds: n.metrics.lastSync === 0 ? 0 : (now - n.metrics.lastSync) / 1000,
     },
     revision: n.reconciler.appliedRevision,
+    kernel: n.kernel.state(),
     snapshotRevision: snap?.revision ?? 0,
     services,
     dsr: n.dsr.state(),
@@ -100,13 +101,23 @@ export function explainRoute(n: BallastNode, service: string, client: string, po
         reason: e.backend ? `${e.reason}; dsr: a flow this node pinned earlier keeps its backend while it is not down` : e.reason,
         slot: e.slot,
         programmed: st?.programmed ?? false,
-        notProgrammed: st && !st.programmed ? st.reason : undefined,
+        notProgrammed: st && !st.programmed ? st.reason : st ? undefined : "not applied yet",
         version: VERSION,
       },
     };
   }
   if (svc.access !== null && !svc.access.permits(client)) return { status: 200, body: { ...base, backend: null, reason: "denied" } };
   const now = Date.now();
+  if (forwardingOf(svc.spec) === "nat") {
+    // The kernel's own choice: an affinity entry (a map element consulted first), else jhash → slot → backend.
+    const entry = svc.spec.affinity.mode === "source-ip" ? n.affinity.describe(svc, client, now) : null;
+    const sticky = entry ? svc.sticky.get(entry.backend) : undefined;
+    if (entry && sticky) {
+      return { status: 200, body: { ...base, forwarding: "nat", backend: { id: sticky.id, address: sticky.label }, reason: `affinity (from node ${entry.node})`, version: VERSION } };
+    }
+    const k = explainNat(svc, n.kernel.seed, client, port);
+    return { status: 200, body: { ...base, forwarding: "nat", backend: k.backend ? { id: k.backend.id, address: k.backend.label } : null, reason: k.reason, slot: k.slot, version: VERSION } };
+  }
   const router = n.plane.router;
   const described = svc.spec.affinity.mode === "source-ip" ? (router.affinity?.describe?.(svc, client, now) ?? null) : null;
   const t = router.route(svc, client, port, n.plane.availabilityExclude(svc), now, false);

@@ -30,6 +30,16 @@ on_lo() { ip -4 addr show dev lo | grep -q "inet $1/32"; }
 
 sysctl_is() { [ "$(cat "/proc/sys/net/ipv4/conf/$1/$2")" = "$3" ]; }
 
+# Writes a sysctl unless it already has the value: in a container /proc/sys is read-only and the
+# runtime sets it (docker run --sysctl net.ipv4.conf.all.arp_ignore=1 ...).
+set_conf() {
+  sysctl_is all "$1" "$2" && return 0
+  sysctl -q -w "net.ipv4.conf.all.$1=$2" >/dev/null 2>&1 || {
+    echo "cannot set net.ipv4.conf.all.$1=$2 (in a container: docker run --sysctl net.ipv4.conf.all.$1=$2)" >&2
+    exit 1
+  }
+}
+
 for vip in $vips; do valid_ipv4 "$vip" || { echo "not an IPv4 address: $vip" >&2; exit 2; }; done
 
 case $action in
@@ -37,8 +47,8 @@ case $action in
     # arp_ignore=1: answer ARP only for addresses on the interface the request came in on (the VIP
     # lives on lo, so never). arp_announce=2: never use the VIP as the source of our own ARP requests.
     # "all" combines with each interface's own value by maximum, so this covers every interface.
-    sysctl -q -w net.ipv4.conf.all.arp_ignore=1 >/dev/null
-    sysctl -q -w net.ipv4.conf.all.arp_announce=2 >/dev/null
+    set_conf arp_ignore 1
+    set_conf arp_announce 2
     for vip in $vips; do
       on_lo "$vip" || ip addr add "$vip/32" dev lo
       echo "vip $vip on lo"

@@ -100,12 +100,14 @@ image_size() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB"
 
 build_base() {
   local name=ballast-base:local hash rootfs=$WORK/base
-  hash=$(inputs_hash /usr/bin/node /bin/busybox)
+  hash=$(inputs_hash /usr/bin/node /bin/busybox /usr/sbin/nft)
   if [ "$(current_hash "$name")" = "$hash" ]; then log "$name up to date ($(image_size "$name"))"; return; fi
   mkdir -p "$rootfs"
   add_etc "$rootfs"
   add_busybox "$rootfs"
   add_binary "$rootfs" /usr/bin/node
+  # nft: a node given root and NET_ADMIN programs its nat and dsr services (the default user has neither).
+  add_binary "$rootfs" /usr/sbin/nft
   import_rootfs "$name" "$hash" "$rootfs" 'WORKDIR /home/ballast' 'CMD ["node"]'
   log "$name built ($(image_size "$name"))"
 }

@@ -479,15 +479,15 @@ const SCRIPT = String.raw`
     return svg;
   }
 
-  // Where the kernel carries a dsr service: "kernel on 2/3 nodes", and the first node's reason when not.
-  function dsrCell(svc) {
+  // Where the kernel carries a nat or dsr service: "kernel on 2/3 nodes", and the first node's reason when not.
+  function kernelCell(svc) {
     var st = scoped(), on = 0, of = 0, why = "";
     for (var id in st) {
       var s = findSvc(st[id], svc.name);
-      if (!s || !s.dsr) continue;
+      if (!s || !s.kernel) continue;
       of++;
-      if (s.dsr.programmed) on++;
-      if (!why && s.dsr.reason) why = id + ": " + s.dsr.reason;
+      if (s.kernel.programmed) on++;
+      if (!why && s.kernel.reason) why = id + ": " + s.kernel.reason;
     }
     if (of === 0) return null;
     if (on === of && !why) return h("span", { "data-dsr": "programmed" }, "kernel on ", h("b", null, on + "/" + of), " nodes");
@@ -523,7 +523,7 @@ const SCRIPT = String.raw`
           h("span", null, "affinity ", affText),
           svc.proxyProtocol && svc.proxyProtocol !== "none" ? h("span", null, "PROXY ", h("b", null, svc.proxyProtocol)) : null,
           svc.forwarding && svc.forwarding !== "proxy" ? h("span", { "data-forwarding": svc.forwarding }, "forwarding ", h("b", null, svc.forwarding)) : null,
-          svc.forwarding === "dsr" ? dsrCell(svc) : null,
+          svc.forwarding && svc.forwarding !== "proxy" ? kernelCell(svc) : null,
           h("span", { class: "mute" }, "check " + (hc.type || "\u2014") + (hc.type && hc.type !== "none" ? " every " + dur(hc.intervalMs) + ", rise " + hc.rise + " fall " + hc.fall : "")),
           svc.listenerError ? h("span", { class: "down-t" }, "\u2716 listener: " + svc.listenerError) : null),
         h("div", { class: "figs" },

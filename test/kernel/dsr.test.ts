@@ -9,7 +9,7 @@ import { createLogger } from "../../node/log.js";
 import type { Snapshot } from "../../node/snapshot.js";
 import { netnsUnavailable } from "../helpers/netns.js";
 import { waitFor } from "../helpers/wait.js";
-import { type DsrLab, dsrLab, type Reply } from "./dsr-topology.js";
+import { BACKEND_SCRIPT, type DsrLab, dsrLab, type Reply } from "./dsr-topology.js";
 import { labSnapshot } from "./lab.js";
 
 const log = createLogger(process.env.BALLAST_TEST_LOG ?? "silent");
@@ -53,6 +53,25 @@ describe.skipIf(skip !== null)("forwarding: dsr in the kernel (namespaces)", () 
       for (const name of ["web", "webu"]) expect(p.status(name), p.stats.lastError ?? "").toEqual({ programmed: true, reason: null, revision: snap.revision });
     }
   }
+
+  it("the backend script puts the VIP on lo with the ARP settings, idempotently, checks and removes it", async () => {
+    const b1 = lab.backends.get("b1")!.ns;
+    expect((await b1.exec("sh", [BACKEND_SCRIPT, "check", lab.vip])).code).toBe(0);
+    expect((await b1.exec("sh", [BACKEND_SCRIPT, "up", lab.vip])).code).toBe(0); // again: no error
+    expect(await b1.run("cat", ["/proc/sys/net/ipv4/conf/all/arp_ignore"])).toBe("1\n");
+    expect(await b1.run("cat", ["/proc/sys/net/ipv4/conf/all/arp_announce"])).toBe("2\n");
+    const spare = await lab.topology.namespace("spare");
+    const missing = await spare.exec("sh", [BACKEND_SCRIPT, "check", "10.1.2.3"]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/arp_ignore is not 1[\s\S]*vip 10\.1\.2\.3 is not on lo/);
+    expect((await spare.exec("sh", [BACKEND_SCRIPT, "up", "10.1.2.3"])).code).toBe(0);
+    expect(await spare.run("ip", ["-4", "addr", "show", "dev", "lo"])).toMatch(/inet 10\.1\.2\.3\/32/);
+    expect((await spare.exec("sh", [BACKEND_SCRIPT, "down", "10.1.2.3"])).code).toBe(0);
+    expect(await spare.run("ip", ["-4", "addr", "show", "dev", "lo"])).not.toMatch(/10\.1\.2\.3/);
+    const bad = await spare.exec("sh", [BACKEND_SCRIPT, "up", "10.1.2"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/not an IPv4 address: 10\.1\.2/);
+  });
 
   it("forwards to a backend that answers the client directly, and the TypeScript hash predicts the kernel", async () => {
     const snap = snapshot(lab, 1, { b1: "up", b2: "up", b3: "up" });

@@ -168,4 +168,25 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () 
     expect(after).toEqual(before);
     held.close();
   });
+
+  let limitCase = 0;
+  it.each([
+    { description: "access.deny names the client", extra: { access: { deny: [`${CLIENT}/32`] } }, answered: (n: number) => n === 0 },
+    { description: "access.allow leaves the client out", extra: { access: { allow: ["192.168.0.0/16"] } }, answered: (n: number) => n === 0 },
+    { description: "access.allow includes the client", extra: { access: { allow: ["10.77.0.0/16"] } }, answered: (n: number) => n === 40 },
+    { description: "limits.sourceRate 1/s, burst 5", extra: { limits: { sourceRate: 1, sourceBurst: 5 } }, answered: (n: number) => n >= 5 && n <= 8 },
+    { description: "limits.maxConnections 5", extra: { limits: { maxConnections: 5 } }, answered: (n: number) => n === 5 },
+  ])("limits and access in the kernel: $description", async ({ extra, answered }) => {
+    // Each case its own service port, so conntrack entries of one case do not count in the next.
+    const f = forwarder();
+    const port = 5000 + ++limitCase;
+    const svc = natService(extra, 3, "udp");
+    svc.service.listen = `${VIP}:${port}`;
+    await f.apply(labSnapshot(50, { lim: svc }));
+    expect(f.status("lim")).toMatchObject({ programmed: true, reason: null });
+    const base = 46000 + limitCase * 100;
+    const got = await lab.flows("udp", ports(base, 40), { port, concurrency: 40 });
+    const n = [...got.values()].filter((a) => /^b[012] /.test(a)).length;
+    expect(answered(n), `${n} of 40 flows answered`).toBe(true);
+  });
 });
