@@ -125,8 +125,15 @@ async function until<T>(t0: number, timeoutMs: number, check: () => Promise<T | 
  * "nftables applied" (debug level, with the snapshot's revision), timed as it arrives on the pipe.
  * The log needs no polling, so it does not load the node while it applies.
  */
+interface AppliedLine {
+  revision: number;
+  at: number;
+  nftMs: number;
+  slots: number;
+}
+
 class ApplyWatch {
-  private readonly applied: { revision: number; at: number; nftMs: number; slots: number }[] = [];
+  private readonly applied: AppliedLine[] = [];
   /** The nft transaction time and slots changed the node logged for the apply `until` last found (NaN from /api/state). */
   last = { nftMs: Number.NaN, slots: Number.NaN };
   private readonly stop: () => void;
@@ -155,8 +162,16 @@ class ApplyWatch {
       if (polls++ % 25 === 0) {
         const s = forwarderStatus(await serviceState(this.node, CP_SERVICE));
         if (s?.programmed && typeof s.revision === "number" && s.revision >= revision) {
-          this.last = { nftMs: Number.NaN, slots: Number.NaN };
-          return performance.now() - t0;
+          const at = performance.now() - t0;
+          // The state answered first; the node's log line (with its nft timing) follows within moments.
+          const end = performance.now() + 300;
+          let logged: AppliedLine | undefined = this.applied.find((a) => a.revision >= revision);
+          while (!logged && performance.now() < end) {
+            await sleep(5);
+            logged = this.applied.find((a) => a.revision >= revision);
+          }
+          this.last = { nftMs: logged?.nftMs ?? Number.NaN, slots: logged?.slots ?? Number.NaN };
+          return logged ? Math.min(at, Math.max(0, logged.at - t0)) : at;
         }
       }
       await sleep(2);

@@ -105,13 +105,18 @@ export function fdCount(pid: number): number {
   }
 }
 
-/** CPU time (user + system) a process has used, in seconds; NaN when it is gone. */
+/**
+ * CPU time (user + system) a process has used, in seconds, including its children that have exited
+ * and been waited for (a Ballast node runs `nft` and `conntrack` as short-lived children: that work is
+ * the node's); NaN when the process is gone.
+ */
 export function cpuSeconds(pid: number): number {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // Fields after the command name (which may contain spaces) start at state: utime is 14th overall.
+    // Fields after the command name (which may contain spaces) start at state: utime is 14th overall,
+    // then stime, cutime, cstime.
     const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(rest[11]) + Number(rest[12])) / 100;
+    return (Number(rest[11]) + Number(rest[12]) + Number(rest[13]) + Number(rest[14])) / 100;
   } catch {
     return Number.NaN;
   }

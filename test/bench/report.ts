@@ -27,7 +27,7 @@ export const METRICS = {
   "ka.rps": { label: "keep-alive req/s (c=64)", unit: "rps", higherIsBetter: true },
   "ka.p50": { label: "keep-alive p50 ms (c=64)", unit: "ms", higherIsBetter: false },
   "ka.p99": { label: "keep-alive p99 ms (c=64)", unit: "ms", higherIsBetter: false },
-  "ka.cpuUsPerReq": { label: "balancer process CPU µs per request (keep-alive)", unit: "us", higherIsBetter: false },
+  "ka.cpuUsPerReq": { label: "balancer process CPU µs per request (keep-alive; with its children, e.g. nft)", unit: "us", higherIsBetter: false },
   "ka.machineUsPerReq": { label: "whole-machine CPU µs per request (keep-alive; incl. wrk, nginx, softirq)", unit: "us", higherIsBetter: false },
   "ka.rssMiB": { label: "balancer process RSS MiB under keep-alive load (max)", unit: "MiB", higherIsBetter: false },
   "lat.p50": { label: "light-load p50 ms (c=4)", unit: "ms", higherIsBetter: false },
@@ -229,7 +229,7 @@ export function markdown(r: Results): string {
     }
     out.push(
       "",
-      "For rates higher is better; for latency and CPU a ratio > 1 means the path costs more. Balancer CPU for NAT and DSR is the Ballast node process's own CPU: the kernel forwards in softirq, charged to no process; the whole-machine row shows that work.",
+      "For rates higher is better; for latency and CPU a ratio > 1 means the path costs more. Balancer CPU for NAT and DSR is the Ballast node process's own CPU (with its nft/conntrack children): the kernel forwards in softirq, charged to no process; the whole-machine row shows that work.",
       "",
     );
     const idle = r.nodeIdleCpuMsPerS;
