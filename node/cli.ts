@@ -10,6 +10,7 @@ import { VERSION } from "../shared/version.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { parseBackendValue, parseServiceValue } from "./control/records.js";
 import type { Store } from "./control/store.js";
+import { DsrForwarder } from "./kernel/dsr.js";
 import { KernelForwarder } from "./kernel/forwarder.js";
 import { createLogger } from "./log.js";
 import { BallastNode } from "./node.js";
@@ -153,7 +154,7 @@ export function buildCli(): Command {
     .description("run a node (--config FILE), or list the cluster's nodes (node ls)")
     .option("-c, --config <file>", "node config file (YAML)")
     .option("--check", "validate the config file and exit")
-    .option("--flush", "remove this cluster's nftables table (forwarding: nat) from this network namespace and exit")
+    .option("--flush", "remove this cluster's nftables tables (inet for forwarding: nat, netdev for forwarding: dsr) from this network namespace and exit")
     .action(async (o: { config?: string; check?: boolean; flush?: boolean }) => {
       if (!o.config) throw new CliError("ballast node needs --config FILE (see deploy/examples/standalone.yaml)");
       const config = loadConfig(o.config);
@@ -167,6 +168,10 @@ export function buildCli(): Command {
         const r = await k.flush();
         if (r.error) throw new CliError(`cannot remove nftables table inet ${k.table}: ${r.error}`);
         process.stdout.write(r.removed ? `removed nftables table inet ${k.table}\n` : `no nftables table inet ${k.table} here\n`);
+        const d = new DsrForwarder({ cluster: config.cluster, device: undefined, log: createLogger("silent") });
+        const dr = await d.flush();
+        if (dr.error) throw new CliError(`cannot remove nftables table netdev ${d.table}: ${dr.error}`);
+        process.stdout.write(dr.removed ? `removed nftables table netdev ${d.table}\n` : `no nftables table netdev ${d.table} here\n`);
         return;
       }
       await runNode(config);

@@ -20,6 +20,8 @@ export class Metrics {
 
   constructor(plane: DataPlane, nodeId: string) {
     const r = this.registry;
+    // The forwarding mode of a service (proxy, or nat: the kernel forwarder fills the same counters).
+    const mode = (service: string): string => plane.current?.services.get(service)?.spec.forwarding ?? "proxy";
     r.setDefaultLabels({ node: nodeId });
     client.collectDefaultMetrics({ register: r, prefix: "ballast_process_" });
 
@@ -27,11 +29,11 @@ export class Metrics {
       new client.Counter({
         name,
         help,
-        labelNames: ["service"],
+        labelNames: ["service", "forwarding"],
         registers: [r],
         collect() {
           this.reset();
-          for (const s of plane.stats.services.values()) this.inc({ service: s.service }, read(s));
+          for (const s of plane.stats.services.values()) this.inc({ service: s.service, forwarding: mode(s.service) }, read(s));
         },
       });
     svcCounter("ballast_connections_accepted_total", "Connections (and UDP flows) accepted per service.", (s) => s.accepted);
@@ -66,11 +68,11 @@ export class Metrics {
       new client.Counter({
         name,
         help,
-        labelNames: ["service", "backend"],
+        labelNames: ["service", "backend", "forwarding"],
         registers: [r],
         collect() {
           this.reset();
-          for (const b of plane.stats.backends.values()) this.inc({ service: b.service, backend: b.id }, read(b));
+          for (const b of plane.stats.backends.values()) this.inc({ service: b.service, backend: b.id, forwarding: mode(b.service) }, read(b));
         },
       });
     beCounter("ballast_backend_connections_total", "Connections (and UDP flows) sent to each backend.", (b) => b.connections);
@@ -78,12 +80,12 @@ export class Metrics {
     beCounter("ballast_backend_bytes_out_total", "Bytes received from each backend.", (b) => b.bytesOut);
     new client.Gauge({
       name: "ballast_backend_connections_active",
-      help: "Open connections and UDP flows per backend.",
-      labelNames: ["service", "backend"],
+      help: "Open connections and UDP flows per backend (forwarding nat: tracked flows in conntrack).",
+      labelNames: ["service", "backend", "forwarding"],
       registers: [r],
       collect() {
         this.reset();
-        for (const b of plane.stats.backends.values()) this.set({ service: b.service, backend: b.id }, b.active);
+        for (const b of plane.stats.backends.values()) this.set({ service: b.service, backend: b.id, forwarding: mode(b.service) }, b.active);
       },
     });
     new client.Counter({

@@ -87,9 +87,15 @@ export class BallastNode {
     this.plane.router.affinity = this.affinity;
     this.reconciler.affinity = this.affinity;
     this.health = new HealthManager(this);
-    this.kernel = new KernelForwarder({ cluster: c.cluster, log: this.log, affinityOf: (svc) => this.affinity.bindings(svc) });
+    this.kernel = new KernelForwarder({
+      cluster: c.cluster,
+      log: this.log,
+      affinityOf: (svc) => this.affinity.bindings(svc),
+      learn: (svc, client, target) => this.affinity.record(svc, client, target, Date.now()),
+      stats: this.plane.stats,
+    });
     registerKernelMetrics(this.metrics.registry, this.kernel, () => this.reconciler.snapshot);
-    this.dsr = new DsrForwarder({ cluster: c.cluster, device: c.dsr?.interface, log: this.log });
+    this.dsr = new DsrForwarder({ cluster: c.cluster, device: c.dsr?.interface, log: this.log, stats: this.plane.stats });
     registerDsrMetrics(this.metrics.registry, this.dsr, () => this.reconciler.snapshot?.services.keys() ?? []);
     this.admin = new AdminServer(
       {

@@ -402,8 +402,6 @@ const SCRIPT = String.raw`
         var bb = findBe(findSvc(st[id], svc.name), b.id);
         if (!bb) continue;
         active += bb.active || 0; conns += bb.connections || 0; by += (bb.bytesIn || 0) + (bb.bytesOut || 0);
-        // dsr: the bytes the node's kernel forwarded to the backend (replies bypass the node).
-        if (bb.dsr) by += bb.dsr.bytes || 0;
         for (var r in bb.connectFailures || {}) fails[r] = (fails[r] || 0) + bb.connectFailures[r];
       }
       var reason = v.reason || (b.routable ? "" : b.why);
@@ -523,6 +521,8 @@ const SCRIPT = String.raw`
           h("span", null, "affinity ", affText),
           svc.proxyProtocol && svc.proxyProtocol !== "none" ? h("span", null, "PROXY ", h("b", null, svc.proxyProtocol)) : null,
           svc.forwarding && svc.forwarding !== "proxy" ? h("span", { "data-forwarding": svc.forwarding }, "forwarding ", h("b", null, svc.forwarding)) : null,
+          svc.kernel && !svc.kernel.programmed ? h("span", { class: "down-t", "data-kernel": "not-programmed" }, "\u2716 not programmed: " + (svc.kernel.reason || "pending")) : null,
+          svc.kernel && svc.kernel.programmed && svc.kernel.reason ? h("span", { class: "warn-t" }, "\u26A0 " + svc.kernel.reason) : null,
           svc.forwarding && svc.forwarding !== "proxy" ? kernelCell(svc) : null,
           h("span", { class: "mute" }, "check " + (hc.type || "\u2014") + (hc.type && hc.type !== "none" ? " every " + dur(hc.intervalMs) + ", rise " + hc.rise + " fall " + hc.fall : "")),
           svc.listenerError ? h("span", { class: "down-t" }, "\u2716 listener: " + svc.listenerError) : null),

@@ -16,6 +16,8 @@ export interface ConntrackTool {
   deleteFlows(f: FlowFilter): Promise<{ removed: number; error: string | null }>;
   /** Counts the matching tracked flows; null when conntrack cannot be run. */
   countFlows(f: FlowFilter): Promise<number | null>;
+  /** Tracked flows of a service per backend ("address|port" of the reply's source); null when conntrack cannot be run. */
+  flowsByBackend(f: FlowFilter): Promise<Map<string, number> | null>;
 }
 
 function args(f: FlowFilter): string[] {
@@ -48,6 +50,22 @@ export function conntrackTool(opts: { bin?: string; netns?: string } = {}): Conn
       // conntrack exits 1 when nothing matched: not an error.
       if (r.code !== 0 && n === 0 && !/0 flow entries/.test(r.stderr)) return { removed: 0, error: r.stderr.trim() || `exit ${r.code}` };
       return { removed: n, error: null };
+    },
+    async flowsByBackend(f) {
+      const r = await run(bin, ["-L", ...args(f)], opts.netns);
+      if (r.code !== 0 && !COUNT.test(r.stderr)) return null;
+      const out = new Map<string, number>();
+      for (const line of r.stdout.split("\n")) {
+        // A TCP flow that ended (reset, or closed and waiting out TIME_WAIT) is not open any more.
+        if (/ (TIME_WAIT|CLOSE) /.test(line)) continue;
+        // The second src=/sport= pair is the reply direction's source: the backend.
+        const src = [...line.matchAll(/\bsrc=(\S+)/g)];
+        const sport = [...line.matchAll(/\bsport=(\d+)/g)];
+        if (src.length < 2 || sport.length < 2) continue;
+        const key = `${src[1][1]}|${sport[1][1]}`;
+        out.set(key, (out.get(key) ?? 0) + 1);
+      }
+      return out;
     },
     async countFlows(f) {
       const r = await run(bin, ["-L", ...args(f)], opts.netns);

@@ -1,6 +1,7 @@
-// Prometheus metrics of `forwarding: dsr`: per-backend packets and bytes from the kernel's named
-// counters (read at scrape time; client → backend only, since replies bypass the node), whether
-// each DSR service is programmed, and failed applies.
+// Prometheus metrics of `forwarding: dsr`: per-backend packets from the kernel's named counters
+// (read at scrape time; client → backend only, since replies bypass the node; the bytes land in the
+// proxy's ballast_backend_bytes_in_total with forwarding="dsr"), whether each DSR service is
+// programmed, and failed applies.
 import client from "prom-client";
 import type { DsrForwarder } from "./dsr.js";
 
@@ -20,7 +21,6 @@ export function registerDsrMetrics(registry: client.Registry, dsr: DsrForwarder,
       },
     });
   perBackend("ballast_dsr_backend_packets_total", "Packets the kernel forwarded to each backend of a dsr service (client to backend; replies bypass the node).", (c) => c.packets);
-  perBackend("ballast_dsr_backend_bytes_total", "Bytes the kernel forwarded to each backend of a dsr service (client to backend; replies bypass the node).", (c) => c.bytes);
   new client.Gauge({
     name: "ballast_dsr_service_programmed",
     help: "1 while the kernel carries the dsr service on this node, 0 when it is not programmed (see /api/state for the reason).",

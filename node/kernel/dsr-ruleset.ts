@@ -10,9 +10,11 @@
 // Backends travel as 32-bit keys in `meta mark` because nft 1.0.6 rejects a map lookup inside
 // `update @flows {…}` (../shared/KERNEL.md). A backend's key is its IPv4 address as a number: the
 // same on every node and across restarts, so a restarted node keeps its pins and counters.
-// The kernel cannot overwrite (`update` keeps an element's data) or delete (EINVAL for maps) a pin
-// from the packet path, so a flow whose pinned backend is down follows the shared table, unpinned,
-// while the backend is down; if the backend returns before the pin expires, the flow returns to it.
+// The kernel cannot overwrite a pin from the packet path (`update` keeps an element's data; `delete`
+// is EINVAL for maps), so the table path *adds* a pin only where there is none, and the control
+// plane deletes the pins of a backend that may no longer carry flows (down, disabled, removed) right
+// after the transaction that took it out: those flows are then pinned again, to the backend the table
+// gives them, on their next packet, and stay there when the backend returns.
 
 /** One backend as the kernel sees it: its key (IPv4 address as a number) and address. */
 export interface DsrBackend {
@@ -120,8 +122,9 @@ function serviceRules(t: string, s: DsrServicePlan, device: string): string[] {
     ...access,
     // 1. A pinned flow keeps its backend (and its pin stays fresh) while the backend may carry it.
     `add rule ${c} meta mark set ${key} map @${flows} update @${flows} { ${key} : meta mark } ${fwd}`,
-    // 2. No pin (new flow, or a failover from another node), or its backend is down: the shared table.
-    `add rule ${c} ${slot} update @${flows} { ${key} : meta mark } ${fwd}`,
+    // 2. No pin (new flow, or a failover from another node), or its backend is down: the shared table,
+    //    and a pin where there is none (`add` never refreshes a pin this packet did not follow).
+    `add rule ${c} ${slot} add @${flows} { ${key} : meta mark } ${fwd}`,
     // 3. The pin map is full: forward by the table alone rather than drop.
     `add rule ${c} ${slot} ${fwd}`,
     // 4. No routable backend: drop here (counted) rather than let the node's stack answer for the VIP.
@@ -240,6 +243,11 @@ export function renderDsr(prev: DsrTablePlan | null, next: DsrTablePlan, existin
 /** The script that removes the whole DSR table (`ballast node --flush`, tests). */
 export function renderDsrFlush(table: string): string {
   return `delete table netdev ${table}\n`;
+}
+
+/** The name of a service's pin map (it changes with the idle timeout and size). */
+export function dsrFlowsMapName(s: DsrServicePlan): string {
+  return flowsMap(s);
 }
 
 /** Which counter belongs to which backend key, to read per-backend packets and bytes. */

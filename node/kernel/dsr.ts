@@ -3,10 +3,11 @@
 // transaction per snapshot; a failed apply keeps the previous ruleset serving (nft transactions are
 // all or nothing), is logged, counted and reported per service — the node never crashes or flushes.
 import type { Logger } from "pino";
+import type { StatsRegistry } from "../data/stats.js";
 import type { MaglevPicker } from "../lb/maglev.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
 import type { ServiceState, Snapshot } from "../snapshot.js";
-import { type DsrBackend, type DsrExisting, type DsrServicePlan, type DsrTablePlan, dsrCounterName, dsrObjectName, renderDsr, renderDsrFlush } from "./dsr-ruleset.js";
+import { type DsrBackend, type DsrExisting, type DsrServicePlan, type DsrTablePlan, dsrCounterName, dsrFlowsMapName, dsrObjectName, renderDsr, renderDsrFlush } from "./dsr-ruleset.js";
 import { kernelSlot } from "./jhash.js";
 import { type NftRunner, nftRunner, nftUnavailable } from "./nft.js";
 import { tableName } from "./ruleset.js";
@@ -87,6 +88,8 @@ export interface DsrForwarderOptions {
   runner?: NftRunner;
   /** Overrides the cluster seed (tests). */
   seed?: number;
+  /** The data plane's stats registry: per-backend bytes land in the proxy's metric names (forwarding="dsr"). */
+  stats?: StatsRegistry;
 }
 
 export interface DsrBackendCounters {
@@ -104,6 +107,8 @@ export interface DsrState {
   failures: number;
   lastError: string | null;
   lastApplyMs: number;
+  /** Pins deleted because their backend could no longer carry flows. */
+  pinsRemoved: number;
 }
 
 export class DsrForwarder implements Forwarder<Snapshot> {
@@ -117,7 +122,7 @@ export class DsrForwarder implements Forwarder<Snapshot> {
   private adopted = false;
   private unavailable: string | null | undefined;
   private readonly statuses = new Map<string, ForwarderServiceStatus>();
-  readonly stats = { applies: 0, failures: 0, lastError: null as string | null, lastApplyMs: 0 };
+  readonly stats = { applies: 0, failures: 0, lastError: null as string | null, lastApplyMs: 0, pinsRemoved: 0 };
   private leftoverChecked = false;
   private counterTimer: NodeJS.Timeout | null = null;
   private pending: Snapshot | null = null;
@@ -215,6 +220,7 @@ export class DsrForwarder implements Forwarder<Snapshot> {
       }
       return;
     }
+    const before = this.adopted ? this.applied : null;
     this.adopted = true;
     this.applied = plan;
     // /api/state shows per-backend counters from the last read; scrapes read them too.
@@ -229,6 +235,45 @@ export class DsrForwarder implements Forwarder<Snapshot> {
     for (const svc of dsr) {
       const why = refused.get(svc.name);
       this.statuses.set(svc.name, why === undefined ? { programmed: true, reason: null, revision: snap.revision } : { programmed: false, reason: why, revision: 0 });
+    }
+    // Pins of backends that may no longer carry flows go now, so those flows are pinned again where
+    // the table sends them (and stay there if the backend returns). After a restart: every stale pin.
+    for (const s of plan.services.values()) {
+      const prev = before?.services.get(s.name);
+      const live = new Set(s.backends.map((b) => b.key));
+      if (prev === undefined || prev.backends.some((b) => !live.has(b.key))) await this.removePins(s, live);
+    }
+  }
+
+  /** Deletes a service's pins whose backend key is not in `live`; one transaction, retried once if a pin expired meanwhile. */
+  private async removePins(s: DsrServicePlan, live: ReadonlySet<number>): Promise<void> {
+    const map = dsrFlowsMapName(s);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const r = await this.runner.run(["-j", "list", "map", "netdev", this.table, map]);
+      if (!r.ok) return;
+      const stale: string[] = [];
+      try {
+        for (const o of (JSON.parse(r.stdout) as { nftables: { map?: { elem?: [{ elem: { val: string | { concat: [string, number] } } }, number][] } }[] }).nftables) {
+          for (const [k, key] of o.map?.elem ?? []) {
+            if (live.has(key >>> 0)) continue;
+            const v = k.elem.val;
+            stale.push(typeof v === "string" ? v : `${v.concat[0]} . ${v.concat[1]}`);
+          }
+        }
+      } catch {
+        return;
+      }
+      if (stale.length === 0) return;
+      const lines: string[] = [];
+      for (let i = 0; i < stale.length; i += 512) lines.push(`delete element netdev ${this.table} ${map} { ${stale.slice(i, i + 512).join(", ")} }`);
+      const d = await this.runner.load(`${lines.join("\n")}\n`);
+      if (d.ok) {
+        this.stats.pinsRemoved += stale.length;
+        this.log.info({ service: s.name, pins: stale.length }, "dsr pins of backends that left removed");
+        return;
+      }
+      // A pin expired between the listing and the delete (the whole transaction fails): list again.
+      if (attempt === 1) this.log.warn({ service: s.name, err: d.error }, "removing dsr pins failed; they expire after the idle timeout");
     }
   }
 
@@ -270,7 +315,15 @@ export class DsrForwarder implements Forwarder<Snapshot> {
     }
     for (const s of plan.services.values()) {
       const m = new Map<string, DsrBackendCounters>();
-      for (const b of s.backends) m.set(b.id, byName.get(dsrCounterName(s, b.key)) ?? { packets: 0, bytes: 0 });
+      let bytesIn = 0;
+      for (const b of s.backends) {
+        const c = byName.get(dsrCounterName(s, b.key)) ?? { packets: 0, bytes: 0 };
+        m.set(b.id, c);
+        // Client → backend only: replies bypass the node, so bytesOut stays 0 for DSR.
+        if (this.opts.stats) this.opts.stats.backend(s.name, b.id).bytesIn = c.bytes;
+        bytesIn += c.bytes;
+      }
+      if (this.opts.stats) this.opts.stats.service(s.name).bytesIn = bytesIn;
       out.set(s.name, m);
     }
     this.lastCounters = out;

@@ -4,13 +4,15 @@
 // kernel forwards; this class only runs when a snapshot arrives (never per packet).
 import type { Logger } from "pino";
 import { parseIpv4 } from "../affinity/entries.js";
+import type { StatsRegistry } from "../data/stats.js";
 import type { MaglevPicker } from "../lb/maglev.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
-import type { ServiceState, Snapshot } from "../snapshot.js";
+import type { ServiceState, Snapshot, Target } from "../snapshot.js";
+import { ConntrackEvents, type NewFlow } from "./conntrack-events.js";
 import { type ConntrackTool, conntrackTool, type FlowFilter } from "./conntrack.js";
 import { kernelSlot } from "./jhash.js";
 import { type NftRunner, nftRunner, nftUnavailable } from "./nft.js";
-import { backendValue, type Family, type NatServiceModel, type NatTableModel, renderDelta, renderFull, serviceObjectId, tableName } from "./ruleset.js";
+import { backendValue, counterName, type Family, type NatServiceModel, type NatTableModel, renderDelta, renderFull, serviceObjectId, tableName } from "./ruleset.js";
 import { clusterSeed } from "./seed.js";
 
 export interface KernelForwarderOptions {
@@ -20,6 +22,16 @@ export interface KernelForwarderOptions {
   conntrack?: ConntrackTool;
   /** Affinity entries of a service as client → backend id (from the shared affinity table); null: none. */
   affinityOf?: (svc: ServiceState) => ReadonlyMap<string, string> | null;
+  /** A client's new flow of an affinity service reached `target`: record the affinity entry. */
+  learn?: (svc: ServiceState, client: string, target: Target) => void;
+  /** Namespace of the conntrack event watcher (tests); default: the node's own. */
+  netns?: string;
+  /** How often affinity entries (learned here or replicated from other nodes) are re-programmed. */
+  affinitySyncMs?: number;
+  /** Where nft counters and conntrack flows are written, so the proxy's metric names carry NAT figures too. */
+  stats?: StatsRegistry;
+  /** How often counters and tracked flows are read (default 5 s). */
+  countersEveryMs?: number;
 }
 
 /** What /api/state shows about the kernel table. */
@@ -82,6 +94,10 @@ export function natServiceModel(svc: ServiceState, affinity: ReadonlyMap<string,
     sourceRate: spec.limits.sourceRate,
     sourceBurst: spec.limits.sourceBurst,
     maxConnections: spec.limits.maxConnections,
+    counters: new Map(svc.backends.map((b) => {
+      const v = backendValue(b.spec.address, b.spec.port);
+      return [v, counterName(serviceObjectId(svc.name), v)];
+    })),
   };
 }
 
@@ -183,6 +199,7 @@ export class KernelForwarder implements Forwarder<Snapshot> {
   }
 
   private async applyNow(snap: Snapshot): Promise<void> {
+    this.last = snap;
     const nat = [...snap.services.values()].filter((s) => this.handles(forwardingOf(s.spec)));
     for (const name of [...this.statuses.keys()]) if (!nat.some((s) => s.name === name)) this.statuses.delete(name);
     // A node with no NAT service creates no table; one left by an earlier run is still reconciled (emptied).
@@ -234,6 +251,108 @@ export class KernelForwarder implements Forwarder<Snapshot> {
       this.statuses.set(svc.name, why === undefined ? { programmed: true, reason: null, revision: snap.revision } : { programmed: false, reason: why, revision: 0 });
     }
     this.reconcileFlows(nat);
+    this.reconcileAffinity(nat);
+    if (this.opts.stats && !this.countersTimer) {
+      this.countersTimer = setInterval(() => void this.collectCounters(), this.opts.countersEveryMs ?? 5000);
+      this.countersTimer.unref();
+    }
+  }
+
+  private countersTimer: NodeJS.Timeout | null = null;
+  /** Tracked flows per NAT service at the last read. */
+  readonly flowsBy = new Map<string, number>();
+  private collecting = false;
+
+  /**
+   * Per-backend bytes (nft counters, both directions) and tracked flows (conntrack) into the stats
+   * registry: the same metric names as the proxy, with forwarding="nat". Read every few seconds.
+   */
+  async collectCounters(): Promise<void> {
+    const stats = this.opts.stats;
+    if (!stats || this.collecting || this.applied === null || this.last === null) return;
+    this.collecting = true;
+    try {
+      const r = await this.runner.run(["-j", "list", "counters", "table", "inet", this.table]);
+      if (!r.ok) return;
+      const bytes = new Map<string, number>();
+      for (const o of (JSON.parse(r.stdout) as { nftables?: Array<{ counter?: { name: string; bytes: number } }> }).nftables ?? []) {
+        if (o.counter) bytes.set(o.counter.name, o.counter.bytes);
+      }
+      for (const [name, m] of this.applied.services) {
+        const svc = this.last.services.get(name);
+        if (!svc) continue;
+        const flows = await this.conntrack.flowsByBackend({ protocol: m.protocol, vip: m.vip, port: m.port });
+        const sc = stats.service(name);
+        let bin = 0;
+        let bout = 0;
+        let active = 0;
+        for (const b of svc.backends) {
+          const c = m.counters.get(backendValue(b.spec.address, b.spec.port));
+          if (c === undefined) continue;
+          const bc = stats.backend(name, b.id);
+          bc.bytesIn = bytes.get(`${c}_in`) ?? bc.bytesIn;
+          bc.bytesOut = bytes.get(`${c}_out`) ?? bc.bytesOut;
+          if (flows) bc.active = flows.get(`${b.spec.address}|${b.spec.port}`) ?? 0;
+          bin += bc.bytesIn;
+          bout += bc.bytesOut;
+          active += bc.active;
+        }
+        sc.bytesIn = bin;
+        sc.bytesOut = bout;
+        // Not sc.active: the data plane's drain waits for that to reach 0, and tracked flows are the
+        // kernel's to carry (they outlive the process). Per-backend gauges carry them instead.
+        this.flowsBy.set(name, active);
+      }
+    } catch (err) {
+      this.log.debug({ err: (err as Error).message }, "reading nft counters failed");
+    } finally {
+      this.collecting = false;
+    }
+  }
+
+  private last: Snapshot | null = null;
+  private events: ConntrackEvents | null = null;
+  private affinityTimer: NodeJS.Timeout | null = null;
+  /** "protocol|vip|port" → affinity service, for the conntrack event watcher. */
+  private learning = new Map<string, ServiceState>();
+
+  /**
+   * Affinity in the kernel: entries are map elements consulted before the hash. New clients are
+   * learned from conntrack's NEW events (no per-packet userspace work) and recorded in the shared
+   * affinity table; entries are re-programmed every affinitySyncMs while an affinity service exists.
+   */
+  private reconcileAffinity(nat: readonly ServiceState[]): void {
+    const learning = new Map<string, ServiceState>();
+    for (const svc of nat) if (svc.spec.affinity.mode === "source-ip" && this.statuses.get(svc.name)?.programmed) learning.set(`${svc.spec.protocol}|${svc.host}|${svc.port}`, svc);
+    this.learning = learning;
+    if (learning.size === 0 || !this.opts.learn) {
+      this.events?.stop();
+      this.events = null;
+      if (this.affinityTimer) clearInterval(this.affinityTimer);
+      this.affinityTimer = null;
+      return;
+    }
+    if (!this.events) {
+      this.events = new ConntrackEvents((f) => this.onNewFlow(f), { log: this.log, netns: this.opts.netns });
+      this.events.start();
+    }
+    if (!this.affinityTimer) {
+      this.affinityTimer = setInterval(() => {
+        if (this.last && this.running === null) void this.apply(this.last);
+      }, this.opts.affinitySyncMs ?? 1000);
+      this.affinityTimer.unref();
+    }
+  }
+
+  private onNewFlow(f: NewFlow): void {
+    const svc = this.learning.get(`${f.protocol}|${f.vip}|${f.port}`);
+    if (!svc) return;
+    for (const t of svc.targets) {
+      if (t.host === f.backend && t.port === f.backendPort) {
+        this.opts.learn!(svc, f.client, t);
+        return;
+      }
+    }
   }
 
   /**
@@ -303,6 +422,12 @@ export class KernelForwarder implements Forwarder<Snapshot> {
 
   /** Leaves the table in place (fail-static): a restarted node adopts it. */
   async close(): Promise<void> {
+    if (this.countersTimer) clearInterval(this.countersTimer);
+    this.countersTimer = null;
+    this.events?.stop();
+    this.events = null;
+    if (this.affinityTimer) clearInterval(this.affinityTimer);
+    this.affinityTimer = null;
     for (const t of this.drainTimers.values()) clearTimeout(t);
     this.drainTimers.clear();
   }

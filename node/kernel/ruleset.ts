@@ -30,6 +30,8 @@ export interface NatServiceModel {
   readonly sourceBurst: number;
   /** Tracked connections of the service (0 = unlimited). */
   readonly maxConnections: number;
+  /** Every configured backend's "address . port" → its counter name prefix (`<prefix>_in`, `<prefix>_out`). */
+  readonly counters: ReadonlyMap<string, string>;
 }
 
 export interface NatTableModel {
@@ -50,6 +52,11 @@ export function tableName(cluster: string): string {
 export function serviceObjectId(name: string): string {
   const s = safe(name);
   return s === name ? `s_${s}` : `s_${s}_${hashString(name).toString(36)}`;
+}
+
+/** The counter name prefix of a backend value in a service (stable across processes: a hash of the value). */
+export function counterName(serviceId: string, value: string): string {
+  return `${serviceId}_c${hashString(value).toString(36)}`;
 }
 
 /** The address . port value of a backend in a slot map. */
@@ -85,6 +92,14 @@ function defineService(t: string, seed: number, s: NatServiceModel, out: string[
   if (s.allow.length > 0) out.push(`add set inet ${t} ${s.id}_allow { type ${addrType(s.family)}; flags interval; auto-merge; }`);
   if (s.deny.length > 0) out.push(`add set inet ${t} ${s.id}_deny { type ${addrType(s.family)}; flags interval; auto-merge; }`);
   if (s.sourceRate > 0) out.push(`add set inet ${t} ${s.id}_rate { type ${addrType(s.family)}; size 65535; flags dynamic,timeout; timeout 1m; }`);
+  // Per-backend byte/packet counters, counted in the forward hook in both directions.
+  out.push(`add map inet ${t} ${s.id}_bin { type ${addrType(s.family)} . inet_service : counter; }`);
+  out.push(`add map inet ${t} ${s.id}_bout { type ${addrType(s.family)} . inet_service : counter; }`);
+  addCounters(t, s, [...s.counters.keys()], out);
+  out.push(`add chain inet ${t} ${s.id}_cnt`);
+  out.push(`add rule inet ${t} ${s.id}_cnt ct direction original counter name ${ip} daddr . th dport map @${s.id}_bin`);
+  out.push(`add rule inet ${t} ${s.id}_cnt ct direction reply counter name ${ip} saddr . th sport map @${s.id}_bout`);
+  out.push(`add element inet ${t} count${s.family} { ${vipKey(s)} : jump ${s.id}_cnt }`);
   out.push(`add chain inet ${t} ${s.id}`);
   // Order: access, then per-source rate, then the service's connection cap, then affinity, then the hash.
   if (s.allow.length > 0) out.push(`add rule inet ${t} ${s.id} ${ip} saddr != @${s.id}_allow drop`);
@@ -108,8 +123,30 @@ function defineService(t: string, seed: number, s: NatServiceModel, out: string[
   if (s.snat) out.push(`add element inet ${t} snat${s.family} { ${vipKey(s)} }`);
 }
 
+function addCounters(t: string, s: NatServiceModel, values: string[], out: string[]): void {
+  for (const v of values) {
+    const c = s.counters.get(v)!;
+    out.push(`add counter inet ${t} ${c}_in`, `add counter inet ${t} ${c}_out`);
+  }
+  elements(t, `${s.id}_bin`, "add", values.map((v) => `${v} : "${s.counters.get(v)}_in"`), out);
+  elements(t, `${s.id}_bout`, "add", values.map((v) => `${v} : "${s.counters.get(v)}_out"`), out);
+}
+
+function removeCounters(t: string, s: NatServiceModel, values: string[], out: string[]): void {
+  elements(t, `${s.id}_bin`, "delete", values, out);
+  elements(t, `${s.id}_bout`, "delete", values, out);
+  for (const v of values) {
+    const c = s.counters.get(v)!;
+    out.push(`delete counter inet ${t} ${c}_in`, `delete counter inet ${t} ${c}_out`);
+  }
+}
+
 function removeService(t: string, s: NatServiceModel, out: string[]): void {
   out.push(`delete element inet ${t} vips${s.family} { ${vipKey(s)} }`);
+  out.push(`delete element inet ${t} count${s.family} { ${vipKey(s)} }`);
+  out.push(`flush chain inet ${t} ${s.id}_cnt`, `delete chain inet ${t} ${s.id}_cnt`);
+  out.push(`delete map inet ${t} ${s.id}_bin`, `delete map inet ${t} ${s.id}_bout`);
+  for (const c of s.counters.values()) out.push(`delete counter inet ${t} ${c}_in`, `delete counter inet ${t} ${c}_out`);
   if (s.snat) out.push(`delete element inet ${t} snat${s.family} { ${vipKey(s)} }`);
   // A chain must be empty before it is deleted; its rules hold references to the sets.
   out.push(`flush chain inet ${t} ${s.id}`);
@@ -133,6 +170,7 @@ export function renderFull(m: NatTableModel): string {
   for (const f of [4, 6] as const) {
     out.push(`add map inet ${t} vips${f} { type ${addrType(f)} . inet_proto . inet_service : verdict; }`);
     out.push(`add set inet ${t} snat${f} { type ${addrType(f)} . inet_proto . inet_service; }`);
+    out.push(`add map inet ${t} count${f} { type ${addrType(f)} . inet_proto . inet_service : verdict; }`);
   }
   // Services are programmed in their chains before the base chains jump to them.
   for (const s of m.services.values()) defineService(t, m.seed, s, out);
@@ -147,6 +185,10 @@ export function renderFull(m: NatTableModel): string {
   out.push(`add chain inet ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }`);
   out.push(`add rule inet ${t} postrouting ct status dnat meta l4proto { tcp, udp } ct original ip daddr . meta l4proto . ct original proto-dst @snat4 masquerade`);
   out.push(`add rule inet ${t} postrouting ct status dnat meta l4proto { tcp, udp } ct original ip6 daddr . meta l4proto . ct original proto-dst @snat6 masquerade`);
+  // Per-backend counters: every packet of a NAT'ed flow, both directions, through the service's count chain.
+  out.push(`add chain inet ${t} forward { type filter hook forward priority 0; policy accept; }`);
+  out.push(`add rule inet ${t} forward ct status dnat meta l4proto { tcp, udp } ct original ip daddr . meta l4proto . ct original proto-dst vmap @count4`);
+  out.push(`add rule inet ${t} forward ct status dnat meta l4proto { tcp, udp } ct original ip6 daddr . meta l4proto . ct original proto-dst vmap @count6`);
   return `${out.join("\n")}\n`;
 }
 
@@ -190,6 +232,8 @@ export function renderDelta(prev: NatTableModel, next: NatTableModel): Delta {
     }
     elements(t, `${n.id}_slots`, "delete", del, out);
     elements(t, `${n.id}_slots`, "add", add, out);
+    removeCounters(t, p, [...p.counters.keys()].filter((v) => p.counters.get(v) !== n.counters.get(v)), out);
+    addCounters(t, n, [...n.counters.keys()].filter((v) => p.counters.get(v) !== n.counters.get(v)), out);
     if (p.affinity !== null && n.affinity !== null) {
       const adel: string[] = [];
       const aadd: string[] = [];

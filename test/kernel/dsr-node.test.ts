@@ -81,6 +81,8 @@ ${backends}
     const metrics = await admin("/metrics");
     const packets = [...metrics.matchAll(/^ballast_dsr_backend_packets_total\{[^}]*\} (\d+)/gm)].reduce((n, m) => n + Number(m[1]), 0);
     expect(packets).toBeGreaterThanOrEqual(8 * 3);
+    // The kernel's per-backend bytes land in the proxy's metric names, labelled forwarding="dsr".
+    expect(metrics).toMatch(/^ballast_backend_bytes_in_total\{[^}]*forwarding="dsr"[^}]*\} [1-9]/m);
     expect(metrics).toMatch(/^ballast_dsr_service_programmed\{[^}]*service="web"[^}]*\} 1/m);
   }, 90_000);
 
@@ -111,5 +113,12 @@ ${backends}
     expect(backendOf(await lab.driver.ask("k0"))).toBe(before);
     await lab.driver.open("k1");
     expect(backendOf(await lab.driver.ask("k1"))).toMatch(/^b\d$/);
+  });
+
+  it("ballast node --flush removes the DSR table: the kernel stops forwarding the VIP", async () => {
+    const out = await lab.nodes[0].run(process.execPath, [CLI, "node", "--config", join(dir, "node.yaml"), "--flush"]);
+    expect(out).toMatch(/removed nftables table netdev ballast_dsrlab/);
+    expect(await lab.nodes[0].exec("nft", ["list", "table", "netdev", "ballast_dsrlab"])).toMatchObject({ code: 1 });
+    expect(await lab.driver.ask("k0", 500)).toMatch(/timeout|ECONNRESET|closed/);
   });
 });

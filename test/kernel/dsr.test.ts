@@ -210,6 +210,38 @@ describe.skipIf(skip !== null)("forwarding: dsr in the kernel (namespaces)", () 
       expect(backendOf(await lab.driver.ask(`n${i}`))).toMatch(/^b[23]$/);
       await lab.driver.reset(`n${i}`);
     }
+    expect(programmers[0].stats.pinsRemoved).toBeGreaterThan(0);
+
+    // b1 returns: the flows that moved away were pinned again where they went, and stay there,
+    // although the table sends them to b1 again (a second move would break them once more).
+    const moved = new Map<number, string>();
+    for (const p of onB1) moved.set(p, backendOf(await lab.driver.udp(p)));
+    await applyAll(snapshot(lab, 6, { b1: "up", b2: "up", b3: "up" }), [programmers[0]]);
+    const plan = programmers[0].current!.services.get("webu")!;
+    for (const p of onB1) {
+      expect(explainDsr(plan, lab.clientIp, p).backend?.id, `udp ${p}: the table names b1 again`).toBe("b1");
+      expect(backendOf(await lab.driver.udp(p)), `udp ${p}`).toBe(moved.get(p));
+    }
+  });
+
+  it("a drained backend keeps its pinned flows and takes no new ones", async () => {
+    await applyAll(snapshot(lab, 30, { b1: "up", b2: "up", b3: "up" }), [programmers[0]]);
+    await lab.routeVia(0);
+    let held = "";
+    for (let i = 0; i < 40 && held === ""; i++) {
+      await lab.driver.open(`r${i}`);
+      if (backendOf(await lab.driver.ask(`r${i}`)) === "b2") held = `r${i}`;
+      else await lab.driver.reset(`r${i}`);
+    }
+    expect(held).not.toBe("");
+    await applyAll(snapshot(lab, 31, { b1: "up", b2: "drain", b3: "up" }), [programmers[0]]);
+    for (let round = 0; round < 3; round++) expect(backendOf(await lab.driver.ask(held))).toBe("b2");
+    for (let i = 0; i < 20; i++) {
+      await lab.driver.open(`q${i}`);
+      expect(backendOf(await lab.driver.ask(`q${i}`))).toMatch(/^b[13]$/);
+      await lab.driver.reset(`q${i}`);
+    }
+    await lab.driver.reset(held);
   });
 
   it("drops (and counts) packets when no backend is routable; an unset interface or a refused transaction keeps the previous ruleset", async () => {

@@ -2,11 +2,13 @@
 // nftables from a snapshot; a client namespace opens real TCP/UDP flows through it to backend
 // namespaces. The TypeScript jhash predicts the kernel's backend for every flow.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { StatsRegistry } from "../../node/data/stats.js";
 import { createLogger } from "../../node/log.js";
 import { conntrackTool } from "../../node/kernel/conntrack.js";
 import { explainNat, KernelForwarder } from "../../node/kernel/forwarder.js";
 import { nftRunner } from "../../node/kernel/nft.js";
 import { netnsUnavailable } from "../helpers/netns.js";
+import { waitFor } from "../helpers/wait.js";
 import { CLIENT, createLab, type Lab, labSnapshot, VIP } from "./lab.js";
 
 const skip = netnsUnavailable();
@@ -188,5 +190,66 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () 
     const got = await lab.flows("udp", ports(base, 40), { port, concurrency: 40 });
     const n = [...got.values()].filter((a) => /^b[012] /.test(a)).length;
     expect(answered(n), `${n} of 40 flows answered`).toBe(true);
+  });
+
+  it("affinity: clients are learned from conntrack events, programmed as map elements, and keep their backend through a backend add", async () => {
+    const entries = new Map<string, string>();
+    const f = new KernelForwarder({
+      cluster: "lab",
+      log,
+      runner: nftRunner({ netns: lab.lb.name }),
+      conntrack: conntrackTool({ netns: lab.lb.name }),
+      netns: lab.lb.name,
+      affinityOf: () => entries,
+      learn: (_svc, client, target) => entries.set(client, target.id),
+      affinitySyncMs: 100,
+    });
+    forwarders.push(f);
+    const two = natService({ affinity: { mode: "source-ip", ttl: "10m" }, algorithm: undefined }, 2);
+    await f.apply(labSnapshot(60, { aff: two }));
+    const first = await lab.flows("tcp", ports(47000, 10));
+    const backend = [...first.values()][0].split(" ")[0];
+    // source-ip hashing: all of the client's flows land on one backend, and the watcher learns it.
+    expect(new Set([...first.values()].map((a) => a.split(" ")[0]))).toEqual(new Set([backend]));
+    await waitFor(() => entries.get(CLIENT) === backend, { message: "affinity entry learned from conntrack" });
+    // The entry reaches the kernel map (the periodic re-apply).
+    await waitFor(async () => (await lab.lb.run("nft", ["list", "map", "inet", "ballast_lab", "s_aff_aff"])).includes(CLIENT), { message: "entry programmed" });
+    // Adding a backend changes the table size (and so every flow's slot); the entry keeps the client.
+    const three = natService({ affinity: { mode: "source-ip", ttl: "10m" }, algorithm: undefined }, 3);
+    const snap3 = labSnapshot(61, { aff: three });
+    await f.apply(snap3);
+    const after = await lab.flows("tcp", ports(47100, 10));
+    expect(new Set([...after.values()].map((a) => a.split(" ")[0]))).toEqual(new Set([backend]));
+    // The entry decides before the hash: bind the client to a backend the hash would not choose.
+    const hashed = explainNat(snap3.services.get("aff")!, f.seed, CLIENT, 0).backend!.id;
+    const other = ["b0", "b1", "b2"].find((b) => b !== hashed)!;
+    entries.set(CLIENT, other);
+    await f.apply(labSnapshot(62, { aff: three }));
+    const bound = await lab.flows("tcp", ports(47200, 10));
+    expect(new Set([...bound.values()].map((a) => a.split(" ")[0]))).toEqual(new Set([other]));
+  });
+
+  it("counters: per-backend bytes from nft counters and tracked flows from conntrack land in the stats registry", async () => {
+    const stats = new StatsRegistry();
+    const f = new KernelForwarder({ cluster: "lab", log, runner: nftRunner({ netns: lab.lb.name }), conntrack: conntrackTool({ netns: lab.lb.name }), stats, countersEveryMs: 60_000 });
+    forwarders.push(f);
+    const snap = labSnapshot(70, { web: natService() });
+    await f.apply(snap);
+    const held = await lab.hold(ports(48000, 12));
+    const answers = await held.ask();
+    await f.collectCounters();
+    const svc = snap.services.get("web")!;
+    for (const b of ["b0", "b1", "b2"]) {
+      const mine = [...answers.values()].filter((a) => a.startsWith(`${b} `)).length;
+      const c = stats.backend("web", b);
+      // Held flows are tracked: the gauge counts exactly this test's connections to the backend.
+      expect(c.active, b).toBe(mine);
+      if (mine > 0) {
+        expect(c.bytesIn, b).toBeGreaterThan(0);
+        expect(c.bytesOut, b).toBeGreaterThan(0);
+      }
+    }
+    expect(stats.service("web").bytesIn).toBe(svc.backends.reduce((n, b) => n + stats.backend("web", b.id).bytesIn, 0));
+    held.close();
   });
 });
