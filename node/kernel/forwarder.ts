@@ -134,6 +134,7 @@ export class KernelForwarder implements Forwarder<Snapshot> {
   private needFull = true;
   private readonly statuses = new Map<string, ForwarderServiceStatus>();
   private unavailable: string | null | undefined;
+  private leftoverChecked = false;
   private backends = new Map<string, BackendMemory>();
   private readonly drainTimers = new Map<string, NodeJS.Timeout>();
   readonly stats = { applies: 0, failures: 0, lastError: null as string | null, lastApplyMs: 0, lastSlotsChanged: 0, flowsRemoved: 0 };
@@ -203,7 +204,12 @@ export class KernelForwarder implements Forwarder<Snapshot> {
     const nat = [...snap.services.values()].filter((s) => this.handles(forwardingOf(s.spec)));
     for (const name of [...this.statuses.keys()]) if (!nat.some((s) => s.name === name)) this.statuses.delete(name);
     // A node with no NAT service creates no table; one left by an earlier run is still reconciled (emptied).
-    if (nat.length === 0 && this.applied === null && (this.unavailable !== undefined || !(await this.tableExists()))) return;
+    if (nat.length === 0 && this.applied === null) {
+      // Checked once per process (not per snapshot): proxy-only nodes should not spawn nft at all.
+      if (this.leftoverChecked) return;
+      this.leftoverChecked = true;
+      if (!(await this.tableExists())) return;
+    }
     if (this.unavailable === undefined || this.unavailable !== null) this.unavailable = await nftUnavailable(this.runner);
     if (this.unavailable !== null) {
       for (const s of nat) this.statuses.set(s.name, { programmed: false, reason: this.unavailable, revision: 0 });

@@ -14,7 +14,7 @@ export const CLIENT = "10.77.1.2";
 
 const BACKEND_JS = `
 const net = require("net"), dgram = require("dgram"), name = process.argv[1];
-net.createServer((s) => { s.on("error", () => {}); const me = name + " " + s.remoteAddress + "\\n"; s.write(me); s.on("data", () => s.write(me)); s.on("end", () => s.end()); }).listen(8080, "0.0.0.0");
+net.createServer((s) => { s.on("error", () => {}); const me = name + " " + s.remoteAddress.replace(/^::ffff:/, "") + "\\n"; s.write(me); s.on("data", () => s.write(me)); s.on("end", () => s.end()); }).listen(8080, "::");
 const u = dgram.createSocket("udp4"); u.on("message", (m, r) => u.send(name + " " + r.address, r.port, r.address)); u.bind(8080, "0.0.0.0");
 `;
 
@@ -69,6 +69,8 @@ export interface Lab {
   flows(protocol: "tcp" | "udp", ports: number[], opts?: { port?: number; concurrency?: number }): Promise<Map<number, string>>;
   /** Opens TCP connections from these source ports and keeps them open. */
   hold(ports: number[], port?: number): Promise<HeldFlows>;
+  /** Every hold() not closed yet. */
+  held: Set<HeldFlows>;
   destroy(): Promise<void>;
 }
 
@@ -90,6 +92,7 @@ export async function createLab(n: number, opts: { backendRoute?: boolean } = {}
       backends.push(b);
     }
     for (const b of backends) await waitFor(async () => (await b.run("ss", ["-ltnH", "sport = :8080"])).includes("8080"), { message: `backend ${b.name} listening` });
+    const held = new Set<HeldFlows>();
     return {
       topo,
       client,
@@ -105,6 +108,7 @@ export async function createLab(n: number, opts: { backendRoute?: boolean } = {}
         }
         return m;
       },
+      held,
       async hold(ports, port = 80) {
         const child = client.spawn(process.execPath, ["-e", HOLD_JS, VIP, String(port), JSON.stringify(ports)], { stdio: ["pipe", "pipe", "pipe"] });
         const last = new Map<number, string>();
@@ -125,8 +129,7 @@ export async function createLab(n: number, opts: { backendRoute?: boolean } = {}
             nl = buf.indexOf("\n");
           }
         });
-        await waitFor(() => last.size === ports.length, { message: "held connections answered", timeoutMs: 15_000 });
-        return {
+        const h: HeldFlows = {
           async ask() {
             const before = lines;
             const open = [...last.values()].filter((v) => !v.startsWith("error:") && v !== "closed").length;
@@ -135,9 +138,13 @@ export async function createLab(n: number, opts: { backendRoute?: boolean } = {}
             return new Map(last);
           },
           close() {
-            child.stdin!.end();
+            held.delete(h);
+            if (!child.stdin!.writableEnded) child.stdin!.end();
           },
         };
+        held.add(h);
+        await waitFor(() => last.size === ports.length, { message: "held connections answered", timeoutMs: 30_000 });
+        return h;
       },
       destroy: () => topo.destroy(),
     };

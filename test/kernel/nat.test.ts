@@ -1,7 +1,7 @@
 // forwarding: nat end to end in namespaces: the kernel forwarder programs the lb namespace's
 // nftables from a snapshot; a client namespace opens real TCP/UDP flows through it to backend
 // namespaces. The TypeScript jhash predicts the kernel's backend for every flow.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { StatsRegistry } from "../../node/data/stats.js";
 import { createLogger } from "../../node/log.js";
 import { conntrackTool } from "../../node/kernel/conntrack.js";
@@ -21,7 +21,9 @@ function natService(extra: Record<string, unknown> = {}, backends = 3, protocol 
   return { service: { listen: `${VIP}:80`, protocol, forwarding: "nat", algorithm: "maglev", ...extra }, backends: b };
 }
 
-describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () => {
+// Real processes in namespaces on a shared 2-core machine: generous per-test deadlines (a test that
+// times out keeps running in the background and would disturb the next one).
+describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", { timeout: 180_000 }, () => {
   let lab: Lab;
   const forwarders: KernelForwarder[] = [];
   const forwarder = (cluster = "lab") => {
@@ -31,6 +33,10 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () 
   };
   beforeAll(async () => {
     lab = await createLab(3);
+  });
+  afterEach(() => {
+    // Held connections end with their test, also when it failed half way.
+    for (const h of lab?.held ?? []) h.close();
   });
   afterAll(async () => {
     for (const f of forwarders) await f.close();
@@ -233,9 +239,12 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () 
     const stats = new StatsRegistry();
     const f = new KernelForwarder({ cluster: "lab", log, runner: nftRunner({ netns: lab.lb.name }), conntrack: conntrackTool({ netns: lab.lb.name }), stats, countersEveryMs: 60_000 });
     forwarders.push(f);
-    const snap = labSnapshot(70, { web: natService() });
+    // Its own service port: flows of other tests to port 80 must not count here.
+    const own = natService();
+    own.service.listen = `${VIP}:81`;
+    const snap = labSnapshot(70, { web: own });
     await f.apply(snap);
-    const held = await lab.hold(ports(48000, 12));
+    const held = await lab.hold(ports(48000, 12), 81);
     const answers = await held.ask();
     await f.collectCounters();
     const svc = snap.services.get("web")!;
@@ -250,6 +259,56 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", () 
       }
     }
     expect(stats.service("web").bytesIn).toBe(svc.backends.reduce((n, b) => n + stats.backend("web", b.id).bytesIn, 0));
+    held.close();
+  });
+
+  it("IPv6: 200 TCP flows through an IPv6 VIP reach the backend the TypeScript jhash predicts", async () => {
+    await lab.client.addAddress("eth0", "fd77:1::2/64");
+    await lab.lb.addAddress("c0", "fd77:1::1/64");
+    await lab.lb.addAddress("eth0", "fd77:2::1/64");
+    await lab.client.addRoute("default", "fd77:1::1");
+    for (const [i, b] of lab.backends.entries()) await b.addAddress("eth0", `fd77:2::${10 + i}/64`);
+    const b6: Record<string, Record<string, unknown>> = {};
+    for (let i = 0; i < 3; i++) b6[`b${i}`] = { address: `fd77:2::${10 + i}`, port: 8080 };
+    const f = forwarder();
+    const snap = labSnapshot(80, { web6: { service: { listen: "[fd77:9::1]:80", forwarding: "nat" }, backends: b6 } });
+    await f.apply(snap);
+    expect(f.status("web6")).toMatchObject({ programmed: true, reason: null });
+    const js = `const net = require("net"); const out = []; Promise.all(${JSON.stringify(ports(49000, 200))}.map((lp) => new Promise((res) => {
+      const s = net.connect({ host: "fd77:9::1", port: 80, localPort: lp, localAddress: "fd77:1::2" }); let b = "";
+      const t = setTimeout(() => { s.destroy(); res(lp + " timeout"); }, 5000);
+      s.on("data", (d) => { b += d; if (b.includes("\\n")) { clearTimeout(t); s.resetAndDestroy(); res(lp + " " + b.trim()); } });
+      s.on("error", (e) => { clearTimeout(t); res(lp + " error:" + e.code); }); }))).then((r) => process.stdout.write(r.join("\\n")));`;
+    const out = await lab.client.run(process.execPath, ["-e", js], 60_000);
+    const svc = snap.services.get("web6")!;
+    const wrong: string[] = [];
+    for (const line of out.split("\n")) {
+      const [p, name, from] = line.split(" ");
+      if (explainNat(svc, f.seed, "fd77:1::2", Number(p)).backend?.id !== name || from !== "fd77:2::1") wrong.push(line);
+    }
+    expect(wrong).toEqual([]);
+  });
+
+  it("drain: tracked flows stay until timeouts.drain, then they are removed", async () => {
+    const f = forwarder();
+    const svc = natService({ timeouts: { drain: "1500ms" } });
+    await f.apply(labSnapshot(90, { web: svc }));
+    const held = await lab.hold(ports(49500, 24));
+    const before = await held.ask();
+    const onB0 = [...before].filter(([, a]) => a.startsWith("b0")).map(([p]) => p);
+    expect(onB0.length).toBeGreaterThan(0);
+    const drained = natService({ timeouts: { drain: "1500ms" } });
+    drained.backends.b0.state = "drain";
+    await f.apply(labSnapshot(91, { web: drained }));
+    // Still open right after the drain started.
+    const during = await held.ask();
+    for (const p of onB0) expect(during.get(p)).toBe(before.get(p));
+    const removed = f.state().flowsRemoved;
+    await waitFor(() => f.state().flowsRemoved > removed, { timeoutMs: 10_000, message: "drain timeout removed b0's flows" });
+    const after = await held.ask();
+    for (const p of onB0) expect(after.get(p)).toMatch(/^error:ECONNRESET|^closed$/);
+    // Connections to the other backends are untouched.
+    for (const [p, a] of before) if (!a.startsWith("b0")) expect(after.get(p)).toBe(a);
     held.close();
   });
 });

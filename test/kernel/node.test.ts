@@ -47,7 +47,7 @@ function config(): string {
   return file;
 }
 
-describe.skipIf(skip !== null)("a Ballast node with forwarding: nat (real process in a namespace)", () => {
+describe.skipIf(skip !== null)("a Ballast node with forwarding: nat (real process in a namespace)", { timeout: 180_000 }, () => {
   let lab: Lab;
   let file: string;
   beforeAll(async () => {
@@ -68,7 +68,7 @@ describe.skipIf(skip !== null)("a Ballast node with forwarding: nat (real proces
   /** waitFor that quotes the node's log when it gives up. */
   const waitNode = async (node: { logs: string[] }, cond: () => Promise<boolean>, message: string) => {
     try {
-      await waitFor(cond, { timeoutMs: 30_000, intervalMs: 200, message });
+      await waitFor(cond, { timeoutMs: 90_000, intervalMs: 200, message });
     } catch (err) {
       throw new Error(`${(err as Error).message}\nnode log:\n${node.logs.join("").slice(-3000)}`);
     }
@@ -104,7 +104,7 @@ describe.skipIf(skip !== null)("a Ballast node with forwarding: nat (real proces
     const flush = await lab.lb.exec(process.execPath, [CLI, "node", "--config", file, "--flush"]);
     expect(flush.stdout + flush.stderr).toMatch(/removed nftables table inet ballast_natlab/);
     expect((await lab.lb.run("nft", ["list", "tables"])).includes("ballast_natlab")).toBe(false);
-  }, 120_000);
+  }, 240_000);
 
   it.each([
     { description: "without CAP_NET_ADMIN", prefix: ["setpriv", "--bounding-set=-net_admin", "--inh-caps=-net_admin", "--"], env: process.env, reason: /CAP_NET_ADMIN/ },
@@ -124,5 +124,5 @@ describe.skipIf(skip !== null)("a Ballast node with forwarding: nat (real proces
       node.child.kill("SIGKILL");
       await new Promise<void>((r) => (node.child.exitCode !== null ? r() : node.child.once("exit", () => r())));
     }
-  }, 60_000);
+  }, 180_000);
 });
