@@ -195,7 +195,8 @@ async function mapElements(ns: NsPlane): Promise<{ maps: { table: string; name: 
     type NftMap = { table?: string; name?: string; elem?: unknown[] };
     const j = JSON.parse(r.stdout) as { nftables: { map?: NftMap }[] };
     const ours = j.nftables.flatMap((o) => (o.map && String(o.map.table).includes(CP_CLUSTER) ? [o.map] : []));
-    const named = ours.filter((m) => /cp.nat/.test(String(m.name)));
+    // The slot map (`…_slots`); counter maps of the same service are not the table.
+    const named = ours.filter((m) => /cp.nat/.test(String(m.name)) && String(m.name).endsWith("_slots"));
     const maps = (named.length ? named : ours).map((m) => ({ table: String(m.table), name: String(m.name), size: m.elem?.length ?? 0, values: (m.elem ?? []).map((e) => JSON.stringify(e)) }));
     return { maps };
   } catch (e) {
