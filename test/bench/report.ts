@@ -240,7 +240,7 @@ export function markdown(r: Results): string {
       };
       const at = (["ballast-nat", "ballast-dsr"] as Target[]).map(per).filter(Boolean);
       out.push(
-        `The Ballast node process uses ${idle.toFixed(1)} ms of CPU per second with no test running (health checks, metric scrapes, etcd)${at.length ? `; at ${at.join(", at ")}` : ""}: the kernel paths' per-request process CPU is that baseline, not forwarding work.`,
+        `The Ballast node process uses ${idle.toFixed(1)} ms of CPU per second with no test running (health checks, metric scrapes, etcd, and its nft children reading counters)${at.length ? `; at ${at.join(", at ")}` : ""}: the kernel paths' per-request process CPU is that baseline, not forwarding work.`,
         "",
       );
     }
