@@ -61,7 +61,7 @@ export async function runNatDemo(): Promise<void> {
     child.stderr!.on("data", out);
     const deadline = Date.now() + 20_000;
     for (;;) {
-      const r = await client.exec(process.execPath, ["-e", `fetch("http://${ADMIN}/api/state").then((r) => r.json()).then((j) => process.exit(j.services[0]?.kernel?.programmed ? 0 : 1), () => process.exit(1))`]);
+      const r = await client.exec(process.execPath, ["-e", `fetch("http://${ADMIN}/api/state").then((r) => r.json()).then((j) => process.exit(j.services[0]?.forwarding?.programmed ? 0 : 1), () => process.exit(1))`]);
       if (r.code === 0) break;
       if (Date.now() > deadline) throw new Error(`the node did not program its NAT service; see ${log}`);
       await new Promise((r) => setTimeout(r, 300));

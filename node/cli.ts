@@ -3,6 +3,7 @@
 import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { parse as parseYaml } from "yaml";
+import type { ApiError, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
 import { decodeValue } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
 import { formatIssues, type NodeConfig, nodeConfigSchema } from "../shared/schema.js";
@@ -105,11 +106,12 @@ function print(opts: GlobalOpts, rows: Record<string, unknown>[], json: unknown 
   for (const r of rows) process.stdout.write(`${line(cols.map((c) => cell(r[c])))}\n`);
 }
 
-async function fetchJson(url: string, token?: string): Promise<unknown> {
+/** A node's admin API answer, typed by the contract in shared/api.ts (the one place the JSON is trusted to match it). */
+async function fetchJson<T>(url: string, token?: string): Promise<T> {
   const res = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(3000) });
-  const body = await res.json();
-  if (!res.ok) throw new CliError(`${url}: ${res.status} ${(body as { error?: string }).error ?? ""}`);
-  return body;
+  const body = (await res.json()) as T | ApiError;
+  if (!res.ok) throw new CliError(`${url}: ${res.status} ${(body as ApiError).error ?? ""}`);
+  return body as T;
 }
 
 async function listNodes(store: Store, keys: KeySchema) {
@@ -126,12 +128,9 @@ async function listNodes(store: Store, keys: KeySchema) {
 }
 
 /** "proxy", "nat", or "nat (not programmed: reason)" from a service's /api/state entry. */
-function forwardingCell(s: Record<string, unknown>): string {
-  const mode = (s.forwarding as string | undefined) ?? "proxy";
-  const k = s.kernel as { programmed: boolean; reason: string | null } | null | undefined;
-  if (!k) return mode;
-  if (!k.programmed) return `${mode} (not programmed: ${k.reason ?? "pending"})`;
-  return k.reason ? `${mode} (${k.reason})` : mode;
+function forwardingCell(f: ForwardingStateView): string {
+  if (!f.programmed) return `${f.mode} (not programmed: ${f.reason ?? "pending"})`;
+  return f.reason ? `${f.mode} (${f.reason})` : f.mode;
 }
 
 export function buildCli(): Command {
@@ -330,20 +329,19 @@ export function buildCli(): Command {
     .action(async (o: { token?: string }, cmd: Command) =>
       withStore(cmd, async (store, keys, opts) => {
         const nodes = await listNodes(store, keys);
-        const states: Record<string, unknown>[] = [];
+        const states: StateView[] = [];
         const nodeRows = [];
         for (const n of nodes) {
-          let st: Record<string, unknown> | null = null;
+          let st: StateView | null = null;
           try {
-            st = (await fetchJson(`http://${n.admin}/api/state`, o.token)) as Record<string, unknown>;
+            st = await fetchJson<StateView>(`http://${n.admin}/api/state`, o.token);
             states.push(st);
           } catch {
             // Listed with "unreachable" below.
           }
-          const h = st?.health as { leader?: string } | undefined;
-          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? (st.node as { ready: boolean }).ready : "unreachable", mode: st ? (st.node as { mode: string }).mode : "-", revision: st?.revision ?? "-", leader: h?.leader === n.id ? "yes" : "" });
+          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? st.node.ready : "unreachable", mode: st ? st.node.mode : "-", revision: st?.revision ?? "-", leader: st?.health.leader === n.id ? "yes" : "" });
         }
-        const first = states[0] as { services?: Array<Record<string, unknown>>; invalid?: unknown[]; health?: unknown } | undefined;
+        const first: StateView | undefined = states[0];
         if (opts.output === "json") {
           print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: first?.invalid ?? [], health: first?.health ?? null });
           return;
@@ -353,9 +351,9 @@ export function buildCli(): Command {
         const svcRows = [];
         const beRows = [];
         for (const s of first?.services ?? []) {
-          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, forwarding: forwardingCell(s), algorithm: s.algorithm, affinity: affinityCell(s.affinity as { mode: string; ttlMs: number; entries?: number }), active: s.active });
-          for (const b of s.backends as Array<Record<string, unknown>>) {
-            const v = b.verdict as { state: string; reason: string } | null;
+          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, forwarding: forwardingCell(s.forwarding), algorithm: s.algorithm, affinity: affinityCell(s.affinity), active: s.active });
+          for (const b of s.backends) {
+            const v = b.verdict;
             beRows.push({ service: s.name, backend: b.id, address: `${b.address}:${b.port}`, state: b.state, verdict: v ? `${v.state}${v.reason ? ` (${v.reason})` : ""}` : "unknown", routable: b.routable, active: b.active });
           }
         }
@@ -363,7 +361,7 @@ export function buildCli(): Command {
         print(opts, svcRows);
         process.stdout.write("\nBACKENDS\n");
         print(opts, beRows);
-        const invalid = (first?.invalid ?? []) as Array<Record<string, unknown>>;
+        const invalid = first?.invalid ?? [];
         process.stdout.write("\nINVALID RECORDS\n");
         print(opts, invalid.map((r) => ({ key: r.key, reason: r.reason, keptLastGood: r.keptLastGood ?? false })));
         if (nodes.length === 0) process.stdout.write("\n(no node is registered: are nodes running with this --cluster?)\n");
@@ -387,16 +385,16 @@ export function buildCli(): Command {
           return String(ready.admin);
         });
       }
-      const body = (await fetchJson(`http://${admin}/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}&port=${o.port}`, o.token)) as Record<string, unknown>;
-      const b = body.backend as { id: string; address: string } | null;
+      const body = await fetchJson<RouteAnswer>(`http://${admin}/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}&port=${o.port}`, o.token);
+      const b = body.backend;
       print(opts, [{ service, client, backend: b ? `${b.id} (${b.address})` : "none", reason: body.reason, node: body.node, revision: body.revision }], body);
     });
 
   return program;
 }
 
-function affinityCell(a: { mode: string; ttlMs: number; entries?: number }): string {
-  return a.mode === "none" ? "none" : `${a.mode} ttl ${Math.round(a.ttlMs / 1000)}s, ${a.entries ?? 0} entries`;
+function affinityCell(a: ServiceStateView["affinity"]): string {
+  return a.mode === "none" ? "none" : `${a.mode} ttl ${Math.round(a.ttlMs / 1000)}s, ${a.entries} entries`;
 }
 
 async function runNode(config: NodeConfig): Promise<void> {

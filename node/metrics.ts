@@ -1,8 +1,8 @@
 // Prometheus metrics. Hot-path counters are plain numbers on the stats objects; prom-client reads them
 // at scrape time (collect), so a connection costs no label lookups. Histograms use cached children.
 import client from "prom-client";
-import type { DataPlane } from "./data/plane.js";
-import { CONNECT_FAILURE_REASONS, REFUSE_REASONS } from "./data/stats.js";
+import type { PlaneHooks } from "./data/plane.js";
+import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, type StatsRegistry } from "./model/stats.js";
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -18,14 +18,20 @@ export class Metrics {
   /** Set by the node: last time the store was in sync (ms), for the staleness gauge. */
   lastSync = 0;
 
-  constructor(plane: DataPlane, nodeId: string) {
+  /** The forwarding label of a service's series; the node points it at the applied snapshot. */
+  forwardingOf: (service: string) => string = () => "proxy";
+
+  /** Handed to the data plane at construction: connect latency and ejections. */
+  readonly planeHooks: PlaneHooks;
+
+  constructor(stats: StatsRegistry, nodeId: string) {
     const r = this.registry;
     // The forwarding mode of a service (proxy, or nat: the kernel forwarder fills the same counters).
-    const mode = (service: string): string => plane.current?.services.get(service)?.spec.forwarding ?? "proxy";
+    const mode = (service: string): string => this.forwardingOf(service);
     r.setDefaultLabels({ node: nodeId });
     client.collectDefaultMetrics({ register: r, prefix: "ballast_process_" });
 
-    const svcCounter = (name: string, help: string, read: (s: import("./data/stats.js").ServiceCounters) => number) =>
+    const svcCounter = (name: string, help: string, read: (s: import("./model/stats.js").ServiceCounters) => number) =>
       new client.Counter({
         name,
         help,
@@ -33,7 +39,7 @@ export class Metrics {
         registers: [r],
         collect() {
           this.reset();
-          for (const s of plane.stats.services.values()) this.inc({ service: s.service, forwarding: mode(s.service) }, read(s));
+          for (const s of stats.services.values()) this.inc({ service: s.service, forwarding: mode(s.service) }, read(s));
         },
       });
     svcCounter("ballast_connections_accepted_total", "Connections (and UDP flows) accepted per service.", (s) => s.accepted);
@@ -51,7 +57,7 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const s of plane.stats.services.values()) this.set({ service: s.service }, s.active);
+        for (const s of stats.services.values()) this.set({ service: s.service }, s.active);
       },
     });
     new client.Counter({
@@ -61,10 +67,10 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const s of plane.stats.services.values()) for (const reason of REFUSE_REASONS) this.inc({ service: s.service, reason }, s.refused[reason]);
+        for (const s of stats.services.values()) for (const reason of REFUSE_REASONS) this.inc({ service: s.service, reason }, s.refused[reason]);
       },
     });
-    const beCounter = (name: string, help: string, read: (b: import("./data/stats.js").BackendCounters) => number) =>
+    const beCounter = (name: string, help: string, read: (b: import("./model/stats.js").BackendCounters) => number) =>
       new client.Counter({
         name,
         help,
@@ -72,7 +78,7 @@ export class Metrics {
         registers: [r],
         collect() {
           this.reset();
-          for (const b of plane.stats.backends.values()) this.inc({ service: b.service, backend: b.id, forwarding: mode(b.service) }, read(b));
+          for (const b of stats.backends.values()) this.inc({ service: b.service, backend: b.id, forwarding: mode(b.service) }, read(b));
         },
       });
     beCounter("ballast_backend_connections_total", "Connections (and UDP flows) sent to each backend.", (b) => b.connections);
@@ -85,7 +91,7 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const b of plane.stats.backends.values()) this.set({ service: b.service, backend: b.id, forwarding: mode(b.service) }, b.active);
+        for (const b of stats.backends.values()) this.set({ service: b.service, backend: b.id, forwarding: mode(b.service) }, b.active);
       },
     });
     new client.Counter({
@@ -95,7 +101,7 @@ export class Metrics {
       registers: [r],
       collect() {
         this.reset();
-        for (const b of plane.stats.backends.values())
+        for (const b of stats.backends.values())
           for (const reason of CONNECT_FAILURE_REASONS) this.inc({ service: b.service, backend: b.id, reason }, b.connectFailures[reason]);
       },
     });
@@ -121,8 +127,10 @@ export class Metrics {
         this.set(self.lastSync === 0 ? 0 : Math.max(0, (Date.now() - self.lastSync) / 1000));
       },
     });
-    plane.hooks.onConnected = (svc, _t, seconds) => this.latency(svc.name).observe(seconds);
-    plane.hooks.onEject = (svc, t) => this.ejections.inc({ service: svc.name, backend: t.id });
+    this.planeHooks = {
+      onConnected: (svc, _t, seconds) => this.latency(svc.name).observe(seconds),
+      onEject: (svc, t) => this.ejections.inc({ service: svc.name, backend: t.id }),
+    };
   }
 
   private latency(service: string): client.Histogram.Internal<"service"> {

@@ -7,29 +7,34 @@ import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
 import { AdminServer } from "./admin/server.js";
 import { allowsPeerOrigin, statusPage } from "./admin/status-page.js";
+import { AffinityTable } from "./affinity/table.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { MemoryStore } from "./control/memory-store.js";
 import { Reconciler } from "./control/reconciler.js";
 import type { Lease, Store, SyncHandle } from "./control/store.js";
 import { DataPlane } from "./data/plane.js";
+import { HealthManager } from "./health/manager.js";
+import type { NodeMode } from "./health/mode.js";
 import { createLogger, type Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
-import { AffinityTable } from "./affinity/table.js";
-import { HealthManager } from "./health/manager.js";
 import { DsrForwarder } from "./kernel/dsr.js";
 import { registerDsrMetrics } from "./kernel/dsr-metrics.js";
 import { KernelForwarder } from "./kernel/forwarder.js";
 import { registerKernelMetrics } from "./kernel/metrics.js";
-import type { Snapshot } from "./snapshot.js";
+import { type Forwarder, forwardingOf } from "./model/forwarder.js";
+import type { Snapshot } from "./model/snapshot.js";
+import { StatsRegistry } from "./model/stats.js";
 import { describeState, explainRoute } from "./state.js";
 
-export type NodeMode = "standalone" | "shared" | "local-fallback";
+export type { NodeMode };
 
 export interface NodeOptions {
   config: NodeConfig;
   /** Injected store (tests); otherwise etcd from the config, or a memory store holding the YAML services. */
   store?: Store;
   log?: Logger;
+  /** Forwarders after the proxy (the kernel data plane; tests inject recording ones). Each gets every snapshot. */
+  forwarders?: readonly Forwarder<Snapshot>[];
 }
 
 export class BallastNode {
@@ -37,14 +42,17 @@ export class BallastNode {
   readonly config: NodeConfig;
   readonly keys: KeySchema;
   readonly log: Logger;
+  /** The userspace proxy: the first forwarder, and the router `route explain` asks. */
   readonly plane: DataPlane;
+  /** Every forwarder, in the order each snapshot is handed to them (the proxy first). */
+  readonly forwarders: readonly Forwarder<Snapshot>[];
+  readonly stats = new StatsRegistry();
   readonly metrics: Metrics;
   readonly reconciler: Reconciler;
   readonly store: Store;
   readonly admin: AdminServer;
   readonly standalone: boolean;
   readonly startedAt = Date.now();
-  mode: NodeMode;
   private sync: SyncHandle | null = null;
   private lease: Lease | null = null;
   private registerTimer: NodeJS.Timeout | null = null;
@@ -52,11 +60,13 @@ export class BallastNode {
   private stopping = false;
   private firstSnapshot: Promise<void>;
   private resolveFirst!: () => void;
+  /** Snapshots are handed to the forwarders one at a time, in order. */
+  private applying: Promise<void> = Promise.resolve();
   readonly health: HealthManager;
   readonly affinity: AffinityTable;
   /** Programs `forwarding: nat` services into nftables; the data plane proxies the rest. */
   readonly kernel: KernelForwarder;
-  /** Programs `forwarding: dsr` services into the node's netdev table (stateless, direct return). */
+  /** Programs `forwarding: dsr` services into the node's netdev table. */
   readonly dsr: DsrForwarder;
 
   constructor(opts: NodeOptions) {
@@ -66,37 +76,69 @@ export class BallastNode {
     this.log = opts.log ?? createLogger(c.log.level, { node: this.id });
     this.keys = KeySchema.forCluster(c.cluster, c.etcd?.prefix);
     this.standalone = !c.etcd && !opts.store;
-    this.mode = this.standalone ? "standalone" : "shared";
-    this.plane = new DataPlane(this.log, { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress });
-    this.metrics = new Metrics(this.plane, this.id);
+    this.store = opts.store ?? (c.etcd ? new EtcdStore({ endpoints: c.etcd.endpoints, username: c.etcd.username, password: c.etcd.password, tls: c.etcd.tls }) : new MemoryStore());
+    this.metrics = new Metrics(this.stats, this.id);
     this.firstSnapshot = new Promise((r) => {
       this.resolveFirst = r;
     });
-    this.reconciler = new Reconciler(this.keys, this.plane.stats, {
-      onSnapshot: (s) => this.onSnapshot(s),
-      onStatus: (connected) => {
-        this.metrics.storeConnected.set(connected ? 1 : 0);
-        this.metrics.lastSync = connected ? 0 : Date.now();
-      },
-      onInvalid: (fresh) => this.metrics.invalidRecordsTotal.inc(fresh.length),
-      onClusterChange: () => this.health?.onClusterChange(),
-    }, this.log);
-    this.store = opts.store ?? (c.etcd ? new EtcdStore({ endpoints: c.etcd.endpoints, username: c.etcd.username, password: c.etcd.password, tls: c.etcd.tls }) : new MemoryStore());
-    // Affinity and health hang off the node; the router and the reconciler call into them.
-    this.affinity = new AffinityTable(this);
-    this.plane.router.affinity = this.affinity;
-    this.reconciler.affinity = this.affinity;
-    this.health = new HealthManager(this);
+    // Everything is wired here, each part given only the narrow context it needs. Closures read
+    // parts built later (the reconciler) only after start(), when all exist.
+    this.affinity = new AffinityTable({
+      id: this.id,
+      config: c.affinity,
+      keys: this.keys,
+      log: this.log,
+      registry: this.metrics.registry,
+      store: this.standalone ? null : this.store,
+      snapshot: () => this.reconciler.snapshot,
+    });
+    this.plane = new DataPlane(
+      this.log,
+      { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress },
+      { affinity: this.affinity, stats: this.stats, hooks: this.metrics.planeHooks },
+    );
+    // The kernel forwarder programs `forwarding: nat` services into nftables from the same snapshot.
     this.kernel = new KernelForwarder({
       cluster: c.cluster,
       log: this.log,
       affinityOf: (svc) => this.affinity.bindings(svc),
       learn: (svc, client, target) => this.affinity.record(svc, client, target, Date.now()),
-      stats: this.plane.stats,
+      stats: this.stats,
     });
     registerKernelMetrics(this.metrics.registry, this.kernel, () => this.reconciler.snapshot);
-    this.dsr = new DsrForwarder({ cluster: c.cluster, device: c.dsr?.interface, log: this.log, stats: this.plane.stats });
+    this.metrics.forwardingOf = (service) => forwardingOf(this.reconciler.snapshot?.services.get(service)?.spec ?? {});
+    // The DSR forwarder programs `forwarding: dsr` services into the netdev table (stateless, direct return).
+    this.dsr = new DsrForwarder({ cluster: c.cluster, device: c.dsr?.interface, log: this.log, stats: this.stats });
     registerDsrMetrics(this.metrics.registry, this.dsr, () => this.reconciler.snapshot?.services.keys() ?? []);
+    this.forwarders = [this.plane, this.kernel, this.dsr, ...(opts.forwarders ?? [])];
+    this.reconciler = new Reconciler(
+      this.keys,
+      this.stats,
+      {
+        onSnapshot: (s) => this.onSnapshot(s),
+        onStatus: (connected) => {
+          this.metrics.storeConnected.set(connected ? 1 : 0);
+          this.metrics.lastSync = connected ? 0 : Date.now();
+        },
+        onInvalid: (fresh) => this.metrics.invalidRecordsTotal.inc(fresh.length),
+        onClusterChange: () => this.health.onClusterChange(),
+        routingVerdicts: (shared) => this.health.routingVerdicts(shared),
+      },
+      this.log,
+      this.affinity,
+    );
+    this.health = new HealthManager({
+      id: this.id,
+      standalone: this.standalone,
+      config: c.health,
+      leaseTtl: c.etcd?.leaseTtl ?? 5,
+      store: this.store,
+      keys: this.keys,
+      log: this.log,
+      registry: this.metrics.registry,
+      cluster: this.reconciler,
+      onMode: () => this.refreshRegistration(),
+    });
     this.admin = new AdminServer(
       {
         ready: () => this.ready,
@@ -114,8 +156,25 @@ export class BallastNode {
   /** Set on SIGTERM: /readyz answers 503 while the listeners still accept for `withdrawDelay`. */
   withdrawing = false;
 
+  /** The verdict mode, as health last reported it. */
+  get mode(): NodeMode {
+    return this.health.mode;
+  }
+
+  /**
+   * Ready = not stopping, the proxy has a snapshot and all its listeners, and every other forwarder
+   * carries every service it handles. A service no forwarder handles (a mode this build lacks) shows
+   * in /api/state but does not make the node unready: one record must not withdraw every node.
+   */
   get ready(): boolean {
-    return !this.stopping && !this.withdrawing && this.plane.ready;
+    if (this.stopping || this.withdrawing || !this.plane.ready) return false;
+    const snap = this.plane.current;
+    if (snap === null) return false;
+    for (let i = 1; i < this.forwarders.length; i++) {
+      const f = this.forwarders[i];
+      for (const name of snap.services.keys()) if (f.status(name)?.programmed === false) return false;
+    }
+    return true;
   }
 
   /** Starts the admin server, then the store sync; resolves once the first snapshot is applied. */
@@ -136,9 +195,11 @@ export class BallastNode {
     this.metrics.invalidRecords.reset();
     for (const r of s.invalid) this.metrics.invalidRecords.inc({ kind: this.keys.parse(r.key)?.kind ?? "unknown" });
     this.health.onSnapshot(s);
-    void this.kernel.apply(s);
-    void this.dsr.apply(s);
-    this.plane.apply(s).then(
+    // Each forwarder in order; apply() never rejects (a failure is kept in its status()).
+    this.applying = this.applying.then(async () => {
+      for (const f of this.forwarders) await f.apply(s);
+    });
+    this.applying.then(
       () => {
         this.resolveFirst();
         if (!this.standalone) this.scheduleRegister(0);
@@ -210,7 +271,8 @@ export class BallastNode {
       await this.register().catch(() => {});
     }
     if (this.config.withdrawDelay > 0) await new Promise((r) => setTimeout(r, this.config.withdrawDelay));
-    const r = await this.plane.drain(drainTimeoutMs);
+    const drained = await Promise.all(this.forwarders.map((f) => f.drain(drainTimeoutMs)));
+    const r = { remaining: drained.reduce((n, d) => n + d.remaining, 0) };
     await this.close();
     this.log.info({ remaining: r.remaining }, "stopped");
     return r;
@@ -226,9 +288,7 @@ export class BallastNode {
     await this.sync?.stop();
     this.reconciler.stop();
     if (this.lease) await this.lease.revoke().catch(() => {});
-    await this.plane.close();
-    await this.kernel.close();
-    await this.dsr.close();
+    for (const f of this.forwarders) await f.close();
     await this.admin.close();
     await this.store.close();
   }

@@ -1,15 +1,44 @@
 // What the admin API says about a node: /api/state (the documented JSON behind the CLI and the status
 // page) and /api/route (route explain: which backend a client would get, and why).
 import net from "node:net";
+import type { ApiError, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
+import { clientAddress } from "../shared/ip.js";
+import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
-import { explainNat } from "./kernel/forwarder.js";
-import { forwardingOf } from "./model/forwarder.js";
-import type { BallastNode } from "./node.js";
+import type { AffinityTable } from "./affinity/table.js";
+import type { Reconciler } from "./control/reconciler.js";
+import type { DataPlane } from "./data/plane.js";
+import type { HealthManager } from "./health/manager.js";
+import type { NodeMode } from "./health/mode.js";
+import type { DsrForwarder } from "./kernel/dsr.js";
+import { explainNat, type KernelForwarder } from "./kernel/forwarder.js";
+import { type Forwarder, forwardingOf } from "./model/forwarder.js";
+import type { ServiceState, Snapshot } from "./model/snapshot.js";
 
-export function describeState(n: BallastNode) {
+/** What the admin answers read from the node that composes them (the node itself satisfies it). */
+export interface StateContext {
+  readonly id: string;
+  readonly config: { readonly cluster: string; readonly node: Pick<NodeConfig["node"], "zone"> };
+  readonly standalone: boolean;
+  readonly startedAt: number;
+  readonly ready: boolean;
+  readonly withdrawing: boolean;
+  readonly mode: NodeMode;
+  readonly admin: { readonly address: string };
+  readonly metrics: { readonly lastSync: number };
+  readonly reconciler: Pick<Reconciler, "snapshot" | "heartbeat" | "connected" | "lastError" | "appliedRevision" | "nodes">;
+  readonly plane: Pick<DataPlane, "listenerOf" | "stats" | "router" | "availabilityExclude" | "draining">;
+  readonly forwarders: readonly Forwarder<Snapshot>[];
+  readonly affinity: Pick<AffinityTable, "describe" | "entries">;
+  readonly health: Pick<HealthManager, "status">;
+  readonly kernel: Pick<KernelForwarder, "seed" | "state">;
+  readonly dsr: Pick<DsrForwarder, "seed" | "state" | "lastCounters">;
+}
+
+export function describeState(n: StateContext): StateView {
   const snap = n.reconciler.snapshot;
   const now = Date.now();
-  const services = [];
+  const services: ServiceStateView[] = [];
   for (const svc of snap?.services.values() ?? []) {
     const l = n.plane.listenerOf(svc.name);
     const c = n.plane.stats.service(svc.name);
@@ -19,11 +48,9 @@ export function describeState(n: BallastNode) {
       boundPort: l?.boundPort ?? 0,
       listenerError: l?.error ?? null,
       protocol: svc.spec.protocol,
-      forwarding: forwardingOf(svc.spec),
-      // The kernel's word on a NAT or DSR service: programmed, or why not (null for proxied services).
-      kernel: n.kernel.status(svc.name) ?? n.dsr.status(svc.name) ?? null,
       algorithm: svc.spec.algorithm,
       proxyProtocol: svc.spec.proxyProtocol,
+      forwarding: forwardingStatus(n, svc),
       affinity: { mode: svc.spec.affinity.mode, ttlMs: svc.spec.affinity.ttl, entries: n.affinity.entries.table(svc.name)?.size ?? 0 },
       health: { type: svc.spec.health.type, intervalMs: svc.spec.health.interval, rise: svc.spec.health.rise, fall: svc.spec.health.fall },
       active: c.active,
@@ -51,7 +78,6 @@ export function describeState(n: BallastNode) {
           bytesIn: s.bytesIn,
           bytesOut: s.bytesOut,
           connectFailures: s.connectFailures,
-          // DSR: packets and bytes the kernel forwarded to the backend (client → backend; replies bypass the node).
           dsr: forwardingOf(svc.spec) === "dsr" ? (n.dsr.lastCounters.get(svc.name)?.get(b.id) ?? { packets: 0, bytes: 0 }) : undefined,
         };
       }),
@@ -69,9 +95,9 @@ export function describeState(n: BallastNode) {
     },
     revision: n.reconciler.appliedRevision,
     kernel: n.kernel.state(),
+    dsr: n.dsr.state(),
     snapshotRevision: snap?.revision ?? 0,
     services,
-    dsr: n.dsr.state(),
     invalid: snap?.invalid ?? [],
     nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
@@ -79,52 +105,49 @@ export function describeState(n: BallastNode) {
   };
 }
 
-export function explainRoute(n: BallastNode, service: string, client: string, port: number): { status: number; body: unknown } {
+/** Which forwarder carries a service, and its word on it (a mode no forwarder handles says so). */
+function forwardingStatus(n: StateContext, svc: ServiceState): ForwardingStateView {
+  const mode = forwardingOf(svc.spec);
+  for (const f of n.forwarders) {
+    if (!f.handles(mode)) continue;
+    const st = f.status(svc.name) ?? { programmed: false, reason: "not applied yet", revision: 0 };
+    return { mode, forwarder: f.name, programmed: st.programmed, reason: st.reason, revision: st.revision };
+  }
+  return { mode, forwarder: null, programmed: false, reason: `no forwarder on this node handles forwarding mode ${mode}`, revision: 0 };
+}
+
+export function explainRoute(n: StateContext, service: string, client: string, port: number): { status: number; body: RouteAnswer | ApiError } {
   const snap = n.reconciler.snapshot;
   const svc = snap?.services.get(service);
   if (!snap || !svc) return { status: 404, body: { error: `no service ${service}`, revision: snap?.revision ?? 0 } };
   if (net.isIP(client) === 0) return { status: 400, body: { error: `client must be an IP address, got ${client}` } };
   const base = { service, client, port, revision: n.reconciler.appliedRevision, node: n.id };
+  const ip = clientAddress(client);
+  if (svc.access !== null && !svc.access.permits(ip)) return { status: 200, body: { ...base, backend: null, reason: "denied" } };
+  const now = Date.now();
   if (forwardingOf(svc.spec) === "dsr") {
     // The kernel's own choice: its jhash over the picker's table (the same table it holds). A flow this
-    // node already pinned keeps its pinned backend while that backend is not down.
-    if (net.isIP(client) !== 4) return { status: 400, body: { error: `forwarding dsr is IPv4 only, got client ${client}` } };
-    if (svc.access !== null && !svc.access.permits(client)) return { status: 200, body: { ...base, backend: null, reason: "denied", forwarding: "dsr" } };
-    const e = explainNat(svc, n.dsr.seed, client, port);
-    const st = n.dsr.status(service);
-    return {
-      status: 200,
-      body: {
-        ...base,
-        forwarding: "dsr",
-        backend: e.backend ? { id: e.backend.id, address: e.backend.label } : null,
-        reason: e.backend ? `${e.reason}; dsr: a flow this node pinned earlier keeps its backend while it is not down` : e.reason,
-        slot: e.slot,
-        programmed: st?.programmed ?? false,
-        notProgrammed: st && !st.programmed ? st.reason : st ? undefined : "not applied yet",
-        version: VERSION,
-      },
-    };
+    // node pinned earlier keeps its pinned backend while that backend is not down.
+    if (net.isIP(ip) !== 4) return { status: 400, body: { error: `forwarding dsr is IPv4 only, got client ${client}` } };
+    const k = explainNat(svc, n.dsr.seed, ip, port);
+    const reason = k.backend ? `${k.reason}; a flow this node pinned earlier keeps its backend while it is not down` : k.reason;
+    return { status: 200, body: { ...base, forwarding: "dsr", backend: k.backend ? { id: k.backend.id, address: k.backend.label } : null, reason, slot: k.slot, version: VERSION } };
   }
-  if (svc.access !== null && !svc.access.permits(client)) return { status: 200, body: { ...base, backend: null, reason: "denied" } };
-  const now = Date.now();
   if (forwardingOf(svc.spec) === "nat") {
     // The kernel's own choice: an affinity entry (a map element consulted first), else jhash → slot → backend.
-    const entry = svc.spec.affinity.mode === "source-ip" ? n.affinity.describe(svc, client, now) : null;
+    const entry = svc.spec.affinity.mode === "source-ip" ? n.affinity.describe(svc, ip, now) : null;
     const sticky = entry ? svc.sticky.get(entry.backend) : undefined;
     if (entry && sticky) {
       return { status: 200, body: { ...base, forwarding: "nat", backend: { id: sticky.id, address: sticky.label }, reason: `affinity (from node ${entry.node})`, version: VERSION } };
     }
-    const k = explainNat(svc, n.kernel.seed, client, port);
+    const k = explainNat(svc, n.kernel.seed, ip, port);
     return { status: 200, body: { ...base, forwarding: "nat", backend: k.backend ? { id: k.backend.id, address: k.backend.label } : null, reason: k.reason, slot: k.slot, version: VERSION } };
   }
-  const router = n.plane.router;
-  const described = svc.spec.affinity.mode === "source-ip" ? (router.affinity?.describe?.(svc, client, now) ?? null) : null;
-  const t = router.route(svc, client, port, n.plane.availabilityExclude(svc), now, false);
-  let reason = router.reason;
-  if (reason === "affinity" && described) reason = `affinity (from node ${described.node}, last used ${Math.round((now - described.lastUsed) / 1000)} s ago)`;
+  const described = svc.spec.affinity.mode === "source-ip" ? n.affinity.describe(svc, ip, now) : null;
+  const { target, reason } = n.plane.router.route(svc, ip, port, n.plane.availabilityExclude(svc), now, false);
+  const why = reason === "affinity" && described ? `affinity (from node ${described.node}, last used ${Math.round((now - described.lastUsed) / 1000)} s ago)` : reason;
   return {
     status: 200,
-    body: { ...base, backend: t ? { id: t.id, address: t.label } : null, reason, version: VERSION },
+    body: { ...base, backend: target ? { id: target.id, address: target.label } : null, reason: why, version: VERSION },
   };
 }

@@ -1,8 +1,12 @@
 // Versioned msgpack values for what machines write at volume (node records, verdicts, heartbeats,
 // affinity batches). Every value is a map with `v`; readers accept newer versions and ignore extra fields.
+
 import { Packr } from "msgpackr";
+import type { Verdict } from "./api.js";
 
 // Plain maps (no record extension) so any msgpack reader, in any language, can decode our values.
+export type { NodeRecord, Verdict, VerdictState } from "./api.js";
+
 const packr = new Packr({ useRecords: false, mapsAsObjects: true });
 
 export const CODEC_VERSION = 1;
@@ -25,33 +29,21 @@ export function decodeValue(bytes: Uint8Array): Record<string, unknown> {
   return out as Record<string, unknown>;
 }
 
-export interface NodeRecord {
-  id: string;
-  address: string;
-  admin: string;
-  zone: string;
-  version: string;
-  ready: boolean;
-  draining: boolean;
-  revision: number;
-  mode: "shared" | "local-fallback" | "standalone";
-  startedAt: number;
-  updatedAt: number;
-}
-
-export type VerdictState = "up" | "down";
-
-export interface Verdict {
-  state: VerdictState;
-  since: number;
-  reason: string;
-  /** Consecutive results agreeing with the state at the time of writing. */
-  count: number;
-  checker: string;
-}
-
 export interface HealthHeartbeat {
   leader: string;
   at: number;
   term: string;
+}
+
+/** A verdict record's value; throws naming what is wrong (the record is then skipped with that reason). */
+export function parseVerdictValue(raw: Buffer): Verdict {
+  const v = decodeValue(raw);
+  if (v.state !== "up" && v.state !== "down") throw new Error(`verdict state must be up or down, got ${String(v.state)}`);
+  return {
+    state: v.state,
+    since: typeof v.since === "number" ? v.since : 0,
+    reason: typeof v.reason === "string" ? v.reason : "",
+    count: typeof v.count === "number" ? v.count : 0,
+    checker: typeof v.checker === "string" ? v.checker : "",
+  };
 }

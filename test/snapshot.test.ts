@@ -1,11 +1,11 @@
 // Records → snapshot, as pure logic: the record table's per-key validation (bad records skipped
 // with key and reason, last good value kept) and the builder's cross-record checks.
 import { describe, expect, it } from "vitest";
+import { RecordTable } from "../node/control/records.js";
+import { buildSnapshot } from "../node/model/snapshot.js";
+import { StatsRegistry } from "../node/model/stats.js";
 import { encodeValue } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
-import { RecordTable } from "../node/control/records.js";
-import { StatsRegistry } from "../node/data/stats.js";
-import { buildSnapshot } from "../node/snapshot.js";
 
 const keys = KeySchema.forCluster("t");
 const kv = (key: string, value: string | Buffer, modRevision = 1) => ({ key, value: Buffer.isBuffer(value) ? value : Buffer.from(value), modRevision, lease: "0" });
@@ -96,5 +96,95 @@ describe("snapshot builder", () => {
     ]);
     expect([...snap.services.keys()]).toEqual(["a"]);
     expect(snap.invalid[0]).toMatchObject({ key: keys.service("b"), reason: expect.stringMatching(/already used by service a/) });
+  });
+
+  describe("reuse across builds", () => {
+    const put = (key: string, value: string | Buffer, rev: number) => ({ type: "put" as const, key, value: Buffer.isBuffer(value) ? value : Buffer.from(value), modRevision: rev });
+    const verdict = (state: "up" | "down", since: number) => encodeValue({ state, since, reason: state === "down" ? "refused" : "", count: 2, checker: "n1" });
+    const sharedOf = (t: RecordTable) => new Map([...t.sharedVerdicts()].map(([k, v]) => [k, { ...v, source: "shared" as const }]));
+
+    function twoServices() {
+      const table = new RecordTable(keys);
+      table.reset(
+        [
+          kv(keys.service("web"), JSON.stringify({ listen: "127.0.0.1:8080", algorithm: "maglev" })),
+          kv(keys.service("api"), JSON.stringify({ listen: "127.0.0.1:8081", algorithm: "round-robin" })),
+          kv(keys.backend("web", "a"), "10.0.0.1:80"),
+          kv(keys.backend("web", "b"), "10.0.0.2:80"),
+          kv(keys.backend("api", "x"), "10.0.1.1:80"),
+          kv(keys.backend("api", "y"), "10.0.1.2:80"),
+          kv(keys.verdict("api", "x"), verdict("up", 1)),
+        ],
+        10,
+      );
+      return table;
+    }
+
+    it("identical bytes are not a change; different bytes or a cleared error are", () => {
+      const table = twoServices();
+      expect(table.apply([put(keys.backend("web", "a"), "10.0.0.1:80", 11)], 11)).toBe(false);
+      expect(table.apply([put(keys.service("web"), JSON.stringify({ listen: "127.0.0.1:8080", algorithm: "maglev" }), 12)], 12)).toBe(false);
+      expect(table.apply([put(keys.verdict("api", "x"), verdict("up", 1), 13)], 13)).toBe(false);
+      expect(table.apply([put(keys.backend("web", "a"), "10.0.0.1:81", 14)], 14)).toBe(true);
+      expect(table.apply([put(keys.backend("web", "a"), "not an address", 15)], 15)).toBe(true);
+      // Back to the last good bytes: the error goes, so the invalid list (and the snapshot) change.
+      expect(table.apply([put(keys.backend("web", "a"), "10.0.0.1:81", 16)], 16)).toBe(true);
+      expect(table.invalid()).toEqual([]);
+    });
+
+    it("identical bytes of a backend that shares its address are a change: record age decides which routes", () => {
+      const table = twoServices();
+      table.apply([put(keys.backend("web", "c"), "10.0.0.1:80", 11)], 11);
+      expect(buildSnapshot(table.input(new Map()), new StatsRegistry()).services.get("web")!.targets.map((t) => t.id)).toEqual(["a", "b"]);
+      // a rewritten with the same bytes is now younger than c: c keeps the address, on every node.
+      expect(table.apply([put(keys.backend("web", "a"), "10.0.0.1:80", 12)], 12)).toBe(true);
+      expect(buildSnapshot(table.input(new Map()), new StatsRegistry()).services.get("web")!.targets.map((t) => t.id)).toEqual(["b", "c"]);
+    });
+
+    it("a verdict flip in one service keeps every other service's state and picker", () => {
+      const table = twoServices();
+      const stats = new StatsRegistry();
+      const first = buildSnapshot(table.input(sharedOf(table)), stats);
+      table.apply([put(keys.verdict("api", "x"), verdict("down", 2), 11)], 11);
+      const second = buildSnapshot(table.input(sharedOf(table)), stats, first);
+      expect(second.services.get("web")).toBe(first.services.get("web"));
+      expect(second.services.get("api")).not.toBe(first.services.get("api"));
+      expect(second.services.get("api")!.targets.map((t) => t.id)).toEqual(["y"]);
+      // Nothing changed at all: every service is the same object.
+      const third = buildSnapshot(table.input(sharedOf(table)), stats, second);
+      for (const [name, svc] of third.services) expect(svc, name).toBe(second.services.get(name));
+    });
+
+    it("keeps the picker (and its round-robin position) when only non-routing details change", () => {
+      const table = twoServices();
+      const stats = new StatsRegistry();
+      const first = buildSnapshot(table.input(sharedOf(table)), stats);
+      const api = first.services.get("api")!;
+      expect(api.picker.pick(0, null)?.id).toBe("x");
+      // A timeout change and a new verdict detail: the spec and views change, the routable set does not.
+      table.apply([put(keys.service("api"), JSON.stringify({ listen: "127.0.0.1:8081", algorithm: "round-robin", timeouts: { idle: "5m" } }), 11)], 11);
+      table.apply([put(keys.verdict("api", "x"), encodeValue({ state: "up", since: 5, reason: "", count: 9, checker: "n2" }), 12)], 12);
+      const second = buildSnapshot(table.input(sharedOf(table)), stats, first);
+      const next = second.services.get("api")!;
+      expect(next).not.toBe(api);
+      expect(next.spec.timeouts.idle).toBe(300_000);
+      expect(next.picker).toBe(api.picker);
+      expect(next.targets).toBe(api.targets);
+      expect(next.sticky.get("x")).toBe(api.targets[0]);
+      // The position carried on: the next pick is the other backend, not the first again.
+      expect(next.picker.pick(0, null)?.id).toBe("y");
+    });
+
+    it("rebuilds the picker when the routable set changes", () => {
+      const table = twoServices();
+      const stats = new StatsRegistry();
+      const first = buildSnapshot(table.input(new Map()), stats);
+      table.apply([put(keys.backend("web", "c"), "10.0.0.3:80", 11)], 11);
+      const second = buildSnapshot(table.input(new Map()), stats, first);
+      expect(second.services.get("web")!.picker).not.toBe(first.services.get("web")!.picker);
+      expect(second.services.get("web")!.targets.map((t) => t.id)).toEqual(["a", "b", "c"]);
+      // Unchanged backends keep their Target objects (retries compare by identity).
+      expect(second.services.get("web")!.targets[0]).toBe(first.services.get("web")!.targets[0]);
+    });
   });
 });

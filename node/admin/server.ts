@@ -3,12 +3,13 @@
 // shell needs `Authorization: Bearer <token>` (probes and a static page carry no secrets).
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { parseHostPort } from "../../shared/address.js";
+import { formatHostPort, parseHostPort } from "../../shared/address.js";
+import type { ApiError, RouteAnswer, StateView } from "../../shared/api.js";
 
 export interface AdminApi {
   ready(): boolean;
-  state(): unknown;
-  route(service: string, client: string, port: number): { status: number; body: unknown };
+  state(): StateView;
+  route(service: string, client: string, port: number): { status: number; body: RouteAnswer | ApiError };
   metrics(): Promise<{ contentType: string; body: string }>;
   /** Optional extra GET routes (status page assets, later features): path → handler. */
   pages?: Map<string, () => { contentType: string; body: string | Buffer }>;
@@ -42,7 +43,7 @@ export class AdminServer {
       this.server.listen(hp.port, hp.host, () => {
         this.server.off("error", reject);
         const a = this.server.address() as AddressInfo;
-        this.address = a.family === "IPv6" ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+        this.address = formatHostPort(a.address, a.port);
         resolve(this.address);
       });
     });

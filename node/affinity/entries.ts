@@ -256,9 +256,6 @@ export class EntryStore {
   }
 
   // Slot fields.
-  owner(slot: number): number {
-    return this.ints[slot * I_STRIDE + I_OWNER];
-  }
   ownedBy(slot: number, t: ServiceTable): boolean {
     return this.ints[slot * I_STRIDE + I_OWNER] === t.id + 1;
   }

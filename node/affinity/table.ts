@@ -1,11 +1,14 @@
 // Session affinity shared by the whole cluster (issue 5): the router's synchronous lookup/record on the
 // local table, replication of new and refreshed entries to etcd in leased batches, and the merge of
 // every other node's batches arriving through the cluster watch.
+import type client from "prom-client";
+import type { KeySchema } from "../../shared/keys.js";
+import type { NodeConfig } from "../../shared/schema.js";
 import type { AffinitySink } from "../control/reconciler.js";
-import type { KeyValue, StoreEvent } from "../control/store.js";
+import type { KeyValue, Store, StoreEvent } from "../control/store.js";
 import type { AffinityHook } from "../data/router.js";
-import type { BallastNode } from "../node.js";
-import type { ServiceState, Target } from "../snapshot.js";
+import type { Logger } from "../log.js";
+import type { ServiceState, Snapshot, Target } from "../model/snapshot.js";
 import { decodeBatch } from "./batch.js";
 import { EntryStore, GRACE_FACTOR, Merge, REFRESH_FACTOR, type ServiceTable } from "./entries.js";
 import { AffinityMetrics } from "./metrics.js";
@@ -22,6 +25,19 @@ interface Received {
 const MERGE_BATCHES_PER_TURN = 64;
 const MIN_SWEEP_MS = 100;
 const MAX_SWEEP_MS = 2_000;
+
+/** What the affinity table needs from the node that composes it. */
+export interface AffinityContext {
+  readonly id: string;
+  readonly config: NodeConfig["affinity"];
+  readonly keys: KeySchema;
+  readonly log: Logger;
+  readonly registry: client.Registry;
+  /** Where batches are written; null in standalone mode (one node, nothing to share). */
+  readonly store: Store | null;
+  /** The applied snapshot (null before the first): which services have affinity and their TTLs. */
+  snapshot(): Snapshot | null;
+}
 
 export class AffinityTable implements AffinityHook, AffinitySink {
   readonly entries: EntryStore;
@@ -42,25 +58,26 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   private cachedTable: ServiceTable | null = null;
   private cachedSlot = -1;
 
-  constructor(readonly node: BallastNode) {
-    const c = node.config.affinity;
+  constructor(private readonly ctx: AffinityContext) {
+    const c = ctx.config;
     this.entries = new EntryStore(c.maxEntries);
-    this.self = this.entries.names.intern(node.id);
+    this.self = this.entries.names.intern(ctx.id);
     this.entries.onEvict = (slot) => {
       if (slot === this.cachedSlot) this.cachedTable = null;
     };
-    this.replicator = node.standalone
-      ? null
-      : new Replicator(this.entries, {
-          store: node.store,
-          keys: node.keys,
-          nodeId: node.id,
-          log: node.log,
+    this.replicator =
+      ctx.store === null
+        ? null
+        : new Replicator(this.entries, {
+          store: ctx.store,
+          keys: ctx.keys,
+          nodeId: ctx.id,
+          log: ctx.log,
           batchInterval: c.batchInterval,
           batchMax: c.batchMax,
           ttlOf: (t) => this.ttlOf(t),
         });
-    this.metrics = new AffinityMetrics(node.metrics.registry, this);
+    this.metrics = new AffinityMetrics(ctx.registry, this);
   }
 
   // ---- hot path (router) ------------------------------------------------------------------------
@@ -158,10 +175,10 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   }
 
   private receive(key: string, value: Buffer, live: boolean): void {
-    const k = this.node.keys.parse(key);
+    const k = this.ctx.keys.parse(key);
     if (k?.kind !== "affinity") return;
     // Our own batches echo back through the watch; at startup (a list) they are a previous run's entries.
-    if (live && k.node === this.node.id) return;
+    if (live && k.node === this.ctx.id) return;
     this.inbox.push({ service: k.service!, value, live });
   }
 
@@ -185,14 +202,14 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   }
 
   private mergeBatch(r: Received, now: number): void {
-    const svc = this.node.reconciler.snapshot?.services.get(r.service);
+    const svc = this.ctx.snapshot()?.services.get(r.service);
     if (svc === undefined || svc.spec.affinity.mode !== "source-ip") return;
     let batch: ReturnType<typeof decodeBatch>;
     try {
       batch = decodeBatch(r.value);
     } catch (err) {
       this.invalidBatches++;
-      this.node.log.debug({ service: r.service, err: (err as Error).message }, "invalid affinity batch skipped");
+      this.ctx.log.debug({ service: r.service, err: (err as Error).message }, "invalid affinity batch skipped");
       return;
     }
     this.batchesReceived++;
@@ -221,7 +238,7 @@ export class AffinityTable implements AffinityHook, AffinitySink {
           // The sender holds a binding that loses everywhere (it had not seen ours): tell it, unless
           // ours is in flight anyway (created or refreshed within the last two batch intervals).
           const slot = e.find(t, x.ip);
-          if (now - e.written(slot) >= 2 * this.node.config.affinity.batchInterval) this.replicator?.enqueue(t, slot);
+          if (now - e.written(slot) >= 2 * this.ctx.config.batchInterval) this.replicator?.enqueue(t, slot);
           break;
         }
       }
@@ -236,7 +253,7 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   }
 
   private ttlOf(t: ServiceTable): number | null {
-    const svc = this.node.reconciler.snapshot?.services.get(t.name);
+    const svc = this.ctx.snapshot()?.services.get(t.name);
     return svc !== undefined && svc.spec.affinity.mode === "source-ip" ? svc.spec.affinity.ttl : null;
   }
 
@@ -244,23 +261,16 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   private scheduleSweep(): void {
     if (this.stopped) return;
     let shortest = Number.POSITIVE_INFINITY;
-    for (const svc of this.node.reconciler.snapshot?.services.values() ?? []) {
+    for (const svc of this.ctx.snapshot()?.services.values() ?? []) {
       if (svc.spec.affinity.mode === "source-ip") shortest = Math.min(shortest, svc.spec.affinity.ttl);
     }
     const delay = Math.min(MAX_SWEEP_MS, Math.max(MIN_SWEEP_MS, shortest / 8));
     this.sweepTimer = setTimeout(() => {
       // Before the first snapshot no service is known: nothing to judge entries by yet.
-      if (this.node.reconciler.snapshot !== null) this.entries.sweep(Date.now(), (t) => this.ttlOf(t));
+      if (this.ctx.snapshot() !== null) this.entries.sweep(Date.now(), (t) => this.ttlOf(t));
       this.scheduleSweep();
     }, delay);
     this.sweepTimer.unref();
-  }
-
-  /** Entry counts per service, for /api/state, `ballast status` and the status page. */
-  counts(): Record<string, number> {
-    const out: Record<string, number> = {};
-    for (const t of this.entries.tables) out[t.name] = t.size;
-    return out;
   }
 
   async stop(): Promise<void> {

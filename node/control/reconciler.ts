@@ -3,8 +3,8 @@
 import { decodeValue, type HealthHeartbeat, type NodeRecord } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
 import type { Logger } from "../log.js";
-import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../snapshot.js";
-import type { StatsRegistry } from "../data/stats.js";
+import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../model/snapshot.js";
+import type { StatsRegistry } from "../model/stats.js";
 import { RecordTable } from "./records.js";
 import type { KeyValue, StoreEvent, SyncSink } from "./store.js";
 
@@ -16,6 +16,8 @@ export interface AffinitySink {
 
 export interface ReconcilerHooks {
   onSnapshot(snapshot: Snapshot): void;
+  /** Which verdicts route: the shared ones from etcd unless health says otherwise (local fallback). */
+  routingVerdicts?(shared: ReadonlyMap<string, VerdictView>): ReadonlyMap<string, VerdictView>;
   onStatus?(connected: boolean, error?: string): void;
   onInvalid?(fresh: InvalidRecord[]): void;
   onClusterChange?(): void;
@@ -30,9 +32,6 @@ export class Reconciler implements SyncSink {
   snapshot: Snapshot | null = null;
   connected = false;
   lastError: string | null = null;
-  affinity: AffinitySink | null = null;
-  /** Which verdicts route: shared ones from etcd unless the health module says otherwise. */
-  verdictSource: (shared: ReadonlyMap<string, VerdictView>) => ReadonlyMap<string, VerdictView> = (s) => s;
   private seenInvalid = new Set<string>();
   private rebuildPending: NodeJS.Immediate | null = null;
   private pendingRevision = 0;
@@ -43,6 +42,8 @@ export class Reconciler implements SyncSink {
     private readonly stats: StatsRegistry,
     private readonly hooks: ReconcilerHooks,
     private readonly log: Logger,
+    /** Receives the affinity records of the prefix; null = they are ignored. */
+    private readonly affinity: AffinitySink | null = null,
   ) {
     this.records = new RecordTable(keys);
   }
@@ -125,8 +126,8 @@ export class Reconciler implements SyncSink {
     }
     const shared = new Map<string, VerdictView>();
     for (const [k, v] of this.records.sharedVerdicts()) shared.set(k, { ...v, source: "shared" });
-    const input = this.records.input(this.verdictSource(shared));
-    const next = buildSnapshot(input, this.stats);
+    const input = this.records.input(this.hooks.routingVerdicts?.(shared) ?? shared);
+    const next = buildSnapshot(input, this.stats, this.snapshot);
     // Log each invalid record once per key and reason, not on every revision.
     const fresh = next.invalid.filter((r) => !this.seenInvalid.has(`${r.key}\n${r.reason}`));
     this.seenInvalid = new Set(next.invalid.map((r) => `${r.key}\n${r.reason}`));

@@ -1,10 +1,10 @@
 // The record table: every routing record (service, backend, verdict) of the cluster prefix, parsed one
 // by one. A bad record is listed with its key and reason; a bad update keeps the key's last good value.
 import { parseHostPort } from "../../shared/address.js";
-import { decodeValue, type Verdict } from "../../shared/codec.js";
+import { parseVerdictValue, type Verdict } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
-import { backendSchema, type BackendSpec, formatIssues, resolveService, type ServiceSpec, serviceSchema } from "../../shared/schema.js";
-import type { InvalidRecord, SnapshotInput, VerdictView } from "../snapshot.js";
+import { type BackendSpec, backendSchema, formatIssues, resolveService, type ServiceSpec, serviceSchema } from "../../shared/schema.js";
+import type { InvalidRecord, SnapshotInput, VerdictView } from "../model/snapshot.js";
 import type { KeyValue, StoreEvent } from "./store.js";
 
 /** etcd allows 1.5 MiB; a person-written record above this is a mistake (or an attack), not a config. */
@@ -12,6 +12,8 @@ export const MAX_RECORD_BYTES = 64 * 1024;
 
 interface Slot<T> {
   good: T | null;
+  /** The bytes `good` was parsed from: the same bytes again are not a change. */
+  raw: Buffer | null;
   error: string | null;
   /** etcd mod revision of the good value: the older of two conflicting records wins, on every node. */
   rev: number;
@@ -48,18 +50,6 @@ export function parseBackendValue(id: string, raw: Buffer): BackendSpec {
   return { ...r.data, id };
 }
 
-export function parseVerdictValue(raw: Buffer): Verdict {
-  const v = decodeValue(raw);
-  if (v.state !== "up" && v.state !== "down") throw new Error(`verdict state must be up or down, got ${String(v.state)}`);
-  return {
-    state: v.state,
-    since: typeof v.since === "number" ? v.since : 0,
-    reason: typeof v.reason === "string" ? v.reason : "",
-    count: typeof v.count === "number" ? v.count : 0,
-    checker: typeof v.checker === "string" ? v.checker : "",
-  };
-}
-
 export class RecordTable {
   private readonly services = new Map<string, Slot<ServiceSpec>>();
   private readonly backends = new Map<string, Map<string, Slot<BackendSpec>>>();
@@ -88,28 +78,23 @@ export class RecordTable {
     return changed;
   }
 
-  /** Whether this key is one the table owns (service, backend, verdict). */
-  owns(key: string): boolean {
-    const k = this.keys.parse(key);
-    return k !== null && (k.kind === "service" || k.kind === "backend" || k.kind === "verdict");
-  }
-
   private put(key: string, value: Buffer, rev: number): boolean {
     const k = this.keys.parse(key);
     if (!k) return false;
     switch (k.kind) {
       case "service":
-        return update(this.services, k.service!, rev, () => parseServiceValue(k.service!, value));
+        return update(this.services, k.service!, rev, value, () => parseServiceValue(k.service!, value));
       case "backend": {
         let m = this.backends.get(k.service!);
         if (!m) {
           m = new Map();
           this.backends.set(k.service!, m);
         }
-        return update(m, k.id!, rev, () => parseBackendValue(k.id!, value));
+        const backends = m;
+        return update(backends, k.id!, rev, value, () => parseBackendValue(k.id!, value), () => sharesAddress(backends, k.id!));
       }
       case "verdict":
-        return update(this.verdicts, `${k.service}/${k.id}`, rev, () => parseVerdictValue(value));
+        return update(this.verdicts, `${k.service}/${k.id}`, rev, value, () => parseVerdictValue(value));
       default:
         return false;
     }
@@ -189,11 +174,23 @@ export class RecordTable {
   }
 }
 
-function update<T>(map: Map<string, Slot<T>>, key: string, rev: number, parse: () => T): boolean {
+/**
+ * Puts one record; returns whether routing may change. The same bytes as the good value are not a
+ * change (the parsed object is kept, so the snapshot builder sees it unchanged by identity), unless
+ * they clear an error; the mod revision is still taken, since it orders duplicate backend addresses
+ * (`revMatters` then says whether that order can matter for this record).
+ */
+function update<T>(map: Map<string, Slot<T>>, key: string, rev: number, raw: Buffer, parse: () => T, revMatters: () => boolean = () => false): boolean {
   const slot = map.get(key);
+  if (slot !== undefined && slot.good !== null && slot.raw?.equals(raw)) {
+    const changed = slot.error !== null || (slot.rev !== rev && revMatters());
+    slot.error = null;
+    slot.rev = rev;
+    return changed;
+  }
   try {
     const good = parse();
-    map.set(key, { good, error: null, rev });
+    map.set(key, { good, raw: Buffer.from(raw), error: null, rev });
     return true;
   } catch (err) {
     const error = (err as Error).message;
@@ -202,7 +199,15 @@ function update<T>(map: Map<string, Slot<T>>, key: string, rev: number, parse: (
       slot.error = error;
       return changed;
     }
-    map.set(key, { good: null, error, rev });
+    map.set(key, { good: null, raw: null, error, rev });
     return true;
   }
+}
+
+/** Whether another backend of the service has this one's address (then record age decides which routes). */
+function sharesAddress(backends: Map<string, Slot<BackendSpec>>, id: string): boolean {
+  const me = backends.get(id)?.good;
+  if (!me) return false;
+  for (const [other, slot] of backends) if (other !== id && slot.good !== null && slot.good.address === me.address && slot.good.port === me.port) return true;
+  return false;
 }

@@ -1,12 +1,14 @@
-// The data plane: owns the listeners and swaps snapshots. apply() reconciles listeners with the new
-// snapshot (reusing a listener whose address is unchanged, so connections are never cut by a config
-// change) and starts the drain clock for backends that left.
+// The userspace proxy data plane, the "proxy" forwarder: owns the listeners of `forwarding: proxy`
+// services and swaps snapshots. apply() reconciles listeners with the new snapshot (reusing a listener
+// whose address is unchanged, so connections are never cut by a config change) and starts the drain
+// clock for backends that left.
 import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
-import { forwardingOf } from "../model/forwarder.js";
-import type { BackendView, ServiceState, Snapshot, Target } from "../snapshot.js";
-import { Router } from "./router.js";
-import { type BackendCounters, type ConnectFailureReason, StatsRegistry } from "./stats.js";
+import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
+import type { BackendView, ServiceState, Snapshot, Target } from "../model/snapshot.js";
+import { type BackendCounters, type ConnectFailureReason, StatsRegistry } from "../model/stats.js";
+import type { ListenerHost } from "./host.js";
+import { type AffinityHook, Router } from "./router.js";
 import { TcpListener } from "./tcp.js";
 import { UdpListener } from "./udp.js";
 
@@ -28,22 +30,54 @@ export interface PlaneHooks {
 
 type Listener = TcpListener | UdpListener;
 
-export class DataPlane {
+const DEFAULT_OPTIONS: PlaneOptions = { ejectBaseMs: 1000, ejectMaxMs: 30_000, maxEjectedShare: 0.5 };
+
+export interface PlaneDeps {
+  /** Session affinity for services that ask for it; null = none (the router then uses the algorithm only). */
+  affinity?: AffinityHook | null;
+  /** Counters shared with the snapshot builder (the model's registry); a fresh one when omitted. */
+  stats?: StatsRegistry;
+  hooks?: PlaneHooks;
+}
+
+export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
+  readonly name = "proxy";
   current: Snapshot | null = null;
   readonly listeners = new Map<string, Listener>();
-  readonly stats = new StatsRegistry();
-  readonly router = new Router();
+  readonly stats: StatsRegistry;
+  readonly router: Router;
   draining = false;
   /** After close(), snapshots are ignored: nothing may reopen a listener. */
   private closed = false;
-  hooks: PlaneHooks = {};
+  private readonly hooks: PlaneHooks;
   private idleWaiters: Array<() => void> = [];
   private applying: Promise<void> = Promise.resolve();
+  /** Service → revision of the snapshot whose apply last (re)programmed its listener. */
+  private readonly revisions = new Map<string, number>();
 
   constructor(
     readonly log: Logger,
-    readonly options: PlaneOptions = { ejectBaseMs: 1000, ejectMaxMs: 30_000, maxEjectedShare: 0.5 },
-  ) {}
+    readonly options: PlaneOptions = DEFAULT_OPTIONS,
+    deps: PlaneDeps = {},
+  ) {
+    this.stats = deps.stats ?? new StatsRegistry();
+    this.router = new Router(deps.affinity ?? null);
+    this.hooks = deps.hooks ?? {};
+  }
+
+  handles(mode: ForwardingMode): boolean {
+    return mode === "proxy";
+  }
+
+  status(service: string): ForwarderServiceStatus | undefined {
+    const svc = this.current?.services.get(service);
+    if (svc === undefined || forwardingOf(svc.spec) !== "proxy") return undefined;
+    const l = this.listenerOf(service);
+    const revision = this.revisions.get(service) ?? 0;
+    if (l === undefined) return { programmed: false, reason: this.draining ? "draining: no new listeners" : "not applied yet", revision };
+    if (l.error !== null) return { programmed: false, reason: l.error, revision };
+    return { programmed: true, reason: null, revision };
+  }
 
   /** The address a service's listener binds. */
   bindHost(svc: ServiceState): string {
@@ -69,9 +103,11 @@ export class DataPlane {
     return undefined;
   }
 
-  /** Applies snapshots one at a time, in order. */
+  /** Applies snapshots one at a time, in order. Never rejects: a failure is logged and the listeners stay as they were. */
   apply(next: Snapshot): Promise<void> {
-    this.applying = this.applying.then(() => this.applyNow(next));
+    this.applying = this.applying.then(() =>
+      this.applyNow(next).catch((err: Error) => this.log.error({ forwarder: this.name, revision: next.revision, err: err.message }, "applying snapshot failed")),
+    );
     return this.applying;
   }
 
@@ -80,8 +116,11 @@ export class DataPlane {
     const prev = this.current;
     this.current = next;
     const wanted = new Map<string, ServiceState>();
-    // Services of other forwarding modes are carried by the kernel: no listener here.
-    for (const svc of next.services.values()) if (forwardingOf(svc.spec) === "proxy") wanted.set(svc.port === 0 ? `${svc.listenKey}|${svc.name}` : svc.listenKey, svc);
+    for (const svc of next.services.values()) {
+      // Services of other forwarding modes belong to another forwarder (the kernel's).
+      if (forwardingOf(svc.spec) !== "proxy") continue;
+      wanted.set(svc.port === 0 ? `${svc.listenKey}|${svc.name}` : svc.listenKey, svc);
+    }
 
     const closing: Promise<void>[] = [];
     for (const [key, l] of this.listeners) {
@@ -97,6 +136,7 @@ export class DataPlane {
       const l = this.listeners.get(key);
       if (l) {
         l.update(svc);
+        this.revisions.set(svc.name, next.revision);
         continue;
       }
       // A draining node opens nothing new.
@@ -104,11 +144,13 @@ export class DataPlane {
       const created = svc.spec.protocol === "udp" ? new UdpListener(this, svc, this.log) : new TcpListener(this, svc, this.log);
       this.listeners.set(key, created);
       opening.push(created.listen().then(() => {
+        this.revisions.set(svc.name, next.revision);
         if (created.error) this.log.error({ service: svc.name, err: created.error }, "listener failed");
         else this.log.info({ service: svc.name, protocol: svc.spec.protocol, address: `${svc.host}:${created.boundPort}` }, "listening");
       }));
     }
     await Promise.all(opening);
+    for (const name of this.revisions.keys()) if (!next.services.has(name)) this.revisions.delete(name);
     this.reconcileBackends(prev, next);
   }
 

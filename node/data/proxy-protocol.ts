@@ -1,6 +1,6 @@
 // PROXY protocol headers (HAProxy doc/proxy-protocol.txt, v1 text and v2 binary) that tell a backend the
 // client's address, written once per connection toward the backend; plus a parser for tests and demo backends.
-import { IP_INVALID, IP_V4, isV4Mapped, parseIPv4, readIP } from "./access.js";
+import { IP_INVALID, IP_V4, isV4Mapped, parseIPv4, readIP } from "../../shared/ip.js";
 
 /** The v2 signature: "\r\n\r\n\0\r\nQUIT\n". */
 export const PROXY_V2_SIGNATURE: Buffer = Buffer.from([

@@ -1,8 +1,9 @@
 // The routing decision, shared by the hot path and `route explain`: affinity entry first (when the
 // service has affinity), then the service's algorithm. Synchronous; never awaits etcd, never throws.
+import type { AlgorithmName } from "../../shared/schema.js";
 import type { Exclude } from "../lb/algorithm.js";
 import { flowHash, hashString } from "../lb/hash.js";
-import type { ServiceState, Target } from "../snapshot.js";
+import type { ServiceState, Target } from "../model/snapshot.js";
 
 /** Session affinity as the router sees it (implemented by the affinity table). */
 export interface AffinityHook {
@@ -14,30 +15,42 @@ export interface AffinityHook {
   describe?(svc: ServiceState, ip: string, now: number): { backend: string; node: string; lastUsed: number } | null;
 }
 
+/** Why no backend: every routable one is full under a per-backend cap, or there is none to take it. */
+export type RouteRefusal = "no-backend" | "max-connections";
+
+/**
+ * A routing decision. Its reason is the one string for the `route explain` answer, the refuse counter
+ * label (when target is null) and the log field.
+ */
+export type RouteResult = { readonly target: Target; readonly reason: "affinity" | AlgorithmName } | { readonly target: null; readonly reason: RouteRefusal };
+
+const NO_BACKEND: RouteResult = Object.freeze({ target: null, reason: "no-backend" });
+const FULL: RouteResult = Object.freeze({ target: null, reason: "max-connections" });
+
 export class Router {
-  /** Why the last route() chose what it chose: doubles as a metric label and the explain answer. */
-  reason = "";
-  affinity: AffinityHook | null = null;
+  constructor(private readonly affinity: AffinityHook | null) {}
 
   /** `commit` false (route explain) looks without recording an affinity entry. */
-  route(svc: ServiceState, ip: string, port: number, exclude: Exclude | null, now: number, commit = true): Target | null {
-    const sticky = svc.spec.affinity.mode === "source-ip" && this.affinity !== null;
-    if (sticky) {
-      const t = this.affinity!.lookup(svc, ip, now);
+  route(svc: ServiceState, ip: string, port: number, exclude: Exclude | null, now: number, commit = true): RouteResult {
+    const affinity = svc.spec.affinity.mode === "source-ip" ? this.affinity : null;
+    if (affinity !== null) {
+      const t = affinity.lookup(svc, ip, now);
       if (t !== null && (exclude === null || !exclude(t))) {
-        if (commit) this.affinity!.record(svc, ip, t, now);
-        this.reason = "affinity";
-        return t;
+        if (commit) affinity.record(svc, ip, t, now);
+        return { target: t, reason: "affinity" };
       }
     }
     const hash = svc.hashSourceOnly ? hashString(ip) : flowHash(ip, port);
     const t = svc.picker.pick(hash, exclude) as Target | null;
-    if (t === null) {
-      this.reason = svc.targets.length === 0 ? "no-backend" : "all-excluded";
-      return null;
-    }
-    if (sticky && commit) this.affinity!.record(svc, ip, t, now);
-    this.reason = svc.spec.algorithm;
-    return t;
+    if (t === null) return refusal(svc);
+    if (affinity !== null && commit) affinity.record(svc, ip, t, now);
+    return { target: t, reason: svc.spec.algorithm };
   }
+}
+
+/** Off the hot path (only when nothing was picked): a full backend under the per-backend cap says "max-connections". */
+function refusal(svc: ServiceState): RouteResult {
+  const max = svc.spec.limits.maxConnectionsPerBackend;
+  if (max > 0) for (const t of svc.targets) if (t.stats.active >= max) return FULL;
+  return NO_BACKEND;
 }

@@ -2,12 +2,14 @@
 // timeout and bounded retries on other backends, then relay both ways with backpressure and half-close.
 import net from "node:net";
 import type { Logger } from "pino";
+import { clientAddress } from "../../shared/ip.js";
 import type { Exclude } from "../lb/algorithm.js";
-import type { ServiceState, Target } from "../snapshot.js";
-import { limiterFor, type SourceRateLimiter } from "./access.js";
-import type { DataPlane } from "./plane.js";
+import type { ServiceState, Target } from "../model/snapshot.js";
+import type { Closable, ConnectFailureReason, RefuseReason, ServiceCounters } from "../model/stats.js";
+import { admit } from "./admit.js";
+import type { ListenerHost } from "./host.js";
 import { proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
-import type { Closable, ConnectFailureReason, ServiceCounters } from "./stats.js";
+import { limiterFor, type SourceRateLimiter } from "./rate-limit.js";
 
 const noop = () => {};
 
@@ -41,7 +43,7 @@ export class TcpListener {
   private readonly debug: boolean;
 
   constructor(
-    readonly plane: DataPlane,
+    readonly plane: ListenerHost,
     svc: ServiceState,
     readonly log: Logger,
   ) {
@@ -83,9 +85,9 @@ export class TcpListener {
     return new Promise((resolve) => this.server.close(() => resolve()));
   }
 
-  private refuse(socket: net.Socket, reason: "max-connections" | "denied" | "rate-limited" | "no-backend" | "draining"): void {
+  private refuse(socket: net.Socket, ip: string, reason: RefuseReason): void {
     this.counters.refused[reason]++;
-    if (this.debug) this.log.debug({ service: this.svc.name, client: socket.remoteAddress, reason }, "connection refused");
+    if (this.debug) this.log.debug({ service: this.svc.name, client: ip, reason }, "connection refused");
     // RST at once: the client learns quickly and we hold no state for it.
     socket.resetAndDestroy();
   }
@@ -93,36 +95,26 @@ export class TcpListener {
   private accept(socket: net.Socket): void {
     socket.on("error", noop);
     const svc = this.svc;
-    const ip = socket.remoteAddress;
-    if (ip === undefined) {
+    const raw = socket.remoteAddress;
+    if (raw === undefined) {
       socket.destroy();
       return;
     }
-    if (this.plane.draining) {
-      this.refuse(socket, "draining");
-      return;
-    }
-    const limits = svc.spec.limits;
-    if (limits.maxConnections > 0 && this.counters.active >= limits.maxConnections) {
-      this.refuse(socket, "max-connections");
-      return;
-    }
-    if (svc.access !== null && !svc.access.permits(ip)) {
-      this.refuse(socket, "denied");
-      return;
-    }
+    const ip = clientAddress(raw);
     const now = Date.now();
-    if (this.limiter !== null && !this.limiter.take(ip, now)) {
-      this.refuse(socket, "rate-limited");
+    const max = svc.spec.limits.maxConnections;
+    const refused = admit(this.plane.draining, max > 0 && this.counters.active >= max ? "max-connections" : null, svc, this.limiter, ip, now);
+    if (refused !== null) {
+      this.refuse(socket, ip, refused);
       return;
     }
-    const target = this.plane.router.route(svc, ip, socket.remotePort ?? 0, this.exclude, now);
-    if (target === null) {
-      this.refuse(socket, limits.maxConnectionsPerBackend > 0 && svc.targets.length > 0 ? "max-connections" : "no-backend");
+    const routed = this.plane.router.route(svc, ip, socket.remotePort ?? 0, this.exclude, now);
+    if (routed.target === null) {
+      this.refuse(socket, ip, routed.reason);
       return;
     }
     this.counters.accepted++;
-    new Connection(this, svc, socket, ip, target).connect();
+    new Connection(this, svc, socket, ip, routed.target).connect();
   }
 }
 
@@ -181,7 +173,8 @@ class Connection implements Closable {
     plane.onConnected(this.svc, this.target, (performance.now() - this.connectStart) / 1000);
     const pp = this.svc.spec.proxyProtocol;
     if (pp !== "none") {
-      const src = this.ip;
+      // The socket's own spelling of the client (the header keeps its family as the socket saw it).
+      const src = this.client.remoteAddress ?? this.ip;
       const srcPort = this.client.remotePort ?? 0;
       const dst = this.client.localAddress ?? "";
       const dstPort = this.client.localPort ?? 0;
@@ -244,13 +237,13 @@ class Connection implements Closable {
     tried.push(failed);
     const base = this.listener.exclude;
     const next = plane.router.route(this.svc, this.ip, this.client.remotePort ?? 0, (t) => tried.includes(t as Target) || base(t), Date.now());
-    if (next === null) {
-      this.listener.counters.refused["no-backend"]++;
+    if (next.target === null) {
+      this.listener.counters.refused[next.reason]++;
       this.client.destroy();
       return;
     }
     this.listener.counters.retries++;
-    this.target = next;
+    this.target = next.target;
     this.connect();
   }
 

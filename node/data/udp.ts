@@ -3,12 +3,14 @@
 import dgram from "node:dgram";
 import net from "node:net";
 import type { Logger } from "pino";
+import { clientAddress } from "../../shared/ip.js";
 import type { Exclude } from "../lb/algorithm.js";
-import type { ServiceState, Target } from "../snapshot.js";
-import { limiterFor, type SourceRateLimiter } from "./access.js";
-import type { DataPlane } from "./plane.js";
+import type { ServiceState, Target } from "../model/snapshot.js";
+import type { Closable, ServiceCounters } from "../model/stats.js";
+import { admit } from "./admit.js";
+import type { ListenerHost } from "./host.js";
 import { proxyV2Header } from "./proxy-protocol.js";
-import type { Closable, ServiceCounters } from "./stats.js";
+import { limiterFor, type SourceRateLimiter } from "./rate-limit.js";
 
 const MAX_PENDING = 64;
 
@@ -55,7 +57,7 @@ export class UdpListener {
   private readonly debug: boolean;
 
   constructor(
-    readonly plane: DataPlane,
+    readonly plane: ListenerHost,
     svc: ServiceState,
     readonly log: Logger,
   ) {
@@ -125,27 +127,18 @@ export class UdpListener {
 
   private createFlow(key: string, rinfo: dgram.RemoteInfo, now: number): Flow | null {
     const svc = this.svc;
-    if (this.plane.draining) {
-      this.counters.refused.draining++;
+    const ip = clientAddress(rinfo.address);
+    const refused = admit(this.plane.draining, this.flows.size >= svc.spec.limits.maxFlows ? "max-flows" : null, svc, this.limiter, ip, now);
+    if (refused !== null) {
+      this.counters.refused[refused]++;
       return null;
     }
-    if (this.flows.size >= svc.spec.limits.maxFlows) {
-      this.counters.refused["max-flows"]++;
+    const routed = this.plane.router.route(svc, ip, rinfo.port, this.exclude, now);
+    if (routed.target === null) {
+      this.counters.refused[routed.reason]++;
       return null;
     }
-    if (svc.access !== null && !svc.access.permits(rinfo.address)) {
-      this.counters.refused.denied++;
-      return null;
-    }
-    if (this.limiter !== null && !this.limiter.take(rinfo.address, now)) {
-      this.counters.refused["rate-limited"]++;
-      return null;
-    }
-    const target = this.plane.router.route(svc, rinfo.address, rinfo.port, this.exclude, now);
-    if (target === null) {
-      this.counters.refused["no-backend"]++;
-      return null;
-    }
+    const target = routed.target;
     const sock = dgram.createSocket(net.isIPv6(target.host) ? "udp6" : "udp4");
     const flow = new Flow(this, key, rinfo.address, rinfo.port, target, sock, now);
     sock.on("error", (err: NodeJS.ErrnoException) => {
@@ -207,10 +200,5 @@ export class UdpListener {
         resolve();
       }
     });
-  }
-
-  /** Ends every flow (on shutdown, once the drain timeout has passed or no datagrams are expected). */
-  closeFlows(): void {
-    for (const flow of [...this.flows.values()]) this.removeFlow(flow);
   }
 }

@@ -3,7 +3,7 @@
 // state, and a callback on every state transition. It never writes anywhere itself.
 import type { Verdict } from "../../shared/codec.js";
 import { hashString } from "../lb/hash.js";
-import type { Snapshot } from "../snapshot.js";
+import type { Snapshot } from "../model/snapshot.js";
 import { type CheckKind, type HealthSettings, type Probe, type ProbeOutcome, probe as realProbe } from "./checks.js";
 
 export interface CheckTarget {
@@ -111,10 +111,6 @@ export class Checker {
       if (prev.interval !== t.settings.interval || prev.jitter !== t.settings.jitter) this.schedule(slot, now + phaseOf(t));
     }
     for (const [key, slot] of this.slots) if (!seen.has(key)) this.remove(slot);
-  }
-
-  state(key: string): CheckState {
-    return this.slots.get(key)?.state ?? "unknown";
   }
 
   /** Current verdicts of the targets with a known state. */

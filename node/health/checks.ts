@@ -1,11 +1,13 @@
 // One probe per check kind (tcp, http, send-expect, udp): a single attempt against a backend's check
 // address, bounded by the service's timeout. Probes never throw; the reason doubles as the verdict's.
+
 import dgram from "node:dgram";
 import http from "node:http";
 import net from "node:net";
+import type { z } from "zod";
+import { formatHostPort } from "../../shared/address.js";
 import { formatDuration } from "../../shared/duration.js";
 import type { CheckType, healthSchema } from "../../shared/schema.js";
-import type { z } from "zod";
 
 /** A service's health settings after resolveService() filled the protocol-dependent check type. */
 export type HealthSettings = z.output<typeof healthSchema> & { type: CheckType };
@@ -97,7 +99,7 @@ export function probeHttp(target: ProbeTarget, settings: HealthSettings): Promis
   return new Promise((resolve) => {
     let connected = false;
     const finish = settleOnce(resolve, timeoutMs, () => req.destroy());
-    const hostHeader = h.host ?? (target.host.includes(":") ? `[${target.host}]:${target.port}` : `${target.host}:${target.port}`);
+    const hostHeader = h.host ?? formatHostPort(target.host, target.port);
     const req = http.request({
       host: target.host,
       port: target.port,

@@ -2,12 +2,12 @@
 // verdicts (only on change) and a heartbeat, each as a fenced write that fails once another term
 // began. A refused or failed write ends the term at once: stop checking, step down, campaign again.
 import { setTimeout as sleep } from "node:timers/promises";
-import { encodeValue, type Verdict } from "../../shared/codec.js";
+import { encodeValue, parseVerdictValue, type Verdict } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
-import { parseVerdictValue, type RecordTable } from "../control/records.js";
+import type { RecordTable } from "../control/records.js";
 import type { Leadership, Store } from "../control/store.js";
 import type { Logger } from "../log.js";
-import { type CheckTarget, Checker } from "./checker.js";
+import { Checker, type CheckTarget } from "./checker.js";
 import type { Probe } from "./checks.js";
 import type { HealthMetrics } from "./metrics.js";
 

@@ -2,8 +2,8 @@
 // backends itself and routes by its own results. Starts from the shared verdicts, so nothing flaps.
 import type { Verdict } from "../../shared/codec.js";
 import type { Logger } from "../log.js";
-import type { VerdictView } from "../snapshot.js";
-import { type CheckTarget, Checker } from "./checker.js";
+import type { VerdictView } from "../model/snapshot.js";
+import { Checker, type CheckTarget } from "./checker.js";
 import type { Probe } from "./checks.js";
 import type { HealthMetrics } from "./metrics.js";
 

@@ -1,15 +1,47 @@
 // Health checking once per cluster (issue 4): composes the elected checker (leader.ts), local fallback
 // (local.ts) and the verdict mode of this node. Verdicts always reach routing through the snapshot:
-// shared ones from etcd, or in local fallback this node's own, through `reconciler.verdictSource`.
-import type { Verdict } from "../../shared/codec.js";
+// shared ones from etcd, or in local fallback this node's own, through `routingVerdicts()`, which the
+// reconciler calls on every build.
+import type client from "prom-client";
+import type { HealthHeartbeat, Verdict } from "../../shared/codec.js";
 import { formatDuration } from "../../shared/duration.js";
+import type { KeySchema } from "../../shared/keys.js";
+import type { NodeConfig } from "../../shared/schema.js";
+import type { RecordTable } from "../control/records.js";
+import type { Store } from "../control/store.js";
 import type { Logger } from "../log.js";
-import type { BallastNode, NodeMode } from "../node.js";
-import type { Snapshot } from "../snapshot.js";
+import type { Snapshot, VerdictView } from "../model/snapshot.js";
 import { type CheckTarget, checkTargetsOf } from "./checker.js";
 import { HealthLeader } from "./leader.js";
 import { LocalFallback } from "./local.js";
 import { HealthMetrics } from "./metrics.js";
+import type { NodeMode } from "./mode.js";
+
+/** The reconciler's cluster view, as health reads it. */
+export interface ClusterView {
+  readonly records: RecordTable;
+  readonly heartbeat: HealthHeartbeat | null;
+  readonly connected: boolean;
+  readonly lastError: string | null;
+  readonly snapshot: Snapshot | null;
+  /** Rebuilds the snapshot from the current records (verdicts changed). */
+  rebuild(): void;
+}
+
+/** What the health manager needs from the node that composes it. */
+export interface HealthContext {
+  readonly id: string;
+  readonly standalone: boolean;
+  readonly config: NodeConfig["health"];
+  readonly leaseTtl: number;
+  readonly store: Store;
+  readonly keys: KeySchema;
+  readonly log: Logger;
+  readonly registry: client.Registry;
+  readonly cluster: ClusterView;
+  /** The verdict mode changed: the node republishes its record. */
+  onMode(mode: NodeMode): void;
+}
 
 export interface HealthStatus {
   /** The node whose heartbeat is fresh (this node while it leads); null when there is none. */
@@ -46,25 +78,37 @@ export class HealthManager {
   private absentSince = Date.now();
   private modeReason: string;
   private modeSince = Date.now();
+  private currentMode: NodeMode;
 
-  constructor(readonly node: BallastNode) {
+  constructor(private readonly node: HealthContext) {
     this.log = node.log.child({ module: "health" });
-    this.metrics = new HealthMetrics(node.metrics.registry);
-    this.metrics.setMode(node.mode);
+    this.metrics = new HealthMetrics(node.registry);
+    this.currentMode = node.standalone ? "standalone" : "shared";
+    this.metrics.setMode(this.currentMode);
     this.modeReason = node.standalone ? "standalone: checks run in this process" : "starting";
-    const staleAfter = node.config.health.staleAfter;
+    const staleAfter = node.config.staleAfter;
     this.leader = new HealthLeader({
       id: node.id,
       store: node.store,
       keys: node.keys,
-      leaseTtl: node.config.etcd?.leaseTtl ?? 5,
+      leaseTtl: node.leaseTtl,
       // Several heartbeats per staleness bound, so one slow write does not send the cluster to fallback.
       heartbeatMs: Math.min(1_000, Math.max(50, Math.floor(staleAfter / 4))),
       log: this.log,
       metrics: this.metrics,
       targets: () => this.targets,
-      records: () => node.reconciler.records,
+      records: () => node.cluster.records,
     });
+  }
+
+  /** The node's verdict mode now. */
+  get mode(): NodeMode {
+    return this.currentMode;
+  }
+
+  /** The verdicts that route: shared ones, overlaid by this node's own checks while in local fallback. */
+  routingVerdicts(shared: ReadonlyMap<string, VerdictView>): ReadonlyMap<string, VerdictView> {
+    return this.local === null ? shared : this.local.overlay(shared);
   }
 
   /** Called once after the node's first start steps (store sync running). */
@@ -72,7 +116,7 @@ export class HealthManager {
     this.absentSince = Date.now();
     this.leader.start();
     if (this.node.standalone) return;
-    const every = Math.min(500, Math.max(20, Math.floor(this.node.config.health.staleAfter / 10)));
+    const every = Math.min(500, Math.max(20, Math.floor(this.node.config.staleAfter / 10)));
     this.timer = setInterval(() => this.evaluate(), every);
     this.timer.unref();
   }
@@ -96,12 +140,12 @@ export class HealthManager {
 
   status(): HealthStatus {
     const isLeader = this.leader.leading;
-    const hb = this.node.reconciler.heartbeat as HeartbeatSeen | null;
-    const fresh = hb !== null && this.heartbeatAge(Date.now()) <= this.node.config.health.staleAfter;
+    const hb = this.node.cluster.heartbeat as HeartbeatSeen | null;
+    const fresh = hb !== null && this.heartbeatAge(Date.now()) <= this.node.config.staleAfter;
     return {
       leader: isLeader ? this.node.id : fresh ? hb.leader : null,
       isLeader,
-      mode: this.node.mode,
+      mode: this.currentMode,
       term: this.leader.termId ?? (fresh ? String(hb.term) : null),
       checking: this.leader.checking + (this.local?.checking ?? 0),
       modeReason: this.modeReason,
@@ -120,7 +164,7 @@ export class HealthManager {
 
   /** Milliseconds since the current heartbeat, measured on this node's clock where it can be. */
   private heartbeatAge(now: number): number {
-    const hb = this.node.reconciler.heartbeat;
+    const hb = this.node.cluster.heartbeat;
     if (hb === null) {
       if (this.heartbeatKey !== "") {
         this.heartbeatKey = "";
@@ -133,7 +177,7 @@ export class HealthManager {
       this.heartbeatKey = key;
       // A new value counts from when it arrived (immune to small clock skew between nodes), unless
       // its own timestamp is already past the bound (a dead leader's last heartbeat, read at start).
-      this.heartbeatSeenAt = now - hb.at > this.node.config.health.staleAfter ? hb.at : now;
+      this.heartbeatSeenAt = now - hb.at > this.node.config.staleAfter ? hb.at : now;
     }
     return now - this.heartbeatSeenAt;
   }
@@ -151,8 +195,8 @@ export class HealthManager {
   private evaluateNow(): void {
     if (this.stopped || this.node.standalone) return;
     const now = Date.now();
-    const staleAfter = this.node.config.health.staleAfter;
-    const r = this.node.reconciler;
+    const staleAfter = this.node.config.staleAfter;
+    const r = this.node.cluster;
     const hb = r.heartbeat as HeartbeatSeen | null;
     const age = this.heartbeatAge(now);
     let fresh: boolean;
@@ -169,18 +213,17 @@ export class HealthManager {
       fresh = now - this.absentSince <= staleAfter;
       why = `no leader heartbeat for ${formatDuration(Math.round(now - this.absentSince))}`;
     }
-    if (this.node.mode === "shared" && fresh && hb !== null) this.modeReason = why;
-    else if (this.node.mode === "shared" && !fresh) this.enterFallback(why);
+    if (this.currentMode === "shared" && fresh && hb !== null) this.modeReason = why;
+    else if (this.currentMode === "shared" && !fresh) this.enterFallback(why);
     // Back only on a heartbeat whose leader has settled, i.e. whose verdicts are its own observations
     // (a new leader seeded from old verdicts may not have seen yet what this node's checks saw).
     // An absent heartbeat only delays a fallback; it never ends one.
-    else if (this.node.mode === "local-fallback" && fresh && hb !== null && hb.settled !== false) this.leaveFallback(why);
+    else if (this.currentMode === "local-fallback" && fresh && hb !== null && hb.settled !== false) this.leaveFallback(why);
   }
 
   private enterFallback(reason: string): void {
     this.local = new LocalFallback({ id: this.node.id, log: this.log, metrics: this.metrics, changed: () => this.rebuild() });
     const local = this.local;
-    this.node.reconciler.verdictSource = (shared) => local.overlay(shared);
     this.setMode("local-fallback", reason);
     if (this.targets) local.refresh(this.targets, this.sharedSeeds());
     this.rebuild();
@@ -189,33 +232,32 @@ export class HealthManager {
   private leaveFallback(reason: string): void {
     this.local?.stop();
     this.local = null;
-    this.node.reconciler.verdictSource = (shared) => shared;
     this.setMode("shared", reason);
     this.rebuild();
   }
 
   private setMode(mode: NodeMode, reason: string): void {
-    const from = this.node.mode;
-    this.node.mode = mode;
+    const from = this.currentMode;
+    this.currentMode = mode;
     this.modeReason = reason;
     this.modeSince = Date.now();
     this.metrics.setMode(mode);
     this.metrics.modeTransitions.inc({ mode });
     if (mode === "local-fallback") this.log.warn({ from, to: mode, reason }, "verdict mode local-fallback: routing by this node's own checks");
     else this.log.info({ from, to: mode, reason }, `verdict mode ${mode}: routing by the leader's verdicts`);
-    this.node.refreshRegistration();
+    this.node.onMode(mode);
   }
 
   /** Re-applies verdicts to routing; not before the first snapshot (an empty one would unbind listeners). */
   private rebuild(): void {
-    if (!this.stopped && this.node.reconciler.snapshot !== null) this.node.reconciler.rebuild();
+    if (!this.stopped && this.node.cluster.snapshot !== null) this.node.cluster.rebuild();
   }
 
   /** Shared verdicts as seeds, read only if a new target needs one. */
   private sharedSeeds(): (key: string) => Verdict | undefined {
     let shared: ReadonlyMap<string, Verdict> | null = null;
     return (key) => {
-      shared ??= this.node.reconciler.records.sharedVerdicts();
+      shared ??= this.node.cluster.records.sharedVerdicts();
       return shared.get(key);
     };
   }

@@ -1,8 +1,8 @@
 // Health metrics, registered on the node's registry (so they carry its `node` label): checks by
 // result, check latency and schedule lag, verdict changes, fenced writes, leadership and mode.
 import client from "prom-client";
-import type { NodeMode } from "../node.js";
 import type { CheckResult } from "./checks.js";
+import type { NodeMode } from "./mode.js";
 
 const MODES: readonly NodeMode[] = ["standalone", "shared", "local-fallback"];
 

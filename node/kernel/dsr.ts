@@ -3,10 +3,10 @@
 // transaction per snapshot; a failed apply keeps the previous ruleset serving (nft transactions are
 // all or nothing), is logged, counted and reported per service — the node never crashes or flushes.
 import type { Logger } from "pino";
-import type { StatsRegistry } from "../data/stats.js";
+import type { StatsRegistry } from "../model/stats.js";
 import type { MaglevPicker } from "../lb/maglev.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
-import type { ServiceState, Snapshot } from "../snapshot.js";
+import type { ServiceState, Snapshot } from "../model/snapshot.js";
 import { type DsrBackend, type DsrExisting, type DsrServicePlan, type DsrTablePlan, dsrCounterName, dsrFlowsMapName, dsrObjectName, renderDsr, renderDsrFlush } from "./dsr-ruleset.js";
 import { kernelSlot } from "./jhash.js";
 import { type NftRunner, nftRunner, nftUnavailable } from "./nft.js";
@@ -184,9 +184,11 @@ export class DsrForwarder implements Forwarder<Snapshot> {
     const dsr = [...snap.services.values()].filter((s) => this.handles(forwardingOf(s.spec)));
     for (const name of [...this.statuses.keys()]) if (!dsr.some((s) => s.name === name)) this.statuses.delete(name);
     // No DSR service and nothing programmed: create nothing. A table an earlier run left is emptied;
-    // whether there is one is asked once per process, so nodes without DSR never run nft again.
+    // whether there is one is asked once per process, and only by a node configured for DSR (one
+    // without dsr.interface cannot have programmed it; `ballast node --flush` removes it anyway), so
+    // other nodes never spawn nft for DSR.
     if (dsr.length === 0 && this.applied === null) {
-      if (this.leftoverChecked) return;
+      if (this.leftoverChecked || this.opts.device === undefined) return;
       this.leftoverChecked = true;
       if (!(await this.tableExists())) return;
     }

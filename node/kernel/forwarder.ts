@@ -4,10 +4,10 @@
 // kernel forwards; this class only runs when a snapshot arrives (never per packet).
 import type { Logger } from "pino";
 import { parseIpv4 } from "../affinity/entries.js";
-import type { StatsRegistry } from "../data/stats.js";
+import type { StatsRegistry } from "../model/stats.js";
 import type { MaglevPicker } from "../lb/maglev.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
-import type { ServiceState, Snapshot, Target } from "../snapshot.js";
+import type { ServiceState, Snapshot, Target } from "../model/snapshot.js";
 import { ConntrackEvents, type NewFlow } from "./conntrack-events.js";
 import { type ConntrackTool, conntrackTool, type FlowFilter } from "./conntrack.js";
 import { kernelSlot } from "./jhash.js";

@@ -1,7 +1,7 @@
 // Prometheus metrics of the kernel forwarder: whether each NAT service is programmed, applies and
 // failed applies, the last apply's duration and size, and tracked flows removed. Read at scrape time.
 import client from "prom-client";
-import type { Snapshot } from "../snapshot.js";
+import type { Snapshot } from "../model/snapshot.js";
 import type { KernelForwarder } from "./forwarder.js";
 
 export function registerKernelMetrics(r: client.Registry, k: KernelForwarder, snapshot: () => Snapshot | null): void {

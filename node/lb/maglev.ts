@@ -158,11 +158,6 @@ export class MaglevPicker implements Picker {
     this.seen = new Uint32Array(usable.length);
   }
 
-  /** Table entry for a hash, before exclusions: what `route explain` reports as the primary choice. */
-  slot(hash: number): number {
-    return (hash >>> 0) % this.size;
-  }
-
   pick(hash: number, exclude: Exclude | null): BackendTarget | null {
     const n = this.targets.length;
     if (n === 0) return null;

@@ -5,8 +5,8 @@
 import dgram from "node:dgram";
 import { describe, expect, it } from "vitest";
 import { hashString } from "../../node/lb/hash.js";
+import type { ServiceState, Target } from "../../node/model/snapshot.js";
 import type { BallastNode } from "../../node/node.js";
-import type { ServiceState, Target } from "../../node/snapshot.js";
 import { explainRoute } from "../../node/state.js";
 import { startTcpEcho, startUdpEcho, tcpExchange } from "../helpers/backends.js";
 import type { EtcdProcess } from "../helpers/etcd.js";
@@ -51,7 +51,7 @@ function svcOf(n: BallastNode, name: string): ServiceState {
 
 /** The hot path's decision (and entry) for a client, as a connection from `ip` would make it. */
 function route(n: BallastNode, service: string, ip: string, exclude: ((t: Target) => boolean) | null = null): string | null {
-  return n.plane.router.route(svcOf(n, service), ip, 40000, exclude as never, Date.now())?.id ?? null;
+  return n.plane.router.route(svcOf(n, service), ip, 40000, exclude as never, Date.now()).target?.id ?? null;
 }
 
 /** Where the service's algorithm alone (no affinity) would send the client. */

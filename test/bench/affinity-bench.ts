@@ -7,10 +7,10 @@
 //   entries per second replicate when one node creates them as fast as it can.
 import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { nodeConfigSchema } from "../../shared/schema.js";
 import { createLogger } from "../../node/log.js";
+import type { ServiceState } from "../../node/model/snapshot.js";
 import { BallastNode } from "../../node/node.js";
-import type { ServiceState } from "../../node/snapshot.js";
+import { nodeConfigSchema } from "../../shared/schema.js";
 import { startEtcd } from "../helpers/etcd.js";
 import { startNode, stopAllNodes } from "../helpers/node.js";
 

@@ -4,13 +4,13 @@
 // `npm run build && node dist/test/bench/nat-update.js [--flips N]` (root; never touches the host namespace).
 import { createLogger } from "../../node/log.js";
 import { RecordTable } from "../../node/control/records.js";
-import { StatsRegistry } from "../../node/data/stats.js";
+import { StatsRegistry } from "../../node/model/stats.js";
 import { KernelForwarder } from "../../node/kernel/forwarder.js";
 import { nftRunner } from "../../node/kernel/nft.js";
 import { backendValue, type NatTableModel, renderFull } from "../../node/kernel/ruleset.js";
 import { natTableSize } from "../../node/kernel/table-size.js";
 import { buildMaglevTable } from "../../node/lb/maglev.js";
-import { buildSnapshot, type Snapshot } from "../../node/snapshot.js";
+import { buildSnapshot, type Snapshot } from "../../node/model/snapshot.js";
 import { KeySchema } from "../../shared/keys.js";
 import { netnsUnavailable, Topology } from "../helpers/netns.js";
 

@@ -11,11 +11,13 @@
 //                           "one-armed": client → router → node all inside this one subnet.
 // Every container and network is named ballast-chaos-<run>-… and labelled ballast.chaos=<run> and
 // ballast.chaos.owner=<pid>; destroy() removes them, global setup sweeps those of dead owners.
+
 import { mkdirSync, writeFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import Docker from "dockerode";
 import { GenericContainer, type StartedTestContainer } from "testcontainers";
+import type { RouteAnswer, StateView } from "../../shared/api.js";
 import { decodeValue } from "../../shared/codec.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -365,7 +367,7 @@ export class BallastNode extends Member {
     return sum;
   }
 
-  route(service: string, client: string): Promise<Record<string, unknown>> {
+  route(service: string, client: string): Promise<RouteAnswer> {
     return this.api(`/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}`);
   }
 
@@ -403,22 +405,8 @@ export interface LogEvent extends Record<string, unknown> {
   msg: string;
 }
 
-/** The parts of /api/state the scenarios read (docs: node/state.ts). */
-export interface NodeState {
-  node: { id: string; ready: boolean; draining: boolean; mode: string; startedAt: number };
-  store: { connected: boolean; lastError: string | null; staleSeconds: number };
-  revision: number;
-  snapshotRevision: number;
-  services: {
-    name: string;
-    forwarding?: string;
-    kernel?: { programmed: boolean; reason: string | null } | null;
-    affinity: { entries: number };
-    backends: { id: string; address: string; port: number; state: string; routable: boolean; verdict: { state: string; checker: string; source: string } | null; why: string }[];
-  }[];
-  nodes: { id: string; ready: boolean; mode: string }[];
-  health: { leader: string | null; isLeader: boolean; mode: string; term: string | null };
-}
+/** /api/state, as the node declares it. */
+export type NodeState = StateView;
 
 export interface LoadOptions {
   /** "ip:port"; default the VIP (anycast) or the first node (without). */
@@ -947,7 +935,7 @@ export class ChaosCluster {
         const down = states.flatMap((s) => s.services.flatMap((svc) => svc.backends.filter((b) => !b.routable || b.verdict?.state !== "up").map((b) => `${s.node.id}:${b.id}`)));
         const announced = this.vip ? (await this.announcedNodes()).length : this.nodes.length;
         // DSR: every node's kernel carries the dsr service (until then the VIP's packets would reach the node's own stack).
-        const unprogrammed = states.flatMap((s) => s.services.filter((svc) => svc.forwarding === "dsr" && svc.kernel?.programmed !== true).map((svc) => `${s.node.id}:${svc.name} (${svc.kernel?.reason ?? "pending"})`));
+        const unprogrammed = states.flatMap((s) => s.services.filter((svc) => svc.forwarding.mode === "dsr" && !svc.forwarding.programmed).map((svc) => `${s.node.id}:${svc.name} (${svc.forwarding.reason ?? "pending"})`));
         why = `not ready/connected/shared: [${notReady}], leaders: [${[...leaders]}], not up: [${down}], announced ${announced}/${this.nodes.length}, dsr not programmed: [${unprogrammed}]`;
         return notReady.length === 0 && leaders.size === 1 && !leaders.has(null) && down.length === 0 && announced === this.nodes.length && unprogrammed.length === 0;
       },

@@ -2,7 +2,9 @@
 // deny-wins, inputs that must not throw, and the limiter's bucket arithmetic on an explicit clock.
 import { isIPv4, isIPv6 } from "node:net";
 import { describe, expect, it } from "vitest";
-import { AccessPolicy, CidrList, parseIPv4, parseIPv6, SourceRateLimiter } from "../../node/data/access.js";
+import { SourceRateLimiter } from "../../node/data/rate-limit.js";
+import { AccessPolicy, CidrList } from "../../node/model/access.js";
+import { parseIPv4, parseIPv6 } from "../../shared/ip.js";
 
 describe("parseIPv4 / parseIPv6 agree with node:net", () => {
   const inputs = [

@@ -3,10 +3,10 @@
 // No kernel here: records, snapshots and rendered nft text.
 import { describe, expect, it } from "vitest";
 import { parseServiceValue, RecordTable } from "../../node/control/records.js";
-import { StatsRegistry } from "../../node/data/stats.js";
+import { StatsRegistry } from "../../node/model/stats.js";
 import { dsrServicePlan } from "../../node/kernel/dsr.js";
 import { type DsrServicePlan, type DsrTablePlan, renderDsr } from "../../node/kernel/dsr-ruleset.js";
-import { buildSnapshot } from "../../node/snapshot.js";
+import { buildSnapshot } from "../../node/model/snapshot.js";
 import { KeySchema } from "../../shared/keys.js";
 import { formatIssues, nodeConfigSchema } from "../../shared/schema.js";
 import { labSnapshot } from "./lab.js";

@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { DsrForwarder, explainDsr } from "../../node/kernel/dsr.js";
 import { nftRunner } from "../../node/kernel/nft.js";
 import { createLogger } from "../../node/log.js";
-import type { Snapshot } from "../../node/snapshot.js";
+import type { Snapshot } from "../../node/model/snapshot.js";
 import { netnsUnavailable } from "../helpers/netns.js";
 import { waitFor } from "../helpers/wait.js";
 import { BACKEND_SCRIPT, type DsrLab, dsrLab, type Reply } from "./dsr-topology.js";

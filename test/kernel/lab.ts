@@ -2,8 +2,8 @@
 // Client 10.77.1.2, lb 10.77.1.1 / 10.77.2.1, backends 10.77.2.(10+i); the VIP 10.77.9.1 exists
 // nowhere (DNAT in prerouting takes it). Backends answer TCP and UDP on 8080 with their name, and
 // have no route back to the client unless `backendRoute` (so only full NAT reaches them).
-import { buildSnapshot, type Snapshot } from "../../node/snapshot.js";
-import { StatsRegistry } from "../../node/data/stats.js";
+import { buildSnapshot, type Snapshot } from "../../node/model/snapshot.js";
+import { StatsRegistry } from "../../node/model/stats.js";
 import { RecordTable } from "../../node/control/records.js";
 import { KeySchema } from "../../shared/keys.js";
 import { type Namespace, Topology } from "../helpers/netns.js";

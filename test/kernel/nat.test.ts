@@ -2,7 +2,7 @@
 // nftables from a snapshot; a client namespace opens real TCP/UDP flows through it to backend
 // namespaces. The TypeScript jhash predicts the kernel's backend for every flow.
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { StatsRegistry } from "../../node/data/stats.js";
+import { StatsRegistry } from "../../node/model/stats.js";
 import { createLogger } from "../../node/log.js";
 import { conntrackTool } from "../../node/kernel/conntrack.js";
 import { explainNat, KernelForwarder } from "../../node/kernel/forwarder.js";

@@ -77,9 +77,9 @@ describe.skipIf(skip !== null)("a Ballast node with forwarding: nat (real proces
 
   it("programs, explains, keeps forwarding after SIGKILL, adopts on restart, and --flush removes the table", async () => {
     const first = start();
-    await waitNode(first, async () => (await webState())?.kernel?.programmed === true, "web programmed");
+    await waitNode(first, async () => (await webState())?.forwarding?.programmed === true, "web programmed");
     const st = await webState();
-    expect(st.forwarding).toBe("nat");
+    expect(st.forwarding).toMatchObject({ mode: "nat", forwarder: "kernel", programmed: true });
     // Route explain answers with the kernel's own hash.
     const got = await lab.flows("tcp", ports(23000, 40));
     const explained = await nsGetMany(lab.client, [...got.keys()].map((p) => `/api/route?service=web&client=${CLIENT}&port=${p}`));
@@ -95,7 +95,7 @@ describe.skipIf(skip !== null)("a Ballast node with forwarding: nat (real proces
     expect([...during.values()].filter((a) => !/^b[012] /.test(a))).toEqual([]);
     // A restarted node adopts the table without disturbing tracked flows.
     const second = start();
-    await waitNode(second, async () => (await webState())?.kernel?.programmed === true, "web programmed again");
+    await waitNode(second, async () => (await webState())?.forwarding?.programmed === true, "web programmed again");
     expect(await held.ask()).toEqual(before);
     held.close();
     second.child.kill("SIGTERM");
@@ -112,10 +112,14 @@ describe.skipIf(skip !== null)("a Ballast node with forwarding: nat (real proces
   ])("$description: the NAT service is reported not programmed with the reason; the proxy service works", async ({ prefix, env, reason }) => {
     const node = start(prefix, env);
     try {
-      await waitNode(node, async () => (await webState())?.kernel?.reason != null, "web status");
+      await waitNode(node, async () => {
+        // Before the first apply the state says "not applied yet"; wait for the kernel forwarder's own word.
+        const r = (await webState())?.forwarding?.reason;
+        return r != null && r !== "not applied yet";
+      }, "web status");
       const st = await webState();
-      expect(st.kernel.programmed).toBe(false);
-      expect(st.kernel.reason).toMatch(reason);
+      expect(st.forwarding.programmed).toBe(false);
+      expect(st.forwarding.reason).toMatch(reason);
       const proxied = await lab.client.run(process.execPath, ["-e", `const s = require("net").connect(81, "10.77.1.1"); s.on("data", (d) => { process.stdout.write(String(d)); s.destroy(); })`]);
       expect(proxied).toMatch(/^b[012] /);
       const metrics = await lab.client.run(process.execPath, ["-e", `fetch("http://${ADMIN}/metrics").then((r) => r.text()).then((t) => process.stdout.write(t))`]);

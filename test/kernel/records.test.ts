@@ -3,13 +3,13 @@
 // Also the pure pieces: the table-size ladder, the cluster seed, and the ruleset delta.
 import { describe, expect, it } from "vitest";
 import { RecordTable } from "../../node/control/records.js";
-import { StatsRegistry } from "../../node/data/stats.js";
+import { StatsRegistry } from "../../node/model/stats.js";
 import { natServiceModel } from "../../node/kernel/forwarder.js";
 import { flowKey, jhash, reciprocalScale } from "../../node/kernel/jhash.js";
 import { type NatServiceModel, renderDelta, renderFull } from "../../node/kernel/ruleset.js";
 import { clusterSeed } from "../../node/kernel/seed.js";
 import { NAT_TABLE_LADDER, natTableSize } from "../../node/kernel/table-size.js";
-import { buildSnapshot } from "../../node/snapshot.js";
+import { buildSnapshot } from "../../node/model/snapshot.js";
 import { KeySchema } from "../../shared/keys.js";
 import { formatIssues, nodeConfigSchema } from "../../shared/schema.js";
 

@@ -1,11 +1,17 @@
 // What the status page needs from the admin server, without a browser: the page shell without the
 // token (and no data in it), the token still required for the API, CORS on /api/state only for other
 // nodes' admin origins (preflight included), and an inline script that parses.
+
+import { spawnSync } from "node:child_process";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import vm from "node:vm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type AdminApi, AdminServer } from "../../node/admin/server.js";
 import { allowsPeerOrigin, statusPage, statusPageScript } from "../../node/admin/status-page.js";
+import type { StateView } from "../../shared/api.js";
 
+const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const TOKEN = "t0ken";
 const peers = [{ admin: "127.0.0.1:9091" }, { admin: "[::1]:9092" }, { admin: "lb2.example:9090" }];
 
@@ -29,8 +35,9 @@ describe("status page access rules", () => {
   beforeAll(async () => {
     const api: AdminApi = {
       ready: () => true,
-      state: () => ({ cluster: "c", secret: "cluster data" }),
-      route: () => ({ status: 200, body: {} }),
+      // Only who may read it matters here, not the shape.
+      state: () => ({ cluster: "c", secret: "cluster data" }) as unknown as StateView,
+      route: () => ({ status: 404, body: { error: "no service" } }),
       metrics: async () => ({ contentType: "text/plain", body: "" }),
       pages: new Map([["/", statusPage]]),
       publicPages: new Set(["/"]),
@@ -92,4 +99,10 @@ describe("status page access rules", () => {
     expect(() => new vm.Script(statusPageScript)).not.toThrow();
     expect(statusPage().body.length).toBeLessThan(64 * 1024);
   });
+
+  it("has a script that type-checks against the admin API types (shared/api.ts) and the DOM", () => {
+    const r = spawnSync(process.execPath, [join(repo, "node_modules/typescript/bin/tsc"), "-p", join(repo, "node/admin/assets")], { encoding: "utf8", timeout: 120_000 });
+    expect(`${r.stdout}${r.stderr}`).toBe("");
+    expect(r.status).toBe(0);
+  }, 150_000);
 });

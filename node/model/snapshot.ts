@@ -1,13 +1,14 @@
 // The snapshot: a pure function from validated records (of one revision) to a frozen, ready-to-route
 // view. The data plane swaps one reference to it; connections read it once. Same input → same snapshot.
-import { parseHostPort } from "../shared/address.js";
-import type { Verdict } from "../shared/codec.js";
-import type { BackendSpec, ServiceSpec } from "../shared/schema.js";
-import { AccessPolicy } from "./data/access.js";
-import type { BackendCounters, StatsRegistry } from "./data/stats.js";
-import type { BackendTarget, Picker } from "./lb/algorithm.js";
-import { natPickerFactory } from "./kernel/table-size.js";
-import { pickerFactory } from "./lb/index.js";
+import { formatHostPort, parseHostPort } from "../../shared/address.js";
+import type { Verdict } from "../../shared/codec.js";
+import type { BackendSpec, ServiceSpec } from "../../shared/schema.js";
+import type { BackendTarget, Picker } from "../lb/algorithm.js";
+import { natPickerFactory } from "../kernel/table-size.js";
+import { pickerFactory } from "../lb/index.js";
+import { AccessPolicy } from "./access.js";
+import type { ForwardingMode } from "./forwarder.js";
+import type { BackendCounters, StatsRegistry } from "./stats.js";
 
 export interface Target extends BackendTarget {
   readonly stats: BackendCounters;
@@ -35,7 +36,8 @@ export interface BackendView {
 
 export interface ServiceState {
   readonly name: string;
-  readonly spec: ServiceSpec;
+  /** `forwarding` is read through forwardingOf(): records written before it existed are proxied. */
+  readonly spec: ServiceSpec & { readonly forwarding?: ForwardingMode };
   /** "tcp|host|port": listeners are reused across snapshots by this key. */
   readonly listenKey: string;
   readonly host: string;
@@ -78,6 +80,20 @@ export function listenKeyOf(protocol: string, host: string, port: number): strin
   return `${protocol}|${host}|${port}`;
 }
 
+/** Same verdict as far as routing and the operator can tell (views are rebuilt on every build). */
+function sameVerdict(a: VerdictView | null, b: VerdictView | null): boolean {
+  if (a === b) return true;
+  if (a === null || b === null) return false;
+  return a.state === b.state && a.reason === b.reason && a.since === b.since && a.count === b.count && a.checker === b.checker && a.source === b.source;
+}
+
+/**
+ * Builds the snapshot. With `prev` (the snapshot this one replaces), a service whose spec, backends
+ * and verdicts are unchanged keeps its previous ServiceState (picker included): one verdict flip does
+ * not rebuild N Maglev tables or reset every round-robin/least-conn position. A service whose routable
+ * set is unchanged (a verdict detail or a drained-but-not-routable backend changed) keeps its picker.
+ * The record table keeps the parsed spec object of an unchanged record, so "unchanged" is identity.
+ */
 /**
  * Why a backend cannot serve a `forwarding: dsr` service: the node forwards packets unchanged, so the
  * backend must listen on the service's own port and be an IPv4 neighbour (its address resolves by ARP).
@@ -88,7 +104,7 @@ function dsrBackendRefusal(b: BackendSpec, listenPort: number): string | null {
   return null;
 }
 
-export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snapshot {
+export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: Snapshot | null = null): Snapshot {
   const invalid: InvalidRecord[] = [...input.invalid];
   const services = new Map<string, ServiceState>();
   const listenOwners = new Map<string, string>();
@@ -103,8 +119,10 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
       invalid.push({ key: input.keyOf.service(name), reason: `listen ${spec.protocol} ${spec.listen} already used by service ${owner}` });
       continue;
     }
-    let access: AccessPolicy | null = null;
-    if (spec.access.allow.length > 0 || spec.access.deny.length > 0) {
+    const before = prev?.services.get(name);
+    const same = before !== undefined && before.spec === spec ? before : undefined;
+    let access: AccessPolicy | null = same !== undefined ? same.access : null;
+    if (same === undefined && (spec.access.allow.length > 0 || spec.access.deny.length > 0)) {
       try {
         access = new AccessPolicy(spec.access.allow, spec.access.deny);
       } catch (err) {
@@ -128,6 +146,7 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
       const b = specs.get(id)!;
       const dsrWhy = spec.forwarding === "dsr" ? dsrBackendRefusal(b, hp.port) : null;
       if (dsrWhy !== null) {
+        // Skipped like a duplicate: the record is invalid for this service, the others keep working.
         duplicate.add(id);
         invalid.push({ key: input.keyOf.backend(name, id), reason: dsrWhy });
         continue;
@@ -139,8 +158,21 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
         invalid.push({ key: input.keyOf.backend(name, id), reason: `duplicate address ${b.address}:${b.port} (same as backend ${first})` });
       } else seenAddress.set(addressKey, id);
     }
-    for (const id of [...specs.keys()].sort(byString)) {
-      if (duplicate.has(id)) continue;
+    const ids = [...specs.keys()].sort(byString).filter((id) => !duplicate.has(id));
+    if (same !== undefined && same.backends.length === ids.length) {
+      let unchanged = true;
+      for (let i = 0; i < ids.length && unchanged; i++) {
+        const v = same.backends[i];
+        unchanged = v.id === ids[i] && v.spec === specs.get(ids[i]) && sameVerdict(v.verdict, input.verdicts.get(`${name}/${ids[i]}`) ?? null);
+      }
+      if (unchanged) {
+        services.set(name, same);
+        continue;
+      }
+    }
+    const prevTargets = new Map<string, Target>();
+    if (before !== undefined) for (const t of before.sticky.values()) prevTargets.set(t.id, t);
+    for (const id of ids) {
       const b = specs.get(id)!;
       const verdict = input.verdicts.get(`${name}/${id}`) ?? null;
       let why = "";
@@ -148,22 +180,37 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
       else if (b.weight === 0) why = "weight 0";
       else if (verdict?.state === "down") why = `down: ${verdict.reason}`;
       else if (!verdict && !spec.health.unknownRoutes && spec.health.type !== "none") why = "unknown";
-      const target: Target = Object.freeze({
+      // The previous Target when nothing it carries changed, so a reused picker and the new sticky
+      // map hold the same objects (retries compare targets by identity).
+      const old = prevTargets.get(id);
+      const label = formatHostPort(b.address, b.port);
+      const target: Target =
+        old !== undefined && old.host === b.address && old.port === b.port && old.weight === b.weight && old.zone === b.zone
+          ? old
+          : Object.freeze({
         id,
         host: b.address,
         port: b.port,
         weight: b.weight,
         zone: b.zone,
-        label: b.address.includes(":") ? `[${b.address}]:${b.port}` : `${b.address}:${b.port}`,
+        label,
         stats: stats.backend(name, id),
       });
       views.push(Object.freeze({ id, spec: b, verdict, routable: why === "", why }));
       if (why === "") targets.push(target);
       if (b.state !== "disabled" && verdict?.state !== "down") sticky.set(id, target);
     }
-    // A NAT service's table is the kernel map's: the same builder feeds explain and nftables.
-    const kernel = spec.forwarding === "nat" || spec.forwarding === "dsr";
-    const factory = kernel ? natPickerFactory(spec.algorithm, views.length) : pickerFactory(spec.algorithm);
+    // A NAT service's table is the kernel map's: the same builder feeds explain and nftables, sized
+    // by the configured backends (so the picker is kept only while that count and the mode stay).
+    // dsr services too: the kernel's slot map and route explain read one table.
+    const nat = spec.forwarding === "nat" || spec.forwarding === "dsr";
+    const factory = nat ? natPickerFactory(spec.algorithm, views.length) : pickerFactory(spec.algorithm);
+    const keepPicker =
+      before !== undefined &&
+      before.spec.algorithm === spec.algorithm &&
+      before.spec.forwarding === spec.forwarding &&
+      (!nat || before.backends.length === views.length) &&
+      sameTargets(before.targets, targets);
     services.set(
       name,
       Object.freeze({
@@ -173,9 +220,9 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
         host: hp.host,
         port: hp.port,
         backends: Object.freeze(views),
-        targets: Object.freeze(targets),
+        targets: keepPicker ? before.targets : Object.freeze(targets),
         sticky,
-        picker: factory.build(targets),
+        picker: keepPicker ? before.picker : factory.build(targets),
         hashSourceOnly: factory.hashSourceOnly,
         access,
       }),
@@ -190,4 +237,10 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry): Snaps
   }
   invalid.sort((a, b) => byString(a.key, b.key));
   return Object.freeze({ revision: input.revision, services, invalid: Object.freeze(invalid) });
+}
+
+function sameTargets(a: readonly Target[], b: readonly Target[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }

@@ -1,0 +1,180 @@
+// The admin API's answers, declared once: node/state.ts builds them, the CLI, the status page script
+// (node/admin/assets/status.js, through JSDoc) and the chaos harness read them. Adding a field here
+// is the whole change; a renamed or removed one fails the type check everywhere it is read.
+// No imports: the status page script reads these types in the browser build, without Node types.
+
+/** A node's record under nodes/<id> (written by the node, leased). */
+export interface NodeRecord {
+  id: string;
+  address: string;
+  admin: string;
+  zone: string;
+  version: string;
+  ready: boolean;
+  draining: boolean;
+  revision: number;
+  mode: "shared" | "local-fallback" | "standalone";
+  startedAt: number;
+  updatedAt: number;
+}
+
+export type VerdictState = "up" | "down";
+
+export interface Verdict {
+  state: VerdictState;
+  since: number;
+  reason: string;
+  /** Consecutive results agreeing with the state at the time of writing. */
+  count: number;
+  checker: string;
+}
+
+export type VerdictSource = "shared" | "local";
+
+export interface BackendStateView {
+  id: string;
+  address: string;
+  port: number;
+  weight: number;
+  zone: string;
+  state: "active" | "drain" | "disabled";
+  verdict: (Verdict & { source: VerdictSource }) | null;
+  /** Takes new connections. */
+  routable: boolean;
+  /** Why not routable ("drain", "disabled", "down: <reason>", "weight 0", "unknown"); empty when routable. */
+  why: string;
+  /** Passively ejected after connect failures (this node only). */
+  ejected: boolean;
+  active: number;
+  connections: number;
+  bytesIn: number;
+  bytesOut: number;
+  connectFailures: Record<"refused" | "timeout" | "reset" | "unreachable" | "other", number>;
+  /** forwarding dsr: packets and bytes this node's kernel forwarded to the backend (client → backend; replies bypass the node). */
+  dsr?: { packets: number; bytes: number };
+}
+
+/** Which forwarder carries a service on this node, and its word on it. */
+export interface ForwardingStateView {
+  mode: "proxy" | "nat" | "dsr";
+  /** Null when no forwarder on this node handles the mode. */
+  forwarder: string | null;
+  programmed: boolean;
+  reason: string | null;
+  revision: number;
+}
+
+export interface ServiceStateView {
+  name: string;
+  listen: string;
+  boundPort: number;
+  listenerError: string | null;
+  protocol: "tcp" | "udp";
+  algorithm: string;
+  proxyProtocol: "none" | "v1" | "v2";
+  forwarding: ForwardingStateView;
+  affinity: { mode: "none" | "source-ip"; ttlMs: number; entries: number };
+  health: { type: string; intervalMs: number; rise: number; fall: number };
+  active: number;
+  accepted: number;
+  bytesIn: number;
+  bytesOut: number;
+  retries: number;
+  refused: Record<"max-connections" | "denied" | "rate-limited" | "no-backend" | "draining" | "max-flows", number>;
+  udp?: { flows: number; datagramsIn: number; datagramsOut: number; dropped: number };
+  backends: BackendStateView[];
+}
+
+export interface InvalidRecordView {
+  key: string;
+  reason: string;
+  keptLastGood?: boolean;
+}
+
+export type NodeMode = NodeRecord["mode"];
+
+export interface HealthStateView {
+  /** The node whose heartbeat is fresh (this node while it leads); null when there is none. */
+  leader: string | null;
+  isLeader: boolean;
+  mode: NodeMode;
+  term: string | null;
+  checking: number;
+  modeReason: string;
+  modeSince: number;
+  heartbeatAt: number | null;
+  heartbeatAgeMs: number | null;
+}
+
+/** GET /api/state. */
+export interface StateView {
+  node: { id: string; zone: string; version: string; ready: boolean; draining: boolean; mode: NodeMode; startedAt: number; admin: string };
+  cluster: string;
+  store: { kind: "memory" | "etcd"; connected: boolean; lastError: string | null; staleSeconds: number };
+  /** Highest etcd revision this node has processed. */
+  revision: number;
+  /** Revision of the snapshot that routes now. */
+  snapshotRevision: number;
+  services: ServiceStateView[];
+  invalid: readonly InvalidRecordView[];
+  nodes: NodeRecord[];
+  health: HealthStateView;
+  /** The nftables table of `forwarding: nat` services on this node (node/kernel/). */
+  kernel?: KernelStateView;
+  /** The netdev table of `forwarding: dsr` services on this node (node/kernel/dsr.ts). */
+  dsr?: DsrStateView;
+}
+
+/** The DSR forwarder's table: name, interface, seed, whether nft works here, the last transactions. */
+export interface DsrStateView {
+  table: string;
+  /** Node config `dsr.interface`, or null when unset (DSR services are then not programmed). */
+  device: string | null;
+  seed: number;
+  unavailable: string | null;
+  applies: number;
+  failures: number;
+  lastError: string | null;
+  lastApplyMs: number;
+  /** Pins deleted because their backend could no longer carry flows. */
+  pinsRemoved: number;
+}
+
+/** The kernel forwarder's table: its name and seed, whether nft works here, and the last transactions. */
+export interface KernelStateView {
+  table: string;
+  seed: number;
+  /** Why the node cannot program nftables (no nft, no CAP_NET_ADMIN), or null. */
+  unavailable: string | null;
+  applies: number;
+  failures: number;
+  lastError: string | null;
+  lastApplyMs: number;
+  /** Map slots the last transaction wrote (a delta writes only the changed ones). */
+  lastSlotsChanged: number;
+  /** Tracked flows removed (backend down, or past its drain timeout). */
+  flowsRemoved: number;
+}
+
+/** GET /api/route with status 200: which backend a new connection from the client would get, and why. */
+export interface RouteAnswer {
+  service: string;
+  client: string;
+  port: number;
+  revision: number;
+  node: string;
+  backend: { id: string; address: string } | null;
+  /** The router's reason ("affinity (from node …)", the algorithm, "no-backend", "max-connections") or "denied". */
+  reason: string;
+  version?: string;
+  /** Set for services the kernel forwards: the answer is the kernel's hash, computed in TypeScript. */
+  forwarding?: "nat" | "dsr";
+  /** The kernel map slot the flow hashes to (forwarding nat or dsr). */
+  slot?: number;
+}
+
+/** Any admin API error body (404, 400, 401, …). */
+export interface ApiError {
+  error: string;
+  revision?: number;
+}
