@@ -133,6 +133,21 @@ export class Metrics {
     };
   }
 
+  /**
+   * Drops counters of backends and services that left `snapshot` and have nothing open (see
+   * StatsRegistry.prune), with their series kept outside the registry. Called on every snapshot and
+   * before every scrape (a backend with connections when it left is dropped once they closed).
+   */
+  prune(stats: StatsRegistry, snapshot: Parameters<StatsRegistry["prune"]>[0]): string[] {
+    const dropped = stats.prune(snapshot);
+    for (const b of dropped.backends) this.ejections.remove({ service: b.service, backend: b.id });
+    for (const s of dropped.services) {
+      this.latencyChildren.delete(s);
+      this.connectLatency.remove({ service: s });
+    }
+    return dropped.services;
+  }
+
   private latency(service: string): client.Histogram.Internal<"service"> {
     let child = this.latencyChildren.get(service);
     if (!child) {

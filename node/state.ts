@@ -14,6 +14,7 @@ import type { DsrForwarder } from "./kernel/dsr.js";
 import { explainNat, type KernelForwarder } from "./kernel/forwarder.js";
 import { type Forwarder, forwardingOf } from "./model/forwarder.js";
 import type { ServiceState, Snapshot } from "./model/snapshot.js";
+import type { PeerTrust } from "./admin/peer-trust.js";
 
 /** What the admin answers read from the node that composes them (the node itself satisfies it). */
 export interface StateContext {
@@ -33,6 +34,8 @@ export interface StateContext {
   readonly health: Pick<HealthManager, "status">;
   readonly kernel: Pick<KernelForwarder, "seed" | "state">;
   readonly dsr: Pick<DsrForwarder, "seed" | "state" | "lastCounters">;
+  /** Which peers the status page may send the token to (admin.trustedPeers). */
+  readonly peerTrust: Pick<PeerTrust, "trusts">;
 }
 
 export function describeState(n: StateContext): StateView {
@@ -99,7 +102,8 @@ export function describeState(n: StateContext): StateView {
     snapshotRevision: snap?.revision ?? 0,
     services,
     invalid: snap?.invalid ?? [],
-    nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)),
+    // `trusted`: the status page sends the token to this node's admin API (admin.trustedPeers).
+    nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)).map((r) => ({ ...r, trusted: r.id === n.id || n.peerTrust.trusts(r.admin) })),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
     health: { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null },
   };

@@ -10,6 +10,8 @@ export class AffinityMetrics {
     const r = registry;
     const e = table.entries;
     type Table = (typeof e.tables)[number];
+    // A service that is gone has no series once its entries are swept (its table is kept, empty).
+    const listed = (t: Table) => t.size > 0 || table.hasService(t.name);
     const counter = (name: string, help: string, read: (t: Table) => number) =>
       new client.Counter({
         name,
@@ -18,7 +20,7 @@ export class AffinityMetrics {
         registers: [r],
         collect() {
           this.reset();
-          for (const t of e.tables) this.inc({ service: t.name }, read(t));
+          for (const t of e.tables) if (listed(t)) this.inc({ service: t.name }, read(t));
         },
       });
     const gauge = (name: string, help: string, read: (t: Table) => number) =>
@@ -29,7 +31,7 @@ export class AffinityMetrics {
         registers: [r],
         collect() {
           this.reset();
-          for (const t of e.tables) this.set({ service: t.name }, read(t));
+          for (const t of e.tables) if (listed(t)) this.set({ service: t.name }, read(t));
         },
       });
     counter("ballast_affinity_hits_total", "Connections and UDP flows routed by a live affinity entry.", (t) => t.hits);
@@ -63,6 +65,8 @@ export class AffinityMetrics {
     });
     scalar("ballast_affinity_batches_received_total", "Affinity batches from other nodes merged into this node's table.", () => table.batchesReceived);
     scalar("ballast_affinity_invalid_batches_total", "Affinity values that could not be decoded (skipped).", () => table.invalidBatches);
+    scalar("ballast_affinity_invalid_entries_total", "Affinity entries skipped: malformed, or naming a backend the service does not have.", () => table.invalidEntries);
+    scalar("ballast_affinity_clamped_entries_total", "Affinity entries whose times were later than now + clock skew allowance (clamped).", () => table.clampedEntries);
     new client.Counter({
       name: "ballast_affinity_merges_total",
       help: "Entries from other nodes by merge result: new, same (refresh), won (replaced a different local entry), lost (local entry kept), stale (past TTL).",

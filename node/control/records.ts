@@ -54,6 +54,10 @@ export class RecordTable {
   private readonly services = new Map<string, Slot<ServiceSpec>>();
   private readonly backends = new Map<string, Map<string, Slot<BackendSpec>>>();
   private readonly verdicts = new Map<string, Slot<Verdict>>();
+  /** Keys under the prefix this version does not recognise (extra segments, names outside the rules). */
+  private readonly unrecognised = new Map<string, string>();
+  /** Cluster records the reconciler validates itself (node records, the heartbeat): key → reason. */
+  readonly cluster = new Map<string, string>();
   revision = 0;
 
   constructor(private readonly keys: KeySchema) {}
@@ -63,6 +67,7 @@ export class RecordTable {
     this.services.clear();
     this.backends.clear();
     this.verdicts.clear();
+    this.unrecognised.clear();
     for (const kv of kvs) this.put(kv.key, kv.value, kv.modRevision);
     this.revision = revision;
     return true;
@@ -80,7 +85,12 @@ export class RecordTable {
 
   private put(key: string, value: Buffer, rev: number): boolean {
     const k = this.keys.parse(key);
-    if (!k) return false;
+    if (!k) {
+      const reason = this.keys.reason(key);
+      if (reason === null || this.unrecognised.get(key) === reason) return false;
+      this.unrecognised.set(key, reason);
+      return true;
+    }
     switch (k.kind) {
       case "service":
         return update(this.services, k.service!, rev, value, () => parseServiceValue(k.service!, value));
@@ -102,7 +112,7 @@ export class RecordTable {
 
   private delete(key: string): boolean {
     const k = this.keys.parse(key);
-    if (!k) return false;
+    if (!k) return this.unrecognised.delete(key);
     switch (k.kind) {
       case "service":
         return this.services.delete(k.service!);
@@ -157,6 +167,8 @@ export class RecordTable {
       const [service, id] = sid.split("/");
       out.push({ key: this.keys.verdict(service, id), reason: slot.error, keptLastGood: slot.good !== null });
     }
+    for (const [key, reason] of this.unrecognised) out.push({ key, reason });
+    for (const [key, reason] of this.cluster) out.push({ key, reason });
     return out;
   }
 

@@ -19,6 +19,8 @@ export class HealthMetrics {
   readonly modeTransitions: client.Counter<"mode">;
   readonly checking: client.Gauge<"role">;
   private readonly seconds = new Map<string, client.Histogram.Internal<"service">>();
+  /** Results seen per service, so forgetService removes exactly the series that exist. */
+  private readonly results = new Map<string, Set<CheckResult>>();
 
   constructor(registry: client.Registry) {
     const registers = [registry];
@@ -54,13 +56,24 @@ export class HealthMetrics {
     for (const m of MODES) this.mode.set({ mode: m }, m === mode ? 1 : 0);
   }
 
+  /** Drops the series of a service that is gone (its probes, latency and verdict changes). */
+  forgetService(service: string): void {
+    for (const result of this.results.get(service) ?? []) this.checks.remove({ service, result });
+    this.results.delete(service);
+    this.checkSeconds.remove({ service });
+    this.seconds.delete(service);
+    for (const state of ["up", "down"]) for (const source of ["shared", "local"]) this.verdictChanges.remove({ service, state, source });
+  }
+
   observe(service: string, result: CheckResult, seconds: number, lagMs: number): void {
     this.checks.inc({ service, result });
     let h = this.seconds.get(service);
     if (h === undefined) {
       h = this.checkSeconds.labels(service);
       this.seconds.set(service, h);
+      this.results.set(service, new Set());
     }
+    this.results.get(service)!.add(result);
     h.observe(seconds);
     this.lagSeconds.observe(lagMs / 1000);
   }
