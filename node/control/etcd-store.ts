@@ -23,6 +23,7 @@ import {
   SortTarget,
   type Watcher,
 } from "etcd3";
+import { LossSignal, type LostCallback } from "./loss.js";
 import {
   type KeyValue,
   type Leadership,
@@ -634,27 +635,13 @@ class PrefixSync implements SyncHandle {
   }
 }
 
-type LostCallback = (reason: string) => void;
-
-function fire(callbacks: LostCallback[], reason: string): void {
-  for (const cb of callbacks.splice(0)) {
-    try {
-      cb(reason);
-    } catch {
-      // one listener's failure must not keep the others from hearing about the loss
-    }
-  }
-}
-
 /**
  * etcd3's Lease plus a local deadline: etcd3 only reports 'lost' after 2×TTL without a keepalive
  * answer, while etcd expires the lease after 1×TTL. Losing it here after TTL without an answer is
  * conservative (etcd's clock for the lease started no later than our last answer).
  */
 class EtcdStoreLease implements Lease {
-  private state: "alive" | "lost" | "revoked" = "alive";
-  private lostReason = "";
-  private readonly callbacks: LostCallback[] = [];
+  private readonly loss = new LossSignal();
   private timer: NodeJS.Timeout | undefined;
   private readonly ended = new AbortController();
 
@@ -681,14 +668,11 @@ class EtcdStoreLease implements Lease {
   }
 
   onLost(cb: LostCallback): void {
-    if (this.state === "lost") queueMicrotask(() => cb(this.lostReason));
-    else if (this.state === "alive") this.callbacks.push(cb);
+    this.loss.onLost(cb);
   }
 
   async revoke(): Promise<void> {
-    if (this.state !== "alive") return; // a lost lease was already revoked, best effort, by lose()
-    this.state = "revoked";
-    this.callbacks.length = 0;
+    if (!this.loss.end()) return; // a lost lease was already revoked, best effort, by lose()
     this.end();
     try {
       await this.inner.revoke();
@@ -699,27 +683,21 @@ class EtcdStoreLease implements Lease {
 
   /** Forgets the lease locally without revoking it: etcd lets it expire at its TTL. */
   detach(): void {
-    if (this.state !== "alive") return;
-    this.state = "revoked";
-    this.callbacks.length = 0;
-    this.end();
+    if (this.loss.end()) this.end();
   }
 
   private arm(ttlSeconds: number, reason: string): void {
-    if (this.state !== "alive") return;
+    if (!this.loss.live) return;
     clearTimeout(this.timer);
     this.timer = setTimeout(() => this.lose(`${reason} within its ${ttlSeconds}s TTL`), ttlSeconds * 1_000);
     this.timer.unref();
   }
 
   private lose(reason: string): void {
-    if (this.state !== "alive") return;
-    this.state = "lost";
-    this.lostReason = reason;
+    if (!this.loss.lose(reason)) return; // listeners hear in a microtask, after the cleanup below
     this.end();
     // Stop keepalives, and if etcd still has the lease, free its keys now rather than at expiry.
     void this.inner.revoke().catch(() => undefined);
-    fire(this.callbacks, reason);
   }
 
   private end(): void {
@@ -741,9 +719,8 @@ interface LeadershipOps {
  * before it notices. Loss is noticed from the lease, from a watch on the key, or from a failed fence.
  */
 class EtcdLeadership implements Leadership {
-  private state: "leading" | "lost" | "resigned" = "leading";
-  private lostReason = "";
-  private readonly callbacks: LostCallback[] = [];
+  private readonly loss = new LossSignal();
+  private resigned = false;
   private readonly keyWatch = new AbortController();
 
   constructor(
@@ -771,16 +748,14 @@ class EtcdLeadership implements Leadership {
   }
 
   onLost(cb: LostCallback): void {
-    if (this.state === "lost") queueMicrotask(() => cb(this.lostReason));
-    else if (this.state === "leading") this.callbacks.push(cb);
+    this.loss.onLost(cb);
   }
 
   /** Steps down: deletes the election key and revokes the lease so the next candidate leads at once. */
   async resign(): Promise<void> {
-    if (this.state === "resigned") return;
-    const wasLeading = this.state === "leading";
-    this.state = "resigned";
-    this.callbacks.length = 0;
+    if (this.resigned) return;
+    this.resigned = true;
+    const wasLeading = this.loss.end();
     this.keyWatch.abort();
     this.ops.forget(this);
     let failure: unknown;
@@ -804,14 +779,10 @@ class EtcdLeadership implements Leadership {
 
   /** Ends the leadership (idempotent) for loss or close; resolves once the lease revoke settled. */
   end(reason: string): Promise<void> {
-    if (this.state !== "leading") return Promise.resolve();
-    this.state = "lost";
-    this.lostReason = reason;
+    if (!this.loss.lose(reason)) return Promise.resolve();
     this.keyWatch.abort();
     this.ops.forget(this);
-    const revoking = this.lease.revoke().catch(() => undefined);
-    fire(this.callbacks, reason);
-    return revoking;
+    return this.lease.revoke().catch(() => undefined);
   }
 
   private fence() {
@@ -824,7 +795,7 @@ class EtcdLeadership implements Leadership {
   }
 
   private async fenced(op: IRequestOp): Promise<boolean> {
-    if (this.state !== "leading") return false;
+    if (!this.loss.live) return false;
     const res = await this.ops.txn({ compare: [this.fence()], success: [op], failure: [] });
     if (res.succeeded) return true;
     void this.end("fenced write refused: the election key no longer carries our term");
