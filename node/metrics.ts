@@ -1,13 +1,13 @@
 // Prometheus metrics. Hot-path counters are plain numbers on the stats objects; prom-client reads them
 // at scrape time (collect), so a connection costs no label lookups. Histograms use cached children.
 import client from "prom-client";
+import { childCache, collectedCounter, collectedGauge } from "./collect.js";
 import type { PlaneHooks } from "./data/plane.js";
 import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, type StatsRegistry } from "./model/stats.js";
 
 export class Metrics {
   readonly registry = new client.Registry();
   readonly connectLatency: client.Histogram<"service">;
-  private readonly latencyChildren = new Map<string, client.Histogram.Internal<"service">>();
   readonly invalidRecords: client.Gauge<"kind">;
   readonly invalidRecordsTotal: client.Counter;
   readonly snapshotRevision: client.Gauge;
@@ -27,16 +27,9 @@ export class Metrics {
     client.collectDefaultMetrics({ register: r, prefix: "ballast_process_" });
 
     const svcCounter = (name: string, help: string, read: (s: import("./model/stats.js").ServiceCounters) => number) =>
-      new client.Counter({
-        name,
-        help,
-        labelNames: ["service"],
-        registers: [r],
-        collect() {
-          this.reset();
-          for (const s of stats.services.values()) this.inc({ service: s.service }, read(s));
-        },
-      });
+      collectedCounter({ name, help, labelNames: ["service"], registry: r, read: (emit) => {
+        for (const s of stats.services.values()) emit({ service: s.service }, read(s));
+      } });
     svcCounter("ballast_connections_accepted_total", "Connections (and UDP flows) accepted per service.", (s) => s.accepted);
     svcCounter("ballast_service_bytes_in_total", "Bytes from clients to backends per service.", (s) => s.bytesIn);
     svcCounter("ballast_service_bytes_out_total", "Bytes from backends to clients per service.", (s) => s.bytesOut);
@@ -45,59 +38,48 @@ export class Metrics {
     svcCounter("ballast_udp_datagrams_in_total", "UDP datagrams received from clients.", (s) => s.udpDatagramsIn);
     svcCounter("ballast_udp_datagrams_out_total", "UDP datagrams relayed back to clients.", (s) => s.udpDatagramsOut);
     svcCounter("ballast_udp_datagrams_dropped_total", "UDP datagrams that could not be delivered.", (s) => s.udpDropped);
-    new client.Gauge({
+    collectedGauge({
       name: "ballast_connections_active",
       help: "Open connections and UDP flows per service.",
       labelNames: ["service"],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const s of stats.services.values()) this.set({ service: s.service }, s.active);
+      registry: r,
+      read: (emit) => {
+        for (const s of stats.services.values()) emit({ service: s.service }, s.active);
       },
     });
-    new client.Counter({
+    collectedCounter({
       name: "ballast_connections_refused_total",
       help: "Connections refused per service and reason.",
       labelNames: ["service", "reason"],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const s of stats.services.values()) for (const reason of REFUSE_REASONS) this.inc({ service: s.service, reason }, s.refused[reason]);
+      registry: r,
+      read: (emit) => {
+        for (const s of stats.services.values()) for (const reason of REFUSE_REASONS) emit({ service: s.service, reason }, s.refused[reason]);
       },
     });
     const beCounter = (name: string, help: string, read: (b: import("./model/stats.js").BackendCounters) => number) =>
-      new client.Counter({
-        name,
-        help,
-        labelNames: ["service", "backend"],
-        registers: [r],
-        collect() {
-          this.reset();
-          for (const b of stats.backends.values()) this.inc({ service: b.service, backend: b.id }, read(b));
-        },
-      });
+      collectedCounter({ name, help, labelNames: ["service", "backend"], registry: r, read: (emit) => {
+        for (const b of stats.backends.values()) emit({ service: b.service, backend: b.id }, read(b));
+      } });
     beCounter("ballast_backend_connections_total", "Connections (and UDP flows) sent to each backend.", (b) => b.connections);
     beCounter("ballast_backend_bytes_in_total", "Bytes sent to each backend.", (b) => b.bytesIn);
     beCounter("ballast_backend_bytes_out_total", "Bytes received from each backend.", (b) => b.bytesOut);
-    new client.Gauge({
+    collectedGauge({
       name: "ballast_backend_connections_active",
       help: "Open connections and UDP flows per backend.",
       labelNames: ["service", "backend"],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const b of stats.backends.values()) this.set({ service: b.service, backend: b.id }, b.active);
+      registry: r,
+      read: (emit) => {
+        for (const b of stats.backends.values()) emit({ service: b.service, backend: b.id }, b.active);
       },
     });
-    new client.Counter({
+    collectedCounter({
       name: "ballast_backend_connect_failures_total",
       help: "Failed connects to each backend, by reason.",
       labelNames: ["service", "backend", "reason"],
-      registers: [r],
-      collect() {
-        this.reset();
+      registry: r,
+      read: (emit) => {
         for (const b of stats.backends.values())
-          for (const reason of CONNECT_FAILURE_REASONS) this.inc({ service: b.service, backend: b.id, reason }, b.connectFailures[reason]);
+          for (const reason of CONNECT_FAILURE_REASONS) emit({ service: b.service, backend: b.id, reason }, b.connectFailures[reason]);
       },
     });
     this.ejections = new client.Counter({ name: "ballast_backend_ejections_total", help: "Passive ejections after connect failures.", labelNames: ["service", "backend"], registers: [r] });
@@ -113,27 +95,16 @@ export class Metrics {
     this.snapshotRevision = new client.Gauge({ name: "ballast_snapshot_revision", help: "etcd revision of the applied snapshot.", registers: [r] });
     this.snapshotSwaps = new client.Counter({ name: "ballast_snapshot_swaps_total", help: "Snapshots applied.", registers: [r] });
     this.storeConnected = new client.Gauge({ name: "ballast_store_connected", help: "1 while the etcd watch is connected.", registers: [r] });
-    const self = this;
-    this.secondsSinceSync = new client.Gauge({
+    this.secondsSinceSync = collectedGauge({
       name: "ballast_store_staleness_seconds",
       help: "Seconds since the node last knew it was in sync with etcd (0 while connected).",
-      registers: [r],
-      collect() {
-        this.set(self.lastSync === 0 ? 0 : Math.max(0, (Date.now() - self.lastSync) / 1000));
-      },
+      registry: r,
+      read: (emit) => emit({}, this.lastSync === 0 ? 0 : Math.max(0, (Date.now() - this.lastSync) / 1000)),
     });
+    const latency = childCache(this.connectLatency);
     this.planeHooks = {
-      onConnected: (svc, _t, seconds) => this.latency(svc.name).observe(seconds),
+      onConnected: (svc, _t, seconds) => latency(svc.name).observe(seconds),
       onEject: (svc, t) => this.ejections.inc({ service: svc.name, backend: t.id }),
     };
-  }
-
-  private latency(service: string): client.Histogram.Internal<"service"> {
-    let child = this.latencyChildren.get(service);
-    if (!child) {
-      child = this.connectLatency.labels(service);
-      this.latencyChildren.set(service, child);
-    }
-    return child;
   }
 }

@@ -1,6 +1,7 @@
 // Health metrics, registered on the node's registry (so they carry its `node` label): checks by
 // result, check latency and schedule lag, verdict changes, fenced writes, leadership and mode.
 import client from "prom-client";
+import { childCache } from "../collect.js";
 import type { CheckResult } from "./checks.js";
 import type { NodeMode } from "./mode.js";
 
@@ -18,7 +19,7 @@ export class HealthMetrics {
   readonly mode: client.Gauge<"mode">;
   readonly modeTransitions: client.Counter<"mode">;
   readonly checking: client.Gauge<"role">;
-  private readonly seconds = new Map<string, client.Histogram.Internal<"service">>();
+  private readonly seconds: (service: string) => client.Histogram.Internal<"service">;
 
   constructor(registry: client.Registry) {
     const registers = [registry];
@@ -48,6 +49,7 @@ export class HealthMetrics {
     this.modeTransitions = new client.Counter({ name: "ballast_health_mode_transitions_total", help: "Switches of the verdict mode, by the mode entered.", labelNames: ["mode"], registers });
     this.checking = new client.Gauge({ name: "ballast_health_checked_backends", help: "Backends this node probes now, as leader or in local fallback.", labelNames: ["role"], registers });
     this.leader.set(0);
+    this.seconds = childCache(this.checkSeconds);
   }
 
   setMode(mode: NodeMode): void {
@@ -56,12 +58,7 @@ export class HealthMetrics {
 
   observe(service: string, result: CheckResult, seconds: number, lagMs: number): void {
     this.checks.inc({ service, result });
-    let h = this.seconds.get(service);
-    if (h === undefined) {
-      h = this.checkSeconds.labels(service);
-      this.seconds.set(service, h);
-    }
-    h.observe(seconds);
+    this.seconds(service).observe(seconds);
     this.lagSeconds.observe(lagMs / 1000);
   }
 }
