@@ -112,11 +112,18 @@ async function fetchJson<T>(url: string, token?: string): Promise<T> {
 }
 
 async function listNodes(store: Store, keys: KeySchema) {
+  return (await listNodeEntries(store, keys)).map((e) => e.record);
+}
+
+/** Node records with the id their key names (nodes/<id>): a record's own `id` field proves nothing. */
+async function listNodeEntries(store: Store, keys: KeySchema): Promise<Array<{ keyId: string; record: Record<string, unknown> }>> {
   const { kvs } = await store.list(keys.nodes);
   const out = [];
   for (const kv of kvs) {
+    const keyId = keys.parse(kv.key)?.node;
+    if (keyId === undefined) continue;
     try {
-      out.push(decodeValue(kv.value) as Record<string, unknown>);
+      out.push({ keyId, record: decodeValue(kv.value) as Record<string, unknown> });
     } catch {
       // A malformed node record is not ours to fix here; `status` lists it.
     }
@@ -304,10 +311,10 @@ export function buildCli(): Command {
     .option("--token <token>", "admin API bearer token")
     .action(async (o: { token?: string }, cmd: Command) =>
       withStore(cmd, async (store, keys, opts) => {
-        const nodes = await listNodes(store, keys);
+        const nodes = await listNodeEntries(store, keys);
         const states: StateView[] = [];
         const nodeRows = [];
-        for (const n of nodes) {
+        for (const { keyId, record: n } of nodes) {
           let st: StateView | null = null;
           try {
             st = await fetchJson<StateView>(`http://${n.admin}/api/state`, o.token);
@@ -315,7 +322,10 @@ export function buildCli(): Command {
           } catch {
             // Listed with "unreachable" below.
           }
-          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? st.node.ready : "unreachable", mode: st ? st.node.mode : "-", revision: st?.revision ?? "-", leader: st?.health.leader === n.id ? "yes" : "" });
+          // Leader only when the node that answered is the one the key names and says it leads: a junk
+          // record (no id, or another node's id and admin address) must not be shown as the leader.
+          const leader = st !== null && st.health.isLeader === true && st.node.id === keyId && n.id === keyId;
+          nodeRows.push({ node: keyId, admin: n.admin, zone: n.zone, ready: st ? st.node.ready : "unreachable", mode: st ? st.node.mode : "-", revision: st?.revision ?? "-", leader: leader ? "yes" : "" });
         }
         const first: StateView | undefined = states[0];
         if (opts.output === "json") {
@@ -376,6 +386,17 @@ function affinityCell(a: ServiceStateView["affinity"]): string {
 async function runNode(config: NodeConfig): Promise<void> {
   const node = new BallastNode({ config });
   let shuttingDown = false;
+  /** 1 once anything went fatally wrong, also during a drain a signal started. */
+  let exitCode = 0;
+  const drainThenExit = () => {
+    node.shutdown().then(
+      () => process.exit(exitCode),
+      (err: Error) => {
+        node.log.error({ err }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
   const stop = (signal: string) => {
     if (shuttingDown) {
       node.log.warn({ signal }, "second signal: exiting now");
@@ -383,18 +404,24 @@ async function runNode(config: NodeConfig): Promise<void> {
     }
     shuttingDown = true;
     node.log.info({ signal }, "shutting down");
-    node.shutdown().then(
-      () => process.exit(0),
-      (err: Error) => {
-        node.log.error({ err: err.message }, "shutdown failed");
-        process.exit(1);
-      },
-    );
+    drainThenExit();
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
-  // A node must not die of a bug in one connection's handling; log it loudly and keep serving.
-  process.on("uncaughtException", (err) => node.log.error({ err: err.stack ?? String(err) }, "uncaught exception"));
+  // An exception nothing caught means this process's state is no longer known to be sound: log it
+  // with the error object, drain (readyz 503, open connections finish up to drainTimeout), and exit
+  // non-zero so the supervisor starts a clean process. Carrying on served from possibly broken state.
+  const fatal = (kind: "uncaught exception" | "unhandled rejection") => (err: unknown) => {
+    node.log.fatal({ err }, `${kind}: draining, then exiting 1`);
+    exitCode = 1;
+    if (shuttingDown) return;
+    shuttingDown = true;
+    // If the drain itself hangs, the supervisor still gets its restart.
+    setTimeout(() => process.exit(1), config.drainTimeout + config.withdrawDelay + 5_000).unref();
+    drainThenExit();
+  };
+  process.on("uncaughtException", fatal("uncaught exception"));
+  process.on("unhandledRejection", fatal("unhandled rejection"));
   await node.start({ waitForSnapshot: false });
 }
 

@@ -2,8 +2,8 @@
 // at scrape time (collect), so a connection costs no label lookups. Histograms use cached children.
 import client from "prom-client";
 import { childCache, collectedCounter, collectedGauge } from "./collect.js";
-import type { PlaneHooks } from "./data/plane.js";
-import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, type StatsRegistry } from "./model/stats.js";
+import type { DataPlane, PlaneHooks } from "./data/plane.js";
+import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, type StatsRegistry, UDP_DISCARD_REASONS } from "./model/stats.js";
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -38,6 +38,15 @@ export class Metrics {
     svcCounter("ballast_udp_datagrams_in_total", "UDP datagrams received from clients.", (s) => s.udpDatagramsIn);
     svcCounter("ballast_udp_datagrams_out_total", "UDP datagrams relayed back to clients.", (s) => s.udpDatagramsOut);
     svcCounter("ballast_udp_datagrams_dropped_total", "UDP datagrams that could not be delivered.", (s) => s.udpDropped);
+    collectedCounter({
+      name: "ballast_udp_datagrams_discarded_total",
+      help: "UDP datagrams discarded per service and reason (also counted in ballast_udp_datagrams_dropped_total).",
+      labelNames: ["service", "reason"],
+      registry: r,
+      read: (emit) => {
+        for (const s of stats.services.values()) for (const reason of UDP_DISCARD_REASONS) emit({ service: s.service, reason }, s.udpDiscarded[reason]);
+      },
+    });
     collectedGauge({
       name: "ballast_connections_active",
       help: "Open connections and UDP flows per service.",
@@ -106,5 +115,30 @@ export class Metrics {
       onConnected: (svc, _t, seconds) => latency(svc.name).observe(seconds),
       onEject: (svc, t) => this.ejections.inc({ service: svc.name, backend: t.id }),
     };
+  }
+
+  /** Gauges read from the proxy data plane at scrape time: its descriptor budget and which listeners are bound. */
+  observePlane(plane: DataPlane): void {
+    const r = this.registry;
+    collectedGauge({
+      name: "ballast_fd_budget",
+      help: "The data plane's descriptor budget: capacity (RLIMIT_NOFILE less headroom and reserves) and in_use (2 per TCP connection, 1 per UDP flow).",
+      labelNames: ["kind"],
+      registry: r,
+      read: (emit) => {
+        const b = plane.fds;
+        emit({ kind: "capacity" }, Number.isFinite(b.capacity) ? b.capacity : -1);
+        emit({ kind: "in_use" }, b.inUse);
+      },
+    });
+    collectedGauge({
+      name: "ballast_service_listening",
+      help: "1 while the service's listener is bound on this node, 0 when it failed (see listenerError in /api/state).",
+      labelNames: ["service"],
+      registry: r,
+      read: (emit) => {
+        for (const l of plane.listeners.values()) emit({ service: l.svc.name }, l.error === null ? 1 : 0);
+      },
+    });
   }
 }

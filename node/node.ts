@@ -89,6 +89,7 @@ export class BallastNode {
       { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress },
       { affinity: this.affinity, stats: this.stats, hooks: this.metrics.planeHooks },
     );
+    this.metrics.observePlane(this.plane);
     this.forwarders = [this.plane, ...(opts.forwarders ?? [])];
     this.reconciler = new Reconciler(
       this.keys,
@@ -116,6 +117,7 @@ export class BallastNode {
       log: this.log,
       registry: this.metrics.registry,
       cluster: this.reconciler,
+      fds: this.plane.fds,
       onMode: () => this.refreshRegistration(),
     });
     this.admin = new AdminServer(

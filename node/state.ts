@@ -25,7 +25,8 @@ export interface StateContext {
   readonly admin: { readonly address: string };
   readonly metrics: { readonly lastSync: number };
   readonly reconciler: Pick<Reconciler, "snapshot" | "heartbeat" | "connected" | "lastError" | "appliedRevision" | "nodes">;
-  readonly plane: Pick<DataPlane, "listenerOf" | "stats" | "router" | "availabilityExclude" | "draining">;
+  readonly plane: Pick<DataPlane, "listenerOf" | "stats" | "router" | "availabilityExclude" | "draining" | "listenerFailures">;
+  readonly keys: { service(name: string): string };
   readonly forwarders: readonly Forwarder<Snapshot>[];
   readonly affinity: Pick<AffinityTable, "describe" | "entries">;
   readonly health: Pick<HealthManager, "status">;
@@ -91,7 +92,8 @@ export function describeState(n: StateContext): StateView {
     revision: n.reconciler.appliedRevision,
     snapshotRevision: snap?.revision ?? 0,
     services,
-    invalid: snap?.invalid ?? [],
+    // A service this node cannot bind is listed like an invalid record, for this node only.
+    invalid: [...(snap?.invalid ?? []), ...n.plane.listenerFailures().map((f) => ({ key: n.keys.service(f.service), reason: `not served on this node: ${f.reason}` }))],
     nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
     health: { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null },

@@ -4,6 +4,12 @@ import { z } from "zod";
 import { parseHostPort } from "./address.js";
 import { parseDuration } from "./duration.js";
 
+/**
+ * Node's timers take a signed 32-bit delay: anything longer (about 24.8 days) fires after 1 ms, so an
+ * interval of `100000h` would probe hundreds of times a second. Durations are bounded here, at the source.
+ */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+
 const duration = (fallback: string) =>
   z
     .union([z.string(), z.number()])
@@ -14,8 +20,18 @@ const duration = (fallback: string) =>
         ctx.addIssue({ code: "custom", message: `expected a duration like "500ms", "5s", "2m" or milliseconds, got ${JSON.stringify(v)}` });
         return z.NEVER;
       }
+      if (ms > MAX_DURATION_MS) {
+        ctx.addIssue({ code: "custom", message: `expected a duration of at most ${MAX_DURATION_MS}ms (about 24 days), got ${JSON.stringify(v)}` });
+        return z.NEVER;
+      }
       return ms;
     });
+
+// What node's http.request accepts (its checkIsHttpToken, INVALID_PATH_REGEX and header-value checks):
+// a value it would reject must fail here, with its field path, not throw from a probe timer later.
+const httpToken = /^[\^_`a-zA-Z\-0-9!#$%&'*+.|~]+$/;
+const httpPath = /^\/[\u0021-\u00ff]*$/;
+const headerValue = /^[\t\x20-\x7e\x80-\xff]*$/;
 
 const hostPort = z.string().refine((s) => parseHostPort(s) !== null, {
   message: 'expected "address:port" (IPv6 as "[::1]:port"), port 0-65535',
@@ -47,9 +63,9 @@ export const healthSchema = z
     closeOnDown: z.boolean().default(false),
     http: z
       .object({
-        method: z.string().default("GET"),
-        path: z.string().default("/"),
-        host: z.string().optional(),
+        method: z.string().regex(httpToken, "expected an HTTP method token like GET or HEAD").default("GET"),
+        path: z.string().max(2048).regex(httpPath, 'expected a path starting with "/", without spaces or control characters').default("/"),
+        host: z.string().max(255).regex(headerValue, "expected a Host header value without control characters").optional(),
         expectStatus: z.tuple([z.number().int(), z.number().int()]).default([200, 399]),
         bodyMatch: z.string().optional(),
       })
@@ -68,7 +84,7 @@ export const affinitySchema = z
   .strict();
 
 /** A service record: what an operator puts at services/<name> (name comes from the key in etcd). */
-export const serviceSchema = z
+const serviceObject = z
   .object({
     name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/, "expected 1-63 characters of letters, digits, '_', '.', '-'").optional(),
     listen: hostPort,
@@ -111,6 +127,17 @@ export const serviceSchema = z
     health: healthSchema.prefault({}),
   })
   .strict();
+
+/** Rules across fields of one service record (shared by etcd records and the YAML file). */
+function checkService(s: z.output<typeof serviceObject>, ctx: z.RefinementCtx): void {
+  // PROXY v1 is a text line at the start of a TCP stream; UDP has no stream to prefix, so a v1 UDP
+  // service would send no header at all while claiming to, and a client could forge one.
+  if (s.protocol === "udp" && s.proxyProtocol === "v1") {
+    ctx.addIssue({ code: "custom", path: ["proxyProtocol"], message: "v1 is TCP only; UDP services use none or v2" });
+  }
+}
+
+export const serviceSchema = serviceObject.superRefine(checkService);
 
 export type ServiceInput = z.input<typeof serviceSchema>;
 export type CheckType = (typeof CHECK_TYPES)[number];
@@ -217,7 +244,11 @@ export const nodeConfigSchema = z
       .strict()
       .prefault({}),
     services: z
-      .array(serviceSchema.extend({ name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/), backends: z.array(embeddedBackend).default([]) }))
+      .array(
+        serviceObject
+          .extend({ name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/), backends: z.array(embeddedBackend).default([]) })
+          .superRefine(checkService),
+      )
       .default([]),
   })
   .strict();

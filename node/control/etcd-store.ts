@@ -12,6 +12,7 @@ import {
   EtcdAuthenticationFailedError,
   EtcdInvalidAuthTokenError,
   EtcdPermissionDeniedError,
+  GRPCResourceExhastedError,
   GRPCUnauthenticatedError,
   type IKeyValue,
   type IOptions,
@@ -46,6 +47,13 @@ export interface EtcdStoreOptions {
   dialTimeoutMs?: number;
   /** Retry backoff of sync and campaign loops: exponential from initialMs to maxMs with jitter (100 ms → 5 s). */
   backoff?: { initialMs?: number; maxMs?: number };
+  /** Largest gRPC message this client receives (default 64 MiB); lists page below it. Small in tests. */
+  maxReceiveBytes?: number;
+}
+
+/** gRPC refused a response larger than the client's receive limit (or etcd refused the request's size). */
+function isTooLarge(err: unknown): boolean {
+  return err instanceof GRPCResourceExhastedError || (err instanceof Error && /RESOURCE_EXHAUSTED|larger than max/i.test(err.message));
 }
 
 interface BackoffConfig {
@@ -229,7 +237,7 @@ export class EtcdStore implements Store {
         // gRPC's default reconnect backoff grows to 120 s; etcd coming back must be seen quickly.
         "grpc.initial_reconnect_backoff_ms": 100,
         "grpc.max_reconnect_backoff_ms": 2_000,
-        "grpc.max_receive_message_length": 64 * 1024 * 1024,
+        "grpc.max_receive_message_length": opts.maxReceiveBytes ?? 64 * 1024 * 1024,
       },
       faultHandling: {
         host: () => passThrough,
@@ -264,21 +272,48 @@ export class EtcdStore implements Store {
     return kv === undefined ? null : toKeyValue(kv);
   }
 
-  /** All keys under `prefix` at one revision, read in pages so a large table never exceeds a message. */
+  /**
+   * All keys under `prefix` at one revision, read in pages so a large table never exceeds a message.
+   * Pages are counted in keys but sized by what fits: a page the client may not receive (affinity
+   * batches are up to 512 KiB each, so 1000 of them would never fit in 64 MiB) is asked again at half
+   * the keys, and the page size grows back after each success. A value that alone exceeds the limit
+   * is listed by key (keys_only) as `unreadable` and stepped over: one bad key must not keep the node
+   * from ever syncing.
+   */
   async list(prefix: string): Promise<{ kvs: KeyValue[]; revision: number }> {
+    this.assertOpen();
     const rangeEnd = prefixEnd(Buffer.from(prefix));
     const kvs: KeyValue[] = [];
     let from = Buffer.from(prefix);
     let revision: string | undefined;
+    let limit = LIST_PAGE_SIZE;
     for (;;) {
-      const res = await this.call("list", () =>
-        this.client.kv.range({ key: from, range_end: rangeEnd, limit: LIST_PAGE_SIZE, revision }),
-      );
+      let res: Awaited<ReturnType<Etcd3["kv"]["range"]>>;
+      try {
+        res = await this.client.kv.range({ key: from, range_end: rangeEnd, limit, revision });
+      } catch (err) {
+        if (this.closed || !isTooLarge(err)) throw storeError(err, "list");
+        if (limit > 1) {
+          limit = Math.max(1, limit >>> 1);
+          continue;
+        }
+        const keyOnly = await this.call("list", () =>
+          this.client.kv.range({ key: from, range_end: rangeEnd, limit: 1, revision, keys_only: true }),
+        );
+        revision ??= keyOnly.header.revision;
+        const kv = keyOnly.kvs[0];
+        if (kv === undefined) break;
+        kvs.push({ ...toKeyValue(kv), value: Buffer.alloc(0), unreadable: `value larger than this node may receive in one message (${describe(err)})` });
+        if (!keyOnly.more) break;
+        from = Buffer.concat([kv.key, Buffer.from([0])]);
+        continue;
+      }
       revision ??= res.header.revision;
       for (const kv of res.kvs) kvs.push(toKeyValue(kv));
       const last = res.kvs[res.kvs.length - 1];
       if (!res.more || last === undefined) break;
       from = Buffer.concat([last.key, Buffer.from([0])]);
+      limit = Math.min(LIST_PAGE_SIZE, limit * 2);
     }
     return { kvs, revision: Number(revision) };
   }

@@ -5,7 +5,7 @@ import type { KeySchema } from "../../shared/keys.js";
 import type { Logger } from "../log.js";
 import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../model/snapshot.js";
 import type { StatsRegistry } from "../model/stats.js";
-import { RecordTable } from "./records.js";
+import { MAX_VALUE_BYTES, RecordTable } from "./records.js";
 import type { KeyValue, StoreEvent, SyncSink } from "./store.js";
 
 /** Receives the affinity records of the prefix (implemented by the affinity table). */
@@ -53,15 +53,22 @@ export class Reconciler implements SyncSink {
     const affinity: KeyValue[] = [];
     this.nodes.clear();
     this.heartbeat = null;
+    const oversized: Array<[string, string]> = [];
     for (const kv of kvs) {
       const k = this.keys.parse(kv.key);
       if (!k) continue;
+      const tooLarge = kv.unreadable ?? (kv.value.length > MAX_VALUE_BYTES ? oversizeReason(kv.value.length) : undefined);
+      if (tooLarge !== undefined) {
+        oversized.push([kv.key, tooLarge]);
+        continue;
+      }
       if (k.kind === "affinity") affinity.push(kv);
       else if (k.kind === "node") this.putNode(k.node!, kv.value);
       else if (k.kind === "heartbeat") this.putHeartbeat(kv.value);
       else routing.push(kv);
     }
     this.records.reset(routing, revision);
+    for (const [key, reason] of oversized) this.records.markOversized(key, reason);
     this.affinity?.reset(affinity);
     this.appliedRevision = revision;
     this.rebuild();
@@ -72,9 +79,16 @@ export class Reconciler implements SyncSink {
     const routing: StoreEvent[] = [];
     let affinity: StoreEvent[] | null = null;
     let cluster = false;
+    let listing = false;
     for (const e of events) {
       const k = this.keys.parse(e.key);
       if (!k) continue;
+      if (e.type === "put" && e.value.length > MAX_VALUE_BYTES) {
+        // Not applied: a routing record keeps its last good value; the key is listed as invalid.
+        listing = this.records.markOversized(e.key, oversizeReason(e.value.length)) || listing;
+        continue;
+      }
+      listing = this.records.clearOversized(e.key) || listing;
       if (k.kind === "affinity") {
         if (affinity === null) affinity = [];
         affinity.push(e);
@@ -90,7 +104,7 @@ export class Reconciler implements SyncSink {
       } else if (k.kind !== "election") routing.push(e);
     }
     if (affinity) this.affinity?.events(affinity);
-    const changed = this.records.apply(routing, revision);
+    const changed = this.records.apply(routing, revision) || listing;
     if (changed || this.rebuildPending !== null) {
       // One rebuild per event-loop turn, however many watch responses arrived in it: a mass verdict
       // change (1000 backends down) would otherwise rebuild the whole snapshot once per backend.
@@ -153,4 +167,8 @@ export class Reconciler implements SyncSink {
       this.log.warn({ key: this.keys.heartbeat, reason: (err as Error).message }, "invalid heartbeat skipped");
     }
   }
+}
+
+function oversizeReason(bytes: number): string {
+  return `value of ${bytes} bytes exceeds the ${MAX_VALUE_BYTES}-byte limit for values under the prefix`;
 }

@@ -10,6 +10,13 @@ import type { KeyValue, StoreEvent } from "./store.js";
 /** etcd allows 1.5 MiB; a person-written record above this is a mistake (or an attack), not a config. */
 export const MAX_RECORD_BYTES = 64 * 1024;
 
+/**
+ * No value under the cluster prefix may exceed this, whatever its kind: Ballast's own writers stay
+ * far below (affinity batches split at 512 KiB, node/verdict/heartbeat records are bytes), and a
+ * bound per value is what lets a list page be sized at all. Larger values are listed as invalid.
+ */
+export const MAX_VALUE_BYTES = 1024 * 1024;
+
 interface Slot<T> {
   good: T | null;
   /** The bytes `good` was parsed from: the same bytes again are not a change. */
@@ -54,6 +61,8 @@ export class RecordTable {
   private readonly services = new Map<string, Slot<ServiceSpec>>();
   private readonly backends = new Map<string, Map<string, Slot<BackendSpec>>>();
   private readonly verdicts = new Map<string, Slot<Verdict>>();
+  /** Keys of any kind whose value was too large to read or to accept (key → reason). */
+  private readonly oversized = new Map<string, string>();
   revision = 0;
 
   constructor(private readonly keys: KeySchema) {}
@@ -63,6 +72,7 @@ export class RecordTable {
     this.services.clear();
     this.backends.clear();
     this.verdicts.clear();
+    this.oversized.clear();
     for (const kv of kvs) this.put(kv.key, kv.value, kv.modRevision);
     this.revision = revision;
     return true;
@@ -76,6 +86,21 @@ export class RecordTable {
     }
     this.revision = revision;
     return changed;
+  }
+
+  /**
+   * A key (of any kind) whose value is too large: listed under invalid; a routing record keeps its
+   * last good value. Returns whether the listing changed.
+   */
+  markOversized(key: string, reason: string): boolean {
+    if (this.oversized.get(key) === reason) return false;
+    this.oversized.set(key, reason);
+    return true;
+  }
+
+  /** The key got a value of acceptable size, or was deleted. Returns whether it was listed. */
+  clearOversized(key: string): boolean {
+    return this.oversized.size > 0 && this.oversized.delete(key);
   }
 
   private put(key: string, value: Buffer, rev: number): boolean {
@@ -157,6 +182,7 @@ export class RecordTable {
       const [service, id] = sid.split("/");
       out.push({ key: this.keys.verdict(service, id), reason: slot.error, keptLastGood: slot.good !== null });
     }
+    for (const [key, reason] of this.oversized) out.push({ key, reason });
     return out;
   }
 

@@ -7,6 +7,11 @@ export interface KeyValue {
   modRevision: number;
   /** Lease id as a decimal string, "0" when none. */
   lease: string;
+  /**
+   * Set when the value alone exceeds what this client may receive in one message, so it was never
+   * read (`value` is empty): the key is listed as invalid, never applied.
+   */
+  unreadable?: string;
 }
 
 export interface StoreEvent {

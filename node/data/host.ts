@@ -3,11 +3,16 @@
 import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../model/snapshot.js";
 import type { ConnectFailureReason, StatsRegistry } from "../model/stats.js";
+import type { FdBudget } from "../model/fd-budget.js";
 import type { Router } from "./router.js";
 
 export interface ListenerHost {
   readonly stats: StatsRegistry;
   readonly router: Router;
+  /** The descriptor budget connections and flows draw on (fd-budget.ts). */
+  readonly fds: FdBudget;
+  /** Whether a UDP source is one of this node's own listeners (a relay loop). */
+  isOwnUdpEndpoint(address: string, port: number): boolean;
   /** Set on SIGTERM: new connections and flows are refused with "draining". */
   readonly draining: boolean;
   /** The address a service's listener binds. */

@@ -2,11 +2,13 @@
 // services and swaps snapshots. apply() reconciles listeners with the new snapshot (reusing a listener
 // whose address is unchanged, so connections are never cut by a config change) and starts the drain
 // clock for backends that left.
+import os from "node:os";
 import type { Logger } from "pino";
 import type { Exclude } from "../lb/algorithm.js";
 import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
 import type { BackendView, ServiceState, Snapshot, Target } from "../model/snapshot.js";
 import { type BackendCounters, type ConnectFailureReason, StatsRegistry } from "../model/stats.js";
+import { FdBudget } from "../model/fd-budget.js";
 import type { ListenerHost } from "./host.js";
 import { type AffinityHook, Router } from "./router.js";
 import { TcpListener } from "./tcp.js";
@@ -20,6 +22,8 @@ export interface PlaneOptions {
   maxEjectedShare: number;
   /** Bind services on this address instead of their listen host (node config `node.bindAddress`). */
   bindAddress?: string;
+  /** The descriptor budget (tests pass a small one); by default from RLIMIT_NOFILE. */
+  fdBudget?: FdBudget;
 }
 
 export interface PlaneHooks {
@@ -46,11 +50,16 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
   readonly listeners = new Map<string, Listener>();
   readonly stats: StatsRegistry;
   readonly router: Router;
+  /** Connections and flows share it with probes, etcd and admin (see fd-budget.ts). */
+  readonly fds: FdBudget;
   draining = false;
   /** After close(), snapshots are ignored: nothing may reopen a listener. */
   private closed = false;
   private readonly hooks: PlaneHooks;
   private idleWaiters: Array<() => void> = [];
+  /** Ports of this node's bound UDP listeners, and its own addresses: a datagram from one is a loop. */
+  private ownUdpPorts = new Set<number>();
+  private readonly ownAddresses = localAddresses();
   private applying: Promise<void> = Promise.resolve();
   /** Service → revision of the snapshot whose apply last (re)programmed its listener. */
   private readonly revisions = new Map<string, number>();
@@ -63,6 +72,7 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
     this.stats = deps.stats ?? new StatsRegistry();
     this.router = new Router(deps.affinity ?? null);
     this.hooks = deps.hooks ?? {};
+    this.fds = options.fdBudget ?? new FdBudget();
   }
 
   handles(mode: ForwardingMode): boolean {
@@ -84,11 +94,28 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
     return this.options.bindAddress ?? svc.host;
   }
 
-  /** Ready = a snapshot is applied, every listener is bound, and the node is not draining. */
+  /**
+   * Ready = a snapshot is applied, the node is not draining, and it serves: one service that cannot
+   * bind (address in use, not configured here) is reported per service (listenerError in /api/state,
+   * `ballast_service_listening` 0, listed under invalid) and must not make anycast withdraw every other
+   * VIP of the node. Only when no listener is bound at all is the node unready.
+   */
   get ready(): boolean {
     if (this.current === null || this.draining) return false;
-    for (const l of this.listeners.values()) if (l.error !== null) return false;
-    return true;
+    let bound = false;
+    let failed = false;
+    for (const l of this.listeners.values()) {
+      if (l.error === null) bound = true;
+      else failed = true;
+    }
+    return bound || !failed;
+  }
+
+  /** Services whose listener failed, with the reason (for state, metrics and `ballast status`). */
+  listenerFailures(): Array<{ service: string; reason: string }> {
+    const out = [];
+    for (const l of this.listeners.values()) if (l.error !== null) out.push({ service: l.svc.name, reason: l.error });
+    return out;
   }
 
   /** Total open connections and UDP flows. */
@@ -125,7 +152,8 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
     const closing: Promise<void>[] = [];
     for (const [key, l] of this.listeners) {
       const svc = wanted.get(key);
-      if (svc && svc.name === l.svc.name) continue;
+      // A listener that never bound is made again: each snapshot is a retry of the bind.
+      if (svc && svc.name === l.svc.name && !(l.error !== null && l.boundPort === 0)) continue;
       // Removed service or address taken over by another one: stop accepting; open connections finish.
       this.listeners.delete(key);
       closing.push(l.close());
@@ -150,8 +178,17 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
       }));
     }
     await Promise.all(opening);
+    const ports = new Set<number>();
+    for (const l of this.listeners.values()) if (l instanceof UdpListener && l.boundPort !== 0) ports.add(l.boundPort);
+    this.ownUdpPorts = ports;
+    this.fds.reserve("listeners", this.listeners.size);
     for (const name of this.revisions.keys()) if (!next.services.has(name)) this.revisions.delete(name);
     this.reconcileBackends(prev, next);
+  }
+
+  /** Whether a UDP source is one of this node's own listeners (checked once per new flow). */
+  isOwnUdpEndpoint(address: string, port: number): boolean {
+    return this.ownUdpPorts.has(port) && (this.ownAddresses.has(address) || address.startsWith("127.") || address.startsWith("::ffff:127."));
   }
 
   /**
@@ -259,6 +296,13 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
     await Promise.all([...this.listeners.values()].map((l) => l.close()));
     this.listeners.clear();
   }
+}
+
+/** This host's interface addresses (read once; loopback ranges are checked by prefix). */
+function localAddresses(): Set<string> {
+  const out = new Set<string>(["::1", "0.0.0.0", "::"]);
+  for (const list of Object.values(os.networkInterfaces())) for (const a of list ?? []) out.add(a.address);
+  return out;
 }
 
 function closeAll(counters: BackendCounters, reason: string): void {

@@ -7,6 +7,7 @@ import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../model/snapshot.js";
 import type { Closable, ConnectFailureReason, RefuseReason, ServiceCounters } from "../model/stats.js";
 import { admit } from "./admit.js";
+import { FDS_PER_CONNECTION, isLocalResourceError } from "../model/fd-budget.js";
 import type { ListenerHost } from "./host.js";
 import { proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
 import { limiterFor, type SourceRateLimiter } from "./rate-limit.js";
@@ -108,8 +109,14 @@ export class TcpListener {
       this.refuse(socket, ip, refused);
       return;
     }
+    // Before the pick: a refused connection must not leave an affinity entry behind. Released in finish().
+    if (!this.plane.fds.take(FDS_PER_CONNECTION)) {
+      this.refuse(socket, ip, "fd-budget");
+      return;
+    }
     const routed = this.plane.router.route(svc, ip, socket.remotePort ?? 0, this.exclude, now);
     if (routed.target === null) {
+      this.plane.fds.release(FDS_PER_CONNECTION);
       this.refuse(socket, ip, routed.reason);
       return;
     }
@@ -225,8 +232,15 @@ class Connection implements Closable {
     if (up !== this.upstream || this.finished) return;
     const failed = this.target;
     this.release(failed);
-    const reason = classifyConnectError(err.code);
     const plane = this.listener.plane;
+    if (isLocalResourceError(err.code)) {
+      // This node could not make the socket: not the backend's failure (no ejection), and another
+      // backend would fare no better right now.
+      this.listener.counters.refused["local-resources"]++;
+      this.client.destroy();
+      return;
+    }
+    const reason = classifyConnectError(err.code);
     plane.onConnectFailure(this.svc, failed, reason);
     if (this.attempts > this.svc.spec.limits.retries) {
       this.client.destroy();
@@ -273,6 +287,7 @@ class Connection implements Closable {
       if (this.target.stats.open.has(this)) this.release(this.target);
     }
     this.listener.counters.active--;
+    this.listener.plane.fds.release(FDS_PER_CONNECTION);
     this.listener.plane.onConnectionClosed();
   }
 }

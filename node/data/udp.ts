@@ -6,8 +6,9 @@ import type { Logger } from "pino";
 import { clientAddress } from "../../shared/ip.js";
 import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../model/snapshot.js";
-import type { Closable, ServiceCounters } from "../model/stats.js";
+import type { Closable, ServiceCounters, UdpDiscardReason } from "../model/stats.js";
 import { admit } from "./admit.js";
+import { FDS_PER_FLOW } from "../model/fd-budget.js";
 import type { ListenerHost } from "./host.js";
 import { proxyV2Header } from "./proxy-protocol.js";
 import { limiterFor, type SourceRateLimiter } from "./rate-limit.js";
@@ -15,8 +16,9 @@ import { limiterFor, type SourceRateLimiter } from "./rate-limit.js";
 const MAX_PENDING = 64;
 
 function sendUpstream(flow: Flow, msg: Buffer): void {
-  if (flow.header !== null) flow.socket.send([flow.header, msg]);
-  else flow.socket.send(msg);
+  // With a callback, a refused send is counted there instead of becoming an 'error' event.
+  if (flow.header !== null) flow.socket.send([flow.header, msg], flow.onSent);
+  else flow.socket.send(msg, flow.onSent);
 }
 
 class Flow implements Closable {
@@ -25,6 +27,8 @@ class Flow implements Closable {
   closed = false;
   /** Datagrams that arrived before the upstream socket finished connecting (bounded). */
   pending: Buffer[] | null = [];
+  /** One send callback per flow (not per datagram): counts sends the kernel refused. */
+  readonly onSent: (err: Error | null) => void;
 
   constructor(
     readonly listener: UdpListener,
@@ -36,6 +40,13 @@ class Flow implements Closable {
     now: number,
   ) {
     this.lastSeen = now;
+    const counters = listener.counters;
+    this.onSent = (err) => {
+      if (err !== null) {
+        counters.udpDropped++;
+        counters.udpDiscarded["send-error"]++;
+      }
+    };
   }
 
   close(_reason: string): void {
@@ -53,8 +64,16 @@ export class UdpListener {
   exclude: Exclude = () => false;
   boundPort = 0;
   error: string | null = null;
+  /** Set once close() began: the service socket is gone, nothing may be sent on it. */
+  closed = false;
+  /** "address|port" of every backend of the service (any state): datagrams from them are loops. */
+  private backendEndpoints = new Set<string>();
   private sweeper: NodeJS.Timeout | null = null;
   private readonly debug: boolean;
+  /** One reply-send callback for the listener (not one per datagram). */
+  private readonly onReplySent = (err: Error | null): void => {
+    if (err !== null) this.discard("send-error");
+  };
 
   constructor(
     readonly plane: ListenerHost,
@@ -66,6 +85,7 @@ export class UdpListener {
     this.debug = log.isLevelEnabled("debug");
     this.socket = dgram.createSocket({ type: net.isIPv6(plane.bindHost(svc)) ? "udp6" : "udp4", reuseAddr: false });
     this.socket.on("error", (err) => {
+      // Sends carry callbacks, so what arrives here is the socket itself failing.
       this.error = err.message;
       log.error({ service: svc.name, err: err.message }, "udp listener error");
     });
@@ -97,6 +117,15 @@ export class UdpListener {
     this.svc = svc;
     this.limiter = limiterFor(this.limiter, svc.spec.limits.sourceRate, svc.spec.limits.sourceBurst);
     this.exclude = this.plane.availabilityExclude(svc);
+    const endpoints = new Set<string>();
+    // The same "address|port" form as a flow key, so the loop check is one lookup of the key.
+    for (const b of svc.backends) endpoints.add(`${b.spec.address}|${b.spec.port}`);
+    this.backendEndpoints = endpoints;
+  }
+
+  private discard(reason: UdpDiscardReason): void {
+    this.counters.udpDropped++;
+    this.counters.udpDiscarded[reason]++;
   }
 
   private onMessage(msg: Buffer, rinfo: dgram.RemoteInfo): void {
@@ -119,7 +148,7 @@ export class UdpListener {
     c.bytesIn += msg.length;
     if (flow.pending !== null) {
       if (flow.pending.length < MAX_PENDING) flow.pending.push(msg);
-      else c.udpDropped++;
+      else this.discard("queue-full");
       return;
     }
     sendUpstream(flow, msg);
@@ -127,6 +156,17 @@ export class UdpListener {
 
   private createFlow(key: string, rinfo: dgram.RemoteInfo, now: number): Flow | null {
     const svc = this.svc;
+    // Checked once per new flow, not per datagram. No reply can go to port 0 (sending one throws).
+    if (rinfo.port === 0) {
+      this.counters.udpDiscarded["source-port-0"]++;
+      return null;
+    }
+    // A source that is one of the service's backends or one of this node's listeners would make the
+    // node relay replies back into itself (one spoofed datagram → tens of thousands of echoes).
+    if (this.backendEndpoints.has(key) || this.plane.isOwnUdpEndpoint(rinfo.address, rinfo.port)) {
+      this.counters.udpDiscarded.loop++;
+      return null;
+    }
     const ip = clientAddress(rinfo.address);
     const refused = admit(this.plane.draining, this.flows.size >= svc.spec.limits.maxFlows ? "max-flows" : null, svc, this.limiter, ip, now);
     if (refused !== null) {
@@ -138,21 +178,43 @@ export class UdpListener {
       this.counters.refused[routed.reason]++;
       return null;
     }
+    // Last, so only a flow that would be made spends budget; released in removeFlow().
+    if (!this.plane.fds.take(FDS_PER_FLOW)) {
+      this.counters.refused["fd-budget"]++;
+      return null;
+    }
     const target = routed.target;
     const sock = dgram.createSocket(net.isIPv6(target.host) ? "udp6" : "udp4");
     const flow = new Flow(this, key, rinfo.address, rinfo.port, target, sock, now);
     sock.on("error", (err: NodeJS.ErrnoException) => {
-      // ICMP port unreachable surfaces as ECONNREFUSED on a connected UDP socket.
-      this.counters.udpDropped++;
-      if (err.code === "ECONNREFUSED") this.plane.onConnectFailure(svc, target, "refused");
       if (this.debug) this.log.debug({ service: svc.name, backend: target.label, err: err.message }, "udp upstream error");
+      // ICMP port unreachable surfaces as ECONNREFUSED on a connected UDP socket.
+      if (err.code === "ECONNREFUSED") {
+        this.counters.udpDropped++;
+        this.plane.onConnectFailure(svc, target, "refused");
+        return;
+      }
+      if (flow.pending !== null) {
+        // The socket never got made (EMFILE, ENOBUFS…: this node's shortage, not the backend's fault):
+        // the flow must not sit in the table holding queued datagrams until the idle sweep.
+        this.counters.udpDropped += flow.pending.length;
+        this.counters.udpDiscarded["no-socket"] += flow.pending.length;
+        this.removeFlow(flow);
+        return;
+      }
+      this.counters.udpDropped++;
     });
     sock.on("message", (reply) => {
+      if (this.closed) {
+        // The service socket is gone (listener moved or removed): nothing to reply from.
+        this.discard("listener-closed");
+        return;
+      }
       flow.lastSeen = Date.now();
       target.stats.bytesOut += reply.length;
       this.counters.bytesOut += reply.length;
       this.counters.udpDatagramsOut++;
-      this.socket.send(reply, flow.port, flow.address);
+      this.socket.send(reply, flow.port, flow.address, this.onReplySent);
     });
     // A connected socket only accepts replies from the backend and reports ICMP unreachable; sends
     // must wait for the connect callback, so the first datagrams queue briefly.
@@ -182,7 +244,12 @@ export class UdpListener {
     flow.target.stats.active--;
     flow.target.stats.open.delete(flow);
     this.counters.active--;
-    flow.socket.close();
+    this.plane.fds.release(FDS_PER_FLOW);
+    try {
+      flow.socket.close();
+    } catch {
+      // a socket whose bind failed may already be closed
+    }
     this.plane.onConnectionClosed();
   }
 
@@ -191,8 +258,14 @@ export class UdpListener {
     for (const flow of this.flows.values()) if (now - flow.lastSeen >= idle) this.removeFlow(flow);
   }
 
+  /**
+   * Closes the service socket and ends its flows: a flow's replies can only go out from the service
+   * socket, so without it the flow is an upstream socket nobody sweeps (an fd leak).
+   */
   close(): Promise<void> {
     if (this.sweeper) clearInterval(this.sweeper);
+    this.closed = true;
+    for (const flow of [...this.flows.values()]) this.removeFlow(flow);
     return new Promise((resolve) => {
       try {
         this.socket.close(() => resolve());

@@ -24,6 +24,8 @@ export interface CheckerHooks {
   onChange(target: CheckTarget, verdict: Verdict): void;
   /** Every probe: outcome, duration, and how late it started against its schedule. */
   onResult?(target: CheckTarget, outcome: ProbeOutcome, seconds: number, lagMs: number): void;
+  /** A probe this node could not make (result `local`): not counted toward any verdict. */
+  onLocalFault?(target: CheckTarget, outcome: ProbeOutcome): void;
 }
 
 /** A zero interval from a config would spin; nothing useful is checked faster than this. */
@@ -189,8 +191,14 @@ export class Checker {
   private record(slot: Slot, target: CheckTarget, outcome: ProbeOutcome, seconds: number, lagMs: number): void {
     slot.running = false;
     if (slot.removed || this.stopped) return;
-    slot.probes++;
     this.hooks.onResult?.(target, outcome, seconds, lagMs);
+    if (outcome.result === "local") {
+      // This node ran short (descriptors, buffers): nothing was learnt about the backend. Its streak
+      // and state stay as they were; whoever owns the checker decides what a starved node does.
+      this.hooks.onLocalFault?.(target, outcome);
+      return;
+    }
+    slot.probes++;
     const { rise, fall } = slot.target.settings;
     if (outcome.ok) {
       slot.successes++;

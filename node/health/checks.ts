@@ -7,14 +7,18 @@ import net from "node:net";
 import type { z } from "zod";
 import { formatHostPort } from "../../shared/address.js";
 import { formatDuration } from "../../shared/duration.js";
+import { isLocalResourceError } from "../model/fd-budget.js";
 import type { CheckType, healthSchema } from "../../shared/schema.js";
 
 /** A service's health settings after resolveService() filled the protocol-dependent check type. */
 export type HealthSettings = z.output<typeof healthSchema> & { type: CheckType };
 export type CheckKind = Exclude<CheckType, "none">;
 
-/** Metric label of a probe outcome; the detail lives in `reason`. */
-export type CheckResult = "ok" | "refused" | "timeout" | "status" | "mismatch" | "error";
+/**
+ * Metric label of a probe outcome; the detail lives in `reason`. `local`: this node could not make
+ * the probe (EMFILE, ENOBUFS…) — says nothing about the backend, so it never counts toward a verdict.
+ */
+export type CheckResult = "ok" | "refused" | "timeout" | "status" | "mismatch" | "error" | "local";
 
 export interface ProbeOutcome {
   ok: boolean;
@@ -40,6 +44,7 @@ const timedOut = (ms: number): ProbeOutcome => fail("timeout", `timeout ${format
 
 function socketError(what: string, err: NodeJS.ErrnoException): ProbeOutcome {
   const code = err.code ?? err.message;
+  if (isLocalResourceError(err.code)) return fail("local", `local ${code} (this node, not the backend)`);
   return fail(code === "ECONNREFUSED" ? "refused" : "error", `${what} ${code}`);
 }
 
@@ -98,16 +103,25 @@ export function probeHttp(target: ProbeTarget, settings: HealthSettings): Promis
   const timeoutMs = settings.timeout;
   return new Promise((resolve) => {
     let connected = false;
-    const finish = settleOnce(resolve, timeoutMs, () => req.destroy());
     const hostHeader = h.host ?? formatHostPort(target.host, target.port);
-    const req = http.request({
-      host: target.host,
-      port: target.port,
-      method: h.method,
-      path: h.path,
-      headers: { host: hostHeader, "user-agent": "ballast-health", connection: "close" },
-      agent: false,
-    });
+    let req: http.ClientRequest;
+    try {
+      req = http.request({
+        host: target.host,
+        port: target.port,
+        method: h.method,
+        path: h.path,
+        headers: { host: hostHeader, "user-agent": "ballast-health", connection: "close" },
+        agent: false,
+      });
+    } catch (err) {
+      // The schema rejects what http.request refuses; settings built elsewhere (tests, tools) may not.
+      // A refused request is this node's problem, so it says so instead of throwing.
+      resolve(fail("error", `http request refused: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`));
+      return;
+    }
+    // The deadline is armed only once the request exists: its release must have something to destroy.
+    const finish = settleOnce(resolve, timeoutMs, () => req.destroy());
     req.once("socket", (s) => s.once("connect", () => (connected = true)));
     req.on("error", (err: NodeJS.ErrnoException) => {
       // Before the connect: refused/unreachable; after: the reply was not HTTP, or the connection broke.

@@ -34,6 +34,11 @@ const MAX_INFLIGHT_WRITES = 64;
 const PRUNE_DELAY_MS = 100;
 /** Pause before campaigning again after a term ended (a failing store must not make a hot loop). */
 const RECAMPAIGN_PAUSE_MS = 200;
+/**
+ * After stepping down for a local resource shortage, stay out of the election this long (at least two
+ * lease TTLs), so a healthy node takes over instead of the starved one winning again at once.
+ */
+const STARVED_PAUSE_MIN_MS = 5_000;
 const STOP_GRACE_MS = 1_000;
 
 export class HealthLeader {
@@ -99,7 +104,7 @@ export class HealthLeader {
       this.term = term;
       await term.run();
       this.term = null;
-      await this.pause(RECAMPAIGN_PAUSE_MS);
+      await this.pause(term.starved ? Math.max(STARVED_PAUSE_MIN_MS, 2_000 * this.ctx.leaseTtl) : RECAMPAIGN_PAUSE_MS);
     }
   }
 
@@ -115,6 +120,8 @@ export class HealthLeader {
 /** One won election: from the seed read to the step-down. */
 class Term {
   ended = false;
+  /** Ended because this node could not make its probes (EMFILE…): sit out the next election. */
+  starved = false;
   private readonly checker: Checker;
   /** What etcd holds as far as this term knows: the verdicts read at the start plus our own writes. */
   private readonly known = new Map<string, Verdict>();
@@ -141,6 +148,13 @@ class Term {
       {
         onChange: (target, verdict) => this.onVerdict(target, verdict),
         onResult: (target, outcome, seconds, lagMs) => ctx.metrics.observe(target.service, outcome.result, seconds, lagMs),
+        // A leader that cannot make its probes cannot judge anyone: it steps down (resigning, so
+        // another node is elected at once) rather than keep a term in which it writes nothing useful.
+        onLocalFault: (target, outcome) => {
+          if (this.ended) return;
+          this.starved = true;
+          void this.end(`local resource shortage: ${outcome.reason} probing ${target.key}`, true);
+        },
       },
       ctx.probe,
     );

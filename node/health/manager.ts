@@ -39,6 +39,8 @@ export interface HealthContext {
   readonly log: Logger;
   readonly registry: client.Registry;
   readonly cluster: ClusterView;
+  /** The data plane's descriptor budget: probes hold one descriptor each while they run. */
+  readonly fds?: { reserve(name: string, fds: number): void };
   /** The verdict mode changed: the node republishes its record. */
   onMode(mode: NodeMode): void;
 }
@@ -126,6 +128,8 @@ export class HealthManager {
     if (this.stopped) return;
     const { targets, changed } = checkTargetsOf(snapshot, this.targets);
     this.targets = targets;
+    // Each probe holds one descriptor while it runs: keep that many out of the data plane's budget.
+    this.node.fds?.reserve("probes", targets.length);
     if (changed) {
       this.leader.refresh();
       this.local?.refresh(targets, this.sharedSeeds());

@@ -5,8 +5,25 @@ import type { BackendStats } from "../lb/algorithm.js";
 export const CONNECT_FAILURE_REASONS = ["refused", "timeout", "reset", "unreachable", "other"] as const;
 export type ConnectFailureReason = (typeof CONNECT_FAILURE_REASONS)[number];
 
-export const REFUSE_REASONS = ["max-connections", "denied", "rate-limited", "no-backend", "draining", "max-flows"] as const;
+/**
+ * fd-budget: the node's descriptor budget (node/model/fd-budget.ts) is spent; local-resources: the
+ * upstream socket could not be made (EMFILE, ENOBUFS…), which is this node's shortage, not the backend's.
+ */
+export const REFUSE_REASONS = ["max-connections", "denied", "rate-limited", "no-backend", "draining", "max-flows", "fd-budget", "local-resources"] as const;
 export type RefuseReason = (typeof REFUSE_REASONS)[number];
+
+/**
+ * Why a UDP datagram was discarded rather than relayed (each also counts in `udpDropped`):
+ * - source-port-0: a spoofed source no reply can be sent to;
+ * - loop: from one of the service's backends or one of this node's own listeners (spoofed to make the
+ *   node relay a backend's replies back to itself, or to itself);
+ * - send-error: the kernel refused a send (to a backend or back to a client);
+ * - queue-full: more datagrams than a new flow queues while its upstream socket connects;
+ * - no-socket: the flow's upstream socket could not be made (e.g. out of file descriptors);
+ * - listener-closed: a backend reply for a flow whose service listener is gone (moved or removed).
+ */
+export const UDP_DISCARD_REASONS = ["source-port-0", "loop", "send-error", "queue-full", "no-socket", "listener-closed"] as const;
+export type UdpDiscardReason = (typeof UDP_DISCARD_REASONS)[number];
 
 /** Something that can be closed when its backend leaves (a TCP connection or a UDP flow). */
 export interface Closable {
@@ -43,7 +60,8 @@ export class ServiceCounters {
   udpDatagramsIn = 0;
   udpDatagramsOut = 0;
   udpDropped = 0;
-  refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0 };
+  udpDiscarded: Record<UdpDiscardReason, number> = { "source-port-0": 0, loop: 0, "send-error": 0, "queue-full": 0, "no-socket": 0, "listener-closed": 0 };
+  refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0, "fd-budget": 0, "local-resources": 0 };
   constructor(readonly service: string) {}
 }
 

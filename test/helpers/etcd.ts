@@ -12,6 +12,8 @@ import { delimiter, join } from "node:path";
 export interface StartEtcdOptions {
   /** Use (and keep) this data directory instead of a fresh temporary one. */
   dataDir?: string;
+  /** More etcd flags, e.g. `--max-request-bytes=8388608` to write values above the 1.5 MiB default. */
+  extraArgs?: string[];
 }
 
 export interface EtcdProcess {
@@ -153,6 +155,7 @@ class EtcdHarnessProcess implements EtcdProcess {
     readonly peerPort: number,
     readonly dataDir: string,
     private readonly ownsDataDir: boolean,
+    private readonly extraArgs: readonly string[] = [],
   ) {}
 
   get endpoint(): string {
@@ -182,6 +185,7 @@ class EtcdHarnessProcess implements EtcdProcess {
       "--election-timeout=500",
       "--logger=zap",
       "--log-level=error",
+      ...this.extraArgs,
     ];
     // PR_SET_PDEATHSIG through setpriv: etcd dies with this process even when the test runner is
     // killed by a signal and the exit hook never runs.
@@ -340,7 +344,7 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdProces
     const ownsDataDir = opts.dataDir === undefined;
     const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "ballast-etcd-"));
     if (ownsDataDir) ownedDirs.add(dataDir);
-    const etcd = new EtcdHarnessProcess(etcdBin, etcdctlBin, clientPort, peerPort, dataDir, ownsDataDir);
+    const etcd = new EtcdHarnessProcess(etcdBin, etcdctlBin, clientPort, peerPort, dataDir, ownsDataDir, opts.extraArgs);
     try {
       await etcd.launch();
       return etcd;

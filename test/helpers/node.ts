@@ -49,12 +49,25 @@ process.on("exit", () => {
   for (const c of children) c.kill("SIGKILL");
 });
 
+export interface SpawnOptions {
+  /** Options for the node binary before the script (e.g. `--import preload.mjs`). */
+  nodeArgs?: string[];
+  /** Command run in front of node, e.g. `["prlimit", "--nofile=256:256", "--"]`. */
+  wrapper?: string[];
+  env?: Record<string, string>;
+}
+
 /** Runs `ballast node --config` as a child process (needs `npm run build`); resolves once its admin API listens. */
-export async function spawnNode(config: Record<string, unknown>): Promise<NodeProcess> {
+export async function spawnNode(config: Record<string, unknown>, opts: SpawnOptions = {}): Promise<NodeProcess> {
   const dir = mkdtempSync(join(tmpdir(), "ballast-node-"));
   const file = join(dir, "ballast.yaml");
   writeFileSync(file, stringify({ admin: { listen: "127.0.0.1:0" }, log: { level: "info" }, ...config }));
-  const child = spawn(process.execPath, [CLI, "node", "--config", file], { stdio: ["ignore", "pipe", "pipe"] });
+  const argv = [...(opts.nodeArgs ?? []), CLI, "node", "--config", file];
+  const wrapper = opts.wrapper ?? [];
+  const child = spawn(wrapper[0] ?? process.execPath, wrapper.length > 0 ? [...wrapper.slice(1), process.execPath, ...argv] : argv, {
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, ...opts.env },
+  });
   children.add(child);
   const logs: string[] = [];
   let admin = "";
