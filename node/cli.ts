@@ -4,10 +4,11 @@ import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { parse as parseYaml } from "yaml";
 import type { ApiError, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
-import { decodeValue } from "../shared/codec.js";
+import { type NodeRecord, parseNodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
 import { formatIssues, type NodeConfig, nodeConfigSchema } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
+import { PeerTrust } from "./admin/peer-trust.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { parseBackendValue, parseServiceValue } from "./control/records.js";
 import type { Store } from "./control/store.js";
@@ -47,6 +48,7 @@ interface GlobalOpts {
   cacert?: string;
   cert?: string;
   key?: string;
+  trust?: string;
 }
 
 function etcdFrom(opts: GlobalOpts): { store: Store; keys: KeySchema } {
@@ -111,24 +113,34 @@ async function fetchJson<T>(url: string, token?: string): Promise<T> {
   return body as T;
 }
 
-async function listNodes(store: Store, keys: KeySchema) {
-  return (await listNodeEntries(store, keys)).map((e) => e.record);
-}
-
-/** Node records with the id their key names (nodes/<id>): a record's own `id` field proves nothing. */
-async function listNodeEntries(store: Store, keys: KeySchema): Promise<Array<{ keyId: string; record: Record<string, unknown> }>> {
+/** Node records, validated as the nodes validate them: bad ones come back under `invalid`, never as a node to contact. */
+async function listNodes(store: Store, keys: KeySchema): Promise<{ nodes: NodeRecord[]; invalid: Array<{ key: string; reason: string }> }> {
   const { kvs } = await store.list(keys.nodes);
-  const out = [];
+  const nodes: NodeRecord[] = [];
+  const invalid: Array<{ key: string; reason: string }> = [];
   for (const kv of kvs) {
-    const keyId = keys.parse(kv.key)?.node;
-    if (keyId === undefined) continue;
+    const k = keys.parse(kv.key);
     try {
-      out.push({ keyId, record: decodeValue(kv.value) as Record<string, unknown> });
-    } catch {
-      // A malformed node record is not ours to fix here; `status` lists it.
+      if (k?.kind !== "node") throw new Error(keys.reason(kv.key) ?? "not a node key");
+      nodes.push(parseNodeRecord(k.node!, kv.value));
+    } catch (err) {
+      invalid.push({ key: kv.key, reason: `node record: ${(err as Error).message}` });
     }
   }
-  return out;
+  return { nodes, invalid };
+}
+
+/**
+ * The admin token goes only to nodes whose admin host is in --trust (or BALLAST_TRUST): a node record
+ * is whatever its writer put in etcd, and `--token` must not be handed to any address found there.
+ */
+function peerTrust(opts: GlobalOpts): PeerTrust {
+  const list = (opts.trust ?? process.env.BALLAST_TRUST ?? "").split(",").map((s) => s.trim()).filter((s) => s !== "");
+  try {
+    return new PeerTrust(list, "--trust");
+  } catch (err) {
+    throw new CliError((err as Error).message);
+  }
 }
 
 export function buildCli(): Command {
@@ -143,6 +155,7 @@ export function buildCli(): Command {
     .option("--cacert <file>", "CA certificate for etcd TLS")
     .option("--cert <file>", "client certificate for etcd TLS")
     .option("--key <file>", "client key for etcd TLS")
+    .option("--trust <hosts>", "admin hosts (CIDRs, addresses, DNS names; comma separated) that may be sent --token (env BALLAST_TRUST; default none)")
     .addOption(new Option("-o, --output <format>", "output format").choices(["table", "json"]).default("table"))
     .showHelpAfterError();
 
@@ -165,7 +178,8 @@ export function buildCli(): Command {
     .description("list registered nodes")
     .action(async (_o, cmd: Command) =>
       withStore(cmd, async (store, keys, opts) => {
-        const nodes = await listNodes(store, keys);
+        const { nodes, invalid } = await listNodes(store, keys);
+        for (const r of invalid) process.stderr.write(`ballast: invalid ${r.key}: ${r.reason}\n`);
         print(opts, nodes.map((n) => ({ id: n.id, admin: n.admin, zone: n.zone, version: n.version, ready: n.ready, draining: n.draining, mode: n.mode })), nodes);
       }),
     );
@@ -311,25 +325,28 @@ export function buildCli(): Command {
     .option("--token <token>", "admin API bearer token")
     .action(async (o: { token?: string }, cmd: Command) =>
       withStore(cmd, async (store, keys, opts) => {
-        const nodes = await listNodeEntries(store, keys);
+        const { nodes, invalid: badNodes } = await listNodes(store, keys);
+        const trust = peerTrust(opts);
         const states: StateView[] = [];
         const nodeRows = [];
-        for (const { keyId, record: n } of nodes) {
+        for (const n of nodes) {
           let st: StateView | null = null;
+          const trusted = trust.trusts(n.admin);
+          let why = "unreachable";
           try {
-            st = await fetchJson<StateView>(`http://${n.admin}/api/state`, o.token);
+            st = await fetchJson<StateView>(`http://${n.admin}/api/state`, trusted ? o.token : undefined);
             states.push(st);
-          } catch {
-            // Listed with "unreachable" below.
+          } catch (err) {
+            if (o.token && !trusted && /: 401 /.test((err as Error).message)) why = "token withheld (not in --trust)";
           }
-          // Leader only when the node that answered is the one the key names and says it leads: a junk
-          // record (no id, or another node's id and admin address) must not be shown as the leader.
-          const leader = st !== null && st.health.isLeader === true && st.node.id === keyId && n.id === keyId;
-          nodeRows.push({ node: keyId, admin: n.admin, zone: n.zone, ready: st ? st.node.ready : "unreachable", mode: st ? st.node.mode : "-", revision: st?.revision ?? "-", leader: leader ? "yes" : "" });
+          // Leader only when the node that answered is the one its record names and says it leads: a
+          // record carrying another node's admin address must not be shown as a second leader.
+          const leader = st !== null && st.health.isLeader === true && st.node.id === n.id;
+          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? st.node.ready : why, mode: st ? st.node.mode : "-", revision: st?.revision ?? "-", leader: leader ? "yes" : "" });
         }
         const first: StateView | undefined = states[0];
         if (opts.output === "json") {
-          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: first?.invalid ?? [], health: first?.health ?? null });
+          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: [...(first?.invalid ?? []), ...badNodes], health: first?.health ?? null });
           return;
         }
         process.stdout.write("NODES\n");
@@ -347,7 +364,8 @@ export function buildCli(): Command {
         print(opts, svcRows);
         process.stdout.write("\nBACKENDS\n");
         print(opts, beRows);
-        const invalid = first?.invalid ?? [];
+        const known = new Set((first?.invalid ?? []).map((r) => r.key));
+        const invalid = [...(first?.invalid ?? []), ...badNodes.filter((r) => !known.has(r.key)).map((r) => ({ ...r, keptLastGood: false }))];
         process.stdout.write("\nINVALID RECORDS\n");
         print(opts, invalid.map((r) => ({ key: r.key, reason: r.reason, keptLastGood: r.keptLastGood ?? false })));
         if (nodes.length === 0) process.stdout.write("\n(no node is registered: are nodes running with this --cluster?)\n");
@@ -363,15 +381,18 @@ export function buildCli(): Command {
     .action(async (service: string, client: string, o: { node?: string; port: string; token?: string }, cmd: Command) => {
       const opts = cmd.optsWithGlobals() as GlobalOpts;
       let admin = o.node;
+      // The node named on the command line gets the token; one found in etcd only when --trust lists it.
+      let token = o.token;
       if (!admin) {
         admin = await withStore(cmd, async (store, keys) => {
-          const nodes = await listNodes(store, keys);
+          const { nodes } = await listNodes(store, keys);
           const ready = nodes.find((n) => n.ready) ?? nodes[0];
           if (!ready) throw new CliError("no node is registered; pass --node ADMIN_ADDRESS");
-          return String(ready.admin);
+          return ready.admin;
         });
+        if (!peerTrust(opts).trusts(admin)) token = undefined;
       }
-      const body = await fetchJson<RouteAnswer>(`http://${admin}/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}&port=${o.port}`, o.token);
+      const body = await fetchJson<RouteAnswer>(`http://${admin}/api/route?service=${encodeURIComponent(service)}&client=${encodeURIComponent(client)}&port=${o.port}`, token);
       const b = body.backend;
       print(opts, [{ service, client, backend: b ? `${b.id} (${b.address})` : "none", reason: body.reason, node: body.node, revision: body.revision }], body);
     });

@@ -45,10 +45,16 @@ export function collectedGauge<L extends string>(o: CollectedOptions<L>): client
   });
 }
 
+/** A histogram's child per value of its one label; `forget` drops the child and its series. */
+export interface ChildCache<L extends string> {
+  (value: string): client.Histogram.Internal<L>;
+  forget(value: string): void;
+}
+
 /** A histogram's child per label value, looked up once: observing then costs no label hashing. */
-export function childCache<L extends string>(histogram: client.Histogram<L>): (value: string) => client.Histogram.Internal<L> {
+export function childCache<L extends string>(histogram: client.Histogram<L>): ChildCache<L> {
   const children = new Map<string, client.Histogram.Internal<L>>();
-  return (value) => {
+  const get = (value: string) => {
     let child = children.get(value);
     if (child === undefined) {
       child = histogram.labels(value);
@@ -56,4 +62,10 @@ export function childCache<L extends string>(histogram: client.Histogram<L>): (v
     }
     return child;
   };
+  return Object.assign(get, {
+    forget(value: string) {
+      children.delete(value);
+      histogram.remove(value);
+    },
+  });
 }

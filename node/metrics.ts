@@ -1,13 +1,14 @@
 // Prometheus metrics. Hot-path counters are plain numbers on the stats objects; prom-client reads them
 // at scrape time (collect), so a connection costs no label lookups. Histograms use cached children.
 import client from "prom-client";
-import { childCache, collectedCounter, collectedGauge } from "./collect.js";
+import { type ChildCache, childCache, collectedCounter, collectedGauge } from "./collect.js";
 import type { DataPlane, PlaneHooks } from "./data/plane.js";
 import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, type StatsRegistry, UDP_DISCARD_REASONS } from "./model/stats.js";
 
 export class Metrics {
   readonly registry = new client.Registry();
   readonly connectLatency: client.Histogram<"service">;
+  private readonly latency: ChildCache<"service">;
   readonly invalidRecords: client.Gauge<"kind">;
   readonly invalidRecordsTotal: client.Counter;
   readonly snapshotRevision: client.Gauge;
@@ -110,9 +111,9 @@ export class Metrics {
       registry: r,
       read: (emit) => emit({}, this.lastSync === 0 ? 0 : Math.max(0, (Date.now() - this.lastSync) / 1000)),
     });
-    const latency = childCache(this.connectLatency);
+    this.latency = childCache(this.connectLatency);
     this.planeHooks = {
-      onConnected: (svc, _t, seconds) => latency(svc.name).observe(seconds),
+      onConnected: (svc, _t, seconds) => this.latency(svc.name).observe(seconds),
       onEject: (svc, t) => this.ejections.inc({ service: svc.name, backend: t.id }),
     };
   }
@@ -140,5 +141,17 @@ export class Metrics {
         for (const l of plane.listeners.values()) emit({ service: l.svc.name }, l.error === null ? 1 : 0);
       },
     });
+  }
+
+  /**
+   * Drops counters of backends and services that left `snapshot` and have nothing open (see
+   * StatsRegistry.prune), with their series kept outside the registry. Called on every snapshot and
+   * before every scrape (a backend with connections when it left is dropped once they closed).
+   */
+  prune(stats: StatsRegistry, snapshot: Parameters<StatsRegistry["prune"]>[0]): string[] {
+    const dropped = stats.prune(snapshot);
+    for (const b of dropped.backends) this.ejections.remove({ service: b.service, backend: b.id });
+    for (const s of dropped.services) this.latency.forget(s);
+    return dropped.services;
   }
 }

@@ -1,11 +1,13 @@
 // A Ballast node: composes the store sync, reconcile, data plane, metrics, admin API, and the node's
 // registration in etcd. The same class runs standalone (YAML services in a memory store) and clustered.
 import os from "node:os";
+import { parseHostPort } from "../shared/address.js";
 import { encodeValue, type NodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
 import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
 import { AdminServer } from "./admin/server.js";
+import { PeerTrust } from "./admin/peer-trust.js";
 import { allowsPeerOrigin, statusPage } from "./admin/status-page.js";
 import { AffinityTable } from "./affinity/table.js";
 import { EtcdStore } from "./control/etcd-store.js";
@@ -49,6 +51,8 @@ export class BallastNode {
   readonly admin: AdminServer;
   readonly standalone: boolean;
   readonly startedAt = Date.now();
+  /** Which peers' admin APIs the status page may send the token to (admin.trustedPeers). */
+  readonly peerTrust: PeerTrust;
   private sync: SyncHandle | null = null;
   private lease: Lease | null = null;
   private registerTimer: NodeJS.Timeout | null = null;
@@ -67,6 +71,7 @@ export class BallastNode {
     this.id = c.node.id ?? os.hostname();
     this.log = opts.log ?? createLogger(c.log.level, { node: this.id });
     this.keys = KeySchema.forCluster(c.cluster, c.etcd?.prefix);
+    this.peerTrust = new PeerTrust(c.admin.trustedPeers);
     this.standalone = !c.etcd && !opts.store;
     this.store = opts.store ?? (c.etcd ? new EtcdStore({ endpoints: c.etcd.endpoints, username: c.etcd.username, password: c.etcd.password, tls: c.etcd.tls }) : new MemoryStore());
     this.metrics = new Metrics(this.stats, this.id);
@@ -124,13 +129,22 @@ export class BallastNode {
       {
         ready: () => this.ready,
         state: () => describeState(this),
+        stateKey: () => `${this.reconciler.appliedRevision}|${this.reconciler.snapshot?.revision ?? 0}|${this.ready}|${this.mode}|${this.reconciler.connected}`,
         route: (service, client, port) => explainRoute(this, service, client, port),
-        metrics: async () => ({ contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() }),
+        metrics: async () => {
+          this.pruneMetrics();
+          return { contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() };
+        },
         pages: new Map([["/", statusPage]]),
         publicPages: new Set(["/"]),
         allowOrigin: (origin) => allowsPeerOrigin(this.reconciler.nodes.values(), origin),
       },
       c.admin.token,
+      {
+        // The names this node is reached by: the advertised one, the listen one, and any configured.
+        allowedHosts: [...c.admin.allowedHosts, ...[c.node.advertise, c.admin.listen].flatMap((a) => (a ? [parseHostPort(a)?.host ?? a] : []))],
+        maxConnections: c.admin.maxConnections,
+      },
     );
   }
 
@@ -176,17 +190,27 @@ export class BallastNode {
     this.metrics.invalidRecords.reset();
     for (const r of s.invalid) this.metrics.invalidRecords.inc({ kind: this.keys.parse(r.key)?.kind ?? "unknown" });
     this.health.onSnapshot(s);
+    this.pruneMetrics();
     // Each forwarder in order; apply() never rejects (a failure is kept in its status()).
     this.applying = this.applying.then(async () => {
       for (const f of this.forwarders) await f.apply(s);
     });
     this.applying.then(
       () => {
+        // Backends that left with connections: their counters go once those closed (or at the next scrape).
+        this.pruneMetrics();
         this.resolveFirst();
         if (!this.standalone) this.scheduleRegister(0);
       },
       (err: Error) => this.log.error({ err: err.message }, "applying snapshot failed"),
     );
+  }
+
+  /** Forgets counters and series of backends and services gone from the newest snapshot (issue 13, finding 14). */
+  private pruneMetrics(): void {
+    const s = this.reconciler.snapshot;
+    if (s === null) return;
+    for (const service of this.metrics.prune(this.stats, s)) this.health.metrics.forgetService(service);
   }
 
   /** The node's own record under nodes/<id>, leased so it disappears within the TTL when the node dies. */

@@ -12,6 +12,7 @@ import type { HealthManager } from "./health/manager.js";
 import type { NodeMode } from "./health/mode.js";
 import { type Forwarder, forwardingOf } from "./model/forwarder.js";
 import type { ServiceState, Snapshot } from "./model/snapshot.js";
+import type { PeerTrust } from "./admin/peer-trust.js";
 
 /** What the admin answers read from the node that composes them (the node itself satisfies it). */
 export interface StateContext {
@@ -30,6 +31,8 @@ export interface StateContext {
   readonly forwarders: readonly Forwarder<Snapshot>[];
   readonly affinity: Pick<AffinityTable, "describe" | "entries">;
   readonly health: Pick<HealthManager, "status">;
+  /** Which peers the status page may send the token to (admin.trustedPeers). */
+  readonly peerTrust: Pick<PeerTrust, "trusts">;
 }
 
 export function describeState(n: StateContext): StateView {
@@ -94,7 +97,8 @@ export function describeState(n: StateContext): StateView {
     services,
     // A service this node cannot bind is listed like an invalid record, for this node only.
     invalid: [...(snap?.invalid ?? []), ...n.plane.listenerFailures().map((f) => ({ key: n.keys.service(f.service), reason: `not served on this node: ${f.reason}` }))],
-    nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)),
+    // `trusted`: the status page sends the token to this node's admin API (admin.trustedPeers).
+    nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)).map((r) => ({ ...r, trusted: r.id === n.id || n.peerTrust.trusts(r.admin) })),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
     health: { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null },
   };

@@ -115,7 +115,8 @@ export interface StateView {
   snapshotRevision: number;
   services: ServiceStateView[];
   invalid: readonly InvalidRecordView[];
-  nodes: NodeRecord[];
+  /** `trusted`: the status page may send the token to this node's admin address (admin.trustedPeers, or itself). */
+  nodes: Array<NodeRecord & { trusted: boolean }>;
   health: HealthStateView;
 }
 

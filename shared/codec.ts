@@ -2,12 +2,17 @@
 // affinity batches). Every value is a map with `v`; readers accept newer versions and ignore extra fields.
 
 import { Packr } from "msgpackr";
-import type { Verdict } from "./api.js";
+import { z } from "zod";
+import { parseHostPort } from "./address.js";
+import type { NodeRecord, Verdict } from "./api.js";
+import { NODE_ID } from "./keys.js";
 
-// Plain maps (no record extension) so any msgpack reader, in any language, can decode our values.
 export type { NodeRecord, Verdict, VerdictState } from "./api.js";
 
-const packr = new Packr({ useRecords: false, mapsAsObjects: true });
+// Plain maps (no record extension) so any msgpack reader, in any language, can decode our values.
+// 64-bit integers decode as numbers: a BigInt anywhere in a value makes JSON.stringify throw, so one
+// record written by another msgpack library (or a rogue writer) would fail /api/state on every node.
+const packr = new Packr({ useRecords: false, mapsAsObjects: true, int64AsType: "number" });
 
 export const CODEC_VERSION = 1;
 
@@ -33,6 +38,67 @@ export interface HealthHeartbeat {
   leader: string;
   at: number;
   term: string;
+  settled?: boolean;
+  checking?: number;
+}
+
+/** Free text a node publishes about itself: short, and no control or bidi characters (they reach terminals and pages). */
+const label = (max: number) => z.string().max(max).regex(/^[^\p{Cc}\u202A-\u202E\u2066-\u2069]*$/u, "control or bidi-override characters");
+const epochMs = z.number().finite().min(0);
+
+/**
+ * An admin address a browser or the CLI may be sent to: "host:port" with an IP literal or a DNS name
+ * as host (no userinfo, path, scheme or spaces: it is put after "http://").
+ */
+export const adminAddress = z
+  .string()
+  .max(300)
+  .refine((s) => {
+    const hp = parseHostPort(s);
+    if (!hp || hp.port === 0 || s.trim() !== s) return false;
+    return /^[a-zA-Z0-9.-]{1,253}$/.test(hp.host) || (s.startsWith("[") && /^[0-9a-fA-F:.]{2,45}$/.test(hp.host));
+  }, 'expected "host:port" with an IP address or DNS name as host');
+
+/** A node record as read from nodes/<id>: written by nodes, but checked like any record (a rogue writer can put anything). */
+export const nodeRecordSchema = z.object({
+  id: z.string().regex(NODE_ID, "expected a node id"),
+  address: adminAddress,
+  admin: adminAddress,
+  zone: label(128),
+  version: label(64),
+  ready: z.boolean(),
+  draining: z.boolean(),
+  revision: z.number().int().min(0),
+  mode: z.enum(["shared", "local-fallback", "standalone"]),
+  startedAt: epochMs,
+  updatedAt: epochMs,
+});
+
+export const heartbeatSchema = z.object({
+  leader: z.string().regex(NODE_ID, "expected a node id"),
+  at: epochMs,
+  term: label(128),
+  /** Written by leaders since the settled-verdicts change; absent from older ones. */
+  settled: z.boolean().optional(),
+  checking: z.number().int().min(0).optional(),
+});
+
+function issues(error: z.ZodError): string {
+  return error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+}
+
+/** Decodes and validates a node record; throws with the reason. The key's id must match the value's. */
+export function parseNodeRecord(id: string, bytes: Uint8Array): NodeRecord {
+  const r = nodeRecordSchema.safeParse(decodeValue(bytes));
+  if (!r.success) throw new Error(issues(r.error));
+  if (r.data.id !== id) throw new Error(`id ${r.data.id} does not match the key's ${id}`);
+  return r.data;
+}
+
+export function parseHeartbeat(bytes: Uint8Array): HealthHeartbeat {
+  const r = heartbeatSchema.safeParse(decodeValue(bytes));
+  if (!r.success) throw new Error(issues(r.error));
+  return r.data;
 }
 
 /** A verdict record's value; throws naming what is wrong (the record is then skipped with that reason). */

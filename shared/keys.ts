@@ -13,6 +13,17 @@ export function clusterPrefix(cluster: string, prefix?: string): string {
   return `/ballast/${cluster}/`;
 }
 
+/**
+ * What a key segment may hold, the same rules the schema applies to names in values: names open
+ * listeners, label metrics and show in logs and the status page, so newlines, bidi overrides or
+ * 2000-character names must never get that far.
+ */
+export const SERVICE_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+export const BACKEND_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.:-]{0,127}$/;
+export const NODE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
+/** Affinity batch sequence: the writer's millisecond clock, strictly increasing. */
+const SEQ = /^[0-9]{1,20}$/;
+
 export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "affinity" | "election";
 
 export interface ParsedKey {
@@ -22,6 +33,14 @@ export interface ParsedKey {
   node?: string;
   seq?: string;
 }
+
+/** Shown for a segment that breaks its rule; the segment itself is quoted with escapes, cut short. */
+function badSegment(what: string, value: string, rule: string): string {
+  const shown = value.length > 40 ? `${JSON.stringify(value.slice(0, 40))}… (${value.length} characters)` : JSON.stringify(value);
+  return `${what} ${shown} is not ${rule}`;
+}
+const SERVICE_RULE = "1-63 characters of letters, digits, '_', '.', '-'";
+const BACKEND_RULE = "1-128 characters of letters, digits, '_', '.', ':', '-'";
 
 export class KeySchema {
   constructor(readonly prefix: string) {}
@@ -46,26 +65,50 @@ export class KeySchema {
   verdict(service: string, id: string): string { return `${this.verdicts}${service}/${id}`; }
   affinityBatch(service: string, node: string, seq: number | string): string { return `${this.affinity}${service}/${node}/${seq}`; }
 
-  /** Classifies a key under this prefix; null for keys this version does not know (they are ignored, not errors). */
+  /**
+   * Classifies a key under this prefix; null for a key outside the prefix or one this version does not
+   * recognise (`reason` says why: callers list such keys as invalid rather than ignore them silently).
+   */
   parse(key: string): ParsedKey | null {
-    if (!key.startsWith(this.prefix)) return null;
+    const r = this.classify(key);
+    return typeof r === "string" ? null : r;
+  }
+
+  /** Why a key under the prefix is not recognised; null when it is (or is not under the prefix). */
+  reason(key: string): string | null {
+    const r = this.classify(key);
+    return typeof r === "string" && r !== "" ? r : null;
+  }
+
+  private classify(key: string): ParsedKey | string {
+    if (!key.startsWith(this.prefix)) return "";
     const parts = key.slice(this.prefix.length).split("/");
+    const shape = (n: number, form: string) => (parts.length === n ? null : `unrecognised key: expected ${form}`);
+    const service = (s: string) => (SERVICE_NAME.test(s) ? null : badSegment("service name", s, SERVICE_RULE));
+    const backend = (s: string) => (BACKEND_ID.test(s) ? null : badSegment("backend id", s, BACKEND_RULE));
+    const node = (s: string) => (NODE_ID.test(s) ? null : badSegment("node id", s, SERVICE_RULE));
     switch (parts[0]) {
       case "services":
-        return parts.length === 2 && parts[1] ? { kind: "service", service: parts[1] } : null;
+        return shape(2, "services/<service>") ?? service(parts[1]) ?? { kind: "service", service: parts[1] };
       case "backends":
-        return parts.length === 3 && parts[1] && parts[2] ? { kind: "backend", service: parts[1], id: parts[2] } : null;
+        return shape(3, "backends/<service>/<id>") ?? service(parts[1]) ?? backend(parts[2]) ?? { kind: "backend", service: parts[1], id: parts[2] };
       case "nodes":
-        return parts.length === 2 && parts[1] ? { kind: "node", node: parts[1] } : null;
+        return shape(2, "nodes/<node>") ?? node(parts[1]) ?? { kind: "node", node: parts[1] };
       case "health":
-        if (parts[1] === "heartbeat" && parts.length === 2) return { kind: "heartbeat" };
-        if (parts[1] === "verdicts" && parts.length === 4 && parts[2] && parts[3]) return { kind: "verdict", service: parts[2], id: parts[3] };
+        if (parts[1] === "heartbeat") return shape(2, "health/heartbeat") ?? { kind: "heartbeat" };
+        if (parts[1] === "verdicts") return shape(4, "health/verdicts/<service>/<id>") ?? service(parts[2]) ?? backend(parts[3]) ?? { kind: "verdict", service: parts[2], id: parts[3] };
+        // etcd3's election keys: their names are the library's, not ours to judge.
         if (parts[1] === "election") return { kind: "election" };
-        return null;
+        return "unrecognised key: expected health/heartbeat, health/verdicts/… or health/election/…";
       case "affinity":
-        return parts.length === 4 && parts[1] && parts[2] && parts[3] ? { kind: "affinity", service: parts[1], node: parts[2], seq: parts[3] } : null;
+        return (
+          shape(4, "affinity/<service>/<node>/<seq>") ??
+          service(parts[1]) ??
+          node(parts[2]) ??
+          (SEQ.test(parts[3]) ? null : badSegment("batch sequence", parts[3], "1-20 digits")) ?? { kind: "affinity", service: parts[1], node: parts[2], seq: parts[3] }
+        );
       default:
-        return null;
+        return `unrecognised key: ${JSON.stringify(parts[0].slice(0, 40))} is not one of services, backends, nodes, health, affinity`;
     }
   }
 }

@@ -3,6 +3,7 @@
 import { z } from "zod";
 import { parseHostPort } from "./address.js";
 import { parseDuration } from "./duration.js";
+import { BACKEND_ID, NODE_ID, SERVICE_NAME } from "./keys.js";
 
 /**
  * Node's timers take a signed 32-bit delay: anything longer (about 24.8 days) fires after 1 ms, so an
@@ -86,7 +87,7 @@ export const affinitySchema = z
 /** A service record: what an operator puts at services/<name> (name comes from the key in etcd). */
 const serviceObject = z
   .object({
-    name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/, "expected 1-63 characters of letters, digits, '_', '.', '-'").optional(),
+    name: z.string().regex(SERVICE_NAME, "expected 1-63 characters of letters, digits, '_', '.', '-'").optional(),
     listen: hostPort,
     protocol: z.enum(["tcp", "udp"]).default("tcp"),
     /** Omitted: round-robin, or source-ip when affinity is on (so every node picks alike before entries replicate). */
@@ -114,6 +115,8 @@ const serviceObject = z
         /** New connections per second allowed from one source IP (0 = unlimited), with a burst. */
         sourceRate: z.number().min(0).default(0),
         sourceBurst: z.number().int().min(1).default(20),
+        /** IPv6 sources are rate-limited per network of this many bits (a subscriber typically holds a /64). */
+        sourceIpv6Prefix: z.number().int().min(1).max(128).default(64),
         /** Connect attempts on other backends after a failed connect. */
         retries: z.number().int().min(0).max(10).default(2),
       })
@@ -145,7 +148,7 @@ export type ServiceSpec = z.output<typeof serviceSchema> & { name: string; algor
 
 const backendObject = z
   .object({
-    id: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.:-]{0,127}$/, "expected 1-128 characters of letters, digits, '_', '.', ':', '-'").optional(),
+    id: z.string().regex(BACKEND_ID, "expected 1-128 characters of letters, digits, '_', '.', ':', '-'").optional(),
     address: z.string().min(1),
     port: z.number().int().min(1).max(65535),
     weight: z.number().int().min(0).max(1000).default(1),
@@ -179,7 +182,7 @@ export const nodeConfigSchema = z
   .object({
     node: z
       .object({
-        id: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).optional(),
+        id: z.string().regex(NODE_ID).optional(),
         zone: z.string().default(""),
         /** Address other nodes and the CLI use to reach this node's admin API (defaults to admin.listen). */
         advertise: z.string().optional(),
@@ -211,6 +214,20 @@ export const nodeConfigSchema = z
       .object({
         listen: hostPort.default("127.0.0.1:9090"),
         token: z.string().min(1).optional(),
+        /**
+         * Other nodes' admin hosts the status page may send the token to: CIDRs/addresses for IP hosts,
+         * exact DNS names. Empty (default): the token never leaves the page's own origin.
+         */
+        /**
+         * Host names the admin API answers to, besides IP literals, localhost and the names in
+         * node.advertise and admin.listen (DNS-rebinding guard: other Host headers get 403).
+         */
+        allowedHosts: z.array(z.string().regex(/^[a-zA-Z0-9.-]{1,253}$/, "expected a DNS name")).default([]),
+        /** Open admin connections at most; the rest are closed at once (they share the fd budget). */
+        maxConnections: z.number().int().min(1).max(10_000).default(64),
+        trustedPeers: z
+          .array(z.string().refine((s) => /^[0-9a-fA-F:.]+(\/\d{1,3})?$/.test(s) || /^[a-zA-Z0-9.-]{1,253}$/.test(s), { message: 'expected a CIDR like "10.0.0.0/8", an address or a DNS name' }))
+          .default([]),
       })
       .strict()
       .prefault({}),
@@ -246,7 +263,7 @@ export const nodeConfigSchema = z
     services: z
       .array(
         serviceObject
-          .extend({ name: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/), backends: z.array(embeddedBackend).default([]) })
+          .extend({ name: z.string().regex(SERVICE_NAME), backends: z.array(embeddedBackend).default([]) })
           .superRefine(checkService),
       )
       .default([]),

@@ -7,7 +7,9 @@
 // counters — allowed by `allowsPeerOrigin` below; GET /api/route for the route explain box.
 // Token: the page shell carries no cluster data and is served without the token (a browser cannot put
 // a header on a navigation); open `/?token=T` once: the script keeps T in sessionStorage, removes it
-// from the address bar and sends `Authorization: Bearer T` on every fetch (or asks for it on a 401).
+// from the address bar and sends `Authorization: Bearer T` on every fetch to its own origin (or asks for
+// it on a 401), and to another node only when /api/state marks it `trusted` (admin.trustedPeers): a
+// node record's admin address is whatever its writer put in etcd.
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 

@@ -7,7 +7,9 @@
 //
 // Times are deltas from `base` so they pack as small integers; ids are indexes into per-batch lists.
 // Readers ignore extra map fields and extra trailing tuple elements (newer writers may add some).
+import { isIP } from "node:net";
 import { decodeValue, encodeValue } from "../../shared/codec.js";
+import { BACKEND_ID, NODE_ID } from "../../shared/keys.js";
 
 /** Values stay far below etcd's 1.5 MiB request limit; a larger batch is split. */
 export const MAX_BATCH_BYTES = 512 * 1024;
@@ -65,11 +67,19 @@ export interface DecodedBatch {
 
 const isInt = (x: unknown): x is number => typeof x === "number" && Number.isInteger(x);
 
+/**
+ * Generations are stored as int32 and a re-pick adds one: anything above this would wrap (a re-pick
+ * losing to the binding it replaces on every node), so such a tuple is malformed.
+ */
+export const MAX_GEN = 0x7fff_fffe;
+/** A client address as sockets report it: IPv4 or IPv6 text, 45 characters at most. */
+const isClient = (ip: unknown): ip is string => typeof ip === "string" && ip.length <= 45 && isIP(ip) !== 0;
+
 /** Decodes a batch value; throws when the value as a whole is not a batch, skips malformed tuples. */
 export function decodeBatch(bytes: Uint8Array): DecodedBatch {
   const v = decodeValue(bytes);
   const { node, base, backends, nodes, entries } = v as { node?: unknown; base?: unknown; backends?: unknown; nodes?: unknown; entries?: unknown };
-  if (typeof node !== "string" || node === "") throw new Error("affinity batch: missing node");
+  if (typeof node !== "string" || !NODE_ID.test(node)) throw new Error("affinity batch: missing or malformed node");
   if (typeof base !== "number" || !Number.isFinite(base)) throw new Error("affinity batch: missing base");
   if (!Array.isArray(backends) || !Array.isArray(nodes) || !Array.isArray(entries)) throw new Error("affinity batch: missing backends, nodes or entries");
   const out: BatchEntry[] = [];
@@ -82,7 +92,9 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
     const [ip, b, du, dc, gen, c] = row as unknown[];
     const backend = isInt(b) ? backends[b] : undefined;
     const creator = isInt(c) ? nodes[c] : undefined;
-    if (typeof ip !== "string" || ip === "" || typeof backend !== "string" || typeof creator !== "string" || !isInt(du) || !isInt(dc) || !isInt(gen) || gen < 0) {
+    // Each field as the writer would have written it: a client address, names by the key rules, integer
+    // deltas, a generation that fits. Anything else is a rogue or broken writer's, skipped.
+    if (!isClient(ip) || typeof backend !== "string" || !BACKEND_ID.test(backend) || typeof creator !== "string" || !NODE_ID.test(creator) || !isInt(du) || !isInt(dc) || !isInt(gen) || gen < 0 || gen > MAX_GEN) {
       skipped++;
       continue;
     }

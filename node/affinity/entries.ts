@@ -18,6 +18,8 @@ export function graceTtl(ttlMs: number): number {
 }
 
 const NONE = -1;
+/** compactNames scans the slots on one call in this many (it runs after every sweep). */
+const COMPACT_EVERY = 8;
 const INITIAL_CAPACITY = 1024;
 
 // Int record per slot (I_STRIDE int32s).
@@ -186,7 +188,8 @@ export enum Merge {
 }
 
 export class EntryStore {
-  readonly names = new Interner();
+  /** Replaced (not grown for ever) by compactNames once most of its names are no longer referenced. */
+  names = new Interner();
   readonly tables: ServiceTable[] = [];
   private readonly byName = new Map<string, ServiceTable>();
   private capacity = 0;
@@ -198,6 +201,7 @@ export class EntryStore {
   private head = NONE;
   private tail = NONE;
   private free: number[] = [];
+  private compactCalls = 0;
   /** Slots [0, highWater) have been handed out at least once. */
   highWater = 0;
   count = 0;
@@ -399,6 +403,46 @@ export class EntryStore {
       }
     }
     return removed;
+  }
+
+  /**
+   * Frees interned names no slot refers to any more (backends removed, creators whose entries
+   * expired): the interner only grows, and a stream of entries naming ever new ids would otherwise
+   * hold every name for the life of the process. Runs when fewer than half the names are in use;
+   * renumbers the slots' references. `pinned` names keep an index (the node's own id). Returns
+   * whether it compacted (callers re-intern indexes they hold).
+   */
+  compactNames(pinned: readonly string[], minNames = 1024): boolean {
+    const old = this.names.names;
+    // Amortised: a slot scan on one call in COMPACT_EVERY (a sweep is a slot scan already).
+    if (old.length < minNames || ++this.compactCalls % COMPACT_EVERY !== 0) return false;
+    const used = new Uint8Array(old.length);
+    let inUse = 0;
+    const ints = this.ints;
+    for (let slot = 0; slot < this.highWater; slot++) {
+      const i = slot * I_STRIDE;
+      if (ints[i + I_OWNER] === 0) continue;
+      const b = ints[i + I_BACKEND];
+      const c = ints[i + I_CREATOR];
+      if (used[b] === 0) inUse += used[b] = 1;
+      if (used[c] === 0) inUse += used[c] = 1;
+    }
+    if (2 * (inUse + pinned.length) > old.length) return false;
+    const fresh = new Interner();
+    for (const p of pinned) fresh.intern(p);
+    const remap = new Int32Array(old.length).fill(NONE);
+    for (let slot = 0; slot < this.highWater; slot++) {
+      const i = slot * I_STRIDE;
+      if (ints[i + I_OWNER] === 0) continue;
+      const b = ints[i + I_BACKEND];
+      if (remap[b] === NONE) remap[b] = fresh.intern(old[b]);
+      ints[i + I_BACKEND] = remap[b];
+      const c = ints[i + I_CREATOR];
+      if (remap[c] === NONE) remap[c] = fresh.intern(old[c]);
+      ints[i + I_CREATOR] = remap[c];
+    }
+    this.names = fresh;
+    return true;
   }
 
   private allocate(): number {

@@ -11,8 +11,10 @@ export class AffinityMetrics {
     const r = registry;
     const e = table.entries;
     type Table = (typeof e.tables)[number];
+    // A service that is gone has no series once its entries are swept (its table is kept, empty).
+    const listed = (t: Table) => t.size > 0 || table.hasService(t.name);
     const perService = (read: (t: Table) => number) => (emit: Emit<"service">) => {
-      for (const t of e.tables) emit({ service: t.name }, read(t));
+      for (const t of e.tables) if (listed(t)) emit({ service: t.name }, read(t));
     };
     const counter = (name: string, help: string, read: (t: Table) => number) =>
       collectedCounter({ name, help, labelNames: ["service"], registry: r, read: perService(read) });
@@ -39,6 +41,8 @@ export class AffinityMetrics {
     });
     scalar("ballast_affinity_batches_received_total", "Affinity batches from other nodes merged into this node's table.", () => table.batchesReceived);
     scalar("ballast_affinity_invalid_batches_total", "Affinity values that could not be decoded (skipped).", () => table.invalidBatches);
+    scalar("ballast_affinity_invalid_entries_total", "Affinity entries skipped: malformed, or naming a backend the service does not have.", () => table.invalidEntries);
+    scalar("ballast_affinity_clamped_entries_total", "Affinity entries whose times were later than now + clock skew allowance (clamped).", () => table.clampedEntries);
     collectedCounter({
       name: "ballast_affinity_merges_total",
       help: "Entries from other nodes by merge result: new, same (refresh), won (replaced a different local entry), lost (local entry kept), stale (past TTL).",

@@ -9,7 +9,7 @@ import type { KeyValue, Store, StoreEvent } from "../control/store.js";
 import type { AffinityHook } from "../data/router.js";
 import type { Logger } from "../log.js";
 import type { ServiceState, Snapshot, Target } from "../model/snapshot.js";
-import { decodeBatch } from "./batch.js";
+import { type DecodedBatch, decodeBatch } from "./batch.js";
 import { EntryStore, GRACE_FACTOR, Merge, REFRESH_FACTOR, type ServiceTable } from "./entries.js";
 import { AffinityMetrics } from "./metrics.js";
 import { Replicator } from "./replicator.js";
@@ -21,8 +21,23 @@ interface Received {
   live: boolean;
 }
 
-/** Batches merged per event-loop turn, so a joining node's initial list does not stall the data plane. */
-const MERGE_BATCHES_PER_TURN = 64;
+/**
+ * Work per event-loop turn, counted in entries (decoding a batch counts a quarter per tuple): a joining
+ * node's initial list, or one huge batch from a buggy writer, must not stall the data plane.
+ */
+export const MERGE_ENTRIES_PER_TURN = 4096;
+/**
+ * How far ahead of this node's clock another node's times may be. Later times are clamped to it: an
+ * entry "last used" next year would pin its client for a year on every node (and outlive its key).
+ */
+export const CLOCK_SKEW_MS = 5_000;
+
+/** A decoded batch being merged, possibly over several turns. */
+interface Merging {
+  service: string;
+  batch: DecodedBatch;
+  next: number;
+}
 const MIN_SWEEP_MS = 100;
 const MAX_SWEEP_MS = 2_000;
 
@@ -47,7 +62,12 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   readonly merges = { new: 0, same: 0, won: 0, lost: 0, stale: 0 };
   batchesReceived = 0;
   invalidBatches = 0;
-  private readonly self: number;
+  /** Tuples skipped as malformed, or naming a backend the service does not have. */
+  invalidEntries = 0;
+  /** Times later than now + CLOCK_SKEW_MS, clamped. */
+  clampedEntries = 0;
+  private self: number;
+  private merging: Merging | null = null;
   private inbox: Received[] = [];
   private inboxHead = 0;
   private draining = false;
@@ -160,6 +180,16 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     this.scheduleMerge();
   }
 
+  /** Whether the applied snapshot has this service (metrics list a gone service's series no more). */
+  hasService(name: string): boolean {
+    return this.ctx.snapshot()?.services.has(name) === true;
+  }
+
+  /** Received values not yet merged (tests, and the fuzz suite). */
+  get pending(): boolean {
+    return this.merging !== null || this.inboxHead < this.inbox.length;
+  }
+
   private receive(key: string, value: Buffer, live: boolean): void {
     const k = this.ctx.keys.parse(key);
     if (k?.kind !== "affinity") return;
@@ -170,7 +200,7 @@ export class AffinityTable implements AffinityHook, AffinitySink {
 
   /** Merges after the reconciler has applied the same revision (it hands affinity keys over first). */
   private scheduleMerge(): void {
-    if (this.draining || this.inboxHead >= this.inbox.length) return;
+    if (this.draining || (this.merging === null && this.inboxHead >= this.inbox.length)) return;
     this.draining = true;
     setImmediate(() => this.mergeSome());
   }
@@ -178,34 +208,80 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   private mergeSome(): void {
     this.draining = false;
     if (this.stopped) return;
-    const end = Math.min(this.inbox.length, this.inboxHead + MERGE_BATCHES_PER_TURN);
     const now = Date.now();
-    for (; this.inboxHead < end; this.inboxHead++) this.mergeBatch(this.inbox[this.inboxHead], now);
-    if (this.inboxHead >= this.inbox.length) {
+    let budget = MERGE_ENTRIES_PER_TURN;
+    while (budget > 0) {
+      if (this.merging === null) {
+        if (this.inboxHead >= this.inbox.length) break;
+        const r = this.inbox[this.inboxHead++];
+        this.merging = this.open(r, now);
+        budget -= 1 + ((this.merging?.batch.entries.length ?? 0) >>> 2);
+        continue;
+      }
+      budget -= this.mergeEntries(this.merging, now, budget);
+      if (this.merging.next >= this.merging.batch.entries.length) this.merging = null;
+    }
+    if (this.merging === null && this.inboxHead >= this.inbox.length) {
       this.inbox = [];
       this.inboxHead = 0;
     } else this.scheduleMerge();
   }
 
-  private mergeBatch(r: Received, now: number): void {
+  /** Decodes one received value; null when it is skipped (service gone or affinity off, or not a batch). */
+  private open(r: Received, now: number): Merging | null {
     const svc = this.ctx.snapshot()?.services.get(r.service);
-    if (svc === undefined || svc.spec.affinity.mode !== "source-ip") return;
-    let batch: ReturnType<typeof decodeBatch>;
+    if (svc === undefined || svc.spec.affinity.mode !== "source-ip") return null;
+    let batch: DecodedBatch;
     try {
       batch = decodeBatch(r.value);
     } catch (err) {
       this.invalidBatches++;
       this.ctx.log.debug({ service: r.service, err: (err as Error).message }, "invalid affinity batch skipped");
-      return;
+      return null;
     }
     this.batchesReceived++;
-    if (r.live) this.metrics.replicationLag.observe(Math.max(0, now - batch.base) / 1000);
+    this.invalidEntries += batch.skipped;
+    if (r.live) this.metrics.replicationLag.observe(Math.max(0, now - Math.min(batch.base, now + CLOCK_SKEW_MS)) / 1000);
+    return { service: r.service, batch, next: 0 };
+  }
+
+  /** Merges up to `budget` entries of a batch; returns how many it looked at. */
+  private mergeEntries(b: Merging, now: number, budget: number): number {
+    // The snapshot may have changed since the batch was opened (another turn): judge by the current one.
+    const svc = this.ctx.snapshot()?.services.get(b.service);
+    const list = b.batch.entries;
+    if (svc === undefined || svc.spec.affinity.mode !== "source-ip") {
+      const n = list.length - b.next;
+      b.next = list.length;
+      return n;
+    }
     const e = this.entries;
-    const t = e.ensureTable(r.service);
+    const t = e.ensureTable(b.service);
     const grace = svc.spec.affinity.ttl * GRACE_FACTOR;
+    const latest = now + CLOCK_SKEW_MS;
     const m = this.merges;
-    for (const x of batch.entries) {
-      const result = e.merge(t, x.ip, e.names.intern(x.backend), e.names.intern(x.creator), x.gen, x.created, x.lastUsed, grace, now);
+    const end = Math.min(list.length, b.next + budget);
+    const start = b.next;
+    for (; b.next < end; b.next++) {
+      const x = list[b.next];
+      let lastUsed = x.lastUsed;
+      let created = x.created;
+      if (lastUsed > latest || created > latest) {
+        this.clampedEntries++;
+        if (lastUsed > latest) lastUsed = latest;
+        if (created > latest) created = latest;
+      }
+      // Names are interned only for entries that can be stored: a stale entry, or one naming a backend
+      // this service does not have, would otherwise leave its strings in the interner for good.
+      if (now - lastUsed >= grace) {
+        m.stale++;
+        continue;
+      }
+      if (!hasBackend(svc, x.backend)) {
+        this.invalidEntries++;
+        continue;
+      }
+      const result = e.merge(t, x.ip, e.names.intern(x.backend), e.names.intern(x.creator), x.gen, created, lastUsed, grace, now);
       switch (result) {
         case Merge.Stale:
           m.stale++;
@@ -229,6 +305,7 @@ export class AffinityTable implements AffinityHook, AffinitySink {
         }
       }
     }
+    return end - start;
   }
 
   // ---- lifecycle ---------------------------------------------------------------------------------
@@ -253,7 +330,13 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     const delay = Math.min(MAX_SWEEP_MS, Math.max(MIN_SWEEP_MS, shortest / 8));
     this.sweepTimer = setTimeout(() => {
       // Before the first snapshot no service is known: nothing to judge entries by yet.
-      if (this.ctx.snapshot() !== null) this.entries.sweep(Date.now(), (t) => this.ttlOf(t));
+      if (this.ctx.snapshot() !== null) {
+        this.entries.sweep(Date.now(), (t) => this.ttlOf(t));
+        if (this.entries.compactNames([this.ctx.id])) {
+          this.self = this.entries.names.intern(this.ctx.id);
+          this.cachedTable = null;
+        }
+      }
       this.scheduleSweep();
     }, delay);
     this.sweepTimer.unref();
@@ -264,4 +347,15 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     if (this.sweepTimer) clearTimeout(this.sweepTimer);
     await this.replicator?.stop();
   }
+}
+
+/** Backend ids of a service state (any state: a drained or down backend's entries still count), once per snapshot. */
+const backendIds = new WeakMap<ServiceState, Set<string>>();
+function hasBackend(svc: ServiceState, id: string): boolean {
+  let ids = backendIds.get(svc);
+  if (ids === undefined) {
+    ids = new Set(svc.backends.map((b) => b.id));
+    backendIds.set(svc, ids);
+  }
+  return ids.has(id);
 }

@@ -1,6 +1,6 @@
 // Reconcile: the store's view of the cluster prefix → record table → pure snapshot builder → swap.
 // Also keeps the cluster view (nodes, health heartbeat) and hands affinity records to their table.
-import { decodeValue, type HealthHeartbeat, type NodeRecord } from "../../shared/codec.js";
+import { type HealthHeartbeat, type NodeRecord, parseHeartbeat, parseNodeRecord } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
 import type { Logger } from "../log.js";
 import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../model/snapshot.js";
@@ -53,16 +53,18 @@ export class Reconciler implements SyncSink {
     const affinity: KeyValue[] = [];
     this.nodes.clear();
     this.heartbeat = null;
+    this.records.cluster.clear();
     const oversized: Array<[string, string]> = [];
     for (const kv of kvs) {
       const k = this.keys.parse(kv.key);
-      if (!k) continue;
       const tooLarge = kv.unreadable ?? (kv.value.length > MAX_VALUE_BYTES ? oversizeReason(kv.value.length) : undefined);
       if (tooLarge !== undefined) {
         oversized.push([kv.key, tooLarge]);
         continue;
       }
-      if (k.kind === "affinity") affinity.push(kv);
+      // Unrecognised keys go to the record table, which lists them as invalid.
+      if (!k) routing.push(kv);
+      else if (k.kind === "affinity") affinity.push(kv);
       else if (k.kind === "node") this.putNode(k.node!, kv.value);
       else if (k.kind === "heartbeat") this.putHeartbeat(kv.value);
       else routing.push(kv);
@@ -79,32 +81,39 @@ export class Reconciler implements SyncSink {
     const routing: StoreEvent[] = [];
     let affinity: StoreEvent[] | null = null;
     let cluster = false;
-    let listing = false;
+    let invalidChanged = false;
     for (const e of events) {
       const k = this.keys.parse(e.key);
-      if (!k) continue;
       if (e.type === "put" && e.value.length > MAX_VALUE_BYTES) {
         // Not applied: a routing record keeps its last good value; the key is listed as invalid.
-        listing = this.records.markOversized(e.key, oversizeReason(e.value.length)) || listing;
+        invalidChanged = this.records.markOversized(e.key, oversizeReason(e.value.length)) || invalidChanged;
         continue;
       }
-      listing = this.records.clearOversized(e.key) || listing;
-      if (k.kind === "affinity") {
+      invalidChanged = this.records.clearOversized(e.key) || invalidChanged;
+      if (!k) routing.push(e);
+      else if (k.kind === "affinity") {
         if (affinity === null) affinity = [];
         affinity.push(e);
       }
       else if (k.kind === "node") {
-        if (e.type === "put") this.putNode(k.node!, e.value);
-        else this.nodes.delete(k.node!);
+        if (e.type === "put") invalidChanged = this.putNode(k.node!, e.value) || invalidChanged;
+        else {
+          this.nodes.delete(k.node!);
+          invalidChanged = this.records.cluster.delete(e.key) || invalidChanged;
+        }
         cluster = true;
       } else if (k.kind === "heartbeat") {
-        if (e.type === "put") this.putHeartbeat(e.value);
-        else this.heartbeat = null;
+        if (e.type === "put") invalidChanged = this.putHeartbeat(e.value) || invalidChanged;
+        else {
+          this.heartbeat = null;
+          invalidChanged = this.records.cluster.delete(e.key) || invalidChanged;
+        }
         cluster = true;
       } else if (k.kind !== "election") routing.push(e);
     }
     if (affinity) this.affinity?.events(affinity);
-    const changed = this.records.apply(routing, revision) || listing;
+    // A node record or heartbeat turning bad (or good again) changes the invalid list: rebuild for it.
+    const changed = this.records.apply(routing, revision) || invalidChanged;
     if (changed || this.rebuildPending !== null) {
       // One rebuild per event-loop turn, however many watch responses arrived in it: a mass verdict
       // change (1000 backends down) would otherwise rebuild the whole snapshot once per backend.
@@ -151,21 +160,38 @@ export class Reconciler implements SyncSink {
     this.hooks.onSnapshot(next);
   }
 
-  private putNode(id: string, value: Buffer): void {
+  /**
+   * Node records are validated like any record: their admin address is where status pages and the CLI
+   * send the token, and a bad one must not reach /api/state. A bad record drops the node from the view
+   * (its previous value is not vouched for either) and is listed under invalid. Returns whether the
+   * invalid list changed.
+   */
+  private putNode(id: string, value: Buffer): boolean {
+    const key = this.keys.node(id);
     try {
-      const v = decodeValue(value) as unknown as NodeRecord;
-      this.nodes.set(id, { ...v, id });
+      this.nodes.set(id, parseNodeRecord(id, value));
+      return this.records.cluster.delete(key);
     } catch (err) {
-      this.log.warn({ key: this.keys.node(id), reason: (err as Error).message }, "invalid node record skipped");
+      this.nodes.delete(id);
+      return this.setClusterInvalid(key, `node record: ${(err as Error).message}`);
     }
   }
 
-  private putHeartbeat(value: Buffer): void {
+  private putHeartbeat(value: Buffer): boolean {
+    const key = this.keys.heartbeat;
     try {
-      this.heartbeat = decodeValue(value) as unknown as HealthHeartbeat;
+      this.heartbeat = parseHeartbeat(value);
+      return this.records.cluster.delete(key);
     } catch (err) {
-      this.log.warn({ key: this.keys.heartbeat, reason: (err as Error).message }, "invalid heartbeat skipped");
+      // The last good heartbeat stays, as a record's last good value does.
+      return this.setClusterInvalid(key, `heartbeat: ${(err as Error).message}`);
     }
+  }
+
+  private setClusterInvalid(key: string, reason: string): boolean {
+    if (this.records.cluster.get(key) === reason) return false;
+    this.records.cluster.set(key, reason);
+    return true;
   }
 }
 

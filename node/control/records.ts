@@ -61,6 +61,10 @@ export class RecordTable {
   private readonly services = new Map<string, Slot<ServiceSpec>>();
   private readonly backends = new Map<string, Map<string, Slot<BackendSpec>>>();
   private readonly verdicts = new Map<string, Slot<Verdict>>();
+  /** Keys under the prefix this version does not recognise (extra segments, names outside the rules). */
+  private readonly unrecognised = new Map<string, string>();
+  /** Cluster records the reconciler validates itself (node records, the heartbeat): key → reason. */
+  readonly cluster = new Map<string, string>();
   /** Keys of any kind whose value was too large to read or to accept (key → reason). */
   private readonly oversized = new Map<string, string>();
   revision = 0;
@@ -72,6 +76,7 @@ export class RecordTable {
     this.services.clear();
     this.backends.clear();
     this.verdicts.clear();
+    this.unrecognised.clear();
     this.oversized.clear();
     for (const kv of kvs) this.put(kv.key, kv.value, kv.modRevision);
     this.revision = revision;
@@ -105,7 +110,12 @@ export class RecordTable {
 
   private put(key: string, value: Buffer, rev: number): boolean {
     const k = this.keys.parse(key);
-    if (!k) return false;
+    if (!k) {
+      const reason = this.keys.reason(key);
+      if (reason === null || this.unrecognised.get(key) === reason) return false;
+      this.unrecognised.set(key, reason);
+      return true;
+    }
     switch (k.kind) {
       case "service":
         return update(this.services, k.service!, rev, value, () => parseServiceValue(k.service!, value));
@@ -127,7 +137,7 @@ export class RecordTable {
 
   private delete(key: string): boolean {
     const k = this.keys.parse(key);
-    if (!k) return false;
+    if (!k) return this.unrecognised.delete(key);
     switch (k.kind) {
       case "service":
         return this.services.delete(k.service!);
@@ -182,6 +192,8 @@ export class RecordTable {
       const [service, id] = sid.split("/");
       out.push({ key: this.keys.verdict(service, id), reason: slot.error, keptLastGood: slot.good !== null });
     }
+    for (const [key, reason] of this.unrecognised) out.push({ key, reason });
+    for (const [key, reason] of this.cluster) out.push({ key, reason });
     for (const [key, reason] of this.oversized) out.push({ key, reason });
     return out;
   }

@@ -78,7 +78,7 @@ export class TcpListener {
 
   update(svc: ServiceState): void {
     this.svc = svc;
-    this.limiter = limiterFor(this.limiter, svc.spec.limits.sourceRate, svc.spec.limits.sourceBurst);
+    this.limiter = limiterFor(this.limiter, svc.spec.limits.sourceRate, svc.spec.limits.sourceBurst, svc.spec.limits.sourceIpv6Prefix);
     this.exclude = this.plane.availabilityExclude(svc);
   }
 

@@ -115,7 +115,7 @@ export class UdpListener {
 
   update(svc: ServiceState): void {
     this.svc = svc;
-    this.limiter = limiterFor(this.limiter, svc.spec.limits.sourceRate, svc.spec.limits.sourceBurst);
+    this.limiter = limiterFor(this.limiter, svc.spec.limits.sourceRate, svc.spec.limits.sourceBurst, svc.spec.limits.sourceIpv6Prefix);
     this.exclude = this.plane.availabilityExclude(svc);
     const endpoints = new Set<string>();
     // The same "address|port" form as a flow key, so the loop check is one lookup of the key.

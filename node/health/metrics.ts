@@ -1,7 +1,7 @@
 // Health metrics, registered on the node's registry (so they carry its `node` label): checks by
 // result, check latency and schedule lag, verdict changes, fenced writes, leadership and mode.
 import client from "prom-client";
-import { childCache } from "../collect.js";
+import { type ChildCache, childCache } from "../collect.js";
 import type { CheckResult } from "./checks.js";
 import type { NodeMode } from "./mode.js";
 
@@ -19,7 +19,9 @@ export class HealthMetrics {
   readonly mode: client.Gauge<"mode">;
   readonly modeTransitions: client.Counter<"mode">;
   readonly checking: client.Gauge<"role">;
-  private readonly seconds: (service: string) => client.Histogram.Internal<"service">;
+  private readonly seconds: ChildCache<"service">;
+  /** Results seen per service, so forgetService removes exactly the series that exist. */
+  private readonly results = new Map<string, Set<CheckResult>>();
 
   constructor(registry: client.Registry) {
     const registers = [registry];
@@ -56,8 +58,22 @@ export class HealthMetrics {
     for (const m of MODES) this.mode.set({ mode: m }, m === mode ? 1 : 0);
   }
 
+  /** Drops the series of a service that is gone (its probes, latency and verdict changes). */
+  forgetService(service: string): void {
+    for (const result of this.results.get(service) ?? []) this.checks.remove({ service, result });
+    this.results.delete(service);
+    this.seconds.forget(service);
+    for (const state of ["up", "down"]) for (const source of ["shared", "local"]) this.verdictChanges.remove({ service, state, source });
+  }
+
   observe(service: string, result: CheckResult, seconds: number, lagMs: number): void {
     this.checks.inc({ service, result });
+    let seen = this.results.get(service);
+    if (seen === undefined) {
+      seen = new Set();
+      this.results.set(service, seen);
+    }
+    seen.add(result);
     this.seconds(service).observe(seconds);
     this.lagSeconds.observe(lagMs / 1000);
   }

@@ -65,7 +65,11 @@ export class ServiceCounters {
   constructor(readonly service: string) {}
 }
 
-/** Registry keyed by service and backend id; entries are created on first use and kept for the process. */
+/**
+ * Registry keyed by service and backend id; entries are created on first use (by the snapshot builder)
+ * and pruned once their backend or service has left the snapshot and nothing is open on them, so
+ * churned ids do not pile up as metric series for the life of the process.
+ */
 export class StatsRegistry {
   readonly backends = new Map<string, BackendCounters>();
   readonly services = new Map<string, ServiceCounters>();
@@ -78,6 +82,41 @@ export class StatsRegistry {
       this.backends.set(key, s);
     }
     return s;
+  }
+
+  /**
+   * Drops the counters of backends and services `snapshot` (the newest built) no longer has, once
+   * they hold no open connection or flow. Returns what was dropped, so metrics
+   * kept elsewhere (histograms, labelled counters) can drop those series too.
+   */
+  prune(snapshot: { services: ReadonlyMap<string, { backends: readonly { id: string }[] }> }): { backends: BackendCounters[]; services: string[] } {
+    const dropped = { backends: [] as BackendCounters[], services: [] as string[] };
+    const ids = new Map<string, Set<string>>();
+    for (const [key, b] of this.backends) {
+      if (b.active > 0 || b.open.size > 0) continue;
+      const svc = snapshot.services.get(b.service);
+      if (svc !== undefined) {
+        let set = ids.get(b.service);
+        if (set === undefined) {
+          set = new Set(svc.backends.map((v) => v.id));
+          ids.set(b.service, set);
+        }
+        if (set.has(b.id)) continue;
+      }
+      // Its drain timer has nothing left to close.
+      if (b.drainTimer !== null) {
+        clearTimeout(b.drainTimer);
+        b.drainTimer = null;
+      }
+      this.backends.delete(key);
+      dropped.backends.push(b);
+    }
+    for (const [name, s] of this.services) {
+      if (s.active > 0 || snapshot.services.has(name)) continue;
+      this.services.delete(name);
+      dropped.services.push(name);
+    }
+    return dropped;
   }
 
   service(name: string): ServiceCounters {

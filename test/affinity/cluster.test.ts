@@ -71,7 +71,8 @@ function entryBackend(n: BallastNode, service: string, ip: string): string | nul
   return slot < 0 ? null : e.backendName(slot);
 }
 
-const ips = (count: number, prefix = "10.20") => Array.from({ length: count }, (_, i) => `${prefix}.${i >> 8}.${(i & 255) + 1}`);
+// Valid addresses only (x.y.z.1-254): merges skip client "addresses" that are not IP addresses.
+const ips = (count: number, prefix = "10.20") => Array.from({ length: count }, (_, i) => `${prefix}.${Math.floor(i / 254)}.${(i % 254) + 1}`);
 
 describe("affinity across the cluster", () => {
   it("a client keeps its backend through a new backend and the death of the node that made its entry (TCP)", async () => {

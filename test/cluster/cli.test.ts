@@ -1,8 +1,13 @@
 // The `ballast` CLI against real etcd and real nodes: services and backends written by the CLI are
 // routed; -o json for scripts; status and route ask the nodes; clear errors without stack traces.
 import { execFile } from "node:child_process";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
+import { encodeValue } from "../../shared/codec.js";
+import { KeySchema } from "../../shared/keys.js";
+import { EtcdStore } from "../../node/control/etcd-store.js";
 import { deadPort, startTcpEcho, tcpExchange } from "../helpers/backends.js";
 import type { EtcdProcess } from "../helpers/etcd.js";
 import { CLI, portOf, startNode } from "../helpers/node.js";
@@ -66,5 +71,35 @@ describe("ballast CLI", () => {
     expect((r as { code: number }).code).toBe(1);
     expect((r as { stderr: string }).stderr).toMatch(/^ballast: .*(etcd|unavailable|connect)/i);
     expect((r as { stderr: string }).stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it("status sends --token only to nodes in --trust, and lists junk node records as invalid (issue 13, finding 10)", async () => {
+    const keys = KeySchema.forCluster("cli-trust");
+    const node = await startNode({ node: { id: "t1" }, cluster: "cli-trust", etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 }, admin: { listen: "127.0.0.1:0", token: "s3cret" } });
+    const seen: Array<string | undefined> = [];
+    const trap = http.createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.writeHead(401, { "content-type": "application/json" }).end("{}");
+    });
+    await new Promise<void>((r) => trap.listen(0, "127.0.0.2", r));
+    const admin = `127.0.0.2:${(trap.address() as AddressInfo).port}`;
+    const client = new EtcdStore({ endpoints: [etcd.endpoint] });
+    try {
+      const record = { id: "rogue", address: admin, admin, zone: "", version: "0", ready: true, draining: false, revision: 1, mode: "shared", startedAt: 1, updatedAt: 1 };
+      await client.put(keys.node("rogue"), encodeValue(record));
+      await client.put(keys.node("junk"), encodeValue({ ...record, id: "junk", admin: "evil.example/steal?x=" }));
+      await waitFor(() => node.reconciler.nodes.has("t1"), { message: "t1 registered" });
+      const status = await ballast("--cluster", "cli-trust", "--trust", "127.0.0.1", "-o", "json", "status", "--token", "s3cret");
+      const out = JSON.parse(status.stdout) as { nodes: Array<{ node: string; ready: unknown }>; invalid: Array<{ key: string; reason: string }> };
+      expect(seen.length).toBe(1);
+      expect(seen[0]).toBeUndefined();
+      expect(out.nodes.find((n) => n.node === "rogue")?.ready).toBe("token withheld (not in --trust)");
+      expect(out.nodes.find((n) => n.node === "t1")?.ready).toBe(true);
+      expect(out.nodes.map((n) => n.node)).not.toContain("junk");
+      expect(out.invalid.find((r) => r.key === keys.node("junk"))?.reason).toMatch(/admin/);
+    } finally {
+      await client.close();
+      await new Promise((r) => trap.close(r));
+    }
   });
 });

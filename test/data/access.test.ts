@@ -308,6 +308,33 @@ describe("SourceRateLimiter", () => {
     expect(limiter.size).toBe(1000);
   });
 
+  it("aggregates IPv6 sources by network: /64 by default, configurable (issue 13, finding 16)", () => {
+    const l64 = new SourceRateLimiter(1, 2);
+    expect(l64.take("2001:db8:0:1::1", 0)).toBe(true);
+    expect(l64.take("2001:db8:0:1::2", 0)).toBe(true);
+    // The rest of the /64 shares the empty bucket, whatever the interface id.
+    expect(l64.take("2001:db8:0:1:ffff:1234:5678:9abc", 0)).toBe(false);
+    expect(l64.take("2001:db8:0:2::1", 0)).toBe(true); // another /64
+    expect(l64.size).toBe(2);
+    const l48 = new SourceRateLimiter(1, 1, 1000, 48);
+    expect(l48.take("2001:db8:0:1::1", 0)).toBe(true);
+    expect(l48.take("2001:db8:0:2::1", 0)).toBe(false);
+    expect(l48.sourceKey("2001:db8:abcd:1::1")).toBe("2001:db8:abcd:/48");
+    expect(new SourceRateLimiter(1, 1, 10, 56).sourceKey("2001:db8:abcd:12ff::1")).toBe("2001:db8:abcd:1200/56");
+    // IPv4 stays per address.
+    expect(l64.sourceKey("10.0.0.1")).toBe("10.0.0.1");
+  });
+
+  it("a flood of new sources does not evict the bucket of a client being limited (issue 13, finding 16)", () => {
+    const limiter = new SourceRateLimiter(0.01, 3, 1000);
+    for (let i = 0; i < 3; i++) expect(limiter.take("192.0.2.7", 0)).toBe(true);
+    expect(limiter.take("192.0.2.7", 1)).toBe(false);
+    // 100k other sources, one connection each, while no time passes for refills.
+    for (let i = 0; i < 100_000; i++) limiter.take(`10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}`, 2);
+    expect(limiter.size).toBeLessThanOrEqual(1000);
+    expect(limiter.take("192.0.2.7", 3)).toBe(false);
+  });
+
   it("turns away a source with no address instead of throwing", () => {
     expect(new SourceRateLimiter(1, 1).take(undefined, 0)).toBe(false);
   });

@@ -35,11 +35,17 @@ describe("collected metrics", () => {
     expect(second).toContain("t_queued 0");
   });
 
-  it("childCache hands out one child per label value", () => {
+  it("childCache hands out one child per label value; forget drops the child and its series", async () => {
     const registry = new client.Registry();
     const h = new client.Histogram({ name: "t_seconds", help: "h", labelNames: ["service"], registers: [registry] });
     const child = childCache(h);
     expect(child("web")).toBe(child("web"));
     expect(child("web")).not.toBe(child("dns"));
+    child("dns").observe(0.1);
+    expect(await registry.metrics()).toContain('t_seconds_count{service="dns"} 1');
+    const before = child("dns");
+    child.forget("dns");
+    expect(await registry.metrics()).not.toContain('service="dns"');
+    expect(child("dns")).not.toBe(before);
   });
 });

@@ -1,14 +1,16 @@
 // What the status page needs from the admin server, without a browser: the page shell without the
 // token (and no data in it), the token still required for the API, CORS on /api/state only for other
 // nodes' admin origins (preflight included), and an inline script that parses.
-
 import { spawnSync } from "node:child_process";
+import http from "node:http";
+import net from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import vm from "node:vm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type AdminApi, AdminServer } from "../../node/admin/server.js";
+import { type AdminApi, AdminServer, STATE_CACHE_MS } from "../../node/admin/server.js";
 import { allowsPeerOrigin, statusPage } from "../../node/admin/status-page.js";
+import { waitFor } from "../helpers/wait.js";
 import type { StateView } from "../../shared/api.js";
 
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
@@ -107,4 +109,124 @@ describe("status page access rules", () => {
     expect(`${r.stdout}${r.stderr}`).toBe("");
     expect(r.status).toBe(0);
   }, 150_000);
+});
+
+/** A GET with a Host header of our choosing (fetch would put the URL's). */
+function get(base: string, path: string, headers: Record<string, string>): Promise<{ status: number; headers: http.IncomingHttpHeaders; body: string }> {
+  const u = new URL(base);
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: u.hostname, port: u.port, path, headers, agent: false }, (res) => {
+      let body = "";
+      res.on("data", (d) => (body += d));
+      res.on("end", () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+describe("admin API hardening (issue 13, finding 15)", () => {
+  let server: AdminServer;
+  let base = "";
+  let builds = 0;
+  beforeAll(async () => {
+    const api: AdminApi = {
+      ready: () => true,
+      state: () => ({ builds: ++builds, nested: { list: [1, 2, 3] } }) as unknown as StateView,
+      route: () => ({ status: 404, body: { error: "no service" } }),
+      metrics: async () => ({ contentType: "text/plain", body: "" }),
+      pages: new Map([["/", statusPage]]),
+      publicPages: new Set(["/"]),
+    };
+    // No token: the case DNS rebinding is about (a token-less API on loopback).
+    server = new AdminServer(api, undefined, { allowedHosts: ["lb1.example"], maxConnections: 3 });
+    base = `http://${await server.listen("127.0.0.1:0")}`;
+  });
+  afterAll(() => server.close());
+
+  it.each([
+    { host: "evil.example", status: 403 },
+    { host: "evil.example:80", status: 403 },
+    { host: "127.0.0.1.evil.example", status: 403 },
+    { host: "127.0.0.1:9090", status: 200 },
+    { host: "[::1]:9090", status: 200 },
+    { host: "localhost:9090", status: 200 },
+    { host: "LB1.example:9090", status: 200 },
+  ])("Host $host → $status on /api/state and the page", async ({ host, status }) => {
+    expect((await get(base, "/api/state", { host })).status).toBe(status);
+    expect((await get(base, "/", { host })).status).toBe(status);
+  });
+
+  it("answers probes whatever the Host header", async () => {
+    expect((await get(base, "/healthz", { host: "anything.example" })).status).toBe(200);
+    expect((await get(base, "/readyz", { host: "anything.example" })).status).toBe(200);
+  });
+
+  it("says nosniff on every answer", async () => {
+    for (const path of ["/", "/api/state", "/healthz", "/nope"]) expect((await get(base, path, { host: "127.0.0.1" })).headers["x-content-type-options"], path).toBe("nosniff");
+  });
+
+  it("sends /api/state compact, built once per short interval for all pollers", async () => {
+    const first = await get(base, "/api/state", { host: "127.0.0.1" });
+    expect(first.body).not.toContain("\n");
+    const burst = await Promise.all(Array.from({ length: 20 }, () => get(base, "/api/state", { host: "127.0.0.1" })));
+    const seen = new Set([first, ...burst].map((r) => (JSON.parse(r.body) as { builds: number }).builds));
+    // 21 requests, a handful of builds at most (one per STATE_CACHE_MS while they run).
+    expect(seen.size).toBeLessThan(21);
+    const before = builds;
+    await new Promise((r) => setTimeout(r, STATE_CACHE_MS + 50));
+    await get(base, "/api/state", { host: "127.0.0.1" });
+    expect(builds).toBe(before + 1); // and fresh again after the interval
+  });
+
+  it("rebuilds the cached state at once when the node's state key changes (a new revision applied)", async () => {
+    let key = "r1";
+    let n = 0;
+    const api: AdminApi = { ready: () => true, state: () => ({ n: ++n, key }) as unknown as StateView, stateKey: () => key, route: () => ({ status: 404, body: { error: "no service" } }), metrics: async () => ({ contentType: "text/plain", body: "" }) };
+    const s = new AdminServer(api, undefined);
+    const b = `http://${await s.listen("127.0.0.1:0")}`;
+    try {
+      const a = JSON.parse((await get(b, "/api/state", { host: "127.0.0.1" })).body) as { n: number; key: string };
+      const same = JSON.parse((await get(b, "/api/state", { host: "127.0.0.1" })).body) as { n: number };
+      key = "r2";
+      const next = JSON.parse((await get(b, "/api/state", { host: "127.0.0.1" })).body) as { n: number; key: string };
+      // Within STATE_CACHE_MS (no sleep here): the same key reuses the build, a new key does not.
+      expect(same.n === a.n || same.n === a.n + 1).toBe(true);
+      expect(next.key).toBe("r2");
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("caps open admin connections", async () => {
+    const port = Number(new URL(base).port);
+    const held: net.Socket[] = [];
+    try {
+      for (let i = 0; i < 3; i++) {
+        const s = net.connect(port, "127.0.0.1");
+        await new Promise((r) => s.once("connect", r));
+        held.push(s);
+      }
+      await waitFor(() => new Promise<boolean>((r) => server.server.getConnections((_e, n) => r(n === 3))), { message: "three connections accepted" });
+      const extra = net.connect(port, "127.0.0.1");
+      let closed = false;
+      extra.on("close", () => (closed = true));
+      extra.on("error", () => {});
+      await waitFor(() => closed, { message: "the connection over the cap is closed" });
+    } finally {
+      for (const s of held) s.destroy();
+    }
+  });
+
+  it("compares the token in constant time: any length is a 401, never a 500", async () => {
+    const api: AdminApi = { ready: () => true, state: () => ({}) as unknown as StateView, route: () => ({ status: 404, body: { error: "no service" } }), metrics: async () => ({ contentType: "text/plain", body: "" }) };
+    const s = new AdminServer(api, TOKEN);
+    const b = `http://${await s.listen("127.0.0.1:0")}`;
+    try {
+      for (const auth of ["Bearer ", "Bearer t", `Bearer ${TOKEN}x`, `Bearer ${"x".repeat(5000)}`, "Basic abc"]) expect((await get(b, "/api/state", { host: "127.0.0.1", authorization: auth })).status, auth).toBe(401);
+      expect((await get(b, "/api/state", { host: "127.0.0.1", authorization: `Bearer ${TOKEN}` })).status).toBe(200);
+    } finally {
+      await s.close();
+    }
+  });
 });

@@ -60,7 +60,8 @@ export async function startPageCluster(): Promise<PageCluster> {
         node: { id, zone },
         cluster: CLUSTER,
         etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 },
-        admin: { listen: "127.0.0.1:0", token: TOKEN },
+        // The nodes' own admin host: the page sends them the token; any other address in a node record is not sent it.
+        admin: { listen: "127.0.0.1:0", token: TOKEN, trustedPeers: ["127.0.0.1"] },
       }),
     );
   }

@@ -2,8 +2,11 @@
 // trickle of real traffic, and Debian's Chromium (driven by playwright-core) reading the page the way
 // an operator would. Saves test-artifacts/status-page.png.
 import { existsSync, mkdirSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { encodeValue } from "../../shared/codec.js";
 import { waitFor } from "../helpers/wait.js";
 import { CLUSTER, keys, launchChromium, type PageCluster, startPageCluster, TOKEN } from "./cluster.js";
 
@@ -158,4 +161,64 @@ describe("status page", () => {
       await other.close();
     }
   });
+
+  it("never sends the token to a node record's admin address that is not in admin.trustedPeers (issue 13, finding 10)", async () => {
+    // A rogue writer registers a well-formed node record pointing at its own listener (127.0.0.2: loopback, not trusted).
+    const seen: Array<string | undefined> = [];
+    // It answers CORS preflights as a peer would, so a page willing to send the token would send it.
+    const trap = http.createServer((req, res) => {
+      const cors = { "access-control-allow-origin": req.headers.origin ?? "*", "access-control-allow-headers": "authorization", "access-control-allow-methods": "GET" };
+      if (req.method === "OPTIONS") return void res.writeHead(204, cors).end();
+      seen.push(req.headers.authorization);
+      res.writeHead(401, cors).end("{}");
+    });
+    await new Promise<void>((r) => trap.listen(0, "127.0.0.2", r));
+    const admin = `127.0.0.2:${(trap.address() as AddressInfo).port}`;
+    const key = keys.node("rogue");
+    const record = { id: "rogue", address: admin, admin, zone: "", version: "0.0.0", ready: true, draining: false, revision: 1, mode: "shared", startedAt: Date.now(), updatedAt: Date.now() };
+    try {
+      await cluster.nodes[0].store.put(key, encodeValue(record));
+      await waitFor(() => seen.length >= 2, { timeoutMs: 15_000, message: "the page polls the rogue address" });
+      expect(seen.every((a) => a === undefined), `Authorization sent: ${JSON.stringify(seen)}`).toBe(true);
+      // The nodes in the list still get it: their revisions keep coming.
+      await page.locator('#nodes-table tr[data-node="rogue"]').waitFor({ timeout: 5000 });
+    } finally {
+      await cluster.nodes[0].store.delete(key);
+      await new Promise((r) => trap.close(r));
+    }
+  }, 30_000);
+
+  it("keeps drawing after a render exception, and a service named like an Object property renders (issue 13, finding 12)", async () => {
+    const names = ["constructor", "toString", "hasOwnProperty"];
+    const errorsBefore = consoleErrors.length;
+    try {
+      for (const name of names) await cluster.etcd.put(keys.service(name), JSON.stringify({ listen: "127.0.0.1:0", health: { type: "none" } }));
+      for (const name of names) await page.locator(`section.svc[data-service="${name}"]`).waitFor({ timeout: 10_000 });
+      // Polling goes on: the leader changes nothing here, but the applied revision keeps up with etcd.
+      const put = await cluster.etcd.put(keys.backend("constructor", "b1"), "127.0.0.1:9");
+      await waitFor(async () => (await page.locator('section.svc[data-service="constructor"]').textContent())?.includes("b1") === true, { timeoutMs: 10_000, message: "the page keeps polling and shows the new backend" });
+      expect(put).toBeGreaterThan(0);
+      expect(consoleErrors.slice(errorsBefore)).toEqual([]);
+      // A render that throws (a page bug, provoked here) must not stop polling for good.
+      await page.evaluate(() => {
+        const orig = Date.prototype.toISOString;
+        let left = 3;
+        Date.prototype.toISOString = function () {
+          if (left-- > 0) throw new Error("provoked render failure");
+          return orig.call(this);
+        };
+      });
+      const mark = await cluster.etcd.put(keys.backend("constructor", "b2"), "127.0.0.1:10");
+      await waitFor(async () => (await page.locator('section.svc[data-service="constructor"]').textContent())?.includes("b2") === true, { timeoutMs: 15_000, message: "polling survives the render exception" });
+      expect(mark).toBeGreaterThan(put);
+      expect(consoleErrors.slice(errorsBefore).some((e) => e.includes("provoked render failure")), "the provoked exception did happen").toBe(true);
+    } finally {
+      for (const name of names) {
+        await cluster.etcd.del(keys.backend(name, "b1"));
+        await cluster.etcd.del(keys.backend(name, "b2"));
+        await cluster.etcd.del(keys.service(name));
+      }
+      consoleErrors.splice(errorsBefore);
+    }
+  }, 60_000);
 });

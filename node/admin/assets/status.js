@@ -8,6 +8,10 @@
 (function () {
   var TOKEN_KEY = "ballast.token";
   var POLL_MS = 1000, PEER_MS = 2000, FRESH_MS = 6000, HISTORY = 60;
+  // Maps keyed by data (node ids, service names, backend ids) have no prototype: "constructor" or
+  // "toString" are valid names, and on a plain object they would find Object's methods.
+  /** @returns {Record<string, any>} */
+  function dict() { return Object.create(null); }
   /**
    * Page state. `self` is this node's /api/state; `peers` hold other nodes' answers by node id.
    * @type {{ token: string | null, refused: any, self: StateView | null, selfAt: number, skew: number, err: string,
@@ -16,7 +20,7 @@
    */
   var S = {
     token: null, refused: undefined, self: null, selfAt: 0, skew: 0, err: "", needToken: false, tokenRejected: false,
-    peers: {}, peerAt: 0, rates: {}, hist: {}, sort: { col: "id", dir: 1 }, scope: "all", services: ""
+    peers: dict(), peerAt: 0, rates: dict(), hist: dict(), sort: { col: "id", dir: 1 }, scope: "all", services: ""
   };
 
   // ?token=T once: kept for this tab only, and taken out of the address bar and history.
@@ -88,11 +92,13 @@
   function parts(o) { var r = []; if (o) for (var k in o) if (o[k]) r.push(k + " " + o[k]); return r.join(", "); }
 
   // ---- the admin API ----
-  function api(base, path, timeoutMs) {
+  // The token goes to this page's own origin, and to a peer only when this node says it is trusted
+  // (admin.trustedPeers): a node record's admin address is whatever its writer put there.
+  function api(base, path, timeoutMs, withToken) {
     var ctl = new AbortController();
     var timer = setTimeout(function () { ctl.abort(); }, timeoutMs || 3000);
     var headers = {};
-    if (S.token) headers.Authorization = "Bearer " + S.token;
+    if (S.token && (base === "" || withToken === true)) headers.Authorization = "Bearer " + S.token;
     return fetch(base + path, { headers: headers, cache: "no-store", signal: ctl.signal }).then(function (res) {
       return res.json().catch(function () { return null; }).then(function (body) {
         return { status: res.status, body: body, date: res.headers.get("date") };
@@ -103,15 +109,15 @@
 
   // ---- counters → rates, per node; sparkline history per scope ----
   function observe(id, st, at) {
-    var r = S.rates[id] || (S.rates[id] = { prev: null, svc: {}, be: {}, t: 0 });
-    var cur = { t: at, svc: {}, be: {} };
+    var r = S.rates[id] || (S.rates[id] = { prev: null, svc: dict(), be: dict(), t: 0 });
+    var cur = { t: at, svc: dict(), be: dict() };
     (st.services || []).forEach(function (s) {
       cur.svc[s.name] = { acc: s.accepted || 0, bytes: (s.bytesIn || 0) + (s.bytesOut || 0) };
       (s.backends || []).forEach(function (b) { cur.be[s.name + "/" + b.id] = b.connections || 0; });
     });
     var p = r.prev;
     if (p && at > p.t) {
-      var dt = (at - p.t) / 1000, svc = {}, be = {};
+      var dt = (at - p.t) / 1000, svc = dict(), be = dict();
       for (var n in cur.svc) {
         var a = cur.svc[n], b0 = p.svc[n];
         // A counter that went down means the node restarted: no rate for this interval.
@@ -125,7 +131,7 @@
 
   /** Node states in the current counter scope: {id: state}, fresh ones only. */
   function scoped() {
-    var out = {}, now = Date.now();
+    var out = dict(), now = Date.now();
     if (!S.self) return out;
     var selfId = S.self.node.id;
     if (S.scope === "all" || S.scope === selfId) out[selfId] = S.self;
@@ -163,7 +169,7 @@
     var saved = S.scope;
     scopes.forEach(function (sc) {
       S.scope = sc;
-      var hs = S.hist[sc] || (S.hist[sc] = {});
+      var hs = S.hist[sc] || (S.hist[sc] = dict());
       (S.self.services || []).forEach(function (s) {
         var arr = hs[s.name] || (hs[s.name] = []);
         var v = scopedRate("svc", s.name);
@@ -178,7 +184,11 @@
   function tick() {
     var started = Date.now();
     // Waiting for a token: asking again with the one that was refused would only fail again.
-    if (S.needToken && S.token === S.refused) { render(); setTimeout(tick, 250); return; }
+    if (S.needToken && S.token === S.refused) {
+      try { render(); } catch (e) { console.error("status page: render failed:", e); }
+      setTimeout(tick, 250);
+      return;
+    }
     api("", "/api/state").then(function (r) {
       if (r.status === 401) {
         S.tokenRejected = !!S.token; S.needToken = true; S.refused = S.token; S.err = r.body && r.body.error || "401";
@@ -195,23 +205,29 @@
       if (S.self && Date.now() - S.peerAt >= PEER_MS) { S.peerAt = Date.now(); pollPeers(); }
       sampleHistory();
       render();
+    }).catch(function (e) {
+      // A bug drawing one poll's data must not end the page: say so, and poll again.
+      console.error("status page: render failed:", e);
+    }).finally(function () {
       setTimeout(tick, Math.max(100, POLL_MS - (Date.now() - started)));
     });
   }
 
   function pollPeers() {
-    var selfId = S.self.node.id, seen = {};
+    var selfId = S.self.node.id, seen = dict();
     (S.self.nodes || []).forEach(function (n) {
       if (n.id === selfId || !n.admin) return;
       seen[n.id] = true;
       var p = S.peers[n.id] || (S.peers[n.id] = { state: null, at: 0, err: "", busy: false });
       if (p.busy) return;
       p.busy = true;
-      api("http://" + n.admin, "/api/state", 1800).then(function (r) {
+      var trusted = n.trusted === true || "http://" + n.admin === location.origin;
+      api("http://" + n.admin, "/api/state", 1800, trusted).then(function (r) {
         if (r.status === 200 && r.body && r.body.node) {
           p.state = r.body; p.at = Date.now(); p.err = "";
           observe(n.id, r.body, p.at);
-        } else p.err = r.status === 401 ? "token rejected (401)" : "HTTP " + r.status;
+        } else if (r.status === 401 && !trusted) p.err = "token not sent: this node is not in admin.trustedPeers";
+        else p.err = r.status === 401 ? "token rejected (401)" : "HTTP " + r.status;
       }, function (e) { p.err = errText(e) + " (unreachable, or its admin address is not this page's origin)"; })
         .finally(function () { p.busy = false; });
     });
@@ -231,7 +247,7 @@
     if (!list.some(function (n) { return n.id === selfId; })) {
       // Not registered (yet, or standalone): this node's own view stands in for its record.
       list.push({ id: selfId, address: st.node.admin, admin: st.node.admin, zone: st.node.zone, version: st.node.version, ready: st.node.ready,
-        draining: st.node.draining, revision: st.revision, mode: st.node.mode, startedAt: st.node.startedAt, updatedAt: 0 });
+        draining: st.node.draining, revision: st.revision, mode: st.node.mode, startedAt: st.node.startedAt, updatedAt: 0, trusted: true });
     }
     return list.sort(function (a, b) { return a.id < b.id ? -1 : a.id > b.id ? 1 : 0; });
   }
@@ -254,7 +270,7 @@
 
   function renderNodes(nodes) {
     var st = S.self, leader = st.health ? st.health.leader : null, selfId = st.node.id;
-    var versions = {}; nodes.forEach(function (n) { versions[n.version] = (versions[n.version] || 0) + 1; });
+    var versions = dict(); nodes.forEach(function (n) { versions[n.version] = (versions[n.version] || 0) + 1; });
     var common = Object.keys(versions).sort(function (a, b) { return versions[b] - versions[a]; })[0];
     var rows = nodes.map(function (n) {
       var lv = liveOf(n.id), fresh = lv.state && Date.now() - lv.at < FRESH_MS, ln = fresh ? lv.state.node : n;
@@ -308,7 +324,7 @@
 
   function backendRows(svc) {
     return (svc.backends || []).map(function (b) {
-      var v = verdictOf(b), key = svc.name + "/" + b.id, st = scoped(), fails = {}, active = 0, conns = 0, by = 0;
+      var v = verdictOf(b), key = svc.name + "/" + b.id, st = scoped(), fails = dict(), active = 0, conns = 0, by = 0;
       for (var id in st) {
         var bb = findBe(findSvc(st[id], svc.name), b.id);
         if (!bb) continue;
@@ -392,7 +408,7 @@
     var udp = svc.protocol === "udp";
     var cps = scopedRate("svc", svc.name), bps = scopedSvcBytes(svc.name);
     var active = scopedSum(function (st) { var s = findSvc(st, svc.name); return s && s.active; });
-    var refused = {};
+    var refused = dict();
     var st = scoped();
     for (var id in st) { var s = findSvc(st[id], svc.name); if (s) for (var k in s.refused || {}) refused[k] = (refused[k] || 0) + s.refused[k]; }
     var counts = { up: 0, down: 0, unknown: 0 };
@@ -401,7 +417,7 @@
     var affText = aff.mode && aff.mode !== "none"
       ? [h("b", null, aff.mode), " \u00B7 TTL " + dur(aff.ttlMs) + " \u00B7 ", h("b", { "data-affinity-entries": "" }, aff.entries === undefined ? "\u2014" : num(aff.entries)), aff.entries === 1 ? " entry" : " entries"]
       : h("span", { class: "mute" }, "off");
-    var hist = (S.hist[S.scope] || {})[svc.name] || [];
+    var hist = (S.hist[S.scope] || dict())[svc.name] || [];
     var bound = svc.listen.slice(-2) === ":0" && svc.boundPort ? " \u2192 :" + svc.boundPort : "";
     var hc = svc.health || {};
     return h("section", { class: "card svc", "data-service": svc.name },
