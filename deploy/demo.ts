@@ -14,6 +14,7 @@ const ETCD_PORT = Number(process.env.DEMO_ETCD_PORT ?? 23790);
 const ETCD = `http://127.0.0.1:${ETCD_PORT}`;
 const CLUSTER = "demo";
 const SERVICE_PORT = Number(process.env.DEMO_PORT ?? 8080);
+const DNS_PORT = Number(process.env.DEMO_DNS_PORT ?? 8053);
 const BACKEND_PORTS = [9001, 9002, 9003, 9004];
 const NODES = [
   { id: "node-1", bind: "127.0.0.1", admin: "127.0.0.1:9101" },
@@ -122,11 +123,13 @@ async function main(): Promise<void> {
 
   etcdctl("put", `/ballast/${CLUSTER}/services/web`, JSON.stringify({ listen: `127.0.0.1:${SERVICE_PORT}`, protocol: "tcp", algorithm: "maglev", health: { type: "http", interval: "1s", timeout: "500ms", http: { path: "/" } } }));
   for (const [i, port] of BACKEND_PORTS.slice(0, 3).entries()) etcdctl("put", `/ballast/${CLUSTER}/backends/web/b${i + 1}`, `127.0.0.1:${port}`);
+  // Every node also answers DNS for lb.demo with the addresses of the nodes that are live.
+  etcdctl("put", `/ballast/${CLUSTER}/dns`, JSON.stringify({ zone: "lb.demo", ttl: 5 }));
 
   mkdirSync(join(workDir, "nodes"), { recursive: true });
   for (const n of NODES) {
     const file = join(workDir, "nodes", `${n.id}.yaml`);
-    writeFileSync(file, stringify({ node: { id: n.id, bindAddress: n.bind, zone: "demo" }, cluster: CLUSTER, etcd: { endpoints: [ETCD], leaseTtl: 3 }, admin: { listen: n.admin }, log: { level: "info" } }));
+    writeFileSync(file, stringify({ node: { id: n.id, bindAddress: n.bind, zone: "demo", publicAddresses: [n.bind] }, cluster: CLUSTER, etcd: { endpoints: [ETCD], leaseTtl: 3 }, admin: { listen: n.admin }, dns: { listen: `${n.bind}:${DNS_PORT}` }, log: { level: "info" } }));
     start(n.id, process.execPath, [CLI, "node", "--config", file]);
   }
   for (const n of NODES) await waitUntil(`${n.id} ready`, () => ok(`http://${n.admin}/readyz`));
@@ -141,6 +144,9 @@ Ballast demo is up: etcd ${ETCD}, 3 nodes, service "web" on port ${SERVICE_PORT}
     ETCDCTL_API=3 etcdctl --endpoints ${ETCD} put /ballast/${CLUSTER}/backends/web/b4 127.0.0.1:${BACKEND_PORTS[3]}
   … or with the ballast CLI:
     node bin/ballast.js --etcd ${ETCD} --cluster ${CLUSTER} backend add web b4 127.0.0.1:${BACKEND_PORTS[3]}
+
+  Resolve the service through any node's DNS (the live nodes; stop one and it leaves the answer):
+    dig @127.0.0.1 -p ${DNS_PORT} web.lb.demo +short
 
   Look around:
     node bin/ballast.js --etcd ${ETCD} --cluster ${CLUSTER} status

@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { parse as parseYaml } from "yaml";
-import type { ApiError, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
+import type { ApiError, DnsStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
 import { type NodeRecord, parseNodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
 import { formatIssues, type NodeConfig, nodeConfigSchema } from "../shared/schema.js";
@@ -11,6 +11,7 @@ import { VERSION } from "../shared/version.js";
 import { PeerTrust } from "./admin/peer-trust.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { parseBackendValue, parseServiceValue } from "./control/records.js";
+import { parseDnsValue } from "./control/dns-record.js";
 import type { Store } from "./control/store.js";
 import { BallastNode } from "./node.js";
 
@@ -180,7 +181,7 @@ export function buildCli(): Command {
       withStore(cmd, async (store, keys, opts) => {
         const { nodes, invalid } = await listNodes(store, keys);
         for (const r of invalid) process.stderr.write(`ballast: invalid ${r.key}: ${r.reason}\n`);
-        print(opts, nodes.map((n) => ({ id: n.id, admin: n.admin, zone: n.zone, version: n.version, ready: n.ready, draining: n.draining, mode: n.mode })), nodes);
+        print(opts, nodes.map((n) => ({ id: n.id, admin: n.admin, zone: n.zone, public: (n.public ?? []).join(","), version: n.version, ready: n.ready, draining: n.draining, mode: n.mode })), nodes);
       }),
     );
 
@@ -194,6 +195,8 @@ export function buildCli(): Command {
     .option("--protocol <tcp|udp>", "protocol")
     .option("--algorithm <name>", "round-robin | least-conn | p2c | maglev | source-ip")
     .option("--affinity-ttl <duration>", "turn on source-ip affinity with this TTL")
+    .option("--locality <none|prefer-zone>", "zone-aware routing: prefer backends of the node's zone")
+    .option("--min-healthy-share <share>", "with prefer-zone: spill over when less than this share (0-1] of the zone's weight is healthy")
     .action(async (name: string, o: Record<string, string | undefined>, cmd: Command) =>
       withStore(cmd, async (store, keys) => {
         let record: Record<string, unknown>;
@@ -205,6 +208,8 @@ export function buildCli(): Command {
           if (o.protocol) record.protocol = o.protocol;
           if (o.algorithm) record.algorithm = o.algorithm;
           if (o.affinityTtl) record.affinity = { mode: "source-ip", ttl: o.affinityTtl };
+          if (o.locality) record.locality = o.locality;
+          if (o.minHealthyShare) record.zoneAware = { minHealthyShare: Number(o.minHealthyShare) };
         }
         const raw = Buffer.from(JSON.stringify(record));
         try {
@@ -245,9 +250,9 @@ export function buildCli(): Command {
           const name = kv.key.slice(keys.services.length);
           try {
             const s = parseServiceValue(name, kv.value);
-            return { name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: s.affinity.mode, health: s.health.type, error: "" };
+            return { name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: s.affinity.mode, locality: s.locality, health: s.health.type, error: "" };
           } catch (err) {
-            return { name, listen: "", protocol: "", algorithm: "", affinity: "", health: "", error: (err as Error).message };
+            return { name, listen: "", protocol: "", algorithm: "", affinity: "", locality: "", health: "", error: (err as Error).message };
           }
         });
         print(opts, rows);
@@ -346,7 +351,7 @@ export function buildCli(): Command {
         }
         const first: StateView | undefined = states[0];
         if (opts.output === "json") {
-          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: [...(first?.invalid ?? []), ...badNodes], health: first?.health ?? null });
+          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: [...(first?.invalid ?? []), ...badNodes], health: first?.health ?? null, dns: first?.dns ?? null });
           return;
         }
         process.stdout.write("NODES\n");
@@ -354,16 +359,23 @@ export function buildCli(): Command {
         const svcRows = [];
         const beRows = [];
         for (const s of first?.services ?? []) {
-          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: affinityCell(s.affinity), active: s.active });
-          for (const b of s.backends) {
+          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: affinityCell(s.affinity), locality: s.locality ?? "none", active: s.active });
+          // Grouped by zone (then id), so a zone's capacity reads as one block.
+          const grouped = [...s.backends].sort((x, y) => x.zone.localeCompare(y.zone) || x.id.localeCompare(y.id));
+          for (const b of grouped) {
             const v = b.verdict;
-            beRows.push({ service: s.name, backend: b.id, address: `${b.address}:${b.port}`, state: b.state, verdict: v ? `${v.state}${v.reason ? ` (${v.reason})` : ""}` : "unknown", routable: b.routable, active: b.active });
+            beRows.push({ service: s.name, zone: b.zone || "-", backend: b.id, address: `${b.address}:${b.port}`, state: b.state, verdict: v ? `${v.state}${v.reason ? ` (${v.reason})` : ""}` : "unknown", routable: b.routable, active: b.active });
           }
         }
         process.stdout.write("\nSERVICES\n");
         print(opts, svcRows);
         process.stdout.write("\nBACKENDS\n");
         print(opts, beRows);
+        const dnsState = states.find((st) => st.dns)?.dns;
+        if (dnsState?.zone) {
+          process.stdout.write(`\nDNS (zone ${dnsState.zone}, serial ${dnsState.serial}, ttl ${dnsState.ttl}s)\n`);
+          print(opts, dnsRows(dnsState));
+        }
         const known = new Set((first?.invalid ?? []).map((r) => r.key));
         const invalid = [...(first?.invalid ?? []), ...badNodes.filter((r) => !known.has(r.key)).map((r) => ({ ...r, keptLastGood: false }))];
         process.stdout.write("\nINVALID RECORDS\n");
@@ -397,7 +409,136 @@ export function buildCli(): Command {
       print(opts, [{ service, client, backend: b ? `${b.id} (${b.address})` : "none", reason: body.reason, node: body.node, revision: body.revision }], body);
     });
 
+  const dns = program.command("dns").description("the cluster's DNS zone (etcd key dns): what every node's DNS responder answers");
+  dns
+    .command("set")
+    .description("create or replace the dns record from --zone (and flags), --json or --file")
+    .option("--zone <name>", "the zone the nodes are authoritative for, e.g. lb.example.com")
+    .option("--ttl <seconds>", "TTL of answers (default 5)")
+    .option("--answers <n>", "addresses per answer (default 8)")
+    .option("--nameserver <name...>", "NS names of the zone (default ns.<zone>; names inside the zone answer with every live node)")
+    .option("--json <json>", "the whole record as JSON")
+    .option("-f, --file <file>", "the whole record as a JSON or YAML file")
+    .action(async (o: { zone?: string; ttl?: string; answers?: string; nameserver?: string[]; json?: string; file?: string }, cmd: Command) =>
+      withStore(cmd, async (store, keys) => {
+        let record: Record<string, unknown>;
+        if (o.json) record = JSON.parse(o.json);
+        else if (o.file) record = parseYaml(readFileSync(o.file, "utf8"));
+        else {
+          if (!o.zone) throw new CliError("dns set needs --zone, --json or --file");
+          const kv = await store.get(keys.dns);
+          record = kv ? (JSON.parse(kv.value.toString()) as Record<string, unknown>) : {};
+          record.zone = o.zone;
+          if (o.ttl) record.ttl = Number(o.ttl);
+          if (o.answers) record.answers = Number(o.answers);
+          if (o.nameserver) record.nameservers = o.nameserver;
+        }
+        const rev = await putDns(store, keys, record);
+        process.stdout.write(`dns zone ${String(record.zone)} written at revision ${rev}\n`);
+      }),
+    );
+  dns
+    .command("service <service>")
+    .description("how a service is published: its name in the zone, TTL, answers, zone-first answers, or not at all")
+    .option("--name <name>", "name in the zone (default: the service name)")
+    .option("--ttl <seconds>", "TTL of its answers")
+    .option("--answers <n>", "addresses per answer")
+    .option("--locality <none|prefer-zone>", "clients matched to a zone (client-zone) get that zone's nodes first")
+    .option("--no-publish", "leave the service out of DNS")
+    .action(async (service: string, o: { name?: string; ttl?: string; answers?: string; locality?: string; publish: boolean }, cmd: Command) =>
+      withStore(cmd, async (store, keys) => {
+        const record = await getDns(store, keys);
+        const services = (record.services ?? {}) as Record<string, Record<string, unknown>>;
+        const entry = { ...(services[service] ?? {}) };
+        if (o.name) entry.name = o.name;
+        if (o.ttl) entry.ttl = Number(o.ttl);
+        if (o.answers) entry.answers = Number(o.answers);
+        if (o.locality) entry.locality = o.locality;
+        entry.publish = o.publish;
+        record.services = { ...services, [service]: entry };
+        const rev = await putDns(store, keys, record);
+        process.stdout.write(`dns service ${service} written at revision ${rev}\n`);
+      }),
+    );
+  dns
+    .command("client-zone <zone> [cidrs...]")
+    .description("clients from these subnets belong to <zone> (for locality: prefer-zone answers); no CIDRs removes the zone")
+    .action(async (zone: string, cidrs: string[], _o, cmd: Command) =>
+      withStore(cmd, async (store, keys) => {
+        const record = await getDns(store, keys);
+        const zones = { ...((record.clientZones ?? {}) as Record<string, string[]>) };
+        if (cidrs.length === 0) delete zones[zone];
+        else zones[zone] = cidrs;
+        record.clientZones = zones;
+        const rev = await putDns(store, keys, record);
+        process.stdout.write(`dns client zone ${zone} written at revision ${rev}\n`);
+      }),
+    );
+  dns
+    .command("get")
+    .description("print the dns record")
+    .action(async (_o, cmd: Command) =>
+      withStore(cmd, async (store, keys) => {
+        process.stdout.write(`${JSON.stringify(await getDns(store, keys), null, 2)}\n`);
+      }),
+    );
+  dns
+    .command("rm")
+    .description("delete the dns record (the responders answer REFUSED for everything)")
+    .action(async (_o, cmd: Command) =>
+      withStore(cmd, async (store, keys) => {
+        if (!(await store.delete(keys.dns))) throw new CliError("no dns record");
+        process.stdout.write("dns record deleted\n");
+      }),
+    );
+  dns
+    .command("show")
+    .description("the names a node answers for and the live nodes in each answer (asks a node's admin API)")
+    .option("--node <admin-address>", "admin address of the node to ask (default: the first ready node in etcd)")
+    .option("--token <token>", "admin API bearer token")
+    .action(async (o: { node?: string; token?: string }, cmd: Command) => {
+      const opts = cmd.optsWithGlobals() as GlobalOpts;
+      const admin = o.node ?? (await withStore(cmd, async (store, keys) => firstReadyAdmin(store, keys)));
+      const st = await fetchJson<StateView>(`http://${admin}/api/state`, o.token);
+      if (!st.dns) throw new CliError(`node ${admin} runs no DNS responder (node config dns.listen)`);
+      if (opts.output === "table") process.stdout.write(`zone ${st.dns.zone ?? "(no dns record)"}, serial ${st.dns.serial}, listening on ${st.dns.listen}${st.dns.error ? ` (error: ${st.dns.error})` : ""}\n`);
+      print(opts, dnsRows(st.dns), st.dns);
+    });
+
   return program;
+}
+
+function dnsRows(d: DnsStateView): Record<string, unknown>[] {
+  return d.names.map((n) => ({
+    name: n.name,
+    service: n.service || "(nameserver)",
+    ttl: n.ttl,
+    locality: n.locality,
+    answers: n.addresses.map((a) => `${a.address} (${a.node}${a.zone ? `, zone ${a.zone}` : ""})`).join(", ") || "(no live node)",
+  }));
+}
+
+async function getDns(store: Store, keys: KeySchema): Promise<Record<string, unknown>> {
+  const kv = await store.get(keys.dns);
+  if (!kv) throw new CliError("no dns record: create it with `ballast dns set --zone NAME`");
+  return JSON.parse(kv.value.toString()) as Record<string, unknown>;
+}
+
+async function putDns(store: Store, keys: KeySchema, record: Record<string, unknown>): Promise<number> {
+  const raw = Buffer.from(JSON.stringify(record));
+  try {
+    parseDnsValue(raw);
+  } catch (err) {
+    throw new CliError(`dns record is invalid: ${(err as Error).message}`);
+  }
+  return store.put(keys.dns, raw);
+}
+
+async function firstReadyAdmin(store: Store, keys: KeySchema): Promise<string> {
+  const { nodes } = await listNodes(store, keys);
+  const ready = nodes.find((n) => n.ready) ?? nodes[0];
+  if (!ready) throw new CliError("no node is registered; pass --node ADMIN_ADDRESS");
+  return String(ready.admin);
 }
 
 function affinityCell(a: ServiceStateView["affinity"]): string {

@@ -3,6 +3,7 @@
 import client from "prom-client";
 import { type ChildCache, childCache, collectedCounter, collectedGauge } from "./collect.js";
 import type { DataPlane, PlaneHooks } from "./data/plane.js";
+import type { Snapshot } from "./model/snapshot.js";
 import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, type StatsRegistry, UDP_DISCARD_REASONS } from "./model/stats.js";
 
 export class Metrics {
@@ -92,6 +93,20 @@ export class Metrics {
           for (const reason of CONNECT_FAILURE_REASONS) emit({ service: b.service, backend: b.id, reason }, b.connectFailures[reason]);
       },
     });
+    new client.Counter({
+      name: "ballast_zone_routed_total",
+      help: "New clients of locality: prefer-zone services routed by this node's zone plan: kept in its zone (local) or sent to another (spillover).",
+      labelNames: ["service", "decision"],
+      registers: [r],
+      collect() {
+        this.reset();
+        for (const s of stats.services.values()) {
+          if (s.zoneLocal === 0 && s.zoneSpillover === 0) continue;
+          this.inc({ service: s.service, decision: "local" }, s.zoneLocal);
+          this.inc({ service: s.service, decision: "spillover" }, s.zoneSpillover);
+        }
+      },
+    });
     this.ejections = new client.Counter({ name: "ballast_backend_ejections_total", help: "Passive ejections after connect failures.", labelNames: ["service", "backend"], registers: [r] });
     this.connectLatency = new client.Histogram({
       name: "ballast_upstream_connect_seconds",
@@ -153,5 +168,21 @@ export class Metrics {
     for (const b of dropped.backends) this.ejections.remove({ service: b.service, backend: b.id });
     for (const s of dropped.services) this.latency.forget(s);
     return dropped.services;
+  }
+
+  /**
+   * The zone of each backend of the routing snapshot as an info metric (join on service, backend), so
+   * the backend series aggregate by zone without a label change on every one of them.
+   */
+  backendZones(current: () => Snapshot | null): void {
+    collectedGauge({
+      name: "ballast_backend_zone_info",
+      help: "1 per backend of the applied snapshot, labelled with its zone.",
+      labelNames: ["service", "backend", "zone"],
+      registry: this.registry,
+      read: (emit) => {
+        for (const svc of current()?.services.values() ?? []) for (const b of svc.backends) emit({ service: svc.name, backend: b.id, zone: b.spec.zone }, 1);
+      },
+    });
   }
 }

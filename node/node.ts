@@ -19,6 +19,7 @@ import { HealthManager } from "./health/manager.js";
 import type { NodeMode } from "./health/mode.js";
 import { createLogger, type Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
+import { NodeDns } from "./dns/node-dns.js";
 import type { Forwarder } from "./model/forwarder.js";
 import type { Snapshot } from "./model/snapshot.js";
 import { StatsRegistry } from "./model/stats.js";
@@ -64,6 +65,8 @@ export class BallastNode {
   private applying: Promise<void> = Promise.resolve();
   readonly health: HealthManager;
   readonly affinity: AffinityTable;
+  /** The authoritative DNS responder, when the config has `dns.listen`. */
+  readonly dns: NodeDns | null;
 
   constructor(opts: NodeOptions) {
     const c = opts.config;
@@ -92,7 +95,7 @@ export class BallastNode {
     this.plane = new DataPlane(
       this.log,
       { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress },
-      { affinity: this.affinity, stats: this.stats, hooks: this.metrics.planeHooks },
+      { affinity: this.affinity, stats: this.stats, hooks: this.metrics.planeHooks, zone: c.node.zone },
     );
     this.metrics.observePlane(this.plane);
     this.forwarders = [this.plane, ...(opts.forwarders ?? [])];
@@ -106,7 +109,10 @@ export class BallastNode {
           this.metrics.lastSync = connected ? 0 : Date.now();
         },
         onInvalid: (fresh) => this.metrics.invalidRecordsTotal.inc(fresh.length),
-        onClusterChange: () => this.health.onClusterChange(),
+        onClusterChange: () => {
+          this.health.onClusterChange();
+          this.dns?.refresh();
+        },
         routingVerdicts: (shared) => this.health.routingVerdicts(shared),
       },
       this.log,
@@ -125,6 +131,8 @@ export class BallastNode {
       fds: this.plane.fds,
       onMode: () => this.refreshRegistration(),
     });
+    this.metrics.backendZones(() => this.reconciler.snapshot);
+    this.dns = c.dns ? new NodeDns({ config: c, log: this.log, reconciler: this.reconciler, metrics: this.metrics }) : null;
     this.admin = new AdminServer(
       {
         ready: () => this.ready,
@@ -180,6 +188,7 @@ export class BallastNode {
     this.sync = this.store.sync(this.keys.prefix, this.reconciler);
     this.affinity.start();
     this.health.start();
+    await this.dns?.start();
     if (!this.standalone) this.scheduleRegister(0);
     if (opts.waitForSnapshot !== false) await this.firstSnapshot;
   }
@@ -190,6 +199,7 @@ export class BallastNode {
     this.metrics.invalidRecords.reset();
     for (const r of s.invalid) this.metrics.invalidRecords.inc({ kind: this.keys.parse(r.key)?.kind ?? "unknown" });
     this.health.onSnapshot(s);
+    this.dns?.refresh();
     this.pruneMetrics();
     // Each forwarder in order; apply() never rejects (a failure is kept in its status()).
     this.applying = this.applying.then(async () => {
@@ -237,6 +247,7 @@ export class BallastNode {
       draining: this.withdrawing || this.plane.draining,
       revision: this.reconciler.appliedRevision,
       mode: this.mode,
+      public: this.config.node.publicAddresses,
       startedAt: this.startedAt,
       updatedAt: Date.now(),
     };
@@ -288,6 +299,7 @@ export class BallastNode {
     if (this.stopping) return;
     this.stopping = true;
     if (this.registerTimer) clearTimeout(this.registerTimer);
+    await this.dns?.close();
     await this.health.stop();
     await this.affinity.stop();
     await this.sync?.stop();

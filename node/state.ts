@@ -1,7 +1,7 @@
 // What the admin API says about a node: /api/state (the documented JSON behind the CLI and the status
 // page) and /api/route (route explain: which backend a client would get, and why).
 import net from "node:net";
-import type { ApiError, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
+import type { ApiError, DnsStateView, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
 import { clientAddress } from "../shared/ip.js";
 import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
@@ -25,9 +25,10 @@ export interface StateContext {
   readonly mode: NodeMode;
   readonly admin: { readonly address: string };
   readonly metrics: { readonly lastSync: number };
-  readonly reconciler: Pick<Reconciler, "snapshot" | "heartbeat" | "connected" | "lastError" | "appliedRevision" | "nodes">;
+  readonly reconciler: Pick<Reconciler, "snapshot" | "heartbeat" | "connected" | "lastError" | "appliedRevision" | "nodes" | "dns">;
   readonly plane: Pick<DataPlane, "listenerOf" | "stats" | "router" | "availabilityExclude" | "draining" | "listenerFailures">;
-  readonly keys: { service(name: string): string };
+  readonly keys: { service(name: string): string; readonly dns: string };
+  readonly dns: { describe(): DnsStateView } | null;
   readonly forwarders: readonly Forwarder<Snapshot>[];
   readonly affinity: Pick<AffinityTable, "describe" | "entries">;
   readonly health: Pick<HealthManager, "status">;
@@ -50,6 +51,7 @@ export function describeState(n: StateContext): StateView {
       protocol: svc.spec.protocol,
       algorithm: svc.spec.algorithm,
       proxyProtocol: svc.spec.proxyProtocol,
+      locality: svc.spec.locality,
       forwarding: forwardingStatus(n, svc),
       affinity: { mode: svc.spec.affinity.mode, ttlMs: svc.spec.affinity.ttl, entries: n.affinity.entries.table(svc.name)?.size ?? 0 },
       health: { type: svc.spec.health.type, intervalMs: svc.spec.health.interval, rise: svc.spec.health.rise, fall: svc.spec.health.fall },
@@ -95,11 +97,16 @@ export function describeState(n: StateContext): StateView {
     revision: n.reconciler.appliedRevision,
     snapshotRevision: snap?.revision ?? 0,
     services,
-    // A service this node cannot bind is listed like an invalid record, for this node only.
-    invalid: [...(snap?.invalid ?? []), ...n.plane.listenerFailures().map((f) => ({ key: n.keys.service(f.service), reason: `not served on this node: ${f.reason}` }))],
+    // A service this node cannot bind is listed like an invalid record, for this node only; so is a rejected dns record.
+    invalid: [
+      ...(snap?.invalid ?? []),
+      ...n.plane.listenerFailures().map((f) => ({ key: n.keys.service(f.service), reason: `not served on this node: ${f.reason}` })),
+      ...(n.reconciler.dns.error ? [{ key: n.keys.dns, reason: n.reconciler.dns.error, keptLastGood: n.reconciler.dns.spec !== null }] : []),
+    ],
     // `trusted`: the status page sends the token to this node's admin API (admin.trustedPeers).
     nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)).map((r) => ({ ...r, trusted: r.id === n.id || n.peerTrust.trusts(r.admin) })),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
+    dns: n.dns?.describe() ?? null,
     health: { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null },
   };
 }

@@ -14,6 +14,8 @@ export interface NodeRecord {
   draining: boolean;
   revision: number;
   mode: "shared" | "local-fallback" | "standalone";
+  /** Addresses clients reach the node's services on (node config `node.publicAddresses`): the DNS answers. Absent in older records. */
+  public?: string[];
   startedAt: number;
   updatedAt: number;
 }
@@ -70,6 +72,8 @@ export interface ServiceStateView {
   protocol: "tcp" | "udp";
   algorithm: string;
   proxyProtocol: "none" | "v1" | "v2";
+  /** Zone-aware routing (`locality: prefer-zone`): the node's zone's backends first. */
+  locality: "none" | "prefer-zone";
   forwarding: ForwardingStateView;
   affinity: { mode: "none" | "source-ip"; ttlMs: number; entries: number };
   health: { type: string; intervalMs: number; rise: number; fall: number };
@@ -118,6 +122,34 @@ export interface StateView {
   /** `trusted`: the status page may send the token to this node's admin address (admin.trustedPeers, or itself). */
   nodes: Array<NodeRecord & { trusted: boolean }>;
   health: HealthStateView;
+  /** The node's DNS responder (node config `dns.listen`); null when it runs none. */
+  dns: DnsStateView | null;
+}
+
+/** One address in a DNS answer: a live node's public address. */
+export interface DnsAddressView {
+  node: string;
+  zone: string;
+  address: string;
+}
+
+/** The DNS view of a node: the zone, each name it answers for, and the live nodes in the answers. */
+export interface DnsStateView {
+  listen: string;
+  /** The responder's own error (could not bind), or null. */
+  error: string | null;
+  /** Why the latest `dns` record was rejected (the last good one stays in use), or null. */
+  recordError: string | null;
+  /** Null while there is no (valid) `dns` record: every query is REFUSED. */
+  zone: string | null;
+  serial: number;
+  ttl: number;
+  nameservers: readonly string[];
+  names: Array<{ name: string; service: string; ttl: number; answers: number; locality: "none" | "prefer-zone"; addresses: DnsAddressView[] }>;
+  nodes: ReadonlyArray<{ id: string; zone: string; addresses: readonly string[]; live: boolean; why: string }>;
+  problems: readonly string[];
+  queries: Record<string, number>;
+  rrl: { sources: number; dropped: number; slipped: number };
 }
 
 /** GET /api/route with status 200: which backend a new connection from the client would get, and why. */

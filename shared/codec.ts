@@ -70,6 +70,8 @@ export const nodeRecordSchema = z.object({
   draining: z.boolean(),
   revision: z.number().int().min(0),
   mode: z.enum(["shared", "local-fallback", "standalone"]),
+  /** The node's public addresses (what DNS answers); absent from older nodes. The DNS view keeps only IPs. */
+  public: z.array(label(64)).max(64).optional(),
   startedAt: epochMs,
   updatedAt: epochMs,
 });

@@ -7,6 +7,7 @@
 //   health/heartbeat                   msgpack HealthHeartbeat, written by the leader (fenced)
 //   health/verdicts/<service>/<id>     msgpack Verdict, written by the leader (fenced), only on change
 //   affinity/<service>/<node>/<seq>    msgpack AffinityBatch, leased for the affinity TTL (not to the writer)
+//   dns                                JSON DnsRecordInput (zone, TTL, names), written by people (`ballast dns set`)
 
 export function clusterPrefix(cluster: string, prefix?: string): string {
   if (prefix) return prefix.endsWith("/") ? prefix : `${prefix}/`;
@@ -24,7 +25,7 @@ export const NODE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 /** Affinity batch sequence: the writer's millisecond clock, strictly increasing. */
 const SEQ = /^[0-9]{1,20}$/;
 
-export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "affinity" | "election";
+export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "affinity" | "election" | "dns";
 
 export interface ParsedKey {
   kind: KeyKind;
@@ -57,6 +58,7 @@ export class KeySchema {
   get election(): string { return `${this.prefix}health/election/`; }
   get heartbeat(): string { return `${this.prefix}health/heartbeat`; }
   get affinity(): string { return `${this.prefix}affinity/`; }
+  get dns(): string { return `${this.prefix}dns`; }
 
   service(name: string): string { return `${this.services}${name}`; }
   backend(service: string, id: string): string { return `${this.backends}${service}/${id}`; }
@@ -100,6 +102,8 @@ export class KeySchema {
         // etcd3's election keys: their names are the library's, not ours to judge.
         if (parts[1] === "election") return { kind: "election" };
         return "unrecognised key: expected health/heartbeat, health/verdicts/… or health/election/…";
+      case "dns":
+        return shape(1, "dns") ?? { kind: "dns" };
       case "affinity":
         return (
           shape(4, "affinity/<service>/<node>/<seq>") ??
@@ -108,7 +112,7 @@ export class KeySchema {
           (SEQ.test(parts[3]) ? null : badSegment("batch sequence", parts[3], "1-20 digits")) ?? { kind: "affinity", service: parts[1], node: parts[2], seq: parts[3] }
         );
       default:
-        return `unrecognised key: ${JSON.stringify(parts[0].slice(0, 40))} is not one of services, backends, nodes, health, affinity`;
+        return `unrecognised key: ${JSON.stringify(parts[0].slice(0, 40))} is not one of services, backends, nodes, health, affinity, dns`;
     }
   }
 }

@@ -1,5 +1,6 @@
 // The one schema for everything people write: service and backend records (etcd values or YAML
 // entries) and the node's config file. Defaults live here and nowhere else; unknown keys are rejected.
+import net from "node:net";
 import { z } from "zod";
 import { parseHostPort } from "./address.js";
 import { parseDuration } from "./duration.js";
@@ -37,6 +38,8 @@ const headerValue = /^[\t\x20-\x7e\x80-\xff]*$/;
 const hostPort = z.string().refine((s) => parseHostPort(s) !== null, {
   message: 'expected "address:port" (IPv6 as "[::1]:port"), port 0-65535',
 });
+
+const ipAddress = z.string().refine((s) => net.isIP(s) !== 0, { message: "expected an IPv4 or IPv6 address" });
 
 const cidr = z.string().refine((s) => /^[0-9a-fA-F:.]+(\/\d{1,3})?$/.test(s), { message: 'expected a CIDR like "10.0.0.0/8" or an address' });
 
@@ -84,6 +87,19 @@ export const affinitySchema = z
   })
   .strict();
 
+export const LOCALITIES = ["none", "prefer-zone"] as const;
+export type Locality = (typeof LOCALITIES)[number];
+
+export const zoneAwareSchema = z
+  .object({
+    /**
+     * Share of the local zone's weight that must be healthy for all its clients to stay in the zone.
+     * Below it, the zone keeps (healthy share / minHealthyShare) of its clients and the rest spill over.
+     */
+    minHealthyShare: z.number().gt(0).max(1).default(0.7),
+  })
+  .strict();
+
 /** A service record: what an operator puts at services/<name> (name comes from the key in etcd). */
 const serviceObject = z
   .object({
@@ -128,6 +144,14 @@ const serviceObject = z
       .prefault({}),
     affinity: affinitySchema.prefault({}),
     health: healthSchema.prefault({}),
+    /**
+     * Zone-aware routing (Envoy's zone-aware routing, simplified): `prefer-zone` sends a node's new
+     * clients to backends of the node's own zone while that zone keeps at least `minHealthyShare` of
+     * its weight healthy, and spills the rest over to the other zones in proportion to their healthy
+     * weight when it does not. Affinity entries still win.
+     */
+    locality: z.enum(LOCALITIES).default("none"),
+    zoneAware: zoneAwareSchema.prefault({}),
   })
   .strict();
 
@@ -191,9 +215,41 @@ export const nodeConfigSchema = z
          * several nodes on one machine (the demo, tests), or nodes whose VIP is bound under another name.
          */
         bindAddress: z.string().optional(),
+        /**
+         * The addresses clients reach this node's services on (its VIPs or public IPs): what the DNS
+         * responders of the cluster answer for this node (IPv4 → A, IPv6 → AAAA). Empty: not in DNS.
+         */
+        publicAddresses: z.array(ipAddress).max(64).default([]),
       })
       .strict()
       .prefault({}),
+    /** The authoritative DNS responder (node/dns/): off unless `listen` is set. Zone and names come from etcd (`dns` key). */
+    dns: z
+      .object({
+        /** UDP and TCP, e.g. "0.0.0.0:53". */
+        listen: hostPort,
+        /** Response rate limiting per source prefix (UDP only: TCP sources cannot be spoofed). */
+        rrl: z
+          .object({
+            /** Responses per second per source prefix; 0 turns RRL off. */
+            responsesPerSecond: z.number().min(0).default(50),
+            burst: z.number().int().min(1).default(100),
+            /** Every n-th limited query gets a truncated (TC) reply so a real client retries over TCP; 0 = drop all. */
+            slip: z.number().int().min(0).max(10).default(2),
+            /** Prefix lengths that group sources (RRL's usual /24 and /56). */
+            ipv4Prefix: z.number().int().min(8).max(32).default(24),
+            ipv6Prefix: z.number().int().min(16).max(128).default(56),
+            /** Bounded memory: at most this many source prefixes are tracked; the least recently seen go first. */
+            maxSources: z.number().int().min(16).max(10_000_000).default(100_000),
+          })
+          .strict()
+          .prefault({}),
+        /** TCP: at most this many open connections, each closed after this long idle. */
+        maxTcpConnections: z.number().int().min(1).max(100_000).default(1024),
+        tcpIdle: duration("10s"),
+      })
+      .strict()
+      .optional(),
     cluster: z.string().regex(/^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/).default("default"),
     etcd: z
       .object({
@@ -271,6 +327,61 @@ export const nodeConfigSchema = z
   .strict();
 
 export type NodeConfig = z.output<typeof nodeConfigSchema>;
+
+const dnsName = z
+  .string()
+  .min(1)
+  .max(253)
+  .regex(/^([a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?\.)*[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,61}[a-zA-Z0-9_])?\.?$/, "expected a DNS name like lb.example.com");
+
+/** The cluster's DNS record (etcd key `dns`, JSON): the zone every node's responder is authoritative for. */
+export const dnsRecordSchema = z
+  .object({
+    /** e.g. "lb.example.com" (a trailing dot is allowed). */
+    zone: dnsName,
+    /** TTL of A/AAAA answers in seconds: short, so a dead node leaves resolvers' caches quickly. */
+    ttl: z.number().int().min(0).max(86_400).default(5),
+    /** At most this many addresses per answer. */
+    answers: z.number().int().min(1).max(64).default(8),
+    /** NS names of the zone; names inside the zone answer with every live node. Default: ns.<zone>. */
+    nameservers: z.array(dnsName).max(16).optional(),
+    soa: z
+      .object({
+        /** Responsible mailbox as a DNS name; default hostmaster.<zone>. */
+        rname: dnsName.optional(),
+        refresh: z.number().int().min(0).default(60),
+        retry: z.number().int().min(0).default(30),
+        expire: z.number().int().min(0).default(600),
+        /** Negative-answer TTL (NXDOMAIN, NODATA); default the zone's ttl. */
+        minimum: z.number().int().min(0).max(86_400).optional(),
+      })
+      .strict()
+      .prefault({}),
+    /** Client zones by source subnet, for `locality: prefer-zone` answers: {"a": ["10.1.0.0/16"]}. */
+    clientZones: z.record(z.string().min(1).max(63), z.array(cidr).max(1024)).default({}),
+    /**
+     * Per service: its name in the zone (default: the service name), TTL, answers, and whether
+     * clients of a zone get that zone's nodes first. Services not listed are published with the defaults.
+     */
+    services: z
+      .record(
+        z.string(),
+        z
+          .object({
+            name: dnsName.optional(),
+            publish: z.boolean().default(true),
+            ttl: z.number().int().min(0).max(86_400).optional(),
+            answers: z.number().int().min(1).max(64).optional(),
+            locality: z.enum(LOCALITIES).default("none"),
+          })
+          .strict(),
+      )
+      .default({}),
+  })
+  .strict();
+
+export type DnsRecordInput = z.input<typeof dnsRecordSchema>;
+export type DnsRecordSpec = z.output<typeof dnsRecordSchema>;
 
 /** Turns a zod error into lines naming the field path, e.g. `services[0].listen: expected "address:port"`. */
 export function formatIssues(error: z.ZodError): string[] {

@@ -81,6 +81,7 @@ const HTML = `<!doctype html>
 <div class="answer" id="ex-answer" aria-live="polite"><span class="mute">Which backend would this node pick for a new connection from that client, and why.</span></div>
 </section>
 </div>
+<section class="card" id="dns-card" hidden><h2>DNS <span class="sub mute">· what this node's DNS responder answers</span></h2><div id="dns"></div></section>
 <h2>Services <span class="sub mute">· counters from <select id="scope" aria-label="counter scope"></select> <span id="scope-note"></span></span></h2>
 <div id="services"></div>
 </div>

@@ -5,6 +5,7 @@ import type { KeySchema } from "../../shared/keys.js";
 import type { Logger } from "../log.js";
 import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../model/snapshot.js";
 import type { StatsRegistry } from "../model/stats.js";
+import { DnsRecordSlot } from "./dns-record.js";
 import { MAX_VALUE_BYTES, RecordTable } from "./records.js";
 import type { KeyValue, StoreEvent, SyncSink } from "./store.js";
 
@@ -27,6 +28,8 @@ export class Reconciler implements SyncSink {
   readonly records: RecordTable;
   readonly nodes = new Map<string, NodeRecord>();
   heartbeat: HealthHeartbeat | null = null;
+  /** The cluster's `dns` record (zone and names for the DNS responder). */
+  readonly dns = new DnsRecordSlot();
   /** Highest revision this node has processed (whether or not routing changed). */
   appliedRevision = 0;
   snapshot: Snapshot | null = null;
@@ -53,6 +56,7 @@ export class Reconciler implements SyncSink {
     const affinity: KeyValue[] = [];
     this.nodes.clear();
     this.heartbeat = null;
+    this.dns.delete();
     this.records.cluster.clear();
     const oversized: Array<[string, string]> = [];
     for (const kv of kvs) {
@@ -67,6 +71,7 @@ export class Reconciler implements SyncSink {
       else if (k.kind === "affinity") affinity.push(kv);
       else if (k.kind === "node") this.putNode(k.node!, kv.value);
       else if (k.kind === "heartbeat") this.putHeartbeat(kv.value);
+      else if (k.kind === "dns") this.putDns(kv.value, kv.modRevision);
       else routing.push(kv);
     }
     this.records.reset(routing, revision);
@@ -108,6 +113,10 @@ export class Reconciler implements SyncSink {
           this.heartbeat = null;
           invalidChanged = this.records.cluster.delete(e.key) || invalidChanged;
         }
+        cluster = true;
+      } else if (k.kind === "dns") {
+        if (e.type === "put") this.putDns(e.value, e.modRevision);
+        else this.dns.delete();
         cluster = true;
       } else if (k.kind !== "election") routing.push(e);
     }
@@ -175,6 +184,11 @@ export class Reconciler implements SyncSink {
       this.nodes.delete(id);
       return this.setClusterInvalid(key, `node record: ${(err as Error).message}`);
     }
+  }
+
+  private putDns(value: Buffer, modRevision: number): void {
+    this.dns.put(value, modRevision);
+    if (this.dns.error) this.log.warn({ key: this.keys.dns, reason: this.dns.error, keptLastGood: this.dns.spec !== null }, "invalid record skipped");
   }
 
   private putHeartbeat(value: Buffer): boolean {

@@ -42,6 +42,8 @@ export interface PlaneDeps {
   /** Counters shared with the snapshot builder (the model's registry); a fresh one when omitted. */
   stats?: StatsRegistry;
   hooks?: PlaneHooks;
+  /** The node's zone (node config `node.zone`): the router's plan for `locality: prefer-zone` services. */
+  zone?: string;
 }
 
 export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
@@ -70,7 +72,7 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
     deps: PlaneDeps = {},
   ) {
     this.stats = deps.stats ?? new StatsRegistry();
-    this.router = new Router(deps.affinity ?? null);
+    this.router = new Router(deps.affinity ?? null, deps.zone ?? "");
     this.hooks = deps.hooks ?? {};
     this.fds = options.fdBudget ?? new FdBudget();
   }

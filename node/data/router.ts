@@ -1,8 +1,9 @@
 // The routing decision, shared by the hot path and `route explain`: affinity entry first (when the
-// service has affinity), then the service's algorithm. Synchronous; never awaits etcd, never throws.
+// service has affinity), then the node's zone plan (locality: prefer-zone), then the service's algorithm. Synchronous; never awaits etcd, never throws.
 import type { AlgorithmName } from "../../shared/schema.js";
 import type { Exclude } from "../lb/algorithm.js";
 import { flowHash, hashString } from "../lb/hash.js";
+import { chooseZone } from "../lb/zones.js";
 import type { ServiceState, Target } from "../model/snapshot.js";
 
 /** Session affinity as the router sees it (implemented by the affinity table). */
@@ -22,13 +23,20 @@ export type RouteRefusal = "no-backend" | "max-connections";
  * A routing decision. Its reason is the one string for the `route explain` answer, the refuse counter
  * label (when target is null) and the log field.
  */
-export type RouteResult = { readonly target: Target; readonly reason: "affinity" | AlgorithmName } | { readonly target: null; readonly reason: RouteRefusal };
+export type RouteResult = { readonly target: Target; readonly reason: "affinity" | AlgorithmName | ZoneReason } | { readonly target: null; readonly reason: RouteRefusal };
+
+/** `prefer-zone` reasons: "zone-local", "zone-local: zone a at 50%, keeps 71%", "spillover: zone a at 50% → zone b". */
+export type ZoneReason = string;
 
 const NO_BACKEND: RouteResult = Object.freeze({ target: null, reason: "no-backend" });
 const FULL: RouteResult = Object.freeze({ target: null, reason: "max-connections" });
 
 export class Router {
-  constructor(private readonly affinity: AffinityHook | null) {}
+  /** `zone`: the node's zone (node config `node.zone`); `prefer-zone` services route by its plan. */
+  constructor(
+    private readonly affinity: AffinityHook | null,
+    readonly zone = "",
+  ) {}
 
   /** `commit` false (route explain) looks without recording an affinity entry. */
   route(svc: ServiceState, ip: string, port: number, exclude: Exclude | null, now: number, commit = true): RouteResult {
@@ -41,6 +49,20 @@ export class Router {
       }
     }
     const hash = svc.hashSourceOnly ? hashString(ip) : flowHash(ip, port);
+    if (svc.zones !== null && this.zone !== "") {
+      const plan = svc.zones.get(this.zone);
+      const choice = plan === undefined ? null : chooseZone(plan, hash);
+      // A zone whose every backend is excluded (full, ejected) falls through to the whole service.
+      const zt = choice === null ? null : (choice.picker.pick(hash, exclude) as Target | null);
+      if (zt !== null) {
+        if (commit) {
+          if (choice!.local) svc.counters.zoneLocal++;
+          else svc.counters.zoneSpillover++;
+          if (affinity !== null) affinity.record(svc, ip, zt, now);
+        }
+        return { target: zt, reason: choice!.reason };
+      }
+    }
     const t = svc.picker.pick(hash, exclude) as Target | null;
     if (t === null) return refusal(svc);
     if (affinity !== null && commit) affinity.record(svc, ip, t, now);

@@ -5,9 +5,10 @@ import type { Verdict } from "../../shared/codec.js";
 import type { BackendSpec, ServiceSpec } from "../../shared/schema.js";
 import type { BackendTarget, Picker } from "../lb/algorithm.js";
 import { pickerFactory } from "../lb/index.js";
+import { buildZonePlans, type ZonePlan } from "../lb/zones.js";
 import { AccessPolicy } from "./access.js";
 import type { ForwardingMode } from "./forwarder.js";
-import type { BackendCounters, StatsRegistry } from "./stats.js";
+import type { BackendCounters, ServiceCounters, StatsRegistry } from "./stats.js";
 
 export interface Target extends BackendTarget {
   readonly stats: BackendCounters;
@@ -49,6 +50,9 @@ export interface ServiceState {
   readonly picker: Picker;
   readonly hashSourceOnly: boolean;
   readonly access: AccessPolicy | null;
+  /** `locality: prefer-zone`: the plan of each zone that has backends (the router uses its node's zone's); else null. */
+  readonly zones: ReadonlyMap<string, ZonePlan> | null;
+  readonly counters: ServiceCounters;
 }
 
 export interface Snapshot {
@@ -198,6 +202,11 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
         picker: keepPicker ? before.picker : factory.build(targets),
         hashSourceOnly: factory.hashSourceOnly,
         access,
+        zones:
+          spec.locality === "prefer-zone"
+            ? buildZonePlans(views.map((v) => ({ zone: v.spec.zone, weight: v.spec.weight, capacity: v.spec.state === "active" && v.spec.weight > 0 })), targets, factory, spec.zoneAware.minHealthyShare)
+            : null,
+        counters: stats.service(name),
       }),
     );
   }

@@ -60,6 +60,9 @@ export class ServiceCounters {
   udpDatagramsIn = 0;
   udpDatagramsOut = 0;
   udpDropped = 0;
+  /** `locality: prefer-zone` decisions: new clients kept in the node's zone, and those spilled over to another. */
+  zoneLocal = 0;
+  zoneSpillover = 0;
   udpDiscarded: Record<UdpDiscardReason, number> = { "source-port-0": 0, loop: 0, "send-error": 0, "queue-full": 0, "no-socket": 0, "listener-closed": 0 };
   refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0, "fd-budget": 0, "local-resources": 0 };
   constructor(readonly service: string) {}

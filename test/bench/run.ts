@@ -7,6 +7,7 @@ import { startHttpBackends, startIperfServer, startTcpSink, startUdpEcho } from 
 import { type BallastNode, probeBallast, repoRoot, seedServices, type ServiceRecord, startNode, stopNode } from "./ballast.js";
 import type { Context, Options } from "./context.js";
 import { runControlPlane } from "./control-plane.js";
+import { runDns } from "./dns.js";
 import { startEtcd } from "./etcd.js";
 import { type Frontend, startHaproxy } from "./haproxy.js";
 import { iperf, killLoadTools, logLoadToolsTo, udpBlast, wrk } from "./load.js";
@@ -313,6 +314,7 @@ async function main(): Promise<void> {
   if (node) await stopNode(node);
   await haproxy.stop();
   if (opts.controlPlane) await runControlPlane(ctx, etcd, sink.ports);
+  if (results.ballast.available) await runDns(ctx, etcd);
 }
 
 try {

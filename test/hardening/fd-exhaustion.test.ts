@@ -3,9 +3,11 @@
 // health leader; the test floods it on loopback and reads the verdicts straight from etcd:
 // - UDP from many source ports and held TCP connections are refused past the fd budget, so probes
 //   keep their descriptors, no `down` verdict is written and the node stays leader and ready;
-// - descriptors spent outside the budget (connections held to the admin port) make probes fail with
-//   EMFILE: that is not a verdict; the starved leader steps down.
+// - descriptors spent outside what the budget knows (the limit lowered under the running node with
+//   prlimit --pid) make probes fail with EMFILE: that is not a verdict; the starved leader steps down.
+import { execFileSync } from "node:child_process";
 import dgram from "node:dgram";
+import { readdirSync } from "node:fs";
 import net from "node:net";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { decodeValue } from "../../shared/codec.js";
@@ -112,18 +114,25 @@ describe("descriptor exhaustion on the health leader", () => {
   });
 
   it("probes failing with EMFILE are no verdict: the starved leader steps down", async () => {
-    const { proc: p } = await starvedLeader("fdstarve");
-    const port = Number(p.admin.split(":").pop());
-    // Admin connections are not in the data plane's budget: enough of them starve the whole process.
-    await holdTcp(port, NOFILE + 50);
+    const { proc: p, udpPort } = await starvedLeader("fdstarve");
+    // Descriptors spent outside what the budget knows: the limit is lowered under the running node
+    // (prlimit --pid) to just above what it holds, so the flows it still admits use up the rest.
+    const pid = p.child.pid!;
+    const held = readdirSync(`/proc/${pid}/fd`).length;
+    execFileSync("prlimit", ["--pid", String(pid), `--nofile=${held + 8}:${NOFILE}`]);
+    for (let i = 0; i < 60; i++) {
+      const s = dgram.createSocket("udp4");
+      opened.push(s);
+      s.send("x", udpPort, "127.0.0.1");
+    }
     await expectNoDownVerdict("fdstarve", 3_000);
     await waitFor(() => p.logs.some((l) => l.includes("local resource shortage")), { message: "the leader steps down for the shortage" });
     const stepDown = JSON.parse(p.logs.find((l) => l.includes("local resource shortage"))!) as { msg: string; reason: string };
     expect(stepDown.msg).toBe("health-check leader stepped down");
     expect(stepDown.reason).toMatch(/EMFILE|ENFILE/);
-    // Descriptors back: the node serves its admin API again (it lives on; nothing was written).
-    for (const s of opened.splice(0)) if (s instanceof net.Socket) s.destroy();
-    await waitFor(async () => (await fetch(`http://${p.admin}/readyz`)).status === 200, { message: "admin answers again" });
+    // Descriptors back: the node lives on, and nothing was written.
+    execFileSync("prlimit", ["--pid", String(pid), `--nofile=${NOFILE}:${NOFILE}`]);
+    await waitFor(async () => (await fetch(`http://${p.admin}/readyz`)).status === 200, { message: "admin answers" });
     expect((await verdicts("fdstarve")).map((v) => v.state)).toEqual(["up", "up"]);
   });
 });

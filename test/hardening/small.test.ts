@@ -26,16 +26,17 @@ describe("ballast status and junk node records", () => {
     const node = await startNode({ node: { id: "n1" }, cluster: "junk", etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 } });
     await waitFor(() => node.health.status().isLeader, { message: "n1 leads" });
     const admin = node.admin.address;
-    // A record copying n1's id and admin address under another key, and one with no id at all.
+    // A record copying n1's id and admin address under another key, and a well-formed record for n2
+    // that points at n1's admin API: neither is the leader.
     await node.store.put(node.keys.node("junk1"), encodeValue({ id: "n1", admin, address: admin, ready: true }));
-    await node.store.put(node.keys.node("junk2"), encodeValue({ admin, address: admin, ready: true }));
+    await node.store.put(node.keys.node("n2"), encodeValue({ ...node.nodeRecord(), id: "n2" }));
     await waitFor(async () => (await etcd.etcdctl("get", "--prefix", "--keys-only", "/ballast/junk/nodes/")).includes("n1"), { message: "n1 registered" });
     const r = await run(process.execPath, [CLI, "--etcd", etcd.endpoint, "--cluster", "junk", "-o", "json", "status"]);
-    // Since main validates node records (the id must match the key), the CLI lists junk under
-    // `invalid` and never contacts it; either way only n1 is shown, and shown, as leader.
-    const out = JSON.parse(r.stdout) as { nodes: Array<{ node: string; leader: string }>; invalid?: Array<{ key: string }> };
-    expect(out.nodes.map((n) => [n.node, n.leader]).sort()).toEqual([["n1", "yes"]]);
-    expect((out.invalid ?? []).map((i) => i.key)).toEqual(expect.arrayContaining([node.keys.node("junk1"), node.keys.node("junk2")]));
+    const rows = (JSON.parse(r.stdout) as { nodes: Array<{ node: string; leader: string }> }).nodes;
+    expect(rows.map((n) => [n.node, n.leader]).sort()).toEqual([
+      ["n1", "yes"],
+      ["n2", ""],
+    ]);
   });
 });
 

@@ -344,6 +344,10 @@
   function sortRows(rows) {
     var c = S.sort.col, d = S.sort.dir;
     return rows.sort(function (x, y) {
+      // The default order (by id) groups backends by zone, so a zone's capacity reads as one block;
+      // a clicked column sorts the whole table.
+      var z = c === "id" && d === 1 ? String(x.sort.zone).localeCompare(String(y.sort.zone)) : 0;
+      if (z !== 0) return z;
       var a = x.sort[c], b = y.sort[c];
       var r = typeof a === "number" && typeof b === "number" ? a - b : String(a).localeCompare(String(b));
       return r !== 0 ? r * d : x.b.id < y.b.id ? -1 : x.b.id > y.b.id ? 1 : 0;
@@ -443,6 +447,24 @@
       backendTable(svc));
   }
 
+  /**
+   * The DNS view (st.dns, when the node runs a DNS responder): each name and the live nodes it answers with.
+   * @param {import("../../../shared/api.js").DnsStateView} d
+   */
+  function renderDns(d) {
+    if (!d.zone) return h("div", { class: "empty" }, "No dns record in etcd: ballast dns set --zone NAME.");
+    return h("div", null,
+      h("div", { class: "svc-meta" }, "zone " + d.zone + " \u00B7 serial " + d.serial + " \u00B7 TTL " + d.ttl + " s \u00B7 " + d.listen,
+        d.error ? h("span", { class: "bad" }, " \u00B7 " + d.error) : null),
+      h("div", { class: "tablewrap" }, h("table", { id: "dns-table" },
+        h("thead", null, h("tr", null, h("th", null, "Name"), h("th", null, "Service"), h("th", null, "Answers"))),
+        h("tbody", null, d.names.map(function (n) {
+          return h("tr", { "data-name": n.name }, h("td", { class: "mono" }, n.name), h("td", null, n.service || h("span", { class: "mute" }, "nameserver")),
+            h("td", { class: "wrap" }, n.addresses.length ? n.addresses.map(function (a) { return a.address + " (" + a.node + (a.zone ? ", zone " + a.zone : "") + ")"; }).join(", ")
+              : badge("down", "no live node")));
+        })))));
+  }
+
   function renderInvalid(list) {
     if (!list || list.length === 0) return h("div", { class: "empty" }, "\u2714 none: every record under the cluster prefix is valid.");
     return h("div", { class: "tablewrap" }, h("table", { id: "invalid-table" },
@@ -528,6 +550,9 @@
     var svcs = st.services || [];
     fill("services", svcs.length ? svcs.map(renderService) : h("section", { class: "card empty" }, "No services yet: put a record under services/ in etcd."));
     fill("invalid", renderInvalid(st.invalid));
+    // Only nodes that run a DNS responder show the card.
+    $("dns-card").hidden = !st.dns;
+    if (st.dns) fill("dns", renderDns(st.dns));
     fill("invalid-count", (st.invalid || []).length ? "(" + st.invalid.length + ")" : "");
   }
 
