@@ -104,6 +104,8 @@ async function main(): Promise<void> {
     console.error("dist/ is missing: run `npm run build` (npm run demo does it for you)");
     process.exit(1);
   }
+  // `npm run demo -- --nat`: kernel forwarding, in namespaces of its own (deploy/demo-nat.ts).
+  if (process.argv.includes("--nat")) return (await import("./demo-nat.js")).runNatDemo();
   ensureEtcd();
   workDir = mkdtempSync(join(tmpdir(), "ballast-demo-"));
   process.on("SIGINT", () => void stopAll());

@@ -3,7 +3,7 @@
 import { readFileSync } from "node:fs";
 import { Command, Option } from "commander";
 import { parse as parseYaml } from "yaml";
-import type { ApiError, DnsStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
+import type { ApiError, DnsStateView, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
 import { type NodeRecord, parseNodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
 import { formatIssues, type NodeConfig, nodeConfigSchema } from "../shared/schema.js";
@@ -13,6 +13,9 @@ import { EtcdStore } from "./control/etcd-store.js";
 import { parseBackendValue, parseServiceValue } from "./control/records.js";
 import { parseDnsValue } from "./control/dns-record.js";
 import type { Store } from "./control/store.js";
+import { DsrForwarder } from "./kernel/dsr.js";
+import { KernelForwarder } from "./kernel/forwarder.js";
+import { createLogger } from "./log.js";
 import { BallastNode } from "./node.js";
 
 class CliError extends Error {}
@@ -144,6 +147,12 @@ function peerTrust(opts: GlobalOpts): PeerTrust {
   }
 }
 
+/** "proxy", "nat", or "nat (not programmed: reason)" from a service's /api/state entry. */
+function forwardingCell(f: ForwardingStateView): string {
+  if (!f.programmed) return `${f.mode} (not programmed: ${f.reason ?? "pending"})`;
+  return f.reason ? `${f.mode} (${f.reason})` : f.mode;
+}
+
 export function buildCli(): Command {
   const program = new Command("ballast")
     .description("Ballast: a clustered L4 load balancer (TCP/UDP) sharing state through etcd")
@@ -165,11 +174,24 @@ export function buildCli(): Command {
     .description("run a node (--config FILE), or list the cluster's nodes (node ls)")
     .option("-c, --config <file>", "node config file (YAML)")
     .option("--check", "validate the config file and exit")
-    .action(async (o: { config?: string; check?: boolean }) => {
+    .option("--flush", "remove this cluster's nftables tables (inet for forwarding: nat, netdev for forwarding: dsr) from this network namespace and exit")
+    .action(async (o: { config?: string; check?: boolean; flush?: boolean }) => {
       if (!o.config) throw new CliError("ballast node needs --config FILE (see deploy/examples/standalone.yaml)");
       const config = loadConfig(o.config);
       if (o.check) {
         process.stdout.write(`config ${o.config} is valid\n`);
+        return;
+      }
+      if (o.flush) {
+        // The kernel keeps forwarding after the node stops (fail-static); this is how to stop it.
+        const k = new KernelForwarder({ cluster: config.cluster, log: createLogger("silent") });
+        const r = await k.flush();
+        if (r.error) throw new CliError(`cannot remove nftables table inet ${k.table}: ${r.error}`);
+        process.stdout.write(r.removed ? `removed nftables table inet ${k.table}\n` : `no nftables table inet ${k.table} here\n`);
+        const d = new DsrForwarder({ cluster: config.cluster, device: undefined, log: createLogger("silent") });
+        const dr = await d.flush();
+        if (dr.error) throw new CliError(`cannot remove nftables table netdev ${d.table}: ${dr.error}`);
+        process.stdout.write(dr.removed ? `removed nftables table netdev ${d.table}\n` : `no nftables table netdev ${d.table} here\n`);
         return;
       }
       await runNode(config);
@@ -197,6 +219,7 @@ export function buildCli(): Command {
     .option("--affinity-ttl <duration>", "turn on source-ip affinity with this TTL")
     .option("--locality <none|prefer-zone>", "zone-aware routing: prefer backends of the node's zone")
     .option("--min-healthy-share <share>", "with prefer-zone: spill over when less than this share (0-1] of the zone's weight is healthy")
+    .option("--forwarding <proxy|nat|dsr>", "proxy (default): Ballast terminates connections; nat: the kernel forwards (nftables); dsr: the kernel forwards statelessly and backends answer clients directly (deploy/dsr/README.md)")
     .action(async (name: string, o: Record<string, string | undefined>, cmd: Command) =>
       withStore(cmd, async (store, keys) => {
         let record: Record<string, unknown>;
@@ -210,6 +233,7 @@ export function buildCli(): Command {
           if (o.affinityTtl) record.affinity = { mode: "source-ip", ttl: o.affinityTtl };
           if (o.locality) record.locality = o.locality;
           if (o.minHealthyShare) record.zoneAware = { minHealthyShare: Number(o.minHealthyShare) };
+          if (o.forwarding) record.forwarding = o.forwarding;
         }
         const raw = Buffer.from(JSON.stringify(record));
         try {
@@ -250,9 +274,9 @@ export function buildCli(): Command {
           const name = kv.key.slice(keys.services.length);
           try {
             const s = parseServiceValue(name, kv.value);
-            return { name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: s.affinity.mode, locality: s.locality, health: s.health.type, error: "" };
+            return { name, listen: s.listen, protocol: s.protocol, forwarding: s.forwarding, algorithm: s.algorithm, affinity: s.affinity.mode, locality: s.locality, health: s.health.type, error: "" };
           } catch (err) {
-            return { name, listen: "", protocol: "", algorithm: "", affinity: "", locality: "", health: "", error: (err as Error).message };
+            return { name, listen: "", protocol: "", forwarding: "", algorithm: "", affinity: "", locality: "", health: "", error: (err as Error).message };
           }
         });
         print(opts, rows);
@@ -359,7 +383,7 @@ export function buildCli(): Command {
         const svcRows = [];
         const beRows = [];
         for (const s of first?.services ?? []) {
-          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, algorithm: s.algorithm, affinity: affinityCell(s.affinity), locality: s.locality ?? "none", active: s.active });
+          svcRows.push({ service: s.name, listen: s.listen, protocol: s.protocol, forwarding: forwardingCell(s.forwarding), algorithm: s.algorithm, affinity: affinityCell(s.affinity), locality: s.locality ?? "none", active: s.active });
           // Grouped by zone (then id), so a zone's capacity reads as one block.
           const grouped = [...s.backends].sort((x, y) => x.zone.localeCompare(y.zone) || x.id.localeCompare(y.id));
           for (const b of grouped) {

@@ -20,17 +20,22 @@ export class Metrics {
   /** Set by the node: last time the store was in sync (ms), for the staleness gauge. */
   lastSync = 0;
 
+  /** The forwarding label of a service's series; the node points it at the applied snapshot. */
+  forwardingOf: (service: string) => string = () => "proxy";
+
   /** Handed to the data plane at construction: connect latency and ejections. */
   readonly planeHooks: PlaneHooks;
 
   constructor(stats: StatsRegistry, nodeId: string) {
     const r = this.registry;
+    // The forwarding mode of a service (proxy, or nat: the kernel forwarder fills the same counters).
+    const mode = (service: string): string => this.forwardingOf(service);
     r.setDefaultLabels({ node: nodeId });
     client.collectDefaultMetrics({ register: r, prefix: "ballast_process_" });
 
     const svcCounter = (name: string, help: string, read: (s: import("./model/stats.js").ServiceCounters) => number) =>
-      collectedCounter({ name, help, labelNames: ["service"], registry: r, read: (emit) => {
-        for (const s of stats.services.values()) emit({ service: s.service }, read(s));
+      collectedCounter({ name, help, labelNames: ["service", "forwarding"], registry: r, read: (emit) => {
+        for (const s of stats.services.values()) emit({ service: s.service, forwarding: mode(s.service) }, read(s));
       } });
     svcCounter("ballast_connections_accepted_total", "Connections (and UDP flows) accepted per service.", (s) => s.accepted);
     svcCounter("ballast_service_bytes_in_total", "Bytes from clients to backends per service.", (s) => s.bytesIn);
@@ -68,19 +73,19 @@ export class Metrics {
       },
     });
     const beCounter = (name: string, help: string, read: (b: import("./model/stats.js").BackendCounters) => number) =>
-      collectedCounter({ name, help, labelNames: ["service", "backend"], registry: r, read: (emit) => {
-        for (const b of stats.backends.values()) emit({ service: b.service, backend: b.id }, read(b));
+      collectedCounter({ name, help, labelNames: ["service", "backend", "forwarding"], registry: r, read: (emit) => {
+        for (const b of stats.backends.values()) emit({ service: b.service, backend: b.id, forwarding: mode(b.service) }, read(b));
       } });
     beCounter("ballast_backend_connections_total", "Connections (and UDP flows) sent to each backend.", (b) => b.connections);
     beCounter("ballast_backend_bytes_in_total", "Bytes sent to each backend.", (b) => b.bytesIn);
     beCounter("ballast_backend_bytes_out_total", "Bytes received from each backend.", (b) => b.bytesOut);
     collectedGauge({
       name: "ballast_backend_connections_active",
-      help: "Open connections and UDP flows per backend.",
-      labelNames: ["service", "backend"],
+      help: "Open connections and UDP flows per backend (forwarding nat: tracked flows in conntrack).",
+      labelNames: ["service", "backend", "forwarding"],
       registry: r,
       read: (emit) => {
-        for (const b of stats.backends.values()) emit({ service: b.service, backend: b.id }, b.active);
+        for (const b of stats.backends.values()) emit({ service: b.service, backend: b.id, forwarding: mode(b.service) }, b.active);
       },
     });
     collectedCounter({
@@ -93,17 +98,16 @@ export class Metrics {
           for (const reason of CONNECT_FAILURE_REASONS) emit({ service: b.service, backend: b.id, reason }, b.connectFailures[reason]);
       },
     });
-    new client.Counter({
+    collectedCounter({
       name: "ballast_zone_routed_total",
       help: "New clients of locality: prefer-zone services routed by this node's zone plan: kept in its zone (local) or sent to another (spillover).",
       labelNames: ["service", "decision"],
-      registers: [r],
-      collect() {
-        this.reset();
+      registry: r,
+      read: (emit) => {
         for (const s of stats.services.values()) {
           if (s.zoneLocal === 0 && s.zoneSpillover === 0) continue;
-          this.inc({ service: s.service, decision: "local" }, s.zoneLocal);
-          this.inc({ service: s.service, decision: "spillover" }, s.zoneSpillover);
+          emit({ service: s.service, decision: "local" }, s.zoneLocal);
+          emit({ service: s.service, decision: "spillover" }, s.zoneSpillover);
         }
       },
     });

@@ -20,7 +20,11 @@ import type { NodeMode } from "./health/mode.js";
 import { createLogger, type Logger } from "./log.js";
 import { Metrics } from "./metrics.js";
 import { NodeDns } from "./dns/node-dns.js";
-import type { Forwarder } from "./model/forwarder.js";
+import { registerDsrMetrics } from "./kernel/dsr-metrics.js";
+import { DsrForwarder } from "./kernel/dsr.js";
+import { KernelForwarder } from "./kernel/forwarder.js";
+import { registerKernelMetrics } from "./kernel/metrics.js";
+import { type Forwarder, forwardingOf } from "./model/forwarder.js";
 import type { Snapshot } from "./model/snapshot.js";
 import { StatsRegistry } from "./model/stats.js";
 import { describeState, explainRoute } from "./state.js";
@@ -67,6 +71,10 @@ export class BallastNode {
   readonly affinity: AffinityTable;
   /** The authoritative DNS responder, when the config has `dns.listen`. */
   readonly dns: NodeDns | null;
+  /** Programs `forwarding: nat` services into nftables; the data plane proxies the rest. */
+  readonly kernel: KernelForwarder;
+  /** Programs `forwarding: dsr` services into the node's netdev table. */
+  readonly dsr: DsrForwarder;
 
   constructor(opts: NodeOptions) {
     const c = opts.config;
@@ -97,8 +105,21 @@ export class BallastNode {
       { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress },
       { affinity: this.affinity, stats: this.stats, hooks: this.metrics.planeHooks, zone: c.node.zone },
     );
+    // The kernel forwarder programs `forwarding: nat` services into nftables from the same snapshot.
+    this.kernel = new KernelForwarder({
+      cluster: c.cluster,
+      log: this.log,
+      affinityOf: (svc) => this.affinity.bindings(svc),
+      learn: (svc, client, target) => this.affinity.record(svc, client, target, Date.now()),
+      stats: this.stats,
+    });
+    registerKernelMetrics(this.metrics.registry, this.kernel, () => this.reconciler.snapshot);
+    this.metrics.forwardingOf = (service) => forwardingOf(this.reconciler.snapshot?.services.get(service)?.spec ?? {});
+    // The DSR forwarder programs `forwarding: dsr` services into the netdev table (stateless, direct return).
+    this.dsr = new DsrForwarder({ cluster: c.cluster, device: c.dsr?.interface, log: this.log, stats: this.stats });
+    registerDsrMetrics(this.metrics.registry, this.dsr, () => this.reconciler.snapshot?.services.keys() ?? []);
     this.metrics.observePlane(this.plane);
-    this.forwarders = [this.plane, ...(opts.forwarders ?? [])];
+    this.forwarders = [this.plane, this.kernel, this.dsr, ...(opts.forwarders ?? [])];
     this.reconciler = new Reconciler(
       this.keys,
       this.stats,

@@ -10,6 +10,8 @@ import type { Reconciler } from "./control/reconciler.js";
 import type { DataPlane } from "./data/plane.js";
 import type { HealthManager } from "./health/manager.js";
 import type { NodeMode } from "./health/mode.js";
+import type { DsrForwarder } from "./kernel/dsr.js";
+import { explainNat, type KernelForwarder } from "./kernel/forwarder.js";
 import { type Forwarder, forwardingOf } from "./model/forwarder.js";
 import type { ServiceState, Snapshot } from "./model/snapshot.js";
 import type { PeerTrust } from "./admin/peer-trust.js";
@@ -32,6 +34,8 @@ export interface StateContext {
   readonly forwarders: readonly Forwarder<Snapshot>[];
   readonly affinity: Pick<AffinityTable, "describe" | "entries">;
   readonly health: Pick<HealthManager, "status">;
+  readonly kernel: Pick<KernelForwarder, "seed" | "state">;
+  readonly dsr: Pick<DsrForwarder, "seed" | "state" | "lastCounters">;
   /** Which peers the status page may send the token to (admin.trustedPeers). */
   readonly peerTrust: Pick<PeerTrust, "trusts">;
 }
@@ -80,6 +84,7 @@ export function describeState(n: StateContext): StateView {
           bytesIn: s.bytesIn,
           bytesOut: s.bytesOut,
           connectFailures: s.connectFailures,
+          dsr: forwardingOf(svc.spec) === "dsr" ? (n.dsr.lastCounters.get(svc.name)?.get(b.id) ?? { packets: 0, bytes: 0 }) : undefined,
         };
       }),
     });
@@ -95,6 +100,8 @@ export function describeState(n: StateContext): StateView {
       staleSeconds: n.metrics.lastSync === 0 ? 0 : (now - n.metrics.lastSync) / 1000,
     },
     revision: n.reconciler.appliedRevision,
+    kernel: n.kernel.state(),
+    dsr: n.dsr.state(),
     snapshotRevision: snap?.revision ?? 0,
     services,
     // A service this node cannot bind is listed like an invalid record, for this node only; so is a rejected dns record.
@@ -131,6 +138,24 @@ export function explainRoute(n: StateContext, service: string, client: string, p
   const ip = clientAddress(client);
   if (svc.access !== null && !svc.access.permits(ip)) return { status: 200, body: { ...base, backend: null, reason: "denied" } };
   const now = Date.now();
+  if (forwardingOf(svc.spec) === "dsr") {
+    // The kernel's own choice: its jhash over the picker's table (the same table it holds). A flow this
+    // node pinned earlier keeps its pinned backend while that backend is not down.
+    if (net.isIP(ip) !== 4) return { status: 400, body: { error: `forwarding dsr is IPv4 only, got client ${client}` } };
+    const k = explainNat(svc, n.dsr.seed, ip, port);
+    const reason = k.backend ? `${k.reason}; a flow this node pinned earlier keeps its backend while it is not down` : k.reason;
+    return { status: 200, body: { ...base, forwarding: "dsr", backend: k.backend ? { id: k.backend.id, address: k.backend.label } : null, reason, slot: k.slot, version: VERSION } };
+  }
+  if (forwardingOf(svc.spec) === "nat") {
+    // The kernel's own choice: an affinity entry (a map element consulted first), else jhash → slot → backend.
+    const entry = svc.spec.affinity.mode === "source-ip" ? n.affinity.describe(svc, ip, now) : null;
+    const sticky = entry ? svc.sticky.get(entry.backend) : undefined;
+    if (entry && sticky) {
+      return { status: 200, body: { ...base, forwarding: "nat", backend: { id: sticky.id, address: sticky.label }, reason: `affinity (from node ${entry.node})`, version: VERSION } };
+    }
+    const k = explainNat(svc, n.kernel.seed, ip, port);
+    return { status: 200, body: { ...base, forwarding: "nat", backend: k.backend ? { id: k.backend.id, address: k.backend.label } : null, reason: k.reason, slot: k.slot, version: VERSION } };
+  }
   const described = svc.spec.affinity.mode === "source-ip" ? n.affinity.describe(svc, ip, now) : null;
   const { target, reason } = n.plane.router.route(svc, ip, port, n.plane.availabilityExclude(svc), now, false);
   const why = reason === "affinity" && described ? `affinity (from node ${described.node}, last used ${Math.round((now - described.lastUsed) / 1000)} s ago)` : reason;

@@ -52,6 +52,8 @@ export interface BackendStateView {
   bytesIn: number;
   bytesOut: number;
   connectFailures: Record<"refused" | "timeout" | "reset" | "unreachable" | "other", number>;
+  /** forwarding dsr: packets and bytes this node's kernel forwarded to the backend (client → backend; replies bypass the node). */
+  dsr?: { packets: number; bytes: number };
 }
 
 /** Which forwarder carries a service on this node, and its word on it. */
@@ -124,6 +126,10 @@ export interface StateView {
   health: HealthStateView;
   /** The node's DNS responder (node config `dns.listen`); null when it runs none. */
   dns: DnsStateView | null;
+  /** The nftables table of `forwarding: nat` services on this node (node/kernel/). */
+  kernel?: KernelStateView;
+  /** The netdev table of `forwarding: dsr` services on this node (node/kernel/dsr.ts). */
+  dsr?: DsrStateView;
 }
 
 /** One address in a DNS answer: a live node's public address. */
@@ -152,6 +158,37 @@ export interface DnsStateView {
   rrl: { sources: number; dropped: number; slipped: number };
 }
 
+/** The DSR forwarder's table: name, interface, seed, whether nft works here, the last transactions. */
+export interface DsrStateView {
+  table: string;
+  /** Node config `dsr.interface`, or null when unset (DSR services are then not programmed). */
+  device: string | null;
+  seed: number;
+  unavailable: string | null;
+  applies: number;
+  failures: number;
+  lastError: string | null;
+  lastApplyMs: number;
+  /** Pins deleted because their backend could no longer carry flows. */
+  pinsRemoved: number;
+}
+
+/** The kernel forwarder's table: its name and seed, whether nft works here, and the last transactions. */
+export interface KernelStateView {
+  table: string;
+  seed: number;
+  /** Why the node cannot program nftables (no nft, no CAP_NET_ADMIN), or null. */
+  unavailable: string | null;
+  applies: number;
+  failures: number;
+  lastError: string | null;
+  lastApplyMs: number;
+  /** Map slots the last transaction wrote (a delta writes only the changed ones). */
+  lastSlotsChanged: number;
+  /** Tracked flows removed (backend down, or past its drain timeout). */
+  flowsRemoved: number;
+}
+
 /** GET /api/route with status 200: which backend a new connection from the client would get, and why. */
 export interface RouteAnswer {
   service: string;
@@ -163,6 +200,10 @@ export interface RouteAnswer {
   /** The router's reason ("affinity (from node …)", the algorithm, "no-backend", "max-connections") or "denied". */
   reason: string;
   version?: string;
+  /** Set for services the kernel forwards: the answer is the kernel's hash, computed in TypeScript. */
+  forwarding?: "nat" | "dsr";
+  /** The kernel map slot the flow hashes to (forwarding nat or dsr). */
+  slot?: number;
 }
 
 /** Any admin API error body (404, 400, 401, …). */

@@ -100,6 +100,22 @@ export const zoneAwareSchema = z
   })
   .strict();
 
+/**
+ * How a service's packets reach its backends: the userspace proxy, kernel NAT (nftables), or
+ * stateless kernel forwarding with direct return from the backends (dsr, deploy/dsr/README.md).
+ */
+export const FORWARDING_MODES = ["proxy", "nat", "dsr"] as const;
+
+/** Options of `forwarding: nat` (docs/keys.md). */
+export const natSchema = z
+  .object({
+    /** Rewrite the source to the node's address toward backends (full NAT), so backends need no route back. */
+    snat: z.boolean().default(true),
+    /** Remove a backend's tracked flows when it is verdicted down, so clients learn at once instead of hanging. */
+    flushOnDown: z.boolean().default(true),
+  })
+  .strict();
+
 /** A service record: what an operator puts at services/<name> (name comes from the key in etcd). */
 const serviceObject = z
   .object({
@@ -109,6 +125,10 @@ const serviceObject = z
     /** Omitted: round-robin, or source-ip when affinity is on (so every node picks alike before entries replicate). */
     algorithm: z.enum(ALGORITHMS).optional(),
     proxyProtocol: z.enum(["none", "v1", "v2"]).default("none"),
+    /** proxy (default): Ballast terminates connections; nat: the node programs the kernel (nftables) to forward. */
+    forwarding: z.enum(FORWARDING_MODES).default("proxy"),
+    /** Only with `forwarding: nat`. */
+    nat: natSchema.optional(),
     timeouts: z
       .object({
         connect: duration("3s"),
@@ -291,6 +311,14 @@ export const nodeConfigSchema = z
       .object({ level: z.enum(["trace", "debug", "info", "warn", "error", "fatal", "silent"]).default("info") })
       .strict()
       .prefault({}),
+    /** `forwarding: dsr` on this node (deploy/dsr/README.md). */
+    dsr: z
+      .object({
+        /** The interface on the backends' L2 segment: DSR packets arrive and leave here (e.g. "eth0"). */
+        interface: z.string().regex(/^[A-Za-z0-9_.:@-]{1,15}$/, "expected a network interface name (1-15 characters)"),
+      })
+      .strict()
+      .optional(),
     drainTimeout: duration("30s"),
     /**
      * On SIGTERM, how long the node keeps accepting after /readyz turns 503, so anycast withdraws the
@@ -324,7 +352,15 @@ export const nodeConfigSchema = z
       )
       .default([]),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    c.services.forEach((s, i) => {
+      for (const line of forwardingRefusals(s)) {
+        const colon = line.indexOf(": ");
+        ctx.addIssue({ code: "custom", path: ["services", i, ...line.slice(0, colon).split(".")], message: line.slice(colon + 2) });
+      }
+    });
+  });
 
 export type NodeConfig = z.output<typeof nodeConfigSchema>;
 
@@ -383,6 +419,62 @@ export const dnsRecordSchema = z
 export type DnsRecordInput = z.input<typeof dnsRecordSchema>;
 export type DnsRecordSpec = z.output<typeof dnsRecordSchema>;
 
+const WILDCARDS = new Set(["", "0.0.0.0", "::", "[::]", "*"]);
+
+/**
+ * What a service record asks that its forwarding mode cannot do, as "field: reason" lines (empty when
+ * fine). The kernel path hashes, rewrites addresses and lets conntrack keep flows: it cannot
+ * terminate connections (PROXY protocol), run stateful pickers, or count per backend.
+ */
+export function forwardingRefusals(s: z.output<typeof serviceSchema>): string[] {
+  const out: string[] = [];
+  if (s.forwarding === "dsr") return dsrRefusals(s);
+  if (s.forwarding !== "nat") {
+    if (s.nat !== undefined) out.push("nat: only for forwarding: nat");
+    return out;
+  }
+  if (s.proxyProtocol !== "none") out.push("proxyProtocol: needs forwarding: proxy (the kernel does not terminate connections)");
+  if (s.algorithm !== undefined && s.algorithm !== "maglev" && s.algorithm !== "source-ip") {
+    out.push(`algorithm: ${s.algorithm} needs forwarding: proxy; forwarding nat hashes in the kernel (maglev or source-ip)`);
+  }
+  if (s.limits.maxConnectionsPerBackend > 0) out.push("limits.maxConnectionsPerBackend: needs forwarding: proxy (the kernel counts per service, not per backend)");
+  const hp = parseHostPort(s.listen);
+  if (hp && WILDCARDS.has(hp.host)) out.push("listen: forwarding nat needs the service's own address (the VIP), not a wildcard");
+  if (hp && hp.port === 0) out.push("listen: forwarding nat needs a fixed port, not 0");
+  return out;
+}
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1?\d?\d)(\.(25[0-5]|2[0-4]\d|1?\d?\d)){3}$/;
+
+/**
+ * What `forwarding: dsr` cannot do. The node forwards each packet statelessly (no connection
+ * tracking, the IP header untouched) and the backend answers the client itself: nothing can be added
+ * to the stream, ports cannot be translated (checked per backend in the snapshot), and the node
+ * neither sees replies nor tracks connections, so it cannot count or cap them.
+ */
+function dsrRefusals(s: z.output<typeof serviceSchema>): string[] {
+  const out: string[] = [];
+  if (s.nat !== undefined) out.push("nat: only for forwarding: nat");
+  if (s.proxyProtocol !== "none") out.push("proxyProtocol: needs forwarding: proxy (dsr does not touch the stream: the backend sees the client's own address)");
+  if (s.algorithm !== undefined && s.algorithm !== "maglev" && s.algorithm !== "source-ip") {
+    out.push(`algorithm: ${s.algorithm} needs forwarding: proxy; forwarding dsr hashes in the kernel (maglev or source-ip)`);
+  }
+  if (s.affinity.mode !== "none") out.push("affinity.mode: needs forwarding: proxy or nat (dsr keeps flows by hash and per-node pins; algorithm: source-ip keeps a client on one backend)");
+  if (s.limits.maxConnectionsPerBackend > 0) out.push("limits.maxConnectionsPerBackend: needs forwarding: proxy (dsr tracks no connections)");
+  if (s.limits.maxConnections > 0) out.push("limits.maxConnections: needs forwarding: proxy or nat (dsr tracks no connections)");
+  if (s.limits.sourceRate > 0) out.push("limits.sourceRate: needs forwarding: proxy or nat (dsr tracks no connections, so it cannot tell new ones)");
+  for (const kind of ["allow", "deny"] as const) {
+    s.access[kind].forEach((c, i) => {
+      if (c.includes(":")) out.push(`access.${kind}[${i}]: forwarding dsr is IPv4 only, got ${c}`);
+    });
+  }
+  const hp = parseHostPort(s.listen);
+  if (hp && !IPV4.test(hp.host)) out.push(`listen: forwarding dsr needs the service's own IPv4 address (the VIP on the backends' lo), got ${hp.host}`);
+  else if (hp && hp.host === "0.0.0.0") out.push("listen: forwarding dsr needs the service's own address (the VIP), not a wildcard");
+  if (hp && hp.port === 0) out.push("listen: forwarding dsr needs a fixed port, not 0");
+  return out;
+}
+
 /** Turns a zod error into lines naming the field path, e.g. `services[0].listen: expected "address:port"`. */
 export function formatIssues(error: z.ZodError): string[] {
   return error.issues.map((issue) => {
@@ -398,7 +490,10 @@ export function formatIssues(error: z.ZodError): string[] {
 
 /** Fills algorithm defaults that depend on other fields. */
 export function resolveService(name: string, parsed: z.output<typeof serviceSchema>): ServiceSpec {
-  const algorithm: AlgorithmName = parsed.algorithm ?? (parsed.affinity.mode === "source-ip" ? "source-ip" : "round-robin");
+  const refused = forwardingRefusals(parsed);
+  if (refused.length > 0) throw new Error(refused.join("; "));
+  // A NAT service hashes in the kernel: maglev over the flow unless affinity asks for the source alone.
+  const algorithm: AlgorithmName = parsed.algorithm ?? (parsed.affinity.mode === "source-ip" ? "source-ip" : parsed.forwarding === "nat" || parsed.forwarding === "dsr" ? "maglev" : "round-robin");
   const type: CheckType = parsed.health.type ?? (parsed.protocol === "udp" ? "udp" : "tcp");
   return { ...parsed, name, algorithm, health: { ...parsed.health, type } };
 }

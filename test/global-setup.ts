@@ -1,5 +1,6 @@
 // Runs once before the test files. The cluster tests need real etcd processes, the status-page
-// test Debian's chromium, spoofed-datagram tests python3, the DNS tests dig (bind9-dnsutils). On a fresh Debian machine as root, installs what is missing;
+// test Debian's chromium, spoofed-datagram tests python3, the DNS tests dig (bind9-dnsutils), the kernel
+// tests nftables and conntrack. On a fresh Debian machine as root, installs what is missing;
 // otherwise fails with the command that would.
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -12,6 +13,9 @@ export default function setup(): void {
   if (!have("etcdctl")) missing.push("etcd-client");
   if (!existsSync("/usr/bin/chromium")) missing.push("chromium");
   if (!have("dig")) missing.push("bind9-dnsutils");
+  // forwarding: nat tests (test/kernel/) program nftables and read conntrack inside their own namespaces.
+  if (!have("nft") && !existsSync("/usr/sbin/nft")) missing.push("nftables");
+  if (!have("conntrack") && !existsSync("/usr/sbin/conntrack")) missing.push("conntrack");
   // Spoofed-datagram tests (test/helpers/spoof.ts) send through Python's raw sockets.
   if (!have("python3")) missing.push("python3-minimal");
   if (missing.length === 0) return;

@@ -100,12 +100,14 @@ image_size() { docker image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB"
 
 build_base() {
   local name=ballast-base:local hash rootfs=$WORK/base
-  hash=$(inputs_hash /usr/bin/node /bin/busybox)
+  hash=$(inputs_hash /usr/bin/node /bin/busybox /usr/sbin/nft)
   if [ "$(current_hash "$name")" = "$hash" ]; then log "$name up to date ($(image_size "$name"))"; return; fi
   mkdir -p "$rootfs"
   add_etc "$rootfs"
   add_busybox "$rootfs"
   add_binary "$rootfs" /usr/bin/node
+  # nft: a node given root and NET_ADMIN programs its nat and dsr services (the default user has neither).
+  add_binary "$rootfs" /usr/sbin/nft
   import_rootfs "$name" "$hash" "$rootfs" 'WORKDIR /home/ballast' 'CMD ["node"]'
   log "$name built ($(image_size "$name"))"
 }
@@ -168,7 +170,11 @@ build_node() {
   cp "$ROOT/deploy/demo-backend.mjs" "$ROOT/deploy/healthcheck.mjs" "$stage/deploy/"
   # Hard links make the copy instant; prune only unlinks, and the one file npm would rewrite in
   # place (the hidden lockfile) is unlinked first so the checkout's tree is never touched.
-  cp -al "$ROOT/node_modules" "$stage/node_modules" 2>/dev/null || { rm -rf "$stage/node_modules"; cp -a "$ROOT/node_modules" "$stage/node_modules"; }
+  # A node_modules that is a symlink (a shared install) is resolved first: copying the link itself
+  # would make the rm and prune below act on the shared tree.
+  local modules
+  modules=$(readlink -f "$ROOT/node_modules")
+  cp -al "$modules" "$stage/node_modules" 2>/dev/null || { rm -rf "$stage/node_modules"; cp -a "$modules" "$stage/node_modules"; }
   rm -f "$stage/node_modules/.package-lock.json"
   (cd "$stage" && npm prune --omit=dev --offline --ignore-scripts --no-audit --no-fund --silent) || die "npm prune failed"
   rm -rf "$stage/node_modules/.cache" "$stage/node_modules/.package-lock.json"

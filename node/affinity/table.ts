@@ -166,6 +166,20 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     return { backend: e.backendName(slot), node: e.creatorName(slot), lastUsed: e.lastUsed(slot) };
   }
 
+  /**
+   * A service's live entries as client → backend id: the kernel forwarder programs them as map
+   * elements consulted before the hash (forwarding: nat). A scan of the entry slots, once per apply.
+   */
+  bindings(svc: ServiceState, now = Date.now()): Map<string, string> | null {
+    const e = this.entries;
+    const t = e.table(svc.name);
+    if (t === undefined) return null;
+    const out = new Map<string, string>();
+    const grace = svc.spec.affinity.ttl * GRACE_FACTOR;
+    for (let slot = 0; slot < e.highWater; slot++) if (e.ownedBy(slot, t) && now - e.lastUsed(slot) < grace) out.set(e.ip(slot), e.backendName(slot));
+    return out;
+  }
+
   // ---- cluster watch (reconciler) ---------------------------------------------------------------
 
   reset(kvs: KeyValue[]): void {

@@ -143,12 +143,13 @@ export class MaglevPicker implements Picker {
   private readonly seen: Uint32Array;
   private epoch = 0;
 
-  constructor(algorithm: AlgorithmName, targets: readonly BackendTarget[]) {
+  /** `size` overrides the table size (kernel-forwarded services size it to their backends: node/lb/nat-table.ts). */
+  constructor(algorithm: AlgorithmName, targets: readonly BackendTarget[], size?: number) {
     this.algorithm = algorithm;
     const usable = targets.filter((t) => t.weight > 0 && Number.isFinite(t.weight));
     usable.sort((a, b) => (a.id === b.id ? a.weight - b.weight : a.id < b.id ? -1 : 1));
     this.targets = usable;
-    this.size = maglevTableSize(usable.length);
+    this.size = size ?? maglevTableSize(usable.length);
     this.table = buildMaglevTable(
       usable.map((t) => t.id),
       usable.map((t) => t.weight),

@@ -4,6 +4,7 @@ import { formatHostPort, parseHostPort } from "../../shared/address.js";
 import type { Verdict } from "../../shared/codec.js";
 import type { BackendSpec, ServiceSpec } from "../../shared/schema.js";
 import type { BackendTarget, Picker } from "../lb/algorithm.js";
+import { natPickerFactory } from "../lb/nat-table.js";
 import { pickerFactory } from "../lb/index.js";
 import { buildZonePlans, type ZonePlan } from "../lb/zones.js";
 import { AccessPolicy } from "./access.js";
@@ -97,6 +98,16 @@ function sameVerdict(a: VerdictView | null, b: VerdictView | null): boolean {
  * set is unchanged (a verdict detail or a drained-but-not-routable backend changed) keeps its picker.
  * The record table keeps the parsed spec object of an unchanged record, so "unchanged" is identity.
  */
+/**
+ * Why a backend cannot serve a `forwarding: dsr` service: the node forwards packets unchanged, so the
+ * backend must listen on the service's own port and be an IPv4 neighbour (its address resolves by ARP).
+ */
+function dsrBackendRefusal(b: BackendSpec, listenPort: number): string | null {
+  if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(b.address)) return `address: forwarding dsr needs an IPv4 backend address, got ${b.address}`;
+  if (b.port !== listenPort) return `port: forwarding dsr cannot translate ports: backend port ${b.port} must equal the service's listen port ${listenPort}`;
+  return null;
+}
+
 export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: Snapshot | null = null): Snapshot {
   const invalid: InvalidRecord[] = [...input.invalid];
   const services = new Map<string, ServiceState>();
@@ -137,6 +148,13 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
     const byAge = [...specs.keys()].sort((x, y) => rev(name, x) - rev(name, y) || byString(x, y));
     for (const id of byAge) {
       const b = specs.get(id)!;
+      const dsrWhy = spec.forwarding === "dsr" ? dsrBackendRefusal(b, hp.port) : null;
+      if (dsrWhy !== null) {
+        // Skipped like a duplicate: the record is invalid for this service, the others keep working.
+        duplicate.add(id);
+        invalid.push({ key: input.keyOf.backend(name, id), reason: dsrWhy });
+        continue;
+      }
       const addressKey = `${b.address}|${b.port}`;
       const first = seenAddress.get(addressKey);
       if (first !== undefined) {
@@ -186,8 +204,17 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
       if (why === "") targets.push(target);
       if (b.state !== "disabled" && verdict?.state !== "down") sticky.set(id, target);
     }
-    const factory = pickerFactory(spec.algorithm);
-    const keepPicker = before !== undefined && before.spec.algorithm === spec.algorithm && sameTargets(before.targets, targets);
+    // A NAT service's table is the kernel map's: the same builder feeds explain and nftables, sized
+    // by the configured backends (so the picker is kept only while that count and the mode stay).
+    // dsr services too: the kernel's slot map and route explain read one table.
+    const nat = spec.forwarding === "nat" || spec.forwarding === "dsr";
+    const factory = nat ? natPickerFactory(spec.algorithm, views.length) : pickerFactory(spec.algorithm);
+    const keepPicker =
+      before !== undefined &&
+      before.spec.algorithm === spec.algorithm &&
+      before.spec.forwarding === spec.forwarding &&
+      (!nat || before.backends.length === views.length) &&
+      sameTargets(before.targets, targets);
     services.set(
       name,
       Object.freeze({

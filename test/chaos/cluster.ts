@@ -34,6 +34,8 @@ export const IMAGES = {
 export const RUN_LABEL = "ballast.chaos";
 export const OWNER_LABEL = "ballast.chaos.owner";
 const CHAOS_DIR = dirname(fileURLToPath(import.meta.url));
+/** deploy/dsr: the backend-side script DSR backends run (mounted read-only). */
+const DSR_DIR = resolve(process.cwd(), "deploy/dsr");
 const LOG_DIR = resolve(process.cwd(), "test-artifacts/chaos");
 
 export const docker = new Docker();
@@ -66,7 +68,20 @@ export interface ClusterOptions {
   cluster?: string;
   /** Router: pin each connection to its first node through conntrack (default true). */
   sticky?: boolean;
+  /**
+   * Also a `forwarding: dsr` service "dsr" on a second VIP (port 8080, same backends): nodes run as
+   * root with NET_ADMIN and `dsr.interface` on the fabric, backends hold that VIP on lo
+   * (deploy/dsr/ballast-dsr-backend.sh) with the ARP sysctls. Default false.
+   */
+  dsr?: boolean;
 }
+
+/** A DSR service on the chaos cluster's second VIP (its address is filled in at start). */
+export const DSR_SERVICE = {
+  protocol: "tcp",
+  forwarding: "dsr",
+  health: { type: "http", interval: "1s", timeout: "500ms", rise: 2, fall: 2, http: { path: "/" } },
+};
 
 type NetKey = "ctl" | "fabric";
 
@@ -225,8 +240,8 @@ export class Member {
     return info.State.Running ? null : info.State.ExitCode;
   }
 
-  async exec(cmd: string[]): Promise<ExecResult> {
-    const r = await this.container.exec(cmd);
+  async exec(cmd: string[], opts: { user?: string } = {}): Promise<ExecResult> {
+    const r = await this.container.exec(cmd, opts.user ? { user: opts.user } : undefined);
     return { exitCode: r.exitCode, stdout: r.stdout, stderr: r.stderr };
   }
 
@@ -484,6 +499,8 @@ export class ChaosCluster {
   client?: Client;
   /** The service VIP (anycast), e.g. "10.140.255.10". */
   vip?: string;
+  /** The DSR service's VIP (with `dsr`), e.g. "10.140.255.11". */
+  dsrVip?: string;
   networks!: Record<NetKey, NetworkInfo>;
   readonly startedAt = Date.now();
 
@@ -513,6 +530,7 @@ export class ChaosCluster {
       leaseTtl: options.leaseTtl ?? 3,
       cluster: options.cluster ?? "chaos",
       sticky: options.sticky ?? true,
+      dsr: options.dsr ?? false,
       nodeConfig: options.nodeConfig,
     });
     try {
@@ -520,6 +538,10 @@ export class ChaosCluster {
       await Promise.all([c.startEtcd(), c.startBackends(), c.opts.anycast ? c.startRouter() : Promise.resolve()]);
       await c.putService("web", c.opts.service);
       for (const b of c.backends) await c.putBackend("web", b.name.slice(c.prefix.length + 1), { address: b.ip("fabric"), port: 8080 });
+      if (c.dsrVip) {
+        await c.putService("dsr", { ...DSR_SERVICE, listen: `${c.dsrVip}:8080` });
+        for (const b of c.backends) await c.putBackend("dsr", c.backendId(b), { address: b.ip("fabric"), port: 8080 });
+      }
       await c.startNodes();
       if (c.opts.anycast) {
         await c.startClient();
@@ -543,6 +565,7 @@ export class ChaosCluster {
         await createNetwork(ctl.name, this.run, ctl.subnet);
         this.networks = { fabric, ctl };
         this.vip = this.opts.anycast ? `10.${x}.255.10` : undefined;
+        this.dsrVip = this.opts.anycast && this.opts.dsr ? `10.${x}.255.11` : undefined;
         return;
       } catch (err) {
         await docker.getNetwork(fabric.name).remove().catch(() => {});
@@ -597,17 +620,34 @@ export class ChaosCluster {
   }
 
   private async startBackends(): Promise<void> {
-    const started = await Promise.all(
-      Array.from({ length: this.opts.backends }, (_, i) =>
-        this.container(IMAGES.node, `backend${i + 1}`)
-          .onNetwork(this.networks.fabric.name)
-          .withEntrypoint(["node", "/app/deploy/demo-backend.mjs"])
-          .withCommand([])
-          .withEnvironment({ NAME: `backend${i + 1}`, PORT: "8080" })
-          .start(),
-      ),
-    );
-    for (const s of started) await this.track(new Member(this, "backend", s.getName().replace(/^\//, ""), s), this.backends);
+    const started = await Promise.all(Array.from({ length: this.opts.backends }, (_, i) => this.startBackend(`backend${i + 1}`)));
+    this.backends.push(...started);
+  }
+
+  /** A demo backend on the fabric; with `dsr`, holding the DSR VIP on lo. Not registered in etcd. */
+  async startBackend(name: string): Promise<Member> {
+    let c = this.container(IMAGES.node, name)
+      .onNetwork(this.networks.fabric.name)
+      .withEntrypoint(["node", "/app/deploy/demo-backend.mjs"])
+      .withCommand([])
+      .withEnvironment({ NAME: name, PORT: "8080" });
+    if (this.dsrVip) {
+      // /proc/sys is read-only inside: the runtime sets the ARP sysctls; the script adds the VIP.
+      c = c
+        .withAddedCapabilities("NET_ADMIN")
+        .withSysctls({ "net.ipv4.conf.all.arp_ignore": "1", "net.ipv4.conf.all.arp_announce": "2" })
+        .withBindMounts([{ source: DSR_DIR, target: "/dsr", mode: "ro" }]);
+    }
+    const started = await c.start();
+    const m = await this.track(new Member(this, "backend", started.getName().replace(/^\//, ""), started));
+    if (this.dsrVip) await this.dsrBackendUp(m);
+    return m;
+  }
+
+  /** deploy/dsr/ballast-dsr-backend.sh up <dsr VIP> in the backend (as root: it adds an address); idempotent. */
+  async dsrBackendUp(b: Member): Promise<void> {
+    const r = await b.exec(["sh", "/dsr/ballast-dsr-backend.sh", "up", this.dsrVip!], { user: "root" });
+    if (r.exitCode !== 0) throw new Error(`${b.name}: ballast-dsr-backend.sh up exited ${r.exitCode}: ${r.stderr || r.stdout}`);
   }
 
   private async startRouter(): Promise<void> {
@@ -639,6 +679,8 @@ export class ChaosCluster {
       log: { level: "info" },
       drainTimeout: "10s",
       withdrawDelay: `${WITHDRAW_DELAY_MS}ms`,
+      // The fabric is the node's second interface (ctl is attached first, at create time).
+      ...(this.dsrVip ? { dsr: { interface: "eth1" } } : {}),
       ...this.opts.nodeConfig?.(index),
     };
   }
@@ -657,11 +699,13 @@ export class ChaosCluster {
 
   private async startNode(index: number): Promise<BallastNode> {
     const id = `n${index + 1}`;
-    const started = await this.container(IMAGES.node, id)
+    let c = this.container(IMAGES.node, id)
       .onNetwork(this.networks.ctl.name, [id])
       .alsoOn(this.networks.fabric.name)
-      .withCopyContentToContainer([{ content: JSON.stringify(this.nodeConfigFor(index), null, 2), target: "/etc/ballast/ballast.yaml", mode: 0o644 }])
-      .start();
+      .withCopyContentToContainer([{ content: JSON.stringify(this.nodeConfigFor(index), null, 2), target: "/etc/ballast/ballast.yaml", mode: 0o644 }]);
+    // DSR: the node programs nftables in its own network namespace (root with NET_ADMIN there only).
+    if (this.dsrVip) c = c.withUser("0:0").withAddedCapabilities("NET_ADMIN");
+    const started = await c.start();
     return new BallastNode(this, started.getName().replace(/^\//, ""), started, id);
   }
 
@@ -670,7 +714,7 @@ export class ChaosCluster {
       .inNetworkNamespaceOf(node.id)
       .withAddedCapabilities("NET_ADMIN")
       .withEnvironment({
-        VIPS: this.vip!,
+        VIPS: this.dsrVip ? `${this.vip} ${this.dsrVip}` : this.vip!,
         ROUTER: this.router!.ip("fabric"),
         RETURN_ROUTES: `${this.fabricPrefix}.1.0/24`,
         POLL_MS: "200",
@@ -838,6 +882,11 @@ export class ChaosCluster {
         const before = b.ip("fabric");
         await this.revive(b);
         if (b.ip("fabric") !== before) await this.putBackend("web", this.backendId(b), { address: b.ip("fabric"), port: 8080 });
+        if (this.dsrVip) {
+          // A restarted container has a new network namespace: the VIP goes back on its lo.
+          await this.dsrBackendUp(b);
+          if (b.ip("fabric") !== before) await this.putBackend("dsr", this.backendId(b), { address: b.ip("fabric"), port: 8080 });
+        }
       }),
     );
     await waitFor(
@@ -885,8 +934,10 @@ export class ChaosCluster {
         const notReady = states.filter((s) => !s.node.ready || !s.store.connected || s.node.mode !== "shared").map((s) => s.node.id);
         const down = states.flatMap((s) => s.services.flatMap((svc) => svc.backends.filter((b) => !b.routable || b.verdict?.state !== "up").map((b) => `${s.node.id}:${b.id}`)));
         const announced = this.vip ? (await this.announcedNodes()).length : this.nodes.length;
-        why = `not ready/connected/shared: [${notReady}], leaders: [${[...leaders]}], not up: [${down}], announced ${announced}/${this.nodes.length}`;
-        return notReady.length === 0 && leaders.size === 1 && !leaders.has(null) && down.length === 0 && announced === this.nodes.length;
+        // DSR: every node's kernel carries the dsr service (until then the VIP's packets would reach the node's own stack).
+        const unprogrammed = states.flatMap((s) => s.services.filter((svc) => svc.forwarding.mode === "dsr" && !svc.forwarding.programmed).map((svc) => `${s.node.id}:${svc.name} (${svc.forwarding.reason ?? "pending"})`));
+        why = `not ready/connected/shared: [${notReady}], leaders: [${[...leaders]}], not up: [${down}], announced ${announced}/${this.nodes.length}, dsr not programmed: [${unprogrammed}]`;
+        return notReady.length === 0 && leaders.size === 1 && !leaders.has(null) && down.length === 0 && announced === this.nodes.length && unprogrammed.length === 0;
       },
       { timeoutMs, intervalMs: 200, message: "the baseline" },
     ).catch((err: Error) => {

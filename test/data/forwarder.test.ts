@@ -84,7 +84,8 @@ describe("forwarder seam", () => {
     node = new BallastNode({ config, log, forwarders: [rec] });
     cleanup.push(() => node!.close());
     await node.start();
-    expect(node.forwarders.map((f) => f.name)).toEqual(["proxy", "recording"]);
+    // The kernel forwarders (forwarding: nat, then dsr) are built in, after the proxy; injected ones follow.
+    expect(node.forwarders.map((f) => f.name)).toEqual(["proxy", "kernel", "dsr", "recording"]);
     await waitFor(() => rec.applied.length > 0, { message: "recording forwarder got a snapshot" });
     expect(rec.applied.every((x) => x.proxyHadIt)).toBe(true);
     expect(node.ready).toBe(true);

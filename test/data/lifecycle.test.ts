@@ -64,9 +64,9 @@ describe("node lifecycle and admin API", () => {
     expect(reply).toBe(`${explain.backend.id}:x`);
 
     const metrics = await (await fetch(`${admin}/metrics`, auth)).text();
-    expect(metrics).toMatch(new RegExp(`ballast_backend_connections_total\\{service="web",backend="${explain.backend.id}",node="[^"]+"\\} 1`));
-    expect(metrics).toMatch(/ballast_connections_accepted_total\{service="web",node="[^"]+"\} 1/);
-    expect(metrics).toMatch(/ballast_service_bytes_in_total\{service="web",node="[^"]+"\} 1/);
+    expect(metrics).toMatch(new RegExp(`ballast_backend_connections_total\\{service="web",backend="${explain.backend.id}",forwarding="proxy",node="[^"]+"\\} 1`));
+    expect(metrics).toMatch(/ballast_connections_accepted_total\{service="web",forwarding="proxy",node="[^"]+"\} 1/);
+    expect(metrics).toMatch(/ballast_service_bytes_in_total\{service="web",forwarding="proxy",node="[^"]+"\} 1/);
     expect(metrics).toContain("ballast_upstream_connect_seconds_bucket");
     const unknown = await fetch(`${admin}/api/route?service=nope&client=1.2.3.4`, auth);
     expect(unknown.status).toBe(404);
