@@ -1,6 +1,6 @@
 // The `ballast` command: runs a node (`ballast node --config FILE`) and manages the cluster through
 // etcd (services, backends, nodes, status) and the nodes' admin APIs (route explain).
-import { readFileSync } from "node:fs";
+import { readFileSync, watchFile } from "node:fs";
 import { Command, Option } from "commander";
 import { parse as parseYaml } from "yaml";
 import type { ApiError, DnsStateView, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
@@ -13,6 +13,7 @@ import { EtcdStore } from "./control/etcd-store.js";
 import { parseBackendValue, parseServiceValue } from "./control/records.js";
 import { parseDnsValue } from "./control/dns-record.js";
 import type { Store } from "./control/store.js";
+import { type BallastEvent, eventsPrefix } from "./events.js";
 import { DsrForwarder } from "./kernel/dsr.js";
 import { KernelForwarder } from "./kernel/forwarder.js";
 import { createLogger } from "./log.js";
@@ -79,6 +80,9 @@ async function withStore<T>(cmd: Command, fn: (store: Store, keys: KeySchema, op
       // gRPC's message is long; the operator needs the address and the socket error.
       const cause = /Last error: (?:Error: )?(.+?)\.(?:\s|$)/.exec(e.message ?? "")?.[1] ?? e.message;
       throw new CliError(`cannot reach etcd at ${where}: ${cause} (is it running? set --etcd or BALLAST_ETCD)`);
+    }
+    if (e.code === "STORE_AUTH") {
+      throw new CliError(`etcd at ${where} refused the credentials${opts.user ? ` of user ${opts.user}` : ""}: ${e.message} (check --user and --password)`);
     }
     throw err;
   } finally {
@@ -175,7 +179,8 @@ export function buildCli(): Command {
     .option("-c, --config <file>", "node config file (YAML)")
     .option("--check", "validate the config file and exit")
     .option("--flush", "remove this cluster's nftables tables (inet for forwarding: nat, netdev for forwarding: dsr) from this network namespace and exit")
-    .action(async (o: { config?: string; check?: boolean; flush?: boolean }) => {
+    .option("--watch", "reload the config file when it changes (as SIGHUP does)")
+    .action(async (o: { config?: string; check?: boolean; flush?: boolean; watch?: boolean }) => {
       if (!o.config) throw new CliError("ballast node needs --config FILE (see deploy/examples/standalone.yaml)");
       const config = loadConfig(o.config);
       if (o.check) {
@@ -194,7 +199,7 @@ export function buildCli(): Command {
         process.stdout.write(dr.removed ? `removed nftables table netdev ${d.table}\n` : `no nftables table netdev ${d.table} here\n`);
         return;
       }
-      await runNode(config);
+      await runNode(config, o.config, o.watch === true);
     });
   node
     .command("ls")
@@ -409,6 +414,65 @@ export function buildCli(): Command {
     );
 
   program
+    .command("events")
+    .description("the cluster's recent events (verdicts, ejections, leadership, modes, drains, reloads, invalid records); kept 1 h")
+    .option("-f, --follow", "keep printing new events as they are written")
+    .option("--limit <n>", "print at most the last n events", "100")
+    .action(async (o: { follow?: boolean; limit: string }, cmd: Command) => {
+      const opts = cmd.optsWithGlobals() as GlobalOpts;
+      const row = (e: BallastEvent) => ({ time: new Date(e.at).toISOString(), node: e.node, kind: e.kind, service: e.service ?? "", backend: e.backend ?? "", message: e.message });
+      const parse = (value: Buffer): BallastEvent | null => {
+        try {
+          return JSON.parse(value.toString()) as BallastEvent;
+        } catch {
+          return null;
+        }
+      };
+      const events = await withStore(cmd, async (store, keys) => {
+        const { kvs } = await store.list(eventsPrefix(keys));
+        return kvs.map((kv) => parse(kv.value)).filter((e): e is BallastEvent => e !== null).sort((a, b) => a.at - b.at);
+      });
+      const last = events.slice(-Math.max(1, Number(o.limit) || 100));
+      if (!o.follow) {
+        print(opts, last.map(row), last);
+        return;
+      }
+      // Follow: one JSON line per event with -o json, else one aligned-free line each; until Ctrl-C.
+      const line = (e: BallastEvent) => {
+        const r = row(e);
+        process.stdout.write(opts.output === "json" ? `${JSON.stringify(e)}\n` : `${r.time}  ${r.node}  ${r.kind}  ${r.message}\n`);
+      };
+      for (const e of last) line(e);
+      const { store, keys } = etcdFrom(opts);
+      const seen = new Set(last.map((e) => `${e.node}|${e.at}|${e.message}`));
+      const handle = store.sync(eventsPrefix(keys), {
+        reset: (kvs) => {
+          for (const kv of kvs) {
+            const e = parse(kv.value);
+            if (e && !seen.has(`${e.node}|${e.at}|${e.message}`)) {
+              seen.add(`${e.node}|${e.at}|${e.message}`);
+              line(e);
+            }
+          }
+        },
+        events: (evs) => {
+          for (const ev of evs) {
+            if (ev.type !== "put") continue;
+            const e = parse(ev.value);
+            if (e) line(e);
+          }
+        },
+        status: () => {},
+      });
+      await new Promise<void>((resolve) => {
+        process.once("SIGINT", resolve);
+        process.once("SIGTERM", resolve);
+      });
+      await handle.stop();
+      await store.close();
+    });
+
+  program
     .command("route <service> <client-ip>")
     .description("which backend a client would get, and why (asks a node's admin API)")
     .option("--node <admin-address>", "admin address of the node to ask (default: the first ready node in etcd)")
@@ -569,8 +633,31 @@ function affinityCell(a: ServiceStateView["affinity"]): string {
   return a.mode === "none" ? "none" : `${a.mode} ttl ${Math.round(a.ttlMs / 1000)}s, ${a.entries} entries`;
 }
 
-async function runNode(config: NodeConfig): Promise<void> {
+async function runNode(config: NodeConfig, path: string, watch: boolean): Promise<void> {
   const node = new BallastNode({ config });
+  // SIGHUP (systemd ExecReload, logrotate, config management) re-reads the file; without this handler
+  // Node's default would end the process (exit 129) and cut every connection.
+  const reload = (source: string) => {
+    let next: NodeConfig;
+    try {
+      next = loadConfig(path);
+    } catch (err) {
+      node.reloadRejected(source, (err as Error).message);
+      return;
+    }
+    void node.reload(next, source);
+  };
+  process.on("SIGHUP", () => reload("SIGHUP"));
+  if (watch) {
+    // Polling the file's stat survives editors and config tools that replace the file by rename.
+    let last = "";
+    watchFile(path, { interval: 1000, persistent: false }, (cur) => {
+      const sig = `${cur.mtimeMs}|${cur.size}|${cur.ino}`;
+      if (cur.mtimeMs === 0 || sig === last) return;
+      last = sig;
+      reload("watch");
+    });
+  }
   let shuttingDown = false;
   /** 1 once anything went fatally wrong, also during a drain a signal started. */
   let exitCode = 0;

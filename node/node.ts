@@ -11,10 +11,12 @@ import { PeerTrust } from "./admin/peer-trust.js";
 import { allowsPeerOrigin, statusPage } from "./admin/status-page.js";
 import { AffinityTable } from "./affinity/table.js";
 import { EtcdStore } from "./control/etcd-store.js";
+import { LastKnownGood, registerLastGoodMetrics } from "./control/last-good.js";
 import { MemoryStore } from "./control/memory-store.js";
 import { Reconciler } from "./control/reconciler.js";
 import type { Lease, Store, SyncHandle } from "./control/store.js";
 import { DataPlane } from "./data/plane.js";
+import { EventLog } from "./events.js";
 import { HealthManager } from "./health/manager.js";
 import type { NodeMode } from "./health/mode.js";
 import { createLogger, type Logger } from "./log.js";
@@ -28,6 +30,9 @@ import { type Forwarder, forwardingOf } from "./model/forwarder.js";
 import type { Snapshot } from "./model/snapshot.js";
 import { StatsRegistry } from "./model/stats.js";
 import { describeState, explainRoute } from "./state.js";
+import { registerBackendGauges } from "./backend-metrics.js";
+import { AccessLog, registerAccessLogMetrics } from "./data/access-log.js";
+import { ReloadMetrics, type ReloadResult, reloadNode } from "./reload.js";
 
 export type { NodeMode };
 
@@ -75,6 +80,13 @@ export class BallastNode {
   readonly kernel: KernelForwarder;
   /** Programs `forwarding: dsr` services into the node's netdev table. */
   readonly dsr: DsrForwarder;
+  readonly reloads: ReloadMetrics;
+  readonly events: EventLog;
+  private lastSnapshot: Snapshot | null = null;
+  private watchTimer: NodeJS.Timeout | null = null;
+  /** Clustered with `stateDir`: the last applied records on disk, served at start if etcd is unreachable. */
+  readonly lastGood: LastKnownGood | null = null;
+  private reloading: Promise<unknown> = Promise.resolve();
 
   constructor(opts: NodeOptions) {
     const c = opts.config;
@@ -86,6 +98,7 @@ export class BallastNode {
     this.standalone = !c.etcd && !opts.store;
     this.store = opts.store ?? (c.etcd ? new EtcdStore({ endpoints: c.etcd.endpoints, username: c.etcd.username, password: c.etcd.password, tls: c.etcd.tls }) : new MemoryStore());
     this.metrics = new Metrics(this.stats, this.id);
+    this.reloads = new ReloadMetrics(this.metrics.registry);
     this.firstSnapshot = new Promise((r) => {
       this.resolveFirst = r;
     });
@@ -103,7 +116,18 @@ export class BallastNode {
     this.plane = new DataPlane(
       this.log,
       { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress },
-      { affinity: this.affinity, stats: this.stats, hooks: this.metrics.planeHooks, zone: c.node.zone },
+      {
+        affinity: this.affinity,
+        stats: this.stats,
+        zone: c.node.zone,
+        hooks: {
+          ...this.metrics.planeHooks,
+          onEject: (svc, t, until) => {
+            this.metrics.planeHooks.onEject?.(svc, t, until);
+            this.events.record("ejection", `backend ${svc.name}/${t.id} ejected for ${Math.round((until - Date.now()) / 1000)} s after connect failures`, { service: svc.name, backend: t.id });
+          },
+        },
+      },
     );
     // The kernel forwarder programs `forwarding: nat` services into nftables from the same snapshot.
     this.kernel = new KernelForwarder({
@@ -119,6 +143,9 @@ export class BallastNode {
     this.dsr = new DsrForwarder({ cluster: c.cluster, device: c.dsr?.interface, log: this.log, stats: this.stats });
     registerDsrMetrics(this.metrics.registry, this.dsr, () => this.reconciler.snapshot?.services.keys() ?? []);
     this.metrics.observePlane(this.plane);
+    registerBackendGauges(this.metrics.registry, this.plane);
+    this.plane.accessLog = new AccessLog(this.id, c.accessLog);
+    registerAccessLogMetrics(this.metrics.registry, this.plane.accessLog);
     this.forwarders = [this.plane, this.kernel, this.dsr, ...(opts.forwarders ?? [])];
     this.reconciler = new Reconciler(
       this.keys,
@@ -129,7 +156,10 @@ export class BallastNode {
           this.metrics.storeConnected.set(connected ? 1 : 0);
           this.metrics.lastSync = connected ? 0 : Date.now();
         },
-        onInvalid: (fresh) => this.metrics.invalidRecordsTotal.inc(fresh.length),
+        onInvalid: (fresh) => {
+          this.metrics.invalidRecordsTotal.inc(fresh.length);
+          for (const r of fresh.slice(0, 20)) this.events.record("invalid-record", `invalid record ${r.key}: ${r.reason}`, {}, true);
+        },
         onClusterChange: () => {
           this.health.onClusterChange();
           this.dns?.refresh();
@@ -139,6 +169,12 @@ export class BallastNode {
       this.log,
       this.affinity,
     );
+    if (!this.standalone && c.stateDir !== "") {
+      this.lastGood = new LastKnownGood(this.reconciler, c.stateDir, this.keys, this.log, (savedAt) => {
+        this.metrics.lastSync = savedAt;
+      });
+      registerLastGoodMetrics(this.metrics.registry, this.lastGood);
+    }
     this.health = new HealthManager({
       id: this.id,
       standalone: this.standalone,
@@ -154,6 +190,7 @@ export class BallastNode {
     });
     this.metrics.backendZones(() => this.reconciler.snapshot);
     this.dns = c.dns ? new NodeDns({ config: c, log: this.log, reconciler: this.reconciler, metrics: this.metrics }) : null;
+    this.events = new EventLog(this.id, this.keys, this.store, this.log, () => this.standalone || this.health.status().isLeader);
     this.admin = new AdminServer(
       {
         ready: () => this.ready,
@@ -164,7 +201,10 @@ export class BallastNode {
           this.pruneMetrics();
           return { contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() };
         },
-        pages: new Map([["/", statusPage]]),
+        pages: new Map<string, () => { contentType: string; body: string | Buffer }>([
+          ["/", statusPage],
+          ["/api/events", () => ({ contentType: "application/json; charset=utf-8", body: JSON.stringify({ node: this.id, events: this.events.recent() }) })],
+        ]),
         publicPages: new Set(["/"]),
         allowOrigin: (origin) => allowsPeerOrigin(this.reconciler.nodes.values(), origin),
       },
@@ -206,15 +246,45 @@ export class BallastNode {
     if (this.standalone) await seedMemoryStore(this.config, this.keys, this.store);
     const adminAddress = await this.admin.listen(this.config.admin.listen);
     this.log.info({ address: adminAddress }, "admin listening");
-    this.sync = this.store.sync(this.keys.prefix, this.reconciler);
+    this.sync = this.store.sync(this.keys.prefix, this.lastGood ?? this.reconciler);
     this.affinity.start();
     this.health.start();
     await this.dns?.start();
+    this.events.record("started", `node started (${this.mode})`);
+    // Leadership and mode transitions, seen from outside the health module (a 1 s poll is plenty for a timeline).
+    let leader = false;
+    let mode = this.mode;
+    this.watchTimer = setInterval(() => {
+      const st = this.health.status();
+      if (st.isLeader !== leader) {
+        leader = st.isLeader;
+        this.events.record("leadership", leader ? `became health-check leader (term ${st.term})` : "no longer health-check leader");
+      }
+      if (this.mode !== mode) {
+        this.events.record("mode", `verdict mode ${mode} → ${this.mode}${st.modeReason ? `: ${st.modeReason}` : ""}`);
+        mode = this.mode;
+      }
+    }, 1000);
+    this.watchTimer.unref();
     if (!this.standalone) this.scheduleRegister(0);
     if (opts.waitForSnapshot !== false) await this.firstSnapshot;
   }
 
+  private rampTimer: NodeJS.Timeout | null = null;
+
   private onSnapshot(s: Snapshot): void {
+    // Slow start: the next ramp step is a rebuild from the same records at a later clock.
+    if (this.rampTimer !== null) clearTimeout(this.rampTimer);
+    this.rampTimer = null;
+    if (s.nextRampAt !== null && !this.stopping) {
+      this.rampTimer = setTimeout(() => {
+        this.rampTimer = null;
+        this.reconciler.rebuild();
+      }, Math.max(0, s.nextRampAt - Date.now()));
+      this.rampTimer.unref();
+    }
+    this.events.diff(this.lastSnapshot, s);
+    this.lastSnapshot = s;
     this.metrics.snapshotSwaps.inc();
     this.metrics.snapshotRevision.set(s.revision);
     this.metrics.invalidRecords.reset();
@@ -300,9 +370,44 @@ export class BallastNode {
     if (!this.standalone) this.scheduleRegister(0);
   }
 
+  /**
+   * SIGHUP / file watch with a config that passed validation: applied like an etcd change (listeners and
+   * connections kept). Reloads run one at a time, in order.
+   */
+  reload(next: NodeConfig, source: string): Promise<ReloadResult | null> {
+    const run = this.reloading.then(async () => {
+      if (this.stopping) return null;
+      try {
+        const r = await reloadNode(this, next);
+        this.reloads.reloads.inc({ result: "applied" });
+        this.reloads.lastSuccessful.set(1);
+        this.log.info({ source, applied: r.applied, writes: r.writes }, "config reloaded");
+        this.events.record("reload", `config reloaded (${source}): ${r.applied.join(", ") || "no change"}`);
+        if (r.needsRestart.length > 0) this.log.warn({ source, fields: r.needsRestart }, "config reload: these fields need a restart; their running values are kept");
+        return r;
+      } catch (err) {
+        this.reloads.reloads.inc({ result: "failed" });
+        this.reloads.lastSuccessful.set(0);
+        this.log.error({ source, err: (err as Error).message }, "config reload failed");
+        return null;
+      }
+    });
+    this.reloading = run;
+    return run;
+  }
+
+  /** A reload whose file did not validate: the running config stays; the error names the field path. */
+  reloadRejected(source: string, error: string): void {
+    this.reloads.reloads.inc({ result: "invalid" });
+    this.reloads.lastSuccessful.set(0);
+    this.log.error({ source, err: error }, "config reload rejected; keeping the running config");
+    this.events.record("reload", `config reload rejected (${source}): ${error.split("\n").slice(1).join("; ").trim() || error}`);
+  }
+
   /** SIGTERM: not ready (anycast withdraws), stop accepting, let open connections finish, then stop. */
   async shutdown(drainTimeoutMs = this.config.drainTimeout): Promise<{ remaining: number }> {
     this.withdrawing = true;
+    this.events.record("drain", `node draining (drainTimeout ${drainTimeoutMs} ms)`);
     this.log.info({ drainTimeoutMs, withdrawDelayMs: this.config.withdrawDelay, active: this.plane.active }, "draining");
     if (!this.standalone) {
       await this.register().catch(() => {});
@@ -321,12 +426,17 @@ export class BallastNode {
     this.stopping = true;
     if (this.registerTimer) clearTimeout(this.registerTimer);
     await this.dns?.close();
+    if (this.rampTimer) clearTimeout(this.rampTimer);
+    if (this.watchTimer) clearInterval(this.watchTimer);
+    this.events.close();
     await this.health.stop();
     await this.affinity.stop();
     await this.sync?.stop();
+    await this.lastGood?.close();
     this.reconciler.stop();
     if (this.lease) await this.lease.revoke().catch(() => {});
     for (const f of this.forwarders) await f.close();
+    this.plane.accessLog?.close();
     await this.admin.close();
     await this.store.close();
   }

@@ -6,6 +6,7 @@ import { clientAddress } from "../shared/ip.js";
 import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
 import type { AffinityTable } from "./affinity/table.js";
+import type { LastKnownGood } from "./control/last-good.js";
 import type { Reconciler } from "./control/reconciler.js";
 import type { DataPlane } from "./data/plane.js";
 import type { HealthManager } from "./health/manager.js";
@@ -36,6 +37,7 @@ export interface StateContext {
   readonly health: Pick<HealthManager, "status">;
   readonly kernel: Pick<KernelForwarder, "seed" | "state">;
   readonly dsr: Pick<DsrForwarder, "seed" | "state" | "lastCounters">;
+  readonly lastGood: Pick<LastKnownGood, "source" | "file" | "revision" | "savedAt" | "lastError"> | null;
   /** Which peers the status page may send the token to (admin.trustedPeers). */
   readonly peerTrust: Pick<PeerTrust, "trusts">;
 }
@@ -73,6 +75,7 @@ export function describeState(n: StateContext): StateView {
           address: b.spec.address,
           port: b.spec.port,
           weight: b.spec.weight,
+          effectiveWeight: b.effectiveWeight,
           zone: b.spec.zone,
           state: b.spec.state,
           verdict: b.verdict,
@@ -98,6 +101,9 @@ export function describeState(n: StateContext): StateView {
       connected: n.standalone ? true : n.reconciler.connected,
       lastError: n.reconciler.lastError,
       staleSeconds: n.metrics.lastSync === 0 ? 0 : (now - n.metrics.lastSync) / 1000,
+      // "disk": serving the last known good file since etcd has not answered since start.
+      snapshotSource: n.standalone ? "memory" : (n.lastGood?.source ?? "etcd"),
+      lastKnownGood: n.lastGood ? { file: n.lastGood.file, revision: n.lastGood.revision, savedAt: n.lastGood.savedAt || null, writeError: n.lastGood.lastError } : null,
     },
     revision: n.reconciler.appliedRevision,
     kernel: n.kernel.state(),

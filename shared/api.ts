@@ -38,6 +38,8 @@ export interface BackendStateView {
   address: string;
   port: number;
   weight: number;
+  /** The weight new connections are spread by: below `weight` during slow start, 0 when not routable. */
+  effectiveWeight: number;
   zone: string;
   state: "active" | "drain" | "disabled";
   verdict: (Verdict & { source: VerdictSource }) | null;
@@ -84,7 +86,7 @@ export interface ServiceStateView {
   bytesIn: number;
   bytesOut: number;
   retries: number;
-  refused: Record<"max-connections" | "denied" | "rate-limited" | "no-backend" | "draining" | "max-flows", number>;
+  refused: Record<"max-connections" | "denied" | "rate-limited" | "no-backend" | "draining" | "max-flows" | "proxy-header", number>;
   udp?: { flows: number; datagramsIn: number; datagramsOut: number; dropped: number };
   backends: BackendStateView[];
 }
@@ -114,7 +116,16 @@ export interface HealthStateView {
 export interface StateView {
   node: { id: string; zone: string; version: string; ready: boolean; draining: boolean; mode: NodeMode; startedAt: number; admin: string };
   cluster: string;
-  store: { kind: "memory" | "etcd"; connected: boolean; lastError: string | null; staleSeconds: number };
+  store: {
+    kind: "memory" | "etcd";
+    connected: boolean;
+    lastError: string | null;
+    staleSeconds: number;
+    /** Where the routing records come from: "disk" while serving the last known good file (etcd not reached since start). */
+    snapshotSource: "memory" | "none" | "etcd" | "disk";
+    /** With `stateDir`: the last known good file, its revision and when it was written. */
+    lastKnownGood: { file: string; revision: number; savedAt: number | null; writeError: string | null } | null;
+  };
   /** Highest etcd revision this node has processed. */
   revision: number;
   /** Revision of the snapshot that routes now. */
@@ -204,6 +215,22 @@ export interface RouteAnswer {
   forwarding?: "nat" | "dsr";
   /** The kernel map slot the flow hashes to (forwarding nat or dsr). */
   slot?: number;
+}
+
+/** One event (GET /api/events, `ballast events`). */
+export interface EventView {
+  at: number;
+  node: string;
+  kind: "verdict" | "backend-state" | "ejection" | "leadership" | "mode" | "drain" | "reload" | "invalid-record" | "started";
+  message: string;
+  service?: string;
+  backend?: string;
+}
+
+/** GET /api/events: this node's most recent events, oldest first. */
+export interface EventsView {
+  node: string;
+  events: EventView[];
 }
 
 /** Any admin API error body (404, 400, 401, …). */

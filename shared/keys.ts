@@ -8,6 +8,7 @@
 //   health/verdicts/<service>/<id>     msgpack Verdict, written by the leader (fenced), only on change
 //   affinity/<service>/<node>/<seq>    msgpack AffinityBatch, leased for the affinity TTL (not to the writer)
 //   dns                                JSON DnsRecordInput (zone, TTL, names), written by people (`ballast dns set`)
+//   events/<node>/<ms>-<seq>           JSON event (node/events.ts), leased for an hour
 
 export function clusterPrefix(cluster: string, prefix?: string): string {
   if (prefix) return prefix.endsWith("/") ? prefix : `${prefix}/`;
@@ -25,7 +26,9 @@ export const NODE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 /** Affinity batch sequence: the writer's millisecond clock, strictly increasing. */
 const SEQ = /^[0-9]{1,20}$/;
 
-export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "affinity" | "election" | "dns";
+export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "affinity" | "election" | "dns" | "event";
+/** Event key suffix: the writer's millisecond clock and a sequence number. */
+const EVENT_SEQ = /^[0-9]{1,15}-[0-9]{1,10}$/;
 
 export interface ParsedKey {
   kind: KeyKind;
@@ -59,6 +62,7 @@ export class KeySchema {
   get heartbeat(): string { return `${this.prefix}health/heartbeat`; }
   get affinity(): string { return `${this.prefix}affinity/`; }
   get dns(): string { return `${this.prefix}dns`; }
+  get events(): string { return `${this.prefix}events/`; }
 
   service(name: string): string { return `${this.services}${name}`; }
   backend(service: string, id: string): string { return `${this.backends}${service}/${id}`; }
@@ -111,8 +115,10 @@ export class KeySchema {
           node(parts[2]) ??
           (SEQ.test(parts[3]) ? null : badSegment("batch sequence", parts[3], "1-20 digits")) ?? { kind: "affinity", service: parts[1], node: parts[2], seq: parts[3] }
         );
+      case "events":
+        return shape(3, "events/<node>/<ms>-<seq>") ?? node(parts[1]) ?? (EVENT_SEQ.test(parts[2]) ? null : badSegment("event sequence", parts[2], "<ms>-<seq> digits")) ?? { kind: "event", node: parts[1] };
       default:
-        return `unrecognised key: ${JSON.stringify(parts[0].slice(0, 40))} is not one of services, backends, nodes, health, affinity, dns`;
+        return `unrecognised key: ${JSON.stringify(parts[0].slice(0, 40))} is not one of services, backends, nodes, health, affinity, dns, events`;
     }
   }
 }

@@ -172,6 +172,22 @@ const serviceObject = z
      */
     locality: z.enum(LOCALITIES).default("none"),
     zoneAware: zoneAwareSchema.prefault({}),
+    /**
+     * TCP: clients are balancers in front of this one that send a PROXY header (v1 text or v2 binary)
+     * first; the client address in it is the one affinity, access rules, rate limits and the PROXY
+     * header sent onward use. Only peers in `from` may connect; anything else is refused.
+     */
+    acceptProxy: z
+      .object({ version: z.enum(["none", "v1", "v2"]).default("none"), from: z.array(cidr).default([]) })
+      .strict()
+      .refine((a) => a.version === "none" || a.from.length > 0, { message: "acceptProxy.from: list the balancers trusted to send PROXY headers", path: ["from"] })
+      .prefault({}),
+    /**
+     * A backend whose verdict turned up less than this ago (new or recovered) takes a weight that ramps
+     * from 10% to its full weight, in steps, measured from the verdict's `since` so every node ramps
+     * alike. 0: off.
+     */
+    slowStart: duration("0s"),
   })
   .strict();
 
@@ -319,6 +335,26 @@ export const nodeConfigSchema = z
       })
       .strict()
       .optional(),
+    /**
+     * One JSON line (msg "access") per finished TCP connection and ended UDP flow, written in batches.
+     * On by default; `ratePerSecond` caps lines per node (the rest are counted, not written), `sample`
+     * logs that share of connections. Switch, rate and sample apply on reload; `path` at start.
+     */
+    accessLog: z
+      .object({
+        enabled: z.boolean().default(true),
+        ratePerSecond: z.number().int().min(1).max(1_000_000).default(1000),
+        sample: z.number().min(0).max(1).default(1),
+        /** Append to this file instead of standard output. */
+        path: z.string().default(""),
+      })
+      .strict()
+      .prefault({}),
+    /**
+     * Directory for this node's last known good snapshot (clustered mode): the routing records and
+     * revision last applied, served at start while etcd cannot be reached. Empty: not kept.
+     */
+    stateDir: z.string().default(""),
     drainTimeout: duration("30s"),
     /**
      * On SIGTERM, how long the node keeps accepting after /readyz turns 503, so anycast withdraws the
@@ -434,6 +470,8 @@ export function forwardingRefusals(s: z.output<typeof serviceSchema>): string[] 
     return out;
   }
   if (s.proxyProtocol !== "none") out.push("proxyProtocol: needs forwarding: proxy (the kernel does not terminate connections)");
+  if (s.acceptProxy.version !== "none") out.push("acceptProxy: needs forwarding: proxy (the kernel does not read the stream, so it cannot take a PROXY header)");
+  if (s.slowStart > 0) out.push("slowStart: needs forwarding: proxy (the kernel table is not ramped)");
   if (s.algorithm !== undefined && s.algorithm !== "maglev" && s.algorithm !== "source-ip") {
     out.push(`algorithm: ${s.algorithm} needs forwarding: proxy; forwarding nat hashes in the kernel (maglev or source-ip)`);
   }
@@ -456,6 +494,8 @@ function dsrRefusals(s: z.output<typeof serviceSchema>): string[] {
   const out: string[] = [];
   if (s.nat !== undefined) out.push("nat: only for forwarding: nat");
   if (s.proxyProtocol !== "none") out.push("proxyProtocol: needs forwarding: proxy (dsr does not touch the stream: the backend sees the client's own address)");
+  if (s.acceptProxy.version !== "none") out.push("acceptProxy: needs forwarding: proxy (dsr does not read the stream)");
+  if (s.slowStart > 0) out.push("slowStart: needs forwarding: proxy (the kernel table is not ramped)");
   if (s.algorithm !== undefined && s.algorithm !== "maglev" && s.algorithm !== "source-ip") {
     out.push(`algorithm: ${s.algorithm} needs forwarding: proxy; forwarding dsr hashes in the kernel (maglev or source-ip)`);
   }

@@ -1,6 +1,7 @@
 // Runs once before the test files. The cluster tests need real etcd processes, the status-page
 // test Debian's chromium, spoofed-datagram tests python3, the DNS tests dig (bind9-dnsutils), the kernel
-// tests nftables and conntrack. On a fresh Debian machine as root, installs what is missing;
+// tests nftables and conntrack, the alert-rule test promtool (Debian's prometheus package), the IPv6
+// anycast test BIRD. On a fresh Debian machine as root, installs what is missing;
 // otherwise fails with the command that would.
 import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
@@ -16,6 +17,10 @@ export default function setup(): void {
   // forwarding: nat tests (test/kernel/) program nftables and read conntrack inside their own namespaces.
   if (!have("nft") && !existsSync("/usr/sbin/nft")) missing.push("nftables");
   if (!have("conntrack") && !existsSync("/usr/sbin/conntrack")) missing.push("conntrack");
+  // promtool validates deploy/prometheus/ (test/metrics/backend-gauges.test.ts); apt does not start Prometheus.
+  if (!have("promtool")) missing.push("prometheus");
+  // BIRD for the IPv6 anycast test (test/anycast/ipv6.test.ts, root only: network namespaces).
+  if (!existsSync("/usr/sbin/bird")) missing.push("bird2");
   // Spoofed-datagram tests (test/helpers/spoof.ts) send through Python's raw sockets.
   if (!have("python3")) missing.push("python3-minimal");
   if (missing.length === 0) return;

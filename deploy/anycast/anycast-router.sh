@@ -7,6 +7,9 @@
 #
 #   FABRIC      the nodes' network, a CIDR of /24 or longer (required)
 #   VIP_RANGE   prefix VIPs are accepted from, default 10.99.0.0/24
+#   VIP_RANGE6  IPv6 prefix IPv6 VIPs (/128) are accepted from, e.g. 2001:db8:99::/64; empty: no IPv6.
+#               Needs net.ipv6.conf.all.forwarding=1. STICKY pins IPv4 connections only.
+#   RENDER_ONLY 1: write the BIRD config to $CONF (ROUTER_ID may be given) and exit, touching nothing
 #   LOCAL_AS    default 65000; PEER_AS default 65010; BFD on|off (on)
 #   STICKY      1 (default): pin each connection to the node its first packet was hashed to, through
 #               conntrack, so a route change (a node withdrawn, added, or failed) moves only new
@@ -22,29 +25,49 @@ LOCAL_AS=${LOCAL_AS:-65000}
 PEER_AS=${PEER_AS:-65010}
 BFD=${BFD:-on}
 STICKY=${STICKY:-1}
-CONF=/run/bird/bird-router.conf
-SOCK=/run/bird/bird.ctl
+CONF=${CONF:-/run/bird/bird-router.conf}
+VIP_RANGE6=${VIP_RANGE6:-}
+SOCK=${SOCK:-/run/bird/bird.ctl}
 TEMPLATE=${TEMPLATE:-/etc/ballast-anycast/bird-router.conf.in}
 
-for s in net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 net.ipv4.conf.all.rp_filter=0; do
+sysctls="net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 net.ipv4.conf.all.rp_filter=0"
+[ -z "$VIP_RANGE6" ] || sysctls="$sysctls net.ipv6.conf.all.forwarding=1 net.ipv6.fib_multipath_hash_policy=1"
+[ "${RENDER_ONLY:-0}" = 1 ] && sysctls=""
+for s in $sysctls; do
   key=${s%=*}; want=${s#*=}
   have=$(cat "/proc/sys/$(echo "$key" | tr . /)")
   [ "$have" = "$want" ] || echo "anycast-router: warning: $key is $have, want $want (docker run --sysctl $s)" >&2
 done
 
 # The route to FABRIC's first host names the interface and our address: "10.97.0.1 dev eth0 src 10.97.0.2".
-first_host=$(echo "${FABRIC%/*}" | awk -F. '{ printf "%d.%d.%d.%d", $1, $2, $3, $4 + 1 }')
-fabric_route=$(ip -4 route get "$first_host" | head -n1)
-FABRIC_DEV=$(echo "$fabric_route" | sed -n 's/.* dev \([^ ]*\).*/\1/p')
-ROUTER_ID=$(echo "$fabric_route" | sed -n 's/.* src \([0-9.]*\).*/\1/p')
-[ -n "$FABRIC_DEV" ] && [ -n "$ROUTER_ID" ] || { echo "anycast-router: not attached to $FABRIC" >&2; exit 1; }
+if [ -z "${ROUTER_ID:-}" ]; then
+  first_host=$(echo "${FABRIC%/*}" | awk -F. '{ printf "%d.%d.%d.%d", $1, $2, $3, $4 + 1 }')
+  fabric_route=$(ip -4 route get "$first_host" | head -n1)
+  FABRIC_DEV=$(echo "$fabric_route" | sed -n 's/.* dev \([^ ]*\).*/\1/p')
+  ROUTER_ID=$(echo "$fabric_route" | sed -n 's/.* src \([0-9.]*\).*/\1/p')
+  [ -n "$FABRIC_DEV" ] && [ -n "$ROUTER_ID" ] || { echo "anycast-router: not attached to $FABRIC" >&2; exit 1; }
+fi
 
-mkdir -p /run/bird
-sed -e "s|@ROUTER_ID@|$ROUTER_ID|" -e "s|@FABRIC@|$FABRIC|" -e "s|@VIP_RANGE@|$VIP_RANGE|" \
-    -e "s|@LOCAL_AS@|$LOCAL_AS|" -e "s|@PEER_AS@|$PEER_AS|" -e "s|@BFD@|$BFD|" "$TEMPLATE" >"$CONF"
+kernel6=""
+channel6=""
+if [ -n "$VIP_RANGE6" ]; then
+  # IPv6 VIPs arrive over the same sessions (MP-BGP) and become ECMP routes in the kernel's IPv6 table.
+  kernel6="protocol kernel kernel6 {\n  ipv6 {\n    import none;\n    export all;\n  };\n  merge paths on;\n  persist off;\n}\n"
+  channel6="  ipv6 {\n    import where net ~ [ $VIP_RANGE6{128,128} ];\n    export none;\n  };\n"
+fi
+mkdir -p "$(dirname "$CONF")"
+awk -v kernel6="$kernel6" -v channel6="$channel6" '
+  /@KERNEL6_PROTOCOL@/ { printf "%s", kernel6; next }
+  /@IPV6_CHANNEL@/ { sub(/@IPV6_CHANNEL@/, ""); printf "%s", channel6; print; next }
+  { print }' "$TEMPLATE" |
+  sed -e "s|@ROUTER_ID@|$ROUTER_ID|" -e "s|@FABRIC@|$FABRIC|" -e "s|@VIP_RANGE@|$VIP_RANGE|" \
+      -e "s|@LOCAL_AS@|$LOCAL_AS|" -e "s|@PEER_AS@|$PEER_AS|" -e "s|@BFD@|$BFD|" >"$CONF"
+[ "${RENDER_ONLY:-0}" = 1 ] && exit 0
 
+mkdir -p "$(dirname "$SOCK")"
 # With no node announcing, VIP traffic is refused here rather than sent anywhere else.
 ip route replace unreachable "$VIP_RANGE"
+[ -z "$VIP_RANGE6" ] || ip -6 route replace unreachable "$VIP_RANGE6"
 # Nodes, clients and router may share one segment (a one-armed router: on docker bridge networks only
 # traffic inside the subnet passes); redirects would send clients straight to one node, so none leave.
 nft -f - <<NFT

@@ -69,6 +69,7 @@ const HTML = `<!doctype html>
 <div id="content" hidden>
 <div class="summary" id="summary"></div>
 <section class="card"><h2>Nodes <span class="sub mute">· registered in etcd; revision, store and connections as each node's own admin API reports them</span></h2><div id="nodes"></div></section>
+<section class="card"><h2>Events <span class="sub mute">· this node's latest: verdicts, ejections, leadership, modes, drains, reloads, invalid records (<code>ballast events</code> for the cluster)</span></h2><div id="events"></div></section>
 <div class="grid">
 <section class="card"><h2>Invalid etcd records <span id="invalid-count"></span></h2><div id="invalid"></div></section>
 <section class="card"><h2>Route explain</h2>

@@ -129,6 +129,14 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     return target;
   }
 
+  peek(svc: ServiceState, ip: string, now: number): Target | null {
+    const e = this.entries;
+    const t = e.table(svc.name);
+    const slot = t === undefined ? -1 : e.find(t, ip);
+    if (slot < 0 || now - e.lastUsed(slot) >= svc.spec.affinity.ttl * GRACE_FACTOR) return null;
+    return svc.sticky.get(e.backendName(slot)) ?? null;
+  }
+
   record(svc: ServiceState, ip: string, target: Target, now: number): void {
     const e = this.entries;
     let t = this.cachedTable;

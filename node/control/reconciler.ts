@@ -72,7 +72,8 @@ export class Reconciler implements SyncSink {
       else if (k.kind === "node") this.putNode(k.node!, kv.value);
       else if (k.kind === "heartbeat") this.putHeartbeat(kv.value);
       else if (k.kind === "dns") this.putDns(kv.value, kv.modRevision);
-      else routing.push(kv);
+      // Events are for `ballast events`; they never route.
+      else if (k.kind !== "event") routing.push(kv);
     }
     this.records.reset(routing, revision);
     for (const [key, reason] of oversized) this.records.markOversized(key, reason);
@@ -118,7 +119,7 @@ export class Reconciler implements SyncSink {
         if (e.type === "put") this.putDns(e.value, e.modRevision);
         else this.dns.delete();
         cluster = true;
-      } else if (k.kind !== "election") routing.push(e);
+      } else if (k.kind !== "election" && k.kind !== "event") routing.push(e);
     }
     if (affinity) this.affinity?.events(affinity);
     // A node record or heartbeat turning bad (or good again) changes the invalid list: rebuild for it.

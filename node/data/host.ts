@@ -4,6 +4,7 @@ import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../model/snapshot.js";
 import type { ConnectFailureReason, StatsRegistry } from "../model/stats.js";
 import type { FdBudget } from "../model/fd-budget.js";
+import type { AccessLog } from "./access-log.js";
 import type { Router } from "./router.js";
 
 export interface ListenerHost {
@@ -24,4 +25,6 @@ export interface ListenerHost {
   onConnectFailure(svc: ServiceState, target: Target, reason: ConnectFailureReason): void;
   /** A connection or flow ended (drain waits on the last one). */
   onConnectionClosed(): void;
+  /** One line per finished connection/flow; null: off. */
+  readonly accessLog: AccessLog | null;
 }

@@ -9,6 +9,7 @@ import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwa
 import type { BackendView, ServiceState, Snapshot, Target } from "../model/snapshot.js";
 import { type BackendCounters, type ConnectFailureReason, StatsRegistry } from "../model/stats.js";
 import { FdBudget } from "../model/fd-budget.js";
+import type { AccessLog } from "./access-log.js";
 import type { ListenerHost } from "./host.js";
 import { type AffinityHook, Router } from "./router.js";
 import { TcpListener } from "./tcp.js";
@@ -34,6 +35,9 @@ export interface PlaneHooks {
 
 type Listener = TcpListener | UdpListener;
 
+/** On drain, how long UDP flows may still carry replies before they end (capped by the service's udpIdle). */
+export const UDP_DRAIN_GRACE_MS = 2000;
+
 const DEFAULT_OPTIONS: PlaneOptions = { ejectBaseMs: 1000, ejectMaxMs: 30_000, maxEjectedShare: 0.5 };
 
 export interface PlaneDeps {
@@ -58,6 +62,8 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
   /** After close(), snapshots are ignored: nothing may reopen a listener. */
   private closed = false;
   private readonly hooks: PlaneHooks;
+  /** One line per finished connection/flow (set by the node from `accessLog`); null: off. */
+  accessLog: AccessLog | null = null;
   private idleWaiters: Array<() => void> = [];
   /** Ports of this node's bound UDP listeners, and its own addresses: a datagram from one is a loop. */
   private ownUdpPorts = new Set<number>();
@@ -271,10 +277,21 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
     }
   }
 
-  /** Stops accepting, waits for open connections up to `timeoutMs`, then closes what is left. */
+  /**
+   * Stops accepting, waits for open connections up to `timeoutMs`, then closes what is left. UDP has no
+   * end of a flow to wait for: its flows get a short grace for replies in flight (UDP_DRAIN_GRACE_MS, or
+   * the service's udpIdle if shorter), then end, so an idle flow never holds the exit for its idle timeout.
+   */
   async drain(timeoutMs: number): Promise<{ remaining: number }> {
     this.draining = true;
-    await Promise.all([...this.listeners.values()].filter((l) => l instanceof TcpListener).map((l) => l.close()));
+    for (const l of this.listeners.values()) {
+      if (!(l instanceof UdpListener)) continue;
+      const grace = setTimeout(() => l.closeFlows(), Math.min(UDP_DRAIN_GRACE_MS, l.svc.spec.timeouts.udpIdle));
+      grace.unref();
+    }
+    // server.close() stops accepting at once but calls back only when every connection has ended:
+    // awaiting it here would start the drain clock after the connections were gone (no timeout at all).
+    const tcpClosed = Promise.all([...this.listeners.values()].filter((l) => l instanceof TcpListener).map((l) => l.close()));
     if (this.active > 0) {
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, timeoutMs);
@@ -287,6 +304,7 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
     }
     const remaining = this.active;
     for (const counters of this.stats.backends.values()) closeAll(counters, "shutdown");
+    await tcpClosed;
     for (const l of this.listeners.values()) if (l instanceof UdpListener) await l.close();
     return { remaining };
   }

@@ -10,6 +10,8 @@ import type { ServiceState, Target } from "../model/snapshot.js";
 export interface AffinityHook {
   /** The backend of a live entry for this client if it may still take the session, else null. */
   lookup(svc: ServiceState, ip: string, now: number): Target | null;
+  /** As lookup, for route explain: counts nothing and caches nothing. */
+  peek(svc: ServiceState, ip: string, now: number): Target | null;
   /** Records (or refreshes) the client's entry after a pick. */
   record(svc: ServiceState, ip: string, target: Target, now: number): void;
   /** For explain: where the entry came from and when it was last used. */
@@ -38,11 +40,14 @@ export class Router {
     readonly zone = "",
   ) {}
 
-  /** `commit` false (route explain) looks without recording an affinity entry. */
+  /**
+   * `commit` false (route explain) is pure: no affinity entry recorded or counted, and the picker is
+   * asked with peek(), so round-robin, least-conn and p2c do not advance.
+   */
   route(svc: ServiceState, ip: string, port: number, exclude: Exclude | null, now: number, commit = true): RouteResult {
     const affinity = svc.spec.affinity.mode === "source-ip" ? this.affinity : null;
     if (affinity !== null) {
-      const t = affinity.lookup(svc, ip, now);
+      const t = commit ? affinity.lookup(svc, ip, now) : affinity.peek(svc, ip, now);
       if (t !== null && (exclude === null || !exclude(t))) {
         if (commit) affinity.record(svc, ip, t, now);
         return { target: t, reason: "affinity" };
@@ -53,7 +58,8 @@ export class Router {
       const plan = svc.zones.get(this.zone);
       const choice = plan === undefined ? null : chooseZone(plan, hash);
       // A zone whose every backend is excluded (full, ejected) falls through to the whole service.
-      const zt = choice === null ? null : (choice.picker.pick(hash, exclude) as Target | null);
+      // Explain (commit false) peeks, so it never moves a picker's state.
+      const zt = choice === null ? null : ((commit ? choice.picker.pick(hash, exclude) : choice.picker.peek(hash, exclude)) as Target | null);
       if (zt !== null) {
         if (commit) {
           if (choice!.local) svc.counters.zoneLocal++;
@@ -63,7 +69,7 @@ export class Router {
         return { target: zt, reason: choice!.reason };
       }
     }
-    const t = svc.picker.pick(hash, exclude) as Target | null;
+    const t = (commit ? svc.picker.pick(hash, exclude) : svc.picker.peek(hash, exclude)) as Target | null;
     if (t === null) return refusal(svc);
     if (affinity !== null && commit) affinity.record(svc, ip, t, now);
     return { target: t, reason: svc.spec.algorithm };

@@ -6,13 +6,69 @@ import { clientAddress } from "../../shared/ip.js";
 import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../model/snapshot.js";
 import type { Closable, ConnectFailureReason, RefuseReason, ServiceCounters } from "../model/stats.js";
+import { type Termination, terminationOf } from "./access-log.js";
 import { admit } from "./admit.js";
 import { FDS_PER_CONNECTION, isLocalResourceError } from "../model/fd-budget.js";
 import type { ListenerHost } from "./host.js";
-import { proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
+import { type ProxyHeader, parseProxyHeader, proxyV1Header, proxyV2Header } from "./proxy-protocol.js";
 import { limiterFor, type SourceRateLimiter } from "./rate-limit.js";
 
 const noop = () => {};
+
+/** acceptProxy: the header must arrive within this long and this many bytes (v2 with TLVs included). */
+const PROXY_HEADER_TIMEOUT_MS = 3000;
+const PROXY_HEADER_MAX = 4096;
+
+/**
+ * Reads the PROXY header a trusted balancer sends first. Calls `done` once with the header and the bytes
+ * that followed it (the start of the client's stream), or with null when the peer sent something else,
+ * too much, or nothing in time. The socket is left paused.
+ */
+function readProxyHeader(socket: net.Socket, version: "v1" | "v2", done: (h: ProxyHeader | null, rest: Buffer | null, eof: { ended: boolean }) => void): void {
+  let buf: Buffer = Buffer.alloc(0);
+  // A client that sends its FIN with the header: 'end' can fire before the relay listens for it, so
+  // it is remembered here and the relay forwards it.
+  const eof = { ended: false };
+  socket.once("end", () => {
+    eof.ended = true;
+  });
+  let settled = false;
+  const finish = (h: ProxyHeader | null, rest: Buffer | null) => {
+    if (settled) return;
+    settled = true;
+    clearTimeout(timer);
+    socket.off("data", onData);
+    socket.off("close", onClose);
+    socket.pause();
+    done(h, rest, eof);
+  };
+  const onData = (chunk: Buffer) => {
+    buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+    const h = parseProxyHeader(buf);
+    if (h !== null) {
+      // The version the service expects, and a header that names a TCP client (or LOCAL: a health check).
+      if ((h.version === 1) !== (version === "v1") || h.transport !== "tcp") finish(null, null);
+      else finish(h, buf.length > h.length ? buf.subarray(h.length) : null);
+      return;
+    }
+    // Not (yet) a header: give up once it cannot be one (a v1 line is at most 107 bytes).
+    if (buf.length >= PROXY_HEADER_MAX || (version === "v1" && buf.length >= 107) || !couldBeHeader(buf)) finish(null, null);
+  };
+  const onClose = () => finish(null, null);
+  const timer = setTimeout(() => finish(null, null), PROXY_HEADER_TIMEOUT_MS);
+  socket.on("data", onData);
+  socket.on("close", onClose);
+  socket.resume();
+}
+
+/** Whether `buf` is a prefix of a v1 or v2 header (so more bytes are worth waiting for). */
+function couldBeHeader(buf: Buffer): boolean {
+  const v1 = Buffer.from("PROXY ");
+  const v2 = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+  const n1 = Math.min(buf.length, v1.length);
+  const n2 = Math.min(buf.length, v2.length);
+  return buf.compare(v1, 0, n1, 0, n1) === 0 || buf.compare(v2, 0, n2, 0, n2) === 0;
+}
 
 export function classifyConnectError(code: string | undefined): ConnectFailureReason {
   switch (code) {
@@ -102,6 +158,38 @@ export class TcpListener {
       return;
     }
     const ip = clientAddress(raw);
+    if (svc.proxyFrom !== null) {
+      if (this.plane.draining) {
+        this.refuse(socket, ip, "draining");
+        return;
+      }
+      // Only the balancers in front may speak for a client; the rest are refused before any byte is read.
+      if (!svc.proxyFrom.permits(ip)) {
+        this.refuse(socket, ip, "proxy-header");
+        return;
+      }
+      const version = svc.spec.acceptProxy.version as "v1" | "v2";
+      readProxyHeader(socket, version, (h, rest, eof) => {
+        if (h === null) {
+          if (!socket.destroyed) this.refuse(socket, ip, "proxy-header");
+          else this.counters.refused["proxy-header"]++;
+          return;
+        }
+        if (h.local) this.admitClient(socket, ip, socket.remotePort ?? 0, null, 0, rest, eof);
+        else this.admitClient(socket, clientAddress(h.src), h.srcPort, h.dst, h.dstPort, rest, eof);
+      });
+      return;
+    }
+    this.admitClient(socket, ip, socket.remotePort ?? 0, null, 0, null, null);
+  }
+
+  /**
+   * Admission and the pick for a client at `ip:port` (the socket's peer, or the client a trusted
+   * balancer's PROXY header names; then `dst` is the address it connected to and `head` the bytes that
+   * followed the header).
+   */
+  private admitClient(socket: net.Socket, ip: string, port: number, dst: string | null, dstPort: number, head: Buffer | null, eof: { ended: boolean } | null): void {
+    const svc = this.svc;
     const now = Date.now();
     const max = svc.spec.limits.maxConnections;
     const refused = admit(this.plane.draining, max > 0 && this.counters.active >= max ? "max-connections" : null, svc, this.limiter, ip, now);
@@ -114,14 +202,14 @@ export class TcpListener {
       this.refuse(socket, ip, "fd-budget");
       return;
     }
-    const routed = this.plane.router.route(svc, ip, socket.remotePort ?? 0, this.exclude, now);
+    const routed = this.plane.router.route(svc, ip, port, this.exclude, now);
     if (routed.target === null) {
       this.plane.fds.release(FDS_PER_CONNECTION);
       this.refuse(socket, ip, routed.reason);
       return;
     }
     this.counters.accepted++;
-    new Connection(this, svc, socket, ip, routed.target).connect();
+    new Connection(this, svc, socket, ip, routed.target, port, dst, dstPort, head, eof).connect();
   }
 }
 
@@ -133,6 +221,11 @@ class Connection implements Closable {
   private attempts = 0;
   private tried: Target[] | null = null;
   private connectStart = 0;
+  /** For the access log: when it began, bytes each way, and the first cause of its end. */
+  private readonly start = Date.now();
+  private bytesIn = 0;
+  private bytesOut = 0;
+  private ended: Termination | null = null;
 
   constructor(
     private readonly listener: TcpListener,
@@ -140,11 +233,18 @@ class Connection implements Closable {
     private readonly client: net.Socket,
     private readonly ip: string,
     private target: Target,
+    private readonly port: number,
+    /** With acceptProxy: the address the client connected to (from its header); null: this socket's. */
+    private readonly dst: string | null,
+    private readonly dstPort: number,
+    /** With acceptProxy: client bytes that came with the header, sent before anything else. */
+    private head: Buffer | null,
+    private readonly eof: { ended: boolean } | null,
   ) {
     listener.counters.active++;
     client.setTimeout(svc.spec.timeouts.idle);
     client.on("timeout", () => this.close("idle timeout"));
-    client.on("close", () => this.finish());
+    client.on("close", (hadError) => this.finish(hadError));
   }
 
   connect(): void {
@@ -180,12 +280,20 @@ class Connection implements Closable {
     plane.onConnected(this.svc, this.target, (performance.now() - this.connectStart) / 1000);
     const pp = this.svc.spec.proxyProtocol;
     if (pp !== "none") {
-      // The socket's own spelling of the client (the header keeps its family as the socket saw it).
-      const src = this.client.remoteAddress ?? this.ip;
-      const srcPort = this.client.remotePort ?? 0;
-      const dst = this.client.localAddress ?? "";
-      const dstPort = this.client.localPort ?? 0;
+      // From a trusted balancer's header: its client and destination. Otherwise the socket's own
+      // spelling of the client (the header keeps its family as the socket saw it).
+      const src = this.dst !== null ? this.ip : (this.client.remoteAddress ?? this.ip);
+      const srcPort = this.port;
+      const dst = this.dst ?? this.client.localAddress ?? "";
+      const dstPort = this.dst !== null ? this.dstPort : (this.client.localPort ?? 0);
       up.write(pp === "v1" ? proxyV1Header(src, srcPort, dst, dstPort) : proxyV2Header(src, srcPort, dst, dstPort, "tcp"));
+    }
+    if (this.head !== null) {
+      this.bytesIn += this.head.length;
+      this.target.stats.bytesIn += this.head.length;
+      this.listener.counters.bytesIn += this.head.length;
+      up.write(this.head);
+      this.head = null;
     }
     this.relay(up);
   }
@@ -197,23 +305,32 @@ class Connection implements Closable {
     client.on("data", (chunk: Buffer) => {
       bs.bytesIn += chunk.length;
       sc.bytesIn += chunk.length;
+      this.bytesIn += chunk.length;
       if (!up.write(chunk)) client.pause();
     });
     up.on("drain", () => client.resume());
     client.on("end", () => {
+      this.ended ??= "client-closed";
       up.end();
       this.onHalfClose();
     });
     up.on("data", (chunk: Buffer) => {
       bs.bytesOut += chunk.length;
       sc.bytesOut += chunk.length;
+      this.bytesOut += chunk.length;
       if (!client.write(chunk)) up.pause();
     });
     client.on("drain", () => up.resume());
     up.on("end", () => {
+      this.ended ??= "backend-closed";
       client.end();
       this.onHalfClose();
     });
+    if (this.eof?.ended) {
+      this.ended ??= "client-closed";
+      up.end();
+      this.onHalfClose();
+    }
     client.resume();
   }
 
@@ -226,6 +343,7 @@ class Connection implements Closable {
   private onUpstreamError(up: net.Socket, err: NodeJS.ErrnoException): void {
     if (this.connected) {
       // Established: a reset from the backend ends the session for the client too.
+      this.ended ??= "backend-reset";
       this.client.destroy();
       return;
     }
@@ -237,12 +355,14 @@ class Connection implements Closable {
       // This node could not make the socket: not the backend's failure (no ejection), and another
       // backend would fare no better right now.
       this.listener.counters.refused["local-resources"]++;
+      this.ended ??= "connect-failed";
       this.client.destroy();
       return;
     }
     const reason = classifyConnectError(err.code);
     plane.onConnectFailure(this.svc, failed, reason);
     if (this.attempts > this.svc.spec.limits.retries) {
+      this.ended ??= "connect-failed";
       this.client.destroy();
       return;
     }
@@ -250,9 +370,10 @@ class Connection implements Closable {
     const tried = this.tried;
     tried.push(failed);
     const base = this.listener.exclude;
-    const next = plane.router.route(this.svc, this.ip, this.client.remotePort ?? 0, (t) => tried.includes(t as Target) || base(t), Date.now());
+    const next = plane.router.route(this.svc, this.ip, this.port, (t) => tried.includes(t as Target) || base(t), Date.now());
     if (next.target === null) {
       this.listener.counters.refused[next.reason]++;
+      this.ended ??= "connect-failed";
       this.client.destroy();
       return;
     }
@@ -266,14 +387,16 @@ class Connection implements Closable {
     t.stats.open.delete(this);
   }
 
-  close(_reason: string): void {
+  close(reason: string): void {
+    this.ended ??= terminationOf(reason);
     this.client.destroy();
     this.upstream?.destroy();
   }
 
-  private finish(): void {
+  private finish(hadError: boolean): void {
     if (this.finished) return;
     this.finished = true;
+    this.ended ??= hadError ? "client-reset" : this.connected ? "client-closed" : "client-aborted";
     const up = this.upstream;
     if (up !== null && this.connected && up.writableEnded && !up.writableFinished && !up.destroyed) {
       // The client closed cleanly after its FIN was forwarded: let the upstream flush what it still
@@ -287,7 +410,27 @@ class Connection implements Closable {
       if (this.target.stats.open.has(this)) this.release(this.target);
     }
     this.listener.counters.active--;
-    this.listener.plane.fds.release(FDS_PER_CONNECTION);
-    this.listener.plane.onConnectionClosed();
+    const plane = this.listener.plane;
+    plane.fds.release(FDS_PER_CONNECTION);
+    plane.onConnectionClosed();
+    const log = plane.accessLog;
+    const now = Date.now();
+    if (log?.admit(now)) {
+      const t = this.target;
+      log.push({
+        service: this.svc.name,
+        protocol: "tcp",
+        client: this.ip,
+        clientPort: this.port,
+        backend: t.id,
+        backendAddress: t.label,
+        start: this.start,
+        end: now,
+        bytesIn: this.bytesIn,
+        bytesOut: this.bytesOut,
+        termination: this.ended,
+        attempts: this.attempts,
+      });
+    }
   }
 }

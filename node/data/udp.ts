@@ -7,6 +7,7 @@ import { clientAddress } from "../../shared/ip.js";
 import type { Exclude } from "../lb/algorithm.js";
 import type { ServiceState, Target } from "../model/snapshot.js";
 import type { Closable, ServiceCounters, UdpDiscardReason } from "../model/stats.js";
+import { terminationOf } from "./access-log.js";
 import { admit } from "./admit.js";
 import { FDS_PER_FLOW } from "../model/fd-budget.js";
 import type { ListenerHost } from "./host.js";
@@ -27,6 +28,10 @@ class Flow implements Closable {
   closed = false;
   /** Datagrams that arrived before the upstream socket finished connecting (bounded). */
   pending: Buffer[] | null = [];
+  /** For the access log. */
+  readonly start: number;
+  bytesIn = 0;
+  bytesOut = 0;
   /** One send callback per flow (not per datagram): counts sends the kernel refused. */
   readonly onSent: (err: Error | null) => void;
 
@@ -40,6 +45,7 @@ class Flow implements Closable {
     now: number,
   ) {
     this.lastSeen = now;
+    this.start = now;
     const counters = listener.counters;
     this.onSent = (err) => {
       if (err !== null) {
@@ -49,8 +55,8 @@ class Flow implements Closable {
     };
   }
 
-  close(_reason: string): void {
-    this.listener.removeFlow(this);
+  close(reason: string): void {
+    this.listener.removeFlow(this, reason);
   }
 }
 
@@ -146,6 +152,7 @@ export class UdpListener {
     const t = flow.target;
     t.stats.bytesIn += msg.length;
     c.bytesIn += msg.length;
+    flow.bytesIn += msg.length;
     if (flow.pending !== null) {
       if (flow.pending.length < MAX_PENDING) flow.pending.push(msg);
       else this.discard("queue-full");
@@ -199,7 +206,7 @@ export class UdpListener {
         // the flow must not sit in the table holding queued datagrams until the idle sweep.
         this.counters.udpDropped += flow.pending.length;
         this.counters.udpDiscarded["no-socket"] += flow.pending.length;
-        this.removeFlow(flow);
+        this.removeFlow(flow, "shutdown");
         return;
       }
       this.counters.udpDropped++;
@@ -212,6 +219,7 @@ export class UdpListener {
       }
       flow.lastSeen = Date.now();
       target.stats.bytesOut += reply.length;
+      flow.bytesOut += reply.length;
       this.counters.bytesOut += reply.length;
       this.counters.udpDatagramsOut++;
       this.socket.send(reply, flow.port, flow.address, this.onReplySent);
@@ -237,7 +245,7 @@ export class UdpListener {
     return flow;
   }
 
-  removeFlow(flow: Flow): void {
+  removeFlow(flow: Flow, reason: string): void {
     if (flow.closed) return;
     flow.closed = true;
     this.flows.delete(flow.key);
@@ -251,11 +259,30 @@ export class UdpListener {
       // a socket whose bind failed may already be closed
     }
     this.plane.onConnectionClosed();
+    const log = this.plane.accessLog;
+    const now = Date.now();
+    if (log?.admit(now)) {
+      const t = flow.target;
+      log.push({
+        service: this.svc.name,
+        protocol: "udp",
+        client: flow.address,
+        clientPort: flow.port,
+        backend: t.id,
+        backendAddress: t.label,
+        start: flow.start,
+        end: now,
+        bytesIn: flow.bytesIn,
+        bytesOut: flow.bytesOut,
+        termination: terminationOf(reason),
+        attempts: 1,
+      });
+    }
   }
 
   sweep(now: number): void {
     const idle = this.svc.spec.timeouts.udpIdle;
-    for (const flow of this.flows.values()) if (now - flow.lastSeen >= idle) this.removeFlow(flow);
+    for (const flow of this.flows.values()) if (now - flow.lastSeen >= idle) this.removeFlow(flow, "udp idle");
   }
 
   /**
@@ -265,7 +292,7 @@ export class UdpListener {
   close(): Promise<void> {
     if (this.sweeper) clearInterval(this.sweeper);
     this.closed = true;
-    for (const flow of [...this.flows.values()]) this.removeFlow(flow);
+    for (const flow of [...this.flows.values()]) this.removeFlow(flow, "shutdown");
     return new Promise((resolve) => {
       try {
         this.socket.close(() => resolve());
@@ -273,5 +300,10 @@ export class UdpListener {
         resolve();
       }
     });
+  }
+
+  /** Ends every flow: at the end of the node's drain grace (UDP has no end of a flow to wait for). */
+  closeFlows(): void {
+    for (const flow of [...this.flows.values()]) this.removeFlow(flow, "udp drain");
   }
 }

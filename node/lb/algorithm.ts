@@ -35,6 +35,11 @@ export interface Picker {
    * backend is excluded. Never throws, allocates nothing on the common path.
    */
   pick(hash: number, exclude: Exclude | null): BackendTarget | null;
+  /**
+   * What pick() would return now, changing nothing (no rotation, no random draw): `route explain`
+   * uses it, so asking never moves the next real pick.
+   */
+  peek(hash: number, exclude: Exclude | null): BackendTarget | null;
 }
 
 export interface PickerFactory {

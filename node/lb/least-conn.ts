@@ -13,11 +13,20 @@ export class LeastConnPicker implements Picker {
   }
 
   pick(_hash: number, exclude: Exclude | null): BackendTarget | null {
-    const { targets } = this;
-    const n = targets.length;
+    const n = this.targets.length;
     if (n === 0) return null;
     const start = this.start;
     this.start = start + 1 === n ? 0 : start + 1;
+    return this.scan(start, exclude);
+  }
+
+  peek(_hash: number, exclude: Exclude | null): BackendTarget | null {
+    return this.targets.length === 0 ? null : this.scan(this.start, exclude);
+  }
+
+  private scan(start: number, exclude: Exclude | null): BackendTarget | null {
+    const { targets } = this;
+    const n = targets.length;
     let best: BackendTarget | null = null;
     let bestScore = Number.POSITIVE_INFINITY;
     for (let k = 0, i = start; k < n; k++) {

@@ -158,6 +158,11 @@ export class MaglevPicker implements Picker {
     this.seen = new Uint32Array(usable.length);
   }
 
+  /** Maglev is a pure function of the hash (the epoch marks are scratch space, not state a pick depends on). */
+  peek(hash: number, exclude: Exclude | null): BackendTarget | null {
+    return this.pick(hash, exclude);
+  }
+
   pick(hash: number, exclude: Exclude | null): BackendTarget | null {
     const n = this.targets.length;
     if (n === 0) return null;

@@ -26,6 +26,14 @@ export class P2cPicker implements Picker {
     return this.state;
   }
 
+  /** The pick the next real connection would make (the same draws), with the generator state put back. */
+  peek(hash: number, exclude: Exclude | null): BackendTarget | null {
+    const saved = this.state;
+    const t = this.pick(hash, exclude);
+    this.state = saved;
+    return t;
+  }
+
   pick(_hash: number, exclude: Exclude | null): BackendTarget | null {
     const { targets } = this;
     const n = targets.length;

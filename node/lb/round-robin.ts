@@ -29,6 +29,21 @@ export class RoundRobinPicker implements Picker {
     current[best] -= total;
     return targets[best];
   }
+
+  peek(_hash: number, exclude: Exclude | null): BackendTarget | null {
+    const { targets, weights, current } = this;
+    let best = -1;
+    let bestScore = 0;
+    for (let i = 0; i < targets.length; i++) {
+      if (exclude?.(targets[i])) continue;
+      const score = current[i] + weights[i];
+      if (best < 0 || score > bestScore) {
+        best = i;
+        bestScore = score;
+      }
+    }
+    return best < 0 ? null : targets[best];
+  }
 }
 
 export const roundRobin: PickerFactory = {

@@ -33,6 +33,8 @@ export interface BackendView {
   readonly routable: boolean;
   /** Why not routable ("drain", "disabled", "down: <reason>", "weight 0", "unknown") — empty when routable. */
   readonly why: string;
+  /** The weight the picker uses: `spec.weight`, or less while the service's slowStart ramps it. */
+  readonly effectiveWeight: number;
 }
 
 export interface ServiceState {
@@ -54,10 +56,14 @@ export interface ServiceState {
   /** `locality: prefer-zone`: the plan of each zone that has backends (the router uses its node's zone's); else null. */
   readonly zones: ReadonlyMap<string, ZonePlan> | null;
   readonly counters: ServiceCounters;
+  /** acceptProxy: the peers trusted to send a PROXY header (null: the service takes none). */
+  readonly proxyFrom: AccessPolicy | null;
 }
 
 export interface Snapshot {
   readonly revision: number;
+  /** When a slow-start ramp takes its next step (ms epoch): the snapshot must be rebuilt then. Null: none. */
+  readonly nextRampAt: number | null;
   readonly services: ReadonlyMap<string, ServiceState>;
   readonly invalid: readonly InvalidRecord[];
 }
@@ -74,11 +80,38 @@ export interface SnapshotInput {
   invalid: readonly InvalidRecord[];
   /** Mod revision of a backend record: of two backends with one address, the older keeps it. */
   backendRevision?: (service: string, id: string) => number;
+  /** Clock for slow start (ms epoch); default Date.now(). The only input that is not a record. */
+  now?: number;
   /** Key builder for cross-record errors (so they carry the etcd key). */
   keyOf: { service(name: string): string; backend(service: string, id: string): string };
 }
 
 const byString = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+
+/** Slow start begins at this share of the weight. */
+export const SLOW_START_FLOOR = 0.1;
+/**
+ * Ramp steps. Each step is a new snapshot; Maglev rebuilds its table per step, and each rebuild moves
+ * the flows of the table entries that change hands (about the weight share gained, of the ramping
+ * backend's future flows), so Maglev ramps in 4 coarse steps, the stateless-per-flow algorithms in 10.
+ */
+const RAMP_STEPS_HASHED = 4;
+const RAMP_STEPS = 10;
+
+/**
+ * Effective weight during slow start, and when it next changes. Quantized to steps so every node,
+ * reading the same verdict `since`, switches at the same moments and builds the same Maglev table.
+ */
+export function slowStartWeight(weight: number, since: number | null, slowStart: number, steps: number, now: number): { weight: number; next: number | null } {
+  if (slowStart <= 0 || weight === 0) return { weight, next: null };
+  // No verdict yet (a new backend, health on): it starts at the floor until its first up verdict.
+  if (since === null) return { weight: weight * SLOW_START_FLOOR, next: null };
+  const elapsed = now - since;
+  if (elapsed >= slowStart) return { weight, next: null };
+  const step = Math.max(0, Math.floor((elapsed / slowStart) * steps));
+  const share = Math.max(SLOW_START_FLOOR, step / steps);
+  return { weight: weight * share, next: since + Math.ceil(((step + 1) * slowStart) / steps) };
+}
 
 export function listenKeyOf(protocol: string, host: string, port: number): string {
   return `${protocol}|${host}|${port}`;
@@ -112,6 +145,8 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
   const invalid: InvalidRecord[] = [...input.invalid];
   const services = new Map<string, ServiceState>();
   const listenOwners = new Map<string, string>();
+  const now = input.now ?? Date.now();
+  let nextRampAt: number | null = null;
 
   for (const name of [...input.services.keys()].sort(byString)) {
     const spec = input.services.get(name)!;
@@ -131,6 +166,19 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
         access = new AccessPolicy(spec.access.allow, spec.access.deny);
       } catch (err) {
         invalid.push({ key: input.keyOf.service(name), reason: `access: ${(err as Error).message}` });
+        continue;
+      }
+    }
+    let proxyFrom: AccessPolicy | null = same !== undefined ? same.proxyFrom : null;
+    if (same === undefined && spec.acceptProxy.version !== "none") {
+      if (spec.protocol !== "tcp") {
+        invalid.push({ key: input.keyOf.service(name), reason: "acceptProxy: only for tcp services" });
+        continue;
+      }
+      try {
+        proxyFrom = new AccessPolicy(spec.acceptProxy.from, [], "acceptProxy");
+      } catch (err) {
+        invalid.push({ key: input.keyOf.service(name), reason: (err as Error).message });
         continue;
       }
     }
@@ -169,7 +217,8 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
         const v = same.backends[i];
         unchanged = v.id === ids[i] && v.spec === specs.get(ids[i]) && sameVerdict(v.verdict, input.verdicts.get(`${name}/${ids[i]}`) ?? null);
       }
-      if (unchanged) {
+      // A service still in a slow-start ramp is rebuilt: the same records give a new weight later.
+      if (unchanged && !same.backends.some((v) => v.routable && v.effectiveWeight !== v.spec.weight)) {
         services.set(name, same);
         continue;
       }
@@ -184,23 +233,30 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
       else if (b.weight === 0) why = "weight 0";
       else if (verdict?.state === "down") why = `down: ${verdict.reason}`;
       else if (!verdict && !spec.health.unknownRoutes && spec.health.type !== "none") why = "unknown";
+      let weight = b.weight;
+      if (spec.slowStart > 0 && why === "" && spec.health.type !== "none") {
+        const steps = spec.algorithm === "maglev" || spec.algorithm === "source-ip" ? RAMP_STEPS_HASHED : RAMP_STEPS;
+        const ramp = slowStartWeight(b.weight, verdict?.state === "up" ? verdict.since : null, spec.slowStart, steps, now);
+        weight = ramp.weight;
+        if (ramp.next !== null && (nextRampAt === null || ramp.next < nextRampAt)) nextRampAt = ramp.next;
+      }
       // The previous Target when nothing it carries changed, so a reused picker and the new sticky
       // map hold the same objects (retries compare targets by identity).
       const old = prevTargets.get(id);
       const label = formatHostPort(b.address, b.port);
       const target: Target =
-        old !== undefined && old.host === b.address && old.port === b.port && old.weight === b.weight && old.zone === b.zone
+        old !== undefined && old.host === b.address && old.port === b.port && old.weight === weight && old.zone === b.zone
           ? old
           : Object.freeze({
         id,
         host: b.address,
         port: b.port,
-        weight: b.weight,
+        weight,
         zone: b.zone,
         label,
         stats: stats.backend(name, id),
       });
-      views.push(Object.freeze({ id, spec: b, verdict, routable: why === "", why }));
+      views.push(Object.freeze({ id, spec: b, verdict, routable: why === "", why, effectiveWeight: why === "" ? weight : 0 }));
       if (why === "") targets.push(target);
       if (b.state !== "disabled" && verdict?.state !== "down") sticky.set(id, target);
     }
@@ -234,6 +290,7 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
             ? buildZonePlans(views.map((v) => ({ zone: v.spec.zone, weight: v.spec.weight, capacity: v.spec.state === "active" && v.spec.weight > 0 })), targets, factory, spec.zoneAware.minHealthyShare)
             : null,
         counters: stats.service(name),
+        proxyFrom,
       }),
     );
   }
@@ -245,7 +302,7 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
     for (const id of specs.keys()) invalid.push({ key: input.keyOf.backend(service, id), reason: why });
   }
   invalid.sort((a, b) => byString(a.key, b.key));
-  return Object.freeze({ revision: input.revision, services, invalid: Object.freeze(invalid) });
+  return Object.freeze({ revision: input.revision, nextRampAt, services, invalid: Object.freeze(invalid) });
 }
 
 function sameTargets(a: readonly Target[], b: readonly Target[]): boolean {

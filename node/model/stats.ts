@@ -8,8 +8,9 @@ export type ConnectFailureReason = (typeof CONNECT_FAILURE_REASONS)[number];
 /**
  * fd-budget: the node's descriptor budget (node/model/fd-budget.ts) is spent; local-resources: the
  * upstream socket could not be made (EMFILE, ENOBUFS…), which is this node's shortage, not the backend's.
+ * proxy-header: acceptProxy refused a peer that is not a trusted balancer, or whose header was missing or bad.
  */
-export const REFUSE_REASONS = ["max-connections", "denied", "rate-limited", "no-backend", "draining", "max-flows", "fd-budget", "local-resources"] as const;
+export const REFUSE_REASONS = ["max-connections", "denied", "rate-limited", "no-backend", "draining", "max-flows", "fd-budget", "local-resources", "proxy-header"] as const;
 export type RefuseReason = (typeof REFUSE_REASONS)[number];
 
 /**
@@ -64,7 +65,7 @@ export class ServiceCounters {
   zoneLocal = 0;
   zoneSpillover = 0;
   udpDiscarded: Record<UdpDiscardReason, number> = { "source-port-0": 0, loop: 0, "send-error": 0, "queue-full": 0, "no-socket": 0, "listener-closed": 0 };
-  refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0, "fd-budget": 0, "local-resources": 0 };
+  refused: Record<RefuseReason, number> = { "max-connections": 0, denied: 0, "rate-limited": 0, "no-backend": 0, draining: 0, "max-flows": 0, "fd-budget": 0, "local-resources": 0, "proxy-header": 0 };
   constructor(readonly service: string) {}
 }
 

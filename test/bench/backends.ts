@@ -14,9 +14,26 @@ export interface HttpBackends {
   proc: Proc;
 }
 
-export async function startHttpBackends(group: ProcessGroup, runDir: string, nginx: string | null, count: number): Promise<HttpBackends> {
-  const ports: number[] = [];
-  for (let i = 0; i < count; i++) ports.push(await freePort());
+/**
+ * Where a backend runs when not on loopback: inside network namespace `ns`, listening on `host` (0.0.0.0:
+ * every address of the namespace, which a DSR backend's VIP on lo needs), on given ports; `waitListening`
+ * replaces the loopback connect check the host namespace cannot make.
+ */
+export interface Placement {
+  ns: string;
+  host: string;
+  ports: number[];
+  waitListening: (port: number) => Promise<void>;
+}
+
+/** `cmd args` inside the placement's namespace, or as is. */
+export const inNs = (ns: string | undefined, cmd: string, args: string[]): [string, string[]] => (ns ? ["ip", ["netns", "exec", ns, cmd, ...args]] : [cmd, args]);
+
+export async function startHttpBackends(group: ProcessGroup, runDir: string, nginx: string | null, count: number, at?: Placement): Promise<HttpBackends> {
+  const ports: number[] = at ? at.ports.slice(0, count) : [];
+  for (let i = ports.length; i < count; i++) ports.push(await freePort());
+  const host = at?.host ?? "127.0.0.1";
+  const wait = (p: number, what: string) => (at ? at.waitListening(p) : waitTcp(p, 10_000, what));
   if (nginx) {
     const dir = join(runDir, "nginx");
     mkdirSync(join(dir, "tmp"), { recursive: true });
@@ -36,24 +53,26 @@ http {
   keepalive_requests 100000000;
   keepalive_timeout 300s;
   server {
-${ports.map((p) => `    listen 127.0.0.1:${p} backlog=4096;`).join("\n")}
+${ports.map((p) => `    listen ${host}:${p} backlog=4096;`).join("\n")}
     location / { default_type text/plain; return 200 "ok"; }
   }
 }
 `;
     writeFileSync(join(dir, "nginx.conf"), conf);
-    const proc = group.start("nginx", nginx, ["-e", join(dir, "error.log"), "-p", dir, "-c", join(dir, "nginx.conf"), "-g", "daemon off;"]);
-    for (const p of ports) await waitTcp(p, 10_000, "nginx");
+    const proc = group.start("nginx", ...inNs(at?.ns, nginx, ["-e", join(dir, "error.log"), "-p", dir, "-c", join(dir, "nginx.conf"), "-g", "daemon off;"]));
+    for (const p of ports) await wait(p, "nginx");
     return { kind: "nginx", ports, proc };
   }
-  const proc = group.start("http-backend", process.execPath, [agentPath("http-backend"), "--ports", ports.join(",")]);
+  const proc = group.start("http-backend", ...inNs(at?.ns, process.execPath, [agentPath("http-backend"), "--ports", ports.join(","), "--host", host]));
   await proc.waitForLine(/"ready":true/, 10_000);
   return { kind: "node", ports, proc };
 }
 
-export async function startIperfServer(group: ProcessGroup): Promise<{ port: number; proc: Proc }> {
-  const port = await freePort();
-  const proc = group.start("iperf3-server", "iperf3", ["-s", "-B", "127.0.0.1", "-p", String(port), "--forceflush"]);
+export async function startIperfServer(group: ProcessGroup, at?: Placement): Promise<{ port: number; proc: Proc }> {
+  const port = at ? at.ports[0] : await freePort();
+  // In a namespace: every address (a DSR backend answers on the VIP it holds on lo).
+  const bind = at ? [] : ["-B", "127.0.0.1"];
+  const proc = group.start("iperf3-server", ...inNs(at?.ns, "iperf3", ["-s", ...bind, "-p", String(port), "--forceflush"]));
   await proc.waitForLine(/Server listening/, 10_000);
   return { port, proc };
 }
@@ -66,10 +85,10 @@ export async function startUdpEcho(group: ProcessGroup): Promise<{ port: number;
 }
 
 /** A TCP sink on `count` new ports, or on the given ports (to bring a killed backend back). */
-export async function startTcpSink(group: ProcessGroup, name: string, count = 1, given?: number[]): Promise<{ ports: number[]; proc: Proc }> {
-  const ports: number[] = given ? [...given] : [];
+export async function startTcpSink(group: ProcessGroup, name: string, count = 1, given?: number[], at?: Placement): Promise<{ ports: number[]; proc: Proc }> {
+  const ports: number[] = given ? [...given] : at ? at.ports.slice(0, count) : [];
   for (let i = ports.length; i < count; i++) ports.push(await freePort());
-  const proc = group.start(name, process.execPath, [agentPath("tcp-sink"), "--ports", ports.join(",")], { nofile: 1_000_000 });
+  const proc = group.start(name, ...inNs(at?.ns, process.execPath, [agentPath("tcp-sink"), "--ports", ports.join(","), "--host", at?.host ?? "127.0.0.1"]), { nofile: 1_000_000 });
   await proc.waitForLine(/"ready":true/, 10_000);
   return { ports, proc };
 }

@@ -7,6 +7,7 @@ import { fileURLToPath } from "node:url";
 import type { Etcd } from "./etcd.js";
 import { freePort, httpGet, sleep } from "./net.js";
 import type { Proc, ProcessGroup } from "./procs.js";
+import { agentPath } from "./backends.js";
 
 export const repoRoot = fileURLToPath(new URL("../../../", import.meta.url));
 export const cliPath = join(repoRoot, "dist/node/cli.js");
@@ -48,6 +49,14 @@ export interface NodeOptions {
   profileDir?: string;
   leaseTtl?: number;
   logLevel?: string;
+  /**
+   * Run the node inside this network namespace (`ip netns exec`). Its admin API then listens on
+   * 127.0.0.1 inside the namespace and reaches the bench through a Unix-socket relay in `sockDir`
+   * (the host namespace gets no link); `etcdUrl` must be reachable from inside the namespace.
+   */
+  netns?: { name: string; sockDir: string };
+  /** More top-level YAML lines for the node config (for example the kernel data plane's settings). */
+  extraConfig?: string[];
 }
 
 export class BallastNode {
@@ -56,6 +65,8 @@ export class BallastNode {
     readonly proc: Proc,
     readonly adminPort: number,
     readonly opts: NodeOptions,
+    /** Relays that carry the admin API out of the node's namespace; stopped with the node. */
+    readonly relays: Proc[] = [],
   ) {}
 
   get admin(): string {
@@ -67,8 +78,19 @@ export class BallastNode {
   }
 }
 
+/** Admin port of a node inside a namespace (the namespace is the bench's own, so a fixed port is free). */
+const NS_ADMIN_PORT = 9901;
+
+/** A relay agent (see agents/relay.ts), in a namespace or in the host; resolves once it listens. */
+export async function startRelay(group: ProcessGroup, name: string, listen: string, to: string, ns?: string): Promise<Proc> {
+  const argv = [agentPath("relay"), "--listen", listen, "--to", to];
+  const proc = ns ? group.start(name, "ip", ["netns", "exec", ns, process.execPath, ...argv]) : group.start(name, process.execPath, argv);
+  await proc.waitForLine(/"ready":true/, 10_000);
+  return proc;
+}
+
 export async function startNode(group: ProcessGroup, o: NodeOptions, adminPort?: number): Promise<BallastNode> {
-  const port = adminPort ?? (await freePort());
+  const port = o.netns ? NS_ADMIN_PORT : (adminPort ?? (await freePort()));
   const config = [
     `node: { id: ${o.id} }`,
     `cluster: ${o.cluster}`,
@@ -76,6 +98,7 @@ export async function startNode(group: ProcessGroup, o: NodeOptions, adminPort?:
     `log: { level: ${o.logLevel ?? "warn"} }`,
     `etcd: { endpoints: ["${o.etcdUrl}"]${o.leaseTtl ? `, leaseTtl: ${o.leaseTtl}` : ""} }`,
     `drainTimeout: 1s`,
+    ...(o.extraConfig ?? []),
     "",
   ].join("\n");
   const file = join(o.runDir, `ballast-${o.id}.yaml`);
@@ -86,8 +109,21 @@ export async function startNode(group: ProcessGroup, o: NodeOptions, adminPort?:
   }
   // Each proxied connection holds two descriptors; ask for far more than the default so the limit
   // reached (and reported) is the machine's hard limit, not a soft default.
-  const proc = group.start(`ballast-${o.id}`, process.execPath, [...nodeArgs, cliPath, "node", "--config", file], { nofile: 1_000_000, cwd: repoRoot });
-  const node = new BallastNode(o.id, proc, port, o);
+  const argv = [...nodeArgs, cliPath, "node", "--config", file];
+  const spawnOpts = { nofile: 1_000_000, cwd: repoRoot };
+  const proc = o.netns
+    ? group.start(`ballast-${o.id}`, "ip", ["netns", "exec", o.netns.name, process.execPath, ...argv], spawnOpts)
+    : group.start(`ballast-${o.id}`, process.execPath, argv, spawnOpts);
+  let node: BallastNode;
+  if (o.netns) {
+    const sock = join(o.netns.sockDir, `admin-${o.id}.sock`);
+    const hostPort = adminPort ?? (await freePort());
+    const inner = await startRelay(group, `relay-admin-${o.id}-ns`, `unix:${sock}`, `tcp:127.0.0.1:${port}`, o.netns.name);
+    const outer = await startRelay(group, `relay-admin-${o.id}-host`, `tcp:127.0.0.1:${hostPort}`, `unix:${sock}`);
+    node = new BallastNode(o.id, proc, hostPort, o, [inner, outer]);
+  } else {
+    node = new BallastNode(o.id, proc, port, o);
+  }
   await waitReady(node, 30_000);
   return node;
 }
@@ -112,9 +148,10 @@ export async function stopNode(node: BallastNode, profiled = false): Promise<voi
     const t = setTimeout(() => node.proc.signal("SIGTERM"), 10_000);
     await node.proc.exited;
     clearTimeout(t);
-    return;
+  } else {
+    await node.proc.stop(5000);
   }
-  await node.proc.stop(5000);
+  await Promise.all(node.relays.map((r) => r.stop(1000)));
 }
 
 /** The node's snapshot revision from /api/state, or NaN when the endpoint is missing or has no revision. */

@@ -21,4 +21,6 @@ export interface Context {
   resultsDir: string;
   results: Results;
   log: (msg: string) => void;
+  /** Run after every process is stopped, at the end, on Ctrl-C and on failure (namespaces, socket folders). */
+  cleanups: (() => Promise<void>)[];
 }

@@ -1,27 +1,31 @@
 // HAProxy 2.6, the performance peer: one thread, mode tcp, the same backends and health checks as Ballast.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { inNs } from "./backends.js";
 import { waitTcp } from "./net.js";
 import type { Proc, ProcessGroup } from "./procs.js";
 
 export interface Frontend {
   name: string;
   port: number;
-  servers: { name: string; port: number; checkPort?: number }[];
+  /** Address to bind (default 127.0.0.1). */
+  bind?: string;
+  servers: { name: string; port: number; address?: string; checkPort?: number }[];
 }
 
 export const HAPROXY_MAXCONN = 8000;
 
-export async function startHaproxy(group: ProcessGroup, runDir: string, frontends: Frontend[]): Promise<Proc> {
+/** With `ns`, HAProxy runs inside that network namespace and `waitListening` checks its ports there. */
+export async function startHaproxy(group: ProcessGroup, runDir: string, frontends: Frontend[], at?: { ns: string; waitListening: (port: number) => Promise<void> }): Promise<Proc> {
   const sections = frontends
     .map(
       (f) => `frontend fe_${f.name}
-  bind 127.0.0.1:${f.port}
+  bind ${f.bind ?? "127.0.0.1"}:${f.port}
   default_backend be_${f.name}
 
 backend be_${f.name}
   balance roundrobin
-${f.servers.map((s) => `  server ${s.name} 127.0.0.1:${s.port} check inter 2s${s.checkPort ? ` port ${s.checkPort}` : ""}`).join("\n")}
+${f.servers.map((s) => `  server ${s.name} ${s.address ?? "127.0.0.1"}:${s.port} check inter 2s${s.checkPort ? ` port ${s.checkPort}` : ""}`).join("\n")}
 `,
     )
     .join("\n");
@@ -39,7 +43,7 @@ defaults
 ${sections}`;
   const file = join(runDir, "haproxy.cfg");
   writeFileSync(file, cfg);
-  const proc = group.start("haproxy", "haproxy", ["-db", "-f", file]);
-  for (const f of frontends) await waitTcp(f.port, 10_000, "haproxy");
+  const proc = group.start("haproxy", ...inNs(at?.ns, "haproxy", ["-db", "-f", file]));
+  for (const f of frontends) await (at ? at.waitListening(f.port) : waitTcp(f.port, 10_000, "haproxy"));
   return proc;
 }

@@ -20,9 +20,21 @@ export function killLoadTools(): void {
   for (const c of running) c.kill("SIGKILL");
 }
 
-function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: number | null; out: string }> {
+/** Where a load tool connects to, and the network namespace it runs in (the client's; none on loopback). */
+export interface Dest {
+  host: string;
+  port: number;
+  ns?: string;
+}
+
+export const loopback = (port: number): Dest => ({ host: "127.0.0.1", port });
+
+const hostPort = (d: Dest) => (d.host.includes(":") ? `[${d.host}]:${d.port}` : `${d.host}:${d.port}`);
+
+function run(cmd: string, args: string[], timeoutMs: number, ns?: string): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+    // `ip netns exec` execs the tool, so the pid (and SIGKILL on interrupt) is the tool's own.
+    const child = ns ? spawn("ip", ["netns", "exec", ns, cmd, ...args], { stdio: ["ignore", "pipe", "pipe"] }) : spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
     running.add(child);
     let out = "";
     child.stdout.on("data", (c: Buffer) => {
@@ -88,12 +100,12 @@ export function logLoadToolsTo(file: string): void {
   toolLog = createWriteStream(file, { flags: "a" });
 }
 
-export async function wrk(port: number, o: { connections: number; durationS: number; close: boolean }): Promise<WrkResult & { raw: string }> {
+export async function wrk(dest: Dest, o: { connections: number; durationS: number; close: boolean }): Promise<WrkResult & { raw: string }> {
   const args = ["-t1", `-c${o.connections}`, `-d${o.durationS}s`, "--latency", "--timeout", "5s"];
   if (o.close) args.push("-H", "Connection: close");
-  args.push(`http://127.0.0.1:${port}/`);
-  const { out } = await run("wrk", args, (o.durationS + 30) * 1000);
-  toolLog?.write(`\n=== ${new Date().toISOString()} wrk ${args.join(" ")}\n${out}`);
+  args.push(`http://${hostPort(dest)}/`);
+  const { out } = await run("wrk", args, (o.durationS + 30) * 1000, dest.ns);
+  toolLog?.write(`\n=== ${new Date().toISOString()} ${dest.ns ? `[netns ${dest.ns}] ` : ""}wrk ${args.join(" ")}\n${out}`);
   return { ...parseWrk(out), raw: out };
 }
 
@@ -103,11 +115,11 @@ export interface IperfResult {
   error?: string;
 }
 
-export async function iperf(port: number, durationS: number): Promise<IperfResult> {
+export async function iperf(dest: Dest, durationS: number): Promise<IperfResult> {
   // iperf3 3.12 leaves the server busy for a moment after a test; retry "busy" once.
   for (let attempt = 0; attempt < 3; attempt++) {
-    const { out } = await run("iperf3", ["-c", "127.0.0.1", "-p", String(port), "-t", String(durationS), "-J", "--connect-timeout", "3000"], (durationS + 20) * 1000);
-    toolLog?.write(`\n=== ${new Date().toISOString()} iperf3 -c 127.0.0.1 -p ${port} -t ${durationS}\n${out}`);
+    const { out } = await run("iperf3", ["-c", dest.host, "-p", String(dest.port), "-t", String(durationS), "-J", "--connect-timeout", "3000"], (durationS + 20) * 1000, dest.ns);
+    toolLog?.write(`\n=== ${new Date().toISOString()} ${dest.ns ? `[netns ${dest.ns}] ` : ""}iperf3 -c ${dest.host} -p ${dest.port} -t ${durationS}\n${out}`);
     try {
       const j = JSON.parse(out) as { error?: string; end?: { sum_received?: { bits_per_second?: number; bytes?: number } } };
       if (j.error) {

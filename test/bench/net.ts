@@ -105,13 +105,33 @@ export function fdCount(pid: number): number {
   }
 }
 
-/** CPU time (user + system) a process has used, in seconds; NaN when it is gone. */
+/**
+ * CPU time (user + system) a process has used, in seconds, including its children that have exited
+ * and been waited for (a Ballast node runs `nft` and `conntrack` as short-lived children: that work is
+ * the node's); NaN when the process is gone.
+ */
 export function cpuSeconds(pid: number): number {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-    // Fields after the command name (which may contain spaces) start at state: utime is 14th overall.
+    // Fields after the command name (which may contain spaces) start at state: utime is 14th overall,
+    // then stime, cutime, cstime.
     const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(rest[11]) + Number(rest[12])) / 100;
+    return (Number(rest[11]) + Number(rest[12]) + Number(rest[13]) + Number(rest[14])) / 100;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/**
+ * CPU time the whole machine spent busy (all cores: user, nice, system, irq, softirq, steal), in
+ * seconds. Kernel forwarding does its work in softirq, charged to no process: this is where it shows.
+ */
+export function machineBusySeconds(): number {
+  try {
+    const cpu = readFileSync("/proc/stat", "utf8").split("\n")[0].trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal (guest time is already inside user)
+    const busy = cpu[0] + cpu[1] + cpu[2] + cpu[5] + cpu[6] + (cpu[7] ?? 0);
+    return busy / 100;
   } catch {
     return Number.NaN;
   }

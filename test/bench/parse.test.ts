@@ -1,10 +1,15 @@
 // The bench's parsers and statistics on fixed inputs: wrk's text report, V8 CPU profiles, medians.
+import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { forwarderStatus } from "./kernel-modes.js";
 import { parseWrk } from "./load.js";
 import { summarizeProfile } from "./profile.js";
+import { addSample, markdown, newResults, pairedRatio } from "./report.js";
 import { median, percentile, ratio } from "./stats.js";
 
 const WRK_KEEPALIVE = `Running 2s test @ http://127.0.0.1:28081/
@@ -97,5 +102,57 @@ describe("summarizeProfile", () => {
     // relay: its own sample plus three writeBuffer samples under it, of four busy samples (the last
     // sample's duration is the previous delta, as for every sample).
     expect(s.ballastInclusive[0].inclusivePctBusy).toBe(100);
+  });
+});
+
+describe("report", () => {
+  it("puts every measured path side by side, names skipped ones with why, and marks ratio targets per mode", () => {
+    const r = newResults("quick", { rounds: 2 });
+    for (const [t, rps] of [["direct", [100, 110]], ["haproxy", [50, 50]], ["ballast-nat", [98, 100]]] as const) {
+      for (const v of rps) addSample(r, "ka.rps", t, v);
+    }
+    r.skipped["ballast-dsr"] = "skipped — not built yet (the node refuses `forwarding: dsr`)";
+    const md = markdown(r);
+    expect(md).toContain("| figure | direct | HAProxy | Ballast NAT |");
+    expect(md).toContain("**Ballast DSR**: skipped — not built yet");
+    // NAT/HAProxy: median 99 / 50 = 1.98× against ≥ 1.3; per round 1.96 and 2.00. NAT/direct: 99/105 = 0.94× against ≥ 0.9.
+    expect(md).toMatch(/\| keep-alive req\/s \(c=64\) \| 1\.98× \(1\.96–2\.00\) ✓ ≥ 1\.3 \| 0\.94× \(0\.91–0\.98\) ✓ ≥ 0\.9 \|/);
+    expect(pairedRatio(r, "ka.rps", "ballast-nat", "haproxy")).toMatchObject({ n: 2, min: 1.96, max: 2 });
+  });
+
+  it("finds a forwarder's per-service status wherever /api/state nests it", () => {
+    expect(forwarderStatus({ name: "s", dsr: { programmed: true, reason: null, revision: 12 } })).toEqual({ programmed: true, reason: null, revision: 12 });
+    expect(forwarderStatus({ name: "s", kernel: { nat: { programmed: false, reason: "no nft" } } })).toMatchObject({ programmed: false });
+    expect(forwarderStatus({ name: "s", backends: [] })).toBeNull();
+  });
+});
+
+describe("relay agent", () => {
+  it("carries bytes both ways between a TCP listener and a Unix socket", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "bench-relay-"));
+    const sock = join(dir, "r.sock");
+    const echo = net.createServer((s) => s.pipe(s));
+    await new Promise<void>((r) => echo.listen(0, "127.0.0.1", () => r()));
+    const target = (echo.address() as net.AddressInfo).port;
+    const agent = fileURLToPath(new URL("../../dist/test/bench/agents/relay.js", import.meta.url));
+    const relay = spawn(process.execPath, [agent, "--listen", `unix:${sock}`, "--to", `tcp:127.0.0.1:${target}`], { stdio: ["ignore", "pipe", "inherit"] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        relay.stdout.on("data", (d: Buffer) => d.toString().includes('"ready":true') && resolve());
+        relay.once("exit", (code) => reject(new Error(`relay exited ${code}`)));
+      });
+      const reply = await new Promise<string>((resolve, reject) => {
+        const c = net.connect(sock, () => c.write("ping"));
+        c.once("data", (d) => {
+          resolve(d.toString());
+          c.destroy();
+        });
+        c.once("error", reject);
+      });
+      expect(reply).toBe("ping");
+    } finally {
+      relay.kill("SIGKILL");
+      echo.close();
+    }
   });
 });

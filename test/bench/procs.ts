@@ -88,6 +88,12 @@ export class Proc {
     });
   }
 
+  /** Calls `listener` with every output line from now on; returns the function that stops it. */
+  onLine(listener: (line: string) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
   tail(n = 15): string {
     return this.lines.slice(-n).join("\n");
   }

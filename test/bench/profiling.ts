@@ -2,13 +2,14 @@
 // `node --cpu-prof`, one profile each, and ranks the hot functions.
 import { mkdirSync, readdirSync } from "node:fs";
 import { join } from "node:path";
-import { type NodeOptions, startNode, stopNode } from "./ballast.js";
+import { type BallastNode, stopNode } from "./ballast.js";
 import type { Context } from "./context.js";
-import { iperf, wrk } from "./load.js";
+import { type Dest, iperf, wrk } from "./load.js";
 import { sleep } from "./net.js";
 import { summarizeProfile } from "./profile.js";
 
-export async function profileRun(ctx: Context, nodeOpts: NodeOptions, ports: { http: number; bulk: number }): Promise<void> {
+/** `start(id, profileDir)` starts a node (with the bench's services) that writes its CPU profile into profileDir. */
+export async function profileRun(ctx: Context, start: (id: string, profileDir: string) => Promise<BallastNode>, dests: { http: Dest; bulk: Dest }): Promise<void> {
   const stamp = new Date().toISOString().replace(/[:.]/g, "-");
   const runs = [
     { name: "keep-alive", id: "bench-prof-ka", close: false, connections: 64 },
@@ -20,15 +21,15 @@ export async function profileRun(ctx: Context, nodeOpts: NodeOptions, ports: { h
     mkdirSync(dir, { recursive: true });
     ctx.log(`profile: ${run.name} against a node under --cpu-prof …`);
     const spawned = performance.now();
-    const node = await startNode(ctx.group, { ...nodeOpts, id: run.id, profileDir: dir });
+    const node = await start(run.id, dir);
     await sleep(500);
     // Start-up (module loading, first etcd sync) is not the hot path: leave it out of the summary.
     const loadStartMs = performance.now() - spawned;
     if (run.name === "bulk") {
-      const r = await iperf(ports.bulk, ctx.opts.durationS);
+      const r = await iperf(dests.bulk, ctx.opts.durationS);
       ctx.log(`  bulk under the profiler: ${r.gbps.toFixed(2)} Gbit/s`);
     } else {
-      const r = await wrk(ports.http, { connections: run.connections, durationS: ctx.opts.durationS, close: run.close });
+      const r = await wrk(dests.http, { connections: run.connections, durationS: ctx.opts.durationS, close: run.close });
       ctx.log(`  ${run.name} under the profiler: ${Math.round(r.rps)} req/s`);
     }
     await stopNode(node, true);

@@ -1,21 +1,25 @@
-// `npm run bench [-- --quick] [-- --profile]`: Ballast against HAProxy (1 thread, mode tcp) and a direct
-// connection, on loopback, in one run; control-plane figures after. See test/bench/README.md.
+// `npm run bench [-- --quick] [-- --profile]`: direct, HAProxy (1 thread, mode tcp), Ballast proxy, Ballast
+// NAT and Ballast DSR through the same namespace hops (client ns → balancer ns → backend ns), in one run;
+// UDP and memory on loopback; control-plane figures after. See test/bench/README.md.
 import { mkdirSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { startHttpBackends, startIperfServer, startTcpSink, startUdpEcho } from "./backends.js";
-import { type BallastNode, probeBallast, repoRoot, seedServices, type ServiceRecord, startNode, stopNode } from "./ballast.js";
+import { type BallastNode, type NodeOptions, probeBallast, repoRoot, seedServices, type ServiceRecord, startNode, stopNode } from "./ballast.js";
 import type { Context, Options } from "./context.js";
 import { runControlPlane } from "./control-plane.js";
+import { type Paths, tcpRounds, udpRounds } from "./dataplane.js";
 import { runDns } from "./dns.js";
-import { startEtcd } from "./etcd.js";
+import { type Etcd, startEtcd } from "./etcd.js";
 import { type Frontend, startHaproxy } from "./haproxy.js";
-import { iperf, killLoadTools, logLoadToolsTo, udpBlast, wrk } from "./load.js";
+import { KERNEL_MODES, kernelNodeConfig, kernelServices, probeKernelMode, runNatControlPlane } from "./kernel-modes.js";
+import { killLoadTools, logLoadToolsTo } from "./load.js";
 import { runMemory } from "./memory.js";
+import { buildNamespaces, NET, namespacesUnavailable } from "./netns-plane.js";
 import { cpuSeconds, freePort, httpGet, rssBytes, sleep } from "./net.js";
 import { ProcessGroup } from "./procs.js";
 import { profileRun } from "./profiling.js";
-import { addSample, newResults, type Target, writeResults } from "./report.js";
+import { newResults, type Target, writeResults } from "./report.js";
 import { median } from "./stats.js";
 import { ensureNginx, ensureTools, machineFacts } from "./tools.js";
 
@@ -51,7 +55,7 @@ const log = (msg: string) => {
   const s = ((Date.now() - t0) / 1000).toFixed(0).padStart(4);
   process.stdout.write(`[${s}s] ${msg}\n`);
 };
-const ctx: Context = { opts, group, runDir, resultsDir, results, log };
+const ctx: Context = { opts, group, runDir, resultsDir, results, log, cleanups: [] };
 
 let finishing = false;
 async function finish(code: number): Promise<never> {
@@ -61,6 +65,8 @@ async function finish(code: number): Promise<never> {
   log("stopping every process the bench started …");
   killLoadTools();
   await group.stopAll();
+  // Namespaces go after the processes in them; a cleanup that fails must not keep the others from running.
+  for (const c of ctx.cleanups.splice(0).reverse()) await c().catch((e: Error) => log(`cleanup: ${e.message}`));
   results.finished = new Date().toISOString();
   results.notes.push(`Load average (1 min) at the end: ${os.loadavg()[0].toFixed(2)} on ${os.cpus().length} cores; anything else running on the machine competes with wrk, the proxies and the backends.`);
   const files = writeResults(resultsDir, results);
@@ -80,117 +86,6 @@ process.on("exit", () => {
   group.killAllNow();
 });
 
-interface Paths {
-  /** Service port per target for the HTTP runs. */
-  http: Partial<Record<Target, number>>;
-  bulk: Partial<Record<Target, number>>;
-  udp: Partial<Record<Target, number>>;
-  /** Process whose CPU and RSS are charged to each target (none for direct). */
-  pid: Partial<Record<Target, () => number>>;
-}
-
-async function checkHttp(port: number, what: string): Promise<void> {
-  const end = Date.now() + 15_000;
-  let last = "";
-  while (Date.now() < end) {
-    const r = await httpGet(`http://127.0.0.1:${port}/`, 2000);
-    if (r.status === 200) return;
-    last = `${r.status} ${r.body.slice(0, 100)}`;
-    await sleep(200);
-  }
-  throw new Error(`${what}: GET through 127.0.0.1:${port} did not answer 200 (last: ${last})`);
-}
-
-/** Samples a process's RSS until stopped; returns the maximum in MiB. */
-function rssSampler(pid: number | undefined): () => number {
-  if (!pid) return () => Number.NaN;
-  let max = rssBytes(pid);
-  const timer = setInterval(() => {
-    const v = rssBytes(pid);
-    if (v > max) max = v;
-  }, 250);
-  return () => {
-    clearInterval(timer);
-    return max / 2 ** 20;
-  };
-}
-
-async function dataPlane(paths: Paths, targets: Target[]): Promise<void> {
-  const d = opts.durationS;
-  const short = Math.max(1, Math.round(d / 2));
-  for (let round = 1; round <= opts.rounds; round++) {
-    log(`round ${round}/${opts.rounds}`);
-    for (const target of targets) {
-      const port = paths.http[target]!;
-      const pid = paths.pid[target]?.();
-      const cpu0 = pid ? cpuSeconds(pid) : Number.NaN;
-      const stopRss = rssSampler(pid);
-      const ka = await wrk(port, { connections: 64, durationS: d, close: false });
-      const cpu = pid ? cpuSeconds(pid) - cpu0 : Number.NaN;
-      const rss = stopRss();
-      addSample(results, "ka.rps", target, ka.rps);
-      addSample(results, "ka.p50", target, ka.p50Ms);
-      addSample(results, "ka.p99", target, ka.p99Ms);
-      if (pid) addSample(results, "ka.cpuUsPerReq", target, (cpu * 1e6) / Math.max(1, ka.requests));
-      if (pid) addSample(results, "ka.rssMiB", target, rss);
-      results.runs.push({ round, test: "keep-alive", target, rps: ka.rps, p50Ms: ka.p50Ms, p99Ms: ka.p99Ms, errors: ka.errors, cpuS: cpu });
-      log(`  keep-alive   ${target.padEnd(16)} ${Math.round(ka.rps).toString().padStart(7)} req/s  p50 ${ka.p50Ms.toFixed(2)} ms  p99 ${ka.p99Ms.toFixed(2)} ms${ka.errors ? `  errors ${ka.errors}` : ""}`);
-      if (ka.requests === 0) throw new Error(`keep-alive through ${target} served no request:\n${ka.raw}`);
-      await sleep(500);
-    }
-    for (const target of targets) {
-      const lat = await wrk(paths.http[target]!, { connections: 4, durationS: short, close: false });
-      addSample(results, "lat.p50", target, lat.p50Ms);
-      addSample(results, "lat.p99", target, lat.p99Ms);
-      results.runs.push({ round, test: "light-load", target, rps: lat.rps, p50Ms: lat.p50Ms, p99Ms: lat.p99Ms, errors: lat.errors });
-      log(`  light load   ${target.padEnd(16)} p50 ${lat.p50Ms.toFixed(3)} ms  p99 ${lat.p99Ms.toFixed(3)} ms`);
-      await sleep(300);
-    }
-    for (const target of targets) {
-      const pid = paths.pid[target]?.();
-      const cpu0 = pid ? cpuSeconds(pid) : Number.NaN;
-      const nc = await wrk(paths.http[target]!, { connections: 32, durationS: d, close: true });
-      const cpu = pid ? cpuSeconds(pid) - cpu0 : Number.NaN;
-      addSample(results, "nc.rps", target, nc.rps);
-      addSample(results, "nc.p99", target, nc.p99Ms);
-      if (pid) addSample(results, "nc.cpuUsPerConn", target, (cpu * 1e6) / Math.max(1, nc.requests));
-      results.runs.push({ round, test: "new-connections", target, rps: nc.rps, p50Ms: nc.p50Ms, p99Ms: nc.p99Ms, errors: nc.errors, cpuS: cpu });
-      log(`  new conns    ${target.padEnd(16)} ${Math.round(nc.rps).toString().padStart(7)} conn/s p99 ${nc.p99Ms.toFixed(2)} ms${nc.errors ? `  errors ${nc.errors}` : ""}`);
-      if (nc.requests === 0) throw new Error(`new connections through ${target} served no request:\n${nc.raw}`);
-      await sleep(1000);
-    }
-    for (const target of targets) {
-      const port = paths.bulk[target];
-      if (!port) continue;
-      const pid = paths.pid[target]?.();
-      const cpu0 = pid ? cpuSeconds(pid) : Number.NaN;
-      const r = await iperf(port, short);
-      const cpu = pid ? cpuSeconds(pid) - cpu0 : Number.NaN;
-      addSample(results, "bulk.gbps", target, r.gbps);
-      if (pid && r.bytes > 0) addSample(results, "bulk.cpuMsPerGB", target, (cpu * 1000) / (r.bytes / 1e9));
-      results.runs.push({ round, test: "bulk", target, gbps: r.gbps, error: r.error });
-      log(`  bulk         ${target.padEnd(16)} ${Number.isFinite(r.gbps) ? r.gbps.toFixed(2) : "–"} Gbit/s${r.error ? `  (${r.error})` : ""}`);
-      if (!(r.bytes > 0)) throw new Error(`bulk through ${target}: iperf3 moved nothing (${r.error ?? "no result"})`);
-      await sleep(500);
-    }
-    for (const target of targets) {
-      const port = paths.udp[target];
-      if (!port) continue;
-      const pid = paths.pid[target]?.();
-      const cpu0 = pid ? cpuSeconds(pid) : Number.NaN;
-      const u = await udpBlast(group, port, short * 1000);
-      const cpu = pid ? cpuSeconds(pid) - cpu0 : Number.NaN;
-      addSample(results, "udp.rate", target, u.rate);
-      addSample(results, "udp.loss", target, u.loss);
-      if (pid && u.received > 0) addSample(results, "udp.cpuUsPerDgram", target, (cpu * 1e6) / u.received);
-      results.runs.push({ round, test: "udp", target, ...u });
-      log(`  udp          ${target.padEnd(16)} ${Math.round(u.rate).toString().padStart(7)} dgram/s  loss ${(u.loss * 100).toFixed(2)}%${u.error ? `  (${u.error})` : ""}`);
-      if (u.received === 0) throw new Error(`UDP through ${target}: nothing echoed (${u.error ?? "no reply"})`);
-      await sleep(300);
-    }
-  }
-}
-
 /** Says whether the backend could have limited the proxied figures: direct must be well above them. */
 function backendHeadroomNote(kind: string): void {
   const direct = median(results.samples["ka.rps"]?.direct ?? []);
@@ -198,102 +93,188 @@ function backendHeadroomNote(kind: string): void {
   if (!Number.isFinite(direct) || !Number.isFinite(proxied) || proxied <= 0) return;
   const x = direct / proxied;
   results.notes.push(
-    `Backend (${kind}) headroom: direct keep-alive ${Math.round(direct)} req/s is ${x.toFixed(2)}× the best proxied rate` +
+    `Backend (${kind}) headroom: direct keep-alive ${Math.round(direct)} req/s is ${x.toFixed(2)}× the best proxied (HAProxy, Ballast proxy) rate` +
       (x >= 1.3 ? " — the backend is not what limits the proxied figures." : " — close to the proxied rate, so the backend may be limiting them; read ratios with care."),
   );
 }
 
-async function main(): Promise<void> {
-  log(`Ballast bench, ${opts.quick ? "quick smoke run" : "full run"}: ${opts.rounds} round(s) of ${opts.durationS} s${opts.profile ? ", with CPU profiles" : ""}`);
-  log("checking tools …");
-  ensureTools(log);
-  const nginx = opts.nodeBackend ? null : ensureNginx(!opts.quick, log);
-  results.machine = machineFacts(nginx);
-  log(`${results.machine.cpuModel}, ${results.machine.cores} cores, Node ${results.machine.node}, ${results.machine.haproxy}`);
-  results.ballast = probeBallast();
-  if (!results.ballast.available) log(`Ballast node: ${results.ballast.note} — measuring direct and HAProxy only`);
+/** Keeps the node's metrics scraped as Prometheus would, a little more often; returns the stop function. */
+function scrapeMetrics(node: () => BallastNode | undefined): () => void {
+  const t = setInterval(() => {
+    const n = node();
+    if (n) void httpGet(`${n.admin}/metrics`, 2000);
+  }, 5000);
+  return () => clearInterval(t);
+}
 
-  log("starting backends …");
-  const http = await startHttpBackends(group, runDir, nginx, 2);
+/**
+ * The TCP data plane in namespaces: direct, HAProxy, Ballast proxy (and with affinity), Ballast NAT and
+ * Ballast DSR, each through client ns → balancer ns → backend ns. Kernel modes the node does not have
+ * are reported as skipped. Then the NAT control-plane figures, while the topology is up.
+ */
+async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
+  const why = namespacesUnavailable();
+  if (why) {
+    for (const t of ["direct", "haproxy", "ballast", "ballast-affinity", "ballast-nat", "ballast-dsr"] as Target[]) results.skipped[t] = `skipped — the namespace data plane cannot run here: ${why}`;
+    log(`TCP data plane skipped: ${why}`);
+    return;
+  }
+  log("creating the namespaces (client → balancer → backend) …");
+  const ns = await buildNamespaces(ctx, etcd);
+  results.topology =
+    `Topology: network namespaces made by the bench, one-armed as a Maglev/DSR node is — client (\`${NET.client}\`), balancer (\`${NET.lbFront}\` + \`${NET.lbBack}\`, IP forwarding on, no redirects) and backend (\`${NET.backends.join("`, `")}\`; VIP \`${NET.dsrVip}\` on lo) on one switch (a bridge namespace), in two subnets; ` +
+    "the client's and the backends' default routes point at the balancer, so every path crosses client → switch → balancer → switch → backend, both ways. " +
+    `**direct**: the balancer only routes. HAProxy and Ballast proxy listen on \`${NET.lbFront}\`. Ballast NAT's VIP \`${NET.natVip}\` and Ballast DSR's VIP \`${NET.dsrVip}\` are no address of the balancer: only the node's nftables tables make them answer (DSR replies are routed by the balancer straight back to the client, untouched by Ballast). wrk and iperf3 run in the client namespace.`;
+
+  log("starting backends in the backend namespace …");
+  const http = await startHttpBackends(group, runDir, nginx, 1, ns.backendAt([NET.httpPort]));
+  ns.procs.push(http.proc);
   results.backend = {
     kind: http.kind,
-    note: http.kind === "nginx" ? "nginx, 1 worker, `return 200`" : "Node http server (nginx not installed); check direct req/s ≫ proxied req/s to see it is not the bottleneck",
+    note: http.kind === "nginx" ? "nginx, 1 worker, `return 200`, on every backend address" : "Node http server (nginx not installed); check direct req/s ≫ proxied req/s to see it is not the bottleneck",
   };
-  const iperfServer = await startIperfServer(group);
-  const udpEcho = await startUdpEcho(group);
-  const sink = await startTcpSink(group, "tcp-sink", 2);
+  ns.procs.push((await startIperfServer(group, ns.backendAt([NET.iperfPort]))).proc);
+  ns.procs.push((await startTcpSink(group, "tcp-sink-ns", 1, undefined, ns.backendAt([NET.sinkPort]))).proc);
 
-  log("starting HAProxy …");
-  const hp = { http: await freePort(), bulk: await freePort(), hold: await freePort() };
+  log("starting HAProxy in the balancer namespace …");
   const frontends: Frontend[] = [
-    { name: "http", port: hp.http, servers: http.ports.map((p, i) => ({ name: `b${i + 1}`, port: p })) },
-    // Health checks of the iperf3 server go to the sink: a check connection would look like a test client.
-    { name: "bulk", port: hp.bulk, servers: [{ name: "i1", port: iperfServer.port, checkPort: sink.ports[0] }] },
-    { name: "hold", port: hp.hold, servers: sink.ports.map((p, i) => ({ name: `s${i + 1}`, port: p })) },
+    { name: "http", bind: NET.lbFront, port: NET.haproxy.http, servers: NET.backends.map((a, i) => ({ name: `b${i + 1}`, address: a, port: NET.httpPort })) },
+    { name: "bulk", bind: NET.lbFront, port: NET.haproxy.bulk, servers: [{ name: "i1", address: NET.backends[0], port: NET.iperfPort, checkPort: NET.sinkPort }] },
   ];
-  const haproxy = await startHaproxy(group, runDir, frontends);
-  await checkHttp(hp.http, "HAProxy");
-  await checkHttp(http.ports[0], "backend");
+  const haproxy = await startHaproxy(group, join(runDir), frontends, { ns: ns.lb.name, waitListening: (p) => ns.waitListening(ns.lb, p) });
+  for (const [what, host, port] of [["backend (direct)", NET.backends[0], NET.httpPort], ["HAProxy", NET.lbFront, NET.haproxy.http]] as const) {
+    const r = await ns.probeHttp(host, port, 15_000);
+    if (!r.ok) throw new Error(`${what}: GET http://${host}:${port}/ from the client namespace did not answer 200 (last: ${r.last})`);
+  }
 
   const paths: Paths = {
-    http: { direct: http.ports[0], haproxy: hp.http },
-    bulk: { direct: iperfServer.port, haproxy: hp.bulk },
-    udp: { direct: udpEcho.port },
+    http: { direct: ns.dest(NET.backends[0], NET.httpPort), haproxy: ns.dest(NET.lbFront, NET.haproxy.http) },
+    bulk: { direct: ns.dest(NET.backends[0], NET.iperfPort), haproxy: ns.dest(NET.lbFront, NET.haproxy.bulk) },
     pid: { haproxy: () => haproxy.pid },
   };
   const targets: Target[] = ["direct", "haproxy"];
-
-  log("starting etcd …");
-  const etcd = await startEtcd(group, runDir);
-
   let node: BallastNode | undefined;
-  const bp = { http: await freePort(), aff: await freePort(), bulk: await freePort(), udp: await freePort(), hold: await freePort() };
-  const httpBackends = http.ports.map((p, i) => ({ id: `b${i + 1}`, value: { address: "127.0.0.1", port: p } }));
+  const nodeOpts: NodeOptions = { id: "bench-ns", cluster: "bench", etcdUrl: ns.etcdUrl, runDir, netns: { name: ns.lb.name, sockDir: ns.sockDir }, extraConfig: kernelNodeConfig(ns) };
+  if (results.ballast.available) {
+    const backends = NET.backends.map((a, i) => ({ id: `b${i + 1}`, value: { address: a, port: NET.httpPort } }));
+    const iperfBackend = [{ id: "i1", value: { address: NET.backends[0], port: NET.iperfPort, checkPort: NET.sinkPort } }];
+    const services: ServiceRecord[] = [
+      { name: "http", record: { listen: `${NET.lbFront}:${NET.ballast.http}`, protocol: "tcp", algorithm: "round-robin" }, backends },
+      { name: "http-affinity", record: { listen: `${NET.lbFront}:${NET.ballast.affinity}`, protocol: "tcp", affinity: { mode: "source-ip", ttl: "10m" } }, backends },
+      { name: "bulk", record: { listen: `${NET.lbFront}:${NET.ballast.bulk}`, protocol: "tcp" }, backends: iperfBackend },
+      ...kernelServices(backends, iperfBackend),
+    ];
+    log("seeding services into etcd and starting the Ballast node in the balancer namespace …");
+    await seedServices(etcd, "bench", services);
+    node = await startNode(group, nodeOpts);
+    log(`Ballast node ready (admin through ${node.admin}, RSS idle ${(rssBytes(node.pid) / 2 ** 20).toFixed(1)} MiB)`);
+    for (const [name, port] of [["http", NET.ballast.http], ["http-affinity", NET.ballast.affinity]] as const) {
+      const r = await ns.probeHttp(NET.lbFront, port, 15_000);
+      if (!r.ok) throw new Error(`Ballast ${name} service: GET http://${NET.lbFront}:${port}/ from the client namespace did not answer 200 (last: ${r.last})`);
+    }
+    const current = () => node!.pid;
+    paths.http.ballast = ns.dest(NET.lbFront, NET.ballast.http);
+    paths.http["ballast-affinity"] = ns.dest(NET.lbFront, NET.ballast.affinity);
+    paths.bulk.ballast = ns.dest(NET.lbFront, NET.ballast.bulk);
+    paths.pid.ballast = current;
+    paths.pid["ballast-affinity"] = current;
+    targets.push("ballast", "ballast-affinity");
+    for (const mode of KERNEL_MODES) {
+      const skip = await probeKernelMode(ctx, node, ns, mode);
+      if (skip) {
+        results.skipped[mode.target] = skip;
+        log(`${TARGET_NAME[mode.target]}: ${skip}`);
+        continue;
+      }
+      log(`${TARGET_NAME[mode.target]}: answering through ${mode.vip}`);
+      paths.http[mode.target] = ns.dest(mode.vip, NET.httpPort);
+      paths.bulk[mode.target] = ns.dest(mode.vip, NET.iperfPort);
+      // The kernel forwards; the node's own process is what Ballast costs in CPU for these paths.
+      paths.pid[mode.target] = current;
+      targets.push(mode.target);
+    }
+  } else {
+    for (const t of ["ballast", "ballast-affinity", "ballast-nat", "ballast-dsr"] as Target[]) results.skipped[t] = `skipped — ${results.ballast.note}`;
+  }
+
+  // Let the node settle first: right after start every backend's verdict goes unknown → up, and each
+  // new snapshot is programmed again (nft runs), which would load whichever path runs first.
+  if (node) {
+    await settle(node);
+    // The node's baseline with no traffic: what its CPU per request on the kernel paths is made of.
+    const idleS = opts.quick ? 1 : 3;
+    const c0 = cpuSeconds(node.pid);
+    await sleep(idleS * 1000);
+    results.nodeIdleCpuMsPerS = ((cpuSeconds(node.pid) - c0) * 1000) / idleS;
+  }
+  const stopScrape = scrapeMetrics(() => node);
+  log(`data plane: ${targets.join(", ")} (backend: ${http.kind})`);
+  await tcpRounds(ctx, paths, targets);
+  stopScrape();
+  backendHeadroomNote(http.kind);
+
+  if (node && opts.profile) {
+    results.notes.push(`Ballast RSS after the data-plane rounds (before the profile runs): ${(rssBytes(node.pid) / 2 ** 20).toFixed(1)} MiB.`);
+    await stopNode(node);
+    node = undefined;
+    await profileRun(ctx, (id, profileDir) => startNode(group, { ...nodeOpts, id, profileDir }), { http: paths.http.ballast!, bulk: paths.bulk.ballast! });
+  }
+  if (node) await stopNode(node);
+  if (results.ballast.available && paths.http["ballast-nat"]) {
+    // As the other control-plane figures: a failure is reported in its row, the run goes on.
+    await runNatControlPlane(ctx, etcd, ns, nodeOpts).catch((err: Error) => {
+      results.controlPlane.push({ name: "NAT: verdict flip → map updated / service map loaded / table size", value: "skipped", meets: null, note: `failed: ${err.message.split("\n")[0]}` });
+      log(`NAT control plane failed: ${err.stack ?? err.message}`);
+    });
+  }
+  else if (results.ballast.available) results.controlPlane.push({ name: "NAT: verdict flip → map updated / service map loaded / table size", value: "skipped", meets: null, note: results.skipped["ballast-nat"] ?? "" });
+  await haproxy.stop();
+  await ns.destroy();
+}
+
+/** Waits (up to 20 s) until every backend of every service on the node has an "up" verdict. */
+async function settle(node: BallastNode): Promise<void> {
+  const end = Date.now() + 20_000;
+  let pending = "";
+  while (Date.now() < end) {
+    const r = await httpGet(`${node.admin}/api/state`, 2000);
+    try {
+      const services = (JSON.parse(r.body) as { services: { name: string; backends: { id: string; verdict: { state?: string } | null }[] }[] }).services;
+      pending = services.flatMap((s) => s.backends.filter((b) => b.verdict?.state !== "up").map((b) => `${s.name}/${b.id}`)).join(", ");
+      if (pending === "") return;
+    } catch {
+      pending = `/api/state: ${r.status}`;
+    }
+    await sleep(250);
+  }
+  results.notes.push(`The node had not settled when the rounds began (backends without an "up" verdict after 20 s: ${pending}).`);
+}
+
+const TARGET_NAME: Record<string, string> = { "ballast-nat": "Ballast NAT", "ballast-dsr": "Ballast DSR" };
+
+/** UDP and memory stay on loopback: a Ballast node and HAProxy on 127.0.0.1, a UDP echo and a TCP sink. */
+async function loopbackPlane(etcd: Etcd): Promise<number[]> {
+  log("loopback: UDP echo, TCP sink, HAProxy and a Ballast node for UDP and memory …");
+  const udpEcho = await startUdpEcho(group);
+  const sink = await startTcpSink(group, "tcp-sink", 2);
+  const hp = { hold: await freePort() };
+  const haproxy = await startHaproxy(group, runDir, [{ name: "hold", port: hp.hold, servers: sink.ports.map((p, i) => ({ name: `s${i + 1}`, port: p })) }]);
+  const bp = { udp: await freePort(), hold: await freePort() };
   const services: ServiceRecord[] = [
-    { name: "http", record: { listen: `127.0.0.1:${bp.http}`, protocol: "tcp", algorithm: "round-robin" }, backends: httpBackends },
-    { name: "http-affinity", record: { listen: `127.0.0.1:${bp.aff}`, protocol: "tcp", affinity: { mode: "source-ip", ttl: "10m" } }, backends: httpBackends },
-    { name: "bulk", record: { listen: `127.0.0.1:${bp.bulk}`, protocol: "tcp" }, backends: [{ id: "i1", value: { address: "127.0.0.1", port: iperfServer.port, checkPort: sink.ports[0] } }] },
     // The echo also listens on TCP at the same port, so the default tcp health check sees it up.
     { name: "udp", record: { listen: `127.0.0.1:${bp.udp}`, protocol: "udp" }, backends: [{ id: "u1", value: { address: "127.0.0.1", port: udpEcho.port } }] },
     { name: "hold", record: { listen: `127.0.0.1:${bp.hold}`, protocol: "tcp", timeouts: { idle: "30m" } }, backends: sink.ports.map((p, i) => ({ id: `s${i + 1}`, value: { address: "127.0.0.1", port: p } })) },
   ];
-  const nodeOpts = { id: "bench-1", cluster: "bench", etcdUrl: etcd.url, runDir };
-  let idleFreshMiB = Number.NaN;
+  const nodeOpts = { id: "bench-lo", cluster: "bench-lo", etcdUrl: etcd.url, runDir };
+  let node: BallastNode | undefined;
   if (results.ballast.available) {
-    log("seeding services into etcd and starting the Ballast node …");
-    await seedServices(etcd, "bench", services);
+    await seedServices(etcd, "bench-lo", services);
     node = await startNode(group, nodeOpts);
-    await sleep(2000);
-    idleFreshMiB = rssBytes(node.pid) / 2 ** 20;
-    log(`Ballast node ready (admin ${node.admin}, RSS idle ${idleFreshMiB.toFixed(1)} MiB)`);
-    await checkHttp(bp.http, "Ballast http service");
-    await checkHttp(bp.aff, "Ballast http-affinity service");
-    const current = () => node!.pid;
-    paths.http.ballast = bp.http;
-    paths.http["ballast-affinity"] = bp.aff;
-    paths.bulk.ballast = bp.bulk;
-    paths.udp.ballast = bp.udp;
-    paths.pid.ballast = current;
-    paths.pid["ballast-affinity"] = current;
-    targets.push("ballast", "ballast-affinity");
   }
-
-  // Metrics stay on and get scraped as Prometheus would, a little more often.
-  const scrape = setInterval(() => {
-    if (node) void httpGet(`${node.admin}/metrics`, 2000);
-  }, 5000);
-  log(`data plane: ${targets.join(", ")} (backend: ${http.kind})`);
-  await dataPlane(paths, targets);
-  clearInterval(scrape);
-  backendHeadroomNote(http.kind);
-
-  if (node && opts.profile) {
-    const idleAfterLoad = rssBytes(node.pid) / 2 ** 20;
-    await stopNode(node);
-    await profileRun(ctx, nodeOpts, { http: bp.http, bulk: bp.bulk });
-    node = await startNode(group, { ...nodeOpts, id: "bench-2" });
-    results.notes.push(`Ballast RSS after the data-plane rounds (before the profile runs): ${idleAfterLoad.toFixed(1)} MiB.`);
-  }
+  const udpPorts: Partial<Record<Target, number>> = { direct: udpEcho.port };
+  if (node) udpPorts.ballast = bp.udp;
+  log(`UDP on loopback: ${Object.keys(udpPorts).join(", ")}`);
+  await udpRounds(ctx, udpPorts, { ballast: () => node!.pid });
 
   await runMemory(ctx, {
     restart: node
@@ -310,10 +291,27 @@ async function main(): Promise<void> {
     haproxyPort: hp.hold,
     sink: sink.proc,
   });
-
   if (node) await stopNode(node);
   await haproxy.stop();
-  if (opts.controlPlane) await runControlPlane(ctx, etcd, sink.ports);
+  // The sink keeps running: the control-plane phase uses it as its backends.
+  return sink.ports;
+}
+
+async function main(): Promise<void> {
+  log(`Ballast bench, ${opts.quick ? "quick smoke run" : "full run"}: ${opts.rounds} round(s) of ${opts.durationS} s${opts.profile ? ", with CPU profiles" : ""}`);
+  log("checking tools …");
+  ensureTools(log);
+  const nginx = opts.nodeBackend ? null : ensureNginx(!opts.quick, log);
+  results.machine = machineFacts(nginx);
+  log(`${results.machine.cpuModel}, ${results.machine.cores} cores, Node ${results.machine.node}, ${results.machine.haproxy}, load average ${results.machine.loadAverage}`);
+  results.ballast = probeBallast();
+  if (!results.ballast.available) log(`Ballast node: ${results.ballast.note} — measuring direct and HAProxy only`);
+
+  log("starting etcd …");
+  const etcd = await startEtcd(group, runDir);
+  await namespacePlane(etcd, nginx);
+  const sinkPorts = await loopbackPlane(etcd);
+  if (opts.controlPlane) await runControlPlane(ctx, etcd, sinkPorts);
   if (results.ballast.available) await runDns(ctx, etcd);
 }
 

@@ -12,6 +12,11 @@ import { delimiter, join } from "node:path";
 export interface StartEtcdOptions {
   /** Use (and keep) this data directory instead of a fresh temporary one. */
   dataDir?: string;
+  /**
+   * Serve clients over TLS with this certificate (PEM files); `ca` set: clients must present a
+   * certificate signed by it. Health is then polled on a separate plain-HTTP metrics port.
+   */
+  tls?: { cert: string; key: string; ca?: string };
   /** More etcd flags, e.g. `--max-request-bytes=8388608` to write values above the 1.5 MiB default. */
   extraArgs?: string[];
 }
@@ -156,10 +161,12 @@ class EtcdHarnessProcess implements EtcdProcess {
     readonly dataDir: string,
     private readonly ownsDataDir: boolean,
     private readonly extraArgs: readonly string[] = [],
+    private readonly tls?: { cert: string; key: string; ca?: string },
+    private readonly metricsPort = 0,
   ) {}
 
   get endpoint(): string {
-    return `http://127.0.0.1:${this.clientPort}`;
+    return `${this.tls ? "https" : "http"}://127.0.0.1:${this.clientPort}`;
   }
 
   get pid(): number | undefined {
@@ -168,7 +175,7 @@ class EtcdHarnessProcess implements EtcdProcess {
 
   /** Spawns etcd and resolves once /health says true; rejects (process reaped) if it exits first. */
   async launch(): Promise<void> {
-    const client = `http://127.0.0.1:${this.clientPort}`;
+    const client = this.endpoint;
     const peer = `http://127.0.0.1:${this.peerPort}`;
     const args = [
       "--name=ballast-test",
@@ -187,6 +194,10 @@ class EtcdHarnessProcess implements EtcdProcess {
       "--log-level=error",
       ...this.extraArgs,
     ];
+    if (this.tls) {
+      args.push(`--cert-file=${this.tls.cert}`, `--key-file=${this.tls.key}`, `--listen-metrics-urls=http://127.0.0.1:${this.metricsPort}`);
+      if (this.tls.ca) args.push(`--trusted-ca-file=${this.tls.ca}`, "--client-cert-auth");
+    }
     // PR_SET_PDEATHSIG through setpriv: etcd dies with this process even when the test runner is
     // killed by a signal and the exit hook never runs.
     const setpriv = onPath("setpriv");
@@ -220,7 +231,7 @@ class EtcdHarnessProcess implements EtcdProcess {
 
     const deadline = Date.now() + HEALTH_TIMEOUT_MS;
     while (!hasExited) {
-      if (await healthy(this.clientPort)) return;
+      if (await healthy(this.tls ? this.metricsPort : this.clientPort)) return;
       if (Date.now() > deadline) {
         await this.kill("SIGKILL");
         throw new EtcdStartError(`etcd did not become healthy in ${HEALTH_TIMEOUT_MS} ms: ${this.stderrTail}`, false);
@@ -340,11 +351,11 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdProces
   // Free ports are only probably free (another process may bind them before etcd does): retry,
   // each time in a fresh directory so no half-initialised member remembers the old ports.
   for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt++) {
-    const [clientPort, peerPort] = await freePorts(2);
+    const [clientPort, peerPort, metricsPort] = await freePorts(3);
     const ownsDataDir = opts.dataDir === undefined;
     const dataDir = opts.dataDir ?? mkdtempSync(join(tmpdir(), "ballast-etcd-"));
     if (ownsDataDir) ownedDirs.add(dataDir);
-    const etcd = new EtcdHarnessProcess(etcdBin, etcdctlBin, clientPort, peerPort, dataDir, ownsDataDir, opts.extraArgs);
+    const etcd = new EtcdHarnessProcess(etcdBin, etcdctlBin, clientPort, peerPort, dataDir, ownsDataDir, opts.extraArgs, opts.tls, metricsPort);
     try {
       await etcd.launch();
       return etcd;

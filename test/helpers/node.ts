@@ -14,7 +14,10 @@ import { waitFor } from "./wait.js";
 const running = new Set<BallastNode>();
 
 export async function startNode(config: Record<string, unknown>, opts: { waitForSnapshot?: boolean } = {}): Promise<BallastNode> {
-  const parsed = nodeConfigSchema.parse({ admin: { listen: "127.0.0.1:0" }, ...config });
+  // The access log is on by default and writes to stdout; in-process nodes keep the test output clean
+  // unless a test turns it on (with a file) or BALLAST_TEST_LOG asks for logs.
+  const quiet = process.env.BALLAST_TEST_LOG === undefined ? { accessLog: { enabled: false } } : {};
+  const parsed = nodeConfigSchema.parse({ admin: { listen: "127.0.0.1:0" }, ...quiet, ...config });
   const node = new BallastNode({ config: parsed, log: createLogger(process.env.BALLAST_TEST_LOG ?? "silent", { node: parsed.node.id }) });
   running.add(node);
   await node.start(opts);
@@ -39,6 +42,8 @@ export const CLI = join(repo, "dist/node/cli.js");
 export interface NodeProcess {
   child: ChildProcess;
   admin: string;
+  /** The config file the node runs from (tests rewrite it, then send SIGHUP). */
+  file: string;
   logs: string[];
   exited: Promise<number | null>;
   kill(signal?: NodeJS.Signals): void;
@@ -49,20 +54,27 @@ process.on("exit", () => {
   for (const c of children) c.kill("SIGKILL");
 });
 
+/** Writes a node config file as spawnNode does (admin on port 0, info logs), for a reload. */
+export function writeNodeConfig(file: string, config: Record<string, unknown>): void {
+  writeFileSync(file, stringify({ admin: { listen: "127.0.0.1:0" }, log: { level: "info" }, ...config }));
+}
+
 export interface SpawnOptions {
   /** Options for the node binary before the script (e.g. `--import preload.mjs`). */
   nodeArgs?: string[];
   /** Command run in front of node, e.g. `["prlimit", "--nofile=256:256", "--"]`. */
   wrapper?: string[];
   env?: Record<string, string>;
+  /** More arguments after `node --config FILE` (e.g. `--watch`). */
+  args?: string[];
 }
 
 /** Runs `ballast node --config` as a child process (needs `npm run build`); resolves once its admin API listens. */
 export async function spawnNode(config: Record<string, unknown>, opts: SpawnOptions = {}): Promise<NodeProcess> {
   const dir = mkdtempSync(join(tmpdir(), "ballast-node-"));
   const file = join(dir, "ballast.yaml");
-  writeFileSync(file, stringify({ admin: { listen: "127.0.0.1:0" }, log: { level: "info" }, ...config }));
-  const argv = [...(opts.nodeArgs ?? []), CLI, "node", "--config", file];
+  writeNodeConfig(file, config);
+  const argv = [...(opts.nodeArgs ?? []), CLI, "node", "--config", file, ...(opts.args ?? [])];
   const wrapper = opts.wrapper ?? [];
   const child = spawn(wrapper[0] ?? process.execPath, wrapper.length > 0 ? [...wrapper.slice(1), process.execPath, ...argv] : argv, {
     stdio: ["ignore", "pipe", "pipe"],
@@ -100,8 +112,8 @@ export async function spawnNode(config: Record<string, unknown>, opts: SpawnOpti
   await waitFor(() => {
     if (dead) throw new Error(`node exited:\n${logs.join("\n")}`);
     return admin !== "";
-  }, { timeoutMs: 15_000, message: "node admin listening" });
-  return { child, admin, logs, exited, kill: (sig = "SIGKILL") => child.kill(sig) };
+  }, { timeoutMs: 45_000, message: "node admin listening" });
+  return { child, admin, file, logs, exited, kill: (sig = "SIGKILL") => child.kill(sig) };
 }
 
 export async function getJson<T = Record<string, unknown>>(admin: string, path: string): Promise<T> {

@@ -23,6 +23,8 @@ const refusal = (record: Record<string, unknown>): string => {
 describe("forwarding: dsr validation", () => {
   it.each([
     { description: "PROXY protocol", record: { proxyProtocol: "v2" }, field: /proxyProtocol: needs forwarding: proxy/ },
+    { description: "accepting PROXY headers", record: { acceptProxy: { version: "v1", from: ["10.0.0.0/8"] } }, field: /acceptProxy: needs forwarding: proxy/ },
+    { description: "slow start", record: { slowStart: "30s" }, field: /slowStart: needs forwarding: proxy/ },
     { description: "a stateful algorithm", record: { algorithm: "least-conn" }, field: /algorithm: least-conn needs forwarding: proxy/ },
     { description: "per-backend connection caps", record: { limits: { maxConnectionsPerBackend: 10 } }, field: /limits\.maxConnectionsPerBackend: needs forwarding: proxy/ },
     { description: "a service connection cap", record: { limits: { maxConnections: 10 } }, field: /limits\.maxConnections: needs forwarding: proxy or nat/ },

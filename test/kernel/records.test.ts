@@ -25,6 +25,8 @@ function snapshotOf(records: Array<[string, unknown]>) {
 describe("forwarding: nat records", () => {
   it.each([
     { description: "PROXY protocol", extra: { proxyProtocol: "v1" }, reason: /proxyProtocol: needs forwarding: proxy/ },
+    { description: "accepting PROXY headers", extra: { acceptProxy: { version: "v2", from: ["10.0.0.0/8"] } }, reason: /acceptProxy: needs forwarding: proxy/ },
+    { description: "slow start", extra: { slowStart: "30s" }, reason: /slowStart: needs forwarding: proxy/ },
     { description: "a stateful picker", extra: { algorithm: "least-conn" }, reason: /algorithm: least-conn needs forwarding: proxy/ },
     { description: "per-backend connection caps", extra: { limits: { maxConnectionsPerBackend: 5 } }, reason: /limits.maxConnectionsPerBackend: needs forwarding: proxy/ },
     { description: "a wildcard listen address", extra: { listen: "0.0.0.0:80" }, reason: /listen: forwarding nat needs the service's own address/ },

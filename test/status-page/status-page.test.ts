@@ -89,6 +89,13 @@ describe("status page", () => {
     expect(await page.title()).toMatch(/^\(1 down\) edge-eu/);
   });
 
+  it("shows the killed backend's verdict change in the events timeline", async () => {
+    const down = page.locator('#events-table tr[data-kind="verdict"]', { hasText: "web/w2 down" });
+    await down.first().waitFor({ timeout: 15_000 });
+    const api = await cluster.get<{ events: Array<{ kind: string; message: string }> }>(cluster.nodes[0], "/api/events");
+    expect(api.events.some((e) => e.kind === "verdict" && e.message.startsWith("backend web/w2 down"))).toBe(true);
+  });
+
   it("sorts the backend table by the clicked column", async () => {
     const ids = () => page.locator('section[data-service="web"] table.backends tbody tr').evaluateAll((rows) => rows.map((r) => r.getAttribute("data-backend")));
     expect(await ids()).toEqual(["web/w1", "web/w2", "web/w3", "web/w4"]);

@@ -4,6 +4,7 @@
 // (shared/api.ts) and the DOM.
 /** @typedef {import("../../../shared/api.js").StateView} StateView */
 /** @typedef {import("../../../shared/api.js").RouteAnswer} RouteAnswer */
+/** @typedef {import("../../../shared/api.js").EventView} EventView */
 "use strict";
 (function () {
   var TOKEN_KEY = "ballast.token";
@@ -16,11 +17,13 @@
    * Page state. `self` is this node's /api/state; `peers` hold other nodes' answers by node id.
    * @type {{ token: string | null, refused: any, self: StateView | null, selfAt: number, skew: number, err: string,
    *   needToken: boolean, tokenRejected: boolean, peers: Record<string, any>, peerAt: number, rates: Record<string, any>,
-   *   hist: Record<string, any>, sort: { col: string, dir: number }, scope: string, services: string }}
+   *   hist: Record<string, any>, sort: { col: string, dir: number }, scope: string, services: string,
+   *   events: EventView[], eventsAt: number }}
    */
   var S = {
     token: null, refused: undefined, self: null, selfAt: 0, skew: 0, err: "", needToken: false, tokenRejected: false,
-    peers: dict(), peerAt: 0, rates: dict(), hist: dict(), sort: { col: "id", dir: 1 }, scope: "all", services: ""
+    peers: dict(), peerAt: 0, rates: dict(), hist: dict(), sort: { col: "id", dir: 1 }, scope: "all", services: "",
+    events: [], eventsAt: 0
   };
 
   // ?token=T once: kept for this tab only, and taken out of the address bar and history.
@@ -203,6 +206,10 @@
       observe(r.body.node.id, r.body, at);
     }, function (e) { S.err = errText(e); }).then(function () {
       if (S.self && Date.now() - S.peerAt >= PEER_MS) { S.peerAt = Date.now(); pollPeers(); }
+      if (S.self && Date.now() - S.eventsAt >= PEER_MS) {
+        S.eventsAt = Date.now();
+        api("", "/api/events").then(function (r) { if (r.status === 200 && r.body) S.events = r.body.events || []; }, function () {});
+      }
       sampleHistory();
       render();
     }).catch(function (e) {
@@ -478,6 +485,17 @@
       }))));
   }
 
+  /** This node's recent events, newest first: the timeline (`ballast events` has the cluster's). */
+  function renderEvents(list) {
+    if (!list || list.length === 0) return h("div", { class: "empty" }, "No events yet.");
+    var recent = list.slice(-50).reverse();
+    return h("div", { class: "tablewrap" }, h("table", { id: "events-table" },
+      h("thead", null, h("tr", null, h("th", null, "When"), h("th", null, "Kind"), h("th", null, "What"))),
+      h("tbody", null, recent.map(function (e) {
+        return h("tr", { "data-kind": e.kind }, h("td", { class: "mono", title: when(e.at) }, ago(e.at)), h("td", null, e.kind), h("td", { class: "wrap" }, e.message));
+      }))));
+  }
+
   function renderScope(nodes) {
     var sel = $("scope");
     var want = ["all"].concat(nodes.map(function (n) { return n.id; }));
@@ -556,6 +574,7 @@
     // Only nodes that run a DNS responder show the card.
     $("dns-card").hidden = !st.dns;
     if (st.dns) fill("dns", renderDns(st.dns));
+    fill("events", renderEvents(S.events));
     fill("invalid-count", (st.invalid || []).length ? "(" + st.invalid.length + ")" : "");
   }
 

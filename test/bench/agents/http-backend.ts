@@ -4,6 +4,7 @@ import { parseArgs, report } from "./args.js";
 
 const args = parseArgs(process.argv.slice(2));
 const ports = (args.ports ?? "").split(",").filter(Boolean).map(Number);
+const host = args.host ?? "127.0.0.1";
 const body = Buffer.from("ok");
 let listening = 0;
 for (const port of ports) {
@@ -13,7 +14,7 @@ for (const port of ports) {
     req.resume();
   });
   server.keepAliveTimeout = 300_000;
-  server.listen(port, "127.0.0.1", () => {
+  server.listen(port, host, () => {
     if (++listening === ports.length) report({ ready: true, ports });
   });
 }

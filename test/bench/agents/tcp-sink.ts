@@ -5,6 +5,8 @@ import { parseArgs, report } from "./args.js";
 
 const args = parseArgs(process.argv.slice(2));
 const ports = (args.ports ?? "").split(",").filter(Boolean).map(Number);
+// 0.0.0.0 in a backend namespace (every backend address of the namespace answers); loopback otherwise.
+const host = args.host ?? "127.0.0.1";
 const greeting = Buffer.from("+");
 let open = 0;
 let accepted = 0;
@@ -21,7 +23,7 @@ for (const port of ports) {
   });
   server.maxConnections = 1 << 20;
   server.on("error", (err) => report({ error: err.message }));
-  server.listen({ port, host: "127.0.0.1", backlog: 4096 }, () => {
+  server.listen({ port, host, backlog: 4096 }, () => {
     if (++listening === ports.length) report({ ready: true, ports });
   });
 }

@@ -1,0 +1,131 @@
+// The measured rounds: for each test, every path one after another (interleaved), so drift of the
+// machine hits all of them alike. TCP paths run from the client namespace; UDP runs on loopback.
+import type { Context } from "./context.js";
+import { type Dest, iperf, udpBlast, wrk } from "./load.js";
+import { cpuSeconds, machineBusySeconds, rssBytes, sleep } from "./net.js";
+import { addSample, TARGET_LABELS, type Target } from "./report.js";
+
+export interface Paths {
+  /** Where each path's HTTP runs connect. */
+  http: Partial<Record<Target, Dest>>;
+  /** Where each path's iperf3 runs connect (control and data connection reach the same backend). */
+  bulk: Partial<Record<Target, Dest>>;
+  /** Process whose CPU and RSS are charged to each path (none for direct). */
+  pid: Partial<Record<Target, () => number>>;
+}
+
+/** Samples a process's RSS until stopped; returns the maximum in MiB. */
+function rssSampler(pid: number | undefined): () => number {
+  if (!pid) return () => Number.NaN;
+  let max = rssBytes(pid);
+  const timer = setInterval(() => {
+    const v = rssBytes(pid);
+    if (v > max) max = v;
+  }, 250);
+  return () => {
+    clearInterval(timer);
+    return max / 2 ** 20;
+  };
+}
+
+/** CPU seconds of `pid` (NaN without one) and of the whole machine, from now until the returned function is called. */
+function cpuMeter(pid: number | undefined): () => { proc: number; machine: number } {
+  const p0 = pid ? cpuSeconds(pid) : Number.NaN;
+  const m0 = machineBusySeconds();
+  return () => ({ proc: pid ? cpuSeconds(pid) - p0 : Number.NaN, machine: machineBusySeconds() - m0 });
+}
+
+const label = (t: Target) => TARGET_LABELS[t].padEnd(26);
+
+export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): Promise<void> {
+  const { opts, results, log } = ctx;
+  const d = opts.durationS;
+  const short = Math.max(1, Math.round(d / 2));
+  // Warm-up, not recorded: JIT of the Node processes, ARP and conntrack entries, nginx's first
+  // connections. Without it whichever path runs first (direct) pays for all of them.
+  // --quick warms the backend only (through direct), which is what skewed the first path most.
+  log("warm-up (not recorded) …");
+  for (const target of opts.quick ? targets.slice(0, 1) : targets) await wrk(paths.http[target]!, { connections: 8, durationS: opts.quick ? 1 : 2, close: false });
+  // Pauses between runs let TIME_WAIT and queues drain; --quick proves the plumbing and keeps them short.
+  const pause = (ms: number) => sleep(opts.quick ? Math.min(ms, 200) : ms);
+  for (let round = 1; round <= opts.rounds; round++) {
+    log(`round ${round}/${opts.rounds}`);
+    for (const target of targets) {
+      const pid = paths.pid[target]?.();
+      const cpu = cpuMeter(pid);
+      const stopRss = rssSampler(pid);
+      const ka = await wrk(paths.http[target]!, { connections: 64, durationS: d, close: false });
+      const used = cpu();
+      const rss = stopRss();
+      addSample(results, "ka.rps", target, ka.rps);
+      addSample(results, "ka.p50", target, ka.p50Ms);
+      addSample(results, "ka.p99", target, ka.p99Ms);
+      addSample(results, "ka.machineUsPerReq", target, (used.machine * 1e6) / Math.max(1, ka.requests));
+      if (pid) addSample(results, "ka.cpuUsPerReq", target, (used.proc * 1e6) / Math.max(1, ka.requests));
+      if (pid) addSample(results, "ka.rssMiB", target, rss);
+      results.runs.push({ round, test: "keep-alive", target, rps: ka.rps, p50Ms: ka.p50Ms, p99Ms: ka.p99Ms, errors: ka.errors, cpuS: used.proc, machineCpuS: used.machine });
+      log(`  keep-alive   ${label(target)} ${Math.round(ka.rps).toString().padStart(7)} req/s  p50 ${ka.p50Ms.toFixed(2)} ms  p99 ${ka.p99Ms.toFixed(2)} ms${ka.errors ? `  errors ${ka.errors}` : ""}`);
+      if (ka.requests === 0) throw new Error(`keep-alive through ${target} served no request:\n${ka.raw}`);
+      await pause(500);
+    }
+    for (const target of targets) {
+      const lat = await wrk(paths.http[target]!, { connections: 4, durationS: short, close: false });
+      addSample(results, "lat.p50", target, lat.p50Ms);
+      addSample(results, "lat.p99", target, lat.p99Ms);
+      results.runs.push({ round, test: "light-load", target, rps: lat.rps, p50Ms: lat.p50Ms, p99Ms: lat.p99Ms, errors: lat.errors });
+      log(`  light load   ${label(target)} p50 ${lat.p50Ms.toFixed(3)} ms  p99 ${lat.p99Ms.toFixed(3)} ms`);
+      await pause(300);
+    }
+    for (const target of targets) {
+      const pid = paths.pid[target]?.();
+      const cpu = cpuMeter(pid);
+      const nc = await wrk(paths.http[target]!, { connections: 32, durationS: d, close: true });
+      const used = cpu();
+      addSample(results, "nc.rps", target, nc.rps);
+      addSample(results, "nc.p99", target, nc.p99Ms);
+      addSample(results, "nc.machineUsPerConn", target, (used.machine * 1e6) / Math.max(1, nc.requests));
+      if (pid) addSample(results, "nc.cpuUsPerConn", target, (used.proc * 1e6) / Math.max(1, nc.requests));
+      results.runs.push({ round, test: "new-connections", target, rps: nc.rps, p50Ms: nc.p50Ms, p99Ms: nc.p99Ms, errors: nc.errors, cpuS: used.proc, machineCpuS: used.machine });
+      log(`  new conns    ${label(target)} ${Math.round(nc.rps).toString().padStart(7)} conn/s p99 ${nc.p99Ms.toFixed(2)} ms${nc.errors ? `  errors ${nc.errors}` : ""}`);
+      if (nc.requests === 0) throw new Error(`new connections through ${target} served no request:\n${nc.raw}`);
+      // TIME_WAIT of the closed connections drains between paths.
+      await pause(1000);
+    }
+    for (const target of targets) {
+      const dest = paths.bulk[target];
+      if (!dest) continue;
+      const pid = paths.pid[target]?.();
+      const cpu = cpuMeter(pid);
+      const r = await iperf(dest, short);
+      const used = cpu();
+      addSample(results, "bulk.gbps", target, r.gbps);
+      if (pid && r.bytes > 0) addSample(results, "bulk.cpuMsPerGB", target, (used.proc * 1000) / (r.bytes / 1e9));
+      results.runs.push({ round, test: "bulk", target, gbps: r.gbps, error: r.error, cpuS: used.proc, machineCpuS: used.machine });
+      log(`  bulk         ${label(target)} ${Number.isFinite(r.gbps) ? r.gbps.toFixed(2) : "–"} Gbit/s${r.error ? `  (${r.error})` : ""}`);
+      if (!(r.bytes > 0)) throw new Error(`bulk through ${target}: iperf3 moved nothing (${r.error ?? "no result"})`);
+      await pause(500);
+    }
+  }
+}
+
+/** UDP on loopback: direct (the echo itself) and Ballast proxy; HAProxy has no UDP. */
+export async function udpRounds(ctx: Context, ports: Partial<Record<Target, number>>, pids: Partial<Record<Target, () => number>>): Promise<void> {
+  const { opts, results, log, group } = ctx;
+  const short = Math.max(1, Math.round(opts.durationS / 2));
+  const targets = (Object.keys(ports) as Target[]).filter((t) => ports[t]);
+  for (let round = 1; round <= opts.rounds; round++) {
+    for (const target of targets) {
+      const pid = pids[target]?.();
+      const cpu = cpuMeter(pid);
+      const u = await udpBlast(group, ports[target]!, short * 1000);
+      const used = cpu();
+      addSample(results, "udp.rate", target, u.rate);
+      addSample(results, "udp.loss", target, u.loss);
+      if (pid && u.received > 0) addSample(results, "udp.cpuUsPerDgram", target, (used.proc * 1e6) / u.received);
+      results.runs.push({ round, test: "udp", target, ...u });
+      log(`  udp          ${label(target)} ${Math.round(u.rate).toString().padStart(7)} dgram/s  loss ${(u.loss * 100).toFixed(2)}%${u.error ? `  (${u.error})` : ""}`);
+      if (u.received === 0) throw new Error(`UDP through ${target}: nothing echoed (${u.error ?? "no reply"})`);
+      await sleep(300);
+    }
+  }
+}
