@@ -1,6 +1,7 @@
 // Prometheus metrics. Hot-path counters are plain numbers on the stats objects; prom-client reads them
 // at scrape time (collect), so a connection costs no label lookups. Histograms use cached children.
 import client from "prom-client";
+import { type ChildCache, childCache, collectedCounter, collectedGauge } from "./collect.js";
 import type { DataPlane, PlaneHooks } from "./data/plane.js";
 import type { Snapshot } from "./model/snapshot.js";
 import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, type StatsRegistry, UDP_DISCARD_REASONS } from "./model/stats.js";
@@ -8,7 +9,7 @@ import { CONNECT_FAILURE_REASONS, REFUSE_REASONS, type StatsRegistry, UDP_DISCAR
 export class Metrics {
   readonly registry = new client.Registry();
   readonly connectLatency: client.Histogram<"service">;
-  private readonly latencyChildren = new Map<string, client.Histogram.Internal<"service">>();
+  private readonly latency: ChildCache<"service">;
   readonly invalidRecords: client.Gauge<"kind">;
   readonly invalidRecordsTotal: client.Counter;
   readonly snapshotRevision: client.Gauge;
@@ -33,16 +34,9 @@ export class Metrics {
     client.collectDefaultMetrics({ register: r, prefix: "ballast_process_" });
 
     const svcCounter = (name: string, help: string, read: (s: import("./model/stats.js").ServiceCounters) => number) =>
-      new client.Counter({
-        name,
-        help,
-        labelNames: ["service", "forwarding"],
-        registers: [r],
-        collect() {
-          this.reset();
-          for (const s of stats.services.values()) this.inc({ service: s.service, forwarding: mode(s.service) }, read(s));
-        },
-      });
+      collectedCounter({ name, help, labelNames: ["service", "forwarding"], registry: r, read: (emit) => {
+        for (const s of stats.services.values()) emit({ service: s.service, forwarding: mode(s.service) }, read(s));
+      } });
     svcCounter("ballast_connections_accepted_total", "Connections (and UDP flows) accepted per service.", (s) => s.accepted);
     svcCounter("ballast_service_bytes_in_total", "Bytes from clients to backends per service.", (s) => s.bytesIn);
     svcCounter("ballast_service_bytes_out_total", "Bytes from backends to clients per service.", (s) => s.bytesOut);
@@ -51,82 +45,69 @@ export class Metrics {
     svcCounter("ballast_udp_datagrams_in_total", "UDP datagrams received from clients.", (s) => s.udpDatagramsIn);
     svcCounter("ballast_udp_datagrams_out_total", "UDP datagrams relayed back to clients.", (s) => s.udpDatagramsOut);
     svcCounter("ballast_udp_datagrams_dropped_total", "UDP datagrams that could not be delivered.", (s) => s.udpDropped);
-    new client.Counter({
+    collectedCounter({
       name: "ballast_udp_datagrams_discarded_total",
       help: "UDP datagrams discarded per service and reason (also counted in ballast_udp_datagrams_dropped_total).",
       labelNames: ["service", "reason"],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const s of stats.services.values()) for (const reason of UDP_DISCARD_REASONS) this.inc({ service: s.service, reason }, s.udpDiscarded[reason]);
+      registry: r,
+      read: (emit) => {
+        for (const s of stats.services.values()) for (const reason of UDP_DISCARD_REASONS) emit({ service: s.service, reason }, s.udpDiscarded[reason]);
       },
     });
-    new client.Gauge({
+    collectedGauge({
       name: "ballast_connections_active",
       help: "Open connections and UDP flows per service.",
       labelNames: ["service"],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const s of stats.services.values()) this.set({ service: s.service }, s.active);
+      registry: r,
+      read: (emit) => {
+        for (const s of stats.services.values()) emit({ service: s.service }, s.active);
       },
     });
-    new client.Counter({
+    collectedCounter({
       name: "ballast_connections_refused_total",
       help: "Connections refused per service and reason.",
       labelNames: ["service", "reason"],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const s of stats.services.values()) for (const reason of REFUSE_REASONS) this.inc({ service: s.service, reason }, s.refused[reason]);
+      registry: r,
+      read: (emit) => {
+        for (const s of stats.services.values()) for (const reason of REFUSE_REASONS) emit({ service: s.service, reason }, s.refused[reason]);
       },
     });
     const beCounter = (name: string, help: string, read: (b: import("./model/stats.js").BackendCounters) => number) =>
-      new client.Counter({
-        name,
-        help,
-        labelNames: ["service", "backend", "forwarding"],
-        registers: [r],
-        collect() {
-          this.reset();
-          for (const b of stats.backends.values()) this.inc({ service: b.service, backend: b.id, forwarding: mode(b.service) }, read(b));
-        },
-      });
+      collectedCounter({ name, help, labelNames: ["service", "backend", "forwarding"], registry: r, read: (emit) => {
+        for (const b of stats.backends.values()) emit({ service: b.service, backend: b.id, forwarding: mode(b.service) }, read(b));
+      } });
     beCounter("ballast_backend_connections_total", "Connections (and UDP flows) sent to each backend.", (b) => b.connections);
     beCounter("ballast_backend_bytes_in_total", "Bytes sent to each backend.", (b) => b.bytesIn);
     beCounter("ballast_backend_bytes_out_total", "Bytes received from each backend.", (b) => b.bytesOut);
-    new client.Gauge({
+    collectedGauge({
       name: "ballast_backend_connections_active",
       help: "Open connections and UDP flows per backend (forwarding nat: tracked flows in conntrack).",
       labelNames: ["service", "backend", "forwarding"],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const b of stats.backends.values()) this.set({ service: b.service, backend: b.id, forwarding: mode(b.service) }, b.active);
+      registry: r,
+      read: (emit) => {
+        for (const b of stats.backends.values()) emit({ service: b.service, backend: b.id, forwarding: mode(b.service) }, b.active);
       },
     });
-    new client.Counter({
+    collectedCounter({
       name: "ballast_backend_connect_failures_total",
       help: "Failed connects to each backend, by reason.",
       labelNames: ["service", "backend", "reason"],
-      registers: [r],
-      collect() {
-        this.reset();
+      registry: r,
+      read: (emit) => {
         for (const b of stats.backends.values())
-          for (const reason of CONNECT_FAILURE_REASONS) this.inc({ service: b.service, backend: b.id, reason }, b.connectFailures[reason]);
+          for (const reason of CONNECT_FAILURE_REASONS) emit({ service: b.service, backend: b.id, reason }, b.connectFailures[reason]);
       },
     });
-    new client.Counter({
+    collectedCounter({
       name: "ballast_zone_routed_total",
       help: "New clients of locality: prefer-zone services routed by this node's zone plan: kept in its zone (local) or sent to another (spillover).",
       labelNames: ["service", "decision"],
-      registers: [r],
-      collect() {
-        this.reset();
+      registry: r,
+      read: (emit) => {
         for (const s of stats.services.values()) {
           if (s.zoneLocal === 0 && s.zoneSpillover === 0) continue;
-          this.inc({ service: s.service, decision: "local" }, s.zoneLocal);
-          this.inc({ service: s.service, decision: "spillover" }, s.zoneSpillover);
+          emit({ service: s.service, decision: "local" }, s.zoneLocal);
+          emit({ service: s.service, decision: "spillover" }, s.zoneSpillover);
         }
       },
     });
@@ -143,15 +124,13 @@ export class Metrics {
     this.snapshotRevision = new client.Gauge({ name: "ballast_snapshot_revision", help: "etcd revision of the applied snapshot.", registers: [r] });
     this.snapshotSwaps = new client.Counter({ name: "ballast_snapshot_swaps_total", help: "Snapshots applied.", registers: [r] });
     this.storeConnected = new client.Gauge({ name: "ballast_store_connected", help: "1 while the etcd watch is connected.", registers: [r] });
-    const self = this;
-    this.secondsSinceSync = new client.Gauge({
+    this.secondsSinceSync = collectedGauge({
       name: "ballast_store_staleness_seconds",
       help: "Seconds since the node last knew it was in sync with etcd (0 while connected).",
-      registers: [r],
-      collect() {
-        this.set(self.lastSync === 0 ? 0 : Math.max(0, (Date.now() - self.lastSync) / 1000));
-      },
+      registry: r,
+      read: (emit) => emit({}, this.lastSync === 0 ? 0 : Math.max(0, (Date.now() - this.lastSync) / 1000)),
     });
+    this.latency = childCache(this.connectLatency);
     this.planeHooks = {
       onConnected: (svc, _t, seconds) => this.latency(svc.name).observe(seconds),
       onEject: (svc, t) => this.ejections.inc({ service: svc.name, backend: t.id }),
@@ -161,25 +140,24 @@ export class Metrics {
   /** Gauges read from the proxy data plane at scrape time: its descriptor budget and which listeners are bound. */
   observePlane(plane: DataPlane): void {
     const r = this.registry;
-    new client.Gauge({
+    collectedGauge({
       name: "ballast_fd_budget",
       help: "The data plane's descriptor budget: capacity (RLIMIT_NOFILE less headroom and reserves) and in_use (2 per TCP connection, 1 per UDP flow).",
       labelNames: ["kind"],
-      registers: [r],
-      collect() {
+      registry: r,
+      read: (emit) => {
         const b = plane.fds;
-        this.set({ kind: "capacity" }, Number.isFinite(b.capacity) ? b.capacity : -1);
-        this.set({ kind: "in_use" }, b.inUse);
+        emit({ kind: "capacity" }, Number.isFinite(b.capacity) ? b.capacity : -1);
+        emit({ kind: "in_use" }, b.inUse);
       },
     });
-    new client.Gauge({
+    collectedGauge({
       name: "ballast_service_listening",
       help: "1 while the service's listener is bound on this node, 0 when it failed (see listenerError in /api/state).",
       labelNames: ["service"],
-      registers: [r],
-      collect() {
-        this.reset();
-        for (const l of plane.listeners.values()) this.set({ service: l.svc.name }, l.error === null ? 1 : 0);
+      registry: r,
+      read: (emit) => {
+        for (const l of plane.listeners.values()) emit({ service: l.svc.name }, l.error === null ? 1 : 0);
       },
     });
   }
@@ -192,10 +170,7 @@ export class Metrics {
   prune(stats: StatsRegistry, snapshot: Parameters<StatsRegistry["prune"]>[0]): string[] {
     const dropped = stats.prune(snapshot);
     for (const b of dropped.backends) this.ejections.remove({ service: b.service, backend: b.id });
-    for (const s of dropped.services) {
-      this.latencyChildren.delete(s);
-      this.connectLatency.remove({ service: s });
-    }
+    for (const s of dropped.services) this.latency.forget(s);
     return dropped.services;
   }
 
@@ -204,24 +179,14 @@ export class Metrics {
    * the backend series aggregate by zone without a label change on every one of them.
    */
   backendZones(current: () => Snapshot | null): void {
-    new client.Gauge({
+    collectedGauge({
       name: "ballast_backend_zone_info",
       help: "1 per backend of the applied snapshot, labelled with its zone.",
       labelNames: ["service", "backend", "zone"],
-      registers: [this.registry],
-      collect() {
-        this.reset();
-        for (const svc of current()?.services.values() ?? []) for (const b of svc.backends) this.set({ service: svc.name, backend: b.id, zone: b.spec.zone }, 1);
+      registry: this.registry,
+      read: (emit) => {
+        for (const svc of current()?.services.values() ?? []) for (const b of svc.backends) emit({ service: svc.name, backend: b.id, zone: b.spec.zone }, 1);
       },
     });
-  }
-
-  private latency(service: string): client.Histogram.Internal<"service"> {
-    let child = this.latencyChildren.get(service);
-    if (!child) {
-      child = this.connectLatency.labels(service);
-      this.latencyChildren.set(service, child);
-    }
-    return child;
   }
 }

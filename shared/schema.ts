@@ -528,12 +528,6 @@ export function formatIssues(error: z.ZodError): string[] {
   });
 }
 
-/** Parses health settings alone (tests, tools), with the check type a service of `protocol` gets by default. */
-export function parseHealth(input: unknown, protocol: "tcp" | "udp" = "tcp"): z.output<typeof healthSchema> & { type: CheckType } {
-  const h = healthSchema.parse(input);
-  return { ...h, type: h.type ?? (protocol === "udp" ? "udp" : "tcp") };
-}
-
 /** Fills algorithm defaults that depend on other fields. */
 export function resolveService(name: string, parsed: z.output<typeof serviceSchema>): ServiceSpec {
   const refused = forwardingRefusals(parsed);

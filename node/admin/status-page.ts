@@ -99,6 +99,3 @@ const BODY = Buffer.from(HTML, "utf8");
 export function statusPage(): { contentType: string; body: Buffer } {
   return { contentType: "text/html; charset=utf-8", body: BODY };
 }
-
-/** The inline script, exported so a unit test can check it parses without a browser. */
-export const statusPageScript = SCRIPT;

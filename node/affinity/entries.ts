@@ -6,6 +6,8 @@
 // table (no string kept), a slot's fields sit together (one 32-byte int record, one 32-byte float
 // record), and a hit reads and writes numbers in place without allocating. IPv6 clients use a Map.
 
+import { parseIPv4 } from "../../shared/ip.js";
+
 /** Entries live TTL + TTL/4 after the last use a node knows of: other nodes publish uses at most once per TTL/4. */
 export const GRACE_FACTOR = 1.25;
 /** A live entry's use is published again once it is this fraction of the TTL older than what the cluster knows. */
@@ -40,33 +42,6 @@ const F_CREATED = 2;
 const QUEUED = 1;
 /** Slot flag: the client is an IPv6 (or other non-dotted-quad) address, kept as a string. */
 const V6 = 2;
-
-/** "a.b.c.d" (canonical: no leading zeros) → 0..2^32-1, anything else → -1. No allocation. */
-export function parseIpv4(s: string): number {
-  const n = s.length;
-  if (n < 7 || n > 15) return -1;
-  let acc = 0;
-  let octet = 0;
-  let digits = 0;
-  let dots = 0;
-  for (let i = 0; i < n; i++) {
-    const c = s.charCodeAt(i);
-    if (c === 46) {
-      if (digits === 0 || dots === 3) return -1;
-      acc = acc * 256 + octet;
-      octet = 0;
-      digits = 0;
-      dots++;
-    } else if (c >= 48 && c <= 57) {
-      if (digits > 0 && octet === 0) return -1; // leading zero: not the form sockets report
-      octet = octet * 10 + (c - 48);
-      if (octet > 255) return -1;
-      digits++;
-    } else return -1;
-  }
-  if (dots !== 3 || digits === 0) return -1;
-  return acc * 256 + octet;
-}
 
 export function formatIpv4(ip: number): string {
   const u = ip >>> 0;
@@ -254,7 +229,7 @@ export class EntryStore {
 
   /** The client's slot in table `t`, or -1. */
   find(t: ServiceTable, ip: string): number {
-    const v4 = parseIpv4(ip);
+    const v4 = parseIPv4(ip);
     if (v4 >= 0) return t.v4.get(v4 | 0);
     return t.v6.get(ip) ?? NONE;
   }
@@ -308,7 +283,7 @@ export class EntryStore {
     const slot = this.allocate();
     const i = slot * I_STRIDE;
     this.ints[i + I_OWNER] = t.id + 1;
-    const v4 = parseIpv4(ip);
+    const v4 = parseIPv4(ip);
     if (v4 >= 0) {
       this.ints[i + I_IP4] = v4 | 0;
       this.ints[i + I_FLAGS] = 0;

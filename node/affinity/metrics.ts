@@ -1,6 +1,7 @@
 // Prometheus metrics of the affinity table. Counters are plain numbers on the table, read at scrape
 // time, so lookups and merges cost no label lookups; only the replication lag is a histogram (per batch).
 import client from "prom-client";
+import { collectedCounter, collectedGauge, type Emit } from "../collect.js";
 import type { AffinityTable } from "./table.js";
 
 export class AffinityMetrics {
@@ -12,74 +13,48 @@ export class AffinityMetrics {
     type Table = (typeof e.tables)[number];
     // A service that is gone has no series once its entries are swept (its table is kept, empty).
     const listed = (t: Table) => t.size > 0 || table.hasService(t.name);
+    const perService = (read: (t: Table) => number) => (emit: Emit<"service">) => {
+      for (const t of e.tables) if (listed(t)) emit({ service: t.name }, read(t));
+    };
     const counter = (name: string, help: string, read: (t: Table) => number) =>
-      new client.Counter({
-        name,
-        help,
-        labelNames: ["service"],
-        registers: [r],
-        collect() {
-          this.reset();
-          for (const t of e.tables) if (listed(t)) this.inc({ service: t.name }, read(t));
-        },
-      });
+      collectedCounter({ name, help, labelNames: ["service"], registry: r, read: perService(read) });
     const gauge = (name: string, help: string, read: (t: Table) => number) =>
-      new client.Gauge({
-        name,
-        help,
-        labelNames: ["service"],
-        registers: [r],
-        collect() {
-          this.reset();
-          for (const t of e.tables) if (listed(t)) this.set({ service: t.name }, read(t));
-        },
-      });
+      collectedGauge({ name, help, labelNames: ["service"], registry: r, read: perService(read) });
     counter("ballast_affinity_hits_total", "Connections and UDP flows routed by a live affinity entry.", (t) => t.hits);
     counter("ballast_affinity_misses_total", "Lookups with no entry for the client.", (t) => t.misses);
     counter("ballast_affinity_expired_total", "Lookups that found an entry past its TTL (a new pick followed).", (t) => t.expired);
     counter("ballast_affinity_moved_total", "Lookups that found an entry whose backend is down, disabled or removed (a new pick followed).", (t) => t.moved);
     gauge("ballast_affinity_entries", "Affinity entries in this node's table.", (t) => t.size);
     const scalar = (name: string, help: string, read: () => number) =>
-      new client.Counter({
-        name,
-        help,
-        registers: [r],
-        collect() {
-          this.reset();
-          this.inc(read());
-        },
-      });
+      collectedCounter({ name, help, registry: r, read: (emit) => emit({}, read()) });
     scalar("ballast_affinity_evictions_total", "Entries evicted (least recently used) because the table was at affinity.maxEntries.", () => e.evictions);
     scalar("ballast_affinity_batches_written_total", "Affinity batches written to etcd by this node.", () => table.replicator?.batches ?? 0);
     scalar("ballast_affinity_bytes_written_total", "Bytes of affinity batches written to etcd by this node.", () => table.replicator?.bytes ?? 0);
     scalar("ballast_affinity_entries_written_total", "Entries written to etcd by this node (new and refreshed).", () => table.replicator?.entriesWritten ?? 0);
     scalar("ballast_affinity_write_failures_total", "Affinity batch writes that failed (retried).", () => table.replicator?.failures ?? 0);
     scalar("ballast_affinity_lease_grants_total", "Leases granted for affinity batches.", () => table.replicator?.leaseGrants ?? 0);
-    new client.Gauge({
+    collectedGauge({
       name: "ballast_affinity_queued_entries",
       help: "Entries waiting to be written to etcd.",
-      registers: [r],
-      collect() {
-        this.set(table.replicator?.queued ?? 0);
-      },
+      registry: r,
+      read: (emit) => emit({}, table.replicator?.queued ?? 0),
     });
     scalar("ballast_affinity_batches_received_total", "Affinity batches from other nodes merged into this node's table.", () => table.batchesReceived);
     scalar("ballast_affinity_invalid_batches_total", "Affinity values that could not be decoded (skipped).", () => table.invalidBatches);
     scalar("ballast_affinity_invalid_entries_total", "Affinity entries skipped: malformed, or naming a backend the service does not have.", () => table.invalidEntries);
     scalar("ballast_affinity_clamped_entries_total", "Affinity entries whose times were later than now + clock skew allowance (clamped).", () => table.clampedEntries);
-    new client.Counter({
+    collectedCounter({
       name: "ballast_affinity_merges_total",
       help: "Entries from other nodes by merge result: new, same (refresh), won (replaced a different local entry), lost (local entry kept), stale (past TTL).",
       labelNames: ["result"],
-      registers: [r],
-      collect() {
-        this.reset();
+      registry: r,
+      read: (emit) => {
         const m = table.merges;
-        this.inc({ result: "new" }, m.new);
-        this.inc({ result: "same" }, m.same);
-        this.inc({ result: "won" }, m.won);
-        this.inc({ result: "lost" }, m.lost);
-        this.inc({ result: "stale" }, m.stale);
+        emit({ result: "new" }, m.new);
+        emit({ result: "same" }, m.same);
+        emit({ result: "won" }, m.won);
+        emit({ result: "lost" }, m.lost);
+        emit({ result: "stale" }, m.stale);
       },
     });
     this.replicationLag = new client.Histogram({

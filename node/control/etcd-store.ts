@@ -1,40 +1,39 @@
-// The etcd implementation of Store, and the only module that imports etcd3: list + watch with a
-// fresh list after any break, leases, and the etcd election recipe with fenced (transactional) writes.
+// The etcd implementation of Store. node/control/ is the only folder that imports etcd3 (biome's
+// noRestrictedImports); the concepts live one per file:
+//   etcd-store.ts     the client, key/value calls, list paging, the election recipe (campaign)
+//   etcd-sync.ts      one prefix kept in step: list, then watch from the next revision
+//   etcd-lease.ts     a lease with a local deadline
+//   etcd-election.ts  a won election and its fenced (transactional) writes
+//   etcd-common.ts    error mapping, backoff, key ranges shared by the four
 
 import { readFileSync } from "node:fs";
-import { setTimeout as sleep } from "node:timers/promises";
 import {
-  ClientClosedError,
   CompareResult,
   CompareTarget,
   Etcd3,
-  type Lease as EtcdLease,
-  EtcdAuthenticationFailedError,
-  EtcdInvalidAuthTokenError,
-  EtcdPermissionDeniedError,
   GRPCResourceExhastedError,
-  GRPCUnauthenticatedError,
-  type IKeyValue,
   type IOptions,
-  type IRequestOp,
-  type ITxnRequest,
-  type ITxnResponse,
   isRecoverableError,
   SortOrder,
   SortTarget,
-  type Watcher,
 } from "etcd3";
 import {
-  type KeyValue,
-  type Leadership,
-  type Lease,
-  type PutOptions,
-  type Store,
-  StoreError,
-  type StoreEvent,
-  type SyncHandle,
-  type SyncSink,
-} from "./store.js";
+  type BackoffConfig,
+  backoffDelay,
+  closedError,
+  describe,
+  detach,
+  pause,
+  prefixEnd,
+  storeError,
+  toBuffer,
+  toKeyValue,
+  withGrace,
+} from "./etcd-common.js";
+import { EtcdLeadership } from "./etcd-election.js";
+import { EtcdStoreLease } from "./etcd-lease.js";
+import { PrefixSync } from "./etcd-sync.js";
+import type { KeyValue, Leadership, Lease, PutOptions, Store, SyncHandle, SyncSink } from "./store.js";
 
 export interface EtcdStoreOptions {
   endpoints: string[];
@@ -55,19 +54,9 @@ function isTooLarge(err: unknown): boolean {
   return err instanceof GRPCResourceExhastedError || (err instanceof Error && /RESOURCE_EXHAUSTED|larger than max/i.test(err.message));
 }
 
-interface BackoffConfig {
-  initialMs: number;
-  maxMs: number;
-}
 
 const LIST_PAGE_SIZE = 1_000;
-const WATCH_CANCEL_GRACE_MS = 1_000;
-/**
- * A silent partition leaves a watch stream open with nothing on it; gRPC keepalive notices after
- * ~15 s. A small read every LIVENESS_MS with its own short deadline notices in a few seconds, so
- * /api/state and the staleness metric tell the truth while the node serves fail-static.
- */
-const LIVENESS_MS = 2_000;
+/** Deadline of the liveness read (see LIVENESS_MS in etcd-sync.ts). */
 const LIVENESS_TIMEOUT_MS = 2_000;
 const CLOSE_REVOKE_GRACE_MS = 1_000;
 
@@ -102,103 +91,6 @@ function tryEachEndpointOnce(endpointCount: number): FaultPolicy {
 }
 
 const passThrough = tryEachEndpointOnce(1);
-
-function backoffDelay(cfg: BackoffConfig, failures: number): number {
-  const ceiling = Math.min(cfg.maxMs, cfg.initialMs * 2 ** Math.min(failures, 20));
-  // "Equal jitter": never less than half the step, so a crowd of nodes spreads out but still backs off.
-  return ceiling / 2 + Math.random() * (ceiling / 2);
-}
-
-/** Sleeps unless/until the signal aborts; never rejects. */
-async function pause(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return;
-  try {
-    await sleep(ms, undefined, { signal });
-  } catch {
-    // aborted
-  }
-}
-
-function describe(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
-/** First key after every key starting with `prefix` (etcd's range_end for a prefix). */
-function prefixEnd(prefix: Buffer): Buffer {
-  for (let i = prefix.length - 1; i >= 0; i--) {
-    if (prefix[i] < 0xff) {
-      const end = Buffer.from(prefix.subarray(0, i + 1));
-      end[i]++;
-      return end;
-    }
-  }
-  return Buffer.from([0]); // "" or all 0xff: to the end of the keyspace
-}
-
-function toKeyValue(kv: IKeyValue): KeyValue {
-  return {
-    key: kv.key.toString(),
-    value: kv.value,
-    modRevision: Number(kv.mod_revision),
-    lease: kv.lease || "0",
-  };
-}
-
-function toBuffer(value: Buffer | string): Buffer {
-  return typeof value === "string" ? Buffer.from(value) : value;
-}
-
-/** Maps etcd3/gRPC errors onto the stable StoreError codes. */
-function storeError(err: unknown, what: string): StoreError {
-  if (err instanceof StoreError) return err;
-  const message = `${what}: ${describe(err)}`;
-  let mapped: StoreError;
-  if (err instanceof ClientClosedError) {
-    mapped = new StoreError("STORE_CLOSED", message, false);
-  } else if (
-    err instanceof EtcdAuthenticationFailedError ||
-    err instanceof EtcdPermissionDeniedError ||
-    err instanceof EtcdInvalidAuthTokenError ||
-    err instanceof GRPCUnauthenticatedError
-  ) {
-    mapped = new StoreError("STORE_AUTH", message, false);
-  } else {
-    // Network, deadline and server-side unavailability are recoverable, and so is a paged read that
-    // lost its revision to a compaction (read again); anything else is a request etcd refused.
-    const recoverable =
-      err instanceof Error && (isRecoverableError(err) || err.message.includes("required revision has been compacted"));
-    mapped = new StoreError("STORE_UNAVAILABLE", message, recoverable);
-  }
-  mapped.cause = err;
-  return mapped;
-}
-
-function closedError(): StoreError {
-  return new StoreError("STORE_CLOSED", "the store is closed", false);
-}
-
-/**
- * Detaches an etcd3 watcher without waiting for the server. While the watch stream is down the
- * detach is synchronous, which keeps etcd3 from resubscribing the watcher on its own.
- */
-function detach(watcher: Watcher): Promise<void> {
-  try {
-    return watcher.cancel().catch(() => undefined);
-  } catch {
-    return Promise.resolve(); // the stream is already gone
-  }
-}
-
-function withGrace(promise: Promise<unknown>, ms: number): Promise<void> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    timer.unref();
-    void promise.finally(() => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
-}
 
 export class EtcdStore implements Store {
   private readonly client: Etcd3;
@@ -528,341 +420,5 @@ export class EtcdStore implements Store {
       watcher.on("error", () => finish("broken", false));
       watcher.on("end", () => finish("broken", false));
     });
-  }
-}
-
-interface SyncSource {
-  list(prefix: string): Promise<{ kvs: KeyValue[]; revision: number }>;
-  /** An etcd3 watcher not yet attached to the stream, so every listener is in place before any event. */
-  watch(prefix: string, fromRevision: number): Watcher;
-  /** A cheap read with a short deadline: rejects when etcd does not answer. */
-  probe(prefix: string): Promise<void>;
-}
-
-/**
- * One prefix kept in step with a sink: list at one revision, reset, watch from the next revision.
- * Any break (disconnect, server cancel, compaction, a throwing sink) ends that watch for good and
- * starts over with a new list after a backoff; etcd3's own resume is never used, because the list
- * is the truth and a resumed watch can fall behind a compaction.
- */
-class PrefixSync implements SyncHandle {
-  private stopped = false;
-  private connected: boolean | undefined;
-  private readonly stopping = new AbortController();
-  private endWatch: (() => Promise<void>) | null = null;
-
-  constructor(
-    private readonly source: SyncSource,
-    private readonly prefix: string,
-    private readonly sink: SyncSink,
-    private readonly backoff: BackoffConfig,
-    private readonly onStopped: () => void,
-  ) {
-    void this.run();
-  }
-
-  async stop(): Promise<void> {
-    if (this.stopped) return;
-    this.stopped = true;
-    this.stopping.abort();
-    const cancelling = this.endWatch?.();
-    if (cancelling !== undefined) await withGrace(cancelling, WATCH_CANCEL_GRACE_MS);
-    this.onStopped();
-  }
-
-  private async run(): Promise<void> {
-    let failures = 0;
-    while (!this.stopped) {
-      let reason: string;
-      try {
-        const { kvs, revision } = await this.source.list(this.prefix);
-        if (this.stopped) return;
-        reason =
-          this.deliver("reset", () => this.sink.reset(kvs, revision)) ??
-          (await this.watchFrom(revision + 1, () => {
-            failures = 0;
-          }));
-      } catch (err) {
-        reason = describe(err);
-      }
-      if (this.stopped) return;
-      this.report(false, reason);
-      await pause(backoffDelay(this.backoff, failures++), this.stopping.signal);
-    }
-  }
-
-  /** Resolves with the reason the watch ended; the watcher is detached by then. */
-  private watchFrom(fromRevision: number, onConnected: () => void): Promise<string> {
-    return new Promise((resolve) => {
-      const watcher = this.source.watch(this.prefix, fromRevision);
-      let settled = false;
-      let liveness: NodeJS.Timeout | undefined;
-      const finish = (reason: string, cancel: boolean): Promise<void> => {
-        if (settled) return Promise.resolve();
-        settled = true;
-        clearInterval(liveness);
-        this.endWatch = null;
-        const cancelling = cancel ? detach(watcher) : Promise.resolve();
-        resolve(reason);
-        return cancelling;
-      };
-      this.endWatch = () => finish("stopped", true);
-      watcher.on("connected", () => {
-        if (settled) return;
-        onConnected();
-        this.report(true);
-        if (liveness !== undefined) return;
-        let probing = false;
-        liveness = setInterval(() => {
-          if (probing || settled) return;
-          probing = true;
-          this.source.probe(this.prefix).then(
-            () => {
-              probing = false;
-            },
-            (err: unknown) => {
-              probing = false;
-              void finish(`etcd not answering: ${describe(err)}`, true);
-            },
-          );
-        }, LIVENESS_MS);
-        liveness.unref();
-      });
-      watcher.on("data", (res) => {
-        if (settled || res.events.length === 0) return; // empty: progress notification
-        const events: StoreEvent[] = res.events.map((ev) => ({
-          type: ev.type === "Put" ? "put" : "delete",
-          key: ev.kv.key.toString(),
-          value: ev.type === "Put" ? ev.kv.value : Buffer.alloc(0),
-          modRevision: Number(ev.kv.mod_revision),
-        }));
-        const sinkError = this.deliver("events", () => this.sink.events(events, Number(res.header.revision)));
-        if (sinkError !== null) void finish(sinkError, true);
-      });
-      watcher.on("disconnected", (err) => void finish(`watch disconnected: ${describe(err)}`, true));
-      // etcd cancelled the watch (compacted past our revision, or otherwise); it is already detached.
-      watcher.on("error", (err) => void finish(`watch cancelled by etcd (compaction or cancel): ${describe(err)}`, false));
-      watcher.on("end", () => void finish("watch ended", false));
-    });
-  }
-
-  /** Runs one sink call; a throwing sink gets a fresh list rather than a half-applied stream. */
-  private deliver(what: string, call: () => void): string | null {
-    if (this.stopped) return null;
-    try {
-      call();
-      return null;
-    } catch (err) {
-      return `sink.${what} threw: ${describe(err)}`;
-    }
-  }
-
-  /** Reports transitions only; the first outcome (either way) counts as one. */
-  private report(connected: boolean, reason?: string): void {
-    if (this.stopped || this.connected === connected) return;
-    this.connected = connected;
-    try {
-      this.sink.status(connected, reason);
-    } catch {
-      // status is informational; a throwing sink must not break the loop
-    }
-  }
-}
-
-type LostCallback = (reason: string) => void;
-
-function fire(callbacks: LostCallback[], reason: string): void {
-  for (const cb of callbacks.splice(0)) {
-    try {
-      cb(reason);
-    } catch {
-      // one listener's failure must not keep the others from hearing about the loss
-    }
-  }
-}
-
-/**
- * etcd3's Lease plus a local deadline: etcd3 only reports 'lost' after 2×TTL without a keepalive
- * answer, while etcd expires the lease after 1×TTL. Losing it here after TTL without an answer is
- * conservative (etcd's clock for the lease started no later than our last answer).
- */
-class EtcdStoreLease implements Lease {
-  private state: "alive" | "lost" | "revoked" = "alive";
-  private lostReason = "";
-  private readonly callbacks: LostCallback[] = [];
-  private timer: NodeJS.Timeout | undefined;
-  private readonly ended = new AbortController();
-
-  constructor(
-    private readonly inner: EtcdLease,
-    readonly id: string,
-    ttlSeconds: number,
-    readonly keepAlive: boolean,
-    private readonly onEnded: () => void,
-  ) {
-    inner.on("lost", (err) => this.lose(describe(err)));
-    if (keepAlive) {
-      // The answer carries the TTL etcd actually applies (it raises TTLs below its minimum).
-      inner.on("keepaliveSucceeded", (res) => this.arm(Number(res.TTL) || ttlSeconds, "no keepalive acknowledged"));
-      this.arm(ttlSeconds, "no keepalive acknowledged");
-    } else {
-      this.arm(ttlSeconds, "expired");
-    }
-  }
-
-  /** Aborts when the lease is lost or revoked. */
-  get signal(): AbortSignal {
-    return this.ended.signal;
-  }
-
-  onLost(cb: LostCallback): void {
-    if (this.state === "lost") queueMicrotask(() => cb(this.lostReason));
-    else if (this.state === "alive") this.callbacks.push(cb);
-  }
-
-  async revoke(): Promise<void> {
-    if (this.state !== "alive") return; // a lost lease was already revoked, best effort, by lose()
-    this.state = "revoked";
-    this.callbacks.length = 0;
-    this.end();
-    try {
-      await this.inner.revoke();
-    } catch (err) {
-      throw storeError(err, "revoke lease");
-    }
-  }
-
-  /** Forgets the lease locally without revoking it: etcd lets it expire at its TTL. */
-  detach(): void {
-    if (this.state !== "alive") return;
-    this.state = "revoked";
-    this.callbacks.length = 0;
-    this.end();
-  }
-
-  private arm(ttlSeconds: number, reason: string): void {
-    if (this.state !== "alive") return;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.lose(`${reason} within its ${ttlSeconds}s TTL`), ttlSeconds * 1_000);
-    this.timer.unref();
-  }
-
-  private lose(reason: string): void {
-    if (this.state !== "alive") return;
-    this.state = "lost";
-    this.lostReason = reason;
-    this.end();
-    // Stop keepalives, and if etcd still has the lease, free its keys now rather than at expiry.
-    void this.inner.revoke().catch(() => undefined);
-    fire(this.callbacks, reason);
-  }
-
-  private end(): void {
-    clearTimeout(this.timer);
-    this.ended.abort();
-    this.onEnded();
-  }
-}
-
-interface LeadershipOps {
-  txn(req: ITxnRequest): Promise<ITxnResponse>;
-  waitGone(key: Buffer, createRevision: string, signal: AbortSignal): Promise<boolean>;
-  forget(leadership: EtcdLeadership): void;
-}
-
-/**
- * A won election. Every write is one transaction guarded by `create_revision(key) == term`, so a
- * deposed leader (lease expired while it was paused or partitioned, key deleted) cannot write even
- * before it notices. Loss is noticed from the lease, from a watch on the key, or from a failed fence.
- */
-class EtcdLeadership implements Leadership {
-  private state: "leading" | "lost" | "resigned" = "leading";
-  private lostReason = "";
-  private readonly callbacks: LostCallback[] = [];
-  private readonly keyWatch = new AbortController();
-
-  constructor(
-    private readonly ops: LeadershipOps,
-    readonly key: string,
-    readonly term: string,
-    private readonly lease: EtcdStoreLease,
-  ) {
-    lease.onLost((reason) => void this.end(`lease lost: ${reason}`));
-    void ops
-      .waitGone(Buffer.from(key), term, this.keyWatch.signal)
-      .then((gone) => {
-        if (gone) void this.end("election key deleted");
-      })
-      .catch(() => undefined);
-  }
-
-  fencedPut(key: string, value: Buffer | string): Promise<boolean> {
-    return this.fenced({ request_put: { key: Buffer.from(key), value: toBuffer(value) } });
-  }
-
-  /** True when the fence held (the key is gone, whether or not it existed). */
-  fencedDelete(key: string): Promise<boolean> {
-    return this.fenced({ request_delete_range: { key: Buffer.from(key) } });
-  }
-
-  onLost(cb: LostCallback): void {
-    if (this.state === "lost") queueMicrotask(() => cb(this.lostReason));
-    else if (this.state === "leading") this.callbacks.push(cb);
-  }
-
-  /** Steps down: deletes the election key and revokes the lease so the next candidate leads at once. */
-  async resign(): Promise<void> {
-    if (this.state === "resigned") return;
-    const wasLeading = this.state === "leading";
-    this.state = "resigned";
-    this.callbacks.length = 0;
-    this.keyWatch.abort();
-    this.ops.forget(this);
-    let failure: unknown;
-    if (wasLeading) {
-      try {
-        await this.ops.txn({
-          compare: [this.fence()],
-          success: [{ request_delete_range: { key: Buffer.from(this.key) } }],
-        });
-      } catch (err) {
-        failure = err;
-      }
-    }
-    try {
-      await this.lease.revoke();
-    } catch (err) {
-      failure ??= err;
-    }
-    if (failure !== undefined) throw storeError(failure, "resign");
-  }
-
-  /** Ends the leadership (idempotent) for loss or close; resolves once the lease revoke settled. */
-  end(reason: string): Promise<void> {
-    if (this.state !== "leading") return Promise.resolve();
-    this.state = "lost";
-    this.lostReason = reason;
-    this.keyWatch.abort();
-    this.ops.forget(this);
-    const revoking = this.lease.revoke().catch(() => undefined);
-    fire(this.callbacks, reason);
-    return revoking;
-  }
-
-  private fence() {
-    return {
-      key: Buffer.from(this.key),
-      target: CompareTarget.Create,
-      result: CompareResult.Equal,
-      create_revision: this.term,
-    };
-  }
-
-  private async fenced(op: IRequestOp): Promise<boolean> {
-    if (this.state !== "leading") return false;
-    const res = await this.ops.txn({ compare: [this.fence()], success: [op], failure: [] });
-    if (res.succeeded) return true;
-    void this.end("fenced write refused: the election key no longer carries our term");
-    return false;
   }
 }

@@ -2,6 +2,7 @@
 // the same contract as the etcd store (one revision per write, sync = reset then ordered events,
 // leases with TTL timers, election by lowest create revision, fenced writes).
 
+import { LossSignal, type LostCallback } from "./loss.js";
 import {
   type KeyValue,
   type Leadership,
@@ -21,8 +22,6 @@ interface Entry {
   lease: string;
 }
 
-type LostCallback = (reason: string) => void;
-
 const RESYNC_DELAY_MS = 100;
 
 function toBuffer(value: Buffer | string): Buffer {
@@ -32,12 +31,6 @@ function toBuffer(value: Buffer | string): Buffer {
 /** Byte order, as etcd sorts keys. */
 function byKey(a: string, b: string): number {
   return Buffer.compare(Buffer.from(a), Buffer.from(b));
-}
-
-function fire(callbacks: LostCallback[], reason: string): void {
-  for (const cb of callbacks.splice(0)) {
-    queueMicrotask(() => cb(reason));
-  }
 }
 
 function closedError(): StoreError {
@@ -322,9 +315,7 @@ class MemorySync implements SyncHandle {
 }
 
 class MemoryLease implements Lease {
-  private state: "alive" | "lost" | "revoked" = "alive";
-  private lostReason = "";
-  private readonly callbacks: LostCallback[] = [];
+  private readonly loss = new LossSignal();
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -338,22 +329,19 @@ class MemoryLease implements Lease {
   }
 
   onLost(cb: LostCallback): void {
-    if (this.state === "lost") queueMicrotask(() => cb(this.lostReason));
-    else if (this.state === "alive") this.callbacks.push(cb);
+    this.loss.onLost(cb);
   }
 
   async revoke(): Promise<void> {
     this.end("revoked", "revoked");
   }
 
-  end(state: "lost" | "revoked", reason: string): void {
-    if (this.state !== "alive") return;
-    this.state = state;
-    this.lostReason = reason;
+  end(how: "lost" | "revoked", reason: string): void {
+    // Listeners are queued before the release's writes settle, so a leadership hears "lease lost"
+    // (the cause) rather than "election key deleted" (its consequence), as with etcd.
+    if (!(how === "lost" ? this.loss.lose(reason) : this.loss.end())) return;
     clearTimeout(this.timer);
     this.release();
-    if (state === "lost") fire(this.callbacks, reason);
-    else this.callbacks.length = 0;
   }
 }
 
@@ -365,9 +353,8 @@ interface LeadershipOps {
 }
 
 class MemoryLeadership implements Leadership {
-  private state: "leading" | "lost" | "resigned" = "leading";
-  private lostReason = "";
-  private readonly callbacks: LostCallback[] = [];
+  private readonly loss = new LossSignal();
+  private resigned = false;
 
   constructor(
     readonly key: string,
@@ -387,30 +374,26 @@ class MemoryLeadership implements Leadership {
   }
 
   onLost(cb: LostCallback): void {
-    if (this.state === "lost") queueMicrotask(() => cb(this.lostReason));
-    else if (this.state === "leading") this.callbacks.push(cb);
+    this.loss.onLost(cb);
   }
 
   async resign(): Promise<void> {
-    if (this.state === "resigned") return;
-    this.state = "resigned";
-    this.callbacks.length = 0;
+    if (this.resigned) return;
+    this.resigned = true;
+    this.loss.end();
     this.ops.forget(this);
     // Revoking deletes the election key with every other key on the lease.
     this.lease.end("revoked", "resigned");
   }
 
   end(reason: string): void {
-    if (this.state !== "leading") return;
-    this.state = "lost";
-    this.lostReason = reason;
+    if (!this.loss.lose(reason)) return;
     this.ops.forget(this);
     this.lease.end("revoked", reason);
-    fire(this.callbacks, reason);
   }
 
   private fenced(write: () => void): boolean {
-    if (this.state !== "leading") return false;
+    if (!this.loss.live) return false;
     if (!this.ops.holds()) {
       this.end("fenced write refused: the election key no longer carries our term");
       return false;

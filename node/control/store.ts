@@ -1,4 +1,4 @@
-// The cluster store interface. The etcd implementation (etcd-store.ts) is the only module that imports
+// The cluster store interface. The etcd implementation (etcd-*.ts, one file per concept) is the only code that imports
 // etcd3; memory-store.ts implements the same interface for standalone (YAML) mode and pure-logic tests.
 
 export interface KeyValue {

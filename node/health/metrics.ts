@@ -1,6 +1,7 @@
 // Health metrics, registered on the node's registry (so they carry its `node` label): checks by
 // result, check latency and schedule lag, verdict changes, fenced writes, leadership and mode.
 import client from "prom-client";
+import { type ChildCache, childCache } from "../collect.js";
 import type { CheckResult } from "./checks.js";
 import type { NodeMode } from "./mode.js";
 
@@ -18,7 +19,7 @@ export class HealthMetrics {
   readonly mode: client.Gauge<"mode">;
   readonly modeTransitions: client.Counter<"mode">;
   readonly checking: client.Gauge<"role">;
-  private readonly seconds = new Map<string, client.Histogram.Internal<"service">>();
+  private readonly seconds: ChildCache<"service">;
   /** Results seen per service, so forgetService removes exactly the series that exist. */
   private readonly results = new Map<string, Set<CheckResult>>();
 
@@ -50,6 +51,7 @@ export class HealthMetrics {
     this.modeTransitions = new client.Counter({ name: "ballast_health_mode_transitions_total", help: "Switches of the verdict mode, by the mode entered.", labelNames: ["mode"], registers });
     this.checking = new client.Gauge({ name: "ballast_health_checked_backends", help: "Backends this node probes now, as leader or in local fallback.", labelNames: ["role"], registers });
     this.leader.set(0);
+    this.seconds = childCache(this.checkSeconds);
   }
 
   setMode(mode: NodeMode): void {
@@ -60,21 +62,19 @@ export class HealthMetrics {
   forgetService(service: string): void {
     for (const result of this.results.get(service) ?? []) this.checks.remove({ service, result });
     this.results.delete(service);
-    this.checkSeconds.remove({ service });
-    this.seconds.delete(service);
+    this.seconds.forget(service);
     for (const state of ["up", "down"]) for (const source of ["shared", "local"]) this.verdictChanges.remove({ service, state, source });
   }
 
   observe(service: string, result: CheckResult, seconds: number, lagMs: number): void {
     this.checks.inc({ service, result });
-    let h = this.seconds.get(service);
-    if (h === undefined) {
-      h = this.checkSeconds.labels(service);
-      this.seconds.set(service, h);
-      this.results.set(service, new Set());
+    let seen = this.results.get(service);
+    if (seen === undefined) {
+      seen = new Set();
+      this.results.set(service, seen);
     }
-    this.results.get(service)!.add(result);
-    h.observe(seconds);
+    seen.add(result);
+    this.seconds(service).observe(seconds);
     this.lagSeconds.observe(lagMs / 1000);
   }
 }

@@ -1,6 +1,6 @@
 // Registry of load-balancing algorithms: the snapshot builder resolves a service's algorithm name here.
 import type { AlgorithmName } from "../../shared/schema.js";
-import type { BackendTarget, Picker, PickerFactory } from "./algorithm.js";
+import type { PickerFactory } from "./algorithm.js";
 import { leastConn } from "./least-conn.js";
 import { maglev, sourceIp } from "./maglev.js";
 import { p2c } from "./p2c.js";
@@ -16,9 +16,4 @@ const FACTORIES: Readonly<Record<AlgorithmName, PickerFactory>> = {
 
 export function pickerFactory(name: AlgorithmName): PickerFactory {
   return FACTORIES[name];
-}
-
-/** A picker for a service with no routable backends: always null, no table to build. */
-export function emptyPicker(algorithm: AlgorithmName): Picker {
-  return { algorithm, pick: (): BackendTarget | null => null, peek: (): BackendTarget | null => null };
 }

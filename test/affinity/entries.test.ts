@@ -1,7 +1,8 @@
 // The local affinity table without etcd: the merge rule (table-driven and as a convergence property),
 // LRU eviction at the cap, expiry by sweep, slot reuse and growth.
 import { describe, expect, it } from "vitest";
-import { EntryStore, formatIpv4, graceTtl, Merge, parseIpv4, type ServiceTable, wins } from "../../node/affinity/entries.js";
+import { EntryStore, formatIpv4, graceTtl, Merge, type ServiceTable, wins } from "../../node/affinity/entries.js";
+import { parseIPv4 } from "../../shared/ip.js";
 
 const TTL = 60_000;
 const GRACE = graceTtl(TTL);
@@ -231,8 +232,8 @@ describe("client addresses", () => {
     { ip: "1..2.3", v4: -1 },
     { ip: "::1", v4: -1 },
     { ip: "::ffff:10.0.0.1", v4: -1 },
-  ])("parseIpv4($ip) = $v4", ({ ip, v4 }) => {
-    expect(parseIpv4(ip)).toBe(v4);
+  ])("the shared parseIPv4($ip) = $v4, and formatIpv4 reverses it", ({ ip, v4 }) => {
+    expect(parseIPv4(ip)).toBe(v4);
     if (v4 >= 0) expect(formatIpv4(v4 | 0)).toBe(ip);
   });
 

@@ -82,7 +82,7 @@ function circles(g: Map<string, Edge[]>, valueOnly: boolean): string[][] {
 /** Layer of a file; a file may import only from its own layer or lower ones. */
 function layer(f: string): number {
   if (f.startsWith("shared/")) return 0;
-  if (f.startsWith("node/lb/") || f === "node/log.ts") return 1;
+  if (f.startsWith("node/lb/") || f === "node/log.ts" || f === "node/collect.ts") return 1;
   if (f.startsWith("node/model/")) return 2;
   if (/^node\/(control|data|health|affinity|kernel)\//.test(f)) return 3;
   return 4; // node.ts, state.ts, metrics.ts, admin/, cli.ts: the composition root and what sits on it

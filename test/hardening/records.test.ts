@@ -4,7 +4,7 @@
 import { describe, expect, it } from "vitest";
 import { parseServiceValue } from "../../node/control/records.js";
 import { probeHttp } from "../../node/health/checks.js";
-import { parseHealth } from "../../shared/schema.js";
+import { parseHealth } from "../helpers/health.js";
 import { startHttpBackend } from "../helpers/backends.js";
 
 const service = (extra: Record<string, unknown>) => Buffer.from(JSON.stringify({ listen: "127.0.0.1:8080", ...extra }));

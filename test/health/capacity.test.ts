@@ -12,7 +12,7 @@ import { describe, expect, it } from "vitest";
 import { EtcdStore } from "../../node/control/etcd-store.js";
 import { type CheckTarget, Checker } from "../../node/health/checker.js";
 import { KeySchema } from "../../shared/keys.js";
-import { parseHealth } from "../../shared/schema.js";
+import { parseHealth } from "../helpers/health.js";
 import { startEtcd } from "../helpers/etcd.js";
 import { startNode, stopAllNodes } from "../helpers/node.js";
 import { waitFor } from "../helpers/wait.js";

@@ -5,7 +5,7 @@ import http from "node:http";
 import net from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type CheckKind, type HealthSettings, probe } from "../../node/health/checks.js";
-import { parseHealth } from "../../shared/schema.js";
+import { parseHealth } from "../helpers/health.js";
 import { closeAllBackends, deadPort, startTcpEcho, startUdpEcho } from "../helpers/backends.js";
 
 const servers: Array<{ close(): void }> = [];

@@ -11,7 +11,7 @@ import { HealthMetrics } from "../../node/health/metrics.js";
 import { createLogger } from "../../node/log.js";
 import { decodeValue, encodeValue } from "../../shared/codec.js";
 import { KeySchema } from "../../shared/keys.js";
-import { parseHealth } from "../../shared/schema.js";
+import { parseHealth } from "../helpers/health.js";
 import client from "prom-client";
 import { waitFor } from "../helpers/wait.js";
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { emptyPicker, pickerFactory } from "../../node/lb/index.js";
+import { pickerFactory } from "../../node/lb/index.js";
 import { ALGORITHMS } from "../../shared/schema.js";
 import { target, targets } from "./targets.js";
 
@@ -20,13 +20,5 @@ describe("pickerFactory", () => {
     expect(picker.pick(1, () => true)).toBeNull();
     expect(factory.build([]).pick(1, null)).toBeNull();
     expect(factory.build([target("zero", 0)]).pick(1, null)).toBeNull();
-  });
-});
-
-describe("emptyPicker", () => {
-  it("always returns null", () => {
-    const picker = emptyPicker("maglev");
-    expect(picker.algorithm).toBe("maglev");
-    expect(picker.pick(1, null)).toBeNull();
   });
 });
