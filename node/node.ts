@@ -199,6 +199,9 @@ export class BallastNode {
         route: (service, client, port) => explainRoute(this, service, client, port),
         metrics: async () => {
           this.pruneMetrics();
+          // DSR's per-backend bytes live in the kernel: read them before the scrape, so the shared
+          // ballast_backend_bytes_in_total{forwarding="dsr"} and the packet counters agree.
+          if (this.dsr.current !== null) await this.dsr.counters();
           return { contentType: this.metrics.registry.contentType, body: await this.metrics.registry.metrics() };
         },
         pages: new Map<string, () => { contentType: string; body: string | Buffer }>([

@@ -1,5 +1,5 @@
 // Prometheus metrics of `forwarding: dsr`: per-backend packets from the kernel's named counters
-// (read at scrape time; client → backend only, since replies bypass the node; the bytes land in the
+// (read just before each scrape; client → backend only, since replies bypass the node; the bytes land in the
 // proxy's ballast_backend_bytes_in_total with forwarding="dsr"), whether each DSR service is
 // programmed, and failed applies.
 import client from "prom-client";
@@ -12,10 +12,11 @@ export function registerDsrMetrics(registry: client.Registry, dsr: DsrForwarder,
       help,
       labelNames: ["service", "backend", "forwarding"],
       registers: [registry],
-      async collect() {
+      collect() {
         this.reset();
         if (dsr.current === null) return;
-        for (const [service, backends] of await dsr.counters()) {
+        // Read by the node just before each scrape (the same read feeds ballast_backend_bytes_in_total).
+        for (const [service, backends] of dsr.lastCounters) {
           for (const [backend, c] of backends) this.inc({ service, backend, forwarding: "dsr" }, read(c));
         }
       },
