@@ -5,6 +5,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { afterAll } from "vitest";
 import { stringify } from "yaml";
 import { nodeConfigSchema } from "../../shared/schema.js";
 import { createLogger } from "../../node/log.js";
@@ -52,6 +53,16 @@ export interface NodeProcess {
 const children = new Set<ChildProcess>();
 process.on("exit", () => {
   for (const c of children) c.kill("SIGKILL");
+});
+// A test file's child nodes end with the file: vitest may end its worker without an "exit" event,
+// and a node a test forgot (or could not) stop would otherwise live on with its parent gone.
+afterAll(async () => {
+  const left = [...children];
+  await Promise.all(left.map((c) => new Promise<void>((r) => {
+    if (c.exitCode !== null || c.signalCode !== null) return r();
+    c.once("exit", () => r());
+    c.kill("SIGKILL");
+  })));
 });
 
 /** Writes a node config file as spawnNode does (admin on port 0, info logs), for a reload. */
