@@ -16,6 +16,16 @@ import { limiterFor, type SourceRateLimiter } from "./rate-limit.js";
 
 const MAX_PENDING = 64;
 
+/** Whether a dgram socket is connected (remoteAddress() throws when it is not). Off the hot path: once per flow. */
+function isConnected(sock: dgram.Socket): boolean {
+  try {
+    sock.remoteAddress();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function sendUpstream(flow: Flow, msg: Buffer): void {
   // With a callback, a refused send is counted there instead of becoming an 'error' event.
   if (flow.header !== null) flow.socket.send([flow.header, msg], flow.onSent);
@@ -204,9 +214,7 @@ export class UdpListener {
       if (flow.pending !== null) {
         // The socket never got made (EMFILE, ENOBUFS…: this node's shortage, not the backend's fault):
         // the flow must not sit in the table holding queued datagrams until the idle sweep.
-        this.counters.udpDropped += flow.pending.length;
-        this.counters.udpDiscarded["no-socket"] += flow.pending.length;
-        this.removeFlow(flow, "shutdown");
+        this.abandonFlow(flow);
         return;
       }
       this.counters.udpDropped++;
@@ -227,6 +235,12 @@ export class UdpListener {
     // A connected socket only accepts replies from the backend and reports ICMP unreachable; sends
     // must wait for the connect callback, so the first datagrams queue briefly.
     sock.connect(target.port, target.host, () => {
+      // Node calls back also when connect() failed (e.g. EACCES toward a broadcast address): an
+      // unconnected socket would take send(msg, cb)'s callback for a port and throw.
+      if (!isConnected(sock)) {
+        this.abandonFlow(flow);
+        return;
+      }
       const queued = flow.pending;
       flow.pending = null;
       if (queued !== null && !flow.closed) for (const m of queued) sendUpstream(flow, m);
@@ -243,6 +257,15 @@ export class UdpListener {
     this.counters.udpFlows++;
     this.counters.accepted++;
     return flow;
+  }
+
+  /** A flow whose upstream socket could not be made or connected: its queued datagrams are dropped, it leaves the table. */
+  private abandonFlow(flow: Flow): void {
+    if (flow.closed || flow.pending === null) return;
+    this.counters.udpDropped += flow.pending.length;
+    this.counters.udpDiscarded["no-socket"] += flow.pending.length;
+    flow.pending = null;
+    this.removeFlow(flow, "shutdown");
   }
 
   removeFlow(flow: Flow, reason: string): void {

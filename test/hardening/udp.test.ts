@@ -127,3 +127,26 @@ describe("UDP listeners that move or go away (finding 7)", () => {
     }
   });
 });
+
+describe("a flow whose upstream socket cannot be made", () => {
+  it("leaves the flow table at once with its queued datagrams counted, not held until the idle sweep (finding 1)", async () => {
+    // connect() of a UDP socket to the broadcast address fails (EACCES: no SO_BROADCAST) before any
+    // datagram is sent: the same path as a socket the node could not make (EMFILE, ENOBUFS).
+    const node = await startNode({
+      services: [{ ...udpService("u", 9), backends: [{ id: "bcast", address: "255.255.255.255", port: 9 }], timeouts: { udpIdle: "5m" } }],
+    });
+    const listener = node.plane.listenerOf("u") as UdpListener;
+    const client = dgram.createSocket("udp4");
+    try {
+      await new Promise<void>((r) => client.bind(0, "127.0.0.1", () => r()));
+      for (let i = 0; i < 3; i++) client.send(`q${i}`, portOf(node, "u"), "127.0.0.1");
+      const c = node.plane.stats.service("u");
+      await waitFor(() => c.udpDiscarded["no-socket"] >= 1, { timeoutMs: 10_000, message: "the failed flow's datagrams are discarded as no-socket" });
+      // Before the fix the flow stayed in the table (one fd, its queue) for the whole udpIdle.
+      await waitFor(() => listener.flows.size === 0, { timeoutMs: 5_000, message: "the flow left the table" });
+      expect(c.active).toBe(0);
+    } finally {
+      client.close();
+    }
+  });
+});
