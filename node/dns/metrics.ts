@@ -1,5 +1,6 @@
 // Prometheus metrics of the DNS responder, read from its plain counters at scrape time.
 import client from "prom-client";
+import { collectedCounter } from "../collect.js";
 import type { DnsResponder } from "./responder.js";
 
 export function registerDnsMetrics(r: client.Registry, dns: DnsResponder): void {
@@ -16,16 +17,7 @@ export function registerDnsMetrics(r: client.Registry, dns: DnsResponder): void 
       }
     },
   });
-  const counter = (name: string, help: string, read: () => number) =>
-    new client.Counter({
-      name,
-      help,
-      registers: [r],
-      collect() {
-        this.reset();
-        this.inc(read());
-      },
-    });
+  const counter = (name: string, help: string, read: () => number) => collectedCounter({ name, help, registry: r, read: (emit) => emit({}, read()) });
   counter("ballast_dns_answers_total", "Address records (A/AAAA) sent in answers.", () => dns.stats.answers);
   counter("ballast_dns_truncated_total", "UDP replies truncated (TC) because they did not fit; the client retries over TCP.", () => dns.stats.truncated);
   counter("ballast_dns_dropped_total", "Datagrams or frames that were not DNS queries (too short, responses): dropped unanswered.", () => dns.stats.dropped);

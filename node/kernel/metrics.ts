@@ -1,6 +1,7 @@
 // Prometheus metrics of the kernel forwarder: whether each NAT service is programmed, applies and
 // failed applies, the last apply's duration and size, and tracked flows removed. Read at scrape time.
 import client from "prom-client";
+import { collectedCounter } from "../collect.js";
 import type { Snapshot } from "../model/snapshot.js";
 import type { KernelForwarder } from "./forwarder.js";
 
@@ -18,16 +19,7 @@ export function registerKernelMetrics(r: client.Registry, k: KernelForwarder, sn
       }
     },
   });
-  const counter = (name: string, help: string, read: () => number) =>
-    new client.Counter({
-      name,
-      help,
-      registers: [r],
-      collect() {
-        this.reset();
-        this.inc(read());
-      },
-    });
+  const counter = (name: string, help: string, read: () => number) => collectedCounter({ name, help, registry: r, read: (emit) => emit({}, read()) });
   counter("ballast_kernel_applies_total", "nftables transactions applied (full or delta).", () => k.stats.applies);
   counter("ballast_kernel_apply_failures_total", "nftables transactions that failed; the previous ruleset kept forwarding.", () => k.stats.failures);
   counter("ballast_kernel_flows_removed_total", "Tracked flows removed (backend down, or past its drain timeout).", () => k.stats.flowsRemoved);
