@@ -120,13 +120,20 @@ describe("descriptor exhaustion on the health leader", () => {
     const pid = p.child.pid!;
     const held = readdirSync(`/proc/${pid}/fd`).length;
     execFileSync("prlimit", ["--pid", String(pid), `--nofile=${held + 8}:${NOFILE}`]);
+    const clients: dgram.Socket[] = [];
     for (let i = 0; i < 60; i++) {
       const s = dgram.createSocket("udp4");
       opened.push(s);
-      s.send("x", udpPort, "127.0.0.1");
+      clients.push(s);
     }
+    // Each round re-sends from every client: a client whose flow could not get a socket (no-socket)
+    // tries again, so a descriptor a probe frees is taken by a flow before the next probe. One flood
+    // alone left the race open: a probe socket counted in `held` closed after the flood and gave the
+    // next probes one free descriptor for good (1 run in 4 never stepped down).
+    const flood = () => { for (const s of clients) s.send("x", udpPort, "127.0.0.1"); };
+    flood();
     await expectNoDownVerdict("fdstarve", 3_000);
-    await waitFor(() => p.logs.some((l) => l.includes("local resource shortage")), { message: "the leader steps down for the shortage" });
+    await waitFor(() => { flood(); return p.logs.some((l) => l.includes("local resource shortage")); }, { message: "the leader steps down for the shortage" });
     const stepDown = JSON.parse(p.logs.find((l) => l.includes("local resource shortage"))!) as { msg: string; reason: string };
     expect(stepDown.msg).toBe("health-check leader stepped down");
     expect(stepDown.reason).toMatch(/EMFILE|ENFILE/);
