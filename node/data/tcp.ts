@@ -213,6 +213,20 @@ export class TcpListener {
   }
 }
 
+/**
+ * Bytes from the backend are read into a buffer the connection reuses (net.Socket `onread`) instead of a
+ * fresh 64 KiB allocation per read, which costs page faults and cache-cold copies in the kernel: on
+ * loopback iperf3 through a bare relay, 3.0 → 0.9 CPU s per GB relayed (see the commit). A connection
+ * holds a small buffer; one read that fills it moves it to a large one from a shared pool, and it goes
+ * back to small (returning the large one) once reads are small again — so idle connections stay cheap.
+ * A buffer is never read into while a write of its bytes is pending: the read side stops until 'drain'.
+ * (Node 20 cannot give an accepted socket `onread`, so the client → backend direction keeps 'data'.)
+ */
+const SMALL_READ = 4096;
+const LARGE_READ = 65536;
+const LARGE_POOL_MAX = 64;
+const largePool: Buffer[] = [];
+
 /** One proxied connection. Its state lives in fields, so the relay handlers are bound once per connection. */
 class Connection implements Closable {
   private upstream: net.Socket | null = null;
@@ -226,6 +240,23 @@ class Connection implements Closable {
   private bytesIn = 0;
   private bytesOut = 0;
   private ended: Termination | null = null;
+  /** The buffer the next read from the backend goes into, and the connection's own small one. */
+  private readBuf: Buffer | null = null;
+  private smallBuf: Buffer | null = null;
+  /** Set once the relay runs: where bytes read from the backend go. */
+  private relaying = false;
+  /** Reading from the backend stopped until the pending write to the client completes. */
+  private readStopped = false;
+  /** Write callback: the chunk left for the client, so its buffer may be read into again. */
+  private readonly afterWrite = (): void => {
+    if (!this.readStopped) return;
+    this.readStopped = false;
+    this.upstream?.resume();
+  };
+  private readonly onread = {
+    buffer: (): Buffer => (this.readBuf ??= (this.smallBuf ??= Buffer.allocUnsafeSlow(SMALL_READ))),
+    callback: (n: number, buf: Buffer): boolean => this.fromBackend(n, buf),
+  };
 
   constructor(
     private readonly listener: TcpListener,
@@ -254,7 +285,7 @@ class Connection implements Closable {
     t.stats.open.add(this);
     this.attempts++;
     this.connectStart = performance.now();
-    const up = net.connect({ host: t.host, port: t.port, allowHalfOpen: true, noDelay: true });
+    const up = net.connect({ host: t.host, port: t.port, allowHalfOpen: true, noDelay: true, onread: this.onread });
     this.upstream = up;
     up.setTimeout(this.svc.spec.timeouts.connect);
     up.once("timeout", () => {
@@ -314,13 +345,7 @@ class Connection implements Closable {
       up.end();
       this.onHalfClose();
     });
-    up.on("data", (chunk: Buffer) => {
-      bs.bytesOut += chunk.length;
-      sc.bytesOut += chunk.length;
-      this.bytesOut += chunk.length;
-      if (!client.write(chunk)) up.pause();
-    });
-    client.on("drain", () => up.resume());
+    this.relaying = true;
     up.on("end", () => {
       this.ended ??= "backend-closed";
       client.end();
@@ -332,6 +357,33 @@ class Connection implements Closable {
       this.onHalfClose();
     }
     client.resume();
+    // Flowing, so the backend's EOF is delivered as 'end' (its bytes come through onread, not 'data').
+    up.resume();
+  }
+
+  /**
+   * `onread`: n bytes from the backend are in buf. Returns false to stop reading until that write
+   * completes (afterWrite) — the pending write still holds buf, so nothing may be read into it before
+   * then. Not 'drain': that fires only after write() returned false, i.e. past the high-water mark.
+   */
+  private fromBackend(n: number, buf: Buffer): boolean {
+    if (!this.relaying || this.finished) return false;
+    const client = this.client;
+    this.target.stats.bytesOut += n;
+    this.listener.counters.bytesOut += n;
+    this.bytesOut += n;
+    client.write(buf.subarray(0, n), this.afterWrite);
+    // Written through to the kernel at once (nothing queued): buf is free again.
+    const free = client.writableLength === 0;
+    if (!free) this.readStopped = true;
+    const small = this.smallBuf;
+    if (buf === small) {
+      if (n === buf.length) this.readBuf = largePool.pop() ?? Buffer.allocUnsafeSlow(LARGE_READ);
+    } else if (n < SMALL_READ && free && small !== null) {
+      if (largePool.length < LARGE_POOL_MAX) largePool.push(buf);
+      this.readBuf = small;
+    }
+    return free;
   }
 
   /** One side sent its FIN: the shorter half-closed timeout applies from now on. */
@@ -409,6 +461,11 @@ class Connection implements Closable {
       // The current target holds this connection unless a failed attempt already released it.
       if (this.target.stats.open.has(this)) this.release(this.target);
     }
+    const rb = this.readBuf;
+    // Back to the pool only when nothing can still read into it or send from it: a pending write to
+    // the client holds it, and an upstream kept open to flush its writes could still read into it.
+    if (rb !== null && rb !== this.smallBuf && !this.readStopped && (up === null || up.destroyed) && largePool.length < LARGE_POOL_MAX) largePool.push(rb);
+    this.readBuf = null;
     this.listener.counters.active--;
     const plane = this.listener.plane;
     plane.fds.release(FDS_PER_CONNECTION);

@@ -1,5 +1,6 @@
 // The TCP data plane over real loopback sockets: round trip, half-close, backpressure, retries,
 // limits, PROXY protocol, access rules, config changes that must not cut open connections.
+import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { afterEach, describe, expect, it } from "vitest";
 import { parseProxyHeader } from "../../node/data/proxy-protocol.js";
@@ -127,6 +128,82 @@ describe("tcp proxy", () => {
     await new Promise((r) => client.on("end", r));
     expect(received).toBe(total);
     client.destroy();
+    server.close();
+  });
+
+  it("keeps every byte in order through its reused read buffers: concurrent slow readers, small and large writes", async () => {
+    // The node reads the backend's bytes into buffers it reuses (small per connection, large from a
+    // shared pool): a buffer read into while a write of it was still queued, or handed to two
+    // connections at once, would corrupt the stream. Random content shows it; constant bytes would not.
+    // Each client stops reading twice until its backend is blocked, so the whole chain is full and the
+    // node's writes to the client are queued: the case where a reused buffer is still in use.
+    const size = 40 * 1024 * 1024 + 777;
+    const streams = [0, 1].map(() => randomBytes(size));
+    const stalled = [false, false];
+    const sent = [0, 0];
+    const server = net.createServer((s) => {
+      s.on("error", () => {});
+      s.once("data", (d: Buffer) => {
+        const i = Number(d.toString());
+        const data = streams[i];
+        // Chunks from 1 byte to 96 KiB, so reads of every size reach the node: small ones that fit the
+        // connection's own buffer, and ones that fill it and move it to a large one.
+        let off = 0;
+        let chunk = 1;
+        const pump = () => {
+          stalled[i] = false;
+          while (off < data.length) {
+            const n = Math.min(chunk, data.length - off);
+            const ok = s.write(data.subarray(off, off + n));
+            off += n;
+            sent[i] = off;
+            chunk = chunk >= 96 * 1024 ? 1 : chunk * 3 + 1;
+            if (!ok) {
+              stalled[i] = true;
+              return void s.once("drain", pump);
+            }
+          }
+          s.end();
+        };
+        pump();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+    const node = await startNode({ services: [service("bytes", [{ id: "x", port: (server.address() as net.AddressInfo).port }])] });
+    const port = portOf(node, "bytes");
+    const received = await Promise.all(
+      streams.map(
+        (_, i) =>
+          new Promise<Buffer>((resolve, reject) => {
+            const parts: Buffer[] = [];
+            let got = 0;
+            let pauses = 0;
+            const c = net.connect(port, "127.0.0.1", () => c.write(String(i)));
+            c.on("error", reject);
+            c.on("data", (d: Buffer) => {
+              parts.push(d);
+              got += d.length;
+              if (pauses < 2 && got > (pauses * 16 + 1) * 1024 * 1024) {
+                pauses++;
+                c.pause();
+                // Blocked and staying blocked: every buffer along the way is full.
+                let last = -1;
+                const steady = () => {
+                  const still = stalled[i] && sent[i] === last;
+                  last = sent[i];
+                  return still;
+                };
+                waitFor(steady, { intervalMs: 100, timeoutMs: 20_000, message: `backend ${i} blocked` }).then(() => c.resume(), reject);
+              }
+            });
+            c.on("end", () => resolve(Buffer.concat(parts)));
+          }),
+      ),
+    );
+    for (let i = 0; i < streams.length; i++) {
+      expect(received[i].length).toBe(size);
+      expect(received[i].equals(streams[i])).toBe(true);
+    }
     server.close();
   });
 
