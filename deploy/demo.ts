@@ -118,6 +118,9 @@ async function main(): Promise<void> {
     "--listen-client-urls", ETCD, "--advertise-client-urls", ETCD,
     "--listen-peer-urls", `http://127.0.0.1:${peer}`, "--initial-advertise-peer-urls", `http://127.0.0.1:${peer}`,
     "--initial-cluster", `demo=http://127.0.0.1:${peer}`, "--logger", "zap", "--log-level", "error",
+    // etcd keeps every revision until compacted: without this, the health heartbeat and affinity
+    // batches grow the database until its quota (2 GiB) and NOSPACE stops every write.
+    "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "10m",
   ]);
   await waitUntil("etcd", () => ok(`${ETCD}/health`));
 

@@ -12,6 +12,7 @@ import { allowsPeerOrigin, statusPage } from "./admin/status-page.js";
 import { AffinityTable } from "./affinity/table.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { LastKnownGood, registerLastGoodMetrics } from "./control/last-good.js";
+import { registerSpaceMetrics, SpaceMonitor } from "./control/space.js";
 import { MemoryStore } from "./control/memory-store.js";
 import { Reconciler } from "./control/reconciler.js";
 import type { Lease, Store, SyncHandle } from "./control/store.js";
@@ -86,6 +87,8 @@ export class BallastNode {
   private watchTimer: NodeJS.Timeout | null = null;
   /** Clustered with `stateDir`: the last applied records on disk, served at start if etcd is unreachable. */
   readonly lastGood: LastKnownGood | null = null;
+  /** etcd's database size against its quota, and its alarms (null standalone). */
+  readonly space: SpaceMonitor | null = null;
   private reloading: Promise<unknown> = Promise.resolve();
 
   constructor(opts: NodeOptions) {
@@ -175,6 +178,11 @@ export class BallastNode {
       });
       registerLastGoodMetrics(this.metrics.registry, this.lastGood);
     }
+    const store = this.store;
+    if (c.etcd && store.space) {
+      this.space = new SpaceMonitor(() => store.space!(), c.etcd.quotaBytes, c.etcd.spaceCheck, this.log.child({ module: "etcd-space" }));
+      registerSpaceMetrics(this.metrics.registry, this.space);
+    }
     this.health = new HealthManager({
       id: this.id,
       standalone: this.standalone,
@@ -250,6 +258,7 @@ export class BallastNode {
     const adminAddress = await this.admin.listen(this.config.admin.listen);
     this.log.info({ address: adminAddress }, "admin listening");
     this.sync = this.store.sync(this.keys.prefix, this.lastGood ?? this.reconciler);
+    this.space?.start();
     this.affinity.start();
     this.health.start();
     await this.dns?.start();
@@ -436,6 +445,7 @@ export class BallastNode {
     await this.affinity.stop();
     await this.sync?.stop();
     await this.lastGood?.close();
+    this.space?.close();
     this.reconciler.stop();
     if (this.lease) await this.lease.revoke().catch(() => {});
     for (const f of this.forwarders) await f.close();

@@ -299,6 +299,13 @@ export const nodeConfigSchema = z
           .optional(),
         /** Lease TTL of this node's registration and of health leadership, in seconds. */
         leaseTtl: z.number().int().min(1).max(300).default(5),
+        /**
+         * etcd's space quota (keep equal to its --quota-backend-bytes; 2 GiB is etcd's default): the node
+         * warns at 80% and 95% of it and on any alarm (metrics ballast_etcd_db_*, ballast_etcd_alarm, a log line).
+         */
+        quotaBytes: z.number().int().min(1).default(2 * 1024 ** 3),
+        /** How often the node reads etcd's database size and alarms. */
+        spaceCheck: duration("30s"),
       })
       .strict()
       .optional(),

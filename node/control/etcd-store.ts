@@ -33,7 +33,7 @@ import {
 import { EtcdLeadership } from "./etcd-election.js";
 import { EtcdStoreLease } from "./etcd-lease.js";
 import { PrefixSync } from "./etcd-sync.js";
-import type { KeyValue, Leadership, Lease, PutOptions, Store, SyncHandle, SyncSink } from "./store.js";
+import type { KeyValue, Leadership, Lease, PutOptions, SpaceStatus, Store, SyncHandle, SyncSink } from "./store.js";
 
 export interface EtcdStoreOptions {
   endpoints: string[];
@@ -258,6 +258,22 @@ export class EtcdStore implements Store {
       if (lease !== undefined) void lease.revoke().catch(() => undefined);
       await pause(backoffDelay(this.backoff, failures++), this.closing.signal);
     }
+  }
+
+  async space(): Promise<SpaceStatus> {
+    this.assertOpen();
+    const [status, alarms] = await Promise.all([
+      this.call("status", () => this.client.maintenance.status()),
+      this.call("alarms", () => this.client.maintenance.alarm({ action: "Get", memberID: 0, alarm: "None" })),
+    ]);
+    // etcd3's typings predate dbSizeInUse (etcd 3.4); the proto it loads carries it.
+    const inUse = (status as { dbSizeInUse?: string }).dbSizeInUse;
+    return {
+      dbSize: Number(status.dbSize),
+      dbSizeInUse: inUse === undefined ? Number(status.dbSize) : Number(inUse),
+      // etcd3 names them after its enum ("Nospace"); etcd and etcdctl say NOSPACE, CORRUPT.
+      alarms: [...new Set((alarms.alarms ?? []).map((a) => String(a.alarm).toUpperCase()).filter((a) => a !== "NONE"))].sort(),
+    };
   }
 
   async leader(electionPrefix: string): Promise<string | null> {

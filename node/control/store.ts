@@ -58,6 +58,16 @@ export interface Leadership {
   resign(): Promise<void>;
 }
 
+/** How full the etcd member this node talks to is, and which alarms the cluster has raised. */
+export interface SpaceStatus {
+  /** Bytes the member's database file holds (what the quota is compared with). */
+  dbSize: number;
+  /** Bytes of it in use; the rest is free pages a defragmentation would give back. */
+  dbSizeInUse: number;
+  /** Active alarms, e.g. "NOSPACE" (every write refused until an operator disarms it) or "CORRUPT". */
+  alarms: string[];
+}
+
 export interface PutOptions {
   lease?: string;
 }
@@ -76,6 +86,8 @@ export interface Store {
    * elected (may wait indefinitely while another candidate leads). `candidate` is the value stored.
    */
   campaign(electionPrefix: string, candidate: string, ttlSeconds: number): Promise<Leadership>;
+  /** etcd's space and alarms; absent for stores without a quota (the memory store). */
+  space?(): Promise<SpaceStatus>;
   /** The current leader's value under `electionPrefix`, or null. */
   leader(electionPrefix: string): Promise<string | null>;
   close(): Promise<void>;
