@@ -105,6 +105,20 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
       if (!(r.bytes > 0)) throw new Error(`bulk through ${target}: iperf3 moved nothing (${r.error ?? "no result"})`);
       await pause(500);
     }
+    for (const target of targets) {
+      const dest = paths.bulk[target];
+      if (!dest) continue;
+      const pid = paths.pid[target]?.();
+      const cpu = cpuMeter(pid);
+      const r = await iperf(dest, short, true);
+      const used = cpu();
+      addSample(results, "bulkRev.gbps", target, r.gbps);
+      if (pid && r.bytes > 0) addSample(results, "bulkRev.cpuMsPerGB", target, (used.proc * 1000) / (r.bytes / 1e9));
+      results.runs.push({ round, test: "bulk-reverse", target, gbps: r.gbps, error: r.error, cpuS: used.proc, machineCpuS: used.machine });
+      log(`  bulk reverse ${label(target)} ${Number.isFinite(r.gbps) ? r.gbps.toFixed(2) : "–"} Gbit/s${r.error ? `  (${r.error})` : ""}`);
+      if (!(r.bytes > 0)) throw new Error(`bulk (reverse) through ${target}: iperf3 moved nothing (${r.error ?? "no result"})`);
+      await pause(500);
+    }
   }
 }
 

@@ -115,11 +115,13 @@ export interface IperfResult {
   error?: string;
 }
 
-export async function iperf(dest: Dest, durationS: number): Promise<IperfResult> {
+/** `reverse`: the server sends (iperf3 -R), i.e. backend → client through the balancer. */
+export async function iperf(dest: Dest, durationS: number, reverse = false): Promise<IperfResult> {
   // iperf3 3.12 leaves the server busy for a moment after a test; retry "busy" once.
   for (let attempt = 0; attempt < 3; attempt++) {
-    const { out } = await run("iperf3", ["-c", dest.host, "-p", String(dest.port), "-t", String(durationS), "-J", "--connect-timeout", "3000"], (durationS + 20) * 1000, dest.ns);
-    toolLog?.write(`\n=== ${new Date().toISOString()} ${dest.ns ? `[netns ${dest.ns}] ` : ""}iperf3 -c ${dest.host} -p ${dest.port} -t ${durationS}\n${out}`);
+    const args = ["-c", dest.host, "-p", String(dest.port), "-t", String(durationS), "-J", "--connect-timeout", "3000", ...(reverse ? ["-R"] : [])];
+    const { out } = await run("iperf3", args, (durationS + 20) * 1000, dest.ns);
+    toolLog?.write(`\n=== ${new Date().toISOString()} ${dest.ns ? `[netns ${dest.ns}] ` : ""}iperf3 ${args.join(" ")}\n${out}`);
     try {
       const j = JSON.parse(out) as { error?: string; end?: { sum_received?: { bits_per_second?: number; bytes?: number } } };
       if (j.error) {

@@ -38,6 +38,10 @@ export const METRICS = {
   "nc.machineUsPerConn": { label: "whole-machine CPU µs per new connection", unit: "us", higherIsBetter: false },
   "bulk.gbps": { label: "bulk throughput Gbit/s (iperf3, 1 stream)", unit: "gbps", higherIsBetter: true },
   "bulk.cpuMsPerGB": { label: "balancer process CPU ms per GB relayed (bulk)", unit: "us", higherIsBetter: false },
+  // The download direction (iperf3 -R): for the proxy a different code path (backend reads go into
+  // reused buffers; accepted client sockets cannot do that on Node 20).
+  "bulkRev.gbps": { label: "bulk throughput Gbit/s, backend → client (iperf3 -R, 1 stream)", unit: "gbps", higherIsBetter: true },
+  "bulkRev.cpuMsPerGB": { label: "balancer process CPU ms per GB relayed (bulk, backend → client)", unit: "us", higherIsBetter: false },
   "udp.rate": { label: "UDP datagrams/s echoed (loopback; 4 flows × 32 in flight)", unit: "rps", higherIsBetter: true },
   "udp.loss": { label: "UDP loss % (loopback)", unit: "pct", higherIsBetter: false },
   "udp.cpuUsPerDgram": { label: "proxy CPU µs per echoed datagram, both ways (loopback)", unit: "us", higherIsBetter: false },
@@ -210,7 +214,7 @@ export function markdown(r: Results): string {
       const need = RATIO_TARGETS[key]?.[t]?.[peer];
       return `${fmtRatio(x.median)}${range}${need !== undefined ? ` ${meetsMark(x.median >= need)} ≥ ${need}` : ""}`;
     };
-    for (const key of ["ka.rps", "nc.rps", "bulk.gbps", "lat.p99", "ka.cpuUsPerReq", "nc.cpuUsPerConn", "ka.machineUsPerReq", "nc.machineUsPerConn"] as MetricKey[]) {
+    for (const key of ["ka.rps", "nc.rps", "bulk.gbps", "bulkRev.gbps", "lat.p99", "ka.cpuUsPerReq", "nc.cpuUsPerConn", "ka.machineUsPerReq", "nc.machineUsPerConn"] as MetricKey[]) {
       if (!r.samples[key]) continue;
       out.push(`| ${METRICS[key].label} | ${compared.flatMap((t) => [cell(key, t, "haproxy"), key.includes("cpuUs") ? "" : cell(key, t, "direct")]).join(" | ")} |`);
     }
