@@ -225,6 +225,8 @@ export class TcpListener {
 const SMALL_READ = 4096;
 const LARGE_READ = 65536;
 const LARGE_POOL_MAX = 64;
+/** Consecutive reads under SMALL_READ before a connection gives its large buffer back. */
+const SMALL_READS_TO_SHRINK = 16;
 const largePool: Buffer[] = [];
 
 /** One proxied connection. Its state lives in fields, so the relay handlers are bound once per connection. */
@@ -243,6 +245,7 @@ class Connection implements Closable {
   /** The buffer the next read from the backend goes into, and the connection's own small one. */
   private readBuf: Buffer | null = null;
   private smallBuf: Buffer | null = null;
+  private smallReads = 0;
   /** Set once the relay runs: where bytes read from the backend go. */
   private relaying = false;
   /** Reading from the backend stopped until the pending write to the client completes. */
@@ -378,8 +381,15 @@ class Connection implements Closable {
     if (!free) this.readStopped = true;
     const small = this.smallBuf;
     if (buf === small) {
-      if (n === buf.length) this.readBuf = largePool.pop() ?? Buffer.allocUnsafeSlow(LARGE_READ);
-    } else if (n < SMALL_READ && free && small !== null) {
+      if (n === buf.length) {
+        this.readBuf = largePool.pop() ?? Buffer.allocUnsafeSlow(LARGE_READ);
+        this.smallReads = 0;
+      }
+    } else if (n >= SMALL_READ) {
+      this.smallReads = 0;
+    } else if (++this.smallReads >= SMALL_READS_TO_SHRINK && free && small !== null) {
+      // Only after a run of small reads: a stream arriving in MTU-sized pieces has small reads between
+      // large ones, and going back and forth would cost a read of 4 KiB each time it grows again.
       if (largePool.length < LARGE_POOL_MAX) largePool.push(buf);
       this.readBuf = small;
     }
