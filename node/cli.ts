@@ -6,6 +6,7 @@ import { parse as parseYaml } from "yaml";
 import type { ApiError, DnsStateView, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
 import { type NodeRecord, parseNodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
+import { RESTART_EXIT_CODE } from "../shared/rollout.js";
 import { formatIssues, type NodeConfig, nodeConfigSchema } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
 import { PeerTrust } from "./admin/peer-trust.js";
@@ -18,6 +19,7 @@ import { DsrForwarder } from "./kernel/dsr.js";
 import { KernelForwarder } from "./kernel/forwarder.js";
 import { createLogger } from "./log.js";
 import { BallastNode } from "./node.js";
+import { registerRolloutCommands } from "./rollout/commands.js";
 
 class CliError extends Error {}
 
@@ -43,7 +45,7 @@ export function loadConfig(path: string): NodeConfig {
   return r.data;
 }
 
-interface GlobalOpts {
+export interface GlobalOpts {
   etcd?: string;
   cluster: string;
   prefix?: string;
@@ -68,12 +70,14 @@ function etcdFrom(opts: GlobalOpts): { store: Store; keys: KeySchema } {
   return { store, keys: KeySchema.forCluster(opts.cluster, opts.prefix) };
 }
 
-async function withStore<T>(cmd: Command, fn: (store: Store, keys: KeySchema, opts: GlobalOpts) => Promise<T>): Promise<T> {
+/** Runs `fn` with a store; `timeoutMs` bounds the whole command (Infinity: a long-running one, e.g. a rollout). */
+async function withStore<T>(cmd: Command, fn: (store: Store, keys: KeySchema, opts: GlobalOpts) => Promise<T>, timeoutMs = 10_000): Promise<T> {
   const opts = cmd.optsWithGlobals() as GlobalOpts;
   const { store, keys } = etcdFrom(opts);
   const where = opts.etcd ?? process.env.BALLAST_ETCD ?? "http://127.0.0.1:2379";
   try {
-    return await withTimeout(fn(store, keys, opts), 10_000, `etcd at ${where} did not answer within 10 s (is it running? set --etcd or BALLAST_ETCD)`);
+    if (!Number.isFinite(timeoutMs)) return await fn(store, keys, opts);
+    return await withTimeout(fn(store, keys, opts), timeoutMs, `etcd at ${where} did not answer within ${Math.round(timeoutMs / 1000)} s (is it running? set --etcd or BALLAST_ETCD)`);
   } catch (err) {
     const e = err as { code?: string; message?: string };
     if (e.code === "STORE_UNAVAILABLE") {
@@ -211,6 +215,9 @@ export function buildCli(): Command {
         print(opts, nodes.map((n) => ({ id: n.id, admin: n.admin, zone: n.zone, public: (n.public ?? []).join(","), version: n.version, ready: n.ready, draining: n.draining, mode: n.mode })), nodes);
       }),
     );
+
+  // node drain|undrain and rollout restart|status|abort (node/rollout/).
+  registerRolloutCommands(program, node, { withStore, print, trusts: (opts, admin) => peerTrust(opts).trusts(admin) });
 
   const service = program.command("service").description("manage services (etcd keys services/<name>)");
   service
@@ -376,15 +383,25 @@ export function buildCli(): Command {
           // Leader only when the node that answered is the one its record names and says it leads: a
           // record carrying another node's admin address must not be shown as a second leader.
           const leader = st !== null && st.health.isLeader === true && st.node.id === n.id;
-          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? st.node.ready : why, mode: st ? st.node.mode : "-", revision: st?.revision ?? "-", leader: leader ? "yes" : "" });
+          // drained/draining: the operator drain (its report in the record), else a SIGTERM drain.
+          const drain = n.drain ? n.drain.state : n.draining ? "draining" : "";
+          nodeRows.push({ node: n.id, admin: n.admin, zone: n.zone, ready: st ? st.node.ready : why, drain, mode: st ? st.node.mode : "-", revision: st?.revision ?? "-", leader: leader ? "yes" : "" });
         }
         const first: StateView | undefined = states[0];
+        const rollout = first?.rollout ?? null;
         if (opts.output === "json") {
-          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: [...(first?.invalid ?? []), ...badNodes], health: first?.health ?? null, dns: first?.dns ?? null });
+          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: [...(first?.invalid ?? []), ...badNodes], health: first?.health ?? null, dns: first?.dns ?? null, rollout });
           return;
         }
         process.stdout.write("NODES\n");
         print(opts, nodeRows);
+        const r = rollout?.state;
+        if (r) {
+          const at = r.current ? `, at ${r.current.node} (${r.current.phase})` : "";
+          process.stdout.write(`\nROLLOUT ${r.id}: ${r.status}, ${r.done.length}/${r.nodes.length} nodes done${at}${r.error ? ` — ${r.error}` : ""}\n`);
+        }
+        const gone = (rollout?.drains ?? []).filter((d) => !nodes.some((n) => n.id === d));
+        if (gone.length > 0) process.stdout.write(`drain keys of nodes not registered (down): ${gone.join(", ")}\n`);
         const svcRows = [];
         const beRows = [];
         for (const s of first?.services ?? []) {
@@ -634,7 +651,17 @@ function affinityCell(a: ServiceStateView["affinity"]): string {
 }
 
 async function runNode(config: NodeConfig, path: string, watch: boolean): Promise<void> {
-  const node = new BallastNode({ config });
+  // A rollout without a restart hook: once drained, the node exits RESTART_EXIT_CODE and its
+  // supervisor (systemd RestartForceExitStatus=75, a container restart policy) starts it again.
+  const node: BallastNode = new BallastNode({
+    config,
+    restart: () => {
+      node.close().then(
+        () => process.exit(RESTART_EXIT_CODE),
+        () => process.exit(RESTART_EXIT_CODE),
+      );
+    },
+  });
   // SIGHUP (systemd ExecReload, logrotate, config management) re-reads the file; without this handler
   // Node's default would end the process (exit 129) and cut every connection.
   const reload = (source: string) => {

@@ -34,6 +34,7 @@ import { describeState, explainRoute } from "./state.js";
 import { registerBackendGauges } from "./backend-metrics.js";
 import { AccessLog, registerAccessLogMetrics } from "./data/access-log.js";
 import { ReloadMetrics, type ReloadResult, reloadNode } from "./reload.js";
+import { NodeDrain } from "./drain.js";
 
 export type { NodeMode };
 
@@ -44,6 +45,8 @@ export interface NodeOptions {
   log?: Logger;
   /** Forwarders after the proxy (the kernel data plane; tests inject recording ones). Each gets every snapshot. */
   forwarders?: readonly Forwarder<Snapshot>[];
+  /** A rollout without restart hook asks the node to restart once drained: the process exits for its supervisor. */
+  restart?: () => void;
 }
 
 export class BallastNode {
@@ -83,6 +86,8 @@ export class BallastNode {
   readonly dsr: DsrForwarder;
   readonly reloads: ReloadMetrics;
   readonly events: EventLog;
+  /** The operator drain: obeys rollout/drains/<id>. */
+  readonly drain: NodeDrain;
   private lastSnapshot: Snapshot | null = null;
   private watchTimer: NodeJS.Timeout | null = null;
   /** Clustered with `stateDir`: the last applied records on disk, served at start if etcd is unreachable. */
@@ -165,6 +170,7 @@ export class BallastNode {
         },
         onClusterChange: () => {
           this.health.onClusterChange();
+          this.drain.update(this.reconciler.drains.get(this.id));
           this.dns?.refresh();
         },
         routingVerdicts: (shared) => this.health.routingVerdicts(shared),
@@ -199,11 +205,21 @@ export class BallastNode {
     this.metrics.backendZones(() => this.reconciler.snapshot);
     this.dns = c.dns ? new NodeDns({ config: c, log: this.log, reconciler: this.reconciler, metrics: this.metrics }) : null;
     this.events = new EventLog(this.id, this.keys, this.store, this.log, () => this.standalone || this.health.status().isLeader);
+    this.drain = new NodeDrain({
+      id: this.id,
+      log: this.log,
+      startedAt: this.startedAt,
+      plane: this.plane,
+      events: this.events,
+      timing: () => ({ withdrawDelay: this.config.withdrawDelay, drainTimeout: this.config.drainTimeout }),
+      changed: () => this.refreshRegistration(),
+      restart: opts.restart ?? null,
+    });
     this.admin = new AdminServer(
       {
         ready: () => this.ready,
         state: () => describeState(this),
-        stateKey: () => `${this.reconciler.appliedRevision}|${this.reconciler.snapshot?.revision ?? 0}|${this.ready}|${this.mode}|${this.reconciler.connected}`,
+        stateKey: () => `${this.reconciler.appliedRevision}|${this.reconciler.snapshot?.revision ?? 0}|${this.ready}|${this.mode}|${this.reconciler.connected}|${this.drain.state?.state ?? ""}`,
         route: (service, client, port) => explainRoute(this, service, client, port),
         metrics: async () => {
           this.pruneMetrics();
@@ -242,7 +258,7 @@ export class BallastNode {
    * in /api/state but does not make the node unready: one record must not withdraw every node.
    */
   get ready(): boolean {
-    if (this.stopping || this.withdrawing || !this.plane.ready) return false;
+    if (this.stopping || this.withdrawing || this.drain.active || !this.plane.ready) return false;
     const snap = this.plane.current;
     if (snap === null) return false;
     for (let i = 1; i < this.forwarders.length; i++) {
@@ -340,6 +356,7 @@ export class BallastNode {
   }
 
   nodeRecord(): NodeRecord {
+    const drain = this.drain.state;
     return {
       id: this.id,
       address: this.config.node.advertise ?? this.admin.address,
@@ -347,12 +364,14 @@ export class BallastNode {
       zone: this.config.node.zone,
       version: VERSION,
       ready: this.ready,
-      draining: this.withdrawing || this.plane.draining,
+      draining: this.withdrawing || this.plane.draining || drain !== null,
       revision: this.reconciler.appliedRevision,
       mode: this.mode,
       public: this.config.node.publicAddresses,
       startedAt: this.startedAt,
       updatedAt: Date.now(),
+      // Omitted, not undefined, when not drained: msgpack would write nil, which readers reject.
+      ...(drain !== null ? { drain } : {}),
     };
   }
 
@@ -371,7 +390,7 @@ export class BallastNode {
     // Only ready/draining/mode changes are written: the revision is asked from the admin API, since
     // writing it here would make every node's write bump every other node's revision, forever.
     const r = this.nodeRecord();
-    const sig = `${r.ready}|${r.draining}|${r.mode}|${r.admin}`;
+    const sig = `${r.ready}|${r.draining}|${r.mode}|${r.admin}|${r.drain?.state ?? ""}|${r.drain?.since ?? 0}`;
     if (sig === this.lastRegistered) return;
     await this.store.put(this.keys.node(this.id), encodeValue({ ...r }), { lease: this.lease.id });
     this.lastRegistered = sig;

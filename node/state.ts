@@ -1,7 +1,7 @@
 // What the admin API says about a node: /api/state (the documented JSON behind the CLI and the status
 // page) and /api/route (route explain: which backend a client would get, and why).
 import net from "node:net";
-import type { ApiError, DnsStateView, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
+import type { ApiError, DnsStateView, DrainReport, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
 import { clientAddress } from "../shared/ip.js";
 import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
@@ -28,7 +28,8 @@ export interface StateContext {
   readonly mode: NodeMode;
   readonly admin: { readonly address: string };
   readonly metrics: { readonly lastSync: number };
-  readonly reconciler: Pick<Reconciler, "snapshot" | "heartbeat" | "connected" | "lastError" | "appliedRevision" | "nodes" | "dns">;
+  readonly reconciler: Pick<Reconciler, "snapshot" | "heartbeat" | "connected" | "lastError" | "appliedRevision" | "nodes" | "dns" | "drains" | "rollout">;
+  readonly drain: { readonly state: DrainReport | null; readonly active: boolean };
   readonly plane: Pick<DataPlane, "listenerOf" | "stats" | "router" | "availabilityExclude" | "draining" | "listenerFailures">;
   readonly keys: { service(name: string): string; readonly dns: string };
   readonly dns: { describe(): DnsStateView } | null;
@@ -94,7 +95,8 @@ export function describeState(n: StateContext): StateView {
   }
   const hb = n.reconciler.heartbeat;
   return {
-    node: { id: n.id, zone: n.config.node.zone, version: VERSION, ready: n.ready, draining: n.withdrawing || n.plane.draining, mode: n.mode, startedAt: n.startedAt, admin: n.admin.address },
+    node: { id: n.id, zone: n.config.node.zone, version: VERSION, ready: n.ready, draining: n.withdrawing || n.plane.draining || n.drain.active, mode: n.mode, startedAt: n.startedAt, admin: n.admin.address, drain: n.drain.state },
+    rollout: { drains: [...n.reconciler.drains.keys()].sort(), state: n.reconciler.rollout },
     cluster: n.config.cluster,
     store: {
       kind: n.standalone ? "memory" : "etcd",

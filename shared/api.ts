@@ -18,6 +18,66 @@ export interface NodeRecord {
   public?: string[];
   startedAt: number;
   updatedAt: number;
+  /** Set while the node obeys its drain key (rollout/drains/<id>); absent when it is not drained. */
+  drain?: DrainReport;
+}
+
+/**
+ * A node's word on its operator drain (`ballast node drain`): withdrawn from anycast and DNS at
+ * once, listeners closed after `withdrawDelay`, open connections given `drainTimeout` to finish.
+ */
+export interface DrainReport {
+  state: "draining" | "drained";
+  /** When this process saw the drain key. */
+  since: number;
+  /** When it reached `drained` (0 while draining). */
+  drainedAt: number;
+  /** Connections and flows open when the drain began. */
+  openAtStart: number;
+  /** Still open (while draining); cut by drainTimeout (once drained). */
+  open: number;
+}
+
+/** One node's figures in a rollout (rollout/state, `ballast rollout status`). */
+export interface RolloutStepView {
+  node: string;
+  /** drain key written → node reports drained. */
+  drainMs: number;
+  /** restart hook run → new process registered, drained, converged. */
+  restartMs: number;
+  /** undrain → ready and serving. */
+  readyMs: number;
+  /** Connections open when the drain began, and cut by drainTimeout. */
+  openAtStart: number;
+  cut: number;
+}
+
+/** The rollout record (rollout/state): what `ballast rollout restart` did and is doing. */
+export interface RolloutView {
+  id: string;
+  status: "running" | "done" | "failed" | "aborted";
+  startedAt: number;
+  updatedAt: number;
+  maxUnavailable: number;
+  /** The restart hook (a command template with {node}); null: each node restarts itself under its supervisor. */
+  restartCmd: string | null;
+  nodes: string[];
+  done: string[];
+  /** The node being rolled and its phase; null between nodes and at the end. */
+  current: {
+    node: string;
+    phase: "draining" | "restarting" | "waiting" | "undraining";
+    since: number;
+    /** The etcd revision the restarted node must have applied (read once the node was drained). */
+    revision: number;
+    /** The node process's startedAt before the restart: a larger one is the new process. */
+    startedAtBefore: number;
+    /** When each phase began, for the step's figures; and the drain's figures once seen. */
+    marks: { drain: number; restart: number; undrain: number; openAtStart: number; cut: number };
+  } | null;
+  /** Why it stopped (failed, aborted). */
+  error: string | null;
+  steps: RolloutStepView[];
 }
 
 export type VerdictState = "up" | "down";
@@ -114,7 +174,9 @@ export interface HealthStateView {
 
 /** GET /api/state. */
 export interface StateView {
-  node: { id: string; zone: string; version: string; ready: boolean; draining: boolean; mode: NodeMode; startedAt: number; admin: string };
+  node: { id: string; zone: string; version: string; ready: boolean; draining: boolean; mode: NodeMode; startedAt: number; admin: string; drain?: DrainReport | null };
+  /** Nodes with a drain key (rollout/drains/), and the rollout record, as this node read them. */
+  rollout?: { drains: string[]; state: RolloutView | null };
   cluster: string;
   store: {
     kind: "memory" | "etcd";

@@ -74,6 +74,16 @@ export const nodeRecordSchema = z.object({
   public: z.array(label(64)).max(64).optional(),
   startedAt: epochMs,
   updatedAt: epochMs,
+  /** The node's operator drain (rollout/drains/<id>); absent from older nodes and when not drained. */
+  drain: z
+    .object({
+      state: z.enum(["draining", "drained"]),
+      since: epochMs,
+      drainedAt: epochMs,
+      openAtStart: z.number().int().min(0),
+      open: z.number().int().min(0),
+    })
+    .optional(),
 });
 
 export const heartbeatSchema = z.object({

@@ -9,6 +9,10 @@
 //   affinity/<service>/<node>/<seq>    msgpack AffinityBatch, leased for the affinity TTL (not to the writer)
 //   dns                                JSON DnsRecordInput (zone, TTL, names), written by people (`ballast dns set`)
 //   events/<node>/<ms>-<seq>           JSON event (node/events.ts), leased for an hour
+//   rollout/drains/<node>              JSON DrainRequest (shared/rollout.ts): the node drains while it exists
+//   rollout/guard                      JSON, rewritten in the same transaction as every drain/undrain (the drain guard)
+//   rollout/state                      JSON RolloutState, written by `ballast rollout restart`
+//   rollout/lock                       the running `ballast rollout` CLI's key, leased to it
 
 export function clusterPrefix(cluster: string, prefix?: string): string {
   if (prefix) return prefix.endsWith("/") ? prefix : `${prefix}/`;
@@ -26,7 +30,7 @@ export const NODE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 /** Affinity batch sequence: the writer's millisecond clock, strictly increasing. */
 const SEQ = /^[0-9]{1,20}$/;
 
-export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "affinity" | "election" | "dns" | "event";
+export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "affinity" | "election" | "dns" | "event" | "drain" | "rollout";
 /** Event key suffix: the writer's millisecond clock and a sequence number. */
 const EVENT_SEQ = /^[0-9]{1,15}-[0-9]{1,10}$/;
 
@@ -63,11 +67,16 @@ export class KeySchema {
   get affinity(): string { return `${this.prefix}affinity/`; }
   get dns(): string { return `${this.prefix}dns`; }
   get events(): string { return `${this.prefix}events/`; }
+  get drains(): string { return `${this.prefix}rollout/drains/`; }
+  get drainGuard(): string { return `${this.prefix}rollout/guard`; }
+  get rolloutState(): string { return `${this.prefix}rollout/state`; }
+  get rolloutLock(): string { return `${this.prefix}rollout/lock`; }
 
   service(name: string): string { return `${this.services}${name}`; }
   backend(service: string, id: string): string { return `${this.backends}${service}/${id}`; }
   backendsOf(service: string): string { return `${this.backends}${service}/`; }
   node(id: string): string { return `${this.nodes}${id}`; }
+  drain(node: string): string { return `${this.drains}${node}`; }
   verdict(service: string, id: string): string { return `${this.verdicts}${service}/${id}`; }
   affinityBatch(service: string, node: string, seq: number | string): string { return `${this.affinity}${service}/${node}/${seq}`; }
 
@@ -117,8 +126,13 @@ export class KeySchema {
         );
       case "events":
         return shape(3, "events/<node>/<ms>-<seq>") ?? node(parts[1]) ?? (EVENT_SEQ.test(parts[2]) ? null : badSegment("event sequence", parts[2], "<ms>-<seq> digits")) ?? { kind: "event", node: parts[1] };
+      case "rollout":
+        // `id` is which rollout key: "state", "lock" or "guard".
+        if (parts[1] === "drains") return shape(3, "rollout/drains/<node>") ?? node(parts[2]) ?? { kind: "drain", node: parts[2] };
+        if (parts.length === 2 && (parts[1] === "state" || parts[1] === "lock" || parts[1] === "guard")) return { kind: "rollout", id: parts[1] };
+        return "unrecognised key: expected rollout/drains/<node>, rollout/state, rollout/lock or rollout/guard";
       default:
-        return `unrecognised key: ${JSON.stringify(parts[0].slice(0, 40))} is not one of services, backends, nodes, health, affinity, dns, events`;
+        return `unrecognised key: ${JSON.stringify(parts[0].slice(0, 40))} is not one of services, backends, nodes, health, affinity, dns, events, rollout`;
     }
   }
 }

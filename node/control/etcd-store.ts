@@ -33,7 +33,7 @@ import {
 import { EtcdLeadership } from "./etcd-election.js";
 import { EtcdStoreLease } from "./etcd-lease.js";
 import { PrefixSync } from "./etcd-sync.js";
-import type { KeyValue, Leadership, Lease, PutOptions, SpaceStatus, Store, SyncHandle, SyncSink } from "./store.js";
+import type { KeyValue, Leadership, Lease, PutOptions, SpaceStatus, Store, SyncHandle, SyncSink, TxnCompare, TxnOp } from "./store.js";
 
 export interface EtcdStoreOptions {
   endpoints: string[];
@@ -232,6 +232,22 @@ export class EtcdStore implements Store {
 
   async grantLease(ttlSeconds: number, keepAlive: boolean): Promise<Lease> {
     return this.grant(ttlSeconds, keepAlive);
+  }
+
+  async txn(compares: readonly TxnCompare[], ops: readonly TxnOp[]): Promise<{ succeeded: boolean; revision: number }> {
+    const res = await this.call("txn", () =>
+      this.client.kv.txn({
+        // etcd compares a missing key as mod_revision 0, so 0 means "does not exist".
+        compare: compares.map((c) => ({ key: Buffer.from(c.key), target: CompareTarget.Mod, result: CompareResult.Equal, mod_revision: String(c.modRevision) })),
+        success: ops.map((op) =>
+          "put" in op
+            ? { request_put: { key: Buffer.from(op.put), value: toBuffer(op.value), lease: op.lease } }
+            : { request_delete_range: { key: Buffer.from(op.delete) } },
+        ),
+        failure: [],
+      }),
+    );
+    return { succeeded: res.succeeded, revision: Number(res.header.revision) };
   }
 
   /**

@@ -13,6 +13,8 @@ import {
   type StoreEvent,
   type SyncHandle,
   type SyncSink,
+  type TxnCompare,
+  type TxnOp,
 } from "./store.js";
 
 interface Entry {
@@ -93,6 +95,16 @@ export class MemoryStore implements Store {
   async grantLease(ttlSeconds: number, keepAlive: boolean): Promise<Lease> {
     this.assertOpen();
     return this.grant(ttlSeconds, keepAlive);
+  }
+
+  async txn(compares: readonly TxnCompare[], ops: readonly TxnOp[]): Promise<{ succeeded: boolean; revision: number }> {
+    this.assertOpen();
+    for (const c of compares) if ((this.data.get(c.key)?.modRevision ?? 0) !== c.modRevision) return { succeeded: false, revision: this.revision };
+    if (ops.length === 0) return { succeeded: true, revision: this.revision };
+    const revision = this.write(
+      ops.map((op): Mutation => ("put" in op ? { type: "put", key: op.put, value: toBuffer(op.value), lease: op.lease ?? "0" } : { type: "delete", key: op.delete })),
+    );
+    return { succeeded: true, revision };
   }
 
   async campaign(electionPrefix: string, candidate: string, ttlSeconds: number): Promise<Leadership> {

@@ -1,7 +1,9 @@
 // Reconcile: the store's view of the cluster prefix → record table → pure snapshot builder → swap.
 // Also keeps the cluster view (nodes, health heartbeat) and hands affinity records to their table.
 import { type HealthHeartbeat, type NodeRecord, parseHeartbeat, parseNodeRecord } from "../../shared/codec.js";
+import type { RolloutView } from "../../shared/api.js";
 import type { KeySchema } from "../../shared/keys.js";
+import { type DrainRequest, parseDrainValue, parseRolloutValue } from "../../shared/rollout.js";
 import type { Logger } from "../log.js";
 import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../model/snapshot.js";
 import type { StatsRegistry } from "../model/stats.js";
@@ -30,6 +32,10 @@ export class Reconciler implements SyncSink {
   heartbeat: HealthHeartbeat | null = null;
   /** The cluster's `dns` record (zone and names for the DNS responder). */
   readonly dns = new DnsRecordSlot();
+  /** Drain keys (rollout/drains/<node>): a node drains while its key exists. */
+  readonly drains = new Map<string, DrainRequest>();
+  /** The rollout record (rollout/state), for /api/state and the status page. */
+  rollout: RolloutView | null = null;
   /** Highest revision this node has processed (whether or not routing changed). */
   appliedRevision = 0;
   snapshot: Snapshot | null = null;
@@ -57,6 +63,8 @@ export class Reconciler implements SyncSink {
     this.nodes.clear();
     this.heartbeat = null;
     this.dns.delete();
+    this.drains.clear();
+    this.rollout = null;
     this.records.cluster.clear();
     const oversized: Array<[string, string]> = [];
     for (const kv of kvs) {
@@ -72,6 +80,8 @@ export class Reconciler implements SyncSink {
       else if (k.kind === "node") this.putNode(k.node!, kv.value);
       else if (k.kind === "heartbeat") this.putHeartbeat(kv.value);
       else if (k.kind === "dns") this.putDns(kv.value, kv.modRevision);
+      else if (k.kind === "drain") this.putDrain(k.node!, kv.value);
+      else if (k.kind === "rollout") this.putRollout(k.id!, kv.value);
       // Events are for `ballast events`; they never route.
       else if (k.kind !== "event") routing.push(kv);
     }
@@ -118,6 +128,14 @@ export class Reconciler implements SyncSink {
       } else if (k.kind === "dns") {
         if (e.type === "put") this.putDns(e.value, e.modRevision);
         else this.dns.delete();
+        cluster = true;
+      } else if (k.kind === "drain" || k.kind === "rollout") {
+        if (e.type === "put") invalidChanged = (k.kind === "drain" ? this.putDrain(k.node!, e.value) : this.putRollout(k.id!, e.value)) || invalidChanged;
+        else {
+          if (k.kind === "drain") this.drains.delete(k.node!);
+          else if (k.id === "state") this.rollout = null;
+          invalidChanged = this.records.cluster.delete(e.key) || invalidChanged;
+        }
         cluster = true;
       } else if (k.kind !== "election" && k.kind !== "event") routing.push(e);
     }
@@ -184,6 +202,34 @@ export class Reconciler implements SyncSink {
     } catch (err) {
       this.nodes.delete(id);
       return this.setClusterInvalid(key, `node record: ${(err as Error).message}`);
+    }
+  }
+
+  /**
+   * A drain key drains its node whatever its value: the operator asked for it. A value that does not
+   * parse is listed under invalid (with its reason) and read as a plain drain.
+   */
+  private putDrain(node: string, value: Buffer): boolean {
+    const key = this.keys.drain(node);
+    try {
+      this.drains.set(node, parseDrainValue(value));
+      return this.records.cluster.delete(key);
+    } catch (err) {
+      this.drains.set(node, { by: "", at: 0, reason: "", rollout: null, restartAt: null });
+      return this.setClusterInvalid(key, `drain request (obeyed as a plain drain): ${(err as Error).message}`);
+    }
+  }
+
+  /** rollout/state is shown, never acted on by nodes; the lock and guard keys carry nothing to read. */
+  private putRollout(id: string, value: Buffer): boolean {
+    if (id !== "state") return false;
+    const key = this.keys.rolloutState;
+    try {
+      this.rollout = parseRolloutValue(value);
+      return this.records.cluster.delete(key);
+    } catch (err) {
+      this.rollout = null;
+      return this.setClusterInvalid(key, `rollout record: ${(err as Error).message}`);
     }
   }
 

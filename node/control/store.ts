@@ -72,6 +72,14 @@ export interface PutOptions {
   lease?: string;
 }
 
+/** A transaction's condition: the key's mod revision equals `modRevision` (0: the key does not exist). */
+export interface TxnCompare {
+  key: string;
+  modRevision: number;
+}
+
+export type TxnOp = { put: string; value: Buffer | string; lease?: string } | { delete: string };
+
 export interface Store {
   sync(prefix: string, sink: SyncSink): SyncHandle;
   get(key: string): Promise<KeyValue | null>;
@@ -79,6 +87,11 @@ export interface Store {
   put(key: string, value: Buffer | string, opts?: PutOptions): Promise<number>;
   delete(key: string): Promise<boolean>;
   deletePrefix(prefix: string): Promise<number>;
+  /**
+   * One etcd transaction: when every compare holds, all ops apply at one revision; otherwise none
+   * does. For check-then-write decisions that must not race (the drain guard, the rollout lock).
+   */
+  txn(compares: readonly TxnCompare[], ops: readonly TxnOp[]): Promise<{ succeeded: boolean; revision: number }>;
   /** A lease kept alive until revoked (keepAlive) or left to expire after ttl seconds. */
   grantLease(ttlSeconds: number, keepAlive: boolean): Promise<Lease>;
   /**

@@ -65,6 +65,8 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
   /** One line per finished connection/flow (set by the node from `accessLog`); null: off. */
   accessLog: AccessLog | null = null;
   private idleWaiters: Array<() => void> = [];
+  /** TCP listeners drain() stopped accepting on: resume() makes them anew. */
+  private readonly stoppedByDrain = new Set<Listener>();
   /** Ports of this node's bound UDP listeners, and its own addresses: a datagram from one is a loop. */
   private ownUdpPorts = new Set<number>();
   private readonly ownAddresses = localAddresses();
@@ -282,31 +284,57 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
    * end of a flow to wait for: its flows get a short grace for replies in flight (UDP_DRAIN_GRACE_MS, or
    * the service's udpIdle if shorter), then end, so an idle flow never holds the exit for its idle timeout.
    */
-  async drain(timeoutMs: number): Promise<{ remaining: number }> {
+  async drain(timeoutMs: number, cancel?: AbortSignal): Promise<{ remaining: number }> {
     this.draining = true;
+    const graces: NodeJS.Timeout[] = [];
     for (const l of this.listeners.values()) {
       if (!(l instanceof UdpListener)) continue;
       const grace = setTimeout(() => l.closeFlows(), Math.min(UDP_DRAIN_GRACE_MS, l.svc.spec.timeouts.udpIdle));
       grace.unref();
+      graces.push(grace);
     }
     // server.close() stops accepting at once but calls back only when every connection has ended:
     // awaiting it here would start the drain clock after the connections were gone (no timeout at all).
-    const tcpClosed = Promise.all([...this.listeners.values()].filter((l) => l instanceof TcpListener).map((l) => l.close()));
-    if (this.active > 0) {
+    const tcp = [...this.listeners.values()].filter((l) => l instanceof TcpListener);
+    for (const l of tcp) this.stoppedByDrain.add(l);
+    const tcpClosed = Promise.all(tcp.map((l) => l.close()));
+    if (this.active > 0 && cancel?.aborted !== true) {
       await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, timeoutMs);
-        timer.unref();
-        this.idleWaiters.push(() => {
+        const done = () => {
           clearTimeout(timer);
+          cancel?.removeEventListener("abort", done);
           resolve();
-        });
+        };
+        const timer = setTimeout(done, timeoutMs);
+        timer.unref();
+        this.idleWaiters.push(done);
+        cancel?.addEventListener("abort", done);
       });
     }
     const remaining = this.active;
+    // An operator drain undone before its end (resume() follows): open connections and flows carry on.
+    if (cancel?.aborted === true) {
+      for (const g of graces) clearTimeout(g);
+      return { remaining };
+    }
     for (const counters of this.stats.backends.values()) closeAll(counters, "shutdown");
     await tcpClosed;
     for (const l of this.listeners.values()) if (l instanceof UdpListener) await l.close();
     return { remaining };
+  }
+
+  /**
+   * Ends an operator drain (rollout/drains/<node> deleted): the listeners drain() stopped are made
+   * anew from the current snapshot, on the same addresses; connections still open were never cut.
+   */
+  async resume(): Promise<void> {
+    if (this.closed || !this.draining) return;
+    this.draining = false;
+    for (const [key, l] of this.listeners) {
+      if (this.stoppedByDrain.has(l) || (l instanceof UdpListener && l.closed)) this.listeners.delete(key);
+    }
+    this.stoppedByDrain.clear();
+    if (this.current !== null) await this.apply(this.current);
   }
 
   async close(): Promise<void> {

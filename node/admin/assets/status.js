@@ -265,6 +265,10 @@
   }
 
   function readyBadge(n) {
+    // An operator drain (ballast node drain / rollout) reports its figures; a SIGTERM drain only the flag.
+    var d = n.drain;
+    if (d && d.state === "drained") return badge("warn", "\u25D2 drained", "drain key set " + ago(d.since) + "; " + d.openAtStart + " open at start, " + d.open + " cut at drainTimeout");
+    if (d) return badge("warn", "\u25D2 draining", "drain key set " + ago(d.since) + "; " + d.openAtStart + " open at start");
     if (n.draining) return badge("warn", "\u25D2 draining");
     return n.ready ? badge("up", "\u2714 ready") : badge("down", "\u2716 not ready");
   }
@@ -273,6 +277,20 @@
     if (m === "local-fallback") return badge("warn", "\u26A0 local-fallback", why || "shared verdicts are stale: this node checks backends itself");
     if (m === "shared") return badge("plain", "shared", "routing on the health leader's shared verdicts");
     return badge("plain", String(m || "\u2014"));
+  }
+
+  /** The rollout record and the drain keys (st.rollout), above the nodes table; nothing when neither exists. */
+  function renderRollout(ro) {
+    if (!ro || (!ro.state && ro.drains.length === 0)) return null;
+    var r = ro.state, parts = [];
+    if (r && (r.status === "running" || r.status === "failed" || Date.now() - r.updatedAt < 3600e3)) {
+      var tone = r.status === "failed" || r.status === "aborted" ? "down" : r.status === "done" ? "up" : "warn";
+      parts.push(h("div", { id: "rollout-progress" }, badge(tone, "rollout " + r.status), " ", h("b", null, r.done.length + " / " + r.nodes.length), " nodes restarted",
+        r.current ? [" \u00B7 now ", h("b", null, r.current.node), " (" + r.current.phase + ", " + ago(r.current.since) + ")"] : null,
+        r.error ? h("div", { class: "down-t" }, r.error) : null));
+    }
+    if (ro.drains.length > 0) parts.push(h("div", { id: "drain-keys" }, "drain keys: ", h("b", null, ro.drains.join(", "))));
+    return parts.length ? h("div", { class: "rollout-line" }, parts) : null;
   }
 
   function renderNodes(nodes) {
@@ -565,7 +583,7 @@
       tile(num(totals.unknown), "verdict unknown", totals.unknown ? "unk" : "none"),
       tile(num(nInvalid), "invalid records", nInvalid ? "down" : "none", "tile-invalid")
     ]);
-    fill("nodes", renderNodes(nodes));
+    fill("nodes", [renderRollout(st.rollout), renderNodes(nodes)]);
     renderScope(nodes);
     renderExplainChoices();
     var svcs = st.services || [];
