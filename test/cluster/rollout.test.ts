@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { NodeRecord, RolloutView } from "../../shared/api.js";
 import { parseNodeRecord } from "../../shared/codec.js";
 import { KeySchema } from "../../shared/keys.js";
-import { parseRolloutValue } from "../../shared/rollout.js";
+import { parseRolloutValue, RESTART_EXIT_CODE } from "../../shared/rollout.js";
 import { EtcdStore } from "../../node/control/etcd-store.js";
 import { drainNode, undrainNode } from "../../node/rollout/guard.js";
 import { type Backend, startTcpEcho } from "../helpers/backends.js";
@@ -87,9 +87,19 @@ class Cluster {
     await waitFor(async () => (await this.records()).filter((r) => r.ready).length === 3, { timeoutMs: 30_000, message: "three ready nodes" });
   }
 
+  /** Act as each node's supervisor: a node that exits RESTART_EXIT_CODE is started again. */
+  supervise = false;
+  readonly exits: Array<{ id: string; code: number | null }> = [];
+
   async spawn(id: string): Promise<NodeProcess> {
     const p = await spawnNode(this.config(id));
     this.procs.set(id, p);
+    void p.exited.then((code) => {
+      if (this.procs.get(id) !== p) return; // killed by the test
+      this.exits.push({ id, code });
+      this.procs.delete(id);
+      if (this.supervise && code === RESTART_EXIT_CODE) void this.spawn(id);
+    });
     return p;
   }
 
@@ -480,6 +490,33 @@ describe("ballast rollout restart", () => {
       await load.stop();
       await out.stop();
       await hook.close();
+      await c.stop();
+    }
+  });
+
+  it("without a restart hook each node exits 75 once drained and comes back under its supervisor", { timeout: 180_000 }, async () => {
+    const c = new Cluster("rollout-self");
+    c.supervise = true;
+    try {
+      await c.start();
+      const before = new Map((await c.records()).map((r) => [r.id, r.startedAt]));
+      const r = await c.cli("rollout", "restart", "--timeout", "60");
+      expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+      expect(r.stdout).toMatch(/restart by each node's supervisor/);
+      expect(c.exits).toEqual([
+        { id: "n1", code: RESTART_EXIT_CODE },
+        { id: "n2", code: RESTART_EXIT_CODE },
+        { id: "n3", code: RESTART_EXIT_CODE },
+      ]);
+      const recs = await c.records();
+      for (const id of ["n1", "n2", "n3"]) {
+        const rec = recs.find((x) => x.id === id)!;
+        expect(rec.startedAt).toBeGreaterThan(before.get(id)!);
+        expect(rec.ready).toBe(true);
+      }
+      expect((await c.rollout())?.status).toBe("done");
+      expect(await c.drains()).toEqual([]);
+    } finally {
       await c.stop();
     }
   });
