@@ -212,7 +212,7 @@ export function buildCli(): Command {
       withStore(cmd, async (store, keys, opts) => {
         const { nodes, invalid } = await listNodes(store, keys);
         for (const r of invalid) process.stderr.write(`ballast: invalid ${r.key}: ${r.reason}\n`);
-        print(opts, nodes.map((n) => ({ id: n.id, admin: n.admin, zone: n.zone, public: (n.public ?? []).join(","), version: n.version, ready: n.ready, draining: n.draining, mode: n.mode })), nodes);
+        print(opts, nodes.map((n) => ({ id: n.id, admin: n.admin, zone: n.zone, public: (n.public ?? []).join(","), version: n.version, ready: n.ready, draining: n.draining, drain: n.drain ? `${n.drain.state} (${n.drain.openAtStart} open at start, ${n.drain.open} ${n.drain.state === "drained" ? "cut" : "open"})` : "", mode: n.mode })), nodes);
       }),
     );
 

@@ -17,6 +17,8 @@ export interface DrainContext {
   readonly events: Pick<EventLog, "record">;
   /** Read at each drain, so a reload's new values apply (as for SIGTERM). */
   timing(): { withdrawDelay: number; drainTimeout: number };
+  /** Whether this process ever said ready (/readyz 200 or its record): only then is there anything to withdraw. */
+  announced(): boolean;
   /** Readiness or the drain report changed: the node re-publishes its record. */
   changed(): void;
   /** A rollout without a restart hook asked this process to restart once drained (exit for the supervisor). */
@@ -73,8 +75,9 @@ export class NodeDrain {
     this.ctx.log.info({ open, withdrawDelayMs: withdrawDelay, drainTimeoutMs: drainTimeout, by: this.request?.by }, "drain key set: draining");
     this.ctx.events.record("drain", `node draining (drain key${by}; drainTimeout ${drainTimeout} ms)`);
     this.ctx.changed();
-    // As on SIGTERM: listeners keep accepting while anycast and DNS withdraw the node.
-    if (withdrawDelay > 0) await abortableDelay(withdrawDelay, cancel.signal);
+    // As on SIGTERM: listeners keep accepting while anycast and DNS withdraw the node. A process that
+    // never said ready (a drained node restarting) was never announced: it closes at once.
+    if (withdrawDelay > 0 && this.ctx.announced()) await abortableDelay(withdrawDelay, cancel.signal);
     if (cancel.signal.aborted) return;
     const r = await this.ctx.plane.drain(drainTimeout, cancel.signal);
     if (cancel.signal.aborted || this.report === null) return;

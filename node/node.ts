@@ -212,12 +212,17 @@ export class BallastNode {
       plane: this.plane,
       events: this.events,
       timing: () => ({ withdrawDelay: this.config.withdrawDelay, drainTimeout: this.config.drainTimeout }),
+      announced: () => this.announced,
       changed: () => this.refreshRegistration(),
       restart: opts.restart ?? null,
     });
     this.admin = new AdminServer(
       {
-        ready: () => this.ready,
+        ready: () => {
+          const ready = this.ready;
+          if (ready) this.announced = true;
+          return ready;
+        },
         state: () => describeState(this),
         stateKey: () => `${this.reconciler.appliedRevision}|${this.reconciler.snapshot?.revision ?? 0}|${this.ready}|${this.mode}|${this.reconciler.connected}|${this.drain.state?.state ?? ""}`,
         route: (service, client, port) => explainRoute(this, service, client, port),
@@ -243,6 +248,9 @@ export class BallastNode {
       },
     );
   }
+
+  /** This process said ready once (/readyz 200 or its node record): anycast or DNS may have announced it. */
+  private announced = false;
 
   /** Set on SIGTERM: /readyz answers 503 while the listeners still accept for `withdrawDelay`. */
   withdrawing = false;
@@ -390,6 +398,7 @@ export class BallastNode {
     // Only ready/draining/mode changes are written: the revision is asked from the admin API, since
     // writing it here would make every node's write bump every other node's revision, forever.
     const r = this.nodeRecord();
+    if (r.ready) this.announced = true;
     const sig = `${r.ready}|${r.draining}|${r.mode}|${r.admin}|${r.drain?.state ?? ""}|${r.drain?.since ?? 0}`;
     if (sig === this.lastRegistered) return;
     await this.store.put(this.keys.node(this.id), encodeValue({ ...r }), { lease: this.lease.id });

@@ -179,7 +179,9 @@ class Rollout {
         if (ready.status !== 200) return null;
         const st = await this.stateOf(r);
         if (st === null || st.revision < cur.revision) return null;
-        return st.services.every((svc) => svc.forwarding.programmed) ? r : null;
+        // Serving: every service carried, except what this node could never carry (a mode no forwarder
+        // here handles, an address it cannot bind: reported per node, not a reason to hold the rollout).
+        return st.services.every((svc) => svc.forwarding.programmed || svc.forwarding.forwarder === null || svc.listenerError !== null) ? r : null;
       }, "did not become ready after undrain");
       const end = Date.now();
       s.steps.push({

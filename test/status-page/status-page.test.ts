@@ -228,4 +228,23 @@ describe("status page", () => {
       consoleErrors.splice(errorsBefore);
     }
   }, 60_000);
+
+  it("shows a drained node and the rollout's progress (issue 17)", async () => {
+    const errorsBefore = consoleErrors.length;
+    const now = Date.now();
+    const rollout = { id: "r-1", status: "running", startedAt: now, updatedAt: now, maxUnavailable: 1, restartCmd: null, nodes: ["n1", "n2", "n3"], done: ["n1", "n2"], current: { node: "n3", phase: "draining", since: now, revision: 0, startedAtBefore: 1, marks: { drain: now, restart: 0, undrain: 0, openAtStart: 0, cut: 0 } }, error: null, steps: [] };
+    try {
+      await cluster.etcd.put(keys.drain("n3"), JSON.stringify({ by: "ops", reason: "status page test" }));
+      await cluster.etcd.put(keys.rolloutState, JSON.stringify(rollout));
+      const row = page.locator('#nodes-table tr[data-node="n3"]');
+      await waitFor(async () => /drained/.test((await row.textContent()) ?? ""), { timeoutMs: 15_000, message: "n3 shown drained" });
+      expect(await page.locator("#drain-keys").textContent()).toBe("drain keys: n3");
+      expect(await page.locator("#rollout-progress").textContent()).toMatch(/rollout running\s*2 \/ 3 nodes restarted · now n3 \(draining/);
+      expect(consoleErrors.slice(errorsBefore)).toEqual([]);
+    } finally {
+      await cluster.etcd.del(keys.drain("n3"));
+      await cluster.etcd.del(keys.rolloutState);
+    }
+    await waitFor(async () => /ready/.test((await page.locator('#nodes-table tr[data-node="n3"]').textContent()) ?? "") && (await page.locator("#drain-keys").count()) === 0, { timeoutMs: 15_000, message: "n3 ready again" });
+  }, 60_000);
 });
