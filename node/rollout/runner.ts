@@ -7,7 +7,7 @@ import type { NodeRecord, RolloutView, StateView } from "../../shared/api.js";
 import type { KeySchema } from "../../shared/keys.js";
 import { parseRolloutValue } from "../../shared/rollout.js";
 import type { Lease, Store } from "../control/store.js";
-import { drainNode, readNodeRecords, undrainNode } from "./guard.js";
+import { drainNode, readDrains, readNodeRecords, undrainNode } from "./guard.js";
 
 export interface RolloutOptions {
   maxUnavailable: number;
@@ -89,6 +89,9 @@ class Rollout {
     } else {
       const nodes = (await readNodeRecords(this.store, this.keys)).map((n) => n.id).sort();
       if (nodes.length === 0) throw new RolloutStopped("no node is registered: nothing to roll");
+      // A node drained by an operator would be undrained by the rollout's last step: not ours to undo.
+      const drained = await readDrains(this.store, this.keys);
+      if (drained.length > 0) throw new RolloutStopped(`${drained.join(", ")} ${drained.length === 1 ? "is" : "are"} drained (rollout/drains/): undrain first (ballast node undrain <id>); a rollout starts with no node drained`);
       const now = Date.now();
       this.state = { id: `r-${now}`, status: "running", startedAt: now, updatedAt: now, maxUnavailable: this.opts.maxUnavailable, restartCmd: this.opts.restartCmd, nodes, done: [], current: null, error: null, steps: [] };
       this.rev = modRevision;
