@@ -373,6 +373,11 @@ describe("coordinated drain", () => {
       expect(refused.stderr).toMatch(/drain of n2 refused: 1 node is already out \(n1: drained\)/);
       expect(await c.drains()).toEqual(["n1"]);
       await waitFor(async () => (await c.record("n2"))?.ready === true);
+      // A rollout would undrain n1 at its end: it does not start over an operator's drain.
+      const ro = await c.cli("rollout", "restart", "--restart-cmd", "false");
+      expect(ro.code).toBe(1);
+      expect(ro.stderr).toMatch(/rollout stopped: n1 is drained \(rollout\/drains\/\): undrain first/);
+      expect(await c.rollout()).toBeNull();
 
       const admitted = await c.cli("node", "drain", "n2", "--max-unavailable", "2");
       expect(admitted.code, admitted.stderr).toBe(0);
