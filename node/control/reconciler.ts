@@ -3,10 +3,11 @@
 import { type HealthHeartbeat, type NodeRecord, parseHeartbeat, parseNodeRecord } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
 import type { Logger } from "../log.js";
-import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../model/snapshot.js";
+import { buildSnapshot, type InvalidRecord, type ResolvedName, type Snapshot, type VerdictView } from "../model/snapshot.js";
 import type { StatsRegistry } from "../model/stats.js";
 import { DnsRecordSlot } from "./dns-record.js";
 import { MAX_VALUE_BYTES, RecordTable } from "./records.js";
+import { isHostName } from "./resolver.js";
 import type { KeyValue, StoreEvent, SyncSink } from "./store.js";
 
 /** Receives the affinity records of the prefix (implemented by the affinity table). */
@@ -22,6 +23,14 @@ export interface ReconcilerHooks {
   onStatus?(connected: boolean, error?: string): void;
   onInvalid?(fresh: InvalidRecord[]): void;
   onClusterChange?(): void;
+  /**
+   * Answers for host-name backends (node/control/resolver.ts): told before each build which names the
+   * records use, read synchronously during it. Its answers arrive later; the node calls namesChanged().
+   */
+  resolver?: {
+    track(names: ReadonlySet<string>): void;
+    get(name: string): ResolvedName | undefined;
+  };
 }
 
 export class Reconciler implements SyncSink {
@@ -160,6 +169,17 @@ export class Reconciler implements SyncSink {
     const shared = new Map<string, VerdictView>();
     for (const [k, v] of this.records.sharedVerdicts()) shared.set(k, { ...v, source: "shared" });
     const input = this.records.input(this.hooks.routingVerdicts?.(shared) ?? shared);
+    const resolver = this.hooks.resolver;
+    if (resolver !== undefined) {
+      const names = new Set<string>();
+      for (const m of input.backends.values())
+        for (const b of m.values()) {
+          if (isHostName(b.address)) names.add(b.address);
+          if (b.checkAddress !== undefined && isHostName(b.checkAddress)) names.add(b.checkAddress);
+        }
+      resolver.track(names);
+      input.resolve = (name) => resolver.get(name);
+    }
     const next = buildSnapshot(input, this.stats, this.snapshot);
     // Log each invalid record once per key and reason, not on every revision.
     const fresh = next.invalid.filter((r) => !this.seenInvalid.has(`${r.key}\n${r.reason}`));
@@ -168,6 +188,12 @@ export class Reconciler implements SyncSink {
     if (fresh.length > 0) this.hooks.onInvalid?.(fresh);
     this.snapshot = next;
     this.hooks.onSnapshot(next);
+  }
+
+  /** A host name's answer changed: one rebuild this turn, from the same records. */
+  namesChanged(): void {
+    if (this.stopped || this.snapshot === null) return;
+    this.rebuildPending ??= setImmediate(() => this.rebuild());
   }
 
   /**
