@@ -171,12 +171,17 @@ export class Reconciler implements SyncSink {
     const input = this.records.input(this.hooks.routingVerdicts?.(shared) ?? shared);
     const resolver = this.hooks.resolver;
     if (resolver !== undefined) {
+      // Only backends of proxied services: the kernel modes take IP addresses (their records say so
+      // as invalid), and a name nobody can route to is not worth a query.
       const names = new Set<string>();
-      for (const m of input.backends.values())
+      for (const [service, m] of input.backends) {
+        const spec = input.services.get(service) as { forwarding?: string } | undefined;
+        if (spec === undefined || (spec.forwarding ?? "proxy") !== "proxy") continue;
         for (const b of m.values()) {
           if (isHostName(b.address)) names.add(b.address);
           if (b.checkAddress !== undefined && isHostName(b.checkAddress)) names.add(b.checkAddress);
         }
+      }
       resolver.track(names);
       input.resolve = (name) => resolver.get(name);
     }

@@ -270,7 +270,8 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
     for (const id of ids) {
       const b = specs.get(id)!;
       const verdict = input.verdicts.get(`${name}/${id}`) ?? null;
-      const at = addressesOf(b.address, input.resolve);
+      // The kernel's tables hold addresses: a kernel-forwarded service's names are not resolved.
+      const at = spec.forwarding === "nat" && net.isIP(b.address) === 0 ? { addresses: [], resolution: null, why: `address: forwarding nat needs an IP address, got ${b.address}` } : addressesOf(b.address, input.resolve);
       const checkAt = b.checkAddress !== undefined ? addressesOf(b.checkAddress, input.resolve) : at;
       let why = "";
       if (b.state !== "active") why = b.state;
