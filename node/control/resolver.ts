@@ -60,7 +60,7 @@ export class NameResolver {
   private readonly entries = new Map<string, Entry>();
   private readonly resolver: dns.promises.Resolver | null;
   private closed = false;
-  /** Lookups started (A+AAAA to servers count once): for /api/state and tests. */
+  /** Lookups started (A+AAAA to servers count once): tests read it to see no lookup happens per connection. */
   lookups = 0;
 
   constructor(private readonly opts: ResolverOptions) {
@@ -90,11 +90,6 @@ export class NameResolver {
       if (e.timer !== null) clearTimeout(e.timer);
       this.entries.delete(name);
     }
-  }
-
-  /** Names tracked now, with their answers (for /api/state). */
-  describe(): { name: string; result: ResolvedName | null }[] {
-    return [...this.entries.values()].map((e) => ({ name: e.name, result: e.result }));
   }
 
   close(): void {
