@@ -410,7 +410,9 @@ export function buildCli(): Command {
           const grouped = [...s.backends].sort((x, y) => x.zone.localeCompare(y.zone) || x.id.localeCompare(y.id));
           for (const b of grouped) {
             const v = b.verdict;
-            beRows.push({ service: s.name, zone: b.zone || "-", backend: b.id, address: `${b.address}:${b.port}`, state: b.state, verdict: v ? `${v.state}${v.reason ? ` (${v.reason})` : ""}` : "unknown", routable: b.routable, active: b.active });
+            // A host-name backend shows what it resolved to on this node (older nodes send no resolution).
+            const resolved = b.resolution ? ` → ${b.resolution.addresses.join(", ") || "none"}` : "";
+            beRows.push({ service: s.name, zone: b.zone || "-", backend: b.id, address: `${b.address}:${b.port}${resolved}`, state: b.state, verdict: v ? `${v.state}${v.reason ? ` (${v.reason})` : ""}` : "unknown", routable: b.routable, why: b.why || "-", active: b.active });
           }
         }
         process.stdout.write("\nSERVICES\n");

@@ -15,6 +15,7 @@ import { LastKnownGood, registerLastGoodMetrics } from "./control/last-good.js";
 import { registerSpaceMetrics, SpaceMonitor } from "./control/space.js";
 import { MemoryStore } from "./control/memory-store.js";
 import { Reconciler } from "./control/reconciler.js";
+import { NameResolver } from "./control/resolver.js";
 import type { Lease, Store, SyncHandle } from "./control/store.js";
 import { DataPlane } from "./data/plane.js";
 import { EventLog } from "./events.js";
@@ -95,6 +96,8 @@ export class BallastNode {
   /** etcd's database size against its quota, and its alarms (null standalone). */
   readonly space: SpaceMonitor | null = null;
   private reloading: Promise<unknown> = Promise.resolve();
+  /** Resolves host-name backends off the hot path; the snapshot reads its answers (node/control/resolver.ts). */
+  readonly resolver: NameResolver;
 
   constructor(opts: NodeOptions) {
     const c = opts.config;
@@ -155,6 +158,7 @@ export class BallastNode {
     this.plane.accessLog = new AccessLog(this.id, c.accessLog);
     registerAccessLogMetrics(this.metrics.registry, this.plane.accessLog);
     this.forwarders = [this.plane, this.kernel, this.dsr, ...(opts.forwarders ?? [])];
+    this.resolver = new NameResolver({ ...c.resolver, log: this.log, onChange: () => this.reconciler.namesChanged() });
     this.reconciler = new Reconciler(
       this.keys,
       this.stats,
@@ -174,6 +178,7 @@ export class BallastNode {
           this.dns?.refresh();
         },
         routingVerdicts: (shared) => this.health.routingVerdicts(shared),
+        resolver: this.resolver,
       },
       this.log,
       this.affinity,
@@ -475,6 +480,7 @@ export class BallastNode {
     await this.lastGood?.close();
     this.space?.close();
     this.reconciler.stop();
+    this.resolver.close();
     if (this.lease) await this.lease.revoke().catch(() => {});
     for (const f of this.forwarders) await f.close();
     this.plane.accessLog?.close();

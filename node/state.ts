@@ -82,6 +82,8 @@ export function describeState(n: StateContext): StateView {
           verdict: b.verdict,
           routable: b.routable,
           why: b.why,
+          addresses: b.addresses,
+          resolution: b.resolution === null ? null : { name: b.spec.address, ...b.resolution },
           ejected: s.ejectedUntil > now,
           active: s.active,
           connections: s.connections,
@@ -166,9 +168,16 @@ export function explainRoute(n: StateContext, service: string, client: string, p
   }
   const described = svc.spec.affinity.mode === "source-ip" ? n.affinity.describe(svc, ip, now) : null;
   const { target, reason } = n.plane.router.route(svc, ip, port, n.plane.availabilityExclude(svc), now, false);
-  const why = reason === "affinity" && described ? `affinity (from node ${described.node}, last used ${Math.round((now - described.lastUsed) / 1000)} s ago)` : reason;
+  let why: string = reason === "affinity" && described ? `affinity (from node ${described.node}, last used ${Math.round((now - described.lastUsed) / 1000)} s ago)` : reason;
+  // No backend: say why each is out (a name that does not resolve reads "b1 resolve api.internal: NXDOMAIN").
+  if (target === null && reason === "no-backend") {
+    const out = svc.backends.filter((b) => !b.routable).map((b) => `${b.id} ${b.why}`);
+    if (out.length > 0) why = `no-backend: ${out.slice(0, 10).join("; ")}${out.length > 10 ? `; … ${out.length - 10} more` : ""}`;
+  }
+  const view = target === null ? undefined : svc.backends.find((b) => b.id === target.id);
+  const name = view !== undefined && view.resolution !== null ? { name: view.spec.address } : {};
   return {
     status: 200,
-    body: { ...base, backend: target ? { id: target.id, address: target.label } : null, reason: why, version: VERSION },
+    body: { ...base, backend: target ? { id: target.id, address: target.label, ...name } : null, reason: why, version: VERSION },
   };
 }

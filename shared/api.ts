@@ -105,8 +105,15 @@ export interface BackendStateView {
   verdict: (Verdict & { source: VerdictSource }) | null;
   /** Takes new connections. */
   routable: boolean;
-  /** Why not routable ("drain", "disabled", "down: <reason>", "weight 0", "unknown"); empty when routable. */
+  /**
+   * Why not routable ("drain", "disabled", "down: <reason>", "weight 0", "unknown", "resolving NAME",
+   * "resolve NAME: NXDOMAIN"); empty when routable.
+   */
   why: string;
+  /** Where new connections go: `address` itself, or the addresses its host name resolved to. */
+  addresses: readonly string[];
+  /** For a host-name address: this node's resolver's last answer (null: an IP literal, or no answer yet). */
+  resolution: { name: string; addresses: readonly string[]; error: string | null; since: number; ttlMs: number | null } | null;
   /** Passively ejected after connect failures (this node only). */
   ejected: boolean;
   active: number;
@@ -269,8 +276,11 @@ export interface RouteAnswer {
   port: number;
   revision: number;
   node: string;
-  backend: { id: string; address: string } | null;
-  /** The router's reason ("affinity (from node …)", the algorithm, "no-backend", "max-connections") or "denied". */
+  backend: { id: string; address: string; name?: string } | null;
+  /**
+   * The router's reason ("affinity (from node …)", the algorithm, "no-backend", "max-connections") or
+   * "denied". "no-backend" is followed by why each backend is not routable ("no-backend: b1 resolve …").
+   */
   reason: string;
   version?: string;
   /** Set for services the kernel forwards: the answer is the kernel's hash, computed in TypeScript. */

@@ -358,6 +358,21 @@ export const nodeConfigSchema = z
       .strict()
       .prefault({}),
     /**
+     * How this node resolves backends given as host names (docs/keys.md "Host-name backends"). No
+     * `servers`: the system resolver (getaddrinfo: /etc/hosts, nsswitch, resolv.conf), which reports no
+     * TTL, so names are re-resolved every `interval`. With `servers`: A and AAAA queries to them, and
+     * each name is re-resolved when its answer's TTL runs out, at most `interval` later, at least 1 s.
+     */
+    resolver: z
+      .object({
+        servers: z.array(z.string().refine((s) => net.isIP(s) !== 0 || (parseHostPort(s) !== null && net.isIP(parseHostPort(s)!.host) !== 0), { message: 'expected an IP address or "address:port" ("[::1]:53")' })).max(8).default([]),
+        interval: duration("30s"),
+        /** Per query (with servers): how long to wait for an answer, and how many times to ask. */
+        timeout: duration("2s"),
+      })
+      .strict()
+      .prefault({}),
+    /**
      * Directory for this node's last known good snapshot (clustered mode): the routing records and
      * revision last applied, served at start while etcd cannot be reached. Empty: not kept.
      */

@@ -5,10 +5,11 @@ import type { RolloutView } from "../../shared/api.js";
 import type { KeySchema } from "../../shared/keys.js";
 import { type DrainRequest, parseDrainValue, parseRolloutValue } from "../../shared/rollout.js";
 import type { Logger } from "../log.js";
-import { buildSnapshot, type InvalidRecord, type Snapshot, type VerdictView } from "../model/snapshot.js";
+import { buildSnapshot, type InvalidRecord, type ResolvedName, type Snapshot, type VerdictView } from "../model/snapshot.js";
 import type { StatsRegistry } from "../model/stats.js";
 import { DnsRecordSlot } from "./dns-record.js";
 import { MAX_VALUE_BYTES, RecordTable } from "./records.js";
+import { isHostName } from "./resolver.js";
 import type { KeyValue, StoreEvent, SyncSink } from "./store.js";
 
 /** Receives the affinity records of the prefix (implemented by the affinity table). */
@@ -24,6 +25,14 @@ export interface ReconcilerHooks {
   onStatus?(connected: boolean, error?: string): void;
   onInvalid?(fresh: InvalidRecord[]): void;
   onClusterChange?(): void;
+  /**
+   * Answers for host-name backends (node/control/resolver.ts): told before each build which names the
+   * records use, read synchronously during it. Its answers arrive later; the node calls namesChanged().
+   */
+  resolver?: {
+    track(names: ReadonlySet<string>): void;
+    get(name: string): ResolvedName | undefined;
+  };
 }
 
 export class Reconciler implements SyncSink {
@@ -178,6 +187,22 @@ export class Reconciler implements SyncSink {
     const shared = new Map<string, VerdictView>();
     for (const [k, v] of this.records.sharedVerdicts()) shared.set(k, { ...v, source: "shared" });
     const input = this.records.input(this.hooks.routingVerdicts?.(shared) ?? shared);
+    const resolver = this.hooks.resolver;
+    if (resolver !== undefined) {
+      // Only backends of proxied services: the kernel modes take IP addresses (their records say so
+      // as invalid), and a name nobody can route to is not worth a query.
+      const names = new Set<string>();
+      for (const [service, m] of input.backends) {
+        const spec = input.services.get(service) as { forwarding?: string } | undefined;
+        if (spec === undefined || (spec.forwarding ?? "proxy") !== "proxy") continue;
+        for (const b of m.values()) {
+          if (isHostName(b.address)) names.add(b.address);
+          if (b.checkAddress !== undefined && isHostName(b.checkAddress)) names.add(b.checkAddress);
+        }
+      }
+      resolver.track(names);
+      input.resolve = (name) => resolver.get(name);
+    }
     const next = buildSnapshot(input, this.stats, this.snapshot);
     // Log each invalid record once per key and reason, not on every revision.
     const fresh = next.invalid.filter((r) => !this.seenInvalid.has(`${r.key}\n${r.reason}`));
@@ -186,6 +211,12 @@ export class Reconciler implements SyncSink {
     if (fresh.length > 0) this.hooks.onInvalid?.(fresh);
     this.snapshot = next;
     this.hooks.onSnapshot(next);
+  }
+
+  /** A host name's answer changed: one rebuild this turn, from the same records. */
+  namesChanged(): void {
+    if (this.stopped || this.snapshot === null) return;
+    this.rebuildPending ??= setImmediate(() => this.rebuild());
   }
 
   /**

@@ -1,6 +1,7 @@
 // The check engine shared by the health leader and local fallback: one timer per target on a fixed
 // grid (start times spread over `jitter` × interval), rise/fall counting from an unknown or seeded
 // state, and a callback on every state transition. It never writes anywhere itself.
+import { formatHostPort } from "../../shared/address.js";
 import type { Verdict } from "../../shared/codec.js";
 import { hashString } from "../lb/hash.js";
 import type { Snapshot } from "../model/snapshot.js";
@@ -12,6 +13,11 @@ export interface CheckTarget {
   readonly service: string;
   readonly id: string;
   readonly host: string;
+  /**
+   * Every address to probe, when the check address is a host name with more than one (resolved when
+   * the snapshot was built: probes never look a name up). The backend is up only when all answer.
+   */
+  readonly hosts?: readonly string[];
   readonly port: number;
   readonly kind: CheckKind;
   readonly settings: HealthSettings;
@@ -62,16 +68,19 @@ export function checkTargetsOf(snapshot: Snapshot, previous: readonly CheckTarge
     const kind: CheckKind = settings.type;
     for (const b of svc.backends) {
       if (b.spec.state !== "active") continue;
-      const host = b.spec.checkAddress ?? b.spec.address;
+      // A host name with no address (yet) cannot be probed; the backend says why it is not routable.
+      if (b.checkAddresses.length === 0) continue;
+      const host = b.checkAddresses[0];
+      const hosts = b.checkAddresses.length > 1 ? b.checkAddresses : undefined;
       const port = b.spec.checkPort ?? b.spec.port;
       // Snapshots list services and backends sorted, so an unchanged target sits at the same index.
       const prev = previous?.[out.length];
-      if (prev !== undefined && prev.service === svc.name && prev.id === b.id && prev.host === host && prev.port === port && prev.kind === kind && prev.settings === settings) {
+      if (prev !== undefined && prev.service === svc.name && prev.id === b.id && prev.host === host && sameHosts(prev.hosts, hosts) && prev.port === port && prev.kind === kind && prev.settings === settings) {
         out.push(prev);
         continue;
       }
       changed = true;
-      out.push({ key: `${svc.name}/${b.id}`, service: svc.name, id: b.id, host, port, kind, settings });
+      out.push({ key: `${svc.name}/${b.id}`, service: svc.name, id: b.id, host, ...(hosts ? { hosts } : {}), port, kind, settings });
     }
   }
   if (previous !== null && out.length !== previous.length) changed = true;
@@ -177,7 +186,7 @@ export class Checker {
       const target = slot.target;
       const started = performance.now();
       slot.running = true;
-      this.probe(target, target.settings, target.kind).then(
+      (target.hosts !== undefined ? probeEach(this.probe, target) : this.probe(target, target.settings, target.kind)).then(
         (outcome) => this.record(slot, target, outcome, (performance.now() - started) / 1000, lagMs),
         (err: Error) => this.record(slot, target, { ok: false, result: "error", reason: `probe failed: ${err.message}` }, (performance.now() - started) / 1000, lagMs),
       );
@@ -227,6 +236,29 @@ export class Checker {
       checker: this.checkerId,
     };
   }
+}
+
+function sameHosts(a: readonly string[] | undefined, b: readonly string[] | undefined): boolean {
+  if (a === b) return true;
+  if (a === undefined || b === undefined || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/**
+ * One probe round over every address of a host-name backend, in parallel. A local fault on any is a
+ * local fault (nothing learnt); else the backend is up only when every address answers, and a failure
+ * names the address: a backend is one unit of verdict, so a dead address takes its name out until it
+ * answers again (list addresses as separate backends to route around one alone).
+ */
+async function probeEach(probe: Probe, t: CheckTarget): Promise<ProbeOutcome> {
+  const hosts = t.hosts!;
+  const outcomes = await Promise.all(hosts.map((host) => probe({ host, port: t.port }, t.settings, t.kind)));
+  const local = outcomes.findIndex((o) => o.result === "local");
+  const bad = local >= 0 ? local : outcomes.findIndex((o) => !o.ok);
+  if (bad < 0) return { ok: true, result: "ok", reason: `${outcomes[0].reason} (${hosts.length} addresses)` };
+  const o = outcomes[bad];
+  return { ok: false, result: o.result, reason: `${formatHostPort(hosts[bad], t.port)}: ${o.reason}` };
 }
 
 /** Where in the interval a target's probes start: fixed per key, spread over `jitter` × interval. */

@@ -21,6 +21,11 @@ export interface BackendTarget {
   readonly zone: string;
   /** "host:port", precomputed for logs and metric labels. */
   readonly label: string;
+  /**
+   * What a consistent hash places (default: `id`). Each address of a host-name backend is a target of
+   * its own with the backend's id, so it needs a key of its own ("id|address").
+   */
+  readonly hashKey?: string;
   readonly stats: BackendStats;
 }
 

@@ -147,11 +147,12 @@ export class MaglevPicker implements Picker {
   constructor(algorithm: AlgorithmName, targets: readonly BackendTarget[], size?: number) {
     this.algorithm = algorithm;
     const usable = targets.filter((t) => t.weight > 0 && Number.isFinite(t.weight));
-    usable.sort((a, b) => (a.id === b.id ? a.weight - b.weight : a.id < b.id ? -1 : 1));
+    const key = (t: BackendTarget) => t.hashKey ?? t.id;
+    usable.sort((a, b) => (key(a) === key(b) ? a.weight - b.weight : key(a) < key(b) ? -1 : 1));
     this.targets = usable;
     this.size = size ?? maglevTableSize(usable.length);
     this.table = buildMaglevTable(
-      usable.map((t) => t.id),
+      usable.map(key),
       usable.map((t) => t.weight),
       this.size,
     );

@@ -1,5 +1,6 @@
 // The snapshot: a pure function from validated records (of one revision) to a frozen, ready-to-route
 // view. The data plane swaps one reference to it; connections read it once. Same input → same snapshot.
+import net from "node:net";
 import { formatHostPort, parseHostPort } from "../../shared/address.js";
 import type { Verdict } from "../../shared/codec.js";
 import type { BackendSpec, ServiceSpec } from "../../shared/schema.js";
@@ -25,6 +26,22 @@ export interface InvalidRecord {
 
 export type VerdictView = Verdict & { source: "shared" | "local" };
 
+/** What the node's resolver last answered for a backend's host name (node/control/resolver.ts). */
+export interface ResolvedName {
+  /**
+   * IPv4 first, then IPv6, each sorted: the same answer gives the same targets in the same order on
+   * every node. Empty when the name has none. With `error` set and addresses left, they are the last
+   * good answer, kept while the servers fail.
+   */
+  readonly addresses: readonly string[];
+  /** Why the last lookup did not answer ("NXDOMAIN", "ETIMEOUT; keeping the last answer"); null when it did. */
+  readonly error: string | null;
+  /** When this answer was first seen (ms epoch). */
+  readonly since: number;
+  /** Lowest TTL of the answer (ms); null from the system resolver, which reports none. */
+  readonly ttlMs: number | null;
+}
+
 export interface BackendView {
   readonly id: string;
   readonly spec: BackendSpec;
@@ -35,6 +52,17 @@ export interface BackendView {
   readonly why: string;
   /** The weight the picker uses: `spec.weight`, or less while the service's slowStart ramps it. */
   readonly effectiveWeight: number;
+  /**
+   * Where new connections go: the literal address, or every address the host name resolved to (each
+   * one a target with the backend's weight). Empty while a name is unresolved or has no address.
+   */
+  readonly addresses: readonly string[];
+  /** Where probes go: `checkAddress` (resolved the same way) or `addresses`. */
+  readonly checkAddresses: readonly string[];
+  /** The resolver's answer for a host-name address; null for an IP literal or before the first answer. */
+  readonly resolution: ResolvedName | null;
+  /** The same for a host-name `checkAddress`. */
+  readonly checkResolution: ResolvedName | null;
 }
 
 export interface ServiceState {
@@ -80,8 +108,14 @@ export interface SnapshotInput {
   invalid: readonly InvalidRecord[];
   /** Mod revision of a backend record: of two backends with one address, the older keeps it. */
   backendRevision?: (service: string, id: string) => number;
-  /** Clock for slow start (ms epoch); default Date.now(). The only input that is not a record. */
+  /** Clock for slow start (ms epoch); default Date.now(). */
   now?: number;
+  /**
+   * The node's resolver answers for host-name backends, read synchronously (undefined: no answer yet).
+   * Besides the clock, the one input that is not a record: nodes whose resolvers answer alike build
+   * the same snapshot; nodes that get different answers for a name route its share differently.
+   */
+  resolve?: (name: string) => ResolvedName | undefined;
   /** Key builder for cross-record errors (so they carry the etcd key). */
   keyOf: { service(name: string): string; backend(service: string, id: string): string };
 }
@@ -215,7 +249,13 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
       let unchanged = true;
       for (let i = 0; i < ids.length && unchanged; i++) {
         const v = same.backends[i];
-        unchanged = v.id === ids[i] && v.spec === specs.get(ids[i]) && sameVerdict(v.verdict, input.verdicts.get(`${name}/${ids[i]}`) ?? null);
+        const b = specs.get(ids[i]);
+        unchanged =
+          v.id === ids[i] &&
+          v.spec === b &&
+          sameVerdict(v.verdict, input.verdicts.get(`${name}/${ids[i]}`) ?? null) &&
+          v.resolution === (net.isIP(b.address) === 0 ? (input.resolve?.(b.address) ?? null) : null) &&
+          v.checkResolution === (b.checkAddress !== undefined && net.isIP(b.checkAddress) === 0 ? (input.resolve?.(b.checkAddress) ?? null) : null);
       }
       // A service still in a slow-start ramp is rebuilt: the same records give a new weight later.
       if (unchanged && !same.backends.some((v) => v.routable && v.effectiveWeight !== v.spec.weight)) {
@@ -223,14 +263,22 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
         continue;
       }
     }
+    // By id and address: a host-name backend has one target per address.
     const prevTargets = new Map<string, Target>();
-    if (before !== undefined) for (const t of before.sticky.values()) prevTargets.set(t.id, t);
+    if (before !== undefined) for (const t of before.targets) prevTargets.set(`${t.id}|${t.host}`, t);
+    if (before !== undefined) for (const t of before.sticky.values()) prevTargets.set(`${t.id}|${t.host}`, t);
     for (const id of ids) {
       const b = specs.get(id)!;
       const verdict = input.verdicts.get(`${name}/${id}`) ?? null;
+      // The kernel's tables hold addresses: a kernel-forwarded service's names are not resolved.
+      const at = spec.forwarding === "nat" && net.isIP(b.address) === 0 ? { addresses: [], resolution: null, why: `address: forwarding nat needs an IP address, got ${b.address}` } : addressesOf(b.address, input.resolve);
+      const checkAt = b.checkAddress !== undefined ? addressesOf(b.checkAddress, input.resolve) : at;
       let why = "";
       if (b.state !== "active") why = b.state;
       else if (b.weight === 0) why = "weight 0";
+      else if (at.why !== "") why = at.why;
+      // A backend that cannot be probed is not routed on a verdict nobody can make.
+      else if (checkAt.why !== "" && spec.health.type !== "none") why = `checkAddress: ${checkAt.why}`;
       else if (verdict?.state === "down") why = `down: ${verdict.reason}`;
       else if (!verdict && !spec.health.unknownRoutes && spec.health.type !== "none") why = "unknown";
       let weight = b.weight;
@@ -240,25 +288,45 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
         weight = ramp.weight;
         if (ramp.next !== null && (nextRampAt === null || ramp.next < nextRampAt)) nextRampAt = ramp.next;
       }
-      // The previous Target when nothing it carries changed, so a reused picker and the new sticky
-      // map hold the same objects (retries compare targets by identity).
-      const old = prevTargets.get(id);
-      const label = formatHostPort(b.address, b.port);
-      const target: Target =
-        old !== undefined && old.host === b.address && old.port === b.port && old.weight === weight && old.zone === b.zone
-          ? old
-          : Object.freeze({
-        id,
-        host: b.address,
-        port: b.port,
-        weight,
-        zone: b.zone,
-        label,
-        stats: stats.backend(name, id),
-      });
-      views.push(Object.freeze({ id, spec: b, verdict, routable: why === "", why, effectiveWeight: why === "" ? weight : 0 }));
-      if (why === "") targets.push(target);
-      if (b.state !== "disabled" && verdict?.state !== "down") sticky.set(id, target);
+      const named = at.resolution !== null;
+      const counters = stats.backend(name, id);
+      for (const host of at.addresses) {
+        // The previous Target when nothing it carries changed, so a reused picker and the new sticky
+        // map hold the same objects (retries compare targets by identity).
+        const old = prevTargets.get(`${id}|${host}`);
+        const target: Target =
+          old !== undefined && old.port === b.port && old.weight === weight && old.zone === b.zone
+            ? old
+            : Object.freeze({
+                id,
+                host,
+                port: b.port,
+                weight,
+                zone: b.zone,
+                label: formatHostPort(host, b.port),
+                // Each address of a name is its own place in a Maglev table; a literal keeps the id alone,
+                // so existing tables are unchanged.
+                ...(named ? { hashKey: `${id}|${host}` } : {}),
+                stats: counters,
+              });
+        if (why === "") targets.push(target);
+        // Affinity entries name the backend: a pinned client returns to its first address.
+        if (b.state !== "disabled" && verdict?.state !== "down" && !sticky.has(id)) sticky.set(id, target);
+      }
+      views.push(
+        Object.freeze({
+          id,
+          spec: b,
+          verdict,
+          routable: why === "",
+          why,
+          effectiveWeight: why === "" ? weight : 0,
+          addresses: at.addresses,
+          checkAddresses: checkAt.addresses,
+          resolution: at.resolution,
+          checkResolution: b.checkAddress !== undefined ? checkAt.resolution : null,
+        }),
+      );
     }
     // A NAT service's table is the kernel map's: the same builder feeds explain and nftables, sized
     // by the configured backends (so the picker is kept only while that count and the mode stay).
@@ -287,7 +355,7 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
         access,
         zones:
           spec.locality === "prefer-zone"
-            ? buildZonePlans(views.map((v) => ({ zone: v.spec.zone, weight: v.spec.weight, capacity: v.spec.state === "active" && v.spec.weight > 0 })), targets, factory, spec.zoneAware.minHealthyShare)
+            ? buildZonePlans(views.map((v) => ({ zone: v.spec.zone, weight: v.spec.weight * Math.max(1, v.addresses.length), capacity: v.spec.state === "active" && v.spec.weight > 0 })), targets, factory, spec.zoneAware.minHealthyShare)
             : null,
         counters: stats.service(name),
         proxyFrom,
@@ -303,6 +371,15 @@ export function buildSnapshot(input: SnapshotInput, stats: StatsRegistry, prev: 
   }
   invalid.sort((a, b) => byString(a.key, b.key));
   return Object.freeze({ revision: input.revision, nextRampAt, services, invalid: Object.freeze(invalid) });
+}
+
+/** A backend address as targets: the literal itself, or the resolver's answer for a host name. */
+function addressesOf(address: string, resolve: SnapshotInput["resolve"]): { addresses: readonly string[]; resolution: ResolvedName | null; why: string } {
+  if (net.isIP(address) !== 0) return { addresses: [address], resolution: null, why: "" };
+  const r = resolve?.(address);
+  if (r === undefined) return { addresses: [], resolution: null, why: `resolving ${address}` };
+  if (r.addresses.length === 0) return { addresses: [], resolution: r, why: `resolve ${address}: ${r.error ?? "no address"}` };
+  return { addresses: r.addresses, resolution: r, why: "" };
 }
 
 function sameTargets(a: readonly Target[], b: readonly Target[]): boolean {

@@ -55,6 +55,8 @@ export interface NodeOptions {
    * (the host namespace gets no link); `etcdUrl` must be reachable from inside the namespace.
    */
   netns?: { name: string; sockDir: string };
+  /** Admin port inside the namespace (default 9901); a second node in the same namespace needs its own. */
+  nsAdminPort?: number;
   /** More top-level YAML lines for the node config (for example the kernel data plane's settings). */
   extraConfig?: string[];
 }
@@ -90,7 +92,7 @@ export async function startRelay(group: ProcessGroup, name: string, listen: stri
 }
 
 export async function startNode(group: ProcessGroup, o: NodeOptions, adminPort?: number): Promise<BallastNode> {
-  const port = o.netns ? NS_ADMIN_PORT : (adminPort ?? (await freePort()));
+  const port = o.netns ? (o.nsAdminPort ?? NS_ADMIN_PORT) : (adminPort ?? (await freePort()));
   const config = [
     `node: { id: ${o.id} }`,
     `cluster: ${o.cluster}`,

@@ -120,6 +120,25 @@ describe("report", () => {
     expect(pairedRatio(r, "ka.rps", "ballast-nat", "haproxy")).toMatchObject({ n: 2, min: 1.96, max: 2 });
   });
 
+  it("sets the proxy with the access log on and off side by side, with the load average", () => {
+    const r = newResults("quick", { rounds: 1 });
+    for (const [k, on, off] of [["ka.rps", 9000, 10000], ["nc.rps", 2000, 2500], ["ka.cpuUsPerReq", 50, 40], ["nc.cpuUsPerConn", 200, 160]] as const) {
+      addSample(r, k, "ballast-log", on);
+      addSample(r, k, "ballast-nolog", off);
+    }
+    r.dataPlaneLoad = { before: 1.5, after: 2.25 };
+    const md = markdown(r);
+    expect(md).toContain("### Access log cost");
+    expect(md).toContain("| on (default: ≤ 1000 lines/s, batched) | 9,000 | 2,000 | 50.0 | 200.0 |");
+    expect(md).toContain("| off (`accessLog.enabled: false`) | 10,000 | 2,500 | 40.0 | 160.0 |");
+    expect(md).toContain("keep-alive req/s (c=64) 0.90×");
+    expect(md).toContain("Load average (1 min) 1.50 when the rounds began, 2.25 when they ended");
+    // Without the off path there is nothing to compare: no section.
+    const alone = newResults("quick", { rounds: 1 });
+    addSample(alone, "ka.rps", "ballast-log", 1);
+    expect(markdown(alone)).not.toContain("Access log cost");
+  });
+
   it("finds a forwarder's per-service status wherever /api/state nests it", () => {
     expect(forwarderStatus({ name: "s", dsr: { programmed: true, reason: null, revision: 12 } })).toEqual({ programmed: true, reason: null, revision: 12 });
     expect(forwarderStatus({ name: "s", kernel: { nat: { programmed: false, reason: "no nft" } } })).toMatchObject({ programmed: false });

@@ -6,13 +6,15 @@ import { profileMarkdown } from "./profile.js";
 import { median, ratio } from "./stats.js";
 import type { MachineFacts } from "./tools.js";
 
-export const TARGETS = ["direct", "haproxy", "ballast", "ballast-affinity", "ballast-nat", "ballast-dsr"] as const;
+export const TARGETS = ["direct", "haproxy", "ballast", "ballast-log", "ballast-nolog", "ballast-affinity", "ballast-nat", "ballast-dsr"] as const;
 export type Target = (typeof TARGETS)[number];
 
 export const TARGET_LABELS: Record<Target, string> = {
   direct: "direct",
   haproxy: "HAProxy",
   ballast: "Ballast proxy",
+  "ballast-log": "Ballast proxy (own node, access log on)",
+  "ballast-nolog": "Ballast proxy (own node, access log off)",
   "ballast-affinity": "Ballast proxy (affinity)",
   "ballast-nat": "Ballast NAT",
   "ballast-dsr": "Ballast DSR",
@@ -99,6 +101,8 @@ export interface Results {
   ballast: { available: boolean; note: string };
   /** How the data-plane paths were wired (namespaces, addresses), for the report's header. */
   topology?: string;
+  /** Load average (1 min) when the TCP rounds began and ended: the machine is shared, figures come with it. */
+  dataPlaneLoad?: { before: number; after: number };
   /** CPU the Ballast node process used while no test ran (health checks, metrics, etcd), ms per second. */
   nodeIdleCpuMsPerS?: number;
   /** Paths that were not measured, with why ("skipped — not built yet: …"). */
@@ -249,6 +253,7 @@ export function markdown(r: Results): string {
       );
     }
   }
+  out.push(...accessLogSection(r, present));
   const mem = r.memory;
   if (mem.ballast || mem.haproxy) {
     out.push("## Memory (idle connections)", "", "| | idle | " + "connections → RSS MiB | per connection | 10k | 50k | note |", "|---|---:|---|---:|---:|---:|---|");
@@ -280,6 +285,39 @@ export function markdown(r: Results): string {
   if (r.notes.length) out.push("## Notes", "", ...r.notes.map((n) => `- ${n}`), "");
   if (r.error) out.push(`**Run failed:** ${r.error}`, "");
   return out.join("\n");
+}
+
+/**
+ * The access log's cost: the same proxied service on two nodes alike but for the switch, one with the
+ * access log on (the default: a line per finished connection, at most 1000 lines/s, batched every
+ * 200 ms to stdout) and one with it off, in the same interleaved rounds.
+ */
+function accessLogSection(r: Results, present: readonly Target[]): string[] {
+  if (!present.includes("ballast-log") || !present.includes("ballast-nolog")) return [];
+  const rows: Array<[string, MetricKey]> = [
+    ["keep-alive req/s (c=64)", "ka.rps"],
+    ["new connections/s (c=32)", "nc.rps"],
+    ["process CPU µs per request (keep-alive)", "ka.cpuUsPerReq"],
+    ["process CPU µs per new connection", "nc.cpuUsPerConn"],
+  ];
+  const out = [
+    "### Access log cost (Ballast proxy: two nodes with the same service and backends, alike but for `accessLog.enabled`)",
+    "",
+    "| access log | keep-alive req/s | new conn/s | CPU µs per request | CPU µs per new connection |",
+    "|---|---:|---:|---:|---:|",
+  ];
+  for (const [label, t] of [["on (default: ≤ 1000 lines/s, batched)", "ballast-log"], ["off (`accessLog.enabled: false`)", "ballast-nolog"]] as const) {
+    out.push(`| ${label} | ${rows.map(([, k]) => fmt(med(r, k, t), METRICS[k].unit)).join(" | ")} |`);
+  }
+  const ratios = rows.map(([name, k]) => `${name} ${fmtRatio(pairedRatio(r, k, "ballast-log", "ballast-nolog").median)}`);
+  const load = r.dataPlaneLoad;
+  out.push(
+    "",
+    `On / off: ${ratios.join(", ")}. Keep-alive runs hold 64 connections, so they log ~64 lines; every new connection is a line, over 1000/s counted in \`ballast_access_log_suppressed_total\` instead of written.` +
+      (load ? ` Load average (1 min) ${load.before.toFixed(2)} when the rounds began, ${load.after.toFixed(2)} when they ended (${r.machine?.cores ?? "?"} cores; other work on the machine competes with both nodes alike).` : ""),
+    "",
+  );
+  return out;
 }
 
 export function writeResults(dir: string, r: Results): { json: string; md: string } {

@@ -115,7 +115,7 @@ function scrapeMetrics(node: () => BallastNode | undefined): () => void {
 async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
   const why = namespacesUnavailable();
   if (why) {
-    for (const t of ["direct", "haproxy", "ballast", "ballast-affinity", "ballast-nat", "ballast-dsr"] as Target[]) results.skipped[t] = `skipped — the namespace data plane cannot run here: ${why}`;
+    for (const t of ["direct", "haproxy", "ballast", "ballast-log", "ballast-nolog", "ballast-affinity", "ballast-nat", "ballast-dsr"] as Target[]) results.skipped[t] = `skipped — the namespace data plane cannot run here: ${why}`;
     log(`TCP data plane skipped: ${why}`);
     return;
   }
@@ -154,6 +154,7 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
   };
   const targets: Target[] = ["direct", "haproxy"];
   let node: BallastNode | undefined;
+  const logNodes: BallastNode[] = [];
   const nodeOpts: NodeOptions = { id: "bench-ns", cluster: "bench", etcdUrl: ns.etcdUrl, runDir, netns: { name: ns.lb.name, sockDir: ns.sockDir }, extraConfig: kernelNodeConfig(ns) };
   if (results.ballast.available) {
     const backends = NET.backends.map((a, i) => ({ id: `b${i + 1}`, value: { address: a, port: NET.httpPort } }));
@@ -166,6 +167,7 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
     ];
     log("seeding services into etcd and starting the Ballast node in the balancer namespace …");
     await seedServices(etcd, "bench", services);
+    for (const side of ACCESS_LOG_SIDES) await seedServices(etcd, side.cluster, [{ name: "http", record: { listen: `${NET.lbFront}:${side.port}`, protocol: "tcp", algorithm: "round-robin" }, backends }]);
     node = await startNode(group, nodeOpts);
     log(`Ballast node ready (admin through ${node.admin}, RSS idle ${(rssBytes(node.pid) / 2 ** 20).toFixed(1)} MiB)`);
     for (const [name, port] of [["http", NET.ballast.http], ["http-affinity", NET.ballast.affinity]] as const) {
@@ -178,7 +180,24 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
     paths.bulk.ballast = ns.dest(NET.lbFront, NET.ballast.bulk);
     paths.pid.ballast = current;
     paths.pid["ballast-affinity"] = current;
-    targets.push("ballast", "ballast-affinity");
+    targets.push("ballast");
+    // The access log's cost: two more nodes that differ only in the switch (it is per node), each with
+    // just the HTTP service, in a cluster of its own so it binds only its own port. The main node is
+    // not the "on" side: its nft/conntrack children (NAT, DSR) are charged to its CPU.
+    for (const side of ACCESS_LOG_SIDES) {
+      const n = await startNode(group, { ...nodeOpts, id: `bench-ns-${side.cluster}`, cluster: side.cluster, nsAdminPort: side.adminPort, extraConfig: [...side.extraConfig] }).catch((err: Error) => {
+        results.skipped[side.target] = `skipped — the node did not start: ${err.message.split("\n")[0]}`;
+        return undefined;
+      });
+      if (!n) continue;
+      logNodes.push(n);
+      const r = await ns.probeHttp(NET.lbFront, side.port, 15_000);
+      if (!r.ok) throw new Error(`${side.target}: GET http://${NET.lbFront}:${side.port}/ from the client namespace did not answer 200 (last: ${r.last})`);
+      paths.http[side.target] = ns.dest(NET.lbFront, side.port);
+      paths.pid[side.target] = () => n.pid;
+      targets.push(side.target);
+    }
+    targets.push("ballast-affinity");
     for (const mode of KERNEL_MODES) {
       const skip = await probeKernelMode(ctx, node, ns, mode);
       if (skip) {
@@ -194,11 +213,12 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
       targets.push(mode.target);
     }
   } else {
-    for (const t of ["ballast", "ballast-affinity", "ballast-nat", "ballast-dsr"] as Target[]) results.skipped[t] = `skipped — ${results.ballast.note}`;
+    for (const t of ["ballast", "ballast-log", "ballast-nolog", "ballast-affinity", "ballast-nat", "ballast-dsr"] as Target[]) results.skipped[t] = `skipped — ${results.ballast.note}`;
   }
 
   // Let the node settle first: right after start every backend's verdict goes unknown → up, and each
   // new snapshot is programmed again (nft runs), which would load whichever path runs first.
+  for (const n of logNodes) await settle(n);
   if (node) {
     await settle(node);
     // The node's baseline with no traffic: what its CPU per request on the kernel paths is made of.
@@ -208,9 +228,14 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
     results.nodeIdleCpuMsPerS = ((cpuSeconds(node.pid) - c0) * 1000) / idleS;
   }
   const stopScrape = scrapeMetrics(() => node);
+  const stopScrapeLog = logNodes.map((n) => scrapeMetrics(() => n));
   log(`data plane: ${targets.join(", ")} (backend: ${http.kind})`);
+  const loadBefore = os.loadavg()[0];
   await tcpRounds(ctx, paths, targets);
+  results.dataPlaneLoad = { before: loadBefore, after: os.loadavg()[0] };
   stopScrape();
+  for (const stop of stopScrapeLog) stop();
+  for (const n of logNodes) await stopNode(n);
   backendHeadroomNote(http.kind);
 
   if (node && opts.profile) {
@@ -231,6 +256,12 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
   await haproxy.stop();
   await ns.destroy();
 }
+
+/** The access log's two sides: nodes alike but for `accessLog.enabled` (on is the default). */
+const ACCESS_LOG_SIDES = [
+  { target: "ballast-log", cluster: "bench-log", port: NET.ballast.log, adminPort: 9903, extraConfig: [] as string[] },
+  { target: "ballast-nolog", cluster: "bench-nolog", port: NET.ballast.nolog, adminPort: 9902, extraConfig: ["accessLog: { enabled: false }"] },
+] as const;
 
 /** Waits (up to 20 s) until every backend of every service on the node has an "up" verdict. */
 async function settle(node: BallastNode): Promise<void> {

@@ -356,7 +356,8 @@
         active += bb.active || 0; conns += bb.connections || 0; by += (bb.bytesIn || 0) + (bb.bytesOut || 0);
         for (var r in bb.connectFailures || {}) fails[r] = (fails[r] || 0) + bb.connectFailures[r];
       }
-      var reason = v.reason || (b.routable ? "" : b.why);
+      // A host name that does not resolve outranks an old verdict: it is why the backend takes nothing now.
+      var reason = !b.routable && /^(checkAddress: )?resolv/.test(b.why || "") ? b.why : v.reason || (b.routable ? "" : b.why);
       return {
         b: b, v: v, key: key, reason: reason, fails: fails,
         sort: { id: b.id, address: b.address + ":" + String(b.port).padStart(5, "0"), zone: b.zone, weight: b.weight,
