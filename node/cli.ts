@@ -616,13 +616,19 @@ export function buildCli(): Command {
 }
 
 function dnsRows(d: DnsStateView): Record<string, unknown>[] {
-  return d.names.map((n) => ({
-    name: n.name,
-    service: n.service || "(nameserver)",
-    ttl: n.ttl,
-    locality: n.locality,
-    answers: n.addresses.map((a) => `${a.address} (${a.node}${a.zone ? `, zone ${a.zone}` : ""})`).join(", ") || "(no live node)",
-  }));
+  return d.names.map((n) => {
+    // Live nodes that cannot carry the service (listener failed to bind) are not in its answers: say which.
+    const leftOut = n.service === "" ? [] : d.nodes.filter((x) => x.live && x.unserved?.includes(n.service)).map((x) => x.id);
+    return {
+      name: n.name,
+      service: n.service || "(nameserver)",
+      ttl: n.ttl,
+      locality: n.locality,
+      answers:
+        (n.addresses.map((a) => `${a.address} (${a.node}${a.zone ? `, zone ${a.zone}` : ""})`).join(", ") || "(no live node)") +
+        (leftOut.length > 0 ? `; not served by ${leftOut.join(", ")}` : ""),
+    };
+  });
 }
 
 async function getDns(store: Store, keys: KeySchema): Promise<Record<string, unknown>> {

@@ -2,7 +2,7 @@
 // registration in etcd. The same class runs standalone (YAML services in a memory store) and clustered.
 import os from "node:os";
 import { parseHostPort } from "../shared/address.js";
-import { encodeValue, type NodeRecord } from "../shared/codec.js";
+import { encodeValue, MAX_UNSERVED, type NodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
 import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
@@ -28,7 +28,7 @@ import { registerDsrMetrics } from "./kernel/dsr-metrics.js";
 import { DsrForwarder } from "./kernel/dsr.js";
 import { KernelForwarder } from "./kernel/forwarder.js";
 import { registerKernelMetrics } from "./kernel/metrics.js";
-import { type Forwarder, forwardingOf } from "./model/forwarder.js";
+import { type Forwarder, forwardingOf, unservedServices } from "./model/forwarder.js";
 import type { Snapshot } from "./model/snapshot.js";
 import { StatsRegistry } from "./model/stats.js";
 import { describeState, explainRoute } from "./state.js";
@@ -381,6 +381,7 @@ export class BallastNode {
       revision: this.reconciler.appliedRevision,
       mode: this.mode,
       public: this.config.node.publicAddresses,
+      unserved: this.reconciler.snapshot ? unservedServices(this.forwarders, this.reconciler.snapshot, MAX_UNSERVED) : [],
       startedAt: this.startedAt,
       updatedAt: Date.now(),
       // Omitted, not undefined, when not drained: msgpack would write nil, which readers reject.
@@ -400,11 +401,11 @@ export class BallastNode {
         this.scheduleRegister(500);
       });
     }
-    // Only ready/draining/mode changes are written: the revision is asked from the admin API, since
+    // Only ready/draining/mode/unserved changes are written: the revision is asked from the admin API, since
     // writing it here would make every node's write bump every other node's revision, forever.
     const r = this.nodeRecord();
     if (r.ready) this.announced = true;
-    const sig = `${r.ready}|${r.draining}|${r.mode}|${r.admin}|${r.drain?.state ?? ""}|${r.drain?.since ?? 0}`;
+    const sig = `${r.ready}|${r.draining}|${r.mode}|${r.admin}|${r.drain?.state ?? ""}|${r.drain?.since ?? 0}|${r.unserved?.join(",")}`;
     if (sig === this.lastRegistered) return;
     await this.store.put(this.keys.node(this.id), encodeValue({ ...r }), { lease: this.lease.id });
     this.lastRegistered = sig;

@@ -13,7 +13,7 @@ import type { HealthManager } from "./health/manager.js";
 import type { NodeMode } from "./health/mode.js";
 import type { DsrForwarder } from "./kernel/dsr.js";
 import { explainNat, type KernelForwarder } from "./kernel/forwarder.js";
-import { type Forwarder, forwardingOf } from "./model/forwarder.js";
+import { carrierStatus, type Forwarder, forwardingOf } from "./model/forwarder.js";
 import type { ServiceState, Snapshot } from "./model/snapshot.js";
 import type { PeerTrust } from "./admin/peer-trust.js";
 
@@ -131,12 +131,7 @@ export function describeState(n: StateContext): StateView {
 /** Which forwarder carries a service, and its word on it (a mode no forwarder handles says so). */
 function forwardingStatus(n: StateContext, svc: ServiceState): ForwardingStateView {
   const mode = forwardingOf(svc.spec);
-  for (const f of n.forwarders) {
-    if (!f.handles(mode)) continue;
-    const st = f.status(svc.name) ?? { programmed: false, reason: "not applied yet", revision: 0 };
-    return { mode, forwarder: f.name, programmed: st.programmed, reason: st.reason, revision: st.revision };
-  }
-  return { mode, forwarder: null, programmed: false, reason: `no forwarder on this node handles forwarding mode ${mode}`, revision: 0 };
+  return { mode, ...carrierStatus(n.forwarders, svc.name, mode) };
 }
 
 export function explainRoute(n: StateContext, service: string, client: string, port: number): { status: number; body: RouteAnswer | ApiError } {

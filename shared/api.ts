@@ -16,6 +16,11 @@ export interface NodeRecord {
   mode: "shared" | "local-fallback" | "standalone";
   /** Addresses clients reach the node's services on (node config `node.publicAddresses`): the DNS answers. Absent in older records. */
   public?: string[];
+  /**
+   * Services of the snapshot this node cannot carry (listener failed to bind, forwarder could not
+   * program them): DNS leaves the node out of their answers. Absent in older records (= serves all).
+   */
+  unserved?: string[];
   startedAt: number;
   updatedAt: number;
   /** Set while the node obeys its drain key (rollout/drains/<id>); absent when it is not drained. */
@@ -232,7 +237,8 @@ export interface DnsStateView {
   ttl: number;
   nameservers: readonly string[];
   names: Array<{ name: string; service: string; ttl: number; answers: number; locality: "none" | "prefer-zone"; addresses: DnsAddressView[] }>;
-  nodes: ReadonlyArray<{ id: string; zone: string; addresses: readonly string[]; live: boolean; why: string }>;
+  /** `unserved`: services the node cannot carry, so it is left out of their names' answers. */
+  nodes: ReadonlyArray<{ id: string; zone: string; addresses: readonly string[]; live: boolean; why: string; unserved: readonly string[] }>;
   problems: readonly string[];
   queries: Record<string, number>;
   rrl: { sources: number; dropped: number; slipped: number };

@@ -5,7 +5,7 @@ import { Packr } from "msgpackr";
 import { z } from "zod";
 import { parseHostPort } from "./address.js";
 import type { NodeRecord, Verdict } from "./api.js";
-import { NODE_ID } from "./keys.js";
+import { NODE_ID, SERVICE_NAME } from "./keys.js";
 
 export type { NodeRecord, Verdict, VerdictState } from "./api.js";
 
@@ -59,6 +59,9 @@ export const adminAddress = z
     return /^[a-zA-Z0-9.-]{1,253}$/.test(hp.host) || (s.startsWith("[") && /^[0-9a-fA-F:.]{2,45}$/.test(hp.host));
   }, 'expected "host:port" with an IP address or DNS name as host');
 
+/** Most services one node record lists as unserved; a node that cannot carry more lists the first ones (sorted). */
+export const MAX_UNSERVED = 4096;
+
 /** A node record as read from nodes/<id>: written by nodes, but checked like any record (a rogue writer can put anything). */
 export const nodeRecordSchema = z.object({
   id: z.string().regex(NODE_ID, "expected a node id"),
@@ -72,6 +75,8 @@ export const nodeRecordSchema = z.object({
   mode: z.enum(["shared", "local-fallback", "standalone"]),
   /** The node's public addresses (what DNS answers); absent from older nodes. The DNS view keeps only IPs. */
   public: z.array(label(64)).max(64).optional(),
+  /** Services the node cannot carry (DNS leaves it out of their answers); absent from older nodes. */
+  unserved: z.array(z.string().regex(SERVICE_NAME, "expected a service name")).max(MAX_UNSERVED).optional(),
   startedAt: epochMs,
   updatedAt: epochMs,
   /** The node's operator drain (rollout/drains/<id>); absent from older nodes and when not drained. */

@@ -41,6 +41,8 @@ export interface DnsNodeView {
   readonly live: boolean;
   /** Why not live ("not ready", "draining", "no public address"); "" when live. */
   readonly why: string;
+  /** Services the node says it cannot carry (its listener failed to bind…): left out of their answers. */
+  readonly unserved: readonly string[];
 }
 
 export interface DnsView {
@@ -75,6 +77,11 @@ function qualify(name: string, zone: string): string {
   return `${n}.${zone}`;
 }
 
+/** Services a node record says it cannot carry (peer-written: anything that is not a string is ignored). */
+function unservedOf(r: NodeRecord): string[] {
+  return Array.isArray(r.unserved) ? r.unserved.filter((s): s is string => typeof s === "string") : [];
+}
+
 /** Public addresses of a node record (peer-written: anything that is not an IP is ignored). */
 function publicOf(r: NodeRecord): string[] {
   const out: string[] = [];
@@ -99,6 +106,8 @@ export function buildDnsView(spec: DnsRecordSpec | null, nodes: Iterable<NodeRec
   const nodeViews: DnsNodeView[] = [];
   const v4: DnsAddress[] = [];
   const v6: DnsAddress[] = [];
+  /** Service → live nodes that cannot carry it (usually empty: then every name shares v4/v6). */
+  const unservedBy = new Map<string, Set<string>>();
   for (const r of [...nodes].sort((a, b) => byString(String(a.id), String(b.id)))) {
     const addresses = publicOf(r);
     const zoneOf = typeof r.zone === "string" ? r.zone : "";
@@ -106,8 +115,14 @@ export function buildDnsView(spec: DnsRecordSpec | null, nodes: Iterable<NodeRec
     if (r.draining === true) why = "draining";
     else if (r.ready !== true) why = "not ready";
     else if (addresses.length === 0) why = "no public address";
-    nodeViews.push({ id: String(r.id), zone: zoneOf, addresses, live: why === "", why });
+    const unserved = unservedOf(r);
+    nodeViews.push({ id: String(r.id), zone: zoneOf, addresses, live: why === "", why, unserved });
     if (why !== "") continue;
+    for (const service of unserved) {
+      const set = unservedBy.get(service) ?? new Set<string>();
+      set.add(String(r.id));
+      unservedBy.set(service, set);
+    }
     for (const address of addresses) (net.isIPv4(address) ? v4 : v6).push({ node: String(r.id), zone: zoneOf, address });
   }
 
@@ -146,14 +161,17 @@ export function buildDnsView(spec: DnsRecordSpec | null, nodes: Iterable<NodeRec
       continue;
     }
     const locality = s?.locality ?? "none";
+    // A node that cannot carry the service (its listener failed to bind) must not be named for it.
+    const without = unservedBy.get(service);
+    const serving = (list: DnsAddress[]) => (without === undefined ? list : list.filter((a) => !without.has(a.node)));
     names.set(fqdn, {
       fqdn,
       service,
       ttl: s?.ttl ?? spec.ttl,
       answers: s?.answers ?? spec.answers,
       locality,
-      v4: addressSet(v4, zoneNames, locality),
-      v6: addressSet(v6, zoneNames, locality),
+      v4: addressSet(serving(v4), zoneNames, locality),
+      v6: addressSet(serving(v6), zoneNames, locality),
     });
   }
   const emptyNonTerminals = new Set<string>();

@@ -44,3 +44,29 @@ export interface Forwarder<S extends ForwarderSnapshot = ForwarderSnapshot> {
 export function forwardingOf(spec: { readonly forwarding?: ForwardingMode }): ForwardingMode {
   return spec.forwarding ?? "proxy";
 }
+
+/**
+ * The word of the forwarder that carries a service of `mode` (the first that handles the mode), or of
+ * nobody: /api/state shows it, and the node record lists the services it cannot carry.
+ */
+export function carrierStatus(forwarders: readonly Forwarder[], service: string, mode: ForwardingMode): ForwarderServiceStatus & { readonly forwarder: string | null } {
+  for (const f of forwarders) {
+    if (!f.handles(mode)) continue;
+    const st = f.status(service) ?? { programmed: false, reason: "not applied yet", revision: 0 };
+    return { forwarder: f.name, programmed: st.programmed, reason: st.reason, revision: st.revision };
+  }
+  return { forwarder: null, programmed: false, reason: `no forwarder on this node handles forwarding mode ${mode}`, revision: 0 };
+}
+
+/**
+ * Services of the snapshot that no forwarder of this node carries (a listener that failed to bind, a
+ * kernel table it could not program), sorted, at most `max`: the node must not name itself in DNS
+ * answers for them.
+ */
+export function unservedServices(forwarders: readonly Forwarder[], snapshot: ForwarderSnapshot, max: number): string[] {
+  const out: string[] = [];
+  for (const svc of snapshot.services.values()) {
+    if (!carrierStatus(forwarders, svc.name, forwardingOf(svc.spec)).programmed) out.push(svc.name);
+  }
+  return out.sort().slice(0, max);
+}

@@ -37,6 +37,35 @@ describe("DNS view", () => {
     expect(v.names.get("web.lb.example")!.v4.all.map((a) => `${a.node}:${a.address}:${a.zone}`)).toEqual(["r2:10.0.0.8:", "r3:10.0.0.7:"]);
   });
 
+  it("leaves a node out of the names of services it says it cannot carry, and only those", () => {
+    const spec = dnsRecordSchema.parse({ zone: "lb.example", clientZones: { a: ["192.0.2.0/24"] }, services: { api: { locality: "prefer-zone" } } });
+    const nodes = [
+      rec("n1", { zone: "a", public: ["10.0.0.1"], unserved: ["web"] }),
+      rec("n2", { zone: "a", public: ["10.0.0.2", "2001:db8::2"], unserved: ["api", "gone"] }),
+      rec("n3", { zone: "b", public: ["10.0.0.3"] }),
+      // A rogue peer's unserved that is not a list of strings is ignored, not fatal.
+      rec("n4", { public: ["10.0.0.4"], unserved: "web" as unknown as string[] }),
+      rec("n5", { public: ["10.0.0.5"], unserved: [7, null] as unknown as string[] }),
+    ];
+    const v = buildDnsView(spec, nodes, ["web", "api"], 1)!;
+    const addrs = (name: string) => v.names.get(name)!.v4.all.map((a) => a.address);
+    expect(addrs("web.lb.example")).toEqual(["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"]);
+    expect(addrs("api.lb.example")).toEqual(["10.0.0.1", "10.0.0.3", "10.0.0.4", "10.0.0.5"]);
+    expect(v.names.get("api.lb.example")!.v6.all).toEqual([]);
+    expect(v.names.get("web.lb.example")!.v6.all.map((a) => a.address)).toEqual(["2001:db8::2"]);
+    // Zone-first answers are built from the same reduced list: n2 is not in zone a's group for api.
+    expect(v.names.get("api.lb.example")!.v4.byZone.get("a")![0].map((a) => a.node)).toEqual(["n1"]);
+    // Nameserver names answer with every live node: each one serves DNS whatever it cannot carry.
+    expect(addrs("ns.lb.example")).toEqual(["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"]);
+    expect(v.nodes.map((n) => [n.id, n.live, n.unserved])).toEqual([
+      ["n1", true, ["web"]],
+      ["n2", true, ["api", "gone"]],
+      ["n3", true, []],
+      ["n4", true, []],
+      ["n5", true, []],
+    ]);
+  });
+
   it("publishes names per service settings, reports clashes and names outside the zone, knows empty non-terminals", () => {
     const spec = dnsRecordSchema.parse({
       zone: "lb.example",
