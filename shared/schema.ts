@@ -498,6 +498,8 @@ export function forwardingRefusals(s: z.output<typeof serviceSchema>): string[] 
     out.push(`algorithm: ${s.algorithm} needs forwarding: proxy; forwarding nat hashes in the kernel (maglev or source-ip)`);
   }
   if (s.limits.maxConnectionsPerBackend > 0) out.push("limits.maxConnectionsPerBackend: needs forwarding: proxy (the kernel counts per service, not per backend)");
+  // Refused rather than silently ignored: the kernel map is the service's one Maglev table, not a plan per zone.
+  if (s.locality !== "none") out.push("locality: prefer-zone needs forwarding: proxy (the kernel forwards by the service's one table, the same on every node; it has no zone plan)");
   const hp = parseHostPort(s.listen);
   if (hp && WILDCARDS.has(hp.host)) out.push("listen: forwarding nat needs the service's own address (the VIP), not a wildcard");
   if (hp && hp.port === 0) out.push("listen: forwarding nat needs a fixed port, not 0");
@@ -525,6 +527,8 @@ function dsrRefusals(s: z.output<typeof serviceSchema>): string[] {
   if (s.limits.maxConnectionsPerBackend > 0) out.push("limits.maxConnectionsPerBackend: needs forwarding: proxy (dsr tracks no connections)");
   if (s.limits.maxConnections > 0) out.push("limits.maxConnections: needs forwarding: proxy or nat (dsr tracks no connections)");
   if (s.limits.sourceRate > 0) out.push("limits.sourceRate: needs forwarding: proxy or nat (dsr tracks no connections, so it cannot tell new ones)");
+  // A table per zone would break what dsr is for: any node hashes a flow to the same backend.
+  if (s.locality !== "none") out.push("locality: prefer-zone needs forwarding: proxy (dsr needs the same table on every node, so a flow survives a node's death)");
   for (const kind of ["allow", "deny"] as const) {
     s.access[kind].forEach((c, i) => {
       if (c.includes(":")) out.push(`access.${kind}[${i}]: forwarding dsr is IPv4 only, got ${c}`);

@@ -31,6 +31,7 @@ describe("forwarding: dsr validation", () => {
     { description: "a per-source rate", record: { limits: { sourceRate: 5 } }, field: /limits\.sourceRate: / },
     { description: "shared affinity entries", record: { affinity: { mode: "source-ip" } }, field: /affinity\.mode: needs forwarding: proxy or nat/ },
     { description: "nat options", record: { nat: { snat: false } }, field: /nat: only for forwarding: nat/ },
+    { description: "zone-aware routing", record: { locality: "prefer-zone" }, field: /locality: prefer-zone needs forwarding: proxy/ },
     { description: "a wildcard listen address", record: { listen: "0.0.0.0:80" }, field: /listen: forwarding dsr needs the service's own address/ },
     { description: "an IPv6 VIP", record: { listen: "[fd00::1]:80" }, field: /listen: forwarding dsr needs the service's own IPv4 address/ },
     { description: "port 0", record: { listen: "10.0.0.1:0" }, field: /listen: forwarding dsr needs a fixed port/ },

@@ -29,6 +29,7 @@ describe("forwarding: nat records", () => {
     { description: "slow start", extra: { slowStart: "30s" }, reason: /slowStart: needs forwarding: proxy/ },
     { description: "a stateful picker", extra: { algorithm: "least-conn" }, reason: /algorithm: least-conn needs forwarding: proxy/ },
     { description: "per-backend connection caps", extra: { limits: { maxConnectionsPerBackend: 5 } }, reason: /limits.maxConnectionsPerBackend: needs forwarding: proxy/ },
+    { description: "zone-aware routing", extra: { locality: "prefer-zone" }, reason: /locality: prefer-zone needs forwarding: proxy/ },
     { description: "a wildcard listen address", extra: { listen: "0.0.0.0:80" }, reason: /listen: forwarding nat needs the service's own address/ },
     { description: "port 0", extra: { listen: "10.0.0.1:0" }, reason: /listen: forwarding nat needs a fixed port/ },
     { description: "an unknown nat option", extra: { nat: { masquerade: true } }, reason: /nat: unknown key.*masquerade/ },
