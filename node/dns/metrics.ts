@@ -19,6 +19,7 @@ export function registerDnsMetrics(r: client.Registry, dns: DnsResponder): void 
   });
   const counter = (name: string, help: string, read: () => number) => collectedCounter({ name, help, registry: r, read: (emit) => emit({}, read()) });
   counter("ballast_dns_answers_total", "Address records (A/AAAA) sent in answers.", () => dns.stats.answers);
+  counter("ballast_dns_cache_hits_total", "Queries answered from the reply cache of the current view (same query bytes, same client rotation): no decode, no encode.", () => dns.cache.hits);
   counter("ballast_dns_truncated_total", "UDP replies truncated (TC) because they did not fit; the client retries over TCP.", () => dns.stats.truncated);
   counter("ballast_dns_dropped_total", "Datagrams or frames that were not DNS queries (too short, responses): dropped unanswered.", () => dns.stats.dropped);
   counter("ballast_dns_tcp_connections_total", "DNS TCP connections accepted.", () => dns.stats.tcpConnections);

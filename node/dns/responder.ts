@@ -9,8 +9,9 @@ import * as packet from "dns-packet";
 import type { Logger } from "pino";
 import { parseHostPort } from "../../shared/address.js";
 import { hashString } from "../lb/hash.js";
+import { AnswerCache, type CachedQuery, type CachedReply } from "./answer-cache.js";
 import { ResponseRateLimiter, type RrlOptions } from "./rrl.js";
-import { clientZoneOf, type DnsAddress, type DnsView, orderAnswers } from "./view.js";
+import { type AddressSet, clientZoneOf, type DnsAddress, type DnsView, orderAnswers, rotationKey } from "./view.js";
 
 export const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 } as const;
 /** Extended rcode 16 (BADVERS): upper bits in the OPT record, lower four (0) in the header. */
@@ -26,6 +27,18 @@ const QR = 0x8000;
 const AA = 0x0400;
 const TC = 0x0200;
 const RD = 0x0100;
+/** Replies the cache holds at most (a few hundred bytes each): names × types × rotations of a large zone fit. */
+const MAX_CACHED_REPLIES = 8192;
+
+/** Where the slow path's reply goes in the cache: the query's key, what varies by client, and the labels to count. */
+interface CacheSlot {
+  key: string;
+  query: Omit<CachedQuery, "replies">;
+  variant: string;
+  type: string;
+  rcode: string;
+  answers: number;
+}
 
 /** Query types counted by name in metrics; everything else is "other" (a bounded label set). */
 export const COUNTED_TYPES = ["A", "AAAA", "SOA", "NS", "ANY", "other", "malformed"] as const;
@@ -67,6 +80,8 @@ export class DnsResponder {
   view: DnsView | null = null;
   readonly stats = new DnsStats();
   readonly rrl: ResponseRateLimiter;
+  /** Encoded replies of `view` (emptied when it changes). */
+  readonly cache = new AnswerCache(MAX_CACHED_REPLIES);
   private udp: dgram.Socket | null = null;
   private tcp: net.Server | null = null;
   private readonly sockets = new Set<net.Socket>();
@@ -83,6 +98,8 @@ export class DnsResponder {
   }
 
   update(view: DnsView | null): void {
+    // Replies of the old view must never answer for the new one.
+    if (view !== this.view) this.cache.clear();
     this.view = view;
   }
 
@@ -213,25 +230,37 @@ export class DnsResponder {
     // for a 12-byte datagram, ~15 ms of CPU), so a query must look like one before it is decoded.
     if (opcodeBits !== 0) {
       s.count("other", "NOTIMP");
-      if (udp && this.limited(client, null)) return null;
+      if (udp && this.limited(client)) return null;
       return bareReply(msg, QR | opcodeBits | rd | RCODE.NOTIMP);
     }
     const arcount = msg.readUInt16BE(10);
     if (msg.readUInt16BE(4) !== 1 || msg.readUInt16BE(6) !== 0 || msg.readUInt16BE(8) !== 0 || arcount > MAX_ADDITIONALS || 17 + arcount * 11 > msg.length) {
       s.count("malformed", "FORMERR");
-      if (udp && this.limited(client, null)) return null;
+      if (udp && this.limited(client)) return null;
       return bareReply(msg, QR | opcodeBits | rd | RCODE.FORMERR);
+    }
+    // Same bytes after the ID (name, type, flags, EDNS) as an earlier query of this view: its reply.
+    const key = (udp ? "u" : "t") + msg.toString("latin1", 2);
+    const cached = this.cache.get(key);
+    if (cached !== undefined && this.view !== null) {
+      const who = cached.ecs ?? client;
+      const variant = cached.set === null ? "" : rotationKey(cached.set, cached.preferZone ? clientZoneOf(this.view, who) : "", hashString(who));
+      const hit = cached.replies.get(variant);
+      if (hit !== undefined) {
+        this.cache.hits++;
+        return this.fromCache(msg, hit, client, udp);
+      }
     }
     let q: packet.DecodedPacket;
     try {
       q = packet.decode(msg);
     } catch {
       s.count("malformed", "FORMERR");
-      if (udp && this.limited(client, null)) return null;
+      if (udp && this.limited(client)) return null;
       return bareReply(msg, QR | opcodeBits | rd | RCODE.FORMERR);
     }
     try {
-      return this.respond(q, client, udp, opcodeBits, rd);
+      return this.respond(q, client, udp, opcodeBits, rd, key);
     } catch (err) {
       // A bug of ours, not the client's: answer SERVFAIL rather than nothing, and say so once in a while.
       this.log.debug({ err: (err as Error).message }, "dns answer failed");
@@ -240,20 +269,39 @@ export class DnsResponder {
     }
   }
 
-  /** RRL for a UDP reply: true when the reply must not be sent (a slip was sent instead, or nothing). */
-  private limited(client: string, slip: (() => void) | null): boolean {
-    const action = this.rrl.take(client, Date.now());
-    if (action === "pass") return false;
-    if (action === "slip" && slip !== null) {
-      this.stats.rrlSlipped++;
-      slip();
-      return true;
-    }
+  /** RRL for a header-only reply (NOTIMP, FORMERR before decoding): over the limit it is dropped (a slip would say no more). */
+  private limited(client: string): boolean {
+    if (this.rrl.take(client, Date.now()) === "pass") return false;
     this.stats.rrlDropped++;
     return true;
   }
 
-  private respond(q: packet.DecodedPacket, client: string, udp: boolean, opcodeBits: number, rd: number): Buffer | null {
+  /** A cached reply with this query's ID, counted and rate limited as the slow path would. */
+  private fromCache(msg: Buffer, r: CachedReply, client: string, udp: boolean): Buffer | null {
+    const s = this.stats;
+    s.count(r.type, r.rcode);
+    s.answers += r.answers;
+    let out = r.reply;
+    if (udp) {
+      const action = this.rrl.take(client, Date.now());
+      if (action === "drop") {
+        s.rrlDropped++;
+        return null;
+      }
+      if (action === "slip") {
+        s.rrlSlipped++;
+        out = r.slip;
+      } else if (r.truncated) s.truncated++;
+    }
+    // A copy: the cached bytes may still be queued for another client, under its own ID.
+    const reply = Buffer.allocUnsafe(out.length);
+    out.copy(reply);
+    reply[0] = msg[0];
+    reply[1] = msg[1];
+    return reply;
+  }
+
+  private respond(q: packet.DecodedPacket, client: string, udp: boolean, opcodeBits: number, rd: number, key: string): Buffer | null {
     const s = this.stats;
     const question = q.questions?.[0];
     const qtype = question ? typeLabel(question.type) : "other";
@@ -266,10 +314,11 @@ export class DnsResponder {
     }
     const flagsOut = QR | opcodeBits | rd;
     const reply = (rcode: number, extended = 0) => {
-      s.count(qtype, extended === BADVERS_HIGH ? "BADVERS" : (RCODE_NAMES[rcode] ?? "other"));
+      const label = extended === BADVERS_HIGH ? "BADVERS" : (RCODE_NAMES[rcode] ?? "other");
+      s.count(qtype, label);
       const res: packet.Packet = { type: "response", id: q.id, flags: flagsOut | rcode, questions: q.questions ?? [] };
       if (opt) res.additionals = [optRecord(extended, null)];
-      return this.finish(res, client, udp, opt);
+      return this.finish(res, client, udp, opt, { key, query: { set: null, preferZone: false, ecs: null }, variant: "", type: qtype, rcode: label, answers: 0 });
     };
     if (!question || (q.questions?.length ?? 0) !== 1 || opts > 1) return reply(RCODE.FORMERR);
     if (opt && opt.ednsVersion !== 0) return reply(RCODE.NOERROR, BADVERS_HIGH);
@@ -296,6 +345,9 @@ export class DnsResponder {
     let rcode: number = RCODE.NOERROR;
     const soa = (): packet.SoaAnswer => ({ name: view.zone, type: "SOA", ttl: view.negativeTtl, class: "IN", data: { ...view.soa } });
     const entry = view.names.get(name);
+    // What the reply varies by per client (only A/AAAA answers rotate): the cache's second key.
+    let varying: AddressSet | null = null;
+    let variant = "";
     if (name === view.zone) {
       if (question.type === "SOA") answers.push({ ...soa(), name: owner, ttl: view.ttl });
       else if (question.type === "NS") {
@@ -311,7 +363,10 @@ export class DnsResponder {
         const set = question.type === "A" ? entry.v4 : entry.v6;
         const zone = entry.locality === "prefer-zone" ? clientZoneOf(view, who) : "";
         if (zone !== "" && ecs !== null) (ecs as { scopePrefixLength?: number }).scopePrefixLength = (ecs as { sourcePrefixLength?: number }).sourcePrefixLength;
-        for (const a of orderAnswers(set, zone, hashString(who), entry.answers)) answers.push(addressRecord(owner, a, entry.ttl));
+        const hash = hashString(who);
+        varying = set;
+        variant = rotationKey(set, zone, hash);
+        for (const a of orderAnswers(set, zone, hash, entry.answers)) answers.push(addressRecord(owner, a, entry.ttl));
         if (answers.length === 0) authorities.push(soa());
       } else if (type === "ANY") answers.push(rfc8482(owner, entry.ttl));
       else authorities.push(soa());
@@ -332,26 +387,41 @@ export class DnsResponder {
       authorities,
       additionals: opt ? [...additionals, optRecord(0, ecs)] : additionals,
     };
-    return this.finish(res, client, udp, opt);
+    const query = { set: varying, preferZone: entry?.locality === "prefer-zone", ecs: ecs === null ? null : who };
+    return this.finish(res, client, udp, opt, { key, query, variant, type: qtype, rcode: RCODE_NAMES[rcode], answers: answers.length });
   }
 
-  /** Encodes; on UDP applies RRL and truncates (TC, no records) what does not fit the client's size. */
-  private finish(res: packet.Packet, client: string, udp: boolean, opt: packet.OptAnswer | null): Buffer | null {
-    if (!udp) return packet.encode(res);
-    const truncate = () => {
-      res.flags = (res.flags ?? 0) | TC;
-      res.answers = [];
-      res.authorities = [];
-      res.additionals = (res.additionals ?? []).filter((a) => a.type === "OPT");
-      return packet.encode(res);
-    };
-    let slipped: Buffer | null = null;
-    if (this.limited(client, () => (slipped = truncate()))) return slipped;
-    const out = packet.encode(res);
+  /**
+   * Encodes and keeps the reply in the cache; on UDP truncates (TC, no records) what does not fit the
+   * client's size and applies RRL (a slip is the truncated reply).
+   */
+  private finish(res: packet.Packet, client: string, udp: boolean, opt: packet.OptAnswer | null, slot: CacheSlot): Buffer | null {
+    const full = packet.encode(res);
+    const remember = (reply: Buffer, slip: Buffer, truncated: boolean) =>
+      this.cache.put(slot.key, slot.query, slot.variant, { reply, slip, type: slot.type, rcode: slot.rcode, answers: slot.answers, truncated });
+    if (!udp) {
+      remember(full, full, false);
+      return full;
+    }
+    res.flags = (res.flags ?? 0) | TC;
+    res.answers = [];
+    res.authorities = [];
+    res.additionals = (res.additionals ?? []).filter((a) => a.type === "OPT");
+    const truncated = packet.encode(res);
     const max = opt ? Math.max(PLAIN_UDP, Math.min(opt.udpPayloadSize, EDNS_PAYLOAD)) : PLAIN_UDP;
-    if (out.length <= max) return out;
-    this.stats.truncated++;
-    return truncate();
+    const fits = full.length <= max;
+    remember(fits ? full : truncated, truncated, !fits);
+    const action = this.rrl.take(client, Date.now());
+    if (action === "drop") {
+      this.stats.rrlDropped++;
+      return null;
+    }
+    if (action === "slip") {
+      this.stats.rrlSlipped++;
+      return truncated;
+    }
+    if (!fits) this.stats.truncated++;
+    return fits ? full : truncated;
   }
 }
 

@@ -231,6 +231,17 @@ export function orderAnswers(set: AddressSet, clientZone: string, clientHash: nu
   return out;
 }
 
+/**
+ * Everything orderAnswers' result (and the reply around it) depends on besides the set: the client
+ * zone and the rotation start of each group. Two clients with the same key get the same answer, so
+ * it keys the responder's reply cache.
+ */
+export function rotationKey(set: AddressSet, clientZone: string, clientHash: number): string {
+  const split = clientZone === "" ? undefined : set.byZone.get(clientZone);
+  if (split === undefined) return `${clientZone}|${set.all.length === 0 ? 0 : clientHash % set.all.length}`;
+  return `${clientZone}|${split[0].length === 0 ? 0 : clientHash % split[0].length}|${split[1].length === 0 ? 0 : clientHash % split[1].length}`;
+}
+
 function rotateInto(out: DnsAddress[], list: readonly DnsAddress[], hash: number, limit: number): void {
   const n = list.length;
   if (n === 0) return;
