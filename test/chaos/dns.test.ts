@@ -61,10 +61,9 @@ describe(SCENARIO, () => {
 
     const conns = load.connections;
     const failed = conns.filter((x) => !x.ok);
-    // docker may answer late on a busy machine: the first connection to the victim that failed after
-    // the request bounds the moment of death from above too.
-    const firstFailureOnVictim = Math.min(...failed.filter((x) => x.to === victimIp && x.end >= killRequestedAt).map((x) => x.end));
-    const killedAt = Math.min(finishedAt, firstFailureOnVictim);
+    // Durations count from the kill request: the node cannot have died earlier, so no figure below is
+    // shorter than the truth (docker records the exit later still, after tearing the container down).
+    const killedAt = killRequestedAt;
     const before = conns.filter((x) => x.end < killRequestedAt);
     const after = conns.filter((x) => x.end >= killRequestedAt);
     const failedBefore = before.filter((x) => !x.ok);
@@ -95,6 +94,7 @@ describe(SCENARIO, () => {
     const rec = (figure: string, value: number | string, unit?: string, bound?: string) => recordFigure({ scenario: SCENARIO, figure, value, unit, bound });
     rec("clients (stub resolvers naming all 3 nodes), record TTL / lease TTL", `${d.client.sources.length}, ${RECORD_TTL_S} s / ${LEASE_TTL_S} s`);
     rec("client connections", conns.length);
+    rec("docker recorded the exit after the kill request", finishedAt - killRequestedAt, "ms");
     rec("  per node before the kill", perNodeText);
     rec("answers still named the killed node after the kill (surviving responders)", answersNamedFor, "ms", `≤ ${LEFT_ANSWERS_BOUND_MS} ms (lease TTL + ${SLACK_MS} ms)`);
     rec("  as the clients' own lookups saw it", clientNamedFor, "ms");
@@ -104,7 +104,7 @@ describe(SCENARIO, () => {
     rec("  failed past lease + record TTL", failedPastBound.length, undefined, "= 0");
     rec("  errors", JSON.stringify(Object.fromEntries([...new Set(failed.map((x) => x.err))].map((e) => [e, failed.filter((x) => x.err === e).length]))));
     rec("failed before the kill", failedBefore.length, undefined, "= 0");
-    rec("lookups after the kill that waited on the dead responder (≥ 500 ms)", slowResolutions.length);
+    rec(`lookups after the kill that waited on the dead responder (≥ ${LOAD.dnsTimeoutMs} ms; c-ares ${process.versions.ares}, as in the client image)`, slowResolutions.length);
     rec("lookups that failed", resolveFailed.length);
 
     const failures = JSON.stringify(failed.slice(0, 20).map((x) => ({ src: x.src, to: x.to, start: x.start - killedAt, end: x.end - killedAt, err: x.err })));
