@@ -29,10 +29,16 @@ const TC = 0x0200;
 const RD = 0x0100;
 /** Replies the cache holds at most (a few hundred bytes each): names × types × rotations of a large zone fit. */
 const MAX_CACHED_REPLIES = 8192;
+/**
+ * Longer queries are answered without the cache: the key is the query itself, and a TCP frame may be
+ * 64 KiB of padding. One question with OPT, an ECS and a cookie takes well under this.
+ */
+const MAX_CACHED_QUERY = 512;
 
 /** Where the slow path's reply goes in the cache: the query's key, what varies by client, and the labels to count. */
 interface CacheSlot {
-  key: string;
+  /** null: the query is not cached (longer than MAX_CACHED_QUERY). */
+  key: string | null;
   query: Omit<CachedQuery, "replies">;
   variant: string;
   type: string;
@@ -240,8 +246,8 @@ export class DnsResponder {
       return bareReply(msg, QR | opcodeBits | rd | RCODE.FORMERR);
     }
     // Same bytes after the ID (name, type, flags, EDNS) as an earlier query of this view: its reply.
-    const key = (udp ? "u" : "t") + msg.toString("latin1", 2);
-    const cached = this.cache.get(key);
+    const key = msg.length <= MAX_CACHED_QUERY ? (udp ? "u" : "t") + msg.toString("latin1", 2) : null;
+    const cached = key === null ? undefined : this.cache.get(key);
     if (cached !== undefined && this.view !== null) {
       const who = cached.ecs ?? client;
       const variant = cached.set === null ? "" : rotationKey(cached.set, cached.preferZone ? clientZoneOf(this.view, who) : "", hashString(who));
@@ -301,7 +307,7 @@ export class DnsResponder {
     return reply;
   }
 
-  private respond(q: packet.DecodedPacket, client: string, udp: boolean, opcodeBits: number, rd: number, key: string): Buffer | null {
+  private respond(q: packet.DecodedPacket, client: string, udp: boolean, opcodeBits: number, rd: number, key: string | null): Buffer | null {
     const s = this.stats;
     const question = q.questions?.[0];
     const qtype = question ? typeLabel(question.type) : "other";
@@ -397,8 +403,9 @@ export class DnsResponder {
    */
   private finish(res: packet.Packet, client: string, udp: boolean, opt: packet.OptAnswer | null, slot: CacheSlot): Buffer | null {
     const full = packet.encode(res);
-    const remember = (reply: Buffer, slip: Buffer, truncated: boolean) =>
-      this.cache.put(slot.key, slot.query, slot.variant, { reply, slip, type: slot.type, rcode: slot.rcode, answers: slot.answers, truncated });
+    const remember = (reply: Buffer, slip: Buffer, truncated: boolean) => {
+      if (slot.key !== null) this.cache.put(slot.key, slot.query, slot.variant, { reply, slip, type: slot.type, rcode: slot.rcode, answers: slot.answers, truncated });
+    };
     if (!udp) {
       remember(full, full, false);
       return full;

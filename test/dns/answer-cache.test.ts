@@ -105,8 +105,14 @@ describe("DNS reply cache", () => {
 
   it("stays bounded under a flood of distinct names", () => {
     const r = responder();
-    for (let i = 0; i < 20_000; i++) r.answer(query(`x${i}.lb.test`, i), "127.0.0.1", true);
+    // More distinct names than the bound (8192): the cache starts over instead of growing.
+    for (let i = 0; i < 9_000; i++) r.answer(query(`x${i}.lb.test`, i), "127.0.0.1", true);
     expect(r.cache.size).toBeLessThanOrEqual(8192);
+    // A query longer than 512 bytes (a TCP frame may carry 64 KiB) is answered, never kept as a key.
+    const padded = packet.encode({ type: "query", id: 5, questions: [{ type: "A", name: "web.lb.test" }], additionals: [{ type: "OPT", name: ".", udpPayloadSize: 1232, flags: 0, options: [{ code: 12, data: Buffer.alloc(4000) }] } as unknown as packet.Answer] });
+    const sizeBefore = r.cache.size;
+    expect(addresses(r.answer(padded, "127.0.0.1", false))).toHaveLength(4);
+    expect(r.cache.size).toBe(sizeBefore);
     expect(addresses(r.answer(query("web.lb.test", 1), "127.0.0.1", true))).toHaveLength(4);
   });
 });
