@@ -179,6 +179,7 @@ export class BallastNode {
         },
         routingVerdicts: (shared) => this.health.routingVerdicts(shared),
         resolver: this.resolver,
+        onObservations: (services) => this.health.onObservations(services),
       },
       this.log,
       this.affinity,
@@ -206,6 +207,14 @@ export class BallastNode {
       cluster: this.reconciler,
       fds: this.plane.fds,
       onMode: () => this.refreshRegistration(),
+      // Observer quorum: a backend this node's own probes fail while the cluster keeps it (partial).
+      avoid: (service, id, untilMs) => {
+        const was = this.plane.stats.backends.get(`${service}/${id}`)?.ejectedUntil ?? 0;
+        const applied = this.plane.avoidLocally(service, id, untilMs);
+        if (applied && untilMs > 0 && was <= Date.now()) {
+          this.events.record("ejection", `backend ${service}/${id} avoided on this node: its own health probes fail it`, { service, backend: id });
+        }
+      },
     });
     this.metrics.backendZones(() => this.reconciler.snapshot);
     this.dns = c.dns ? new NodeDns({ config: c, log: this.log, reconciler: this.reconciler, metrics: this.metrics }) : null;

@@ -171,8 +171,18 @@ export function explainRoute(n: StateContext, service: string, client: string, p
   }
   const view = target === null ? undefined : svc.backends.find((b) => b.id === target.id);
   const name = view !== undefined && view.resolution !== null ? { name: view.spec.address } : {};
-  return {
-    status: 200,
-    body: { ...base, backend: target ? { id: target.id, address: target.label, ...name } : null, reason: why, version: VERSION },
-  };
+  const body: RouteAnswer = { ...base, backend: target ? { id: target.id, address: target.label, ...name } : null, reason: why, version: VERSION };
+  // Observer quorum: the chosen backend's votes, and the partial backends this node steers around.
+  const v = view?.verdict;
+  if (v?.votes !== undefined) {
+    body.verdict = { state: v.state, reason: v.reason, quorum: v.quorum, votes: v.votes, ...(v.partial ? { partial: true } : {}) };
+    if (v.partial) why += `; verdict partial: ${v.reason}`;
+  }
+  const avoided = svc.targets.filter((t) => t.stats.ejectedUntil > now && svc.backends.find((b) => b.id === t.id)?.verdict?.partial === true).map((t) => t.id);
+  if (avoided.length > 0) {
+    body.avoided = avoided;
+    why += `; avoided here (own probes fail): ${avoided.join(", ")}`;
+  }
+  body.reason = why;
+  return { status: 200, body };
 }

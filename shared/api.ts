@@ -87,13 +87,40 @@ export interface RolloutView {
 
 export type VerdictState = "up" | "down";
 
+/**
+ * One observer's vote on a backend (observer quorum): its own state after rise/fall (`pass`/`fail`),
+ * `none` (no observation from it yet), `local` (it ran short of local resources: no vote).
+ */
+export type ObserverVote = "pass" | "fail" | "none" | "local";
+
 export interface Verdict {
   state: VerdictState;
   since: number;
   reason: string;
-  /** Consecutive results agreeing with the state at the time of writing. */
+  /** Consecutive results agreeing with the state at the time of writing (the leader's own probes). */
   count: number;
   checker: string;
+  /** Observer quorum: up, but failing from a minority of the observers (named in `reason`). Absent: not partial. */
+  partial?: boolean;
+  /**
+   * Observer quorum: `ok` when a majority of the observers decided, `degraded` when fewer observers
+   * voted than a majority (the leader alone decided). Absent when the service has one observer (the leader).
+   */
+  quorum?: "ok" | "degraded";
+  /** Observer quorum: the observers of this decision, the leader first, and each one's vote. */
+  votes?: Record<string, ObserverVote>;
+}
+
+/** A node's observations of one service's backends (health/observations/<service>/<node>). */
+export interface Observation {
+  node: string;
+  at: number;
+  /** Backends this observer sees pass (after `rise`). */
+  pass: string[];
+  /** Backends this observer sees fail (after `fall`), with the probe's reason. */
+  fail: Record<string, string>;
+  /** Set while the observer is short of local resources (EMFILE…): none of its observations count. */
+  local?: string;
 }
 
 export type VerdictSource = "shared" | "local";
@@ -293,6 +320,10 @@ export interface RouteAnswer {
   forwarding?: "nat" | "dsr";
   /** The kernel map slot the flow hashes to (forwarding nat or dsr). */
   slot?: number;
+  /** The chosen backend's shared verdict when it is partial or decided by observer quorum: state, votes. */
+  verdict?: Pick<Verdict, "state" | "reason" | "partial" | "quorum" | "votes">;
+  /** Backends with a partial verdict that this node avoids (its own probes fail them); the flow went elsewhere. */
+  avoided?: string[];
 }
 
 /** One event (GET /api/events, `ballast events`). */

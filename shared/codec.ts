@@ -4,10 +4,10 @@
 import { Packr } from "msgpackr";
 import { z } from "zod";
 import { parseHostPort } from "./address.js";
-import type { NodeRecord, Verdict } from "./api.js";
-import { NODE_ID, SERVICE_NAME } from "./keys.js";
+import type { NodeRecord, Observation, Verdict } from "./api.js";
+import { BACKEND_ID, NODE_ID, SERVICE_NAME } from "./keys.js";
 
-export type { NodeRecord, Verdict, VerdictState } from "./api.js";
+export type { NodeRecord, Observation, ObserverVote, Verdict, VerdictState } from "./api.js";
 
 // Plain maps (no record extension) so any msgpack reader, in any language, can decode our values.
 // 64-bit integers decode as numbers: a BigInt anywhere in a value makes JSON.stringify throw, so one
@@ -118,15 +118,59 @@ export function parseHeartbeat(bytes: Uint8Array): HealthHeartbeat {
   return r.data;
 }
 
+/** Observers of one decision: more than this is not a quorum anyone configured (the schema caps K at 15). */
+const MAX_VOTES = 64;
+const votesSchema = z
+  .record(z.string().regex(NODE_ID, "expected a node id"), z.enum(["pass", "fail", "none", "local"]))
+  .refine((r) => Object.keys(r).length <= MAX_VOTES, `at most ${MAX_VOTES} observers`);
+
 /** A verdict record's value; throws naming what is wrong (the record is then skipped with that reason). */
 export function parseVerdictValue(raw: Buffer): Verdict {
   const v = decodeValue(raw);
   if (v.state !== "up" && v.state !== "down") throw new Error(`verdict state must be up or down, got ${String(v.state)}`);
-  return {
+  const out: Verdict = {
     state: v.state,
     since: typeof v.since === "number" ? v.since : 0,
     reason: typeof v.reason === "string" ? v.reason : "",
     count: typeof v.count === "number" ? v.count : 0,
     checker: typeof v.checker === "string" ? v.checker : "",
   };
+  // Quorum fields reach the status page and metric labels: a rogue writer's must not.
+  if (v.partial !== undefined) {
+    if (typeof v.partial !== "boolean") throw new Error("verdict partial must be a boolean");
+    if (v.partial) out.partial = true;
+  }
+  if (v.quorum !== undefined) {
+    if (v.quorum !== "ok" && v.quorum !== "degraded") throw new Error(`verdict quorum must be ok or degraded, got ${String(v.quorum).slice(0, 40)}`);
+    out.quorum = v.quorum;
+  }
+  if (v.votes !== undefined) {
+    const r = votesSchema.safeParse(v.votes);
+    if (!r.success) throw new Error(`verdict votes: ${issues(r.error)}`);
+    out.votes = r.data;
+  }
+  return out;
+}
+
+/** Backends in one observation record: far above any service's backend count that one node checks. */
+const MAX_OBSERVED = 100_000;
+const backendId = z.string().regex(BACKEND_ID, "expected a backend id");
+
+export const observationSchema = z.object({
+  node: z.string().regex(NODE_ID, "expected a node id"),
+  at: epochMs,
+  pass: z.array(backendId).max(MAX_OBSERVED).default([]),
+  fail: z
+    .record(backendId, label(256))
+    .refine((r) => Object.keys(r).length <= MAX_OBSERVED, `at most ${MAX_OBSERVED} backends`)
+    .default({}),
+  local: label(256).optional(),
+});
+
+/** Decodes and validates an observation; throws with the reason. The key's node must match the value's. */
+export function parseObservation(node: string, bytes: Uint8Array): Observation {
+  const r = observationSchema.safeParse(decodeValue(bytes));
+  if (!r.success) throw new Error(issues(r.error));
+  if (r.data.node !== node) throw new Error(`node ${r.data.node} does not match the key's ${node}`);
+  return r.data;
 }

@@ -6,6 +6,7 @@
 //   health/election/…                  etcd3 election keys of the health-check leader
 //   health/heartbeat                   msgpack HealthHeartbeat, written by the leader (fenced)
 //   health/verdicts/<service>/<id>     msgpack Verdict, written by the leader (fenced), only on change
+//   health/observations/<service>/<node>  msgpack Observation, leased to the observer node, only on change
 //   affinity/<service>/<node>/<seq>    msgpack AffinityBatch, leased for the affinity TTL (not to the writer)
 //   dns                                JSON DnsRecordInput (zone, TTL, names), written by people (`ballast dns set`)
 //   events/<node>/<ms>-<seq>           JSON event (node/events.ts), leased for an hour
@@ -30,7 +31,7 @@ export const NODE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 /** Affinity batch sequence: the writer's millisecond clock, strictly increasing. */
 const SEQ = /^[0-9]{1,20}$/;
 
-export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "affinity" | "election" | "dns" | "event" | "drain" | "rollout";
+export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "observation" | "affinity" | "election" | "dns" | "event" | "drain" | "rollout";
 /** Event key suffix: the writer's millisecond clock and a sequence number. */
 const EVENT_SEQ = /^[0-9]{1,15}-[0-9]{1,10}$/;
 
@@ -63,6 +64,7 @@ export class KeySchema {
   get health(): string { return `${this.prefix}health/`; }
   get verdicts(): string { return `${this.prefix}health/verdicts/`; }
   get election(): string { return `${this.prefix}health/election/`; }
+  get observations(): string { return `${this.prefix}health/observations/`; }
   get heartbeat(): string { return `${this.prefix}health/heartbeat`; }
   get affinity(): string { return `${this.prefix}affinity/`; }
   get dns(): string { return `${this.prefix}dns`; }
@@ -78,6 +80,7 @@ export class KeySchema {
   node(id: string): string { return `${this.nodes}${id}`; }
   drain(node: string): string { return `${this.drains}${node}`; }
   verdict(service: string, id: string): string { return `${this.verdicts}${service}/${id}`; }
+  observation(service: string, node: string): string { return `${this.observations}${service}/${node}`; }
   affinityBatch(service: string, node: string, seq: number | string): string { return `${this.affinity}${service}/${node}/${seq}`; }
 
   /**
@@ -112,9 +115,10 @@ export class KeySchema {
       case "health":
         if (parts[1] === "heartbeat") return shape(2, "health/heartbeat") ?? { kind: "heartbeat" };
         if (parts[1] === "verdicts") return shape(4, "health/verdicts/<service>/<id>") ?? service(parts[2]) ?? backend(parts[3]) ?? { kind: "verdict", service: parts[2], id: parts[3] };
+        if (parts[1] === "observations") return shape(4, "health/observations/<service>/<node>") ?? service(parts[2]) ?? node(parts[3]) ?? { kind: "observation", service: parts[2], node: parts[3] };
         // etcd3's election keys: their names are the library's, not ours to judge.
         if (parts[1] === "election") return { kind: "election" };
-        return "unrecognised key: expected health/heartbeat, health/verdicts/… or health/election/…";
+        return "unrecognised key: expected health/heartbeat, health/verdicts/…, health/observations/… or health/election/…";
       case "dns":
         return shape(1, "dns") ?? { kind: "dns" };
       case "affinity":

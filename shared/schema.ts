@@ -65,6 +65,12 @@ export const healthSchema = z
     unknownRoutes: z.boolean().default(true),
     /** Close open connections to a backend once it is verdicted down. */
     closeOnDown: z.boolean().default(false),
+    /**
+     * Observer quorum: how many nodes judge each backend (the health leader and observers chosen from
+     * the ready nodes; all nodes when fewer). A verdict goes down or up only on a majority of them.
+     * 1: the leader alone decides.
+     */
+    observers: z.number().int().min(1).max(15).default(3),
     http: z
       .object({
         method: z.string().regex(httpToken, "expected an HTTP method token like GET or HEAD").default("GET"),

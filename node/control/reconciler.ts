@@ -4,6 +4,7 @@ import { type HealthHeartbeat, type NodeRecord, parseHeartbeat, parseNodeRecord 
 import type { RolloutView } from "../../shared/api.js";
 import type { KeySchema } from "../../shared/keys.js";
 import { type DrainRequest, parseDrainValue, parseRolloutValue } from "../../shared/rollout.js";
+import { ObservationTable } from "../model/observations.js";
 import type { Logger } from "../log.js";
 import { buildSnapshot, type InvalidRecord, type ResolvedName, type Snapshot, type VerdictView } from "../model/snapshot.js";
 import type { StatsRegistry } from "../model/stats.js";
@@ -33,12 +34,16 @@ export interface ReconcilerHooks {
     track(names: ReadonlySet<string>): void;
     get(name: string): ResolvedName | undefined;
   };
+  /** Observer records (health/observations/…) of these services changed. */
+  onObservations?(services: ReadonlySet<string>): void;
 }
 
 export class Reconciler implements SyncSink {
   readonly records: RecordTable;
   readonly nodes = new Map<string, NodeRecord>();
   heartbeat: HealthHeartbeat | null = null;
+  /** Observer-quorum observations (issue 17), read by the health leader. */
+  readonly observations = new ObservationTable();
   /** The cluster's `dns` record (zone and names for the DNS responder). */
   readonly dns = new DnsRecordSlot();
   /** Drain keys (rollout/drains/<node>): a node drains while its key exists. */
@@ -71,6 +76,7 @@ export class Reconciler implements SyncSink {
     const affinity: KeyValue[] = [];
     this.nodes.clear();
     this.heartbeat = null;
+    this.observations.clear();
     this.dns.delete();
     this.drains.clear();
     this.rollout = null;
@@ -88,6 +94,7 @@ export class Reconciler implements SyncSink {
       else if (k.kind === "affinity") affinity.push(kv);
       else if (k.kind === "node") this.putNode(k.node!, kv.value);
       else if (k.kind === "heartbeat") this.putHeartbeat(kv.value);
+      else if (k.kind === "observation") this.putObservation(k.service!, k.node!, kv.value);
       else if (k.kind === "dns") this.putDns(kv.value, kv.modRevision);
       else if (k.kind === "drain") this.putDrain(k.node!, kv.value);
       else if (k.kind === "rollout") this.putRollout(k.id!, kv.value);
@@ -100,12 +107,14 @@ export class Reconciler implements SyncSink {
     this.appliedRevision = revision;
     this.rebuild();
     this.hooks.onClusterChange?.();
+    this.hooks.onObservations?.(new Set(kvs.flatMap((kv) => { const k = this.keys.parse(kv.key); return k?.kind === "observation" ? [k.service!] : []; })));
   }
 
   events(events: StoreEvent[], revision: number): void {
     const routing: StoreEvent[] = [];
     let affinity: StoreEvent[] | null = null;
     let cluster = false;
+    let observed: Set<string> | null = null;
     let invalidChanged = false;
     for (const e of events) {
       const k = this.keys.parse(e.key);
@@ -134,6 +143,14 @@ export class Reconciler implements SyncSink {
           invalidChanged = this.records.cluster.delete(e.key) || invalidChanged;
         }
         cluster = true;
+      } else if (k.kind === "observation") {
+        if (e.type === "put") invalidChanged = this.putObservation(k.service!, k.node!, e.value) || invalidChanged;
+        else {
+          this.observations.delete(k.service!, k.node!);
+          invalidChanged = this.records.cluster.delete(e.key) || invalidChanged;
+        }
+        if (observed === null) observed = new Set();
+        observed.add(k.service!);
       } else if (k.kind === "dns") {
         if (e.type === "put") this.putDns(e.value, e.modRevision);
         else this.dns.delete();
@@ -159,6 +176,7 @@ export class Reconciler implements SyncSink {
       this.rebuildPending ??= setImmediate(() => this.rebuild());
     } else this.appliedRevision = revision;
     if (cluster) this.hooks.onClusterChange?.();
+    if (observed) this.hooks.onObservations?.(observed);
   }
 
   status(connected: boolean, error?: string): void {
@@ -267,6 +285,17 @@ export class Reconciler implements SyncSink {
   private putDns(value: Buffer, modRevision: number): void {
     this.dns.put(value, modRevision);
     if (this.dns.error) this.log.warn({ key: this.keys.dns, reason: this.dns.error, keptLastGood: this.dns.spec !== null }, "invalid record skipped");
+  }
+
+  /** A bad observation is listed as invalid and no longer counts (its node then has no vote). */
+  private putObservation(service: string, node: string, value: Buffer): boolean {
+    const key = this.keys.observation(service, node);
+    try {
+      this.observations.put(service, node, value);
+      return this.records.cluster.delete(key);
+    } catch (err) {
+      return this.setClusterInvalid(key, `observation: ${(err as Error).message}`);
+    }
   }
 
   private putHeartbeat(value: Buffer): boolean {

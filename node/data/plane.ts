@@ -271,6 +271,33 @@ export class DataPlane implements Forwarder<Snapshot>, ListenerHost {
     this.hooks.onEject?.(svc, target, s.ejectedUntil);
   }
 
+  /**
+   * Observer quorum (issue 17): this node's own probes fail a backend that the cluster keeps in
+   * rotation (a partial verdict), so this node sends it no new connections until `untilMs` (0 ends
+   * it). The same exclusion, cap (maxEjectedShare) and `ejected` view as passive ejection, without its
+   * backoff: the health checker renews it while its probes keep failing. Returns whether it applies.
+   */
+  avoidLocally(service: string, id: string, untilMs: number): boolean {
+    const svc = this.current?.services.get(service);
+    if (svc === undefined) return false;
+    const now = Date.now();
+    let target: Target | undefined;
+    let ejected = 0;
+    for (const t of svc.targets) {
+      if (t.id === id) target = t;
+      else if (t.stats.ejectedUntil > now) ejected++;
+    }
+    if (target === undefined) return false;
+    const s = target.stats;
+    if (untilMs === 0) {
+      s.ejectedUntil = 0;
+      return true;
+    }
+    if ((ejected + 1) / Math.max(1, svc.targets.length) > this.options.maxEjectedShare) return false;
+    s.ejectedUntil = Math.max(s.ejectedUntil, untilMs);
+    return true;
+  }
+
   onConnectionClosed(): void {
     if (this.idleWaiters.length > 0 && this.active === 0) {
       const waiters = this.idleWaiters;

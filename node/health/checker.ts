@@ -131,6 +131,12 @@ export class Checker {
     return out;
   }
 
+  /** The current verdict of one target; null while unknown or not checked. */
+  stateOf(key: string): Verdict | null {
+    const s = this.slots.get(key);
+    return s === undefined || s.state === "unknown" ? null : this.verdictOf(s);
+  }
+
   /** True once every target has been probed at least max(rise, fall) times by this checker. */
   settled(): boolean {
     for (const s of this.slots.values()) if (s.probes < Math.max(s.target.settings.rise, s.target.settings.fall)) return false;

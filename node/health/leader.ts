@@ -2,14 +2,15 @@
 // verdicts (only on change) and a heartbeat, each as a fenced write that fails once another term
 // began. A refused or failed write ends the term at once: stop checking, step down, campaign again.
 import { setTimeout as sleep } from "node:timers/promises";
-import { encodeValue, parseVerdictValue, type Verdict } from "../../shared/codec.js";
+import { encodeValue, type Observation, parseVerdictValue, type Verdict } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
 import type { RecordTable } from "../control/records.js";
 import type { Leadership, Store } from "../control/store.js";
 import type { Logger } from "../log.js";
 import { Checker, type CheckTarget } from "./checker.js";
-import type { Probe } from "./checks.js";
+import type { Probe, ProbeOutcome } from "./checks.js";
 import type { HealthMetrics } from "./metrics.js";
+import { decide, verdictChanged, voteOf } from "./quorum.js";
 
 export interface LeaderContext {
   readonly id: string;
@@ -26,6 +27,14 @@ export interface LeaderContext {
   targets(): readonly CheckTarget[] | null;
   /** The node's record table (verdicts as applied, services and backends for pruning). */
   records(): RecordTable;
+  /** Observer quorum: the observers of a service with this node leading, this node first (quorum.ts). */
+  observersOf?(service: string, k: number): readonly string[];
+  /** Observer quorum: a non-leader observer's record for a service, as read from etcd. */
+  observation?(service: string, node: string): Observation | undefined;
+  /** This node's own state of a backend changed (null: no longer known), for local avoidance. */
+  onOwn?(key: string, verdict: Verdict | null): void;
+  /** Every probe result of this leader's checker. */
+  onProbe?(target: CheckTarget, outcome: ProbeOutcome): void;
 }
 
 /** Writes in flight at once; a mass outage of 1000 backends is written in a few round trips. */
@@ -73,6 +82,11 @@ export class HealthLeader {
   /** Records changed: verdicts of backends that are gone may need removing. */
   schedulePrune(): void {
     this.term?.schedulePrune();
+  }
+
+  /** Observer quorum: observations of these services changed (null: any may have; the observers changed). */
+  reevaluate(services: ReadonlySet<string> | null): void {
+    this.term?.reevaluate(services);
   }
 
   async stop(): Promise<void> {
@@ -146,8 +160,14 @@ class Term {
     this.checker = new Checker(
       ctx.id,
       {
-        onChange: (target, verdict) => this.onVerdict(target, verdict),
-        onResult: (target, outcome, seconds, lagMs) => ctx.metrics.observe(target.service, outcome.result, seconds, lagMs),
+        onChange: (target, verdict) => {
+          ctx.onOwn?.(target.key, verdict);
+          this.decideTarget(target);
+        },
+        onResult: (target, outcome, seconds, lagMs) => {
+          ctx.metrics.observe(target.service, outcome.result, seconds, lagMs);
+          ctx.onProbe?.(target, outcome);
+        },
         // A leader that cannot make its probes cannot judge anyone: it steps down (resigning, so
         // another node is elected at once) rather than keep a term in which it writes nothing useful.
         onLocalFault: (target, outcome) => {
@@ -202,6 +222,15 @@ class Term {
     this.checker.setTargets(targets, (key) => this.known.get(key));
     this.ctx.metrics.checking.set({ role: "leader" }, this.checker.size);
     this.schedulePrune();
+    this.reevaluate(null);
+  }
+
+  /** Decides again the targets of these services (null: all), from own states and observations. */
+  reevaluate(services: ReadonlySet<string> | null): void {
+    if (this.ended || this.seedRevision === Number.POSITIVE_INFINITY || !this.targetsSeen) return;
+    const targets = this.ctx.targets();
+    if (targets === null) return;
+    for (const t of targets) if ((services === null || services.has(t.service)) && t.settings.observers > 1) this.decideTarget(t);
   }
 
   schedulePrune(): void {
@@ -239,13 +268,29 @@ class Term {
     }
   }
 
-  private onVerdict(target: CheckTarget, verdict: Verdict): void {
+  /**
+   * The verdict of one target from this leader's own state and, with observer quorum (K > 1), the
+   * observers' votes (quorum.ts); written when it changed. With K = 1 it is the leader's own verdict.
+   */
+  private decideTarget(target: CheckTarget): void {
+    if (this.ended) return;
+    const own = this.checker.stateOf(target.key);
+    if (own === null && target.settings.observers <= 1) return;
+    const observers = target.settings.observers > 1 && this.ctx.observersOf ? this.ctx.observersOf(target.service, target.settings.observers) : [this.ctx.id];
+    const votes = new Map<string, ReturnType<typeof voteOf>>();
+    votes.set(this.ctx.id, { vote: own === null ? "none" : own.state === "up" ? "pass" : "fail", reason: own?.reason ?? "" });
+    for (let i = 1; i < observers.length; i++) votes.set(observers[i], voteOf(this.ctx.observation?.(target.service, observers[i]), target.id));
+    const previous = this.known.get(target.key) ?? null;
+    const verdict = decide({ observers, votes, previous, own, checker: this.ctx.id, now: Date.now() });
+    if (verdict === null || !verdictChanged(previous, verdict)) return;
     this.known.set(target.key, verdict);
-    this.ctx.metrics.verdictChanges.inc({ service: target.service, state: verdict.state, source: "shared" });
-    this.ctx.log.info(
-      { service: target.service, backend: target.id, state: verdict.state, reason: verdict.reason, count: verdict.count, term: this.leadership.term },
-      `backend ${verdict.state}`,
-    );
+    if (previous?.state !== verdict.state || (previous?.partial ?? false) !== (verdict.partial ?? false)) {
+      if (previous?.state !== verdict.state) this.ctx.metrics.verdictChanges.inc({ service: target.service, state: verdict.state, source: "shared" });
+      this.ctx.log.info(
+        { service: target.service, backend: target.id, state: verdict.state, partial: verdict.partial ?? false, quorum: verdict.quorum, votes: verdict.votes, reason: verdict.reason, count: verdict.count, term: this.leadership.term },
+        `backend ${verdict.partial ? "partial" : verdict.state}`,
+      );
+    }
     this.write(this.ctx.keys.verdict(target.service, target.id), encodeValue({ ...verdict }));
   }
 
@@ -316,6 +361,8 @@ class Term {
     this.ended = true;
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
     if (this.pruneTimer) clearTimeout(this.pruneTimer);
+    // This node's own states end with the term: nothing avoids a backend on their account any more.
+    for (const [key, v] of this.checker.verdicts()) if (v.state === "down") this.ctx.onOwn?.(key, null);
     this.checker.stop();
     this.pending.clear();
     this.ctx.metrics.leader.set(0);

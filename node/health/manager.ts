@@ -3,7 +3,7 @@
 // shared ones from etcd, or in local fallback this node's own, through `routingVerdicts()`, which the
 // reconciler calls on every build.
 import type client from "prom-client";
-import type { HealthHeartbeat, Verdict } from "../../shared/codec.js";
+import type { HealthHeartbeat, NodeRecord, Observation, Verdict } from "../../shared/codec.js";
 import { formatDuration } from "../../shared/duration.js";
 import type { KeySchema } from "../../shared/keys.js";
 import type { NodeConfig } from "../../shared/schema.js";
@@ -16,6 +16,8 @@ import { HealthLeader } from "./leader.js";
 import { LocalFallback } from "./local.js";
 import { HealthMetrics } from "./metrics.js";
 import type { NodeMode } from "./mode.js";
+import { ObserverRole } from "./observer.js";
+import { observersFor } from "./quorum.js";
 
 /** The reconciler's cluster view, as health reads it. */
 export interface ClusterView {
@@ -24,6 +26,10 @@ export interface ClusterView {
   readonly connected: boolean;
   readonly lastError: string | null;
   readonly snapshot: Snapshot | null;
+  /** Node records (observer quorum picks observers among the ready ones). */
+  readonly nodes: ReadonlyMap<string, NodeRecord>;
+  /** Observer records as read from etcd. */
+  readonly observations: { get(service: string, node: string): Observation | undefined };
   /** Rebuilds the snapshot from the current records (verdicts changed). */
   rebuild(): void;
 }
@@ -43,6 +49,11 @@ export interface HealthContext {
   readonly fds?: { reserve(name: string, fds: number): void };
   /** The verdict mode changed: the node republishes its record. */
   onMode(mode: NodeMode): void;
+  /**
+   * Observer quorum: this node's own probes fail a backend (`untilMs` > 0, renewed while they keep
+   * failing) or no longer do (0): the node avoids it locally (the data plane's passive ejection).
+   */
+  avoid?(service: string, id: string, untilMs: number): void;
 }
 
 export interface HealthStatus {
@@ -57,6 +68,8 @@ export interface HealthStatus {
   /** Why the node is in its mode, and since when (ms epoch). */
   modeReason: string;
   modeSince: number;
+  /** Observer quorum: services whose backends this node probes as a (non-leader) observer. */
+  observing: string[];
 }
 
 /** Heartbeat as read from etcd: the codec's fields plus what this version's leader adds. */
@@ -81,10 +94,23 @@ export class HealthManager {
   private modeReason: string;
   private modeSince = Date.now();
   private currentMode: NodeMode;
+  /** Observer quorum: probes the services this node observes for another leader (null standalone). */
+  private readonly observer: ObserverRole | null;
+  /** Ready node ids that may observe, sorted, and a signature of what chose the observer role's services. */
+  private candidates: string[] = [];
+  private candidatesKey = "";
+  private observerKey = "";
+  private targetsVersion = 0;
+  /** Observers per service and K with this node leading (valid for `candidatesKey`). */
+  private readonly leadObservers = new Map<string, readonly string[]>();
+  /** Backends this node's own probes fail now, with how long one failure keeps them avoided. */
+  private readonly ownDown = new Map<string, number>();
+  private readonly targetByKey = new Map<string, CheckTarget>();
 
   constructor(private readonly node: HealthContext) {
     this.log = node.log.child({ module: "health" });
     this.metrics = new HealthMetrics(node.registry);
+    this.metrics.registerQuorum(node.registry, () => node.cluster.snapshot);
     this.currentMode = node.standalone ? "standalone" : "shared";
     this.metrics.setMode(this.currentMode);
     this.modeReason = node.standalone ? "standalone: checks run in this process" : "starting";
@@ -100,7 +126,23 @@ export class HealthManager {
       metrics: this.metrics,
       targets: () => this.targets,
       records: () => node.cluster.records,
+      observersOf: (service, k) => this.observersLeading(service, k),
+      observation: (service, id) => node.cluster.observations.get(service, id),
+      onOwn: (key, verdict) => this.onOwn(key, verdict),
+      onProbe: (target, outcome) => this.onProbe(target.key, outcome.ok, outcome.result),
     });
+    this.observer = node.standalone
+      ? null
+      : new ObserverRole({
+          id: node.id,
+          store: node.store,
+          keys: node.keys,
+          leaseTtl: node.leaseTtl,
+          log: this.log,
+          metrics: this.metrics,
+          onOwn: (key, verdict) => this.onOwn(key, verdict),
+          onResult: (target, outcome) => this.onProbe(target.key, outcome.ok, outcome.result),
+        });
   }
 
   /** The node's verdict mode now. */
@@ -128,6 +170,11 @@ export class HealthManager {
     if (this.stopped) return;
     const { targets, changed } = checkTargetsOf(snapshot, this.targets);
     this.targets = targets;
+    if (changed) {
+      this.targetsVersion++;
+      this.targetByKey.clear();
+      for (const t of targets) this.targetByKey.set(t.key, t);
+    }
     // Each probe holds one descriptor while it runs: keep that many out of the data plane's budget.
     this.node.fds?.reserve("probes", targets.length);
     if (changed) {
@@ -135,11 +182,17 @@ export class HealthManager {
       this.local?.refresh(targets, this.sharedSeeds());
     }
     this.leader.schedulePrune();
+    if (changed) this.updateObserver();
   }
 
   /** Called when nodes/heartbeat keys change in the reconciler's cluster view. */
   onClusterChange(): void {
     this.evaluate();
+  }
+
+  /** Called when observer records of these services changed: the leader decides their backends again. */
+  onObservations(services: ReadonlySet<string>): void {
+    if (!this.stopped) this.leader.reevaluate(services);
   }
 
   status(): HealthStatus {
@@ -154,6 +207,7 @@ export class HealthManager {
       checking: this.leader.checking + (this.local?.checking ?? 0),
       modeReason: this.modeReason,
       modeSince: this.modeSince,
+      observing: [...(this.observer?.observing() ?? [])].sort(),
     };
   }
 
@@ -163,7 +217,82 @@ export class HealthManager {
     if (this.timer) clearInterval(this.timer);
     this.local?.stop();
     this.local = null;
+    await this.observer?.stop();
     await this.leader.stop();
+  }
+
+  /** Observers of a service with this node leading: cached until the ready nodes change. */
+  private observersLeading(service: string, k: number): readonly string[] {
+    const key = `${service}\u0000${k}`;
+    let out = this.leadObservers.get(key);
+    if (out === undefined) {
+      out = observersFor(service, this.node.id, this.candidates, k);
+      this.leadObservers.set(key, out);
+    }
+    return out;
+  }
+
+  /**
+   * Nodes that may observe: registered, ready, not draining, routing by shared verdicts (a node in
+   * local fallback sees no leader to report to). A change re-decides every backend (observers rotate).
+   */
+  private refreshCandidates(): void {
+    const ids: string[] = [];
+    for (const n of this.node.cluster.nodes.values()) if (n.ready && !n.draining && n.mode === "shared") ids.push(n.id);
+    ids.sort();
+    const key = ids.join(",");
+    if (key === this.candidatesKey) return;
+    this.candidates = ids;
+    this.candidatesKey = key;
+    this.leadObservers.clear();
+    this.leader.reevaluate(null);
+  }
+
+  /**
+   * The services this node observes: those whose observers, with the leader of the fresh heartbeat,
+   * include this node. None while it leads (its leader's checker probes everything), in local
+   * fallback, or with no fresh leader (nobody to report to).
+   */
+  private updateObserver(): void {
+    if (this.observer === null || this.stopped) return;
+    this.refreshCandidates();
+    const st = this.status();
+    const leader = st.isLeader || this.currentMode !== "shared" ? null : st.leader;
+    const key = `${leader}|${this.candidatesKey}|${this.targetsVersion}`;
+    if (key === this.observerKey) return;
+    this.observerKey = key;
+    const services = new Set<string>();
+    if (leader !== null && leader !== this.node.id && this.targets !== null) {
+      const seen = new Set<string>();
+      for (const t of this.targets) {
+        if (seen.has(t.service)) continue;
+        seen.add(t.service);
+        if (t.settings.observers > 1 && observersFor(t.service, leader, this.candidates, t.settings.observers).includes(this.node.id)) services.add(t.service);
+      }
+    }
+    this.observer.set(this.targets ?? [], services);
+  }
+
+  /** This node's own state of a backend changed: avoid it locally while its own probes fail it. */
+  private onOwn(key: string, verdict: Verdict | null): void {
+    const t = this.targetByKey.get(key);
+    const slash = key.indexOf("/");
+    const service = key.slice(0, slash);
+    const id = key.slice(slash + 1);
+    if (verdict?.state === "down" && t !== undefined && t.settings.observers > 1) {
+      // Held for two intervals past each failing probe: a probe that runs late does not end it.
+      const hold = 2 * t.settings.interval + t.settings.timeout;
+      this.ownDown.set(key, hold);
+      this.node.avoid?.(service, id, Date.now() + hold);
+    } else if (this.ownDown.delete(key)) this.node.avoid?.(service, id, 0);
+  }
+
+  private onProbe(key: string, ok: boolean, result: string): void {
+    if (ok || result === "local") return;
+    const hold = this.ownDown.get(key);
+    if (hold === undefined) return;
+    const slash = key.indexOf("/");
+    this.node.avoid?.(key.slice(0, slash), key.slice(slash + 1), Date.now() + hold);
   }
 
   /** Milliseconds since the current heartbeat, measured on this node's clock where it can be. */
@@ -190,6 +319,7 @@ export class HealthManager {
   private evaluate(): void {
     try {
       this.evaluateNow();
+      this.updateObserver();
     } catch (err) {
       // A health bug must not take the node (or the store sync that called us) down with it.
       this.log.error({ err: (err as Error).message }, "verdict mode evaluation failed");

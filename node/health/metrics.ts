@@ -1,7 +1,8 @@
 // Health metrics, registered on the node's registry (so they carry its `node` label): checks by
 // result, check latency and schedule lag, verdict changes, fenced writes, leadership and mode.
 import client from "prom-client";
-import { type ChildCache, childCache } from "../collect.js";
+import { type ChildCache, childCache, collectedGauge } from "../collect.js";
+import type { Snapshot, VerdictView } from "../model/snapshot.js";
 import type { CheckResult } from "./checks.js";
 import type { NodeMode } from "./mode.js";
 
@@ -52,6 +53,44 @@ export class HealthMetrics {
     this.checking = new client.Gauge({ name: "ballast_health_checked_backends", help: "Backends this node probes now, as leader or in local fallback.", labelNames: ["role"], registers });
     this.leader.set(0);
     this.seconds = childCache(this.checkSeconds);
+  }
+
+  /**
+   * Observer quorum (issue 17), from the routing snapshot at scrape time: each backend's votes by
+   * kind, whether its verdict is partial, whether the quorum was degraded (the leader alone decided).
+   */
+  registerQuorum(registry: client.Registry, snapshot: () => Snapshot | null): void {
+    const each = (fn: (service: string, backend: string, v: VerdictView) => void) => {
+      const snap = snapshot();
+      if (snap === null) return;
+      for (const svc of snap.services.values()) for (const b of svc.backends) if (b.verdict?.votes !== undefined) fn(svc.name, b.id, b.verdict);
+    };
+    collectedGauge({
+      name: "ballast_backend_verdict_votes",
+      help: "Observer quorum: observers of the backend's shared verdict by vote (pass, fail, none = no observation yet, local = short of local resources).",
+      labelNames: ["service", "backend", "vote"],
+      registry,
+      read: (emit) =>
+        each((service, backend, v) => {
+          const n = { pass: 0, fail: 0, none: 0, local: 0 };
+          for (const vote of Object.values(v.votes ?? {})) n[vote]++;
+          for (const [vote, count] of Object.entries(n)) emit({ service, backend, vote }, count);
+        }),
+    });
+    collectedGauge({
+      name: "ballast_backend_verdict_partial",
+      help: "Observer quorum: 1 while the backend is up but fails from a minority of its observers (it stays in rotation; those nodes avoid it).",
+      labelNames: ["service", "backend"],
+      registry,
+      read: (emit) => each((service, backend, v) => emit({ service, backend }, v.partial ? 1 : 0)),
+    });
+    collectedGauge({
+      name: "ballast_backend_verdict_quorum_degraded",
+      help: "Observer quorum: 1 while fewer observers voted than a majority, so the leader alone decided the backend's verdict.",
+      labelNames: ["service", "backend"],
+      registry,
+      read: (emit) => each((service, backend, v) => emit({ service, backend }, v.quorum === "degraded" ? 1 : 0)),
+    });
   }
 
   setMode(mode: NodeMode): void {

@@ -1,0 +1,120 @@
+// Observer quorum (issue 17): who judges a service's backends, and how their votes become a verdict.
+// Pure functions, so every node computes the same observers from the same node records and the
+// decision can be tested table by table.
+import type { Observation, ObserverVote, Verdict } from "../../shared/codec.js";
+import { hashString } from "../lb/hash.js";
+
+/**
+ * The observers of `service`: the leader first, then K−1 of the other candidate nodes chosen by
+ * rendezvous hashing on (service, node), so every node picks the same ones from the same node list,
+ * a node joining or leaving moves only the services it wins or held, and services spread their
+ * probe load over the nodes. All candidates when fewer than K.
+ */
+export function observersFor(service: string, leader: string, candidates: Iterable<string>, k: number): string[] {
+  const others: Array<{ id: string; score: number }> = [];
+  for (const id of candidates) if (id !== leader) others.push({ id, score: hashString(`${service}\u0000${id}`) });
+  // Ties (a hash collision) are broken by id, so the order never depends on the input order.
+  others.sort((a, b) => b.score - a.score || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  const out = [leader];
+  for (let i = 0; i < others.length && out.length < k; i++) out.push(others[i].id);
+  return out;
+}
+
+/** The vote of one non-leader observer on one backend, from its observation record (if any). */
+export function voteOf(obs: Observation | undefined, backend: string): { vote: ObserverVote; reason: string } {
+  if (obs === undefined) return { vote: "none", reason: "" };
+  if (obs.local !== undefined) return { vote: "local", reason: obs.local };
+  const failing = obs.fail[backend];
+  if (failing !== undefined) return { vote: "fail", reason: failing };
+  return obs.pass.includes(backend) ? { vote: "pass", reason: "" } : { vote: "none", reason: "" };
+}
+
+export interface DecisionInput {
+  /** The observers, the leader first (observersFor). */
+  observers: readonly string[];
+  /** Each observer's vote and, for `fail`, the probe's reason. */
+  votes: ReadonlyMap<string, { vote: ObserverVote; reason: string }>;
+  /** The verdict in etcd now (null: none yet). */
+  previous: Verdict | null;
+  /** The leader's own verdict from its checker (null: unknown yet). */
+  own: Verdict | null;
+  checker: string;
+  now: number;
+}
+
+/**
+ * The verdict to write, or null for none (no verdict yet, and nothing decided one).
+ * - `down` when a majority of the observers fail the backend; `up` when a majority pass it. An up
+ *   backend that fails from some observers is `partial` (it stays in rotation; those nodes avoid it).
+ * - With fewer voters than a majority (observers without an observation yet, or short of local
+ *   resources), the leader alone decides: `quorum: degraded`.
+ * - Enough voters but no majority either way (an even split): the previous state stays.
+ * One observer (K = 1, or a cluster of one node) is the leader alone: the verdict it always wrote.
+ */
+export function decide(input: DecisionInput): Verdict | null {
+  const { observers, votes, previous, own, now } = input;
+  if (observers.length <= 1) return own;
+  const need = Math.floor(observers.length / 2) + 1;
+  const passing: string[] = [];
+  const failing: string[] = [];
+  let failReason = "";
+  const shown: Record<string, ObserverVote> = {};
+  for (const id of observers) {
+    const v = votes.get(id) ?? { vote: "none" as const, reason: "" };
+    shown[id] = v.vote;
+    if (v.vote === "pass") passing.push(id);
+    else if (v.vote === "fail") {
+      failing.push(id);
+      if (failReason === "") failReason = v.reason;
+    }
+  }
+  let state: "up" | "down";
+  let quorum: "ok" | "degraded" = "ok";
+  let reason: string;
+  const tally = `${failing.length} of ${observers.length} observers fail`;
+  if (failing.length >= need) {
+    state = "down";
+    reason = `${failReason} (${tally}: ${failing.join(", ")})`;
+  } else if (passing.length >= need) {
+    state = "up";
+    reason = failing.length > 0 ? `partial: fails only from ${failing.join(", ")} (${failReason}); ${passing.length} of ${observers.length} observers pass` : `${passing.length} of ${observers.length} observers pass`;
+  } else if (passing.length + failing.length < need) {
+    quorum = "degraded";
+    const alone = own?.state ?? previous?.state;
+    if (alone === undefined) return null;
+    state = alone;
+    reason = `${own?.reason || previous?.reason || ""} (quorum degraded: ${passing.length + failing.length} of ${observers.length} observers voted, ${need} needed; the leader decides)`;
+  } else {
+    // An even split: no majority either way. Keep what was decided; with nothing decided yet, the
+    // backend stays without a verdict (unknownRoutes says whether it takes traffic).
+    const kept = previous?.state;
+    if (kept === undefined) return null;
+    state = kept;
+    reason = state === "up" ? `partial: fails from ${failing.join(", ")} (${failReason}); ${passing.length} of ${observers.length} pass, no majority` : `${previous?.reason ?? ""}`;
+  }
+  const partial = state === "up" && failing.length > 0;
+  const verdict: Verdict = {
+    state,
+    since: previous !== null && previous.state === state ? previous.since : now,
+    reason,
+    count: own !== null && own.state === state ? own.count : state === "down" ? failing.length : passing.length,
+    checker: input.checker,
+    quorum,
+    votes: shown,
+  };
+  if (partial) verdict.partial = true;
+  return verdict;
+}
+
+/** Whether two verdicts differ in anything worth a write (state, partial, quorum, votes, reason). */
+export function verdictChanged(a: Verdict | undefined | null, b: Verdict): boolean {
+  if (a == null) return true;
+  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false) || a.quorum !== b.quorum || a.reason !== b.reason) return true;
+  const av = a.votes ?? {};
+  const bv = b.votes ?? {};
+  const ak = Object.keys(av);
+  const bk = Object.keys(bv);
+  if (ak.length !== bk.length) return true;
+  for (let i = 0; i < ak.length; i++) if (ak[i] !== bk[i] || av[ak[i]] !== bv[ak[i]]) return true;
+  return false;
+}
