@@ -106,15 +106,20 @@ export function decide(input: DecisionInput): Verdict | null {
   return verdict;
 }
 
-/** Whether two verdicts differ in anything worth a write (state, partial, quorum, votes, reason). */
+/**
+ * Whether a newly decided verdict is worth a write: its state, partial flag or quorum differ, or it
+ * is partial and other observers fail it now (the reason names them). A change only in the votes of
+ * an up or down verdict (a failover, a rotation) is not: a new leader must not rewrite every verdict
+ * (no write storm, no flap), so `votes` may name a past observer until the next change that matters.
+ */
 export function verdictChanged(a: Verdict | undefined | null, b: Verdict): boolean {
   if (a == null) return true;
-  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false) || a.quorum !== b.quorum || a.reason !== b.reason) return true;
-  const av = a.votes ?? {};
-  const bv = b.votes ?? {};
-  const ak = Object.keys(av);
-  const bk = Object.keys(bv);
-  if (ak.length !== bk.length) return true;
-  for (let i = 0; i < ak.length; i++) if (ak[i] !== bk[i] || av[ak[i]] !== bv[ak[i]]) return true;
-  return false;
+  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false) || a.quorum !== b.quorum) return true;
+  return b.partial === true && failingOf(a) !== failingOf(b);
+}
+
+function failingOf(v: Verdict): string {
+  let out = "";
+  for (const [id, vote] of Object.entries(v.votes ?? {})) if (vote === "fail") out += `${id},`;
+  return out;
 }

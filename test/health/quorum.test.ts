@@ -1,0 +1,142 @@
+// Observer quorum (issue 17), the pure parts: who observes a service, and how votes become a verdict.
+import { describe, expect, it } from "vitest";
+import { decide, observersFor, verdictChanged, voteOf } from "../../node/health/quorum.js";
+import { encodeValue, parseObservation, parseVerdictValue, type ObserverVote, type Verdict } from "../../shared/codec.js";
+import { KeySchema } from "../../shared/keys.js";
+
+const up = (reason = "connected"): Verdict => ({ state: "up", since: 1, reason, count: 2, checker: "n1" });
+const down = (reason = "timeout 1s"): Verdict => ({ state: "down", since: 1, reason, count: 3, checker: "n1" });
+
+function votes(spec: Record<string, ObserverVote>): Map<string, { vote: ObserverVote; reason: string }> {
+  return new Map(Object.entries(spec).map(([id, vote]) => [id, { vote, reason: vote === "fail" ? `${id} timeout 1s` : "" }]));
+}
+
+describe("observersFor", () => {
+  const nodes = ["n1", "n2", "n3", "n4", "n5"];
+
+  it("puts the leader first and picks K−1 others, the same whatever the input order", () => {
+    const a = observersFor("web", "n1", nodes, 3);
+    expect(a[0]).toBe("n1");
+    expect(a).toHaveLength(3);
+    expect(new Set(a).size).toBe(3);
+    expect(observersFor("web", "n1", [...nodes].reverse(), 3)).toEqual(a);
+  });
+
+  it("takes every node when fewer than K, and the leader alone for K = 1", () => {
+    expect(observersFor("web", "n2", ["n1", "n2"], 3).sort()).toEqual(["n1", "n2"]);
+    expect(observersFor("web", "n2", ["n2"], 3)).toEqual(["n2"]);
+    expect(observersFor("web", "n2", nodes, 1)).toEqual(["n2"]);
+    // The leader observes even when its own record is not among the candidates yet.
+    expect(observersFor("web", "n9", ["n1"], 3)).toEqual(["n9", "n1"]);
+  });
+
+  it("rotates: a chosen observer that leaves is replaced, the others stay", () => {
+    const before = observersFor("web", "n1", nodes, 3);
+    const gone = before[1];
+    const after = observersFor("web", "n1", nodes.filter((n) => n !== gone), 3);
+    expect(after).toContain(before[2]);
+    expect(after).not.toContain(gone);
+    expect(after).toHaveLength(3);
+  });
+
+  it("spreads services over the nodes (not the same K−1 for every service)", () => {
+    const chosen = new Set<string>();
+    for (let i = 0; i < 50; i++) for (const n of observersFor(`svc${i}`, "n1", nodes, 3).slice(1)) chosen.add(n);
+    expect(chosen.size).toBe(4);
+  });
+});
+
+describe("decide", () => {
+  const observers = ["n1", "n2", "n3"];
+  const base = { observers, checker: "n1", now: 1000 };
+  const cases: Array<{ description: string; votes: Record<string, ObserverVote>; previous: Verdict | null; own: Verdict | null; expected: Partial<Verdict> | null }> = [
+    { description: "all pass: up", votes: { n1: "pass", n2: "pass", n3: "pass" }, previous: null, own: up(), expected: { state: "up", quorum: "ok" } },
+    { description: "the leader alone fails: up, partial", votes: { n1: "fail", n2: "pass", n3: "pass" }, previous: up(), own: down(), expected: { state: "up", partial: true, quorum: "ok" } },
+    { description: "one observer alone fails: up, partial", votes: { n1: "pass", n2: "pass", n3: "fail" }, previous: up(), own: up(), expected: { state: "up", partial: true } },
+    { description: "a majority fails: down", votes: { n1: "pass", n2: "fail", n3: "fail" }, previous: up(), own: up(), expected: { state: "down", quorum: "ok" } },
+    { description: "a majority passes again: up", votes: { n1: "pass", n2: "pass", n3: "fail" }, previous: down(), own: up(), expected: { state: "up", partial: true } },
+    { description: "one voter of three (the others have no observation): degraded, the leader decides down", votes: { n1: "fail", n2: "none", n3: "local" }, previous: up(), own: down(), expected: { state: "down", quorum: "degraded" } },
+    { description: "degraded with the leader passing: up", votes: { n1: "pass", n2: "none", n3: "none" }, previous: null, own: up(), expected: { state: "up", quorum: "degraded" } },
+    { description: "two voters split: the previous state stays (up, partial)", votes: { n1: "fail", n2: "pass", n3: "none" }, previous: up(), own: down(), expected: { state: "up", partial: true } },
+    { description: "two voters split after a down: stays down", votes: { n1: "pass", n2: "fail", n3: "none" }, previous: down(), own: up(), expected: { state: "down" } },
+    { description: "nothing known and no majority: no verdict", votes: { n1: "none", n2: "none", n3: "none" }, previous: null, own: null, expected: null },
+  ];
+  for (const c of cases) {
+    it(c.description, () => {
+      const v = decide({ ...base, votes: votes(c.votes), previous: c.previous, own: c.own });
+      if (c.expected === null) {
+        expect(v).toBeNull();
+        return;
+      }
+      expect(v).toMatchObject(c.expected);
+      expect(v!.partial ?? false).toBe(c.expected.partial ?? false);
+      expect(v!.votes).toEqual(c.votes);
+    });
+  }
+
+  it("names the failing observers in a partial verdict's reason, and the failing majority in a down one", () => {
+    const p = decide({ ...base, votes: votes({ n1: "fail", n2: "pass", n3: "pass" }), previous: up(), own: down() })!;
+    expect(p.reason).toContain("fails only from n1");
+    const d = decide({ ...base, votes: votes({ n1: "fail", n2: "fail", n3: "pass" }), previous: up(), own: down() })!;
+    expect(d.reason).toContain("2 of 3 observers fail: n1, n2");
+  });
+
+  it("keeps `since` while the state holds, and moves it on a change", () => {
+    const held = decide({ ...base, votes: votes({ n1: "pass", n2: "pass", n3: "fail" }), previous: { ...up(), since: 5 }, own: up() })!;
+    expect(held.since).toBe(5);
+    const moved = decide({ ...base, votes: votes({ n1: "fail", n2: "fail", n3: "fail" }), previous: { ...up(), since: 5 }, own: down() })!;
+    expect(moved.since).toBe(1000);
+  });
+
+  it("with one observer is the leader's own verdict, unchanged (K = 1, or a one-node cluster)", () => {
+    const own = down();
+    expect(decide({ observers: ["n1"], checker: "n1", now: 1, votes: votes({ n1: "fail" }), previous: up(), own })).toBe(own);
+  });
+
+  it("verdictChanged sees state, partial, quorum and who fails a partial one; not other vote changes (no rewrite on failover)", () => {
+    const a = decide({ ...base, votes: votes({ n1: "pass", n2: "pass", n3: "pass" }), previous: null, own: up() })!;
+    expect(verdictChanged(a, { ...a, since: 99 })).toBe(false);
+    expect(verdictChanged(a, { ...a, votes: { n2: "pass", n3: "pass", n4: "none" } })).toBe(false);
+    const d = decide({ ...base, votes: votes({ n1: "fail", n2: "fail", n3: "fail" }), previous: null, own: down() })!;
+    expect(verdictChanged(d, { ...d, votes: { n2: "fail", n3: "fail", n1: "none" } })).toBe(false);
+    const p = decide({ ...base, votes: votes({ n1: "fail", n2: "pass", n3: "pass" }), previous: up(), own: down() })!;
+    expect(verdictChanged(p, { ...p, votes: { n1: "pass", n2: "pass", n3: "fail" } })).toBe(true);
+    expect(verdictChanged(a, { ...a, partial: true })).toBe(true);
+    expect(verdictChanged(a, { ...a, quorum: "degraded" })).toBe(true);
+    expect(verdictChanged(a, { ...a, state: "down" })).toBe(true);
+    expect(verdictChanged(undefined, a)).toBe(true);
+  });
+});
+
+describe("observation and verdict records", () => {
+  it("voteOf reads pass, fail (with reason), local and absent", () => {
+    const obs = parseObservation("n2", encodeValue({ node: "n2", at: 1, pass: ["b1"], fail: { b2: "timeout 1s" } }));
+    expect(voteOf(obs, "b1")).toEqual({ vote: "pass", reason: "" });
+    expect(voteOf(obs, "b2")).toEqual({ vote: "fail", reason: "timeout 1s" });
+    expect(voteOf(obs, "b3").vote).toBe("none");
+    expect(voteOf(undefined, "b1").vote).toBe("none");
+    const starved = parseObservation("n2", encodeValue({ node: "n2", at: 1, pass: [], fail: { b2: "x" }, local: "local EMFILE" }));
+    expect(voteOf(starved, "b2").vote).toBe("local");
+  });
+
+  it("rejects a malformed observation with the reason", () => {
+    expect(() => parseObservation("n2", encodeValue({ node: "n3", at: 1, pass: [], fail: {} }))).toThrow(/does not match/);
+    expect(() => parseObservation("n2", encodeValue({ node: "n2", at: 1, pass: ["bad id\n"], fail: {} }))).toThrow(/pass/);
+    expect(() => parseObservation("n2", encodeValue({ node: "n2", at: 1, pass: [], fail: { b1: "\u202Eevil" } }))).toThrow(/fail/);
+  });
+
+  it("a verdict round-trips its quorum fields; bad ones are rejected, an older verdict still reads", () => {
+    const v: Verdict = { ...up(), partial: true, quorum: "ok", votes: { n1: "fail", n2: "pass", n3: "pass" } };
+    expect(parseVerdictValue(encodeValue({ ...v }))).toEqual(v);
+    expect(parseVerdictValue(encodeValue({ ...up() }))).toEqual(up());
+    expect(() => parseVerdictValue(encodeValue({ ...up(), votes: { n1: "maybe" } }))).toThrow(/votes/);
+    expect(() => parseVerdictValue(encodeValue({ ...up(), quorum: "lots" }))).toThrow(/quorum/);
+  });
+
+  it("the key schema knows observation keys and rejects bad segments", () => {
+    const keys = KeySchema.forCluster("c");
+    expect(keys.parse(keys.observation("web", "n1"))).toEqual({ kind: "observation", service: "web", node: "n1" });
+    expect(keys.parse("/ballast/c/health/observations/web")).toBeNull();
+    expect(keys.reason("/ballast/c/health/observations/web/bad node")).toMatch(/node id/);
+  });
+});
