@@ -249,15 +249,16 @@ export class HealthManager {
   }
 
   /**
-   * The services this node observes: those whose observers, with the leader of the fresh heartbeat,
+   * The services this node observes: those whose observers, with the leader of the last heartbeat,
    * include this node. None while it leads (its leader's checker probes everything), in local
-   * fallback, or with no fresh leader (nobody to report to).
+   * fallback, or before any leader was heard of (nobody to report to).
    */
   private updateObserver(): void {
     if (this.observer === null || this.stopped) return;
     this.refreshCandidates();
-    const st = this.status();
-    const leader = st.isLeader || this.currentMode !== "shared" ? null : st.leader;
+    // The last leader heard of, even while its heartbeat is late: an observer keeps its states through
+    // a failover (the new leader finds its votes in place) instead of starting over from unknown.
+    const leader = this.leader.leading || this.currentMode !== "shared" ? null : (this.node.cluster.heartbeat?.leader ?? null);
     const key = `${leader}|${this.candidatesKey}|${this.targetsVersion}`;
     if (key === this.observerKey) return;
     this.observerKey = key;

@@ -114,7 +114,9 @@ export function decide(input: DecisionInput): Verdict | null {
  */
 export function verdictChanged(a: Verdict | undefined | null, b: Verdict): boolean {
   if (a == null) return true;
-  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false) || a.quorum !== b.quorum) return true;
+  // No quorum field: written by a leader that judged alone (no other ready node then); not worth a
+  // rewrite of every verdict once observers appear, unless the quorum is degraded.
+  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false) || (a.quorum ?? "ok") !== (b.quorum ?? "ok")) return true;
   return b.partial === true && failingOf(a) !== failingOf(b);
 }
 
