@@ -107,21 +107,18 @@ export function decide(input: DecisionInput): Verdict | null {
 }
 
 /**
- * Whether a newly decided verdict is worth a write: its state, partial flag or quorum differ, or it
- * is partial and other observers fail it now (the reason names them). A change only in the votes of
- * an up or down verdict (a failover, a rotation) is not: a new leader must not rewrite every verdict
- * (no write storm, no flap), so `votes` may name a past observer until the next change that matters.
+ * Whether a newly decided verdict is worth a write: its state, partial flag or quorum differ, or an
+ * observer has a vote it did not have in the written one (a vote arrived or changed). A vote that
+ * only went away (an observer died, or a failover made the old leader's vote `none`) is not: a new
+ * leader must not rewrite every verdict (no write storm, no flap), so `votes` may still show a past
+ * observer's vote until the next change that matters.
  */
 export function verdictChanged(a: Verdict | undefined | null, b: Verdict): boolean {
   if (a == null) return true;
-  // No quorum field: written by a leader that judged alone (no other ready node then); not worth a
-  // rewrite of every verdict once observers appear, unless the quorum is degraded.
-  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false) || (a.quorum ?? "ok") !== (b.quorum ?? "ok")) return true;
-  return b.partial === true && failingOf(a) !== failingOf(b);
-}
-
-function failingOf(v: Verdict): string {
-  let out = "";
-  for (const [id, vote] of Object.entries(v.votes ?? {})) if (vote === "fail") out += `${id},`;
-  return out;
+  // A verdict without a quorum field was written by a leader judging alone (no other ready node then,
+  // or K = 1): it is rewritten, with votes, when observers appear.
+  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false) || a.quorum !== b.quorum) return true;
+  const before = a.votes ?? {};
+  for (const [id, vote] of Object.entries(b.votes ?? {})) if (vote !== "none" && before[id] !== vote) return true;
+  return false;
 }

@@ -134,6 +134,10 @@ describe("health leadership across processes", () => {
     const { name, rec, byId } = await setup(["k1", "k2", "k3"], { a: a.port, b: await deadPort() });
     await waitFor(() => rec.current("web").get("a")?.state === "up" && rec.current("web").get("b")?.state === "down", { message: "verdicts a up, b down" });
     await waitFor(() => rec.heartbeats().at(-1)?.value?.settled === true, { message: "leader settled" });
+    // Observer quorum: the verdicts carry all three nodes' votes (a leader that judged alone before the
+    // others registered rewrites them once, with votes, when they do).
+    const voted = (v: Record<string, unknown> | undefined) => Object.keys((v?.votes as object | undefined) ?? {}).length === 3;
+    await waitFor(() => voted(rec.current("web").get("a")) && voted(rec.current("web").get("b")), { message: "verdicts decided by three observers" });
     const oldLeader = String(rec.heartbeats().at(-1)!.value!.leader);
     const verdictWrites = rec.verdicts().length;
 

@@ -113,7 +113,9 @@ describe.skipIf(skip !== null)("observer quorum: three nodes in namespaces, one 
       await waitFor(async () => {
         const v = (await backendOf(i, "web", "b2"))?.verdict;
         return v?.state === "up" && v.quorum === "ok" && Object.values(v.votes ?? {}).filter((x) => x === "pass").length === 3;
-      }, { timeoutMs: 90_000, intervalMs: 300, message: `node ${i} sees b2 up by three votes (log: ${tail(i)})` });
+      }, { timeoutMs: 90_000, intervalMs: 300, message: `node ${i} sees b2 up by three votes` }).catch((err: Error) => {
+        throw new Error(`${err.message}\n${[0, 1, 2].map(tail).join("\n---\n")}`);
+      });
     }
   }, 240_000);
   afterAll(async () => {

@@ -93,18 +93,21 @@ describe("decide", () => {
     expect(decide({ observers: ["n1"], checker: "n1", now: 1, votes: votes({ n1: "fail" }), previous: up(), own })).toBe(own);
   });
 
-  it("verdictChanged sees state, partial, quorum and who fails a partial one; not other vote changes (no rewrite on failover)", () => {
+  it("verdictChanged sees state, partial, quorum and votes that arrive or change; not votes that went away (no rewrite on failover)", () => {
     const a = decide({ ...base, votes: votes({ n1: "pass", n2: "pass", n3: "pass" }), previous: null, own: up() })!;
     expect(verdictChanged(a, { ...a, since: 99 })).toBe(false);
-    expect(verdictChanged(a, { ...a, votes: { n2: "pass", n3: "pass", n4: "none" } })).toBe(false);
-    const d = decide({ ...base, votes: votes({ n1: "fail", n2: "fail", n3: "fail" }), previous: null, own: down() })!;
-    expect(verdictChanged(d, { ...d, votes: { n2: "fail", n3: "fail", n1: "none" } })).toBe(false);
-    const p = decide({ ...base, votes: votes({ n1: "fail", n2: "pass", n3: "pass" }), previous: up(), own: down() })!;
-    expect(verdictChanged(p, { ...p, votes: { n1: "pass", n2: "pass", n3: "fail" } })).toBe(true);
+    // The old leader n1 died: its vote is gone, the others' stand.
+    expect(verdictChanged(a, { ...a, votes: { n2: "pass", n3: "pass", n1: "none" } })).toBe(false);
+    expect(verdictChanged(a, { ...a, votes: { n2: "pass", n3: "pass" } })).toBe(false);
+    // A new observer's vote arrives; a vote changes.
+    expect(verdictChanged(a, { ...a, votes: { n2: "pass", n3: "pass", n4: "pass" } })).toBe(true);
+    expect(verdictChanged(a, { ...a, votes: { ...a.votes, n3: "fail" } })).toBe(true);
     expect(verdictChanged(a, { ...a, partial: true })).toBe(true);
     expect(verdictChanged(a, { ...a, quorum: "degraded" })).toBe(true);
     expect(verdictChanged(a, { ...a, state: "down" })).toBe(true);
     expect(verdictChanged(undefined, a)).toBe(true);
+    // Written by a leader that judged alone: rewritten once observers decide.
+    expect(verdictChanged(up(), a)).toBe(true);
   });
 });
 
