@@ -330,8 +330,13 @@
   function verdictOf(b) {
     var v = b.verdict;
     if (!v) return { key: 1, badge: badge("unk", "? unknown", "no verdict yet"), reason: "", since: null, source: "" };
-    if (v.state === "down") return { key: 0, badge: badge("down", "\u25BC down"), reason: v.reason, since: v.since, source: v.source };
-    return { key: 2, badge: badge("up", "\u25B2 up"), reason: v.reason, since: v.since, source: v.source };
+    // Observer quorum: who voted what, in the badge's tooltip; a partial verdict is up with a warning.
+    var votes = v.votes ? Object.keys(v.votes).map(function (id) { return id + ": " + v.votes[id]; }).join(", ") : "";
+    var quorum = v.quorum === "degraded" ? " \u00B7 quorum degraded (the leader decided alone)" : "";
+    var title = votes ? "votes: " + votes + quorum : undefined;
+    if (v.state === "down") return { key: 0, badge: badge("down", "\u25BC down" + (v.quorum === "degraded" ? " \u00B7 degraded" : ""), title), reason: v.reason, since: v.since, source: v.source };
+    if (v.partial) return { key: 2, badge: badge("warn", "\u25B2 partial", title), reason: v.reason, since: v.since, source: v.source };
+    return { key: 2, badge: badge("up", "\u25B2 up" + (v.quorum === "degraded" ? " \u00B7 degraded" : ""), title), reason: v.reason, since: v.since, source: v.source };
   }
   function stateBadge(s) {
     if (s === "active") return badge("up", "\u25CF active");
