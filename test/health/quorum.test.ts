@@ -3,6 +3,9 @@ import { describe, expect, it } from "vitest";
 import { decide, observersFor, verdictChanged, voteOf } from "../../node/health/quorum.js";
 import { encodeValue, parseObservation, parseVerdictValue, type ObserverVote, type Verdict } from "../../shared/codec.js";
 import { KeySchema } from "../../shared/keys.js";
+import { Reconciler } from "../../node/control/reconciler.js";
+import { createLogger } from "../../node/log.js";
+import { StatsRegistry } from "../../node/model/stats.js";
 
 const up = (reason = "connected"): Verdict => ({ state: "up", since: 1, reason, count: 2, checker: "n1" });
 const down = (reason = "timeout 1s"): Verdict => ({ state: "down", since: 1, reason, count: 3, checker: "n1" });
@@ -141,5 +144,40 @@ describe("observation and verdict records", () => {
     expect(keys.parse(keys.observation("web", "n1"))).toEqual({ kind: "observation", service: "web", node: "n1" });
     expect(keys.parse("/ballast/c/health/observations/web")).toBeNull();
     expect(keys.reason("/ballast/c/health/observations/web/bad node")).toMatch(/node id/);
+  });
+});
+
+describe("observation records through the reconciler", () => {
+  it("a bad observation is listed with its key and reason and has no vote; good ones count; changes are reported per service", () => {
+    const keys = KeySchema.forCluster("q");
+    const changed: string[][] = [];
+    const r = new Reconciler(keys, new StatsRegistry(), { onSnapshot: () => {}, onObservations: (s) => changed.push([...s]) }, createLogger("silent", {}));
+    const good = encodeValue({ node: "n2", at: 1, pass: ["b1"], fail: {} });
+    r.reset([{ key: keys.observation("web", "n2"), value: good, modRevision: 1, lease: "0" }], 1);
+    expect(voteOf(r.observations.get("web", "n2"), "b1").vote).toBe("pass");
+    expect(changed.at(-1)).toEqual(["web"]);
+    // A rogue writer puts another node's name in n3's record, and junk in n2's.
+    r.events(
+      [
+        { type: "put", key: keys.observation("web", "n3"), value: encodeValue({ node: "n1", at: 1, pass: [], fail: { b1: "x" } }), modRevision: 2 },
+        { type: "put", key: keys.observation("web", "n2"), value: Buffer.from("not msgpack"), modRevision: 2 },
+      ],
+      2,
+    );
+    r.rebuild();
+    const invalid = r.snapshot!.invalid;
+    expect(invalid.find((x) => x.key === keys.observation("web", "n3"))?.reason).toMatch(/observation: node n1 does not match/);
+    expect(invalid.find((x) => x.key === keys.observation("web", "n2"))?.reason).toMatch(/observation: /);
+    expect(r.observations.get("web", "n3")).toBeUndefined();
+    expect(r.observations.get("web", "n2")).toBeUndefined();
+    expect(changed.at(-1)).toEqual(["web"]);
+    // Fixed, then deleted (the observer's lease expired): listed no more, no vote.
+    r.events([{ type: "put", key: keys.observation("web", "n2"), value: good, modRevision: 3 }], 3);
+    expect(voteOf(r.observations.get("web", "n2"), "b1").vote).toBe("pass");
+    r.events([{ type: "delete", key: keys.observation("web", "n2"), value: Buffer.alloc(0), modRevision: 4 }], 4);
+    r.rebuild();
+    expect(r.observations.get("web", "n2")).toBeUndefined();
+    expect(r.snapshot!.invalid.some((x) => x.key === keys.observation("web", "n2"))).toBe(false);
+    r.stop();
   });
 });
