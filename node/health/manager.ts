@@ -233,12 +233,13 @@ export class HealthManager {
   }
 
   /**
-   * Nodes that may observe: registered, ready, not draining, routing by shared verdicts (a node in
-   * local fallback sees no leader to report to). A change re-decides every backend (observers rotate).
+   * Nodes that may observe: registered, ready, not draining. A change re-decides every backend
+   * (observers rotate). A node in local fallback stays one: if it cannot reach etcd, its leased
+   * records expire and it has no vote; if it can, its votes count.
    */
   private refreshCandidates(): void {
     const ids: string[] = [];
-    for (const n of this.node.cluster.nodes.values()) if (n.ready && !n.draining && n.mode === "shared") ids.push(n.id);
+    for (const n of this.node.cluster.nodes.values()) if (n.ready && !n.draining) ids.push(n.id);
     ids.sort();
     const key = ids.join(",");
     if (key === this.candidatesKey) return;
@@ -250,15 +251,17 @@ export class HealthManager {
 
   /**
    * The services this node observes: those whose observers, with the leader of the last heartbeat,
-   * include this node. None while it leads (its leader's checker probes everything), in local
-   * fallback, or before any leader was heard of (nobody to report to).
+   * include this node. None while it leads (its leader's checker probes everything), or before any
+   * leader was heard of (nobody to report to).
    */
   private updateObserver(): void {
     if (this.observer === null || this.stopped) return;
     this.refreshCandidates();
     // The last leader heard of, even while its heartbeat is late: an observer keeps its states through
     // a failover (the new leader finds its votes in place) instead of starting over from unknown.
-    const leader = this.leader.leading || this.currentMode !== "shared" ? null : (this.node.cluster.heartbeat?.leader ?? null);
+    // Local fallback does not stop it either: a heartbeat that is late on a loaded machine must not cost
+    // the next leader its votes (a degraded quorum, then a rewrite of every verdict).
+    const leader = this.leader.leading ? null : (this.node.cluster.heartbeat?.leader ?? null);
     const key = `${leader}|${this.candidatesKey}|${this.targetsVersion}`;
     if (key === this.observerKey) return;
     this.observerKey = key;

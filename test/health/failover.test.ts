@@ -136,7 +136,10 @@ describe("health leadership across processes", () => {
     await waitFor(() => rec.heartbeats().at(-1)?.value?.settled === true, { message: "leader settled" });
     // Observer quorum: the verdicts carry all three nodes' votes (a leader that judged alone before the
     // others registered rewrites them once, with votes, when they do).
-    const voted = (v: Record<string, unknown> | undefined) => Object.keys((v?.votes as object | undefined) ?? {}).length === 3;
+    const voted = (v: Record<string, unknown> | undefined) => {
+      const votes = Object.values((v?.votes as Record<string, string> | undefined) ?? {});
+      return v?.quorum === "ok" && votes.length === 3 && !votes.includes("none");
+    };
     await waitFor(() => voted(rec.current("web").get("a")) && voted(rec.current("web").get("b")), { message: "verdicts decided by three observers" });
     const oldLeader = String(rec.heartbeats().at(-1)!.value!.leader);
     const verdictWrites = rec.verdicts().length;
@@ -167,7 +170,7 @@ describe("health leadership across processes", () => {
     const out = await promisify(execFile)(process.execPath, [CLI, "--etcd", etcd.endpoint, "--cluster", name, "-o", "json", "status"]);
     const status = JSON.parse(out.stdout) as { nodes: Array<{ node: string; leader: string }> };
     expect(status.nodes.filter((n) => n.leader === "yes").map((n) => n.node)).toEqual([newLeader]);
-  });
+  }, 60_000);
 
   it("leader paused (SIGSTOP) while another is elected → after SIGCONT none of its writes lands, and it steps down", async () => {
     const a = await startTcpEcho("a");
