@@ -173,7 +173,8 @@ export class ObserverRole {
 
   private encode(service: string): Buffer {
     const pass: string[] = [];
-    const fail: Record<string, string> = {};
+    // No prototype: a backend may be named "__proto__" (the id rules allow it).
+    const fail: Record<string, string> = Object.create(null);
     for (const [id, v] of this.states.get(service) ?? []) {
       if (v.state === "up") pass.push(id);
       else fail[id] = v.reason;

@@ -20,13 +20,21 @@ export function observersFor(service: string, leader: string, candidates: Iterab
   return out;
 }
 
+/** `pass` lists as sets, made once per record read: the leader looks up every backend of a service per change. */
+const passSets = new WeakMap<Observation, Set<string>>();
+
 /** The vote of one non-leader observer on one backend, from its observation record (if any). */
 export function voteOf(obs: Observation | undefined, backend: string): { vote: ObserverVote; reason: string } {
   if (obs === undefined) return { vote: "none", reason: "" };
   if (obs.local !== undefined) return { vote: "local", reason: obs.local };
-  const failing = obs.fail[backend];
+  const failing = Object.hasOwn(obs.fail, backend) ? obs.fail[backend] : undefined;
   if (failing !== undefined) return { vote: "fail", reason: failing };
-  return obs.pass.includes(backend) ? { vote: "pass", reason: "" } : { vote: "none", reason: "" };
+  let pass = passSets.get(obs);
+  if (pass === undefined) {
+    pass = new Set(obs.pass);
+    passSets.set(obs, pass);
+  }
+  return pass.has(backend) ? { vote: "pass", reason: "" } : { vote: "none", reason: "" };
 }
 
 export interface DecisionInput {
@@ -58,7 +66,8 @@ export function decide(input: DecisionInput): Verdict | null {
   const passing: string[] = [];
   const failing: string[] = [];
   let failReason = "";
-  const shown: Record<string, ObserverVote> = {};
+  // No prototype: a node may be named "__proto__" (the id rules allow it).
+  const shown: Record<string, ObserverVote> = Object.create(null);
   for (const id of observers) {
     const v = votes.get(id) ?? { vote: "none" as const, reason: "" };
     shown[id] = v.vote;

@@ -158,3 +158,53 @@ describe.skipIf(sizes.length === 0)("health check capacity of a leader node on e
     }
   }, 240_000);
 });
+
+// Observer quorum (issue 17): the cluster's probe load is K × backends per interval, not N × backends.
+// Three nodes (in this process) on one etcd; the same backends checked with `observers: 1` (the leader
+// alone) and `observers: 3`. Probes per second are summed over the nodes; observation writes are
+// seen in etcd's revision (made only on change: a steady state adds none beyond the heartbeats).
+describe.skipIf(sizes.length === 0)("probe load of a three-node cluster: K observers against the leader alone", () => {
+  it.each(sizes.flatMap((n) => [[n, 1], [n, 3]]))("%i backends, observers %i, at a 1 s interval", async (n, k) => {
+    const etcd = await startEtcd();
+    const { child, ports } = await startServers(n);
+    const keys = KeySchema.forCluster("quorum-capacity");
+    const writer = new EtcdStore({ endpoints: [etcd.endpoint] });
+    try {
+      await writer.put(keys.service("svc"), JSON.stringify({ listen: "127.0.0.1:0", health: { type: "tcp", interval: "1s", timeout: "1s", rise: 2, fall: 3, observers: k } }));
+      for (let i = 0; i < ports.length; i += 200) {
+        await Promise.all(ports.slice(i, i + 200).map((port, j) => writer.put(keys.backend("svc", `b${i + j}`), `127.0.0.1:${port}`)));
+      }
+      const nodes = await Promise.all(["q1", "q2", "q3"].map((id) => startNode({ node: { id }, cluster: "quorum-capacity", etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 } })));
+      const decided = (node: (typeof nodes)[number]) =>
+        node.reconciler.snapshot?.services.get("svc")?.backends.filter((b) => b.verdict?.state === "up" && (k === 1 || Object.values(b.verdict.votes ?? {}).filter((v) => v === "pass").length === k)).length ?? 0;
+      await waitFor(() => nodes.every((node) => decided(node) === n), { timeoutMs: 180_000, intervalMs: 500, message: `all verdicts up with ${k} votes` });
+      const checks = async () => Promise.all(nodes.map(async (node) => (await node.health.metrics.checks.get()).values.reduce((sum, v) => sum + v.value, 0)));
+      const revision = async () => (await writer.list(keys.observations)).revision;
+      const cpu0 = process.cpuUsage();
+      const before = await checks();
+      const rev0 = await revision();
+      await new Promise((r) => setTimeout(r, RUN_MS));
+      const after = await checks();
+      const rev1 = await revision();
+      const cpu = process.cpuUsage(cpu0);
+      const perNode = after.map((c, i) => Math.round((c - before[i]) / (RUN_MS / 1000)));
+      const total = perNode.reduce((a, b) => a + b, 0);
+      const report = {
+        backends: n,
+        observers: k,
+        expectedChecksPerSecond: k * n,
+        checksPerSecond: total,
+        perNode: Object.fromEntries(nodes.map((node, i) => [node.id, perNode[i]])),
+        etcdRevisionsDuringRun: rev1 - rev0, // every write to the cluster prefix: heartbeats included
+        cpuOfOneCoreAllThreeNodes: `${((100 * (cpu.user + cpu.system)) / 1e6 / (RUN_MS / 1000)).toFixed(1)}%`,
+      };
+      console.log(`[health capacity, quorum] ${JSON.stringify(report)}`);
+      expect(total).toBeGreaterThan(0);
+    } finally {
+      await stopAllNodes();
+      await writer.close();
+      child.kill("SIGKILL");
+      await etcd.stop();
+    }
+  }, 300_000);
+});
