@@ -177,7 +177,10 @@ describe.skipIf(sizes.length === 0)("probe load of a three-node cluster: K obser
       const nodes = await Promise.all(["q1", "q2", "q3"].map((id) => startNode({ node: { id }, cluster: "quorum-capacity", etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 } })));
       const decided = (node: (typeof nodes)[number]) =>
         node.reconciler.snapshot?.services.get("svc")?.backends.filter((b) => b.verdict?.state === "up" && (k === 1 || Object.values(b.verdict.votes ?? {}).filter((v) => v === "pass").length === k)).length ?? 0;
-      await waitFor(() => nodes.every((node) => decided(node) === n), { timeoutMs: 180_000, intervalMs: 500, message: `all verdicts up with ${k} votes` });
+      await waitFor(() => nodes.every((node) => decided(node) === n), { timeoutMs: 180_000, intervalMs: 500, message: `all verdicts up with ${k} votes` }).catch((err: Error) => {
+        const seen = nodes.map((node) => `${node.id}: ${decided(node)} decided, mode ${node.health.mode}, leader ${node.health.status().leader}, observing ${node.health.status().observing.join(",")}`);
+        throw new Error(`${err.message} (${seen.join("; ")})`);
+      });
       const checks = async () => Promise.all(nodes.map(async (node) => (await node.health.metrics.checks.get()).values.reduce((sum, v) => sum + v.value, 0)));
       const revision = async () => (await writer.list(keys.observations)).revision;
       const cpu0 = process.cpuUsage();
