@@ -80,10 +80,11 @@ export function decide(input: DecisionInput): Verdict | null {
   let state: "up" | "down";
   let quorum: "ok" | "degraded" = "ok";
   let reason: string;
-  const tally = `${failing.length} of ${observers.length} observers fail`;
   if (failing.length >= need) {
     state = "down";
-    reason = `${failReason} (${tally}: ${failing.join(", ")})`;
+    // Not the count or the names: a further observer that agrees adds its vote (a rewrite), but a
+    // down verdict's reason stays what operators, alerts and the status page first read.
+    reason = `${failReason} (a majority of ${observers.length} observers fail)`;
   } else if (passing.length >= need) {
     state = "up";
     reason = failing.length > 0 ? `partial: fails only from ${failing.join(", ")} (${failReason}); ${passing.length} of ${observers.length} observers pass` : `${passing.length} of ${observers.length} observers pass`;

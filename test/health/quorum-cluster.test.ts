@@ -171,7 +171,7 @@ describe.skipIf(skip !== null)("observer quorum: three nodes in namespaces, one 
     expect(v.quorum).toBe("ok");
     expect(v.votes[NODES[leader].id]).toBe("fail");
     expect(v.votes[NODES[second].id]).toBe("fail");
-    expect(v.reason).toContain("2 of 3 observers fail");
+    expect(v.reason).toContain("(a majority of 3 observers fail)");
     await unblock(leader);
     await unblock(second);
     for (const i of [0, 1, 2]) {

@@ -77,11 +77,13 @@ describe("decide", () => {
     });
   }
 
-  it("names the failing observers in a partial verdict's reason, and the failing majority in a down one", () => {
+  it("names the failing observers in a partial verdict's reason; a down one keeps its reason as votes arrive", () => {
     const p = decide({ ...base, votes: votes({ n1: "fail", n2: "pass", n3: "pass" }), previous: up(), own: down() })!;
     expect(p.reason).toContain("fails only from n1");
     const d = decide({ ...base, votes: votes({ n1: "fail", n2: "fail", n3: "pass" }), previous: up(), own: down() })!;
-    expect(d.reason).toContain("2 of 3 observers fail: n1, n2");
+    expect(d.reason).toBe("n1 timeout 1s (a majority of 3 observers fail)");
+    // A third agreeing observer adds its vote; the reason stays.
+    expect(decide({ ...base, votes: votes({ n1: "fail", n2: "fail", n3: "fail" }), previous: d, own: down() })!.reason).toBe(d.reason);
   });
 
   it("keeps `since` while the state holds, and moves it on a change", () => {
