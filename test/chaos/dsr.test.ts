@@ -6,8 +6,7 @@
 //       every connection keeps working (0 failed), next to the same load in proxy mode
 //   9d  a backend added while connections are open: none moved to another backend, none reset
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { waitFor } from "../helpers/wait.js";
-import { ChaosCluster, type LoadResult, type Member, sleep } from "./cluster.js";
+import { ChaosCluster, everyNodeSees, type LoadResult, type Member, sleep } from "./cluster.js";
 import { figures, formatFigures, recordFigure } from "./figures.js";
 import { HEALTH, LEASE_TTL_S, SHARED_SERVICE } from "./shared-cluster.js";
 
@@ -78,7 +77,7 @@ describe("forwarding: dsr in containers", () => {
     await sleep(startAt + KILL_AFTER_MS - Date.now());
     await c.putBackend("dsr", id, { address: spare.ip("fabric"), port: 8080 });
     // Up on every node (health rise) while the connections are still open.
-    await waitFor(async () => (await Promise.all(c.nodes.map((n) => n.state()))).every((s) => s.services.find((x) => x.name === "dsr")?.backends.find((b) => b.id === id)?.routable === true), {
+    await everyNodeSees(c.nodes, (s) => s.services.find((x) => x.name === "dsr")?.backends.find((b) => b.id === id)?.routable === true, {
       timeoutMs: 5 * HEALTH.intervalMs * HEALTH.rise,
       intervalMs: 200,
       message: `${id} routable on every node`,

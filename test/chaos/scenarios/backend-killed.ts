@@ -2,7 +2,7 @@
 // `fall` failed checks `interval` apart, then one fenced write; every node routes around the backend
 // within interval × fall + 1 s of the kill. Clients whose affinity entry named it are served elsewhere.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type ChaosCluster, sleep } from "../cluster.js";
+import { type ChaosCluster, firstSeen } from "../cluster.js";
 import { figures, formatFigures, recordFigure } from "../figures.js";
 import { HEALTH } from "../shared-cluster.js";
 
@@ -23,24 +23,10 @@ export function backendKilled(cluster: () => ChaosCluster): void {
       const leader = await c.healthLeader();
 
       // When each node first shows the backend unroutable, polled every 100 ms (stamped on arrival).
-      const outAt = new Map<string, number>();
-      const poller = (async () => {
-        const deadline = Date.now() + 20_000;
-        while (outAt.size < c.nodes.length && Date.now() < deadline) {
-          await Promise.all(
-            c.nodes.map(async (n) => {
-              if (outAt.has(n.nodeId)) return;
-              const s = await n.state().catch(() => null);
-              const b = s?.services[0].backends.find((x) => x.id === id);
-              if (b && !b.routable) outAt.set(n.nodeId, Date.now());
-            }),
-          );
-          await sleep(100);
-        }
-      })();
+      const outOfRotation = firstSeen(c.nodes, (s) => s.services[0].backends.find((x) => x.id === id)?.routable === false, { timeoutMs: 20_000, intervalMs: 100 });
       await victim.kill();
       const killedAt = (await victim.times()).finishedAt;
-      await poller;
+      const outAt = await outOfRotation;
 
       const verdict = (await c.verdicts()).get(id);
       const perNode = c.nodes.map((n) => (outAt.has(n.nodeId) ? outAt.get(n.nodeId)! - killedAt : Number.POSITIVE_INFINITY));

@@ -3,7 +3,7 @@
 // so the verdict changes far less often than the backend does, every verdict written carries a count
 // of at least rise/fall, and no node crashes, restarts, logs an error or stops being ready.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type ChaosCluster, sleep, watchReadiness } from "../cluster.js";
+import { type ChaosCluster, sampleEvery, sleep, watchReadiness } from "../cluster.js";
 import { figures, formatFigures, recordFigure } from "../figures.js";
 import { HEALTH } from "../shared-cluster.js";
 
@@ -31,18 +31,15 @@ export function flappingBackend(cluster: () => ChaosCluster): void {
 
       // Each node's routing of the flapper, sampled: how often it went in and out of rotation.
       const routable = new Map<string, boolean[]>(c.nodes.map((n) => [n.nodeId, []]));
-      let sampling = true;
-      const sampler = (async () => {
-        while (sampling) {
-          await Promise.all(
-            c.nodes.map(async (n) => {
-              const b = (await n.state().catch(() => null))?.services[0].backends.find((x) => x.id === id);
-              if (b) routable.get(n.nodeId)!.push(b.routable);
-            }),
-          );
-          await sleep(200);
-        }
-      })();
+      const sampler = sampleEvery(200, async () => {
+        await Promise.all(
+          c.nodes.map(async (n) => {
+            const b = (await n.state().catch(() => null))?.services[0].backends.find((x) => x.id === id);
+            if (b) routable.get(n.nodeId)!.push(b.routable);
+          }),
+        );
+        return undefined;
+      });
       const readiness = watchReadiness(c);
       const loading = c.client!.load({ durationMs: TOGGLES * PERIOD_MS + 1_000, concurrency: 4, timeoutMs: 2_000 });
       for (let i = 0; i < TOGGLES; i++) {
@@ -51,8 +48,7 @@ export function flappingBackend(cluster: () => ChaosCluster): void {
       }
       await c.setBackendHealthy(flapper, true);
       const load = await loading;
-      sampling = false;
-      await sampler;
+      await sampler.stop();
       const samples = await readiness.stop();
 
       const writes = (await c.history(`health/verdicts/web/${id}`, fromRevision)).filter((e) => e.type === "put");

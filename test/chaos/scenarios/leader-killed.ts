@@ -3,7 +3,7 @@
 // from "unknown", and so rewrites none of them: no backend leaves rotation on any node meanwhile.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { waitFor } from "../../helpers/wait.js";
-import { type ChaosCluster, sleep } from "../cluster.js";
+import { type ChaosCluster, sampleEvery, sleep } from "../cluster.js";
 import { figures, formatFigures, recordFigure } from "../figures.js";
 import { HEALTH, LEASE_TTL_S } from "../shared-cluster.js";
 
@@ -28,20 +28,11 @@ export function leaderKilled(cluster: () => ChaosCluster): void {
       expect(before.size).toBe(c.backends.length);
       const fromRevision = (await c.revision()) + 1;
 
-      // Every survivor's view of every backend, sampled through the handover.
-      const flaps: string[] = [];
-      let samples = 0;
-      let sampling = true;
-      const sampler = (async () => {
-        while (sampling) {
-          const states = await Promise.all(survivors.map((n) => n.state().catch(() => null)));
-          samples++;
-          for (const s of states) {
-            for (const b of s?.services[0].backends ?? []) if (!b.routable || b.verdict?.state !== "up") flaps.push(`${s!.node.id}:${b.id} ${b.verdict?.state} ${b.why}`);
-          }
-          await sleep(200);
-        }
-      })();
+      // Every survivor's view of every backend, sampled through the handover: one list of flaps per round.
+      const sampler = sampleEvery(200, async () => {
+        const states = await Promise.all(survivors.map((n) => n.state().catch(() => null)));
+        return states.flatMap((s) => (s?.services[0].backends ?? []).filter((b) => !b.routable || b.verdict?.state !== "up").map((b) => `${s!.node.id}:${b.id} ${b.verdict?.state} ${b.why}`));
+      });
 
       await leader!.killWithAnnouncer();
       const killedAt = (await leader!.times()).finishedAt;
@@ -58,8 +49,9 @@ export function leaderKilled(cluster: () => ChaosCluster): void {
       expect(heartbeats.length, "the new leader's heartbeats in etcd").toBeGreaterThan(0);
       const electedMs = Number(heartbeats[0].value!.at) - killedAt;
       await sleep(SETTLE_MS);
-      sampling = false;
-      await sampler;
+      const rounds = await sampler.stop();
+      const samples = rounds.length;
+      const flaps = rounds.flat();
 
       const after = await c.verdicts();
       const verdictWrites = (await c.history("health/verdicts/", fromRevision)).length;

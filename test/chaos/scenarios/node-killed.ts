@@ -3,8 +3,7 @@
 // again once the router has dropped its route (BFD, ~300 ms); and every client keeps the backend its
 // affinity entry names, including entries the dead node made (they live in etcd, not in the node).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { waitFor } from "../../helpers/wait.js";
-import { type ChaosCluster, nodeOf, sleep, watchConntrack, watchRoutes } from "../cluster.js";
+import { type ChaosCluster, everyNodeSees, nodeOf, sleep, watchConntrack, watchRoutes } from "../cluster.js";
 import { figures, formatFigures, recordFigure } from "../figures.js";
 
 export const NODE_KILLED = "1 node killed";
@@ -34,7 +33,7 @@ export function nodeKilled(cluster: () => ChaosCluster): void {
       // entry, made by whichever node the router hashed that connection to.
       const warm = await client.load({ concurrency: 1, connections: client.sources.length, durationMs: 30_000 });
       expect(warm.failed, JSON.stringify(warm.errors)).toBe(0);
-      await waitFor(async () => (await Promise.all(c.nodes.map((n) => n.state()))).every((s) => s.services[0].affinity.entries === client.sources.length), {
+      await everyNodeSees(c.nodes, (s) => s.services[0].affinity.entries === client.sources.length, {
         timeoutMs: 10_000,
         intervalMs: 100,
         message: "every node holding every client's affinity entry",
