@@ -45,6 +45,26 @@ export function collectedGauge<L extends string>(o: CollectedOptions<L>): client
   });
 }
 
+interface CollectedValueOptions {
+  name: string;
+  help: string;
+  registry: client.Registry;
+  /** Called at each scrape: the metric's one value. */
+  value: () => number;
+}
+
+/** A label-less counter whose running total is one number the source keeps. */
+export function collectedTotal(o: CollectedValueOptions): client.Counter<never> {
+  const { value } = o;
+  return collectedCounter<never>({ name: o.name, help: o.help, registry: o.registry, read: (emit) => emit({}, value()) });
+}
+
+/** A label-less gauge read from one number at scrape time. */
+export function collectedValue(o: CollectedValueOptions): client.Gauge<never> {
+  const { value } = o;
+  return collectedGauge<never>({ name: o.name, help: o.help, registry: o.registry, read: (emit) => emit({}, value()) });
+}
+
 /** A histogram's child per value of its one label; `forget` drops the child and its series. */
 export interface ChildCache<L extends string> {
   (value: string): client.Histogram.Internal<L>;

@@ -5,8 +5,9 @@
 import { mkdirSync, readFileSync } from "node:fs";
 import { rename, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import client from "prom-client";
+import type client from "prom-client";
 import type { KeySchema } from "../../shared/keys.js";
+import { collectedTotal, collectedValue } from "../collect.js";
 import type { Logger } from "../log.js";
 import type { KeyValue, StoreEvent, SyncSink } from "./store.js";
 
@@ -149,21 +150,11 @@ export class LastKnownGood implements SyncSink {
 }
 
 export function registerLastGoodMetrics(registry: client.Registry, lkg: LastKnownGood): void {
-  new client.Gauge({
+  collectedValue({
     name: "ballast_snapshot_from_disk",
     help: "1 while the node serves the last known good snapshot from its state directory (etcd not reached since start).",
-    registers: [registry],
-    collect() {
-      this.set(lkg.source === "disk" ? 1 : 0);
-    },
+    registry,
+    value: () => (lkg.source === "disk" ? 1 : 0),
   });
-  new client.Counter({
-    name: "ballast_last_known_good_writes_total",
-    help: "Last known good snapshots written to the state directory.",
-    registers: [registry],
-    collect() {
-      this.reset();
-      this.inc(lkg.saves);
-    },
-  });
+  collectedTotal({ name: "ballast_last_known_good_writes_total", help: "Last known good snapshots written to the state directory.", registry, value: () => lkg.saves });
 }

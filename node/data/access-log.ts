@@ -2,7 +2,8 @@
 // checks the switch, the sample and the rate budget, then queues a few numbers and strings; formatting
 // and the write happen in a batch on a timer, off the connection's path.
 import { createWriteStream, type WriteStream } from "node:fs";
-import client from "prom-client";
+import type client from "prom-client";
+import { collectedCounter, collectedTotal } from "../collect.js";
 
 /**
  * Why a connection or flow ended: a fixed vocabulary (as HAProxy's termination states), documented in
@@ -164,23 +165,14 @@ export class AccessLog {
 }
 
 export function registerAccessLogMetrics(registry: client.Registry, log: AccessLog): void {
-  new client.Counter({
-    name: "ballast_access_log_lines_total",
-    help: "Access log lines written.",
-    registers: [registry],
-    collect() {
-      this.reset();
-      this.inc(log.written);
-    },
-  });
-  new client.Counter({
+  collectedTotal({ name: "ballast_access_log_lines_total", help: "Access log lines written.", registry, value: () => log.written });
+  collectedCounter({
     name: "ballast_access_log_suppressed_total",
     help: "Finished connections not logged: rate (over accessLog.ratePerSecond), sampled (left out by accessLog.sample), overflow (output too slow).",
     labelNames: ["reason"],
-    registers: [registry],
-    collect() {
-      this.reset();
-      for (const [reason, n] of Object.entries(log.suppressed)) this.inc({ reason }, n);
+    registry,
+    read: (emit) => {
+      for (const [reason, n] of Object.entries(log.suppressed)) emit({ reason }, n);
     },
   });
 }

@@ -48,6 +48,7 @@ function sources(now: number) {
   };
   const dns = {
     stats: { queries: new Map([["A|NOERROR", 7], ["AAAA|NXDOMAIN", 2]]), answers: 9, truncated: 1, dropped: 4, tcpConnections: 3, tcpRefused: 0, rrlDropped: 6, rrlSlipped: 2 },
+    cache: { hits: 5 },
     rrl: { size: 11 },
     view: { nodes: [{ live: true }, { live: false }, { live: true }] },
   };
@@ -139,6 +140,10 @@ ballast_dns_queries_total{type="AAAA",rcode="NXDOMAIN"} 2
 # HELP ballast_dns_answers_total Address records (A/AAAA) sent in answers.
 # TYPE ballast_dns_answers_total counter
 ballast_dns_answers_total 9
+
+# HELP ballast_dns_cache_hits_total Queries answered from the reply cache of the current view (same query bytes, same client rotation): no decode, no encode.
+# TYPE ballast_dns_cache_hits_total counter
+ballast_dns_cache_hits_total 5
 
 # HELP ballast_dns_truncated_total UDP replies truncated (TC) because they did not fit; the client retries over TCP.
 # TYPE ballast_dns_truncated_total counter
