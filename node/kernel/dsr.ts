@@ -3,32 +3,21 @@
 // transaction per snapshot; a failed apply keeps the previous ruleset serving (nft transactions are
 // all or nothing), is logged, counted and reported per service — the node never crashes or flushes.
 import type { Logger } from "pino";
+import type { DsrStateView } from "../../shared/api.js";
+import { parseIPv4 } from "../../shared/ip.js";
 import type { StatsRegistry } from "../model/stats.js";
 import type { MaglevPicker } from "../lb/maglev.js";
-import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
+import type { ForwardingMode } from "../model/forwarder.js";
 import type { ServiceState, Snapshot } from "../model/snapshot.js";
 import { type DsrBackend, type DsrExisting, type DsrServicePlan, type DsrTablePlan, dsrCounterName, dsrFlowsMapName, dsrObjectName, renderDsr, renderDsrFlush } from "./dsr-ruleset.js";
 import { kernelSlot } from "./jhash.js";
-import { type NftRunner, nftRunner, nftUnavailable } from "./nft.js";
-import { tableName } from "./ruleset.js";
+import type { NftRunner } from "./nft.js";
+import { type NftApplyStats, NftForwarder } from "./nft-forwarder.js";
 import { clusterSeed } from "./seed.js";
-
-/** IPv4 dotted quad → unsigned 32-bit number, or -1. */
-function ipv4(ip: string): number {
-  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
-  if (!m) return -1;
-  let v = 0;
-  for (let i = 1; i <= 4; i++) {
-    const o = Number(m[i]);
-    if (o > 255) return -1;
-    v = v * 256 + o;
-  }
-  return v;
-}
 
 /** A backend's key in the kernel maps: its IPv4 address as an unsigned 32-bit number. */
 export function dsrBackendKey(address: string): number {
-  const v = ipv4(address);
+  const v = parseIPv4(address);
   if (v < 0) throw new RangeError(`not an IPv4 address: ${address}`);
   return v;
 }
@@ -39,11 +28,11 @@ export function dsrBackendKey(address: string): number {
  * kernel read one table. A string: why this node cannot program it.
  */
 export function dsrServicePlan(svc: ServiceState, seed: number): DsrServicePlan | string {
-  if (ipv4(svc.host) <= 0) return `listen: forwarding dsr needs the service's own IPv4 address (the VIP), got ${svc.host}`;
+  if (parseIPv4(svc.host) <= 0) return `listen: forwarding dsr needs the service's own IPv4 address (the VIP), got ${svc.host}`;
   if (svc.port === 0) return "listen: forwarding dsr needs a fixed port";
   const backends: DsrBackend[] = [];
   for (const t of svc.sticky.values()) {
-    if (ipv4(t.host) < 0) return `backend ${t.id}: forwarding dsr needs an IPv4 address, got ${t.host}`;
+    if (parseIPv4(t.host) < 0) return `backend ${t.id}: forwarding dsr needs an IPv4 address, got ${t.host}`;
     backends.push({ key: dsrBackendKey(t.host), id: t.id, address: t.host });
   }
   // The snapshot refuses a second backend with the same address, so keys are unique.
@@ -98,41 +87,19 @@ export interface DsrBackendCounters {
 }
 
 /** What /api/state shows about the DSR table. */
-export interface DsrState {
-  table: string;
-  device: string | null;
-  seed: number;
-  unavailable: string | null;
-  applies: number;
-  failures: number;
-  lastError: string | null;
-  lastApplyMs: number;
-  /** Pins deleted because their backend could no longer carry flows. */
-  pinsRemoved: number;
-}
+export type DsrState = DsrStateView;
 
-export class DsrForwarder implements Forwarder<Snapshot> {
+export class DsrForwarder extends NftForwarder<NftApplyStats & { pinsRemoved: number }> {
   readonly name = "dsr";
-  readonly table: string;
-  readonly seed: number;
-  private readonly runner: NftRunner;
-  private readonly log: Logger;
+  readonly stats = { applies: 0, failures: 0, lastError: null as string | null, lastApplyMs: 0, pinsRemoved: 0 };
   private applied: DsrTablePlan | null = null;
   /** This process has written the table once (before that, it adopts what an earlier process left). */
   private adopted = false;
-  private unavailable: string | null | undefined;
-  private readonly statuses = new Map<string, ForwarderServiceStatus>();
-  readonly stats = { applies: 0, failures: 0, lastError: null as string | null, lastApplyMs: 0, pinsRemoved: 0 };
   private leftoverChecked = false;
   private counterTimer: NodeJS.Timeout | null = null;
-  private pending: Snapshot | null = null;
-  private running: Promise<void> | null = null;
 
   constructor(private readonly opts: DsrForwarderOptions) {
-    this.table = tableName(opts.cluster);
-    this.seed = (opts.seed ?? clusterSeed(opts.cluster)) >>> 0;
-    this.runner = opts.runner ?? nftRunner();
-    this.log = opts.log;
+    super({ cluster: opts.cluster, family: "netdev", seed: (opts.seed ?? clusterSeed(opts.cluster)) >>> 0, log: opts.log, runner: opts.runner, failedMessage: "dsr apply failed" });
   }
 
   handles(mode: ForwardingMode): boolean {
@@ -144,45 +111,12 @@ export class DsrForwarder implements Forwarder<Snapshot> {
     return this.applied;
   }
 
-  status(service: string): ForwarderServiceStatus | undefined {
-    return this.statuses.get(service);
-  }
-
   state(): DsrState {
     return { table: this.table, device: this.opts.device ?? null, seed: this.seed, unavailable: this.unavailable ?? null, ...this.stats };
   }
 
-  /** Applies snapshots in order; snapshots that arrive during an apply coalesce into the newest. */
-  apply(snap: Snapshot): Promise<void> {
-    this.pending = snap;
-    this.running ??= this.applyPending();
-    return this.running;
-  }
-
-  private async applyPending(): Promise<void> {
-    while (this.pending !== null) {
-      const snap = this.pending;
-      this.pending = null;
-      try {
-        await this.applyNow(snap);
-      } catch (err) {
-        // apply() never rejects: the previous programming keeps serving.
-        this.stats.failures++;
-        this.stats.lastError = (err as Error).message;
-        this.log.error({ err: (err as Error).message }, "dsr apply failed");
-      }
-    }
-    this.running = null;
-  }
-
-  private async tableExists(): Promise<boolean> {
-    const r = await this.runner.run(["list", "tables", "netdev"]);
-    return r.ok && r.stdout.split("\n").some((l) => l.trim() === `table netdev ${this.table}`);
-  }
-
-  private async applyNow(snap: Snapshot): Promise<void> {
-    const dsr = [...snap.services.values()].filter((s) => this.handles(forwardingOf(s.spec)));
-    for (const name of [...this.statuses.keys()]) if (!dsr.some((s) => s.name === name)) this.statuses.delete(name);
+  protected async applyNow(snap: Snapshot): Promise<void> {
+    const dsr = this.carried(snap);
     // No DSR service and nothing programmed: create nothing. A table an earlier run left is emptied;
     // whether there is one is asked once per process, and only by a node configured for DSR (one
     // without dsr.interface cannot have programmed it; `ballast node --flush` removes it anyway), so
@@ -193,14 +127,10 @@ export class DsrForwarder implements Forwarder<Snapshot> {
       if (!(await this.tableExists())) return;
     }
     if (this.opts.device === undefined) {
-      for (const s of dsr) this.statuses.set(s.name, { programmed: false, reason: "node config dsr.interface is not set (the interface facing the backends)", revision: 0 });
+      this.refuseAll(dsr, "node config dsr.interface is not set (the interface facing the backends)");
       return;
     }
-    if (this.unavailable === undefined || this.unavailable !== null) this.unavailable = await nftUnavailable(this.runner);
-    if (this.unavailable !== null) {
-      for (const s of dsr) this.statuses.set(s.name, { programmed: false, reason: this.unavailable, revision: 0 });
-      return;
-    }
+    if (!(await this.usable(dsr))) return;
     const services = new Map<string, DsrServicePlan>();
     const refused = new Map<string, string>();
     for (const svc of dsr) {
@@ -212,14 +142,9 @@ export class DsrForwarder implements Forwarder<Snapshot> {
     const existing = this.adopted ? null : await this.readExisting();
     const r = await this.runner.load(renderDsr(this.adopted ? this.applied : null, plan, existing));
     if (!r.ok) {
-      this.stats.failures++;
-      this.stats.lastError = r.error;
+      this.recordFailure(r.error);
       this.log.error({ table: this.table, revision: snap.revision, err: r.error }, "dsr nftables apply failed; the previous ruleset keeps forwarding");
-      for (const svc of dsr) {
-        const prev = this.statuses.get(svc.name);
-        const why = refused.get(svc.name);
-        this.statuses.set(svc.name, why !== undefined ? { programmed: false, reason: why, revision: 0 } : { programmed: prev?.programmed ?? false, reason: `apply failed: ${r.error}`, revision: prev?.revision ?? 0 });
-      }
+      this.markFailed(dsr, r.error, refused);
       return;
     }
     const before = this.adopted ? this.applied : null;
@@ -230,14 +155,9 @@ export class DsrForwarder implements Forwarder<Snapshot> {
       this.counterTimer = setInterval(() => void this.counters().catch(() => {}), COUNTER_REFRESH_MS);
       this.counterTimer.unref();
     }
-    this.stats.applies++;
-    this.stats.lastApplyMs = r.ms;
-    this.stats.lastError = null;
+    this.recordApplied(r.ms);
     this.log.debug({ table: this.table, revision: snap.revision, ms: Math.round(r.ms) }, "dsr nftables applied");
-    for (const svc of dsr) {
-      const why = refused.get(svc.name);
-      this.statuses.set(svc.name, why === undefined ? { programmed: true, reason: null, revision: snap.revision } : { programmed: false, reason: why, revision: 0 });
-    }
+    this.markApplied(dsr, refused, snap.revision);
     // Pins of backends that may no longer carry flows go now, so those flows are pinned again where
     // the table sends them (and stay there if the backend returns). After a restart: every stale pin.
     for (const s of plan.services.values()) {
@@ -330,11 +250,6 @@ export class DsrForwarder implements Forwarder<Snapshot> {
     }
     this.lastCounters = out;
     return out;
-  }
-
-  /** The kernel keeps forwarding while the node drains: anycast withdraws the route first. */
-  async drain(_timeoutMs: number): Promise<{ remaining: number }> {
-    return { remaining: 0 };
   }
 
   /** Leaves the table in place (fail-static): a restarted node adopts it, pins included. */

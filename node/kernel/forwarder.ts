@@ -4,15 +4,17 @@
 // kernel forwards; this class only runs when a snapshot arrives (never per packet).
 import type { Logger } from "pino";
 import { isIP } from "node:net";
+import type { KernelStateView } from "../../shared/api.js";
 import type { StatsRegistry } from "../model/stats.js";
 import type { MaglevPicker } from "../lb/maglev.js";
-import { type Forwarder, type ForwarderServiceStatus, type ForwardingMode, forwardingOf } from "../model/forwarder.js";
+import type { ForwardingMode } from "../model/forwarder.js";
 import type { ServiceState, Snapshot, Target } from "../model/snapshot.js";
 import { ConntrackEvents, type NewFlow } from "./conntrack-events.js";
 import { type ConntrackTool, conntrackTool, type FlowFilter } from "./conntrack.js";
 import { kernelSlot } from "./jhash.js";
-import { type NftRunner, nftRunner, nftUnavailable } from "./nft.js";
-import { backendValue, counterName, type Family, type NatServiceModel, type NatTableModel, renderDelta, renderFull, serviceObjectId, tableName } from "./ruleset.js";
+import type { NftRunner } from "./nft.js";
+import { type NftApplyStats, NftForwarder } from "./nft-forwarder.js";
+import { backendValue, counterName, type Family, type NatServiceModel, type NatTableModel, renderDelta, renderFull, serviceObjectId } from "./ruleset.js";
 import { clusterSeed } from "./seed.js";
 
 export interface KernelForwarderOptions {
@@ -35,18 +37,7 @@ export interface KernelForwarderOptions {
 }
 
 /** What /api/state shows about the kernel table. */
-export interface KernelState {
-  table: string;
-  seed: number;
-  /** Why the node cannot program nftables (no nft, no CAP_NET_ADMIN), or null. */
-  unavailable: string | null;
-  applies: number;
-  failures: number;
-  lastError: string | null;
-  lastApplyMs: number;
-  lastSlotsChanged: number;
-  flowsRemoved: number;
-}
+export type KernelState = KernelStateView;
 
 const familyOf = (ip: string): Family | 0 => isIP(ip) as Family | 0;
 
@@ -122,18 +113,12 @@ interface BackendMemory {
   down: boolean;
 }
 
-export class KernelForwarder implements Forwarder<Snapshot> {
+export class KernelForwarder extends NftForwarder<NftApplyStats & { lastSlotsChanged: number; flowsRemoved: number }> {
   readonly name = "kernel";
-  readonly table: string;
-  readonly seed: number;
-  private readonly runner: NftRunner;
   private readonly conntrack: ConntrackTool;
-  private readonly log: Logger;
   private applied: NatTableModel | null = null;
   /** The next apply replaces the whole table (first apply of this process, or after a failure). */
   private needFull = true;
-  private readonly statuses = new Map<string, ForwarderServiceStatus>();
-  private unavailable: string | null | undefined;
   private leftoverChecked = false;
   private leftover = false;
   private backends = new Map<string, BackendMemory>();
@@ -143,67 +128,21 @@ export class KernelForwarder implements Forwarder<Snapshot> {
   flowWork: Promise<void> = Promise.resolve();
 
   constructor(private readonly opts: KernelForwarderOptions) {
-    this.table = tableName(opts.cluster);
-    this.seed = clusterSeed(opts.cluster);
-    this.runner = opts.runner ?? nftRunner();
+    super({ cluster: opts.cluster, family: "inet", seed: clusterSeed(opts.cluster), log: opts.log, runner: opts.runner, failedMessage: "kernel forwarder apply failed" });
     this.conntrack = opts.conntrack ?? conntrackTool();
-    this.log = opts.log;
   }
 
   handles(mode: ForwardingMode): boolean {
     return mode === "nat";
   }
 
-  status(service: string): ForwarderServiceStatus | undefined {
-    return this.statuses.get(service);
-  }
-
   state(): KernelState {
     return { table: this.table, seed: this.seed, unavailable: this.unavailable ?? null, ...this.stats };
   }
 
-  private async tableExists(): Promise<boolean> {
-    const r = await this.runner.run(["list", "tables", "inet"]);
-    return r.ok && r.stdout.split("\n").some((l) => l.trim() === `table inet ${this.table}`);
-  }
-
-  /**
-   * Applies snapshots in order, one nft transaction at a time. Snapshots that arrive while one is
-   * being applied coalesce: only the newest is programmed next (a flapping verdict costs one update).
-   */
-  apply(snap: Snapshot): Promise<void> {
-    this.pending = snap;
-    this.running ??= this.applyPending();
-    return this.running;
-  }
-
-  private pending: Snapshot | null = null;
-  private running: Promise<void> | null = null;
-
-  private async applyPending(): Promise<void> {
-    while (this.pending !== null) {
-      const snap = this.pending;
-      this.pending = null;
-      await this.applyOne(snap);
-    }
-    this.running = null;
-  }
-
-  private async applyOne(snap: Snapshot): Promise<void> {
-    try {
-      await this.applyNow(snap);
-    } catch (err) {
-      // apply() never rejects: the previous programming keeps serving.
-      this.stats.failures++;
-      this.stats.lastError = (err as Error).message;
-      this.log.error({ err: (err as Error).message }, "kernel forwarder apply failed");
-    }
-  }
-
-  private async applyNow(snap: Snapshot): Promise<void> {
+  protected async applyNow(snap: Snapshot): Promise<void> {
     this.last = snap;
-    const nat = [...snap.services.values()].filter((s) => this.handles(forwardingOf(s.spec)));
-    for (const name of [...this.statuses.keys()]) if (!nat.some((s) => s.name === name)) this.statuses.delete(name);
+    const nat = this.carried(snap);
     // A node with no NAT service creates no table; one left by an earlier run is still reconciled (emptied).
     if (nat.length === 0 && this.applied === null) {
       // A table left by an earlier run is still reconciled (emptied). Looked for once per process and
@@ -218,11 +157,7 @@ export class KernelForwarder implements Forwarder<Snapshot> {
       }
       if (!this.leftover) return;
     }
-    if (this.unavailable === undefined || this.unavailable !== null) this.unavailable = await nftUnavailable(this.runner);
-    if (this.unavailable !== null) {
-      for (const s of nat) this.statuses.set(s.name, { programmed: false, reason: this.unavailable, revision: 0 });
-      return;
-    }
+    if (!(await this.usable(nat))) return;
     const services = new Map<string, NatServiceModel>();
     const refused = new Map<string, string>();
     for (const svc of nat) {
@@ -243,27 +178,19 @@ export class KernelForwarder implements Forwarder<Snapshot> {
     }
     const r = script === "" ? { ok: true, error: "", ms: 0 } : await this.runner.load(script);
     if (!r.ok) {
-      this.stats.failures++;
-      this.stats.lastError = r.error;
+      this.recordFailure(r.error);
       this.needFull = true;
       this.log.error({ table: this.table, revision: snap.revision, err: r.error }, "nftables apply failed; the previous ruleset keeps forwarding");
-      for (const svc of nat) {
-        const prev = this.statuses.get(svc.name);
-        this.statuses.set(svc.name, { programmed: prev?.programmed ?? false, reason: `apply failed: ${r.error}`, revision: prev?.revision ?? 0 });
-      }
+      // A service refused now may still be carried by the previous ruleset: it keeps its flag and shows the failure.
+      this.markFailed(nat, r.error, null);
       return;
     }
     this.applied = next;
     this.needFull = false;
-    this.stats.applies++;
-    this.stats.lastApplyMs = r.ms;
+    this.recordApplied(r.ms);
     this.stats.lastSlotsChanged = slotsChanged;
-    this.stats.lastError = null;
     if (script !== "") this.log.debug({ table: this.table, revision: snap.revision, ms: Math.round(r.ms), slotsChanged }, "nftables applied");
-    for (const svc of nat) {
-      const why = refused.get(svc.name);
-      this.statuses.set(svc.name, why === undefined ? { programmed: true, reason: null, revision: snap.revision } : { programmed: false, reason: why, revision: 0 });
-    }
+    this.markApplied(nat, refused, snap.revision);
     this.reconcileFlows(nat);
     this.reconcileAffinity(nat);
     if (this.opts.stats && !this.countersTimer) {
@@ -352,7 +279,7 @@ export class KernelForwarder implements Forwarder<Snapshot> {
     }
     if (!this.affinityTimer) {
       this.affinityTimer = setInterval(() => {
-        if (this.last && this.running === null) void this.apply(this.last);
+        if (this.last && !this.applying) void this.apply(this.last);
       }, this.opts.affinitySyncMs ?? 1000);
       this.affinityTimer.unref();
     }
@@ -427,11 +354,6 @@ export class KernelForwarder implements Forwarder<Snapshot> {
     this.stats.flowsRemoved += r.removed;
     if (r.error) this.log.warn({ backend: key, why, err: r.error }, "removing tracked flows failed");
     else this.log.info({ backend: key, why, removed: r.removed }, "tracked flows removed");
-  }
-
-  /** The kernel keeps forwarding while the node drains: anycast withdraws the route first. */
-  async drain(_timeoutMs: number): Promise<{ remaining: number }> {
-    return { remaining: 0 };
   }
 
   /** Leaves the table in place (fail-static): a restarted node adopts it. */
