@@ -1,37 +1,27 @@
 // The `ballast` CLI against real etcd and real nodes: services and backends written by the CLI are
 // routed; -o json for scripts; status and route ask the nodes; clear errors without stack traces.
-import { execFile } from "node:child_process";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
-import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { encodeValue } from "../../shared/codec.js";
 import { KeySchema } from "../../shared/keys.js";
 import { EtcdStore } from "../../node/control/etcd-store.js";
 import { deadPort, startTcpEcho, tcpExchange } from "../helpers/backends.js";
+import { ballastCli } from "../helpers/cli.js";
 import type { EtcdProcess } from "../helpers/etcd.js";
-import { CLI, portOf, startNode } from "../helpers/node.js";
+import { portOf, startNode } from "../helpers/node.js";
 import { useSharedEtcd } from "../helpers/suite.js";
 import { waitFor } from "../helpers/wait.js";
 
-const run = promisify(execFile);
 let etcd: EtcdProcess;
 useSharedEtcd((e) => {
   etcd = e;
 });
-
-async function ballast(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [CLI, "--etcd", etcd.endpoint, "--cluster", "cli", ...args]);
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const ballast = ballastCli(() => etcd.endpoint, "cli");
 
 describe("ballast CLI", () => {
-  it("manages services and backends that nodes route to, and explains routes", async () => {
+  // Eleven CLI runs (more while polling), each a Node start: seconds apiece on a loaded 2-core machine (load 17: 30 s was not enough).
+  it("manages services and backends that nodes route to, and explains routes", { timeout: 120_000 }, async () => {
     const a = await startTcpEcho("a");
     const b = await startTcpEcho("b");
     expect((await ballast("service", "put", "web", "--json", JSON.stringify({ listen: "127.0.0.1:0", algorithm: "source-ip", health: { type: "none" } }))).code).toBe(0);
@@ -67,10 +57,10 @@ describe("ballast CLI", () => {
 
   it("says clearly when etcd is unreachable, without a stack trace", async () => {
     const port = await deadPort();
-    const r = await run(process.execPath, [CLI, "--etcd", `http://127.0.0.1:${port}`, "service", "ls"]).catch((e) => e as { code: number; stderr: string });
-    expect((r as { code: number }).code).toBe(1);
-    expect((r as { stderr: string }).stderr).toMatch(/^ballast: .*(etcd|unavailable|connect)/i);
-    expect((r as { stderr: string }).stderr).not.toMatch(/\n\s+at /);
+    const r = await ballastCli(() => `http://127.0.0.1:${port}`, "cli")("service", "ls");
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^ballast: .*(etcd|unavailable|connect)/i);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
   });
 
   it("status sends --token only to nodes in --trust, and lists junk node records as invalid (issue 13, finding 10)", async () => {

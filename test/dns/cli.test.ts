@@ -1,30 +1,19 @@
 // `ballast dns …` and the zone-aware parts of `ballast service put`, `status` and `route`, run as the
 // real CLI against a real etcd and nodes; the answers are checked with dig.
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { startTcpEcho } from "../helpers/backends.js";
+import { ballastCli } from "../helpers/cli.js";
 import type { EtcdProcess } from "../helpers/etcd.js";
-import { CLI, startNode } from "../helpers/node.js";
+import { startNode } from "../helpers/node.js";
 import { useSharedEtcd } from "../helpers/suite.js";
 import { waitFor } from "../helpers/wait.js";
 import { dig } from "./dig.js";
 
-const run = promisify(execFile);
 let etcd: EtcdProcess;
 useSharedEtcd((e) => {
   etcd = e;
 });
-
-async function ballast(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const r = await run(process.execPath, [CLI, "--etcd", etcd.endpoint, "--cluster", "dnscli", ...args]);
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code: number; stdout: string; stderr: string };
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
-}
+const ballast = ballastCli(() => etcd.endpoint, "dnscli");
 
 describe("ballast dns", () => {
   it("sets the zone and a service's name, rejects a bad record, shows the view; status groups backends by zone; route explains locality", { timeout: 240_000 }, async () => {
