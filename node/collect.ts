@@ -15,34 +15,29 @@ interface CollectedOptions<L extends string> {
   read: (emit: Emit<L>) => void;
 }
 
-/** A counter whose totals are read at scrape time (the source owns the running total). */
-export function collectedCounter<L extends string>(o: CollectedOptions<L>): client.Counter<L> {
+/** prom-client options of a collected metric: empty at each scrape, then filled by `read` through `emitOn`. */
+function collectedConfig<L extends string, M extends { reset(): void }>(o: CollectedOptions<L>, emitOn: (metric: M) => Emit<L>) {
   const { read } = o;
-  return new client.Counter<L>({
+  return {
     name: o.name,
     help: o.help,
     labelNames: o.labelNames ?? [],
     registers: [o.registry],
-    collect() {
+    collect(this: M) {
       this.reset();
-      read((labels, value) => this.inc(labels, value));
+      read(emitOn(this));
     },
-  });
+  };
+}
+
+/** A counter whose totals are read at scrape time (the source owns the running total). */
+export function collectedCounter<L extends string>(o: CollectedOptions<L>): client.Counter<L> {
+  return new client.Counter<L>(collectedConfig(o, (m: client.Counter<L>) => (labels, value) => m.inc(labels, value)));
 }
 
 /** A gauge whose values are read at scrape time. */
 export function collectedGauge<L extends string>(o: CollectedOptions<L>): client.Gauge<L> {
-  const { read } = o;
-  return new client.Gauge<L>({
-    name: o.name,
-    help: o.help,
-    labelNames: o.labelNames ?? [],
-    registers: [o.registry],
-    collect() {
-      this.reset();
-      read((labels, value) => this.set(labels, value));
-    },
-  });
+  return new client.Gauge<L>(collectedConfig(o, (m: client.Gauge<L>) => (labels, value) => m.set(labels, value)));
 }
 
 interface CollectedValueOptions {

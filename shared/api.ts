@@ -271,23 +271,8 @@ export interface DnsStateView {
   rrl: { sources: number; dropped: number; slipped: number };
 }
 
-/** The DSR forwarder's table: name, interface, seed, whether nft works here, the last transactions. */
-export interface DsrStateView {
-  table: string;
-  /** Node config `dsr.interface`, or null when unset (DSR services are then not programmed). */
-  device: string | null;
-  seed: number;
-  unavailable: string | null;
-  applies: number;
-  failures: number;
-  lastError: string | null;
-  lastApplyMs: number;
-  /** Pins deleted because their backend could no longer carry flows. */
-  pinsRemoved: number;
-}
-
-/** The kernel forwarder's table: its name and seed, whether nft works here, and the last transactions. */
-export interface KernelStateView {
+/** What both nftables forwarders show about their table: name and seed, whether nft works here, the last transactions. */
+export interface NftTableStateView {
   table: string;
   seed: number;
   /** Why the node cannot program nftables (no nft, no CAP_NET_ADMIN), or null. */
@@ -296,6 +281,18 @@ export interface KernelStateView {
   failures: number;
   lastError: string | null;
   lastApplyMs: number;
+}
+
+/** The DSR forwarder's table, and the interface it forwards on. */
+export interface DsrStateView extends NftTableStateView {
+  /** Node config `dsr.interface`, or null when unset (DSR services are then not programmed). */
+  device: string | null;
+  /** Pins deleted because their backend could no longer carry flows. */
+  pinsRemoved: number;
+}
+
+/** The kernel (NAT) forwarder's table. */
+export interface KernelStateView extends NftTableStateView {
   /** Map slots the last transaction wrote (a delta writes only the changed ones). */
   lastSlotsChanged: number;
   /** Tracked flows removed (backend down, or past its drain timeout). */
