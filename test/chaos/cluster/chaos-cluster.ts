@@ -70,7 +70,6 @@ export const DSR_SERVICE = {
   health: { type: "http", interval: "1s", timeout: "500ms", rise: 2, fall: 2, http: { path: "/" } },
 };
 
-
 export class ChaosCluster {
   readonly etcd: EtcdMember[] = [];
   readonly nodes: NodeMember[] = [];
