@@ -10,7 +10,7 @@ import type { Logger } from "../log.js";
 import { Checker, type CheckTarget } from "./checker.js";
 import type { Probe, ProbeOutcome } from "./checks.js";
 import type { HealthMetrics } from "./metrics.js";
-import { decide, verdictChanged, voteOf } from "./quorum.js";
+import { decide, leaderVote, verdictChanged, voteOf } from "./quorum.js";
 
 export interface LeaderContext {
   readonly id: string;
@@ -277,10 +277,10 @@ class Term {
     const own = this.checker.stateOf(target.key);
     if (own === null && target.settings.observers <= 1) return;
     const observers = target.settings.observers > 1 && this.ctx.observersOf ? this.ctx.observersOf(target.service, target.settings.observers) : [this.ctx.id];
-    const votes = new Map<string, ReturnType<typeof voteOf>>();
-    votes.set(this.ctx.id, { vote: own === null ? "none" : own.state === "up" ? "pass" : "fail", reason: own?.reason ?? "" });
-    for (let i = 1; i < observers.length; i++) votes.set(observers[i], voteOf(this.ctx.observation?.(target.service, observers[i]), target.id));
     const previous = this.known.get(target.key) ?? null;
+    const votes = new Map<string, ReturnType<typeof voteOf>>();
+    votes.set(this.ctx.id, leaderVote(own, previous, this.ctx.id));
+    for (let i = 1; i < observers.length; i++) votes.set(observers[i], voteOf(this.ctx.observation?.(target.service, observers[i]), target.id));
     const verdict = decide({ observers, votes, previous, own, checker: this.ctx.id, now: Date.now() });
     if (verdict === null || !verdictChanged(previous, verdict)) return;
     this.known.set(target.key, verdict);

@@ -107,13 +107,36 @@ export function decide(input: DecisionInput): Verdict | null {
     state,
     since: previous !== null && previous.state === state ? previous.since : now,
     reason,
-    count: own !== null && own.state === state ? own.count : state === "down" ? failing.length : passing.length,
+    // Like `since`, the count belongs to the transition: a rewrite that only records votes (a partial
+    // that came and went) keeps it, so no written verdict looks undamped (count < rise/fall).
+    count:
+      previous !== null && previous.state === state
+        ? previous.count
+        : own !== null && own.state === state
+          ? own.count
+          : state === "down"
+            ? failing.length
+            : passing.length,
     checker: input.checker,
     quorum,
     votes: shown,
   };
   if (partial) verdict.partial = true;
   return verdict;
+}
+
+/**
+ * The leader's own vote. Until its checker has settled in this term (`own` null: a fresh leader's
+ * first rise/fall probes), it is the vote the written verdict records for this node — what it voted
+ * as an observer before it won. Otherwise a failover would count the new leader as `none`, drop to a
+ * degraded quorum once the dead node leaves the observers, and rewrite every verdict twice.
+ */
+export function leaderVote(own: Verdict | null, previous: Verdict | null, id: string): { vote: ObserverVote; reason: string } {
+  if (own !== null) return { vote: own.state === "up" ? "pass" : "fail", reason: own.reason };
+  const recorded = previous?.votes?.[id];
+  if (recorded === "pass") return { vote: "pass", reason: "" };
+  if (recorded === "fail") return { vote: "fail", reason: previous?.reason ?? "" };
+  return { vote: "none", reason: "" };
 }
 
 /**

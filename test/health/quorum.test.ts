@@ -1,6 +1,6 @@
 // Observer quorum (issue 17), the pure parts: who observes a service, and how votes become a verdict.
 import { describe, expect, it } from "vitest";
-import { decide, observersFor, verdictChanged, voteOf } from "../../node/health/quorum.js";
+import { decide, leaderVote, observersFor, verdictChanged, voteOf } from "../../node/health/quorum.js";
 import { encodeValue, parseObservation, parseVerdictValue, type ObserverVote, type Verdict } from "../../shared/codec.js";
 import { KeySchema } from "../../shared/keys.js";
 import { Reconciler } from "../../node/control/reconciler.js";
@@ -91,6 +91,30 @@ describe("decide", () => {
     expect(held.since).toBe(5);
     const moved = decide({ ...base, votes: votes({ n1: "fail", n2: "fail", n3: "fail" }), previous: { ...up(), since: 5 }, own: down() })!;
     expect(moved.since).toBe(1000);
+  });
+
+  it("keeps the transition's count while the state holds: a partial that comes and goes writes no undamped-looking verdict", () => {
+    // Chaos scenario 7 (a flapping backend) found it: the leader's streak was 1 when a partial cleared.
+    const upAt2 = { ...up(), count: 2 };
+    const partial = decide({ ...base, votes: votes({ n1: "pass", n2: "pass", n3: "fail" }), previous: upAt2, own: { ...up(), count: 1 } })!;
+    expect(partial.count).toBe(2);
+    const cleared = decide({ ...base, votes: votes({ n1: "pass", n2: "pass", n3: "pass" }), previous: partial, own: { ...up(), count: 1 } })!;
+    expect(cleared.count).toBe(2);
+    // A change of state takes the count that made it.
+    expect(decide({ ...base, votes: votes({ n1: "fail", n2: "fail", n3: "pass" }), previous: upAt2, own: { ...down(), count: 3 } })!.count).toBe(3);
+  });
+
+  it("a new leader whose checker has not settled votes what the written verdict records for it: a failover rewrites nothing", () => {
+    // Chaos scenario 2 (the health leader killed) found it: the new leader counted as `none`, the
+    // quorum went degraded once the dead node left the observers, and every verdict was rewritten.
+    const written = decide({ ...base, votes: votes({ n1: "pass", n2: "pass", n3: "pass" }), previous: null, own: up() })!;
+    expect(leaderVote(null, written, "n2")).toEqual({ vote: "pass", reason: "" });
+    expect(leaderVote(null, null, "n2")).toEqual({ vote: "none", reason: "" });
+    expect(leaderVote(down(), written, "n2").vote).toBe("fail");
+    // n1 (the old leader) is gone: n2 leads, n3 observes; n2 has no settled state yet.
+    const after = decide({ observers: ["n2", "n3"], checker: "n2", now: 2000, votes: votes({ n2: leaderVote(null, written, "n2").vote, n3: "pass" }), previous: written, own: null })!;
+    expect(after.quorum).toBe("ok");
+    expect(verdictChanged(written, after)).toBe(false);
   });
 
   it("with one observer is the leader's own verdict, unchanged (K = 1, or a one-node cluster)", () => {
