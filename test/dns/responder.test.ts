@@ -224,7 +224,10 @@ describe("DNS responder", () => {
     await etcd.put(c.service("web"), JSON.stringify({ listen: "127.0.0.1:0", health: { type: "none" } }));
     await etcd.put(c.dnsKey, JSON.stringify({ zone: "lb.test" }));
     const n = await startNode(c.config("rrl", ["127.0.0.11"], { dns: { rrl: { responsesPerSecond: 5, burst: 5, slip: 2, ipv4Prefix: 32, maxSources: 16 } } }));
-    await waitFor(() => n.dns!.describe().names.find((x) => x.name === "web.lb.test")?.addresses.length === 1, { timeoutMs: 20_000, message: "the node in its own answer" });
+    await waitFor(() => n.dns!.describe().names.find((x) => x.name === "web.lb.test")?.addresses.length === 1, { timeoutMs: 20_000, message: "the node in its own answer" }).catch((err: Error) => {
+      // Timed out once in a full CI run (never alone): say what the view held then, to find out why.
+      throw new Error(`${err.message}; view: ${JSON.stringify(n.dns!.describe())}; ready: ${n.ready}`);
+    });
     const port = dnsPort(n);
     const s = dgram.createSocket("udp4");
     let full = 0;
