@@ -278,6 +278,11 @@ class Term {
     if (own === null && target.settings.observers <= 1) return;
     const observers = target.settings.observers > 1 && this.ctx.observersOf ? this.ctx.observersOf(target.service, target.settings.observers) : [this.ctx.id];
     const previous = this.known.get(target.key) ?? null;
+    // A new term keeps what is written until its own probes have settled: during a failover the
+    // observers come and go (the dead leader's record lingers for its lease TTL) while this leader has
+    // no state of its own, and deciding then rewrote verdicts without changing them (chaos scenario 2:
+    // 9 writes, no state change). Settling takes rise/fall probes, as it always did for a lone leader.
+    if (own === null && previous !== null) return;
     const votes = new Map<string, ReturnType<typeof voteOf>>();
     votes.set(this.ctx.id, leaderVote(own, previous, this.ctx.id));
     for (let i = 1; i < observers.length; i++) votes.set(observers[i], voteOf(this.ctx.observation?.(target.service, observers[i]), target.id));
