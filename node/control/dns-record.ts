@@ -1,19 +1,10 @@
 // The cluster's `dns` record: parsed and validated like every person-written record; a bad update keeps
 // the last good value (and is listed with its key and reason), so a typo never takes the zone away.
-import { type DnsRecordSpec, dnsRecordSchema, formatIssues } from "../../shared/schema.js";
-import { MAX_RECORD_BYTES } from "./records.js";
+import { type DnsRecordSpec, dnsRecordSchema } from "../../shared/schema.js";
+import { parseJsonRecord } from "./records.js";
 
 export function parseDnsValue(raw: Buffer): DnsRecordSpec {
-  if (raw.length > MAX_RECORD_BYTES) throw new Error(`value of ${raw.length} bytes exceeds ${MAX_RECORD_BYTES}`);
-  let json: unknown;
-  try {
-    json = JSON.parse(raw.toString("utf8"));
-  } catch (err) {
-    throw new Error(`invalid JSON: ${(err as Error).message}`);
-  }
-  const r = dnsRecordSchema.safeParse(json);
-  if (!r.success) throw new Error(formatIssues(r.error).join("; "));
-  return r.data;
+  return parseJsonRecord(raw, dnsRecordSchema);
 }
 
 /** The `dns` key's state on this node: the good value in use and the error of the latest value, if any. */

@@ -6,6 +6,7 @@ import type { KeySchema } from "../../shared/keys.js";
 import { type BackendSpec, backendSchema, formatIssues, resolveService, type ServiceSpec, serviceSchema } from "../../shared/schema.js";
 import type { InvalidRecord, SnapshotInput, VerdictView } from "../model/snapshot.js";
 import type { KeyValue, StoreEvent } from "./store.js";
+import type { z } from "zod";
 
 /** etcd allows 1.5 MiB; a person-written record above this is a mistake (or an attack), not a config. */
 export const MAX_RECORD_BYTES = 64 * 1024;
@@ -26,7 +27,8 @@ interface Slot<T> {
   rev: number;
 }
 
-export function parseServiceValue(name: string, raw: Buffer): ServiceSpec {
+/** A person-written JSON record: bounded in size, parsed, validated; throws the reason (field paths). */
+export function parseJsonRecord<T>(raw: Buffer, schema: z.ZodType<T>): T {
   if (raw.length > MAX_RECORD_BYTES) throw new Error(`value of ${raw.length} bytes exceeds ${MAX_RECORD_BYTES}`);
   let json: unknown;
   try {
@@ -34,10 +36,15 @@ export function parseServiceValue(name: string, raw: Buffer): ServiceSpec {
   } catch (err) {
     throw new Error(`invalid JSON: ${(err as Error).message}`);
   }
-  const r = serviceSchema.safeParse(json);
+  const r = schema.safeParse(json);
   if (!r.success) throw new Error(formatIssues(r.error).join("; "));
-  if (r.data.name !== undefined && r.data.name !== name) throw new Error(`name ${r.data.name} does not match the key's ${name}`);
-  return resolveService(name, r.data);
+  return r.data;
+}
+
+export function parseServiceValue(name: string, raw: Buffer): ServiceSpec {
+  const data = parseJsonRecord(raw, serviceSchema);
+  if (data.name !== undefined && data.name !== name) throw new Error(`name ${data.name} does not match the key's ${name}`);
+  return resolveService(name, data);
 }
 
 export function parseBackendValue(id: string, raw: Buffer): BackendSpec {
