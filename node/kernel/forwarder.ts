@@ -193,13 +193,29 @@ export class KernelForwarder extends NftForwarder<NftApplyStats & { lastSlotsCha
     this.markApplied(nat, refused, snap.revision);
     this.reconcileFlows(nat);
     this.reconcileAffinity(nat);
-    if (this.opts.stats && !this.countersTimer) {
-      this.countersTimer = setInterval(() => void this.collectCounters(), this.opts.countersEveryMs ?? 5000);
-      this.countersTimer.unref();
-    }
+    if (this.opts.stats && !this.countersTimer) this.scheduleCounters(this.opts.countersEveryMs ?? 5000);
   }
 
   private countersTimer: NodeJS.Timeout | null = null;
+  /** How long the last read of counters and flows took, and when the next one is due (ms from its start). */
+  lastCountersMs = 0;
+  nextCountersMs = 0;
+
+  /**
+   * Reads counters and flows again after `every`, or after 20× the last read's duration when that
+   * is longer: listing conntrack walks the kernel's whole connection table, which a busy node fills
+   * with hundreds of thousands of flows, so a fixed period would let the read take most of a core
+   * (and compete with the forwarding it counts). This keeps it at ≤ 5% of one core.
+   */
+  private scheduleCounters(every: number): void {
+    this.nextCountersMs = Math.max(every, 20 * this.lastCountersMs);
+    this.countersTimer = setTimeout(() => {
+      void this.collectCounters().finally(() => {
+        if (this.countersTimer !== null) this.scheduleCounters(every);
+      });
+    }, this.nextCountersMs);
+    this.countersTimer.unref();
+  }
   /** Tracked flows per NAT service at the last read. */
   readonly flowsBy = new Map<string, number>();
   private collecting = false;
@@ -212,6 +228,7 @@ export class KernelForwarder extends NftForwarder<NftApplyStats & { lastSlotsCha
     const stats = this.opts.stats;
     if (!stats || this.collecting || this.applied === null || this.last === null) return;
     this.collecting = true;
+    const started = performance.now();
     try {
       const r = await this.runner.run(["-j", "list", "counters", "table", "inet", this.table]);
       if (!r.ok) return;
@@ -247,6 +264,7 @@ export class KernelForwarder extends NftForwarder<NftApplyStats & { lastSlotsCha
     } catch (err) {
       this.log.debug({ err: (err as Error).message }, "reading nft counters failed");
     } finally {
+      this.lastCountersMs = performance.now() - started;
       this.collecting = false;
     }
   }
@@ -358,7 +376,7 @@ export class KernelForwarder extends NftForwarder<NftApplyStats & { lastSlotsCha
 
   /** Leaves the table in place (fail-static): a restarted node adopts it. */
   async close(): Promise<void> {
-    if (this.countersTimer) clearInterval(this.countersTimer);
+    if (this.countersTimer) clearTimeout(this.countersTimer);
     this.countersTimer = null;
     this.events?.stop();
     this.events = null;

@@ -4,7 +4,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { StatsRegistry } from "../../node/model/stats.js";
 import { createLogger } from "../../node/log.js";
-import { conntrackTool } from "../../node/kernel/conntrack.js";
+import { type ConntrackTool, conntrackTool } from "../../node/kernel/conntrack.js";
 import { explainNat, KernelForwarder } from "../../node/kernel/forwarder.js";
 import { nftRunner } from "../../node/kernel/nft.js";
 import { netnsUnavailable } from "../helpers/netns.js";
@@ -260,6 +260,25 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", { t
     }
     expect(stats.service("web").bytesIn).toBe(svc.backends.reduce((n, b) => n + stats.backend("web", b.id).bytesIn, 0));
     held.close();
+    // Closed flows stay tracked (TIME_WAIT, 2 min) but are not open: the gauges go back to 0.
+    await waitFor(async () => {
+      await f.collectCounters();
+      return ["b0", "b1", "b2"].every((b) => stats.backend("web", b).active === 0);
+    }, { message: "closed flows no longer counted as open" });
+  });
+
+  it("counters: a slow read of the connection table spaces the next read to 20× its duration", async () => {
+    const real = conntrackTool({ netns: lab.lb.name });
+    // A table so large that listing it takes 60 ms (a busy node's conntrack holds 10^5–10^6 flows).
+    const slow: ConntrackTool = { ...real, flowsByBackend: async (flt) => { await new Promise((r) => setTimeout(r, 60)); return real.flowsByBackend(flt); } };
+    const f = new KernelForwarder({ cluster: "lab", log, runner: nftRunner({ netns: lab.lb.name }), conntrack: slow, stats: new StatsRegistry(), countersEveryMs: 100 });
+    forwarders.push(f);
+    const own = natService();
+    own.service.listen = `${VIP}:82`;
+    await f.apply(labSnapshot(71, { web: own }));
+    // The first read is due after the configured 100 ms; it takes ≥ 60 ms, so the next waits ≥ 1.2 s.
+    await waitFor(() => f.lastCountersMs >= 60 && f.nextCountersMs >= 20 * f.lastCountersMs, { message: "read spaced by its duration" });
+    expect(f.nextCountersMs).toBeGreaterThan(100);
   });
 
   it("IPv6: 200 TCP flows through an IPv6 VIP reach the backend the TypeScript jhash predicts", async () => {
