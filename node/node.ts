@@ -147,7 +147,10 @@ export class BallastNode {
       affinityOf: (svc) => this.affinity.bindings(svc),
       learn: (svc, client, target) => this.affinity.record(svc, client, target, Date.now()),
       stats: this.stats,
+      sourceAddresses: c.nat.sourceAddresses,
     });
+    const own = new Set(Object.values(os.networkInterfaces()).flatMap((l) => (l ?? []).map((i) => i.address)));
+    for (const a of c.nat.sourceAddresses) if (!own.has(a)) this.log.warn({ address: a }, "nat.sourceAddresses: not an address of this node; replies to NAT'ed flows will not reach it");
     registerKernelMetrics(this.metrics.registry, this.kernel, () => this.reconciler.snapshot);
     this.metrics.forwardingOf = (service) => forwardingOf(this.reconciler.snapshot?.services.get(service)?.spec ?? {});
     // The DSR forwarder programs `forwarding: dsr` services into the netdev table (stateless, direct return).

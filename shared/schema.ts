@@ -349,6 +349,24 @@ export const nodeConfigSchema = z
       .strict()
       .optional(),
     /**
+     * `forwarding: nat` on this node. `sourceAddresses`: at most one IPv4 and one IPv6 address of this
+     * node that full-NAT flows leave with toward backends (`snat to`), instead of the outgoing
+     * interface's address (`masquerade`). Give the node an address that its own connections (proxy
+     * services, health checks) do not use: NAT keeps the client's source port, and a backend that
+     * still holds TIME_WAIT for the node's own earlier connection on that address and port answers
+     * the NAT'ed SYN with an ACK, which costs the client a 1 s SYN retransmit. Applied at start.
+     */
+    nat: z
+      .object({
+        sourceAddresses: z
+          .array(ipAddress)
+          .max(2)
+          .refine((a) => a.filter((x) => net.isIPv4(x)).length <= 1 && a.filter((x) => net.isIPv6(x)).length <= 1, { message: "at most one IPv4 and one IPv6 address" })
+          .default([]),
+      })
+      .strict()
+      .prefault({}),
+    /**
      * One JSON line (msg "access") per finished TCP connection and ended UDP flow, written in batches.
      * On by default; `ratePerSecond` caps lines per node (the rest are counted, not written), `sample`
      * logs that share of connections. Switch, rate and sample apply on reload; `path` at start.

@@ -21,6 +21,8 @@ describe("config file", () => {
     { description: "a bad algorithm", yaml: "services:\n  - name: web\n    listen: 127.0.0.1:1\n    algorithm: fastest\n", path: "services[0].algorithm" },
     { description: "a bad duration", yaml: "drainTimeout: soon\n", path: "drainTimeout: expected a duration" },
     { description: "a backend port out of range", yaml: "services:\n  - name: web\n    listen: 127.0.0.1:1\n    backends:\n      - { id: a, address: 10.0.0.1, port: 0 }\n", path: "services[0].backends[0].port" },
+    { description: "a NAT source that is no address", yaml: "nat:\n  sourceAddresses: [node-a]\n", path: "nat.sourceAddresses[0]" },
+    { description: "two NAT sources of one family", yaml: "nat:\n  sourceAddresses: [10.0.0.1, 10.0.0.2]\n", path: "nat.sourceAddresses: at most one IPv4 and one IPv6 address" },
     { description: "services with etcd", yaml: "etcd: { endpoints: [http://127.0.0.1:2379] }\nservices:\n  - name: web\n    listen: 127.0.0.1:1\n", path: "services: only for standalone mode" },
   ])("names the field path for $description", ({ yaml, path }) => {
     expect(() => loadConfig(file(yaml))).toThrow(path);

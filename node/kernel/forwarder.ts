@@ -34,6 +34,8 @@ export interface KernelForwarderOptions {
   stats?: StatsRegistry;
   /** How often counters and tracked flows are read (default 5 s). */
   countersEveryMs?: number;
+  /** nat.sourceAddresses: the node's full-NAT source per family (default: masquerade). */
+  sourceAddresses?: readonly string[];
 }
 
 /** What /api/state shows about the kernel table. */
@@ -130,7 +132,11 @@ export class KernelForwarder extends NftForwarder<NftApplyStats & { lastSlotsCha
   constructor(private readonly opts: KernelForwarderOptions) {
     super({ cluster: opts.cluster, family: "inet", seed: clusterSeed(opts.cluster), log: opts.log, runner: opts.runner, failedMessage: "kernel forwarder apply failed" });
     this.conntrack = opts.conntrack ?? conntrackTool();
+    const src = opts.sourceAddresses ?? [];
+    this.source = { 4: src.find((a) => isIP(a) === 4), 6: src.find((a) => isIP(a) === 6) };
   }
+
+  private readonly source: { 4?: string; 6?: string };
 
   handles(mode: ForwardingMode): boolean {
     return mode === "nat";
@@ -165,7 +171,7 @@ export class KernelForwarder extends NftForwarder<NftApplyStats & { lastSlotsCha
       if (typeof m === "string") refused.set(svc.name, m);
       else services.set(svc.name, m);
     }
-    const next: NatTableModel = { table: this.table, seed: this.seed, services };
+    const next: NatTableModel = { table: this.table, seed: this.seed, source: this.source, services };
     let script: string;
     let slotsChanged: number;
     if (this.needFull || this.applied === null) {

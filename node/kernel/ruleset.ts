@@ -38,6 +38,8 @@ export interface NatTableModel {
   /** `ballast_<cluster>` */
   readonly table: string;
   readonly seed: number;
+  /** The node's source address for full NAT per family (`snat to`); absent: the interface's (`masquerade`). */
+  readonly source?: { readonly 4?: string; readonly 6?: string };
   readonly services: ReadonlyMap<string, NatServiceModel>;
 }
 
@@ -183,8 +185,13 @@ export function renderFull(m: NatTableModel): string {
   out.push(`add rule inet ${t} output ${dispatch}`, `add rule inet ${t} output ${dispatch6}`);
   // Full NAT: flows that entered through a service with snat get the node's address toward the backend.
   out.push(`add chain inet ${t} postrouting { type nat hook postrouting priority srcnat; policy accept; }`);
-  out.push(`add rule inet ${t} postrouting ct status dnat meta l4proto { tcp, udp } ct original ip daddr . meta l4proto . ct original proto-dst @snat4 masquerade`);
-  out.push(`add rule inet ${t} postrouting ct status dnat meta l4proto { tcp, udp } ct original ip6 daddr . meta l4proto . ct original proto-dst @snat6 masquerade`);
+  // `snat to` a node address its own connections do not use, when configured (nat.sourceAddresses):
+  // the NAT'ed flow keeps the client's port, which must not meet the backend's TIME_WAIT of a
+  // connection the node itself made from the same address and port.
+  const to4 = m.source?.[4] ? `snat ip to ${m.source[4]}` : "masquerade";
+  const to6 = m.source?.[6] ? `snat ip6 to ${m.source[6]}` : "masquerade";
+  out.push(`add rule inet ${t} postrouting ct status dnat meta l4proto { tcp, udp } ct original ip daddr . meta l4proto . ct original proto-dst @snat4 ${to4}`);
+  out.push(`add rule inet ${t} postrouting ct status dnat meta l4proto { tcp, udp } ct original ip6 daddr . meta l4proto . ct original proto-dst @snat6 ${to6}`);
   // Per-backend counters: every packet of a NAT'ed flow, both directions, through the service's count chain.
   out.push(`add chain inet ${t} forward { type filter hook forward priority 0; policy accept; }`);
   out.push(`add rule inet ${t} forward ct status dnat meta l4proto { tcp, udp } ct original ip daddr . meta l4proto . ct original proto-dst vmap @count4`);

@@ -1,7 +1,7 @@
 // The measured rounds: for each test, every path one after another (interleaved), so drift of the
 // machine hits all of them alike. TCP paths run from the client namespace; UDP runs on loopback.
 import type { Context } from "./context.js";
-import { type Dest, iperf, udpBlast, wrk } from "./load.js";
+import { type Dest, iperf, synRetransmits, udpBlast, wrk } from "./load.js";
 import { cpuSeconds, machineBusySeconds, rssBytes, sleep } from "./net.js";
 import { addSample, TARGET_LABELS, type Target } from "./report.js";
 
@@ -79,8 +79,11 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
     for (const target of targets) {
       const pid = paths.pid[target]?.();
       const cpu = cpuMeter(pid);
+      const syn0 = await synRetransmits(paths.http[target]!.ns);
       const nc = await wrk(paths.http[target]!, { connections: 32, durationS: d, close: true });
       const used = cpu();
+      const syn1 = await synRetransmits(paths.http[target]!.ns);
+      if (syn0 !== null && syn1 !== null) addSample(results, "nc.synRetransPct", target, ((syn1 - syn0) * 100) / Math.max(1, nc.requests));
       addSample(results, "nc.rps", target, nc.rps);
       addSample(results, "nc.p99", target, nc.p99Ms);
       addSample(results, "nc.machineUsPerConn", target, (used.machine * 1e6) / Math.max(1, nc.requests));

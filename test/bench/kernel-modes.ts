@@ -36,7 +36,10 @@ export const KERNEL_MODES: KernelMode[] = [
 export function kernelNodeConfig(_ns: NsPlane): string[] {
   const probe = nodeConfigSchema.safeParse({ node: { id: "probe" }, dsr: { interface: NET.dev } });
   const knowsDsr = probe.success || !probe.error.issues.some((i) => i.code === "unrecognized_keys" && i.keys.includes("dsr"));
-  return knowsDsr ? [`dsr: { interface: ${NET.dev} }`] : [];
+  // NAT leaves with an address of its own (not 10.77.2.1, which HAProxy's and the proxies' connections
+  // to the same backends use): see docs/keys.md, "The node's source address for full NAT".
+  const knowsNat = nodeConfigSchema.safeParse({ node: { id: "probe" }, nat: { sourceAddresses: [NET.natSource] } }).success;
+  return [...(knowsDsr ? [`dsr: { interface: ${NET.dev} }`] : []), ...(knowsNat ? [`nat: { sourceAddresses: [${NET.natSource}] }`] : [])];
 }
 
 type BackendRecord = ServiceRecord["backends"][number];

@@ -100,6 +100,17 @@ export function logLoadToolsTo(file: string): void {
   toolLog = createWriteStream(file, { flags: "a" });
 }
 
+/**
+ * The client's SYN retransmits so far (TcpExtTCPSynRetrans of its namespace); null when nstat is
+ * missing. Each is a connection that waited ≥ 1 s for its handshake: what makes a path's new
+ * connections/s fall while its per-request latency stays low.
+ */
+export async function synRetransmits(ns?: string): Promise<number | null> {
+  const { code, out } = await run("nstat", ["-az", "TcpExtTCPSynRetrans"], 5000, ns);
+  const m = /TcpExtTCPSynRetrans\s+(\d+)/.exec(out);
+  return code === 0 && m ? Number(m[1]) : null;
+}
+
 export async function wrk(dest: Dest, o: { connections: number; durationS: number; close: boolean }): Promise<WrkResult & { raw: string }> {
   const args = ["-t1", `-c${o.connections}`, `-d${o.durationS}s`, "--latency", "--timeout", "5s"];
   if (o.close) args.push("-H", "Connection: close");

@@ -32,6 +32,8 @@ export const NET = {
   client: "10.77.1.2",
   lbFront: "10.77.1.1",
   lbBack: "10.77.2.1",
+  /** The NAT node's own source address toward the backends (nat.sourceAddresses): nothing else uses it. */
+  natSource: "10.77.2.11",
   backends: ["10.77.2.2", "10.77.2.3"],
   natVip: "10.77.3.1",
   dsrVip: "10.77.4.1",
@@ -91,7 +93,7 @@ export async function buildNamespaces(ctx: Context, etcd: Etcd): Promise<NsPlane
   const lb = await topo.namespace("lb");
   const backend = await topo.namespace("be");
   await topo.attach(client, [`${NET.client}/24`], NET.dev);
-  await topo.attach(lb, [`${NET.lbFront}/24`, `${NET.lbBack}/24`], NET.dev);
+  await topo.attach(lb, [`${NET.lbFront}/24`, `${NET.lbBack}/24`, `${NET.natSource}/24`], NET.dev);
   await topo.attach(backend, NET.backends.map((a) => `${a}/24`), NET.dev);
   await client.addRoute("default", NET.lbFront);
   await backend.addRoute("default", NET.lbBack);

@@ -36,6 +36,7 @@ export const METRICS = {
   "lat.p99": { label: "light-load p99 ms (c=4)", unit: "ms", higherIsBetter: false },
   "nc.rps": { label: "new connections/s (Connection: close, c=32)", unit: "rps", higherIsBetter: true },
   "nc.p99": { label: "new-connection p99 ms", unit: "ms", higherIsBetter: false },
+  "nc.synRetransPct": { label: "client SYN retransmits per 100 new connections (each waited ≥ 1 s)", unit: "pct", higherIsBetter: false },
   "nc.cpuUsPerConn": { label: "balancer process CPU µs per new connection", unit: "us", higherIsBetter: false },
   "nc.machineUsPerConn": { label: "whole-machine CPU µs per new connection", unit: "us", higherIsBetter: false },
   "bulk.gbps": { label: "bulk throughput Gbit/s (iperf3, 1 stream)", unit: "gbps", higherIsBetter: true },

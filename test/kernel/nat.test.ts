@@ -73,6 +73,18 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", { t
     expect(wrong).toEqual([]);
   });
 
+  it("nat.sourceAddresses: full NAT leaves with the configured address of the node, not the interface's", async () => {
+    await lab.lb.addAddress("eth0", "10.77.2.5/24");
+    const f = new KernelForwarder({ cluster: "lab", log, runner: nftRunner({ netns: lab.lb.name }), conntrack: conntrackTool({ netns: lab.lb.name }), sourceAddresses: ["10.77.2.5", "fd77:2::5"] });
+    forwarders.push(f);
+    const own = natService();
+    own.service.listen = `${VIP}:84`;
+    await f.apply(labSnapshot(8, { web: own }));
+    const got = await lab.flows("tcp", ports(22000, 30), { port: 84 });
+    expect(got.size).toBe(30);
+    for (const a of got.values()) expect(a).toMatch(/^b[012] 10\.77\.2\.5$/);
+  });
+
   it("nat.snat false: backends see the client's own address (they route replies through the node)", async () => {
     const routed = await createLab(2, { backendRoute: true });
     try {

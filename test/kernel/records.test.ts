@@ -114,4 +114,12 @@ describe("kernel pieces", () => {
     expect(rebuilt.script).toMatch(/delete chain inet ballast_t s_web\n/);
     expect(renderFull(m(base))).toMatch(/jhash ip saddr \. tcp sport mod 5 seed 0x7 map @s_web_slots/);
   });
+
+  it("full NAT masquerades by default and uses `snat to` the node's source address per family when configured", () => {
+    const base: NatServiceModel = { name: "web", id: "s_web", family: 4, protocol: "tcp", vip: "10.0.0.1", port: 80, snat: true, sourceOnly: false, size: 1, slots: ["a . 1"], affinity: null, allow: [], deny: [], sourceRate: 0, sourceBurst: 20, maxConnections: 0, counters: new Map() };
+    const post = (source?: { 4?: string; 6?: string }) => renderFull({ table: "t", seed: 7, source, services: new Map([["web", base]]) }).split("\n").filter((l) => l.startsWith("add rule inet t postrouting"));
+    expect(post()).toEqual([expect.stringMatching(/@snat4 masquerade$/), expect.stringMatching(/@snat6 masquerade$/)]);
+    expect(post({ 4: "10.0.2.11" })).toEqual([expect.stringMatching(/@snat4 snat ip to 10\.0\.2\.11$/), expect.stringMatching(/@snat6 masquerade$/)]);
+    expect(post({ 4: "10.0.2.11", 6: "fd00::11" })[1]).toMatch(/@snat6 snat ip6 to fd00::11$/);
+  });
 });
