@@ -38,6 +38,8 @@ export class PrefixSync implements SyncHandle {
     private readonly sink: SyncSink,
     private readonly backoff: BackoffConfig,
     private readonly onStopped: () => void,
+    /** Called after each successful list but the first (a re-list: recovery cost, counted by the store). */
+    private readonly onRelist: () => void = () => {},
   ) {
     void this.run();
   }
@@ -53,10 +55,13 @@ export class PrefixSync implements SyncHandle {
 
   private async run(): Promise<void> {
     let failures = 0;
+    let first = true;
     while (!this.stopped) {
       let reason: string;
       try {
         const { kvs, revision } = await this.source.list(this.prefix);
+        if (!first) this.onRelist();
+        first = false;
         if (this.stopped) return;
         reason =
           this.deliver("reset", () => this.sink.reset(kvs, revision)) ??
