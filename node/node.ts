@@ -72,6 +72,7 @@ export class BallastNode {
   private sync: SyncHandle | null = null;
   private lease: Lease | null = null;
   private registerTimer: NodeJS.Timeout | null = null;
+  private granting: Promise<void> | null = null;
   /** Registrations on a new lease (ballast_node_registrations_total). */
   private readonly registrations = { registrations: 0 };
   private lastRegistered = "";
@@ -407,23 +408,33 @@ export class BallastNode {
     };
   }
 
+  private async grantNodeLease(): Promise<void> {
+    const ttl = this.config.etcd?.leaseTtl ?? 5;
+    const lease = await this.store.grantLease(ttl, true);
+    this.lease = lease;
+    this.lastRegistered = "";
+    this.registrations.registrations++;
+    lease.onLost((reason) => {
+      // Jittered over half a TTL: after a long etcd outage every node loses its lease at about the
+      // same moment, and they should not all grant and put at the same instant (issue 19).
+      const delayMs = 500 + Math.random() * ttl * 500;
+      this.log.warn({ reason, delayMs: Math.round(delayMs) }, "node lease lost; registering again");
+      if (this.lease === lease) this.lease = null;
+      this.scheduleRegister(delayMs);
+    });
+  }
+
   private async register(): Promise<void> {
     if (this.stopping) return;
     if (this.lease === null) {
-      const ttl = this.config.etcd?.leaseTtl ?? 5;
-      const lease = await this.store.grantLease(ttl, true);
-      this.lease = lease;
-      this.lastRegistered = "";
-      this.registrations.registrations++;
-      lease.onLost((reason) => {
-        // Jittered over half a TTL: after a long etcd outage every node loses its lease at about the
-        // same moment, and they should not all grant and put at the same instant (issue 19).
-        const delayMs = 500 + Math.random() * ttl * 500;
-        this.log.warn({ reason, delayMs: Math.round(delayMs) }, "node lease lost; registering again");
-        if (this.lease === lease) this.lease = null;
-        this.scheduleRegister(delayMs);
+      // One grant at a time: a register() from start and one from a mode change used to both find no
+      // lease and grant two (a second registration, and a lease left to expire).
+      this.granting ??= this.grantNodeLease().finally(() => {
+        this.granting = null;
       });
+      await this.granting;
     }
+    if (this.lease === null) return;
     // Only ready/draining/mode/unserved changes are written: the revision is asked from the admin API, since
     // writing it here would make every node's write bump every other node's revision, forever.
     const r = this.nodeRecord();
