@@ -77,6 +77,8 @@ export interface StoreRecoveryStats {
   staleElectionKeys: number;
   /** Full re-lists of a synced prefix after its watch broke (the first list of each sync not counted). */
   relists: number;
+  /** Watches resumed after a break from the last revision taken, without a list. */
+  resumes: number;
 }
 
 type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions["faultHandling"]>["host"]>>;
@@ -122,7 +124,7 @@ export class EtcdStore implements Store {
   /** Leases whose revoke did not reach etcd: revoked again once it answers (issue 19). */
   private readonly unrevoked = new Map<EtcdLease, true>();
   private revokeLoop = false;
-  readonly recovery: StoreRecoveryStats = { revokesDeferred: 0, revokesRetried: 0, revokesPending: 0, leasesLost: 0, staleElectionKeys: 0, relists: 0 };
+  readonly recovery: StoreRecoveryStats = { revokesDeferred: 0, revokesRetried: 0, revokesPending: 0, leasesLost: 0, staleElectionKeys: 0, relists: 0, resumes: 0 };
 
   constructor(opts: EtcdStoreOptions) {
     if (opts.endpoints.length === 0) throw new RangeError("EtcdStore: endpoints must not be empty");
@@ -177,6 +179,9 @@ export class EtcdStore implements Store {
       () => this.syncs.delete(sync),
       () => {
         this.recovery.relists++;
+      },
+      () => {
+        this.recovery.resumes++;
       },
     );
     this.syncs.add(sync);

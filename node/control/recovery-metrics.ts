@@ -43,9 +43,15 @@ export function registerRecoveryMetrics(registry: client.Registry, s: StoreRecov
   });
   collectedTotal({
     name: "ballast_etcd_relists_total",
-    help: "Full re-lists of the cluster prefix after its watch broke (the first list not counted).",
+    help: "Full re-lists of the cluster prefix (the first list not counted): after a compaction passed the watch, a cancel by etcd, or a failed sink.",
     registry,
     value: () => s.relists,
+  });
+  collectedTotal({
+    name: "ballast_etcd_watch_resumes_total",
+    help: "Watches of the cluster prefix resumed after a break from the last revision taken, without a re-list.",
+    registry,
+    value: () => s.resumes,
   });
   collectedTotal({
     name: "ballast_node_registrations_total",
