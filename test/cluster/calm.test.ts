@@ -83,8 +83,8 @@ function sampleModes(nodes: BallastNode[]) {
   let disconnected = 0;
   const timer = setInterval(() => {
     for (const n of nodes) {
-      let seen = modes.get(n.id);
-      if (seen === undefined) modes.set(n.id, (seen = new Set()));
+      const seen = modes.get(n.id) ?? new Set<string>();
+      modes.set(n.id, seen);
       seen.add(n.mode);
       if (!n.reconciler.connected) disconnected++;
     }
