@@ -7,7 +7,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { encodeValue, type Observation, parseVerdictValue, type Verdict } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
 import type { RecordTable } from "../control/records.js";
-import { type Leadership, type Store, StoreError } from "../control/store.js";
+import type { Leadership, Store } from "../control/store.js";
 import type { Logger } from "../log.js";
 import { Checker, type CheckTarget } from "./checker.js";
 import type { Probe, ProbeOutcome } from "./checks.js";
@@ -366,7 +366,8 @@ class Term {
    * nodes read a fresh one at once instead of a term change. Other errors end the term as before.
    */
   private heartbeatFailed(err: Error): void {
-    if (!(err instanceof StoreError && err.recoverable)) {
+    // StoreError's `recoverable` (health shares only types with control/: no instanceof here).
+    if ((err as { recoverable?: unknown }).recoverable !== true) {
       this.failed(err);
       return;
     }
