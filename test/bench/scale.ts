@@ -41,7 +41,7 @@ export interface ScaleRow {
   putApplied: { p50: number; p99: number; n: number; missing: number };
   affinity: { clients: number; sentBytesPerClient: number; revisions: number; entriesPerNodeAvg: number; entriesNodeA: number; lagP50: number | null; lagP99: number | null; lagMissing: number };
   /** `ballast status` wall time (median of 3), and `ballast --version` (the CLI's own start: Node, modules). */
-  statusMs: { table: number | null; json: number | null; cliStart: number | null; nodesListed: number | null; error?: string };
+  statusMs: { table: number | null; json: number | null; cliStart: number | null; nodesListed: number | null; error?: string; baseline?: { cli: string; table: number } };
   recovery: { outageMs: number; allRecoveredMs: number | null; revisions: number; idleRevisionsExpected: number; nodeRecordsRewritten: number; fellBack: number; disconnected: number };
   notes: string[];
 }
@@ -220,9 +220,9 @@ async function waitCluster(agents: Agent[], ok: (s: ReturnType<typeof summarize>
   return { ms: (await ok(last)) ? Date.now() - t0 : null, last };
 }
 
-function timeCli(etcdUrl: string, cluster: string, json: boolean, args = ["status"]): { ms: number; out: string; error?: string } {
+function timeCli(etcdUrl: string, cluster: string, json: boolean, args = ["status"], cli = cliPath): { ms: number; out: string; error?: string } {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, [cliPath, "--etcd", etcdUrl, "--cluster", cluster, ...(json ? ["-o", "json"] : []), ...args], { encoding: "utf8", timeout: 120_000, cwd: repoRoot });
+  const r = spawnSync(process.execPath, [cli, "--etcd", etcdUrl, "--cluster", cluster, ...(json ? ["-o", "json"] : []), ...args], { encoding: "utf8", timeout: 120_000, cwd: repoRoot });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
   return { ms, out: r.stdout ?? "", error: r.status === 0 ? undefined : `exit ${r.status}: ${(r.stderr ?? "").split("\n")[0]}` };
 }
@@ -328,8 +328,11 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
         statusError ??= "status -o json: not JSON";
       }
     }
-    const statusMs = { table: Math.round(median(tables)), json: Math.round(median(jsons)), cliStart: Math.round(median(starts)), nodesListed: listed, ...(statusError ? { error: statusError } : {}) };
-    log(`scale ${n}: ballast status ${statusMs.table} ms (table), ${statusMs.json} ms (-o json, ${listed} nodes listed); the CLI's own start (--version) ${statusMs.cliStart} ms`);
+    // SCALE_BASELINE_CLI=path/to/older/dist/node/cli.js: the same figure for another build's `ballast status`, in the same minute.
+    const baselineCli = process.env.SCALE_BASELINE_CLI;
+    const other = baselineCli ? { cli: baselineCli, table: Math.round(median([0, 1, 2].map(() => timeCli(etcd.url, cluster, false, ["status"], baselineCli).ms))) } : undefined;
+    const statusMs = { table: Math.round(median(tables)), json: Math.round(median(jsons)), cliStart: Math.round(median(starts)), nodesListed: listed, ...(statusError ? { error: statusError } : {}), ...(other ? { baseline: other } : {}) };
+    log(`scale ${n}: ballast status ${statusMs.table} ms (table), ${statusMs.json} ms (-o json, ${listed} nodes listed); the CLI's own start (--version) ${statusMs.cliStart} ms${other ? `; ${other.cli}: ${other.table} ms` : ""}`);
 
     // Affinity: new clients through the first node; what etcd sends for them, and how many entries each node holds.
     const a0 = await etcd.counters();
@@ -431,6 +434,11 @@ export function scaleMarkdown(rows: ScaleRow[], o: ScaleOptions, header: string)
   l.push("", "| nodes | etcd down ms | all recovered ms (from stop) | revisions in recovery | of which idle would make | node records rewritten | nodes fell back | nodes saw etcd lost |");
   l.push("|---:|---:|---:|---:|---:|---:|---:|---:|");
   for (const r of rows) l.push(`| ${r.nodes} | ${r.recovery.outageMs} | ${f(r.recovery.allRecoveredMs)} | ${r.recovery.revisions} | ${r.recovery.idleRevisionsExpected} | ${r.recovery.nodeRecordsRewritten} | ${r.recovery.fellBack} | ${r.recovery.disconnected} |`);
+  const base = rows.filter((r) => r.statusMs.baseline);
+  if (base.length) {
+    l.push("", `\`ballast status\` of another build (SCALE_BASELINE_CLI=${base[0].statusMs.baseline!.cli}), same minute:`, "", "| nodes | this build ms | other build ms |", "|---:|---:|---:|");
+    for (const r of base) l.push(`| ${r.nodes} | ${f(r.statusMs.table)} | ${r.statusMs.baseline!.table} |`);
+  }
   const notes = rows.flatMap((r) => r.notes.map((x) => `- ${r.nodes} nodes: ${x}`));
   if (notes.length) l.push("", "Notes:", ...notes);
   return `${l.join("\n")}\n`;
