@@ -3,7 +3,7 @@
 // idle, per-node RSS and CPU, put → applied on all nodes, affinity egress per new client and visibility
 // lag, `ballast status` time, and recovery after an etcd restart. See test/bench/README.md ("Scale").
 import { type ChildProcess, fork, spawnSync } from "node:child_process";
-import { mkdirSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -26,10 +26,12 @@ export interface ScaleOptions {
   lagSamples: number;
   /** How long etcd is down in the restart test, ms. */
   outageMs: number;
+  /** `ballast status` runs (each: this build's table and JSON, `--version`, and the baseline build's if given). */
+  statusRounds: number;
 }
 
 export function scaleOptions(sizes: number[], quick: boolean): ScaleOptions {
-  return { sizes, perProcess: 25, idleS: quick ? 5 : 30, puts: quick ? 5 : 30, affinityClients: quick ? 100 : 1000, lagSamples: quick ? 3 : 10, outageMs: 2000 };
+  return { sizes, perProcess: 25, idleS: quick ? 5 : 30, puts: quick ? 5 : 30, affinityClients: quick ? 100 : 1000, lagSamples: quick ? 3 : 10, outageMs: 2000, statusRounds: quick ? 3 : 5 };
 }
 
 export interface ScaleRow {
@@ -40,8 +42,8 @@ export interface ScaleRow {
   perNode: { rssMiB: number; cpuPct: number; sentBytesPerS: number };
   putApplied: { p50: number; p99: number; n: number; missing: number };
   affinity: { clients: number; sentBytesPerClient: number; revisions: number; entriesPerNodeAvg: number; entriesNodeA: number; lagP50: number | null; lagP99: number | null; lagMissing: number };
-  /** `ballast status` wall time (median of 3), and `ballast --version` (the CLI's own start: Node, modules). */
-  statusMs: { table: number | null; json: number | null; cliStart: number | null; nodesListed: number | null; error?: string; baseline?: { cli: string; table: number } };
+  /** `ballast status` wall time (median of the rounds), and `ballast --version` (the CLI's own start: Node, modules). */
+  statusMs: { table: number | null; json: number | null; cliStart: number | null; nodesListed: number | null; error?: string; baseline?: { cli: string; table: number; cpu: number }; cpu?: { table: number; cliStart: number } };
   recovery: { outageMs: number; allRecoveredMs: number | null; revisions: number; idleRevisionsExpected: number; nodeRecordsRewritten: number; fellBack: number; disconnected: number };
   notes: string[];
 }
@@ -220,11 +222,27 @@ async function waitCluster(agents: Agent[], ok: (s: ReturnType<typeof summarize>
   return { ms: (await ok(last)) ? Date.now() - t0 : null, last };
 }
 
-function timeCli(etcdUrl: string, cluster: string, json: boolean, args = ["status"], cli = cliPath): { ms: number; out: string; error?: string } {
+/** GNU time, when installed: the CLI's CPU (user + system), which the machine's other load moves far less than its wall time. */
+const gnuTime = existsSync("/usr/bin/time") ? "/usr/bin/time" : null;
+
+function timeCli(etcdUrl: string, cluster: string, json: boolean, args = ["status"], cli = cliPath): { ms: number; cpuMs: number; out: string; error?: string } {
+  const argv = [cli, "--etcd", etcdUrl, "--cluster", cluster, ...(json ? ["-o", "json"] : []), ...args];
+  const cpuFile = join(os.tmpdir(), `ballast-scale-time-${process.pid}`);
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(process.execPath, [cli, "--etcd", etcdUrl, "--cluster", cluster, ...(json ? ["-o", "json"] : []), ...args], { encoding: "utf8", timeout: 120_000, cwd: repoRoot });
+  const r = gnuTime
+    ? spawnSync(gnuTime, ["-o", cpuFile, "-f", "%U %S", process.execPath, ...argv], { encoding: "utf8", timeout: 120_000, cwd: repoRoot })
+    : spawnSync(process.execPath, argv, { encoding: "utf8", timeout: 120_000, cwd: repoRoot });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  return { ms, out: r.stdout ?? "", error: r.status === 0 ? undefined : `exit ${r.status}: ${(r.stderr ?? "").split("\n")[0]}` };
+  let cpuMs = Number.NaN;
+  if (gnuTime) {
+    try {
+      const [u, sys] = readFileSync(cpuFile, "utf8").trim().split("\n").pop()!.split(" ").map(Number);
+      cpuMs = (u + sys) * 1000;
+    } catch {
+      // no figure
+    }
+  }
+  return { ms, cpuMs, out: r.stdout ?? "", error: r.status === 0 ? undefined : `exit ${r.status}: ${(r.stderr ?? "").split("\n")[0]}` };
 }
 
 const median = (xs: number[]) => (xs.length ? percentile(xs, 50) : Number.NaN);
@@ -313,12 +331,22 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
     const tables: number[] = [];
     const jsons: number[] = [];
     const starts: number[] = [];
+    const tableCpu: number[] = [];
+    const startCpu: number[] = [];
     let listed: number | null = null;
     let statusError: string | undefined;
-    for (let k = 0; k < 3; k++) {
+    // SCALE_BASELINE_CLI=path/to/older/dist/node/cli.js: the same figure for another build's `ballast status`,
+    // run alternately with this build's, so the machine's other load hits both alike.
+    const baselineCli = process.env.SCALE_BASELINE_CLI;
+    const otherRuns: ReturnType<typeof timeCli>[] = [];
+    for (let k = 0; k < o.statusRounds; k++) {
+      if (baselineCli) otherRuns.push(timeCli(etcd.url, cluster, false, ["status"], baselineCli));
       const t = timeCli(etcd.url, cluster, false);
       const j = timeCli(etcd.url, cluster, true);
-      starts.push(timeCli(etcd.url, cluster, false, ["--version"]).ms);
+      const v = timeCli(etcd.url, cluster, false, ["--version"]);
+      starts.push(v.ms);
+      startCpu.push(v.cpuMs);
+      tableCpu.push(t.cpuMs);
       statusError ??= t.error ?? j.error;
       tables.push(t.ms);
       jsons.push(j.ms);
@@ -328,11 +356,9 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
         statusError ??= "status -o json: not JSON";
       }
     }
-    // SCALE_BASELINE_CLI=path/to/older/dist/node/cli.js: the same figure for another build's `ballast status`, in the same minute.
-    const baselineCli = process.env.SCALE_BASELINE_CLI;
-    const other = baselineCli ? { cli: baselineCli, table: Math.round(median([0, 1, 2].map(() => timeCli(etcd.url, cluster, false, ["status"], baselineCli).ms))) } : undefined;
-    const statusMs = { table: Math.round(median(tables)), json: Math.round(median(jsons)), cliStart: Math.round(median(starts)), nodesListed: listed, ...(statusError ? { error: statusError } : {}), ...(other ? { baseline: other } : {}) };
-    log(`scale ${n}: ballast status ${statusMs.table} ms (table), ${statusMs.json} ms (-o json, ${listed} nodes listed); the CLI's own start (--version) ${statusMs.cliStart} ms${other ? `; ${other.cli}: ${other.table} ms` : ""}`);
+    const other = baselineCli ? { cli: baselineCli, table: Math.round(median(otherRuns.map((x) => x.ms))), cpu: Math.round(median(otherRuns.map((x) => x.cpuMs))) } : undefined;
+    const statusMs = { table: Math.round(median(tables)), json: Math.round(median(jsons)), cliStart: Math.round(median(starts)), nodesListed: listed, ...(statusError ? { error: statusError } : {}), ...(other ? { baseline: other } : {}), ...(gnuTime ? { cpu: { table: Math.round(median(tableCpu)), cliStart: Math.round(median(startCpu)) } } : {}) };
+    log(`scale ${n}: ballast status ${statusMs.table} ms (table; CPU ${statusMs.cpu?.table ?? "?"} ms), ${statusMs.json} ms (-o json, ${listed} nodes listed); the CLI's own start (--version) ${statusMs.cliStart} ms (CPU ${statusMs.cpu?.cliStart ?? "?"} ms)${other ? `; ${other.cli}: ${other.table} ms (CPU ${other.cpu} ms)` : ""}`);
 
     // Affinity: new clients through the first node; what etcd sends for them, and how many entries each node holds.
     const a0 = await etcd.counters();
@@ -436,8 +462,8 @@ export function scaleMarkdown(rows: ScaleRow[], o: ScaleOptions, header: string)
   for (const r of rows) l.push(`| ${r.nodes} | ${r.recovery.outageMs} | ${f(r.recovery.allRecoveredMs)} | ${r.recovery.revisions} | ${r.recovery.idleRevisionsExpected} | ${r.recovery.nodeRecordsRewritten} | ${r.recovery.fellBack} | ${r.recovery.disconnected} |`);
   const base = rows.filter((r) => r.statusMs.baseline);
   if (base.length) {
-    l.push("", `\`ballast status\` of another build (SCALE_BASELINE_CLI=${base[0].statusMs.baseline!.cli}), same minute:`, "", "| nodes | this build ms | other build ms |", "|---:|---:|---:|");
-    for (const r of base) l.push(`| ${r.nodes} | ${f(r.statusMs.table)} | ${r.statusMs.baseline!.table} |`);
+    l.push("", `\`ballast status\` of another build (SCALE_BASELINE_CLI=${base[0].statusMs.baseline!.cli}), same minute:`, "", "| nodes | this build ms (CPU ms) | other build ms (CPU ms) | CLI start alone ms (CPU ms) |", "|---:|---:|---:|---:|");
+    for (const r of base) l.push(`| ${r.nodes} | ${f(r.statusMs.table)} (${f(r.statusMs.cpu?.table ?? null)}) | ${r.statusMs.baseline!.table} (${f(r.statusMs.baseline!.cpu)}) | ${f(r.statusMs.cliStart)} (${f(r.statusMs.cpu?.cliStart ?? null)}) |`);
   }
   const notes = rows.flatMap((r) => r.notes.map((x) => `- ${r.nodes} nodes: ${x}`));
   if (notes.length) l.push("", "Notes:", ...notes);
