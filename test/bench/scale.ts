@@ -356,7 +356,10 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
         statusError ??= "status -o json: not JSON";
       }
     }
-    const other = baselineCli ? { cli: baselineCli, table: Math.round(median(otherRuns.map((x) => x.ms))), cpu: Math.round(median(otherRuns.map((x) => x.cpuMs))) } : undefined;
+    // A baseline that fails (an incomplete build exits at start) must not read as a fast status.
+    const otherError = otherRuns.find((x) => x.error)?.error;
+    if (otherError) notes.push(`SCALE_BASELINE_CLI ${baselineCli}: ${otherError}`);
+    const other = baselineCli && !otherError ? { cli: baselineCli, table: Math.round(median(otherRuns.map((x) => x.ms))), cpu: Math.round(median(otherRuns.map((x) => x.cpuMs))) } : undefined;
     const statusMs = { table: Math.round(median(tables)), json: Math.round(median(jsons)), cliStart: Math.round(median(starts)), nodesListed: listed, ...(statusError ? { error: statusError } : {}), ...(other ? { baseline: other } : {}), ...(gnuTime ? { cpu: { table: Math.round(median(tableCpu)), cliStart: Math.round(median(startCpu)) } } : {}) };
     log(`scale ${n}: ballast status ${statusMs.table} ms (table; CPU ${statusMs.cpu?.table ?? "?"} ms), ${statusMs.json} ms (-o json, ${listed} nodes listed); the CLI's own start (--version) ${statusMs.cliStart} ms (CPU ${statusMs.cpu?.cliStart ?? "?"} ms)${other ? `; ${other.cli}: ${other.table} ms (CPU ${other.cpu} ms)` : ""}`);
 
