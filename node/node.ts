@@ -33,6 +33,7 @@ import { type Forwarder, forwardingOf, unservedServices } from "./model/forwarde
 import type { Snapshot } from "./model/snapshot.js";
 import { StatsRegistry } from "./model/stats.js";
 import { describeState, explainRoute } from "./state.js";
+import { describeSummary } from "./admin/summary.js";
 import { registerBackendGauges } from "./backend-metrics.js";
 import { AccessLog, registerAccessLogMetrics } from "./data/access-log.js";
 import { ReloadMetrics, type ReloadResult, reloadNode } from "./reload.js";
@@ -248,6 +249,7 @@ export class BallastNode {
           return ready;
         },
         state: () => describeState(this),
+        summary: () => describeSummary(this),
         stateKey: () => `${this.reconciler.appliedRevision}|${this.reconciler.snapshot?.revision ?? 0}|${this.ready}|${this.mode}|${this.reconciler.connected}|${this.drain.state?.state ?? ""}`,
         route: (service, client, port) => explainRoute(this, service, client, port),
         metrics: async () => {

@@ -344,3 +344,28 @@ export interface ApiError {
   error: string;
   revision?: number;
 }
+
+/**
+ * GET /api/summary: one node's own figures, bounded by its services and backends and independent of the
+ * cluster's size (no `nodes[]`, no backend specs or verdict details). What `ballast status` and the
+ * status page ask every node for; the full /api/state is asked of one node only (issue 19).
+ */
+export interface NodeSummaryView {
+  node: StateView["node"];
+  cluster: string;
+  revision: number;
+  snapshotRevision: number;
+  store: Pick<StateView["store"], "kind" | "connected" | "lastError" | "staleSeconds" | "snapshotSource">;
+  health: HealthStateView;
+  /** Live counters per service and backend, as in /api/state (the status page sums them over nodes). */
+  services: Array<
+    Pick<ServiceStateView, "name" | "active" | "accepted" | "bytesIn" | "bytesOut" | "retries" | "refused" | "udp"> & {
+      affinityEntries: number;
+      backends: Array<Pick<BackendStateView, "id" | "active" | "connections" | "bytesIn" | "bytesOut" | "connectFailures">>;
+    }
+  >;
+  /** How many records this node lists as invalid (their keys and reasons: /api/state). */
+  invalid: number;
+  /** Whether the node runs a DNS responder (its view: /api/state `dns`). */
+  dns: boolean;
+}

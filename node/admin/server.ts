@@ -1,4 +1,4 @@
-// The admin HTTP server: /metrics, /healthz, /readyz, /api/state, /api/route, and the status page.
+// The admin HTTP server: /metrics, /healthz, /readyz, /api/state, /api/summary, /api/route, and the status page.
 // Bound to 127.0.0.1 by default; with a token, everything but /healthz, /readyz and the status page
 // shell needs `Authorization: Bearer <token>` (probes and a static page carry no secrets).
 //
@@ -11,7 +11,7 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import http from "node:http";
 import { type AddressInfo, isIP } from "node:net";
 import { formatHostPort, parseHostPort } from "../../shared/address.js";
-import type { ApiError, RouteAnswer, StateView } from "../../shared/api.js";
+import type { ApiError, NodeSummaryView, RouteAnswer, StateView } from "../../shared/api.js";
 
 /** Pollers (status pages, scrapers of /api/state) share one build of the state per this interval. */
 export const STATE_CACHE_MS = 250;
@@ -26,6 +26,8 @@ export interface AdminOptions {
 export interface AdminApi {
   ready(): boolean;
   state(): StateView;
+  /** GET /api/summary: this node's own figures, in a size independent of the cluster's (node/admin/summary.ts). */
+  summary?(): NodeSummaryView;
   route(service: string, client: string, port: number): { status: number; body: RouteAnswer | ApiError };
   metrics(): Promise<{ contentType: string; body: string }>;
   /** Optional extra GET routes (status page assets, later features): path → handler. */
@@ -40,7 +42,7 @@ export interface AdminApi {
    * readiness, mode): a cached state is reused only while this stays the same.
    */
   stateKey?(): string;
-  /** Whether a page from this browser origin (another node's status page) may read /api/state (CORS). */
+  /** Whether a page from this browser origin (another node's status page) may read /api/state and /api/summary (CORS). */
   allowOrigin?(origin: string): boolean;
 }
 
@@ -110,9 +112,10 @@ export class AdminServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://admin");
     const path = url.pathname;
-    // CORS for /api/state only, and only for origins the node vouches for (other nodes' status pages).
+    // CORS for /api/state and /api/summary only, and only for origins the node vouches for (other nodes'
+    // status pages, which read every peer's summary).
     const origin = req.headers.origin;
-    const cors = path === "/api/state" && origin !== undefined && this.api.allowOrigin?.(origin) === true;
+    const cors = (path === "/api/state" || path === "/api/summary") && origin !== undefined && this.api.allowOrigin?.(origin) === true;
     if (cors) res.setHeader("access-control-allow-origin", origin!).setHeader("vary", "Origin");
     if (cors && req.method === "OPTIONS") {
       // The preflight of a GET carrying the token: it never carries the token itself, and answers no data.
@@ -147,6 +150,10 @@ export class AdminServer {
         }
         return sendJson(res, 200, c.json);
       }
+      case "/api/summary":
+        if (!this.api.summary) return send(res, 404, { error: `no such endpoint ${path}` });
+        // Small and cheap: built per request (a status page at 1000 nodes asks each node every few seconds).
+        return send(res, 200, this.api.summary());
       case "/api/route": {
         const service = url.searchParams.get("service");
         const client = url.searchParams.get("client");

@@ -1,6 +1,7 @@
 // `npm run bench [-- --quick] [-- --profile]`: direct, HAProxy (1 thread, mode tcp), Ballast proxy, Ballast
 // NAT and Ballast DSR through the same namespace hops (client ns → balancer ns → backend ns), in one run;
 // UDP and memory on loopback; control-plane figures after. See test/bench/README.md.
+// `npm run bench -- --scale 3,12,40,100` runs only the scale bench (test/bench/scale.ts).
 import { mkdirSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -15,6 +16,7 @@ import { type Frontend, startHaproxy } from "./haproxy.js";
 import { KERNEL_MODES, kernelNodeConfig, kernelServices, probeKernelMode, runNatControlPlane } from "./kernel-modes.js";
 import { killLoadTools, logLoadToolsTo } from "./load.js";
 import { runMemory } from "./memory.js";
+import { runScale, scaleOptions } from "./scale.js";
 import { buildNamespaces, NET, namespacesUnavailable } from "./netns-plane.js";
 import { cpuSeconds, freePort, httpGet, rssBytes, sleep } from "./net.js";
 import { ProcessGroup } from "./procs.js";
@@ -42,6 +44,19 @@ function parseOptions(argv: string[]): Options {
 }
 
 const opts = parseOptions(process.argv.slice(2));
+/** `--scale N[,N…]`: simulated cluster sizes; the scale bench replaces the usual phases. */
+const scaleSizes = (() => {
+  const argv = process.argv.slice(2);
+  const i = argv.indexOf("--scale");
+  const raw = i >= 0 ? argv[i + 1] : process.env.npm_config_scale;
+  if (raw === undefined) return null;
+  const sizes = raw.split(",").map(Number);
+  if (sizes.length === 0 || sizes.some((n) => !Number.isInteger(n) || n < 1 || n > 2000)) {
+    process.stderr.write(`--scale: expected node counts like 3,12,40,100 (1..2000), got ${JSON.stringify(raw)}\n`);
+    process.exit(2);
+  }
+  return sizes;
+})();
 const t0 = Date.now();
 const stamp = new Date().toISOString().replace(/[:.]/g, "-");
 const resultsDir = join(repoRoot, "results");
@@ -69,8 +84,10 @@ async function finish(code: number): Promise<never> {
   for (const c of ctx.cleanups.splice(0).reverse()) await c().catch((e: Error) => log(`cleanup: ${e.message}`));
   results.finished = new Date().toISOString();
   results.notes.push(`Load average (1 min) at the end: ${os.loadavg()[0].toFixed(2)} on ${os.cpus().length} cores; anything else running on the machine competes with wrk, the proxies and the backends.`);
-  const files = writeResults(resultsDir, results);
-  log(`results: ${files.md}\n        ${files.json}\n        logs and configs: ${runDir}`);
+  if (scaleSizes === null) {
+    const files = writeResults(resultsDir, results);
+    log(`results: ${files.md}\n        ${files.json}\n        logs and configs: ${runDir}`);
+  } else log(`logs: ${runDir}`);
   process.exit(code);
 }
 process.on("SIGINT", () => {
@@ -329,6 +346,11 @@ async function loopbackPlane(etcd: Etcd): Promise<number[]> {
 }
 
 async function main(): Promise<void> {
+  if (scaleSizes !== null) {
+    log(`Ballast scale bench: ${scaleSizes.join(", ")} simulated nodes${opts.quick ? " (quick)" : ""}`);
+    await runScale(ctx, scaleOptions(scaleSizes, opts.quick));
+    return;
+  }
   log(`Ballast bench, ${opts.quick ? "quick smoke run" : "full run"}: ${opts.rounds} round(s) of ${opts.durationS} s${opts.profile ? ", with CPU profiles" : ""}`);
   log("checking tools …");
   ensureTools(log);

@@ -4,25 +4,30 @@
 // (shared/api.ts) and the DOM.
 /** @typedef {import("../../../shared/api.js").StateView} StateView */
 /** @typedef {import("../../../shared/api.js").RouteAnswer} RouteAnswer */
+/** @typedef {import("../../../shared/api.js").NodeSummaryView} NodeSummaryView */
 /** @typedef {import("../../../shared/api.js").EventView} EventView */
 "use strict";
 (function () {
   var TOKEN_KEY = "ballast.token";
   var POLL_MS = 1000, PEER_MS = 2000, FRESH_MS = 6000, HISTORY = 60;
+  // Other nodes are asked for their /api/summary (a size independent of the cluster's), at most
+  // PEER_BATCH per PEER_MS, in turn: at 100 nodes each is asked every 10 s, not 50 requests a second
+  // (issue 19). FRESH_MS grows with the turn so a node asked less often is not shown as silent.
+  var PEER_BATCH = 20, FRESH_BASE_MS = FRESH_MS;
   // Maps keyed by data (node ids, service names, backend ids) have no prototype: "constructor" or
   // "toString" are valid names, and on a plain object they would find Object's methods.
   /** @returns {Record<string, any>} */
   function dict() { return Object.create(null); }
   /**
-   * Page state. `self` is this node's /api/state; `peers` hold other nodes' answers by node id.
+   * Page state. `self` is this node's /api/state; `peers` hold other nodes' /api/summary answers by node id.
    * @type {{ token: string | null, refused: any, self: StateView | null, selfAt: number, skew: number, err: string,
-   *   needToken: boolean, tokenRejected: boolean, peers: Record<string, any>, peerAt: number, rates: Record<string, any>,
+   *   needToken: boolean, tokenRejected: boolean, peers: Record<string, any>, peerAt: number, peerCursor: number, rates: Record<string, any>,
    *   hist: Record<string, any>, sort: { col: string, dir: number }, scope: string, services: string,
    *   events: EventView[], eventsAt: number }}
    */
   var S = {
     token: null, refused: undefined, self: null, selfAt: 0, skew: 0, err: "", needToken: false, tokenRejected: false,
-    peers: dict(), peerAt: 0, rates: dict(), hist: dict(), sort: { col: "id", dir: 1 }, scope: "all", services: "",
+    peers: dict(), peerAt: 0, peerCursor: 0, rates: dict(), hist: dict(), sort: { col: "id", dir: 1 }, scope: "all", services: "",
     events: [], eventsAt: 0
   };
 
@@ -221,24 +226,37 @@
   }
 
   function pollPeers() {
-    var selfId = S.self.node.id, seen = dict();
+    var selfId = S.self.node.id, seen = dict(), list = [];
     (S.self.nodes || []).forEach(function (n) {
       if (n.id === selfId || !n.admin) return;
       seen[n.id] = true;
-      var p = S.peers[n.id] || (S.peers[n.id] = { state: null, at: 0, err: "", busy: false });
-      if (p.busy) return;
-      p.busy = true;
-      var trusted = n.trusted === true || "http://" + n.admin === location.origin;
-      api("http://" + n.admin, "/api/state", 1800, trusted).then(function (r) {
-        if (r.status === 200 && r.body && r.body.node) {
-          p.state = r.body; p.at = Date.now(); p.err = "";
-          observe(n.id, r.body, p.at);
-        } else if (r.status === 401 && !trusted) p.err = "token not sent: this node is not in admin.trustedPeers";
-        else p.err = r.status === 401 ? "token rejected (401)" : "HTTP " + r.status;
-      }, function (e) { p.err = errText(e) + " (unreachable, or its admin address is not this page's origin)"; })
-        .finally(function () { p.busy = false; });
+      list.push(n);
     });
     for (var id in S.peers) if (!seen[id]) { delete S.peers[id]; delete S.rates[id]; }
+    var turns = Math.max(1, Math.ceil(list.length / PEER_BATCH));
+    FRESH_MS = FRESH_BASE_MS + (turns - 1) * PEER_MS;
+    if (list.length === 0) return;
+    var start = S.peerCursor % list.length;
+    S.peerCursor = start + PEER_BATCH;
+    for (var i = 0; i < Math.min(PEER_BATCH, list.length); i++) pollPeer(list[(start + i) % list.length]);
+  }
+
+  /** One peer's /api/summary (its /api/state when it is older and has none). */
+  function pollPeer(n) {
+    var p = S.peers[n.id] || (S.peers[n.id] = { state: null, at: 0, err: "", busy: false });
+    if (p.busy) return;
+    p.busy = true;
+    var trusted = n.trusted === true || "http://" + n.admin === location.origin;
+    api("http://" + n.admin, "/api/summary", 1800, trusted).then(function (r) {
+      return r.status === 404 ? api("http://" + n.admin, "/api/state", 1800, trusted) : r;
+    }).then(function (r) {
+      if (r.status === 200 && r.body && r.body.node) {
+        p.state = r.body; p.at = Date.now(); p.err = "";
+        observe(n.id, r.body, p.at);
+      } else if (r.status === 401 && !trusted) p.err = "token not sent: this node is not in admin.trustedPeers";
+      else p.err = r.status === 401 ? "token rejected (401)" : "HTTP " + r.status;
+    }, function (e) { p.err = errText(e) + " (unreachable, or its admin address is not this page's origin)"; })
+      .finally(function () { p.busy = false; });
   }
 
   // ---- rendering ----
