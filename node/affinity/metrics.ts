@@ -28,6 +28,12 @@ export class AffinityMetrics {
     const scalar = (name: string, help: string, read: () => number) =>
       collectedCounter({ name, help, registry: r, read: (emit) => emit({}, read()) });
     scalar("ballast_affinity_evictions_total", "Entries evicted (least recently used) because the table was at affinity.maxEntries.", () => e.evictions);
+    collectedGauge({
+      name: "ballast_affinity_overflow",
+      help: "1 while the table is at affinity.maxEntries and evicting live entries before their TTL (an overflow episode), else 0.",
+      registry: r,
+      read: (emit) => emit({}, table.overflowSince === 0 ? 0 : 1),
+    });
     scalar("ballast_affinity_batches_written_total", "Affinity batches written to etcd by this node.", () => table.replicator?.batches ?? 0);
     scalar("ballast_affinity_bytes_written_total", "Bytes of affinity batches written to etcd by this node.", () => table.replicator?.bytes ?? 0);
     scalar("ballast_affinity_entries_written_total", "Entries written to etcd by this node (new and refreshed).", () => table.replicator?.entriesWritten ?? 0);

@@ -40,6 +40,18 @@ interface Merging {
 }
 const MIN_SWEEP_MS = 100;
 const MAX_SWEEP_MS = 2_000;
+/**
+ * An overflow episode (the table evicting live entries for room) ends once the table is back under
+ * this share of maxEntries with no eviction since the last sweep: one warning per episode, not per entry.
+ */
+export const OVERFLOW_CLEAR_SHARE = 0.9;
+
+/** A condition the operator should act on, as /api/state lists it. */
+export interface AffinityWarning {
+  kind: "affinity-overflow";
+  message: string;
+  since: number;
+}
 
 /** What the affinity table needs from the node that composes it. */
 export interface AffinityContext {
@@ -73,6 +85,11 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   private draining = false;
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopped = false;
+  /** When the current overflow episode began (0: none); set on the hot path, logged by the sweep. */
+  overflowSince = 0;
+  private overflowLogged = false;
+  private evictionsAtEpisodeStart = 0;
+  private evictionsAtLastSweep = 0;
   // lookup() and the record() that follows it in the same route() share one Map lookup.
   private cachedIp = "";
   private cachedTable: ServiceTable | null = null;
@@ -84,6 +101,11 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     this.self = this.entries.names.intern(ctx.id);
     this.entries.onEvict = (slot) => {
       if (slot === this.cachedSlot) this.cachedTable = null;
+      // Hot path: only note the episode's start; the sweep logs it (once) off the hot path.
+      if (this.overflowSince === 0) {
+        this.overflowSince = Date.now();
+        this.evictionsAtEpisodeStart = this.entries.evictions;
+      }
     };
     this.replicator =
       ctx.store === null
@@ -354,6 +376,7 @@ export class AffinityTable implements AffinityHook, AffinitySink {
       // Before the first snapshot no service is known: nothing to judge entries by yet.
       if (this.ctx.snapshot() !== null) {
         this.entries.sweep(Date.now(), (t) => this.ttlOf(t));
+        this.checkOverflow(Date.now());
         if (this.entries.compactNames([this.ctx.id])) {
           this.self = this.entries.names.intern(this.ctx.id);
           this.cachedTable = null;
@@ -362,6 +385,43 @@ export class AffinityTable implements AffinityHook, AffinitySink {
       this.scheduleSweep();
     }, delay);
     this.sweepTimer.unref();
+  }
+
+  /**
+   * Running past maxEntries evicts live entries before their TTL (their clients may move): never
+   * silently. One warning log per episode; the episode ends (one info log) when the table has room again.
+   */
+  checkOverflow(now: number): void {
+    const e = this.entries;
+    const evictedSinceSweep = e.evictions !== this.evictionsAtLastSweep;
+    this.evictionsAtLastSweep = e.evictions;
+    if (this.overflowSince === 0) return;
+    if (!this.overflowLogged) {
+      this.overflowLogged = true;
+      this.ctx.log.warn(
+        { maxEntries: e.maxEntries, entries: e.count, evicted: e.evictions - this.evictionsAtEpisodeStart },
+        "affinity table full: evicting live entries before their TTL (their clients may move); raise affinity.maxEntries",
+      );
+      return;
+    }
+    if (!evictedSinceSweep && e.count < e.maxEntries * OVERFLOW_CLEAR_SHARE) {
+      this.ctx.log.info({ evicted: e.evictions - this.evictionsAtEpisodeStart, lastedMs: now - this.overflowSince, entries: e.count }, "affinity table has room again: overflow ended");
+      this.overflowSince = 0;
+      this.overflowLogged = false;
+    }
+  }
+
+  /** Conditions for /api/state and the status page: an overflow episode while it lasts. */
+  warnings(): AffinityWarning[] {
+    if (this.overflowSince === 0) return [];
+    const e = this.entries;
+    return [
+      {
+        kind: "affinity-overflow",
+        message: `affinity table at affinity.maxEntries (${e.maxEntries}): ${e.evictions - this.evictionsAtEpisodeStart} live entries evicted before their TTL; their clients may move (raise affinity.maxEntries)`,
+        since: this.overflowSince,
+      },
+    ];
   }
 
   async stop(): Promise<void> {
