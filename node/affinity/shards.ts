@@ -14,7 +14,7 @@ import { NODE_ID, SERVICE_NAME } from "../../shared/keys.js";
 import { hashString } from "../lb/hash.js";
 
 /** Shards per cluster: part of the key layout (a different count puts records under other keys). */
-export const SHARDS = 64;
+export const SHARDS = 128;
 /** Owners per shard: a shard loses its watchers only when both die before a new owner has listed it. */
 export const SHARD_REPLICAS = 2;
 const SHARD_SEED = 0x5eed_a11;

@@ -18,6 +18,7 @@ import { Replicator } from "./replicator.js";
 import { ownedShards, parseRecordKey, shardOf, shardPrefix } from "./shards.js";
 
 interface Received {
+  key: string;
   service: string;
   value: Buffer;
   /** From a watch event (counts towards replication lag), not from a (re)list. */
@@ -290,7 +291,7 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     if (k?.kind !== "affinity") return;
     // Our own batches echo back through the watch; at startup (a list) they are a previous run's entries.
     if (live && k.node === this.ctx.id) return;
-    this.inbox.push({ service: k.service!, value, live, record: false });
+    this.inbox.push({ key, service: k.service!, value, live, record: false });
   }
 
   // ---- replication "exception": shards, table changes ---------------------------------------------
@@ -344,7 +345,7 @@ export class AffinityTable implements AffinityHook, AffinitySink {
         return;
       }
       if (live && k.node === this.ctx.id) return;
-      this.inbox.push({ service: k.service, value, live, record: true });
+      this.inbox.push({ key, service: k.service, value, live, record: true });
     };
     return {
       reset: (kvs: KeyValue[]) => {
@@ -460,7 +461,7 @@ export class AffinityTable implements AffinityHook, AffinitySink {
       batch = decodeBatch(r.value);
     } catch (err) {
       this.invalidBatches++;
-      this.ctx.log.debug({ service: r.service, err: (err as Error).message }, "invalid affinity batch skipped");
+      this.ctx.log.debug({ key: r.key, service: r.service, err: (err as Error).message }, "invalid affinity batch skipped");
       return null;
     }
     this.batchesReceived++;
