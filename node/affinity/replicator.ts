@@ -24,6 +24,8 @@ export interface ReplicatorOptions {
    * pick, or the service's pick is not the same on every node). Absent: "mesh", every entry goes to every node.
    */
   exceptionOf?(t: ServiceTable, slot: number): boolean;
+  /** Replication "exception": whether the service's entries go to shard owners as client records (else only to every node). */
+  sharded?(t: ServiceTable): boolean;
 }
 
 interface PooledLease {
@@ -121,6 +123,7 @@ export class Replicator {
       const ttl = this.opts.ttlOf(t);
       const items: BatchEntry[] = [];
       const records = new Map<number, BatchEntry[]>();
+      const sharded = exceptionOf !== undefined && this.opts.sharded?.(t) === true;
       let i = 0;
       for (; i < t.queue.length && items.length < this.opts.batchMax; i++) {
         const slot = t.queue[i];
@@ -133,15 +136,17 @@ export class Replicator {
           items.push(item);
           continue;
         }
-        // Replication "exception": every entry is a client record for its shard's owners; only
-        // exceptions go to every node.
-        const shard = shardOf(item.ip);
-        let list = records.get(shard);
-        if (list === undefined) {
-          list = [];
-          records.set(shard, list);
+        // Replication "exception": every entry is a client record for its shard's owners (of services
+        // whose pick is the same on every node); only exceptions go to every node.
+        if (sharded) {
+          const shard = shardOf(item.ip);
+          let list = records.get(shard);
+          if (list === undefined) {
+            list = [];
+            records.set(shard, list);
+          }
+          list.push(item);
         }
-        list.push(item);
         if (exceptionOf(t, slot)) {
           e.setExcepted(slot, true);
           items.push(item);

@@ -152,6 +152,10 @@ export class AffinityTable implements AffinityHook, AffinitySink {
           batchMax: c.batchMax,
           ttlOf: (t) => this.ttlOf(t),
           exceptionOf: c.replication === "exception" ? (t, slot) => this.exceptionOf(t, slot) : undefined,
+          sharded: (t) => {
+            const svc = this.ctx.snapshot()?.services.get(t.name);
+            return svc !== undefined && sameEverywhere(svc);
+          },
         });
     this.shards = ctx.store !== null && c.replication === "exception" ? new Map() : null;
     this.metrics = new AffinityMetrics(ctx.registry, this);
@@ -416,7 +420,8 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     const e = this.entries;
     if (e.excepted(slot) || e.excQueued(slot) || this.shards === null || !this.shards.has(shardOf(e.ip(slot)))) return;
     const svc = this.ctx.snapshot()?.services.get(t.name);
-    if (svc === undefined || Date.now() - e.lastUsed(slot) >= svc.spec.affinity.ttl * GRACE_FACTOR) return;
+    // A service whose pick differs per node has every entry everywhere already (its seer broadcasts it).
+    if (svc === undefined || !sameEverywhere(svc) || Date.now() - e.lastUsed(slot) >= svc.spec.affinity.ttl * GRACE_FACTOR) return;
     // A client whose backend left (removed, down) moves anyway: no exception keeps it there.
     if (!svc.sticky.has(e.backendName(slot)) || !this.exceptionOf(t, slot)) return;
     e.setExcQueued(slot, true);

@@ -151,6 +151,23 @@ describe("affinity replication: exception", () => {
     for (const n of nodes.slice(1)) expect(route(n, "web", ip)).toBe(other);
   });
 
+  it("a service whose pick is not the same on every node (flow hash) still sends every entry to every node, and no records", async () => {
+    const c = freshCluster();
+    await c.putService("flow", { algorithm: "maglev" });
+    await c.putBackend("flow", "a", 10001);
+    const rev = await c.putBackend("flow", "b", 10002);
+    const nodes = await Promise.all(["m1", "m2", "m3"].map((id) => startNode(c.config(id))));
+    await applied(nodes, rev);
+    await shardsSettled(nodes, ["m1", "m2", "m3"]);
+    const clients = ips(30, "10.60");
+    for (const ip of clients) route(nodes[0], "flow", ip);
+    for (const n of nodes) await waitFor(() => (n.affinity.entries.table("flow")?.size ?? 0) === clients.length, { message: `${n.id} holds every entry` });
+    expect(nodes[0].affinity.replicator!.recordsWritten).toBe(0);
+    expect(nodes[0].affinity.replicator!.exceptionsWritten).toBe(clients.length);
+    // The owners add no copies of their own.
+    for (const n of nodes.slice(1)) expect(n.affinity.replicator!.exceptionsWritten).toBe(0);
+  });
+
   it("skips malformed record keys and values with their reason; valid records keep working", async () => {
     const c = freshCluster();
     await c.putService("web");
