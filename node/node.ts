@@ -128,6 +128,7 @@ export class BallastNode {
       registry: this.metrics.registry,
       store: this.standalone ? null : this.store,
       snapshot: () => this.reconciler.snapshot,
+      nodes: () => this.reconciler.nodes.values(),
     });
     this.plane = new DataPlane(
       this.log,
@@ -182,6 +183,7 @@ export class BallastNode {
         },
         onClusterChange: () => {
           this.health.onClusterChange();
+          this.affinity.membershipChanged();
           this.drain.update(this.reconciler.drains.get(this.id));
           this.dns?.refresh();
         },
@@ -335,6 +337,8 @@ export class BallastNode {
   private rampTimer: NodeJS.Timeout | null = null;
 
   private onSnapshot(s: Snapshot): void {
+    // Before the plane routes by it: the affinity table holds the previous table for clients without an entry.
+    this.affinity.applied(s);
     // Slow start: the next ramp step is a rebuild from the same records at a later clock.
     if (this.rampTimer !== null) clearTimeout(this.rampTimer);
     this.rampTimer = null;

@@ -34,7 +34,7 @@ export interface StateContext {
   readonly keys: { service(name: string): string; readonly dns: string };
   readonly dns: { describe(): DnsStateView } | null;
   readonly forwarders: readonly Forwarder<Snapshot>[];
-  readonly affinity: Pick<AffinityTable, "describe" | "entries">;
+  readonly affinity: Pick<AffinityTable, "describe" | "entries" | "warnings">;
   readonly health: Pick<HealthManager, "status">;
   readonly kernel: Pick<KernelForwarder, "seed" | "state">;
   readonly dsr: Pick<DsrForwarder, "seed" | "state" | "lastCounters">;
@@ -120,6 +120,7 @@ export function describeState(n: StateContext): StateView {
       ...n.plane.listenerFailures().map((f) => ({ key: n.keys.service(f.service), reason: `not served on this node: ${f.reason}` })),
       ...(n.reconciler.dns.error ? [{ key: n.keys.dns, reason: n.reconciler.dns.error, keptLastGood: n.reconciler.dns.spec !== null }] : []),
     ],
+    warnings: n.affinity.warnings(),
     // `trusted`: the status page sends the token to this node's admin API (admin.trustedPeers).
     nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)).map((r) => ({ ...r, trusted: r.id === n.id || n.peerTrust.trusts(r.admin) })),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.

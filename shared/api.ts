@@ -233,6 +233,8 @@ export interface StateView {
   snapshotRevision: number;
   services: ServiceStateView[];
   invalid: readonly InvalidRecordView[];
+  /** Conditions on this node the operator should act on (affinity table overflow, …). Absent from older nodes. */
+  warnings?: WarningView[];
   /** `trusted`: the status page may send the token to this node's admin address (admin.trustedPeers, or itself). */
   nodes: Array<NodeRecord & { trusted: boolean }>;
   health: HealthStateView;
@@ -242,6 +244,15 @@ export interface StateView {
   kernel?: KernelStateView;
   /** The netdev table of `forwarding: dsr` services on this node (node/kernel/dsr.ts). */
   dsr?: DsrStateView;
+}
+
+/** A condition on a node the operator should act on, while it lasts. */
+export interface WarningView {
+  /** Stable, for scripts and alerts: "affinity-overflow". */
+  kind: string;
+  message: string;
+  /** When it began (ms since epoch). */
+  since: number;
 }
 
 /** One address in a DNS answer: a live node's public address. */

@@ -423,6 +423,12 @@ export const nodeConfigSchema = z
         maxEntries: z.number().int().min(1).default(1_000_000),
         batchInterval: duration("100ms"),
         batchMax: z.number().int().min(1).max(5000).default(500),
+        /**
+         * `mesh`: every node's entries go to every node. `exception`: client records go to a few shard
+         * owners, and only entries whose backend differs from the table's pick go to every node
+         * (docs/keys.md). The same on every node of a cluster.
+         */
+        replication: z.enum(["mesh", "exception"]).default("mesh"),
       })
       .strict()
       .prefault({}),

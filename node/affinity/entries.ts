@@ -42,6 +42,10 @@ const F_CREATED = 2;
 const QUEUED = 1;
 /** Slot flag: the client is an IPv6 (or other non-dotted-quad) address, kept as a string. */
 const V6 = 2;
+/** Slot flag (replication "exception"): queued to be written as an exception by a shard owner. */
+const EXC_QUEUED = 4;
+/** Slot flag (replication "exception"): the cluster already has this binding as an exception; cleared when the binding changes. */
+const EXCEPTED = 8;
 
 export function formatIpv4(ip: number): string {
   const u = ip >>> 0;
@@ -144,6 +148,8 @@ export class ServiceTable {
   readonly v6 = new Map<string, number>();
   /** Slots waiting to be written (a slot may be stale: the writer checks its flag and owner). */
   queue: number[] = [];
+  /** Replication "exception": slots a shard owner writes as exceptions (only to the broadcast prefix). */
+  exceptions: number[] = [];
   hits = 0;
   misses = 0;
   /** Lookups that found an entry older than its TTL (a new pick follows). */
@@ -267,6 +273,22 @@ export class EntryStore {
     const i = slot * I_STRIDE + I_FLAGS;
     this.ints[i] = on ? this.ints[i] | QUEUED : this.ints[i] & ~QUEUED;
   }
+  /** Queued by a shard owner to be written as an exception (replication "exception"). */
+  excQueued(slot: number): boolean {
+    return (this.ints[slot * I_STRIDE + I_FLAGS] & EXC_QUEUED) !== 0;
+  }
+  setExcQueued(slot: number, on: boolean): void {
+    const i = slot * I_STRIDE + I_FLAGS;
+    this.ints[i] = on ? this.ints[i] | EXC_QUEUED : this.ints[i] & ~EXC_QUEUED;
+  }
+  /** Whether every node has (or is being sent) this binding as an exception. */
+  excepted(slot: number): boolean {
+    return (this.ints[slot * I_STRIDE + I_FLAGS] & EXCEPTED) !== 0;
+  }
+  setExcepted(slot: number, on: boolean): void {
+    const i = slot * I_STRIDE + I_FLAGS;
+    this.ints[i] = on ? this.ints[i] | EXCEPTED : this.ints[i] & ~EXCEPTED;
+  }
   ip(slot: number): string {
     const i = slot * I_STRIDE;
     return (this.ints[i + I_FLAGS] & V6) !== 0 ? this.v6ips.get(slot)! : formatIpv4(this.ints[i + I_IP4]);
@@ -302,6 +324,8 @@ export class EntryStore {
 
   setBinding(slot: number, backend: number, creator: number, gen: number, created: number, lastUsed: number): void {
     const i = slot * I_STRIDE;
+    // Another binding: whether the cluster holds it as an exception is to be judged again.
+    this.ints[i + I_FLAGS] &= ~EXCEPTED;
     this.ints[i + I_BACKEND] = backend;
     this.ints[i + I_CREATOR] = creator;
     this.ints[i + I_GEN] = gen;

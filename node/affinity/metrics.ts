@@ -28,9 +28,24 @@ export class AffinityMetrics {
     const scalar = (name: string, help: string, read: () => number) =>
       collectedCounter({ name, help, registry: r, read: (emit) => emit({}, read()) });
     scalar("ballast_affinity_evictions_total", "Entries evicted (least recently used) because the table was at affinity.maxEntries.", () => e.evictions);
+    collectedGauge({
+      name: "ballast_affinity_overflow",
+      help: "1 while the table is at affinity.maxEntries and evicting live entries before their TTL (an overflow episode), else 0.",
+      registry: r,
+      read: (emit) => emit({}, table.overflowSince === 0 ? 0 : 1),
+    });
     scalar("ballast_affinity_batches_written_total", "Affinity batches written to etcd by this node.", () => table.replicator?.batches ?? 0);
     scalar("ballast_affinity_bytes_written_total", "Bytes of affinity batches written to etcd by this node.", () => table.replicator?.bytes ?? 0);
     scalar("ballast_affinity_entries_written_total", "Entries written to etcd by this node (new and refreshed).", () => table.replicator?.entriesWritten ?? 0);
+    scalar("ballast_affinity_exceptions_written_total", "Replication exception: entries written for every node (backend differs from the table's pick).", () => table.replicator?.exceptionsWritten ?? 0);
+    scalar("ballast_affinity_records_written_total", "Replication exception: client records written to their shard's owners.", () => table.replicator?.recordsWritten ?? 0);
+    scalar("ballast_affinity_held_total", "Replication exception: clients without an entry routed by the previous table during the hold after a table change.", () => table.held);
+    collectedGauge({
+      name: "ballast_affinity_owned_shards",
+      help: "Replication exception: client record shards this node owns (watches and writes exceptions for).",
+      registry: r,
+      read: (emit) => emit({}, table.ownedShards.length),
+    });
     scalar("ballast_affinity_write_failures_total", "Affinity batch writes that failed (retried).", () => table.replicator?.failures ?? 0);
     scalar("ballast_affinity_lease_grants_total", "Leases granted for affinity batches.", () => table.replicator?.leaseGrants ?? 0);
     collectedGauge({

@@ -1,4 +1,5 @@
 // Writes queued affinity entries to etcd: per service, one put of up to batchMax entries per flush,
+// (replication "exception": one per shard for the client records, plus one of the exceptions),
 // flushes every batchInterval (or sooner, at most every batchInterval/4, once batchMax are queued).
 // Each put is leased to a shared lease that outlives the batch's newest use by TTL + grace, so entries
 // survive the node that wrote them and leave etcd on their own; one lease serves a TTL/4 window.
@@ -7,6 +8,7 @@ import type { Lease, Store } from "../control/store.js";
 import type { Logger } from "../log.js";
 import { type BatchEntry, encodeBatches } from "./batch.js";
 import { type EntryStore, graceTtl, REFRESH_FACTOR, type ServiceTable } from "./entries.js";
+import { recordKey, shardOf } from "./shards.js";
 
 export interface ReplicatorOptions {
   store: Store;
@@ -17,6 +19,13 @@ export interface ReplicatorOptions {
   batchMax: number;
   /** The service's TTL in ms, or null when the service is gone or has affinity off. */
   ttlOf(t: ServiceTable): number | null;
+  /**
+   * Replication "exception": whether every node must hold this entry (its backend is not the table's
+   * pick, or the service's pick is not the same on every node). Absent: "mesh", every entry goes to every node.
+   */
+  exceptionOf?(t: ServiceTable, slot: number): boolean;
+  /** Replication "exception": whether the service's entries go to shard owners as client records (else only to every node). */
+  sharded?(t: ServiceTable): boolean;
 }
 
 interface PooledLease {
@@ -32,6 +41,9 @@ export class Replicator {
   batches = 0;
   bytes = 0;
   entriesWritten = 0;
+  /** Replication "exception": entries written to the broadcast prefix (exceptions), and client records to shards. */
+  exceptionsWritten = 0;
+  recordsWritten = 0;
   failures = 0;
   leaseGrants = 0;
   private timer: NodeJS.Timeout | null = null;
@@ -58,7 +70,7 @@ export class Replicator {
 
   get queued(): number {
     let n = 0;
-    for (const t of this.entries.tables) n += t.queue.length;
+    for (const t of this.entries.tables) n += t.queue.length + t.exceptions.length;
     return n;
   }
 
@@ -88,7 +100,8 @@ export class Replicator {
     const intervalDue = now - this.lastFlush >= this.opts.batchInterval;
     let due = false;
     for (const t of this.entries.tables) {
-      if (t.queue.length > 0 && (intervalDue || t.queue.length >= this.opts.batchMax)) {
+      // Exceptions written for a table change go at once: until they arrive, other nodes pick by the new table.
+      if (t.exceptions.length > 0 || (t.queue.length > 0 && (intervalDue || t.queue.length >= this.opts.batchMax))) {
         due = true;
         break;
       }
@@ -100,14 +113,17 @@ export class Replicator {
     });
   }
 
-  /** One put (split only past MAX_BATCH_BYTES) per service with queued entries. */
+  /** One put (split only past MAX_BATCH_BYTES) per service with queued entries (per shard and service for records). */
   private async flush(): Promise<void> {
     const e = this.entries;
     const writes: Promise<void>[] = [];
+    const exceptionOf = this.opts.exceptionOf;
     for (const t of e.tables) {
-      if (t.queue.length === 0) continue;
+      if (t.queue.length === 0 && t.exceptions.length === 0) continue;
       const ttl = this.opts.ttlOf(t);
       const items: BatchEntry[] = [];
+      const records = new Map<number, BatchEntry[]>();
+      const sharded = exceptionOf !== undefined && this.opts.sharded?.(t) === true;
       let i = 0;
       for (; i < t.queue.length && items.length < this.opts.batchMax; i++) {
         const slot = t.queue[i];
@@ -115,24 +131,66 @@ export class Replicator {
         if (!e.ownedBy(slot, t) || !e.queued(slot)) continue;
         e.setQueued(slot, false);
         if (ttl === null) continue;
-        items.push({ ip: e.ip(slot), backend: e.backendName(slot), lastUsed: e.lastUsed(slot), created: e.created(slot), gen: e.gen(slot), creator: e.creatorName(slot) });
+        const item = this.item(slot);
+        if (exceptionOf === undefined) {
+          items.push(item);
+          continue;
+        }
+        // Replication "exception": every entry is a client record for its shard's owners (of services
+        // whose pick is the same on every node); only exceptions go to every node.
+        if (sharded) {
+          const shard = shardOf(item.ip);
+          let list = records.get(shard);
+          if (list === undefined) {
+            list = [];
+            records.set(shard, list);
+          }
+          list.push(item);
+        }
+        if (exceptionOf(t, slot)) {
+          e.setExcepted(slot, true);
+          items.push(item);
+        }
       }
       t.queue = i >= t.queue.length ? [] : t.queue.slice(i);
-      if (items.length > 0 && ttl !== null) writes.push(this.write(t, ttl, items));
+      let j = 0;
+      for (; j < t.exceptions.length && items.length < 2 * this.opts.batchMax; j++) {
+        const slot = t.exceptions[j];
+        if (!e.ownedBy(slot, t) || !e.excQueued(slot)) continue;
+        e.setExcQueued(slot, false);
+        if (ttl === null || exceptionOf === undefined || !exceptionOf(t, slot)) continue;
+        e.setExcepted(slot, true);
+        items.push(this.item(slot));
+      }
+      t.exceptions = j >= t.exceptions.length ? [] : t.exceptions.slice(j);
+      if (ttl === null) continue;
+      if (items.length > 0) writes.push(this.write(t, ttl, items, null));
+      for (const [shard, list] of records) writes.push(this.write(t, ttl, list, shard));
     }
     await Promise.all(writes);
   }
 
-  private async write(t: ServiceTable, ttl: number, items: BatchEntry[]): Promise<void> {
+  private item(slot: number): BatchEntry {
+    const e = this.entries;
+    return { ip: e.ip(slot), backend: e.backendName(slot), lastUsed: e.lastUsed(slot), created: e.created(slot), gen: e.gen(slot), creator: e.creatorName(slot) };
+  }
+
+  /** `shard` null: the broadcast prefix every node watches (all entries in "mesh", exceptions in "exception"). */
+  private async write(t: ServiceTable, ttl: number, items: BatchEntry[], shard: number | null): Promise<void> {
     const { store, keys, nodeId } = this.opts;
     try {
       const lease = await this.leaseFor(ttl);
       for (const value of encodeBatches(nodeId, items)) {
-        await store.put(keys.affinityBatch(t.name, nodeId, this.nextSeq()), value, { lease: lease.id });
+        const seq = this.nextSeq();
+        await store.put(shard === null ? keys.affinityBatch(t.name, nodeId, seq) : recordKey(keys, shard, t.name, nodeId, seq), value, { lease: lease.id });
         this.batches++;
         this.bytes += value.length;
       }
       this.entriesWritten += items.length;
+      if (this.opts.exceptionOf !== undefined) {
+        if (shard === null) this.exceptionsWritten += items.length;
+        else this.recordsWritten += items.length;
+      }
       this.failuresInRow = 0;
     } catch (err) {
       this.failures++;

@@ -5,20 +5,26 @@ import type client from "prom-client";
 import type { KeySchema } from "../../shared/keys.js";
 import type { NodeConfig } from "../../shared/schema.js";
 import type { AffinitySink } from "../control/reconciler.js";
-import type { KeyValue, Store, StoreEvent } from "../control/store.js";
+import type { KeyValue, Store, StoreEvent, SyncHandle } from "../control/store.js";
 import type { AffinityHook } from "../data/router.js";
+import { hashString } from "../lb/hash.js";
+import { forwardingOf } from "../model/forwarder.js";
 import type { Logger } from "../log.js";
 import type { ServiceState, Snapshot, Target } from "../model/snapshot.js";
 import { type DecodedBatch, decodeBatch } from "./batch.js";
 import { EntryStore, GRACE_FACTOR, Merge, REFRESH_FACTOR, type ServiceTable } from "./entries.js";
 import { AffinityMetrics } from "./metrics.js";
 import { Replicator } from "./replicator.js";
+import { ownedShards, parseRecordKey, shardOf, shardPrefix } from "./shards.js";
 
 interface Received {
+  key: string;
   service: string;
   value: Buffer;
   /** From a watch event (counts towards replication lag), not from a (re)list. */
   live: boolean;
+  /** Replication "exception": a client record from a shard this node owns (else an entry every node gets). */
+  record: boolean;
 }
 
 /**
@@ -35,11 +41,24 @@ export const CLOCK_SKEW_MS = 5_000;
 /** A decoded batch being merged, possibly over several turns. */
 interface Merging {
   service: string;
+  record: boolean;
   batch: DecodedBatch;
   next: number;
 }
 const MIN_SWEEP_MS = 100;
 const MAX_SWEEP_MS = 2_000;
+/**
+ * An overflow episode (the table evicting live entries for room) ends once the table is back under
+ * this share of maxEntries with no eviction since the last sweep: one warning per episode, not per entry.
+ */
+export const OVERFLOW_CLEAR_SHARE = 0.9;
+
+/** A condition the operator should act on, as /api/state lists it. */
+export interface AffinityWarning {
+  kind: "affinity-overflow";
+  message: string;
+  since: number;
+}
 
 /** What the affinity table needs from the node that composes it. */
 export interface AffinityContext {
@@ -52,6 +71,26 @@ export interface AffinityContext {
   readonly store: Store | null;
   /** The applied snapshot (null before the first): which services have affinity and their TTLs. */
   snapshot(): Snapshot | null;
+  /** Replication "exception": the node records (who owns which shard). Absent: this node owns no shard. */
+  nodes?(): Iterable<{ readonly id: string; readonly ready: boolean }>;
+}
+
+/**
+ * Replication "exception": after a service's table changed, a client with no entry on this node is
+ * routed by the previous table for this long (if that backend still takes new clients), so the shard
+ * owners' exceptions for existing clients arrive before the new table decides for them.
+ */
+export function holdMs(batchInterval: number): number {
+  return 2_000 + 4 * batchInterval;
+}
+/** Slots looked at per event-loop turn when shard owners look for new exceptions after a table change. */
+const SCAN_SLOTS_PER_TURN = 16_384;
+
+/** Per service, replication "exception": the previous table during the hold after a change. */
+interface TableChange {
+  picker: ServiceState["picker"];
+  previous: ServiceState["picker"] | null;
+  holdUntil: number;
 }
 
 export class AffinityTable implements AffinityHook, AffinitySink {
@@ -73,10 +112,21 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   private draining = false;
   private sweepTimer: NodeJS.Timeout | null = null;
   private stopped = false;
+  /** When the current overflow episode began (0: none); set on the hot path, logged by the sweep. */
+  overflowSince = 0;
+  private overflowLogged = false;
+  private evictionsAtEpisodeStart = 0;
+  private evictionsAtLastSweep = 0;
   // lookup() and the record() that follows it in the same route() share one Map lookup.
   private cachedIp = "";
   private cachedTable: ServiceTable | null = null;
   private cachedSlot = -1;
+  /** Replication "exception" (else null): shards this node owns and their syncs. */
+  private readonly shards: Map<number, SyncHandle> | null;
+  private readonly changes = new Map<string, TableChange>();
+  private scanning: { tables: Set<string>; next: number } | null = null;
+  /** Routed by the previous table during a hold (replication "exception"). */
+  held = 0;
 
   constructor(private readonly ctx: AffinityContext) {
     const c = ctx.config;
@@ -84,6 +134,11 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     this.self = this.entries.names.intern(ctx.id);
     this.entries.onEvict = (slot) => {
       if (slot === this.cachedSlot) this.cachedTable = null;
+      // Hot path: only note the episode's start; the sweep logs it (once) off the hot path.
+      if (this.overflowSince === 0) {
+        this.overflowSince = Date.now();
+        this.evictionsAtEpisodeStart = this.entries.evictions;
+      }
     };
     this.replicator =
       ctx.store === null
@@ -96,7 +151,13 @@ export class AffinityTable implements AffinityHook, AffinitySink {
           batchInterval: c.batchInterval,
           batchMax: c.batchMax,
           ttlOf: (t) => this.ttlOf(t),
+          exceptionOf: c.replication === "exception" ? (t, slot) => this.exceptionOf(t, slot) : undefined,
+          sharded: (t) => {
+            const svc = this.ctx.snapshot()?.services.get(t.name);
+            return svc !== undefined && sameEverywhere(svc);
+          },
         });
+    this.shards = ctx.store !== null && c.replication === "exception" ? new Map() : null;
     this.metrics = new AffinityMetrics(ctx.registry, this);
   }
 
@@ -109,7 +170,7 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     const slot = e.find(t, ip);
     if (slot < 0) {
       t.misses++;
-      return null;
+      return this.changes.size === 0 ? null : this.heldPick(svc, ip, now);
     }
     this.cachedIp = ip;
     this.cachedTable = t;
@@ -127,6 +188,23 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     }
     t.hits++;
     return target;
+  }
+
+  /**
+   * Replication "exception", during the hold after a table change: the previous table's pick for a
+   * client with no entry, if that backend still takes new clients. An existing client keeps its
+   * backend until the shard owners' exception for it arrives; a new one gets an entry that is an
+   * exception of the new table, which every node then learns.
+   */
+  private heldPick(svc: ServiceState, ip: string, now: number): Target | null {
+    const c = this.changes.get(svc.name);
+    if (c === undefined || c.previous === null || now >= c.holdUntil || c.picker !== svc.picker) return null;
+    const prev = c.previous.peek(hashString(ip), null);
+    if (prev === null) return null;
+    const cur = svc.sticky.get(prev.id);
+    if (cur === undefined || !svc.targets.includes(cur)) return null;
+    this.held++;
+    return cur;
   }
 
   peek(svc: ServiceState, ip: string, now: number): Target | null {
@@ -217,7 +295,137 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     if (k?.kind !== "affinity") return;
     // Our own batches echo back through the watch; at startup (a list) they are a previous run's entries.
     if (live && k.node === this.ctx.id) return;
-    this.inbox.push({ service: k.service!, value, live });
+    this.inbox.push({ key, service: k.service!, value, live, record: false });
+  }
+
+  // ---- replication "exception": shards, table changes ---------------------------------------------
+
+  /**
+   * Whether every node must hold this entry: its backend is not what the service's table picks for
+   * the client, or the service's pick is not the same on every node (a zone plan, a flow hash, a
+   * kernel-forwarded service hashing in nftables), so only an entry everywhere keeps the client.
+   */
+  private exceptionOf(t: ServiceTable, slot: number): boolean {
+    const svc = this.ctx.snapshot()?.services.get(t.name);
+    if (svc === undefined || !sameEverywhere(svc)) return true;
+    const pick = svc.picker.peek(hashString(this.entries.ip(slot)), null);
+    return pick === null || pick.id !== this.entries.backendName(slot);
+  }
+
+  /** The node records changed: take up the shards this node now owns, let go of the others. */
+  membershipChanged(): void {
+    if (this.shards === null || this.stopped || this.ctx.nodes === undefined) return;
+    const ids: string[] = [];
+    let registered = false;
+    for (const n of this.ctx.nodes()) {
+      if (n.id === this.ctx.id) registered = true;
+      if (n.ready || n.id === this.ctx.id) ids.push(n.id);
+    }
+    // Before its own record is in, a node owns nothing: it would otherwise list every shard at once.
+    const owned = registered ? ownedShards(this.ctx.id, ids) : new Set<number>();
+    for (const [shard, handle] of this.shards) {
+      if (owned.has(shard)) continue;
+      this.shards.delete(shard);
+      void handle.stop();
+    }
+    for (const shard of owned) {
+      if (this.shards.has(shard)) continue;
+      this.shards.set(shard, this.ctx.store!.sync(shardPrefix(this.ctx.keys, shard), this.shardSink(shard)));
+    }
+  }
+
+  /** Shards this node owns now (replication "exception"). */
+  get ownedShards(): number[] {
+    return this.shards === null ? [] : [...this.shards.keys()].sort((a, b) => a - b);
+  }
+
+  private shardSink(shard: number) {
+    const take = (key: string, value: Buffer, live: boolean) => {
+      if (this.shards?.has(shard) !== true) return;
+      const k = parseRecordKey(this.ctx.keys, key);
+      if (typeof k === "string") {
+        this.invalidBatches++;
+        this.ctx.log.debug({ key, reason: k }, "invalid affinity record key skipped");
+        return;
+      }
+      if (live && k.node === this.ctx.id) return;
+      this.inbox.push({ key, service: k.service, value, live, record: true });
+    };
+    return {
+      reset: (kvs: KeyValue[]) => {
+        for (const kv of kvs) take(kv.key, kv.value, false);
+        this.scheduleMerge();
+      },
+      events: (events: StoreEvent[]) => {
+        for (const ev of events) if (ev.type === "put") take(ev.key, ev.value, true);
+        this.scheduleMerge();
+      },
+      status: () => {},
+    };
+  }
+
+  /**
+   * A new snapshot (replication "exception"): for each service whose table changed, hold the previous
+   * table for clients without an entry, and look through the records of owned shards for clients
+   * whose pick moved: those become exceptions.
+   */
+  applied(snap: Snapshot): void {
+    if (this.ctx.config.replication !== "exception" || this.stopped) return;
+    const now = Date.now();
+    const changed = new Set<string>();
+    for (const svc of snap.services.values()) {
+      if (svc.spec.affinity.mode !== "source-ip" || !sameEverywhere(svc)) {
+        this.changes.delete(svc.name);
+        continue;
+      }
+      const c = this.changes.get(svc.name);
+      if (c === undefined) {
+        this.changes.set(svc.name, { picker: svc.picker, previous: null, holdUntil: 0 });
+        continue;
+      }
+      if (c.picker === svc.picker) continue;
+      this.changes.set(svc.name, { picker: svc.picker, previous: c.picker, holdUntil: now + holdMs(this.ctx.config.batchInterval) });
+      changed.add(svc.name);
+    }
+    for (const name of this.changes.keys()) if (!snap.services.has(name)) this.changes.delete(name);
+    if (changed.size > 0 && this.shards !== null) {
+      if (this.scanning === null) {
+        this.scanning = { tables: changed, next: 0 };
+        setImmediate(() => this.scanSome());
+      } else {
+        // A scan is under way: start over for the union (the earlier slots may have moved again).
+        for (const n of changed) this.scanning.tables.add(n);
+        this.scanning.next = 0;
+      }
+    }
+  }
+
+  /** One turn of the owners' scan for new exceptions. */
+  private scanSome(): void {
+    const sc = this.scanning;
+    if (sc === null || this.stopped) return;
+    const e = this.entries;
+    const end = Math.min(e.highWater, sc.next + SCAN_SLOTS_PER_TURN);
+    const tables = e.tables.filter((t) => sc.tables.has(t.name));
+    for (let slot = sc.next; slot < end; slot++) {
+      for (const t of tables) if (e.ownedBy(slot, t)) this.considerException(t, slot);
+    }
+    sc.next = end;
+    if (end < e.highWater) setImmediate(() => this.scanSome());
+    else this.scanning = null;
+  }
+
+  /** An owner's check of one record: queue it as an exception if its backend is no longer the pick. */
+  private considerException(t: ServiceTable, slot: number): void {
+    const e = this.entries;
+    if (e.excepted(slot) || e.excQueued(slot) || this.shards === null || !this.shards.has(shardOf(e.ip(slot)))) return;
+    const svc = this.ctx.snapshot()?.services.get(t.name);
+    // A service whose pick differs per node has every entry everywhere already (its seer broadcasts it).
+    if (svc === undefined || !sameEverywhere(svc) || Date.now() - e.lastUsed(slot) >= svc.spec.affinity.ttl * GRACE_FACTOR) return;
+    // A client whose backend left (removed, down) moves anyway: no exception keeps it there.
+    if (!svc.sticky.has(e.backendName(slot)) || !this.exceptionOf(t, slot)) return;
+    e.setExcQueued(slot, true);
+    t.exceptions.push(slot);
   }
 
   /** Merges after the reconciler has applied the same revision (it hands affinity keys over first). */
@@ -258,13 +466,13 @@ export class AffinityTable implements AffinityHook, AffinitySink {
       batch = decodeBatch(r.value);
     } catch (err) {
       this.invalidBatches++;
-      this.ctx.log.debug({ service: r.service, err: (err as Error).message }, "invalid affinity batch skipped");
+      this.ctx.log.debug({ key: r.key, service: r.service, err: (err as Error).message }, "invalid affinity batch skipped");
       return null;
     }
     this.batchesReceived++;
     this.invalidEntries += batch.skipped;
     if (r.live) this.metrics.replicationLag.observe(Math.max(0, now - Math.min(batch.base, now + CLOCK_SKEW_MS)) / 1000);
-    return { service: r.service, batch, next: 0 };
+    return { service: r.service, record: r.record, batch, next: 0 };
   }
 
   /** Merges up to `budget` entries of a batch; returns how many it looked at. */
@@ -304,6 +512,14 @@ export class AffinityTable implements AffinityHook, AffinitySink {
         continue;
       }
       const result = e.merge(t, x.ip, e.names.intern(x.backend), e.names.intern(x.creator), x.gen, created, lastUsed, grace, now);
+      if (this.shards !== null && result !== Merge.Stale) {
+        const slot = e.find(t, x.ip);
+        // An exception every node got (unless ours won, which is then sent as one where it differs);
+        // a record of an owned shard: an exception if the table no longer picks its backend.
+        if (!b.record) {
+          if (result !== Merge.Lost) e.setExcepted(slot, true);
+        } else this.considerException(t, slot);
+      }
       switch (result) {
         case Merge.Stale:
           m.stale++;
@@ -354,6 +570,7 @@ export class AffinityTable implements AffinityHook, AffinitySink {
       // Before the first snapshot no service is known: nothing to judge entries by yet.
       if (this.ctx.snapshot() !== null) {
         this.entries.sweep(Date.now(), (t) => this.ttlOf(t));
+        this.checkOverflow(Date.now());
         if (this.entries.compactNames([this.ctx.id])) {
           this.self = this.entries.names.intern(this.ctx.id);
           this.cachedTable = null;
@@ -364,11 +581,61 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     this.sweepTimer.unref();
   }
 
+  /**
+   * Running past maxEntries evicts live entries before their TTL (their clients may move): never
+   * silently. One warning log per episode; the episode ends (one info log) when the table has room again.
+   */
+  checkOverflow(now: number): void {
+    const e = this.entries;
+    const evictedSinceSweep = e.evictions !== this.evictionsAtLastSweep;
+    this.evictionsAtLastSweep = e.evictions;
+    if (this.overflowSince === 0) return;
+    if (!this.overflowLogged) {
+      this.overflowLogged = true;
+      this.ctx.log.warn(
+        { maxEntries: e.maxEntries, entries: e.count, evicted: e.evictions - this.evictionsAtEpisodeStart },
+        "affinity table full: evicting live entries before their TTL (their clients may move); raise affinity.maxEntries",
+      );
+      return;
+    }
+    if (!evictedSinceSweep && e.count < e.maxEntries * OVERFLOW_CLEAR_SHARE) {
+      this.ctx.log.info({ evicted: e.evictions - this.evictionsAtEpisodeStart, lastedMs: now - this.overflowSince, entries: e.count }, "affinity table has room again: overflow ended");
+      this.overflowSince = 0;
+      this.overflowLogged = false;
+    }
+  }
+
+  /** Conditions for /api/state and the status page: an overflow episode while it lasts. */
+  warnings(): AffinityWarning[] {
+    if (this.overflowSince === 0) return [];
+    const e = this.entries;
+    return [
+      {
+        kind: "affinity-overflow",
+        message: `affinity table at affinity.maxEntries (${e.maxEntries}): ${e.evictions - this.evictionsAtEpisodeStart} live entries evicted before their TTL; their clients may move (raise affinity.maxEntries)`,
+        since: this.overflowSince,
+      },
+    ];
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     if (this.sweepTimer) clearTimeout(this.sweepTimer);
+    if (this.shards !== null) {
+      await Promise.all([...this.shards.values()].map((h) => h.stop()));
+      this.shards.clear();
+    }
     await this.replicator?.stop();
   }
+}
+
+/**
+ * Whether every node picks the same backend for a client from the snapshot alone: a proxied service
+ * hashing the source address only, with no zone plan (zone plans differ per node; a nat service's
+ * kernel hashes with jhash, not the userspace table). Other services replicate every entry.
+ */
+function sameEverywhere(svc: ServiceState): boolean {
+  return svc.hashSourceOnly && svc.zones === null && forwardingOf(svc.spec) === "proxy";
 }
 
 /** Backend ids of a service state (any state: a drained or down backend's entries still count), once per snapshot. */

@@ -590,7 +590,9 @@
         ? [h("b", { class: "warn-t" }, "\u26A0 local-fallback"), hl.modeReason ? " (" + hl.modeReason + (hl.modeSince ? ", since " + ago(hl.modeSince) : "") + ")" : ""]
         : h("b", null, hl.mode || st.node.mode)),
       h("span", null, "version ", h("b", null, st.node.version))
-    ]);
+    ].concat((st.warnings || []).map(function (w) {
+      return h("span", { class: "warn-t", "data-warning": w.kind, title: "since " + when(w.since) }, "\u26A0 " + w.message);
+    })));
 
     var totals = { up: 0, down: 0, unknown: 0, backends: 0 };
     (st.services || []).forEach(function (s) {

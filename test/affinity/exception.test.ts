@@ -1,0 +1,200 @@
+// Replication "exception" (issue 19), against a real etcd and in-process nodes: a node holds the
+// clients it saw and the client records of the shards it owns, not every entry; a client keeps its
+// backend from any node after the node that saw it died and the backend set then changed (the shard
+// owners write the exceptions); overridden picks reach every node; malformed record keys are skipped.
+import { describe, expect, it } from "vitest";
+import { ownedShards, recordsPrefix, shardOf } from "../../node/affinity/shards.js";
+import { hashString } from "../../node/lb/hash.js";
+import type { ServiceState, Target } from "../../node/model/snapshot.js";
+import type { BallastNode } from "../../node/node.js";
+import { KeySchema } from "../../shared/keys.js";
+import { encodeBatch } from "../../node/affinity/batch.js";
+import { startTcpEcho, tcpExchange } from "../helpers/backends.js";
+import type { EtcdProcess } from "../helpers/etcd.js";
+import { portOf, startNode } from "../helpers/node.js";
+import { useSharedEtcd } from "../helpers/suite.js";
+import { waitFor } from "../helpers/wait.js";
+
+let etcd: EtcdProcess;
+let cluster = 0;
+useSharedEtcd((e) => {
+  etcd = e;
+});
+
+function freshCluster() {
+  const name = `affx${++cluster}-${process.pid}`;
+  const p = `/ballast/${name}/`;
+  return {
+    name,
+    prefix: p,
+    keys: new KeySchema(p),
+    putService: (s: string, extra: Record<string, unknown> = {}) =>
+      etcd.put(`${p}services/${s}`, JSON.stringify({ listen: "127.0.0.1:0", health: { type: "none" }, affinity: { mode: "source-ip", ttl: "30s" }, ...extra })),
+    putBackend: (s: string, id: string, port: number) => etcd.put(`${p}backends/${s}/${id}`, JSON.stringify({ address: "127.0.0.1", port })),
+    config: (id: string) => ({ node: { id }, cluster: name, etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 }, affinity: { replication: "exception" } }),
+  };
+}
+
+async function applied(nodes: BallastNode[], revision: number): Promise<void> {
+  for (const n of nodes) await waitFor(() => n.reconciler.appliedRevision >= revision, { message: `${n.id} applies revision ${revision}` });
+}
+
+function svcOf(n: BallastNode, name: string): ServiceState {
+  const s = n.reconciler.snapshot?.services.get(name);
+  if (!s) throw new Error(`${n.id} has no service ${name}`);
+  return s;
+}
+
+function route(n: BallastNode, service: string, ip: string, exclude: ((t: Target) => boolean) | null = null): string | null {
+  return n.plane.router.route(svcOf(n, service), ip, 40000, exclude as never, Date.now()).target?.id ?? null;
+}
+
+function maglevPick(n: BallastNode, service: string, ip: string): string {
+  return (svcOf(n, service).picker.peek(hashString(ip), null) as Target).id;
+}
+
+function entryBackend(n: BallastNode, service: string, ip: string): string | null {
+  const e = n.affinity.entries;
+  const t = e.table(service);
+  const slot = t === undefined ? -1 : e.find(t, ip);
+  return slot < 0 ? null : e.backendName(slot);
+}
+
+/** Every node has taken up the shards rendezvous gives it among `ids`. */
+async function shardsSettled(nodes: BallastNode[], ids: string[]): Promise<void> {
+  for (const n of nodes) {
+    const want = [...ownedShards(n.id, ids)].sort((a, b) => a - b);
+    await waitFor(() => JSON.stringify(n.affinity.ownedShards) === JSON.stringify(want), { message: `${n.id} owns its shards among ${ids}` });
+  }
+}
+
+const ips = (count: number, prefix = "10.31") => Array.from({ length: count }, (_, i) => `${prefix}.${Math.floor(i / 254)}.${(i % 254) + 1}`);
+
+describe("affinity replication: exception", () => {
+  it("a client keeps its backend from any node after the node that saw it died and the backend set then changed (TCP)", async () => {
+    const c = freshCluster();
+    const [a, b, x] = await Promise.all([startTcpEcho("a"), startTcpEcho("b"), startTcpEcho("c")]);
+    await c.putService("web");
+    await c.putBackend("web", "a", a.port);
+    const rev = await c.putBackend("web", "b", b.port);
+    const nodes = await Promise.all(["na", "nb", "nc"].map((id) => startNode(c.config(id))));
+    const [na, nb, nc] = nodes;
+    await applied(nodes, rev);
+    for (const n of nodes) await waitFor(() => (n.plane.listenerOf("web")?.boundPort ?? 0) > 0);
+    await shardsSettled(nodes, ["na", "nb", "nc"]);
+
+    const clients = Array.from({ length: 24 }, (_, i) => `127.0.0.${10 + i}`);
+    const first = new Map<string, string>();
+    for (const ip of clients) first.set(ip, (await tcpExchange(portOf(na, "web"), "hi", { localAddress: ip })).split(":")[0]);
+    // Each client's record reaches its shard's owners, and only them: a picked backend that is the
+    // table's pick is no exception, so no other node is sent it.
+    for (const n of [nb, nc]) {
+      const owned = new Set(n.affinity.ownedShards);
+      const mine = clients.filter((ip) => owned.has(shardOf(ip)));
+      await waitFor(() => mine.every((ip) => entryBackend(n, "web", ip) === first.get(ip)), { message: `${n.id} holds the records of its shards` });
+      // Not every client: only its shards' records (a shard held for a moment while the ready nodes
+      // settled on a loaded machine may add one; records of a shard let go stay until their TTL).
+      expect(mine.length).toBeLessThan(clients.length);
+      expect(n.affinity.entries.table("web")?.size ?? 0, `${n.id} holds its shards' records, not every client`).toBeLessThan(clients.length);
+    }
+    expect(na.affinity.replicator!.exceptionsWritten).toBe(0);
+
+    // The node that saw them dies; then a third backend moves some clients' table pick.
+    await na.close();
+    await shardsSettled([nb, nc], ["nb", "nc"]);
+    const added = await c.putBackend("web", "c", x.port);
+    await applied([nb, nc], added);
+    const moved = clients.filter((ip) => maglevPick(nb, "web", ip) !== first.get(ip));
+    expect(moved.length).toBeGreaterThan(0);
+    // At once (the previous table holds for clients without an entry) and after the owners'
+    // exceptions arrived (every node holds the moved clients' entries), every client keeps its backend.
+    for (const ip of clients) for (const n of [nb, nc]) expect(route(n, "web", ip), `${ip} through ${n.id} right after the change`).toBe(first.get(ip));
+    for (const n of [nb, nc]) await waitFor(() => moved.every((ip) => entryBackend(n, "web", ip) === first.get(ip)), { message: `${n.id} has the exceptions of the moved clients` });
+    for (const ip of clients) {
+      for (const n of [nb, nc]) {
+        const reply = await tcpExchange(portOf(n, "web"), "again", { localAddress: ip });
+        expect(reply, `${ip} through ${n.id}`).toBe(`${first.get(ip)}:again`);
+      }
+    }
+    // A node joining now (no hold, never saw these clients) learns the exceptions from etcd.
+    const nd = await startNode(c.config("nd"));
+    await applied([nd], added);
+    await waitFor(() => moved.every((ip) => entryBackend(nd, "web", ip) === first.get(ip)), { message: "a new node lists the exceptions" });
+    for (const ip of clients) expect(route(nd, "web", ip), `${ip} through nd`).toBe(first.get(ip));
+  });
+
+  it("per node: the clients it saw, its shards' records and the exceptions; an overridden pick reaches every node", async () => {
+    const c = freshCluster();
+    await c.putService("web");
+    for (const id of ["a", "b", "c"]) await c.putBackend("web", id, 10000 + id.charCodeAt(0));
+    const rev = await etcd.revision();
+    const ids = ["n1", "n2", "n3", "n4"];
+    const nodes = await Promise.all(ids.map((id) => startNode(c.config(id))));
+    await applied(nodes, rev);
+    await shardsSettled(nodes, ids);
+
+    // 100 clients seen by each node, all on the table's pick.
+    const seen = new Map(nodes.map((n, i) => [n, ips(100, `10.${40 + i}`)]));
+    for (const [n, list] of seen) for (const ip of list) route(n, "web", ip);
+    const all = [...seen.values()].flat();
+    for (const n of nodes) {
+      const owned = new Set(n.affinity.ownedShards);
+      const want = new Set([...seen.get(n)!, ...all.filter((ip) => owned.has(shardOf(ip)))]);
+      await waitFor(() => [...want].every((ip) => entryBackend(n, "web", ip) !== null), { message: `${n.id} holds its ${want.size} entries` });
+      expect(want.size).toBeLessThan(all.length);
+      expect(n.affinity.entries.table("web")?.size ?? 0, `${n.id} holds about its own clients and its shards' records`).toBeLessThan(all.length);
+    }
+
+    // An override (the table's pick excluded, e.g. full): an exception every node gets.
+    const ip = "10.99.0.7";
+    const pick = maglevPick(nodes[0], "web", ip);
+    const other = route(nodes[0], "web", ip, (t) => t.id === pick);
+    expect(other).not.toBe(pick);
+    for (const n of nodes) await waitFor(() => entryBackend(n, "web", ip) === other, { message: `${n.id} has the overridden pick` });
+    for (const n of nodes.slice(1)) expect(route(n, "web", ip)).toBe(other);
+  });
+
+  it("a service whose pick is not the same on every node (flow hash) still sends every entry to every node, and no records", async () => {
+    const c = freshCluster();
+    await c.putService("flow", { algorithm: "maglev" });
+    await c.putBackend("flow", "a", 10001);
+    const rev = await c.putBackend("flow", "b", 10002);
+    const nodes = await Promise.all(["m1", "m2", "m3"].map((id) => startNode(c.config(id))));
+    await applied(nodes, rev);
+    await shardsSettled(nodes, ["m1", "m2", "m3"]);
+    const clients = ips(30, "10.60");
+    for (const ip of clients) route(nodes[0], "flow", ip);
+    for (const n of nodes) await waitFor(() => (n.affinity.entries.table("flow")?.size ?? 0) === clients.length, { message: `${n.id} holds every entry` });
+    expect(nodes[0].affinity.replicator!.recordsWritten).toBe(0);
+    expect(nodes[0].affinity.replicator!.exceptionsWritten).toBe(clients.length);
+    // The owners add no copies of their own.
+    for (const n of nodes.slice(1)) expect(n.affinity.replicator!.exceptionsWritten).toBe(0);
+  });
+
+  it("skips malformed record keys and values with their reason; valid records keep working", async () => {
+    const c = freshCluster();
+    await c.putService("web");
+    await c.putBackend("web", "a", 10001);
+    const rev = await c.putBackend("web", "b", 10002);
+    const [n1] = await Promise.all([startNode(c.config("n1"))]);
+    await applied([n1], rev);
+    await shardsSettled([n1], ["n1"]);
+    const base = recordsPrefix(c.keys);
+    const good = "10.50.0.1";
+    const shard = shardOf(good);
+    // A record binding the client to the backend the table does not pick (an earlier table's).
+    const other = maglevPick(n1, "web", good) === "a" ? "b" : "a";
+    const now = Date.now();
+    // Binary values through a store client (etcdctl's argv would mangle msgpack).
+    await n1.store.put(`${base}${shard}/web/rogue/1`, encodeBatch("rogue", [{ ip: good, backend: other, lastUsed: now, created: now - 1000, gen: 0, creator: "rogue" }]));
+    await etcd.put(`${base}999/web/rogue/1`, "x");
+    await etcd.put(`${base}${shard}/web/rogue/2`, "not msgpack");
+    await etcd.put(`${base}${shard}/we b/rogue/3`, "x");
+    await waitFor(() => entryBackend(n1, "web", good) === other, { message: "the valid record is merged" });
+    expect(route(n1, "web", good)).toBe(other);
+    // The owner saw its backend is not the table's pick: it wrote it as an exception for every node.
+    await waitFor(async () => (await etcd.etcdctl("get", "--prefix", "--keys-only", `${c.prefix}affinity/web/n1/`)).trim() !== "", { message: "the owner writes the exception" });
+    // The bad key under its shard and the value that is no batch; the shard 999 key is under no shard anyone watches.
+    expect(n1.affinity.invalidBatches).toBe(2);
+  });
+});
