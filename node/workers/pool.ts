@@ -295,8 +295,12 @@ export class WorkerPool extends DataPlane {
     for (const [name, l] of by) this.listeners.set(name, l as unknown as TcpListener);
   }
 
+  /**
+   * Ready once every worker runs and has applied a snapshot: a missing worker is a missing share of
+   * the TCP accepts and all of its UDP services, so the node says unready until its replacement serves.
+   */
   override get ready(): boolean {
-    return super.ready && this.slots.some((s) => s.worker !== null && s.applied > 0);
+    return super.ready && this.slots.every((s) => s.worker !== null && s.applied > 0);
   }
 
   override status(service: string): ForwarderServiceStatus | undefined {
