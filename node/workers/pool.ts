@@ -98,8 +98,10 @@ export class WorkerPool extends DataPlane {
   /** Forks the workers (node.start()). */
   start(): void {
     // Round-robin hand-off from the primary: connections land on every worker, whatever the kernel's
-    // wake-up order; and the listening socket outlives any one worker.
-    cluster.schedulingPolicy = cluster.SCHED_RR;
+    // wake-up order; and the listening socket outlives any one worker. Node's own switch,
+    // NODE_CLUSTER_SCHED_POLICY=none, lets the workers accept on the shared socket themselves instead
+    // (no hand-off through the primary per connection; the kernel decides which worker wakes).
+    if (process.env.NODE_CLUSTER_SCHED_POLICY === undefined) cluster.schedulingPolicy = cluster.SCHED_RR;
     cluster.setupPrimary({ exec: this.exec, serialization: "advanced" });
     for (const s of this.slots) this.fork(s);
     this.syncTimer = setInterval(() => this.syncAffinity(), AFFINITY_SYNC_MS);
