@@ -481,6 +481,7 @@ export class BallastNode {
       if (this.stopping) return null;
       try {
         const r = await reloadNode(this, next);
+        this.workers?.reconfigure(this.config);
         this.reloads.reloads.inc({ result: "applied" });
         this.reloads.lastSuccessful.set(1);
         this.log.info({ source, applied: r.applied, writes: r.writes }, "config reloaded");

@@ -33,7 +33,7 @@ export interface PoolAffinity {
 
 export interface PoolOptions {
   count: number;
-  /** The node config (node.id resolved): each worker builds its plane from it. */
+  /** The node config (node.id resolved): each worker builds its plane from it (a reload replaces it). */
   config: NodeConfig;
   affinity: PoolAffinity;
   registry: client.Registry;
@@ -387,6 +387,12 @@ export class WorkerPool extends DataPlane {
       for (const [ip, e] of m) if (now - e.lastUsed >= grace) m.delete(ip);
     }
     if (changed.length > 0) this.broadcast({ type: "affinity", entries: changed });
+  }
+
+  /** A reload changed what the workers apply live (the config object is the node's running one). */
+  reconfigure(config: NodeConfig): void {
+    this.pool.config = { ...config, node: { ...config.node, id: this.pool.config.node.id } };
+    this.broadcast({ type: "reconfigure", config: this.pool.config });
   }
 
   override avoidLocally(service: string, id: string, untilMs: number): boolean {

@@ -46,6 +46,8 @@ export interface WireStats {
 export type ToWorker =
   | { type: "init"; slot: number; workers: number; config: NodeConfig }
   | { type: "snapshot"; input: WireInput }
+  /** A reload applied these: log.level, accessLog (not its path), health.eject* (node/reload.ts). */
+  | { type: "reconfigure"; config: NodeConfig }
   | { type: "affinity"; entries: WireEntry[] }
   | { type: "avoid"; service: string; backend: string; untilMs: number }
   | { type: "stats?"; id: number }

@@ -162,6 +162,8 @@ export function runWorker(): void {
   // control-group kill, Ctrl-C) must not end a worker before the primary's drain reaches it.
   process.on("SIGTERM", () => {});
   process.on("SIGINT", () => {});
+  // SIGHUP to the group (a closing terminal): the primary reloads and tells the workers.
+  process.on("SIGHUP", () => {});
   // The primary gone (crashed or exited): nothing will route these listeners any more.
   process.on("disconnect", () => {
     void (plane?.close() ?? Promise.resolve()).finally(() => process.exit(0));
@@ -214,6 +216,17 @@ export function runWorker(): void {
       case "affinity":
         affinity.merge(m.entries);
         break;
+      case "reconfigure": {
+        const c = m.config;
+        if (log !== null) log.level = c.log.level;
+        plane?.accessLog?.configure({ ...c.accessLog, path: "" });
+        if (plane !== null) {
+          plane.options.ejectBaseMs = c.health.ejectBase;
+          plane.options.ejectMaxMs = c.health.ejectMax;
+          plane.options.maxEjectedShare = c.health.maxEjectedShare;
+        }
+        break;
+      }
       case "avoid":
         plane?.avoidLocally(m.service, m.backend, m.untilMs);
         break;
