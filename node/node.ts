@@ -153,6 +153,11 @@ export class BallastNode {
             config: { ...c, node: { ...c.node, id: this.id } },
             affinity: this.affinity,
             registry: this.metrics.registry,
+            onConnected: (service, backend, seconds) => {
+              const svc = this.reconciler.snapshot?.services.get(service);
+              const t = svc?.sticky.get(backend);
+              if (svc !== undefined && t !== undefined) planeDeps.hooks.onConnected?.(svc, t, seconds);
+            },
             onEject: (service, backend, until) => {
               const svc = this.reconciler.snapshot?.services.get(service);
               const t = svc?.sticky.get(backend);

@@ -37,6 +37,8 @@ export interface PoolOptions {
   config: NodeConfig;
   affinity: PoolAffinity;
   registry: client.Registry;
+  /** A worker's connect latency (the node's histogram). */
+  onConnected?(service: string, backend: string, seconds: number): void;
   /** A worker's passive ejection, for the node's ejection metric and event. */
   onEject?(service: string, backend: string, untilMs: number): void;
 }
@@ -198,6 +200,7 @@ export class WorkerPool extends DataPlane {
         break;
       case "stats": {
         s.stats = m.stats;
+        for (const [service, backend, seconds] of m.stats.connects) this.pool.onConnected?.(service, backend, seconds);
         this.sumStats();
         const waiter = this.statsWaiters.get(m.id);
         if (waiter !== undefined) {

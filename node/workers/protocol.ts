@@ -41,7 +41,12 @@ export interface WireStats {
   backends: Map<string, WireCounters>;
   rssBytes: number;
   cpuSeconds: number;
+  /** Connect latencies since the last report: [service, backend, seconds] (at most MAX_LATENCIES). */
+  connects: Array<[string, string, number]>;
 }
+
+/** Connect latencies a worker keeps between two reports; beyond it, the rest of the second is not observed. */
+export const MAX_LATENCIES = 8192;
 
 export type ToWorker =
   | { type: "init"; slot: number; workers: number; config: NodeConfig }

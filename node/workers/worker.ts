@@ -12,7 +12,7 @@ import { createLogger, type Logger } from "../log.js";
 import { forwardingOf } from "../model/forwarder.js";
 import { buildSnapshot, type ServiceState, type Snapshot, type SnapshotInput, type Target } from "../model/snapshot.js";
 import { StatsRegistry } from "../model/stats.js";
-import { type FromWorker, type ToWorker, udpOwner, type WireCounters, type WireEntry, type WireInput, type WireStats } from "./protocol.js";
+import { type FromWorker, MAX_LATENCIES, type ToWorker, udpOwner, type WireCounters, type WireEntry, type WireInput, type WireStats } from "./protocol.js";
 
 /** How often counters go to the primary unasked (a scrape asks for fresh ones). */
 const STATS_INTERVAL_MS = 1000;
@@ -148,6 +148,7 @@ export function runWorker(): void {
   let drainCancel: AbortController | null = null;
   const stats = new StatsRegistry();
   const affinity = new WorkerAffinity((entries) => send({ type: "learned", entries }));
+  let connects: Array<[string, string, number]> = [];
 
   const collect = (): WireStats => {
     const services = new Map<string, WireCounters>();
@@ -155,7 +156,9 @@ export function runWorker(): void {
     for (const [name, c] of stats.services) if (snapshot?.services.get(name) === undefined || forwardingOf(snapshot.services.get(name)!.spec) === "proxy") services.set(name, counterNumbers(c));
     for (const [key, c] of stats.backends) if (services.has(c.service)) backends.set(key, counterNumbers(c));
     const cpu = process.cpuUsage();
-    return { services, backends, rssBytes: process.memoryUsage.rss(), cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+    const out = connects;
+    connects = [];
+    return { services, backends, rssBytes: process.memoryUsage.rss(), cpuSeconds: (cpu.user + cpu.system) / 1e6, connects: out };
   };
 
   // The primary orchestrates the drain: a SIGTERM/SIGINT sent to the whole process group (systemd's
@@ -192,7 +195,13 @@ export function runWorker(): void {
             affinity,
             stats,
             zone: c.node.zone,
-            hooks: { onEject: (svc, t, untilMs) => send({ type: "ejected", service: svc.name, backend: t.id, untilMs }) },
+            hooks: {
+              onEject: (svc, t, untilMs) => send({ type: "ejected", service: svc.name, backend: t.id, untilMs }),
+              // The node's connect-latency histogram lives in the primary: observations go with the counters.
+              onConnected: (svc, t, seconds) => {
+                if (connects.length < MAX_LATENCIES) connects.push([svc.name, t.id, seconds]);
+              },
+            },
           },
         );
         plane.accessLog = new AccessLog(c.node.id ?? "", c.accessLog);

@@ -119,6 +119,9 @@ describe("workers: N", () => {
       // Bytes: "hello" (5 bytes) each way per connection, plus the echo backend's "bN:" prefix.
       expect(web.bytesIn).toBe(5 * n);
       expect(web.bytesOut).toBe(8 * n);
+      // The connect-latency histogram of the node holds every worker's connects.
+      const connects = metrics.split("\n").find((l) => l.startsWith("ballast_upstream_connect_seconds_count") && l.includes('service="web"'));
+      expect(Number(connects?.split(" ").pop())).toBe(n);
       const perWorker = metrics.split("\n").filter((l) => l.startsWith("ballast_worker_accepted{"));
       expect(perWorker.map((l) => Number(l.split(" ").pop())).reduce((a, b) => a + b, 0)).toBe(n);
     } finally {
