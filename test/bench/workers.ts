@@ -7,7 +7,7 @@
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
-import { startHttpBackends, startIperfServer, startTcpSink } from "./backends.js";
+import { agentPath, sinkOpen, startHttpBackends, startIperfServer, startTcpSink } from "./backends.js";
 import { cliPath, repoRoot } from "./ballast.js";
 import { startHaproxy } from "./haproxy.js";
 import { iperf, killLoadTools, loopback, wrk } from "./load.js";
@@ -131,7 +131,63 @@ async function iperfParallel(ports: [number, number], seconds: number): Promise<
   return { gbps: rs.reduce((a, r) => a + (r.gbps || 0), 0), bytes: rs.reduce((a, r) => a + r.bytes, 0) };
 }
 
+/**
+ * `--idle 10000,50000`: RSS of the primary and of each worker of a `workers: 2` node holding that many
+ * idle proxied connections (conn-hold agents from several loopback sources → a TCP sink). Each
+ * connection costs its worker two descriptors; the agents and the sink one each.
+ */
+async function idleMemory(steps: number[]): Promise<string[]> {
+  const sink = await startTcpSink(group, "idle-sink", 1);
+  const port = await freePort();
+  const admin = await freePort();
+  const file = join(runDir, "ballast-idle.yaml");
+  writeFileSync(file, JSON.stringify({ workers: 2, admin: { listen: `127.0.0.1:${admin}` }, log: { level: "warn" }, accessLog: { enabled: false }, services: [{ name: "hold", listen: `127.0.0.1:${port}`, timeouts: { idle: "30m" }, health: { type: "none" }, backends: [{ id: "s1", address: "127.0.0.1", port: sink.ports[0] }] }] }));
+  const node = group.start("ballast-idle", process.execPath, [cliPath, "node", "--config", file], { nofile: 2 * steps[steps.length - 1] + 10_000 });
+  const end = Date.now() + 60_000;
+  while ((await httpGet(`http://127.0.0.1:${admin}/readyz`, 1000).catch(() => ({ status: 0 }))).status !== 200) {
+    if (Date.now() > end) throw new Error("idle node: not ready in 60 s");
+    await sleep(200);
+  }
+  const pid = node.child.pid ?? 0;
+  // The workers by their pids in /api/state (the primary may have other children: nft, ip).
+  const workerPids = async () => (JSON.parse((await httpGet(`http://127.0.0.1:${admin}/api/state`, 5000)).body) as { workers: Array<{ pid: number }> }).workers.map((w) => w.pid);
+  const workerRss = async () => (await workerPids()).map((p) => rssBytes(p) / 2 ** 20);
+  const out = [`| idle connections | RSS primary (MiB) | RSS per worker (MiB) |`, "|---|---|---|", `| 0 | ${(rssBytes(pid) / 2 ** 20).toFixed(0)} | ${(await workerRss()).map((x) => x.toFixed(0)).join(" + ")} |`];
+  const perAgent = 15_000;
+  const agents = Math.max(1, Math.ceil(steps[steps.length - 1] / perAgent));
+  const share = (n: number) => Math.ceil(n / agents);
+  const procs: Proc[] = [];
+  for (let a = 0; a < agents; a++) {
+    procs.push(group.start(`idle-hold-${a}`, process.execPath, [agentPath("conn-hold"), "--port", String(port), "--steps", steps.map(share).join(","), "--sources", "8", "--sourceOffset", String(a * 8), "--concurrency", "32", "--timeoutMs", "300000"], { nofile: perAgent + 1000 }));
+  }
+  try {
+    for (const step of steps) {
+      const lines = await Promise.all(procs.map((p) => p.waitForLine(new RegExp(`"step":${share(step)},|"done":true`), 300_000)));
+      const parsed = lines.map((l) => JSON.parse(l) as { open: number; failed: number; lastError?: string; done?: boolean });
+      const open = parsed.reduce((a, p) => a + p.open, 0);
+      await sleep(2000);
+      const workers = await workerRss();
+      out.push(`| ${open} (backend sees ${sinkOpen(sink.proc)}) | ${(rssBytes(pid) / 2 ** 20).toFixed(0)} | ${workers.map((x) => x.toFixed(0)).join(" + ")} |`);
+      log(`idle: ${open} open → primary ${(rssBytes(pid) / 2 ** 20).toFixed(0)} MiB, workers ${workers.map((x) => x.toFixed(0)).join(" + ")} MiB${parsed.some((p) => p.failed) ? ` (${parsed.reduce((a, p) => a + p.failed, 0)} failed: ${parsed.find((p) => p.lastError)?.lastError})` : ""}`);
+      if (parsed.some((p) => p.done) || open < step * 0.98) break;
+      for (const p of procs) p.signal("SIGUSR2");
+    }
+  } finally {
+    await Promise.all(procs.map((p) => p.stop(2000)));
+    await node.stop(5000);
+  }
+  return out;
+}
+
 async function main(): Promise<void> {
+  const idle = value("idle");
+  if (idle !== undefined) {
+    const table = await idleMemory(idle.split(",").map(Number));
+    const md = [`# Workers bench: idle connections (${new Date().toISOString()})`, "", ...table].join("\n");
+    writeFileSync(join(runDir, "workers-idle.md"), `${md}\n`);
+    process.stdout.write(`\n${md}\n`);
+    return;
+  }
   const load0 = os.loadavg();
   log(`workers bench: ${rounds} round(s) of ${durationS} s on ${os.cpus().length} cores, load average ${load0.map((x) => x.toFixed(2)).join(" / ")}`);
   const nginx = ensureNginx(false, log);
