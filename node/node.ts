@@ -4,7 +4,7 @@ import os from "node:os";
 import { parseHostPort } from "../shared/address.js";
 import { encodeValue, MAX_UNSERVED, type NodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
-import type { NodeConfig } from "../shared/schema.js";
+import { type NodeConfig, workerCount } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
 import { AdminServer } from "./admin/server.js";
 import { PeerTrust } from "./admin/peer-trust.js";
@@ -30,7 +30,7 @@ import { DsrForwarder } from "./kernel/dsr.js";
 import { KernelForwarder } from "./kernel/forwarder.js";
 import { registerKernelMetrics } from "./kernel/metrics.js";
 import { type Forwarder, forwardingOf, unservedServices } from "./model/forwarder.js";
-import type { Snapshot } from "./model/snapshot.js";
+import type { ServiceState, Snapshot, Target } from "./model/snapshot.js";
 import { StatsRegistry } from "./model/stats.js";
 import { describeState, explainRoute } from "./state.js";
 import { describeSummary } from "./admin/summary.js";
@@ -38,6 +38,7 @@ import { registerBackendGauges } from "./backend-metrics.js";
 import { AccessLog, registerAccessLogMetrics } from "./data/access-log.js";
 import { ReloadMetrics, type ReloadResult, reloadNode } from "./reload.js";
 import { NodeDrain } from "./drain.js";
+import { WorkerPool } from "./workers/pool.js";
 
 export type { NodeMode };
 
@@ -59,6 +60,8 @@ export class BallastNode {
   readonly log: Logger;
   /** The userspace proxy: the first forwarder, and the router `route explain` asks. */
   readonly plane: DataPlane;
+  /** With `workers: N > 1`: the plane is this pool, and the proxy listeners run in its N worker processes. */
+  readonly workers: WorkerPool | null;
   /** Every forwarder, in the order each snapshot is handed to them (the proxy first). */
   readonly forwarders: readonly Forwarder<Snapshot>[];
   readonly stats = new StatsRegistry();
@@ -130,22 +133,40 @@ export class BallastNode {
       snapshot: () => this.reconciler.snapshot,
       nodes: () => this.reconciler.nodes.values(),
     });
-    this.plane = new DataPlane(
-      this.log,
-      { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress },
-      {
-        affinity: this.affinity,
-        stats: this.stats,
-        zone: c.node.zone,
-        hooks: {
-          ...this.metrics.planeHooks,
-          onEject: (svc, t, until) => {
-            this.metrics.planeHooks.onEject?.(svc, t, until);
-            this.events.record("ejection", `backend ${svc.name}/${t.id} ejected for ${Math.round((until - Date.now()) / 1000)} s after connect failures`, { service: svc.name, backend: t.id });
-          },
+    const planeOptions = { ejectBaseMs: c.health.ejectBase, ejectMaxMs: c.health.ejectMax, maxEjectedShare: c.health.maxEjectedShare, bindAddress: c.node.bindAddress };
+    const planeDeps = {
+      affinity: this.affinity,
+      stats: this.stats,
+      zone: c.node.zone,
+      hooks: {
+        ...this.metrics.planeHooks,
+        onEject: (svc: ServiceState, t: Target, until: number) => {
+          this.metrics.planeHooks.onEject?.(svc, t, until);
+          this.events.record("ejection", `backend ${svc.name}/${t.id} ejected for ${Math.round((until - Date.now()) / 1000)} s after connect failures`, { service: svc.name, backend: t.id });
         },
       },
-    );
+    };
+    const workers = workerCount(c, os.availableParallelism);
+    this.workers =
+      workers > 1
+        ? new WorkerPool(this.log, planeOptions, planeDeps, {
+            count: workers,
+            config: { ...c, node: { ...c.node, id: this.id } },
+            affinity: this.affinity,
+            registry: this.metrics.registry,
+            onConnected: (service, backend, seconds) => {
+              const svc = this.reconciler.snapshot?.services.get(service);
+              const t = svc?.sticky.get(backend);
+              if (svc !== undefined && t !== undefined) planeDeps.hooks.onConnected?.(svc, t, seconds);
+            },
+            onEject: (service, backend, until) => {
+              const svc = this.reconciler.snapshot?.services.get(service);
+              const t = svc?.sticky.get(backend);
+              if (svc !== undefined && t !== undefined) planeDeps.hooks.onEject(svc, t, until);
+            },
+          })
+        : null;
+    this.plane = this.workers ?? new DataPlane(this.log, planeOptions, planeDeps);
     // The kernel forwarder programs `forwarding: nat` services into nftables from the same snapshot.
     this.kernel = new KernelForwarder({
       cluster: c.cluster,
@@ -250,11 +271,12 @@ export class BallastNode {
           if (ready) this.announced = true;
           return ready;
         },
-        state: () => describeState(this),
+        state: () => (this.workers === null ? describeState(this) : { ...describeState(this), workers: this.workers.describe() }),
         summary: () => describeSummary(this),
         stateKey: () => `${this.reconciler.appliedRevision}|${this.reconciler.snapshot?.revision ?? 0}|${this.ready}|${this.mode}|${this.reconciler.connected}|${this.drain.state?.state ?? ""}`,
         route: (service, client, port) => explainRoute(this, service, client, port),
         metrics: async () => {
+          await this.workers?.refreshStats();
           this.pruneMetrics();
           // DSR's per-backend bytes live in the kernel: read them before the scrape, so the shared
           // ballast_backend_bytes_in_total{forwarding="dsr"} and the packet counters agree.
@@ -309,6 +331,7 @@ export class BallastNode {
     if (this.standalone) await seedMemoryStore(this.config, this.keys, this.store);
     const adminAddress = await this.admin.listen(this.config.admin.listen);
     this.log.info({ address: adminAddress }, "admin listening");
+    this.workers?.start();
     this.sync = this.store.sync(this.keys.prefix, this.lastGood ?? this.reconciler);
     this.space?.start();
     this.affinity.start();
@@ -351,6 +374,8 @@ export class BallastNode {
     }
     this.events.diff(this.lastSnapshot, s);
     this.lastSnapshot = s;
+    // The workers build this snapshot again from its records: taken now, while the table holds them.
+    this.workers?.capture(s, this.reconciler.records, (name) => this.resolver.get(name));
     this.metrics.snapshotSwaps.inc();
     this.metrics.snapshotRevision.set(s.revision);
     this.metrics.invalidRecords.reset();
@@ -465,6 +490,7 @@ export class BallastNode {
       if (this.stopping) return null;
       try {
         const r = await reloadNode(this, next);
+        this.workers?.reconfigure(this.config);
         this.reloads.reloads.inc({ result: "applied" });
         this.reloads.lastSuccessful.set(1);
         this.log.info({ source, applied: r.applied, writes: r.writes }, "config reloaded");

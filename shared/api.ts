@@ -244,6 +244,25 @@ export interface StateView {
   kernel?: KernelStateView;
   /** The netdev table of `forwarding: dsr` services on this node (node/kernel/dsr.ts). */
   dsr?: DsrStateView;
+  /** With `workers: N` (N > 1): each data-plane worker; the node's totals above are their sums. */
+  workers?: WorkerStateView[];
+}
+
+export interface WorkerStateView {
+  /** The worker's slot (0…N-1): a replacement takes the slot, and the UDP services, of the one it replaces. */
+  worker: number;
+  /** 0 while no process runs in the slot. */
+  pid: number;
+  running: boolean;
+  startedAt: number;
+  restarts: number;
+  /** Open connections and flows, and those accepted by the current process (from its last report, ≤ 1 s old). */
+  active: number;
+  accepted: number;
+  /** UDP services this worker binds (one worker per UDP service). */
+  udpServices: string[];
+  rssBytes: number;
+  cpuSeconds: number;
 }
 
 /** A condition on a node the operator should act on, while it lasts. */

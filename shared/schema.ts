@@ -401,6 +401,12 @@ export const nodeConfigSchema = z
      * revision last applied, served at start while etcd cannot be reached. Empty: not kept.
      */
     stateDir: z.string().default(""),
+    /**
+     * Data-plane processes (issue 18). 1: today's single process. N > 1: this process stays the one
+     * control plane (etcd, health, affinity replication, admin, kernel forwarding) and forks N workers
+     * that run the proxy listeners; "auto": one per available core (os.availableParallelism()).
+     */
+    workers: z.union([z.literal("auto"), z.number().int().min(1).max(256)], { message: 'expected a whole number ≥ 1 or "auto"' }).default(1),
     drainTimeout: duration("30s"),
     /**
      * On SIGTERM, how long the node keeps accepting after /readyz turns 503, so anycast withdraws the
@@ -451,6 +457,11 @@ export const nodeConfigSchema = z
   });
 
 export type NodeConfig = z.output<typeof nodeConfigSchema>;
+
+/** How many data-plane processes `workers` asks for ("auto": one per available core). */
+export function workerCount(c: Pick<NodeConfig, "workers">, cores: () => number): number {
+  return c.workers === "auto" ? Math.max(1, cores()) : c.workers;
+}
 
 const dnsName = z
   .string()

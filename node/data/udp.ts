@@ -116,7 +116,9 @@ export class UdpListener {
         resolve();
       };
       this.socket.once("error", onError);
-      this.socket.bind({ address: this.plane.bindHost(this.svc), port: this.svc.port }, () => {
+      // exclusive: in a `workers: N` worker the socket is this process's own, not a cluster-shared one
+      // (which would hand a flow's datagrams to any worker); outside a cluster worker it changes nothing.
+      this.socket.bind({ address: this.plane.bindHost(this.svc), port: this.svc.port, exclusive: true }, () => {
         this.socket.off("error", onError);
         this.error = null;
         this.boundPort = this.socket.address().port;

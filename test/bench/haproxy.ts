@@ -16,7 +16,7 @@ export interface Frontend {
 export const HAPROXY_MAXCONN = 8000;
 
 /** With `ns`, HAProxy runs inside that network namespace and `waitListening` checks its ports there. */
-export async function startHaproxy(group: ProcessGroup, runDir: string, frontends: Frontend[], at?: { ns: string; waitListening: (port: number) => Promise<void> }): Promise<Proc> {
+export async function startHaproxy(group: ProcessGroup, runDir: string, frontends: Frontend[], at?: { ns: string; waitListening: (port: number) => Promise<void> }, threads = 1): Promise<Proc> {
   const sections = frontends
     .map(
       (f) => `frontend fe_${f.name}
@@ -30,7 +30,7 @@ ${f.servers.map((s) => `  server ${s.name} ${s.address ?? "127.0.0.1"}:${s.port}
     )
     .join("\n");
   const cfg = `global
-  nbthread 1
+  nbthread ${threads}
   maxconn ${HAPROXY_MAXCONN}
 
 defaults
@@ -41,7 +41,7 @@ defaults
   timeout server 5m
 
 ${sections}`;
-  const file = join(runDir, "haproxy.cfg");
+  const file = join(runDir, threads === 1 ? "haproxy.cfg" : `haproxy-${threads}t.cfg`);
   writeFileSync(file, cfg);
   const proc = group.start("haproxy", ...inNs(at?.ns, "haproxy", ["-db", "-f", file]));
   for (const f of frontends) await (at ? at.waitListening(f.port) : waitTcp(f.port, 10_000, "haproxy"));

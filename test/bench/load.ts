@@ -111,8 +111,8 @@ export async function synRetransmits(ns?: string): Promise<number | null> {
   return code === 0 && m ? Number(m[1]) : null;
 }
 
-export async function wrk(dest: Dest, o: { connections: number; durationS: number; close: boolean }): Promise<WrkResult & { raw: string }> {
-  const args = ["-t1", `-c${o.connections}`, `-d${o.durationS}s`, "--latency", "--timeout", "5s"];
+export async function wrk(dest: Dest, o: { connections: number; durationS: number; close: boolean; threads?: number }): Promise<WrkResult & { raw: string }> {
+  const args = [`-t${o.threads ?? 1}`, `-c${o.connections}`, `-d${o.durationS}s`, "--latency", "--timeout", "5s"];
   if (o.close) args.push("-H", "Connection: close");
   args.push(`http://${hostPort(dest)}/`);
   const { out } = await run("wrk", args, (o.durationS + 30) * 1000, dest.ns);
