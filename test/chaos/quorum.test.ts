@@ -12,8 +12,8 @@ import { type ChaosCluster, everyNodeSees, firstSeen, type NodeMember, nodeOf, s
 import { figures, formatFigures, recordFigure } from "./figures.js";
 import { HEALTH, SHARED_SERVICE, sharedCluster } from "./shared-cluster.js";
 
-export const PATH_CUT_QUORUM = "11a path cut on the leader, observers 3";
-export const PATH_CUT_SINGLE = "11b path cut on the leader, observers 1";
+const PATH_CUT_QUORUM = "11a path cut on the leader, observers 3";
+const PATH_CUT_SINGLE = "11b path cut on the leader, observers 1";
 /** How long the cut lasts under load: several health intervals past the fall, so a down would have come. */
 const CUT_MS = 12_000;
 const LOAD_BEFORE_CUT_MS = 2_000;
