@@ -188,3 +188,63 @@ describe("health leader term", () => {
     expect(store.terms[0].writes.filter((w) => w.key !== keys.heartbeat)).toEqual([{ key: keys.verdict("web", "gone"), value: null }]);
   });
 });
+
+describe("health leader term with observer quorum", () => {
+  const quorumSettings = parseHealth({ type: "tcp", interval: 20, timeout: 10, rise: 2, fall: 2, jitter: 0, observers: 3 });
+  const quorumTarget: CheckTarget = { key: "web/a", service: "web", id: "a", host: "127.0.0.1", port: 1, kind: "tcp", settings: quorumSettings };
+
+  // The settle guard in decideTarget (`own === null && previous !== null`). A verdict read at the start
+  // of the term seeds the checker, so `own` is null only for a backend the term had no verdict for (a
+  // new one): the observers' majority writes its first verdict, and until this leader's own probes
+  // settle, observers coming and going must not rewrite it.
+  it("keeps the verdict it wrote from the observers until its own probes have settled", async () => {
+    const store = new ScriptedStore([], 10);
+    // Probes wait at the gate: until it opens, this leader has no state of its own.
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    const probe: Probe = async () => {
+      await gate;
+      return OK;
+    };
+    const observations = new Map<string, { node: string; at: number; pass: string[]; fail: Record<string, string> }>([
+      ["o2", { node: "o2", at: 1, pass: ["a"], fail: {} }],
+      ["o3", { node: "o3", at: 1, pass: ["a"], fail: {} }],
+    ]);
+    const leader = new HealthLeader({
+      id: "me",
+      store: store as unknown as Store,
+      keys,
+      leaseTtl: 1,
+      heartbeatMs: 20,
+      log: createLogger("silent"),
+      metrics: new HealthMetrics(new client.Registry()),
+      probe,
+      targets: () => [quorumTarget],
+      records: () => recordsAt(10, ["a"]),
+      observersOf: () => ["me", "o2", "o3"],
+      observation: (_service, node) => observations.get(node),
+    });
+    leaders.push(leader);
+    leader.start();
+    const verdictWrites = () => store.terms[0]?.writes.filter((w) => w.key === keys.verdict("web", "a")) ?? [];
+    // Two of three observers pass: up, decided by the observers while the leader has no vote yet.
+    await waitFor(() => verdictWrites().length === 1, { message: "the observers' first verdict" });
+    expect(verdictWrites()[0].value).toMatchObject({ state: "up", quorum: "ok", votes: { me: "none", o2: "pass", o3: "pass" } });
+
+    // o3 now fails it (an even split with the leader's vote still missing: up, partial): while the
+    // leader has not settled, nothing is rewritten.
+    observations.set("o3", { node: "o3", at: 2, pass: [], fail: { a: "timeout 10ms" } });
+    leader.reevaluate(new Set(["web"]));
+    observations.delete("o2");
+    leader.reevaluate(null);
+    observations.set("o2", { node: "o2", at: 2, pass: ["a"], fail: {} });
+    leader.reevaluate(null);
+    expect(verdictWrites()).toHaveLength(1);
+
+    // Its own probes settle (rise = 2 passes): the decision now counts its vote and is written once.
+    open();
+    await waitFor(() => verdictWrites().length === 2, { message: "the verdict rewritten after settling" });
+    expect(verdictWrites()[1].value).toMatchObject({ state: "up", partial: true, quorum: "ok", checker: "me", votes: { me: "pass", o2: "pass", o3: "fail" } });
+    expect(leader.leading).toBe(true);
+  });
+});

@@ -61,6 +61,25 @@ export interface ClusterOptions {
    * (deploy/dsr/ballast-dsr-backend.sh) with the ARP sysctls. Default false.
    */
   dsr?: boolean;
+  /**
+   * Nodes at fixed fabric addresses (fixedNodeAddress: the top of the /24 docker hands addresses out
+   * from, far from the ones it picks), advertised as their admin address (`node.advertise`), so a
+   * `ballast` CLI on the test host reaches them at the address in their node record (rollout).
+   * Default false.
+   */
+  fixedNodeAddresses?: boolean;
+  /**
+   * BFD between the router and the announcers (default true): a dead node's route goes in ~300 ms.
+   * Off, the BGP hold time (3 s) is the only failure detector, which a loaded machine does not trip:
+   * for scenarios where nodes only leave gracefully (withdraw first), such as a rolling restart.
+   */
+  bfd?: boolean;
+  /**
+   * Failed readiness polls before an announcer withdraws its node (the script's FALL, default 1). One
+   * poll that times out (1 s) on a loaded machine withdraws a healthy node; more need `withdrawDelay`
+   * to cover them (POLL_MS 200 each) so a draining node still withdraws before its listeners close.
+   */
+  announcerFall?: number;
 }
 
 /** A DSR service on the chaos cluster's second VIP (its address is filled in at start). */
@@ -110,6 +129,9 @@ export class ChaosCluster {
       cluster: options.cluster ?? "chaos",
       sticky: options.sticky ?? true,
       dsr: options.dsr ?? false,
+      fixedNodeAddresses: options.fixedNodeAddresses ?? false,
+      bfd: options.bfd ?? true,
+      announcerFall: options.announcerFall ?? 1,
       nodeConfig: options.nodeConfig,
     });
     try {
@@ -243,15 +265,22 @@ export class ChaosCluster {
         FABRIC: `${this.networks.fabric.base}.0/24`,
         VIP_RANGE: `${this.fabricPrefix}.255.0/24`,
         STICKY: this.opts.sticky ? "1" : "0",
+        BFD: this.opts.bfd ? "on" : "off",
       })
       .start();
     this.router = await this.track(new Member(this, "router", started.getName().replace(/^\//, ""), started));
   }
 
+  /** Node `index`'s fabric address with `fixedNodeAddresses`: 10.X.0.(241 + index). */
+  fixedNodeAddress(index: number): string {
+    return `${this.networks.fabric.base}.${241 + index}`;
+  }
+
   /** The node config file: JSON is YAML, so no YAML writer is needed. */
   nodeConfigFor(index: number): Record<string, unknown> {
+    const advertise = this.opts.fixedNodeAddresses ? { advertise: `${this.fixedNodeAddress(index)}:9090` } : {};
     return {
-      node: { id: `n${index + 1}`, zone: `z${(index % 3) + 1}` },
+      node: { id: `n${index + 1}`, zone: `z${(index % 3) + 1}`, ...advertise },
       cluster: this.opts.cluster,
       etcd: { endpoints: this.etcd.map((m) => `http://${m.memberName}:2379`), leaseTtl: this.opts.leaseTtl },
       admin: { listen: "0.0.0.0:9090" },
@@ -280,7 +309,7 @@ export class ChaosCluster {
     const id = `n${index + 1}`;
     let c = this.container(IMAGES.node, id)
       .onNetwork(this.networks.ctl.name, [id])
-      .alsoOn(this.networks.fabric.name)
+      .alsoOn(this.networks.fabric.name, [], this.opts.fixedNodeAddresses ? this.fixedNodeAddress(index) : undefined)
       .withCopyContentToContainer([{ content: JSON.stringify(this.nodeConfigFor(index), null, 2), target: "/etc/ballast/ballast.yaml", mode: 0o644 }]);
     // DSR: the node programs nftables in its own network namespace (root with NET_ADMIN there only).
     if (this.dsrVip) c = c.withUser("0:0").withAddedCapabilities("NET_ADMIN");
@@ -297,6 +326,8 @@ export class ChaosCluster {
         ROUTER: this.router!.ip("fabric"),
         RETURN_ROUTES: `${this.fabricPrefix}.1.0/24`,
         POLL_MS: "200",
+        BFD: this.opts.bfd ? "on" : "off",
+        FALL: String(this.opts.announcerFall),
       })
       .withCommand(["/usr/local/bin/anycast-node.sh"])
       .start();

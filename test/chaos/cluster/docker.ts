@@ -24,7 +24,7 @@ export const docker = new Docker();
 // at create time with aliases and no default bridge (testcontainers' withNetworkAliases attaches the
 // default bridge first), further networks connected before start, and sysctls.
 export class ChaosContainer extends GenericContainer {
-  private extraNetworks: { network: string; aliases: string[] }[] = [];
+  private extraNetworks: { network: string; aliases: string[]; address?: string }[] = [];
 
   constructor(image: string, name: string, run: string) {
     super(image);
@@ -37,8 +37,9 @@ export class ChaosContainer extends GenericContainer {
     return this;
   }
 
-  alsoOn(network: string, aliases: string[] = []): this {
-    this.extraNetworks.push({ network, aliases });
+  /** Also attached to `network`; at a fixed `address` when given (else docker picks one). */
+  alsoOn(network: string, aliases: string[] = [], address?: string): this {
+    this.extraNetworks.push({ network, aliases, address });
     return this;
   }
 
@@ -53,8 +54,8 @@ export class ChaosContainer extends GenericContainer {
   }
 
   protected override async containerCreated(containerId: string): Promise<void> {
-    for (const { network, aliases } of this.extraNetworks) {
-      await docker.getNetwork(network).connect({ Container: containerId, EndpointConfig: { Aliases: aliases } });
+    for (const { network, aliases, address } of this.extraNetworks) {
+      await docker.getNetwork(network).connect({ Container: containerId, EndpointConfig: { Aliases: aliases, ...(address ? { IPAMConfig: { IPv4Address: address } } : {}) } });
     }
   }
 }
