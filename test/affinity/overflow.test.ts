@@ -23,7 +23,7 @@ const ips = (count: number) => Array.from({ length: count }, (_, i) => `10.77.${
 describe("affinity table overflow", () => {
   it("warns in /api/state, the metric and one log line per episode, and clears when the table has room again", async () => {
     const p = "/ballast/affoverflow/";
-    await etcd.put(`${p}services/web`, JSON.stringify({ listen: "127.0.0.1:0", health: { type: "none" }, affinity: { mode: "source-ip", ttl: "1s" } }));
+    await etcd.put(`${p}services/web`, JSON.stringify({ listen: "127.0.0.1:0", health: { type: "none" }, affinity: { mode: "source-ip", ttl: "3s" } }));
     const rev = await etcd.put(`${p}backends/web/a`, JSON.stringify({ address: "127.0.0.1", port: 10001 }));
     const lines: Array<{ level: number; msg: string }> = [];
     const sink = new Writable({
@@ -51,7 +51,7 @@ describe("affinity table overflow", () => {
       const state0 = await getJson<StateView>(node.admin.address, "/api/state");
       expect(state0.warnings).toEqual([]);
 
-      // 80 clients into a table of 50: 30 live entries evicted before their TTL, in two bursts.
+      // 80 clients into a table of 50, in two bursts: 15 live entries evicted before their TTL, then up to 15 more.
       for (const ip of ips(65)) node.plane.router.route(svc, ip, 40000, null, Date.now());
       let warned: { message: string } | undefined;
       await waitFor(
@@ -64,12 +64,15 @@ describe("affinity table overflow", () => {
       );
       expect(warned!.message).toMatch(/affinity\.maxEntries \(50\): \d+ live entries evicted/);
       await waitFor(() => full().length === 1, { message: "one warning log line" });
+      // The second burst evicts only while the table is still full: on a loaded machine the waits
+      // above can outlast the TTL and the sweep, so count what it holds in the same turn as the burst.
+      const held = node.affinity.entries.count;
       for (const ip of ips(80).slice(65)) node.plane.router.route(svc, ip, 40000, null, Date.now());
-      expect(node.affinity.entries.evictions).toBe(30);
+      expect(node.affinity.entries.evictions).toBe(15 + Math.max(0, held + 15 - 50));
       expect(await node.metrics.registry.metrics()).toMatch(/ballast_affinity_overflow\{node="small"\} 1/);
 
-      // Entries expire (TTL 1 s): the episode ends once, and the warning and gauge clear.
-      await waitFor(() => ended().length === 1, { timeoutMs: 15_000, message: "the overflow episode ends" });
+      // Entries expire (TTL 3 s): the episode ends once, and the warning and gauge clear.
+      await waitFor(() => ended().length === 1, { timeoutMs: 30_000, message: "the overflow episode ends" });
       const s = await getJson<StateView>(node.admin.address, "/api/state");
       expect(s.warnings).toEqual([]);
       expect(await node.metrics.registry.metrics()).toMatch(/ballast_affinity_overflow\{node="small"\} 0/);
