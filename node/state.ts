@@ -49,7 +49,6 @@ export function describeState(n: StateContext): StateView {
   const services: ServiceStateView[] = [];
   for (const svc of snap?.services.values() ?? []) {
     const l = n.plane.listenerOf(svc.name);
-    const c = n.plane.stats.service(svc.name);
     services.push({
       name: svc.name,
       listen: svc.spec.listen,
@@ -62,13 +61,7 @@ export function describeState(n: StateContext): StateView {
       forwarding: forwardingStatus(n, svc),
       affinity: { mode: svc.spec.affinity.mode, ttlMs: svc.spec.affinity.ttl, entries: n.affinity.entries.table(svc.name)?.size ?? 0 },
       health: { type: svc.spec.health.type, intervalMs: svc.spec.health.interval, rise: svc.spec.health.rise, fall: svc.spec.health.fall },
-      active: c.active,
-      accepted: c.accepted,
-      bytesIn: c.bytesIn,
-      bytesOut: c.bytesOut,
-      retries: c.retries,
-      refused: c.refused,
-      udp: svc.spec.protocol === "udp" ? { flows: c.udpFlows, datagramsIn: c.udpDatagramsIn, datagramsOut: c.udpDatagramsOut, dropped: c.udpDropped } : undefined,
+      ...serviceCounters(n, svc),
       backends: svc.backends.map((b) => {
         const s = n.plane.stats.backend(svc.name, b.id);
         return {
@@ -95,18 +88,12 @@ export function describeState(n: StateContext): StateView {
       }),
     });
   }
-  const hb = n.reconciler.heartbeat;
   return {
-    node: { id: n.id, zone: n.config.node.zone, version: VERSION, ready: n.ready, draining: n.withdrawing || n.plane.draining || n.drain.active, mode: n.mode, startedAt: n.startedAt, admin: n.admin.address, drain: n.drain.state },
+    node: nodeView(n),
     rollout: { drains: [...n.reconciler.drains.keys()].sort(), state: n.reconciler.rollout },
     cluster: n.config.cluster,
     store: {
-      kind: n.standalone ? "memory" : "etcd",
-      connected: n.standalone ? true : n.reconciler.connected,
-      lastError: n.reconciler.lastError,
-      staleSeconds: n.metrics.lastSync === 0 ? 0 : (now - n.metrics.lastSync) / 1000,
-      // "disk": serving the last known good file since etcd has not answered since start.
-      snapshotSource: n.standalone ? "memory" : (n.lastGood?.source ?? "etcd"),
+      ...storeView(n, now),
       lastKnownGood: n.lastGood ? { file: n.lastGood.file, revision: n.lastGood.revision, savedAt: n.lastGood.savedAt || null, writeError: n.lastGood.lastError } : null,
     },
     revision: n.reconciler.appliedRevision,
@@ -125,7 +112,43 @@ export function describeState(n: StateContext): StateView {
     nodes: [...n.reconciler.nodes.values()].sort((a, b) => (a.id < b.id ? -1 : 1)).map((r) => ({ ...r, trusted: r.id === n.id || n.peerTrust.trusts(r.admin) })),
     // leader/isLeader/mode/term/checking/modeReason/modeSince come from the health manager.
     dns: n.dns?.describe() ?? null,
-    health: { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null },
+    health: healthView(n, now),
+  };
+}
+
+// The parts /api/state and /api/summary (node/admin/summary.ts) share, built once here.
+
+export function nodeView(n: StateContext): StateView["node"] {
+  return { id: n.id, zone: n.config.node.zone, version: VERSION, ready: n.ready, draining: n.withdrawing || n.plane.draining || n.drain.active, mode: n.mode, startedAt: n.startedAt, admin: n.admin.address, drain: n.drain.state };
+}
+
+export function storeView(n: StateContext, now: number) {
+  return {
+    kind: n.standalone ? ("memory" as const) : ("etcd" as const),
+    connected: n.standalone ? true : n.reconciler.connected,
+    lastError: n.reconciler.lastError,
+    staleSeconds: n.metrics.lastSync === 0 ? 0 : (now - n.metrics.lastSync) / 1000,
+    // "disk": serving the last known good file since etcd has not answered since start.
+    snapshotSource: n.standalone ? ("memory" as const) : (n.lastGood?.source ?? ("etcd" as const)),
+  };
+}
+
+export function healthView(n: StateContext, now: number): StateView["health"] {
+  const hb = n.reconciler.heartbeat;
+  return { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null };
+}
+
+/** A service's traffic counters on this node. */
+export function serviceCounters(n: StateContext, svc: ServiceState) {
+  const c = n.plane.stats.service(svc.name);
+  return {
+    active: c.active,
+    accepted: c.accepted,
+    bytesIn: c.bytesIn,
+    bytesOut: c.bytesOut,
+    retries: c.retries,
+    refused: c.refused,
+    udp: svc.spec.protocol === "udp" ? { flows: c.udpFlows, datagramsIn: c.udpDatagramsIn, datagramsOut: c.udpDatagramsOut, dropped: c.udpDropped } : undefined,
   };
 }
 

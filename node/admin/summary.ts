@@ -3,23 +3,15 @@
 // for the full /api/state, whose `nodes[]` grows with the cluster (N nodes × N records was the N² of
 // issue 19).
 import type { NodeSummaryView } from "../../shared/api.js";
-import { VERSION } from "../../shared/version.js";
-import type { StateContext } from "../state.js";
+import { healthView, nodeView, type StateContext, serviceCounters, storeView } from "../state.js";
 
 export function describeSummary(n: StateContext): NodeSummaryView {
   const snap = n.reconciler.snapshot;
   const services: NodeSummaryView["services"] = [];
   for (const svc of snap?.services.values() ?? []) {
-    const c = n.plane.stats.service(svc.name);
     services.push({
       name: svc.name,
-      active: c.active,
-      accepted: c.accepted,
-      bytesIn: c.bytesIn,
-      bytesOut: c.bytesOut,
-      retries: c.retries,
-      refused: c.refused,
-      udp: svc.spec.protocol === "udp" ? { flows: c.udpFlows, datagramsIn: c.udpDatagramsIn, datagramsOut: c.udpDatagramsOut, dropped: c.udpDropped } : undefined,
+      ...serviceCounters(n, svc),
       affinityEntries: n.affinity.entries.table(svc.name)?.size ?? 0,
       backends: svc.backends.map((b) => {
         const s = n.plane.stats.backend(svc.name, b.id);
@@ -27,21 +19,14 @@ export function describeSummary(n: StateContext): NodeSummaryView {
       }),
     });
   }
-  const hb = n.reconciler.heartbeat;
   const now = Date.now();
   return {
-    node: { id: n.id, zone: n.config.node.zone, version: VERSION, ready: n.ready, draining: n.withdrawing || n.plane.draining || n.drain.active, mode: n.mode, startedAt: n.startedAt, admin: n.admin.address, drain: n.drain.state },
+    node: nodeView(n),
     cluster: n.config.cluster,
     revision: n.reconciler.appliedRevision,
     snapshotRevision: snap?.revision ?? 0,
-    store: {
-      kind: n.standalone ? "memory" : "etcd",
-      connected: n.standalone ? true : n.reconciler.connected,
-      lastError: n.reconciler.lastError,
-      staleSeconds: n.metrics.lastSync === 0 ? 0 : (now - n.metrics.lastSync) / 1000,
-      snapshotSource: n.standalone ? "memory" : (n.lastGood?.source ?? "etcd"),
-    },
-    health: { ...n.health.status(), heartbeatAt: hb?.at ?? null, heartbeatAgeMs: hb ? now - hb.at : null },
+    store: storeView(n, now),
+    health: healthView(n, now),
     services,
     invalid: (snap?.invalid.length ?? 0) + n.plane.listenerFailures().length + (n.reconciler.dns.error ? 1 : 0),
     dns: n.dns !== null,
