@@ -16,7 +16,7 @@ export {
   DSR_SERVICE,
   WITHDRAW_DELAY_MS,
 } from "./cluster/chaos-cluster.js";
-export { byNode, Client, type ConnectionRecord, type LoadOptions, type LoadResult, nodeOf, percentile } from "./cluster/client.js";
+export { byNode, Client, type ConnectionRecord, type LoadOptions, type LoadResult, nodeOf, percentile, pinMismatches } from "./cluster/client.js";
 export { docker, IMAGES, OWNER_LABEL, RUN_LABEL, removeLabelled, sweepOrphans } from "./cluster/docker.js";
 export type { EtcdEvent, VerdictRecord } from "./cluster/etcd-history.js";
 export { EtcdMember } from "./cluster/etcd-member.js";

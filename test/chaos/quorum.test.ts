@@ -8,7 +8,7 @@
 // much capacity was lost. Both on one cluster of this file, 11b after 11a.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StateView } from "../../shared/api.js";
-import { type ChaosCluster, everyNodeSees, firstSeen, type NodeMember, nodeOf, sampleEvery, sleep, watchConntrack } from "./cluster.js";
+import { type ChaosCluster, everyNodeSees, firstSeen, type NodeMember, nodeOf, pinMismatches, sampleEvery, sleep, watchConntrack } from "./cluster.js";
 import { figures, formatFigures, recordFigure } from "./figures.js";
 import { HEALTH, SHARED_SERVICE, sharedCluster } from "./shared-cluster.js";
 
@@ -107,8 +107,9 @@ describe(PATH_CUT_QUORUM, () => {
 
     // Connections by the node the router pinned them to; "after avoidance" = started once the cut node showed it avoided.
     const avoidAt = avoidedAt.get(leader.nodeId) ?? Number.POSITIVE_INFINITY;
-    const viaCut = load.connections.filter((x) => nodeOf(x, pinned) === leaderIp);
-    const viaOthers = load.connections.filter((x) => nodeOf(x, pinned) !== leaderIp);
+    const nodeIps = new Set(c.nodes.map((n) => n.ip("fabric")));
+    const viaCut = load.connections.filter((x) => nodeOf(x, pinned, nodeIps) === leaderIp);
+    const viaOthers = load.connections.filter((x) => nodeOf(x, pinned, nodeIps) !== leaderIp);
     const duringCut = (x: { start: number }) => load.t0 + x.start >= cutAt;
     const othersToVictim = viaOthers.filter((x) => duringCut(x) && x.ok && x.backends.includes(id)).length;
     const cutToVictim = viaCut.filter((x) => load.t0 + x.start >= avoidAt && x.backends.includes(id)).length;
@@ -128,6 +129,7 @@ describe(PATH_CUT_QUORUM, () => {
     rec("  of them served by the cut backend during the cut", othersToVictim, undefined, "> 0");
     rec("connections through the cut node / failed before / after it avoided the backend", `${viaCut.length} / ${cutFailedBefore} / ${cutFailedAfter}`, undefined, "… / … / 0");
     rec("  sent to the cut backend by the cut node after it avoided it", cutToVictim, undefined, "0");
+    rec("answered through another node than the router's pin (attributed by the answer)", pinMismatches(load.connections, pinned, nodeIps));
 
     expect(answered, "the backend answers the test host directly").toBe(true);
     expect(partialMs).toBeLessThanOrEqual(DECIDED_BOUND_MS);
@@ -197,7 +199,8 @@ describe(PATH_CUT_SINGLE, () => {
     const verdict = (await c.verdicts()).get(id);
     const allDownAt = downAt.size === c.nodes.length ? Math.max(...downAt.values()) : Number.POSITIVE_INFINITY;
     const downMs = allDownAt - cutAt;
-    const viaOthers = load.connections.filter((x) => nodeOf(x, pinned) !== leaderIp);
+    const nodeIps = new Set(c.nodes.map((n) => n.ip("fabric")));
+    const viaOthers = load.connections.filter((x) => nodeOf(x, pinned, nodeIps) !== leaderIp);
     const othersToVictimAfterDown = viaOthers.filter((x) => load.t0 + x.start >= allDownAt && x.backends.includes(id)).length;
     const othersAfterDown = viaOthers.filter((x) => load.t0 + x.start >= allDownAt && x.ok).length;
     const before = routableBefore.reduce((a, b) => a + b, 0);

@@ -90,8 +90,29 @@ export function byNode(load: LoadResult): Record<string, number> {
   return out;
 }
 
-/** The node (fabric address) a connection went through: the router's pin, else the backend's answer. */
-export function nodeOf(conn: ConnectionRecord, pinned: Map<string, string>): string | null {
-  return (conn.src && conn.port ? pinned.get(`${conn.src}:${conn.port}`) : undefined) ?? conn.nodes.find((n) => n !== null) ?? null;
+/**
+ * The node (fabric address) a connection went through. With `nodeIps` (proxy-mode services, where the
+ * backend sees the node as its peer), an answer naming one of those nodes wins: it is what carried the
+ * connection to the backend. The router's pin comes next — it is the only witness for a connection that
+ * failed — but it is sampled from conntrack once a second and keyed by the client's address and port,
+ * so a port the client reused for a later connection can carry an earlier connection's pin (one such
+ * misattribution failed chaos 11a in CI: a connection the victim answered through another node was
+ * counted against the cut node). Without `nodeIps` (DSR, where the peer is the client), the pin first.
+ */
+export function nodeOf(conn: ConnectionRecord, pinned: Map<string, string>, nodeIps?: ReadonlySet<string>): string | null {
+  const answered = conn.nodes.find((n) => n !== null) ?? null;
+  if (nodeIps && answered !== null && nodeIps.has(answered)) return answered;
+  return (conn.src && conn.port ? pinned.get(`${conn.src}:${conn.port}`) : undefined) ?? answered;
+}
+
+/** Connections whose answering node (proxy mode) differs from the router's pin: how often the pin misleads. */
+export function pinMismatches(conns: readonly ConnectionRecord[], pinned: Map<string, string>, nodeIps: ReadonlySet<string>): number {
+  let n = 0;
+  for (const c of conns) {
+    const answered = c.nodes.find((x) => x !== null);
+    const pin = c.src && c.port ? pinned.get(`${c.src}:${c.port}`) : undefined;
+    if (answered && pin && nodeIps.has(answered) && answered !== pin) n++;
+  }
+  return n;
 }
 
