@@ -1,10 +1,10 @@
-// `npm run bench:workers [-- --duration 5] [-- --rounds 1]`: the proxy on more than one core (issue 18).
+// `npm run bench:workers [-- --duration 5] [-- --rounds 1] [-- --only ballast|haproxy] [-- --threads 1|2]`: the proxy on more than one core (issue 18).
 // Ballast proxy `workers: 1` and `workers: 2` against HAProxy `nbthread 1` and `nbthread 2`, on loopback,
 // same nginx backends, same load: keep-alive req/s, new conn/s, bulk Gbit/s (iperf3, 2 streams), added
 // p99 at light load, CPU per request / per new connection / per GB summed over every process of the
 // proxy (Ballast: the primary and its workers), RSS per process, and 2 ÷ 1 throughput.
 // Narrower than `npm run bench` (no namespaces, no etcd, no kernel modes): the ratios are what it is for.
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { agentPath, sinkOpen, startHttpBackends, startIperfServer, startTcpSink } from "./backends.js";
@@ -13,6 +13,7 @@ import { startHaproxy } from "./haproxy.js";
 import { iperf, killLoadTools, loopback, wrk } from "./load.js";
 import { cpuSeconds, freePort, httpGet, rssBytes, sleep } from "./net.js";
 import { type Proc, ProcessGroup } from "./procs.js";
+import { summarizeProfile } from "./profile.js";
 import { median } from "./stats.js";
 import { ensureNginx } from "./tools.js";
 
@@ -63,20 +64,29 @@ interface Sample {
   rssMiB: number[];
 }
 
-async function ballast(workers: number, backends: number[], iperfPorts: [number, number]): Promise<Target> {
+async function ballast(workers: number, backends: number[], iperfPorts: [number, number], profileDir?: string): Promise<Target> {
   const http = await freePort();
   const bulk: [number, number] = [await freePort(), await freePort()];
   const admin = await freePort();
   const file = join(runDir, `ballast-w${workers}.yaml`);
   const svc = (name: string, port: number, to: number[]) => ({ name, listen: `127.0.0.1:${port}`, protocol: "tcp", algorithm: "round-robin", health: { type: "none" }, backends: to.map((p, i) => ({ id: `b${i + 1}`, address: "127.0.0.1", port: p })) });
   writeFileSync(file, JSON.stringify({ workers, admin: { listen: `127.0.0.1:${admin}` }, log: { level: "warn" }, accessLog: { enabled: false }, services: [svc("http", http, backends), svc("bulk1", bulk[0], [iperfPorts[0]]), svc("bulk2", bulk[1], [iperfPorts[1]])] }));
-  const proc = group.start(`ballast-w${workers}`, process.execPath, [cliPath, "node", "--config", file], { nofile: 100_000 });
+  // --profile: the primary under --cpu-prof; SIGUSR2 (profile-exit preload) makes it exit and write the file.
+  const prof = profileDir === undefined ? [] : ["--cpu-prof", "--cpu-prof-dir", profileDir, "--import", agentPath("profile-exit")];
+  const proc = group.start(`ballast-w${workers}`, process.execPath, [...prof, cliPath, "node", "--config", file], { nofile: 100_000 });
   const end = Date.now() + 60_000;
   while ((await httpGet(`http://127.0.0.1:${admin}/readyz`, 1000).catch(() => ({ status: 0 }))).status !== 200) {
     if (Date.now() > end) throw new Error(`ballast workers ${workers}: not ready in 60 s`);
     await sleep(200);
   }
-  return { name: `Ballast proxy, workers: ${workers}`, http, bulk, pid: () => proc.child.pid ?? 0, stop: () => proc.stop(5000) };
+  const stop = async () => {
+    if (profileDir === undefined) return proc.stop(5000);
+    proc.signal("SIGUSR2");
+    const t = setTimeout(() => proc.signal("SIGTERM"), 10_000);
+    await proc.exited;
+    clearTimeout(t);
+  };
+  return { name: `Ballast proxy, workers: ${workers}`, http, bulk, pid: () => proc.child.pid ?? 0, stop };
 }
 
 async function haproxy(threads: number, backends: number[], iperfPorts: [number, number], checkPort: number): Promise<Target> {
@@ -179,6 +189,46 @@ async function idleMemory(steps: number[]): Promise<string[]> {
   return out;
 }
 
+/**
+ * `--profile [--threads N]`: one Ballast node (workers: N; the profile is the primary's, so N = 1 is
+ * the useful one) per load — keep-alive, new connections, bulk — under --cpu-prof, each profile ranked
+ * by self time (results/workers-<time>/profile-<load>/).
+ */
+async function profileLoads(workers: number): Promise<void> {
+  const nginx = ensureNginx(false, log);
+  const http = await startHttpBackends(group, runDir, nginx, 2);
+  const ip1 = await startIperfServer(group);
+  const ip2 = await startIperfServer(group);
+  for (const load of ["keep-alive", "new-connections", "bulk"]) {
+    const dir = join(runDir, `profile-${load}`);
+    mkdirSync(dir, { recursive: true });
+    const spawned = performance.now();
+    const t = await ballast(workers, http.ports, [ip1.port, ip2.port], dir);
+    await wrk(loopback(t.http), { connections: 8, durationS: 2, close: false });
+    // Start-up and warm-up are not the hot path: the summary begins where the load does.
+    const skipMs = performance.now() - spawned;
+    const c0 = treeCpu(t.pid());
+    let what: string;
+    if (load === "bulk") {
+      const r = await iperfParallel(t.bulk, durationS);
+      what = `${r.gbps.toFixed(2)} Gbit/s, ${((treeCpu(t.pid()) - c0) / (r.bytes / 1e9)).toFixed(2)} s CPU/GB`;
+    } else {
+      const r = await wrk(loopback(t.http), { connections: load === "keep-alive" ? 64 : 32, durationS, close: load === "new-connections", threads: 2 });
+      what = `${Math.round(r.rps)} req/s, ${(((treeCpu(t.pid()) - c0) * 1e6) / Math.max(1, r.requests)).toFixed(1)} µs CPU/req`;
+    }
+    await t.stop();
+    const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
+    if (file === undefined) {
+      log(`${load}: ${what}; no profile written`);
+      continue;
+    }
+    const summary = summarizeProfile(join(dir, file), skipMs);
+    log(`${load}: ${what}; busy ${summary.busyPct}%, by owner ${JSON.stringify(summary.byOwner)}`);
+    for (const f of summary.top.slice(0, 15)) log(`  ${String(f.selfPctBusy).padStart(5)}%  ${f.name || "(anon)"}  ${f.where}`);
+    for (const f of summary.ballastInclusive.slice(0, 10)) log(`  incl ${String(f.inclusivePctBusy).padStart(5)}%  ${f.name || "(anon)"}  ${f.where}`);
+  }
+}
+
 async function main(): Promise<void> {
   const idle = value("idle");
   if (idle !== undefined) {
@@ -186,6 +236,10 @@ async function main(): Promise<void> {
     const md = [`# Workers bench: idle connections (${new Date().toISOString()})`, "", ...table].join("\n");
     writeFileSync(join(runDir, "workers-idle.md"), `${md}\n`);
     process.stdout.write(`\n${md}\n`);
+    return;
+  }
+  if (argv.includes("--profile")) {
+    await profileLoads(Number(value("threads") ?? 1));
     return;
   }
   const load0 = os.loadavg();
@@ -209,6 +263,9 @@ async function main(): Promise<void> {
   // --only ballast|haproxy: one side's rows (the ratios then need the other side's from an earlier run).
   const only = value("only");
   if (only !== undefined) for (let i = makers.length - 1; i >= 0; i--) if (!(i < 2 ? only === "haproxy" : only === "ballast")) makers.splice(i, 1);
+  // --threads 1|2: only the 1-worker/1-thread pair, or the 2 pair (before/after figures of one change).
+  const threadsOnly = value("threads");
+  if (threadsOnly !== undefined) for (let i = makers.length - 1; i >= 0; i--) if (String(makers[i][1]) !== threadsOnly) makers.splice(i, 1);
   for (let r = 0; r < rounds; r++) {
     const d = await wrk(loopback(http.ports[0]), { connections: 64, durationS, close: false, threads: 2 });
     direct.kaRps.push(d.rps);
