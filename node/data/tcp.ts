@@ -214,20 +214,129 @@ export class TcpListener {
 }
 
 /**
- * Bytes from the backend are read into a buffer the connection reuses (net.Socket `onread`) instead of a
- * fresh 64 KiB allocation per read, which costs page faults and cache-cold copies in the kernel: on
- * loopback iperf3 through a bare relay, 3.0 → 0.9 CPU s per GB relayed (see the commit). A connection
- * holds a small buffer; one read that fills it moves it to a large one from a shared pool, and it goes
- * back to small (returning the large one) once reads are small again — so idle connections stay cheap.
- * A buffer is never read into while a write of its bytes is pending: the read side stops until 'drain'.
- * (Node 20 cannot give an accepted socket `onread`, so the client → backend direction keeps 'data'.)
+ * Both directions read through net.Socket `onread` instead of a fresh 64 KiB allocation per read (page
+ * faults, cache-cold copies in the kernel) and the readable-stream machinery ('data' events) per chunk:
+ * on loopback iperf3 through a bare relay, 3.0 → 0.9 CPU s per GB relayed (see the commits).
+ * - Every read of a quiet direction lands in one scratch buffer the whole process shares, and its bytes
+ *   are copied out (a small pooled allocation, as Node's own read path makes) before the callback
+ *   returns, so nothing can still refer to the scratch buffer when the next read arrives on any
+ *   connection: an idle or keep-alive connection holds no read buffer of its own.
+ * - A read of SMALL_READ bytes or more moves that direction to a large buffer of its own from a shared
+ *   pool, written from without a copy (bulk), and it goes back to the scratch buffer after a run of
+ *   small reads, returning the large one. A buffer of its own is never read into while a write of its
+ *   bytes is pending: the direction stops reading until that write completes.
  */
 const SMALL_READ = 4096;
 const LARGE_READ = 65536;
 const LARGE_POOL_MAX = 64;
-/** Consecutive reads under SMALL_READ before a connection gives its large buffer back. */
+/** Consecutive reads under SMALL_READ before a direction gives its large buffer back. */
 const SMALL_READS_TO_SHRINK = 16;
 const largePool: Buffer[] = [];
+const scratch = Buffer.allocUnsafeSlow(LARGE_READ);
+
+/**
+ * Node 20 takes `onread` only for sockets it creates (net.connect), not for accepted ones. An accepted
+ * socket with pauseOnConnect has not read yet, so it can be given the same user buffer the constructor
+ * would have set up: the three per-socket slots `onread` fills (own symbol properties of every
+ * net.Socket) and the handle's useUserBuffer(). Found once by their names; if a Node version lacks
+ * them, accepted sockets keep 'data' events (readIntoUserBuffer returns false).
+ */
+const socketSlots = (() => {
+  const probe = new net.Socket();
+  const find = (name: string) => Object.getOwnPropertySymbols(probe).find((s) => s.description === name);
+  const slots = { buffer: find("kBuffer"), callback: find("kBufferCb"), generator: find("kBufferGen") };
+  probe.destroy();
+  return slots.buffer !== undefined && slots.callback !== undefined && slots.generator !== undefined ? (slots as { buffer: symbol; callback: symbol; generator: symbol }) : null;
+})();
+
+/** Makes a paused accepted socket read through `onread`, as net.connect({onread}) does. False: not possible here. */
+function readIntoUserBuffer(socket: net.Socket, onread: Pump["onread"]): boolean {
+  const slots = socketSlots;
+  const s = socket as unknown as Record<symbol, unknown> & { _handle?: { reading?: boolean; useUserBuffer?: (b: Buffer) => void } | null };
+  const handle = s._handle;
+  // Only before the first read: bytes already pushed into the readable side would be skipped.
+  if (slots === null || handle == null || typeof handle.useUserBuffer !== "function" || handle.reading === true || s[slots.buffer] !== null || socket.readableLength > 0) return false;
+  const buf = onread.buffer();
+  s[slots.buffer] = buf;
+  s[slots.generator] = onread.buffer;
+  s[slots.callback] = onread.callback;
+  handle.useUserBuffer(buf);
+  return true;
+}
+
+/** One direction of the relay: reads from `src` (through the scratch buffer or its own) and writes each read to `dst`. */
+class Pump {
+  /** Where reads go; null until the relay runs and once the connection has finished (reads then stop). */
+  dst: net.Socket | null = null;
+  src: net.Socket | null = null;
+  /** This direction's own large buffer while it carries bulk; null: reads go to the shared scratch buffer. */
+  private own: Buffer | null = null;
+  private smallReads = 0;
+  /** Reading stopped until the pending write completes. */
+  stopped = false;
+  /** Write callback: the chunk has left, so its buffer may be read into again. */
+  private readonly afterWrite = (): void => {
+    if (!this.stopped) return;
+    this.stopped = false;
+    this.src?.resume();
+  };
+  readonly onread = {
+    buffer: (): Buffer => this.own ?? scratch,
+    callback: (n: number, buf: Buffer): boolean => this.onRead(n, buf),
+  };
+
+  constructor(
+    private readonly conn: Connection,
+    private readonly toBackend: boolean,
+  ) {}
+
+  /**
+   * n bytes from `src` are in buf. Returns false to stop reading until that write completes
+   * (afterWrite) — a pending write may still hold buf, so nothing may be read into it before then. Not
+   * 'drain': that fires only after write() returned false, i.e. past the high-water mark.
+   */
+  private onRead(n: number, buf: Buffer): boolean {
+    const dst = this.dst;
+    if (dst === null) return false;
+    this.conn.count(this.toBackend, n);
+    let out: Buffer;
+    let shrink = false;
+    if (buf === scratch) {
+      out = Buffer.allocUnsafe(n);
+      scratch.copy(out, 0, 0, n);
+      if (n >= SMALL_READ) {
+        this.own = largePool.pop() ?? Buffer.allocUnsafeSlow(LARGE_READ);
+        this.smallReads = 0;
+      }
+    } else {
+      out = buf.subarray(0, n);
+      // Only after a run of small reads: a stream arriving in MTU-sized pieces has small reads between
+      // large ones, and going back and forth would cost a copy each time.
+      if (n >= SMALL_READ) this.smallReads = 0;
+      else shrink = ++this.smallReads >= SMALL_READS_TO_SHRINK;
+    }
+    dst.write(out, this.afterWrite);
+    // Written through to the kernel at once (nothing queued): buf is free again.
+    const free = dst.writableLength === 0;
+    if (!free) this.stopped = true;
+    else if (shrink) {
+      if (largePool.length < LARGE_POOL_MAX) largePool.push(buf);
+      this.own = null;
+    }
+    return free;
+  }
+
+  /**
+   * The connection finished: no more reads are relayed. Its large buffer goes back to the pool only
+   * when nothing can still read into it or send from it (`srcDone`: its socket is destroyed).
+   */
+  finish(srcDone: boolean): void {
+    this.dst = null;
+    const own = this.own;
+    if (own !== null && !this.stopped && srcDone && largePool.length < LARGE_POOL_MAX) largePool.push(own);
+    this.own = null;
+  }
+}
 
 /** One proxied connection. Its state lives in fields, so the relay handlers are bound once per connection. */
 class Connection implements Closable {
@@ -242,24 +351,10 @@ class Connection implements Closable {
   private bytesIn = 0;
   private bytesOut = 0;
   private ended: Termination | null = null;
-  /** The buffer the next read from the backend goes into, and the connection's own small one. */
-  private readBuf: Buffer | null = null;
-  private smallBuf: Buffer | null = null;
-  private smallReads = 0;
-  /** Set once the relay runs: where bytes read from the backend go. */
-  private relaying = false;
-  /** Reading from the backend stopped until the pending write to the client completes. */
-  private readStopped = false;
-  /** Write callback: the chunk left for the client, so its buffer may be read into again. */
-  private readonly afterWrite = (): void => {
-    if (!this.readStopped) return;
-    this.readStopped = false;
-    this.upstream?.resume();
-  };
-  private readonly onread = {
-    buffer: (): Buffer => (this.readBuf ??= (this.smallBuf ??= Buffer.allocUnsafeSlow(SMALL_READ))),
-    callback: (n: number, buf: Buffer): boolean => this.fromBackend(n, buf),
-  };
+  /** Backend → client: the upstream socket reads through it from its connect on. */
+  private readonly fromBackend = new Pump(this, false);
+  /** Client → backend: null when the client socket could not take a user buffer ('data' events then). */
+  private fromClient: Pump | null = null;
 
   constructor(
     private readonly listener: TcpListener,
@@ -281,6 +376,19 @@ class Connection implements Closable {
     client.on("close", (hadError) => this.finish(hadError));
   }
 
+  /** Relayed bytes: the backend's, the service's and this connection's counters. */
+  count(toBackend: boolean, n: number): void {
+    if (toBackend) {
+      this.target.stats.bytesIn += n;
+      this.listener.counters.bytesIn += n;
+      this.bytesIn += n;
+    } else {
+      this.target.stats.bytesOut += n;
+      this.listener.counters.bytesOut += n;
+      this.bytesOut += n;
+    }
+  }
+
   connect(): void {
     const t = this.target;
     t.stats.active++;
@@ -288,7 +396,7 @@ class Connection implements Closable {
     t.stats.open.add(this);
     this.attempts++;
     this.connectStart = performance.now();
-    const up = net.connect({ host: t.host, port: t.port, allowHalfOpen: true, noDelay: true, onread: this.onread });
+    const up = net.connect({ host: t.host, port: t.port, allowHalfOpen: true, noDelay: true, onread: this.fromBackend.onread });
     this.upstream = up;
     up.setTimeout(this.svc.spec.timeouts.connect);
     up.once("timeout", () => {
@@ -323,9 +431,7 @@ class Connection implements Closable {
       up.write(pp === "v1" ? proxyV1Header(src, srcPort, dst, dstPort) : proxyV2Header(src, srcPort, dst, dstPort, "tcp"));
     }
     if (this.head !== null) {
-      this.bytesIn += this.head.length;
-      this.target.stats.bytesIn += this.head.length;
-      this.listener.counters.bytesIn += this.head.length;
+      this.count(true, this.head.length);
       up.write(this.head);
       this.head = null;
     }
@@ -334,21 +440,27 @@ class Connection implements Closable {
 
   private relay(up: net.Socket): void {
     const client = this.client;
-    const bs = this.target.stats;
-    const sc = this.listener.counters;
-    client.on("data", (chunk: Buffer) => {
-      bs.bytesIn += chunk.length;
-      sc.bytesIn += chunk.length;
-      this.bytesIn += chunk.length;
-      if (!up.write(chunk)) client.pause();
-    });
-    up.on("drain", () => client.resume());
+    // A client whose PROXY header was read ('data' events) may have more bytes queued in its readable
+    // side: it keeps 'data'. Any other was paused since its accept and reads through a user buffer.
+    const pump = new Pump(this, true);
+    if (this.eof === null && readIntoUserBuffer(client, pump.onread)) {
+      pump.src = client;
+      pump.dst = up;
+      this.fromClient = pump;
+    } else {
+      client.on("data", (chunk: Buffer) => {
+        this.count(true, chunk.length);
+        if (!up.write(chunk)) client.pause();
+      });
+      up.on("drain", () => client.resume());
+    }
     client.on("end", () => {
       this.ended ??= "client-closed";
       up.end();
       this.onHalfClose();
     });
-    this.relaying = true;
+    this.fromBackend.src = up;
+    this.fromBackend.dst = client;
     up.on("end", () => {
       this.ended ??= "backend-closed";
       client.end();
@@ -359,41 +471,10 @@ class Connection implements Closable {
       up.end();
       this.onHalfClose();
     }
+    // Flowing, so each side's EOF is delivered as 'end' (with a user buffer its bytes come through
+    // onread, not 'data').
     client.resume();
-    // Flowing, so the backend's EOF is delivered as 'end' (its bytes come through onread, not 'data').
     up.resume();
-  }
-
-  /**
-   * `onread`: n bytes from the backend are in buf. Returns false to stop reading until that write
-   * completes (afterWrite) — the pending write still holds buf, so nothing may be read into it before
-   * then. Not 'drain': that fires only after write() returned false, i.e. past the high-water mark.
-   */
-  private fromBackend(n: number, buf: Buffer): boolean {
-    if (!this.relaying || this.finished) return false;
-    const client = this.client;
-    this.target.stats.bytesOut += n;
-    this.listener.counters.bytesOut += n;
-    this.bytesOut += n;
-    client.write(buf.subarray(0, n), this.afterWrite);
-    // Written through to the kernel at once (nothing queued): buf is free again.
-    const free = client.writableLength === 0;
-    if (!free) this.readStopped = true;
-    const small = this.smallBuf;
-    if (buf === small) {
-      if (n === buf.length) {
-        this.readBuf = largePool.pop() ?? Buffer.allocUnsafeSlow(LARGE_READ);
-        this.smallReads = 0;
-      }
-    } else if (n >= SMALL_READ) {
-      this.smallReads = 0;
-    } else if (++this.smallReads >= SMALL_READS_TO_SHRINK && free && small !== null) {
-      // Only after a run of small reads: a stream arriving in MTU-sized pieces has small reads between
-      // large ones, and going back and forth would cost a read of 4 KiB each time it grows again.
-      if (largePool.length < LARGE_POOL_MAX) largePool.push(buf);
-      this.readBuf = small;
-    }
-    return free;
   }
 
   /** One side sent its FIN: the shorter half-closed timeout applies from now on. */
@@ -471,11 +552,9 @@ class Connection implements Closable {
       // The current target holds this connection unless a failed attempt already released it.
       if (this.target.stats.open.has(this)) this.release(this.target);
     }
-    const rb = this.readBuf;
-    // Back to the pool only when nothing can still read into it or send from it: a pending write to
-    // the client holds it, and an upstream kept open to flush its writes could still read into it.
-    if (rb !== null && rb !== this.smallBuf && !this.readStopped && (up === null || up.destroyed) && largePool.length < LARGE_POOL_MAX) largePool.push(rb);
-    this.readBuf = null;
+    // An upstream kept open to flush its writes could still read into its buffer; the client is closed.
+    this.fromBackend.finish(up === null || up.destroyed);
+    this.fromClient?.finish(true);
     this.listener.counters.active--;
     const plane = this.listener.plane;
     plane.fds.release(FDS_PER_CONNECTION);
