@@ -12,6 +12,8 @@ export interface Options {
   controlPlane: boolean;
   /** Use the Node HTTP backend even when nginx is installed (--node-backend). */
   nodeBackend: boolean;
+  /** Also Ballast `workers: 2` and HAProxy `nbthread 2` through the namespaces (--workers). */
+  workers: boolean;
 }
 
 export interface Context {

@@ -2,7 +2,7 @@
 // machine hits all of them alike. TCP paths run from the client namespace; UDP runs on loopback.
 import type { Context } from "./context.js";
 import { type Dest, iperf, synRetransmits, udpBlast, wrk } from "./load.js";
-import { cpuSeconds, machineBusySeconds, rssBytes, sleep } from "./net.js";
+import { machineBusySeconds, processTree, rssBytes, sleep, treeCpuSeconds } from "./net.js";
 import { addSample, TARGET_LABELS, type Target } from "./report.js";
 
 export interface Paths {
@@ -28,11 +28,14 @@ function rssSampler(pid: number | undefined): () => number {
   };
 }
 
-/** CPU seconds of `pid` (NaN without one) and of the whole machine, from now until the returned function is called. */
+/**
+ * CPU seconds of `pid` with its children (a node's workers, its nft runs; NaN without a pid) and of the
+ * whole machine, from now until the returned function is called.
+ */
 function cpuMeter(pid: number | undefined): () => { proc: number; machine: number } {
-  const p0 = pid ? cpuSeconds(pid) : Number.NaN;
+  const p0 = pid ? treeCpuSeconds(pid) : Number.NaN;
   const m0 = machineBusySeconds();
-  return () => ({ proc: pid ? cpuSeconds(pid) - p0 : Number.NaN, machine: machineBusySeconds() - m0 });
+  return () => ({ proc: pid ? treeCpuSeconds(pid) - p0 : Number.NaN, machine: machineBusySeconds() - m0 });
 }
 
 const label = (t: Target) => TARGET_LABELS[t].padEnd(26);
@@ -63,6 +66,10 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
       addSample(results, "ka.machineUsPerReq", target, (used.machine * 1e6) / Math.max(1, ka.requests));
       if (pid) addSample(results, "ka.cpuUsPerReq", target, (used.proc * 1e6) / Math.max(1, ka.requests));
       if (pid) addSample(results, "ka.rssMiB", target, rss);
+      if (pid) {
+        results.processRssMiB ??= {};
+        results.processRssMiB[target] = processTree(pid).map((p) => rssBytes(p) / 2 ** 20);
+      }
       results.runs.push({ round, test: "keep-alive", target, rps: ka.rps, p50Ms: ka.p50Ms, p99Ms: ka.p99Ms, errors: ka.errors, cpuS: used.proc, machineCpuS: used.machine });
       log(`  keep-alive   ${label(target)} ${Math.round(ka.rps).toString().padStart(7)} req/s  p50 ${ka.p50Ms.toFixed(2)} ms  p99 ${ka.p99Ms.toFixed(2)} ms${ka.errors ? `  errors ${ka.errors}` : ""}`);
       if (ka.requests === 0) throw new Error(`keep-alive through ${target} served no request:\n${ka.raw}`);

@@ -43,7 +43,7 @@ defaults
 ${sections}`;
   const file = join(runDir, threads === 1 ? "haproxy.cfg" : `haproxy-${threads}t.cfg`);
   writeFileSync(file, cfg);
-  const proc = group.start("haproxy", ...inNs(at?.ns, "haproxy", ["-db", "-f", file]));
+  const proc = group.start(threads === 1 ? "haproxy" : `haproxy-${threads}t`, ...inNs(at?.ns, "haproxy", ["-db", "-f", file]));
   for (const f of frontends) await (at ? at.waitListening(f.port) : waitTcp(f.port, 10_000, "haproxy"));
   return proc;
 }

@@ -105,6 +105,25 @@ export function fdCount(pid: number): number {
   }
 }
 
+/** `pid` and its descendants, parents first (from /proc/PID/task/PID/children). */
+export function processTree(pid: number): number[] {
+  const out = [pid];
+  try {
+    for (const c of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/)) if (c !== "") out.push(...processTree(Number(c)));
+  } catch {
+    // gone
+  }
+  return out;
+}
+
+/**
+ * CPU seconds of `pid` and of its live descendants (each with its own reaped children). A child that
+ * exits between two readings moves from its own count into its parent's: the sum stays continuous.
+ */
+export function treeCpuSeconds(pid: number): number {
+  return processTree(pid).reduce((a, p) => a + (cpuSeconds(p) || 0), 0);
+}
+
 /**
  * CPU time (user + system) a process has used, in seconds, including its children that have exited
  * and been waited for (a Ballast node runs `nft` and `conntrack` as short-lived children: that work is

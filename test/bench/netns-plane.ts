@@ -43,9 +43,9 @@ export const NET = {
   iperfPort: 5201,
   /** TCP sink: health-check target of the iperf3 backends (a check connection would look like a test client). */
   sinkPort: 7001,
-  haproxy: { http: 8001, bulk: 5202 },
+  haproxy: { http: 8001, bulk: 5202, http2t: 8011, bulk2t: 5212 },
   /** log / nolog: the same HTTP service on two more nodes, access log on / off (the access log's cost). */
-  ballast: { http: 8002, affinity: 8003, bulk: 5203, nolog: 8004, log: 8005 },
+  ballast: { http: 8002, affinity: 8003, bulk: 5203, nolog: 8004, log: 8005, w2http: 8012, w2bulk: 5213 },
   /** Every namespace's one interface on the switch; DSR's ingress hook and egress device on the balancer. */
   dev: "eth0",
   /** etcd inside the balancer namespace (a relay to the host's etcd). */

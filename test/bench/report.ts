@@ -6,7 +6,7 @@ import { profileMarkdown } from "./profile.js";
 import { median, ratio } from "./stats.js";
 import type { MachineFacts } from "./tools.js";
 
-export const TARGETS = ["direct", "haproxy", "ballast", "ballast-log", "ballast-nolog", "ballast-affinity", "ballast-nat", "ballast-dsr"] as const;
+export const TARGETS = ["direct", "haproxy", "ballast", "ballast-log", "ballast-nolog", "ballast-affinity", "ballast-nat", "ballast-dsr", "haproxy-2t", "ballast-w2"] as const;
 export type Target = (typeof TARGETS)[number];
 
 export const TARGET_LABELS: Record<Target, string> = {
@@ -18,6 +18,8 @@ export const TARGET_LABELS: Record<Target, string> = {
   "ballast-affinity": "Ballast proxy (affinity)",
   "ballast-nat": "Ballast NAT",
   "ballast-dsr": "Ballast DSR",
+  "haproxy-2t": "HAProxy, nbthread 2",
+  "ballast-w2": "Ballast proxy, workers: 2",
 };
 
 /** The Ballast paths compared with HAProxy and direct in the ratio table. */
@@ -41,8 +43,7 @@ export const METRICS = {
   "nc.machineUsPerConn": { label: "whole-machine CPU µs per new connection", unit: "us", higherIsBetter: false },
   "bulk.gbps": { label: "bulk throughput Gbit/s (iperf3, 1 stream)", unit: "gbps", higherIsBetter: true },
   "bulk.cpuMsPerGB": { label: "balancer process CPU ms per GB relayed (bulk)", unit: "us", higherIsBetter: false },
-  // The download direction (iperf3 -R): for the proxy a different code path (backend reads go into
-  // reused buffers; accepted client sockets cannot do that on Node 20).
+  // The download direction (iperf3 -R): the other half of the proxy's relay (backend → client reads).
   "bulkRev.gbps": { label: "bulk throughput Gbit/s, backend → client (iperf3 -R, 1 stream)", unit: "gbps", higherIsBetter: true },
   "bulkRev.cpuMsPerGB": { label: "balancer process CPU ms per GB relayed (bulk, backend → client)", unit: "us", higherIsBetter: false },
   "udp.rate": { label: "UDP datagrams/s echoed (loopback; 4 flows × 32 in flight)", unit: "rps", higherIsBetter: true },
@@ -104,6 +105,8 @@ export interface Results {
   topology?: string;
   /** Load average (1 min) when the TCP rounds began and ended: the machine is shared, figures come with it. */
   dataPlaneLoad?: { before: number; after: number };
+  /** RSS of each process of a path at the end of its last keep-alive run (the primary first, then its workers), MiB. */
+  processRssMiB?: Partial<Record<Target, number[]>>;
   /** CPU the Ballast node process used while no test ran (health checks, metrics, etcd), ms per second. */
   nodeIdleCpuMsPerS?: number;
   /** Paths that were not measured, with why ("skipped — not built yet: …"). */
@@ -255,6 +258,7 @@ export function markdown(r: Results): string {
     }
   }
   out.push(...accessLogSection(r, present));
+  out.push(...workersSection(r, present));
   const mem = r.memory;
   if (mem.ballast || mem.haproxy) {
     out.push("## Memory (idle connections)", "", "| | idle | " + "connections → RSS MiB | per connection | 10k | 50k | note |", "|---|---:|---|---:|---:|---:|---|");
@@ -316,6 +320,60 @@ function accessLogSection(r: Results, present: readonly Target[]): string[] {
     "",
     `On / off: ${ratios.join(", ")}. Keep-alive runs hold 64 connections, so they log ~64 lines; every new connection is a line, over 1000/s counted in \`ballast_access_log_suppressed_total\` instead of written.` +
       (load ? ` Load average (1 min) ${load.before.toFixed(2)} when the rounds began, ${load.after.toFixed(2)} when they ended (${r.machine?.cores ?? "?"} cores; other work on the machine competes with both nodes alike).` : ""),
+    "",
+  );
+  return out;
+}
+
+/**
+ * Issue 18: Ballast `workers: 2` against HAProxy `nbthread 2` next to the 1-worker / 1-thread pair
+ * (`ballast`, `haproxy`), from the same interleaved rounds, with the issue's targets as ratios.
+ */
+function workersSection(r: Results, present: readonly Target[]): string[] {
+  if (!present.includes("ballast-w2") || !present.includes("haproxy-2t")) return [];
+  const pairs = [
+    ["1 worker / 1 thread", "ballast", "haproxy"],
+    ["2 workers / 2 threads", "ballast-w2", "haproxy-2t"],
+  ] as const;
+  const rows: Array<[string, MetricKey]> = [
+    ["keep-alive req/s", "ka.rps"],
+    ["new conn/s", "nc.rps"],
+    ["bulk Gbit/s (1 stream)", "bulk.gbps"],
+    ["CPU µs per request", "ka.cpuUsPerReq"],
+    ["CPU µs per new connection", "nc.cpuUsPerConn"],
+    ["CPU ms per GB (bulk)", "bulk.cpuMsPerGB"],
+  ];
+  const rss = (t: Target) => (r.processRssMiB?.[t] ?? []).map((x) => x.toFixed(0)).join(" + ") || "–";
+  const out = [
+    "### Workers (issue 18: Ballast `workers: 2` vs HAProxy `nbthread 2`, same rounds; CPU summed over the proxy's processes)",
+    "",
+    `| | ${rows.map(([l]) => l).join(" | ")} | added p99 ms (c=4) | RSS per process MiB (primary + workers) |`,
+    `|---|${rows.map(() => "---:").join("|")}|---:|---|`,
+  ];
+  for (const [, b, h] of pairs) {
+    for (const t of [h, b]) out.push(`| ${TARGET_LABELS[t]} | ${rows.map(([, k]) => fmt(med(r, k, t), METRICS[k].unit)).join(" | ")} | ${fmt(addedP99(r, t), "ms")} | ${rss(t)} |`);
+  }
+  const mark = (x: number, ok: (x: number) => boolean, rule: string) => (Number.isFinite(x) ? `${fmtRatio(x)} ${meetsMark(ok(x))} ${rule}` : "–");
+  out.push("", "| ratio | 1 worker / 1 thread | 2 workers / 2 threads |", "|---|---|---|");
+  const perPair = (f: (b: Target, h: Target) => string) => pairs.map(([, b, h]) => f(b, h)).join(" | ");
+  out.push(`| Ballast ÷ HAProxy, CPU per keep-alive request | ${perPair((b, h) => mark(pairedRatio(r, "ka.cpuUsPerReq", b, h).median, (x) => x <= 1.4, "≤ 1.4"))} |`);
+  out.push(`| Ballast ÷ HAProxy, CPU per new connection | ${perPair((b, h) => mark(pairedRatio(r, "nc.cpuUsPerConn", b, h).median, (x) => x <= 2.0, "≤ 2.0"))} |`);
+  out.push(`| Ballast ÷ HAProxy, CPU per GB relayed | ${perPair((b, h) => mark(pairedRatio(r, "bulk.cpuMsPerGB", b, h).median, (x) => x <= 1.5, "≤ 1.5"))} |`);
+  out.push(`| Ballast ÷ HAProxy, bulk Gbit/s | ${mark(pairedRatio(r, "bulk.gbps", "ballast", "haproxy").median, (x) => x >= 0.8, "≥ 0.8")} | ${fmtRatio(pairedRatio(r, "bulk.gbps", "ballast-w2", "haproxy-2t").median)} |`);
+  out.push(`| Ballast ÷ HAProxy, keep-alive req/s | ${perPair((b, h) => fmtRatio(pairedRatio(r, "ka.rps", b, h).median))} |`);
+  out.push(`| Ballast ÷ HAProxy, new conn/s | ${perPair((b, h) => fmtRatio(pairedRatio(r, "nc.rps", b, h).median))} |`);
+  out.push("", "| 2 ÷ 1 | keep-alive req/s | new conn/s | bulk Gbit/s (1 stream: one connection is one worker's) |", "|---|---|---|---|");
+  for (const [name, two, one] of [["Ballast workers: 2 ÷ 1", "ballast-w2", "ballast"], ["HAProxy nbthread 2 ÷ 1", "haproxy-2t", "haproxy"]] as const) {
+    const x = (k: MetricKey) => pairedRatio(r, k, two, one).median;
+    const target = (k: MetricKey) => (two === "ballast-w2" ? mark(x(k), (v) => v >= 1.6, "≥ 1.6") : fmtRatio(x(k)));
+    out.push(`| ${name} | ${target("ka.rps")} | ${target("nc.rps")} | ${fmtRatio(x("bulk.gbps"))} |`);
+  }
+  const load = r.dataPlaneLoad;
+  out.push(
+    "",
+    `wrk, iperf3, nginx and the proxies share the machine's ${r.machine?.cores ?? "?"} cores, so a second worker competes with the load generator and the backends: the 2 ÷ 1 ratios are what this machine allows, not what the proxy would do on cores of its own.` +
+      (load ? ` Load average (1 min) ${load.before.toFixed(2)} when the rounds began, ${load.after.toFixed(2)} when they ended.` : "") +
+      " The 1-worker Ballast is the main node (its CPU includes its nft children for the kernel paths; see the idle CPU above).",
     "",
   );
   return out;

@@ -2,6 +2,7 @@
 // NAT and Ballast DSR through the same namespace hops (client ns → balancer ns → backend ns), in one run;
 // UDP and memory on loopback; control-plane figures after. See test/bench/README.md.
 // `npm run bench -- --scale 3,12,40,100` runs only the scale bench (test/bench/scale.ts).
+// `npm run bench -- --workers` adds Ballast `workers: 2` and HAProxy `nbthread 2` to the namespace rounds.
 import { mkdirSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
@@ -19,7 +20,7 @@ import { runMemory } from "./memory.js";
 import { runScale, scaleOptions } from "./scale.js";
 import { buildNamespaces, NET, namespacesUnavailable } from "./netns-plane.js";
 import { cpuSeconds, freePort, httpGet, rssBytes, sleep } from "./net.js";
-import { ProcessGroup } from "./procs.js";
+import { type Proc, ProcessGroup } from "./procs.js";
 import { profileRun } from "./profiling.js";
 import { newResults, type Target, writeResults } from "./report.js";
 import { median } from "./stats.js";
@@ -40,6 +41,7 @@ function parseOptions(argv: string[]): Options {
     durationS: Number(value("duration") ?? (quick ? 2 : 10)),
     controlPlane: !flag("no-control-plane"),
     nodeBackend: flag("node-backend"),
+    workers: flag("workers"),
   };
 }
 
@@ -132,7 +134,7 @@ function scrapeMetrics(node: () => BallastNode | undefined): () => void {
 async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
   const why = namespacesUnavailable();
   if (why) {
-    for (const t of ["direct", "haproxy", "ballast", "ballast-log", "ballast-nolog", "ballast-affinity", "ballast-nat", "ballast-dsr"] as Target[]) results.skipped[t] = `skipped — the namespace data plane cannot run here: ${why}`;
+    for (const t of ["direct", "haproxy", "ballast", "ballast-log", "ballast-nolog", "ballast-affinity", "ballast-nat", "ballast-dsr", ...(opts.workers ? (["haproxy-2t", "ballast-w2"] as const) : [])] as Target[]) results.skipped[t] = `skipped — the namespace data plane cannot run here: ${why}`;
     log(`TCP data plane skipped: ${why}`);
     return;
   }
@@ -170,8 +172,24 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
     pid: { haproxy: () => haproxy.pid },
   };
   const targets: Target[] = ["direct", "haproxy"];
+  // --workers: HAProxy with 2 threads beside the 1-thread one, same backends (issue 18's pair).
+  let haproxy2: Proc | undefined;
+  if (opts.workers) {
+    const frontends2: Frontend[] = [
+      { ...frontends[0], port: NET.haproxy.http2t },
+      { ...frontends[1], port: NET.haproxy.bulk2t },
+    ];
+    const h2 = await startHaproxy(group, join(runDir), frontends2, { ns: ns.lb.name, waitListening: (p) => ns.waitListening(ns.lb, p) }, 2);
+    haproxy2 = h2;
+    const r = await ns.probeHttp(NET.lbFront, NET.haproxy.http2t, 15_000);
+    if (!r.ok) throw new Error(`HAProxy nbthread 2: GET http://${NET.lbFront}:${NET.haproxy.http2t}/ from the client namespace did not answer 200 (last: ${r.last})`);
+    paths.http["haproxy-2t"] = ns.dest(NET.lbFront, NET.haproxy.http2t);
+    paths.bulk["haproxy-2t"] = ns.dest(NET.lbFront, NET.haproxy.bulk2t);
+    paths.pid["haproxy-2t"] = () => h2.pid;
+    targets.push("haproxy-2t");
+  }
   let node: BallastNode | undefined;
-  const logNodes: BallastNode[] = [];
+  const sideNodes: BallastNode[] = [];
   const nodeOpts: NodeOptions = { id: "bench-ns", cluster: "bench", etcdUrl: ns.etcdUrl, runDir, netns: { name: ns.lb.name, sockDir: ns.sockDir }, extraConfig: kernelNodeConfig(ns) };
   if (results.ballast.available) {
     const backends = NET.backends.map((a, i) => ({ id: `b${i + 1}`, value: { address: a, port: NET.httpPort } }));
@@ -207,7 +225,7 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
         return undefined;
       });
       if (!n) continue;
-      logNodes.push(n);
+      sideNodes.push(n);
       const r = await ns.probeHttp(NET.lbFront, side.port, 15_000);
       if (!r.ok) throw new Error(`${side.target}: GET http://${NET.lbFront}:${side.port}/ from the client namespace did not answer 200 (last: ${r.last})`);
       paths.http[side.target] = ns.dest(NET.lbFront, side.port);
@@ -215,6 +233,27 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
       targets.push(side.target);
     }
     targets.push("ballast-affinity");
+    // --workers: a node of its own with `workers: 2` (primary + 2 forked workers), the HTTP and bulk
+    // services only (no kernel modes: its CPU is the proxy's), in a cluster of its own.
+    if (opts.workers) {
+      await seedServices(etcd, "bench-w2", [
+        { name: "http", record: { listen: `${NET.lbFront}:${NET.ballast.w2http}`, protocol: "tcp", algorithm: "round-robin" }, backends },
+        { name: "bulk", record: { listen: `${NET.lbFront}:${NET.ballast.w2bulk}`, protocol: "tcp" }, backends: iperfBackend },
+      ]);
+      const n = await startNode(group, { ...nodeOpts, id: "bench-ns-w2", cluster: "bench-w2", nsAdminPort: 9904, extraConfig: ["workers: 2"] }).catch((err: Error) => {
+        results.skipped["ballast-w2"] = `skipped — the node did not start: ${err.message.split("\n")[0]}`;
+        return undefined;
+      });
+      if (n) {
+        sideNodes.push(n);
+        const r = await ns.probeHttp(NET.lbFront, NET.ballast.w2http, 15_000);
+        if (!r.ok) throw new Error(`Ballast workers: 2: GET http://${NET.lbFront}:${NET.ballast.w2http}/ from the client namespace did not answer 200 (last: ${r.last})`);
+        paths.http["ballast-w2"] = ns.dest(NET.lbFront, NET.ballast.w2http);
+        paths.bulk["ballast-w2"] = ns.dest(NET.lbFront, NET.ballast.w2bulk);
+        paths.pid["ballast-w2"] = () => n.pid;
+        targets.push("ballast-w2");
+      }
+    }
     for (const mode of KERNEL_MODES) {
       const skip = await probeKernelMode(ctx, node, ns, mode);
       if (skip) {
@@ -230,12 +269,12 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
       targets.push(mode.target);
     }
   } else {
-    for (const t of ["ballast", "ballast-log", "ballast-nolog", "ballast-affinity", "ballast-nat", "ballast-dsr"] as Target[]) results.skipped[t] = `skipped — ${results.ballast.note}`;
+    for (const t of ["ballast", "ballast-log", "ballast-nolog", "ballast-affinity", "ballast-nat", "ballast-dsr", ...(opts.workers ? (["ballast-w2"] as const) : [])] as Target[]) results.skipped[t] = `skipped — ${results.ballast.note}`;
   }
 
   // Let the node settle first: right after start every backend's verdict goes unknown → up, and each
   // new snapshot is programmed again (nft runs), which would load whichever path runs first.
-  for (const n of logNodes) await settle(n);
+  for (const n of sideNodes) await settle(n);
   if (node) {
     await settle(node);
     // The node's baseline with no traffic: what its CPU per request on the kernel paths is made of.
@@ -245,14 +284,14 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
     results.nodeIdleCpuMsPerS = ((cpuSeconds(node.pid) - c0) * 1000) / idleS;
   }
   const stopScrape = scrapeMetrics(() => node);
-  const stopScrapeLog = logNodes.map((n) => scrapeMetrics(() => n));
+  const stopScrapeLog = sideNodes.map((n) => scrapeMetrics(() => n));
   log(`data plane: ${targets.join(", ")} (backend: ${http.kind})`);
   const loadBefore = os.loadavg()[0];
   await tcpRounds(ctx, paths, targets);
   results.dataPlaneLoad = { before: loadBefore, after: os.loadavg()[0] };
   stopScrape();
   for (const stop of stopScrapeLog) stop();
-  for (const n of logNodes) await stopNode(n);
+  for (const n of sideNodes) await stopNode(n);
   backendHeadroomNote(http.kind);
 
   if (node && opts.profile) {
@@ -271,6 +310,7 @@ async function namespacePlane(etcd: Etcd, nginx: string | null): Promise<void> {
   }
   else if (results.ballast.available) results.controlPlane.push({ name: "NAT: verdict flip → map updated / service map loaded / table size", value: "skipped", meets: null, note: results.skipped["ballast-nat"] ?? "" });
   await haproxy.stop();
+  await haproxy2?.stop();
   await ns.destroy();
 }
 

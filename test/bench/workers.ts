@@ -4,14 +4,14 @@
 // p99 at light load, CPU per request / per new connection / per GB summed over every process of the
 // proxy (Ballast: the primary and its workers), RSS per process, and 2 ÷ 1 throughput.
 // Narrower than `npm run bench` (no namespaces, no etcd, no kernel modes): the ratios are what it is for.
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { join } from "node:path";
 import { agentPath, sinkOpen, startHttpBackends, startIperfServer, startTcpSink } from "./backends.js";
 import { cliPath, repoRoot } from "./ballast.js";
 import { startHaproxy } from "./haproxy.js";
 import { iperf, killLoadTools, loopback, wrk } from "./load.js";
-import { cpuSeconds, freePort, httpGet, rssBytes, sleep } from "./net.js";
+import { freePort, httpGet, processTree, rssBytes, sleep, treeCpuSeconds } from "./net.js";
 import { type Proc, ProcessGroup } from "./procs.js";
 import { summarizeProfile } from "./profile.js";
 import { median } from "./stats.js";
@@ -31,17 +31,6 @@ const group = new ProcessGroup(join(runDir, "logs"));
 const t0 = Date.now();
 const log = (m: string) => process.stdout.write(`[${((Date.now() - t0) / 1000).toFixed(0).padStart(4)}s] ${m}\n`);
 
-/** A process and its children (Ballast's workers; HAProxy and nginx have none here). */
-function tree(pid: number): number[] {
-  const out = [pid];
-  try {
-    for (const c of readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").trim().split(/\s+/)) if (c !== "") out.push(...tree(Number(c)));
-  } catch {
-    // gone
-  }
-  return out;
-}
-const treeCpu = (pid: number) => tree(pid).reduce((a, p) => a + (cpuSeconds(p) || 0), 0);
 
 interface Target {
   name: string;
@@ -108,20 +97,20 @@ async function haproxy(threads: number, backends: number[], iperfPorts: [number,
 
 async function measure(t: Target, threads: number): Promise<Sample> {
   const pid = t.pid();
-  let c0 = treeCpu(pid);
+  let c0 = treeCpuSeconds(pid);
   const ka = await wrk(loopback(t.http), { connections: 64, durationS, close: false, threads });
-  const kaCpu = treeCpu(pid) - c0;
-  const rssMiB = tree(pid).map((p) => rssBytes(p) / 2 ** 20);
+  const kaCpu = treeCpuSeconds(pid) - c0;
+  const rssMiB = processTree(pid).map((p) => rssBytes(p) / 2 ** 20);
   await sleep(500);
   const lat = await wrk(loopback(t.http), { connections: 4, durationS: Math.max(1, Math.round(durationS / 2)), close: false });
   await sleep(500);
-  c0 = treeCpu(pid);
+  c0 = treeCpuSeconds(pid);
   const nc = await wrk(loopback(t.http), { connections: 32, durationS, close: true, threads });
-  const ncCpu = treeCpu(pid) - c0;
+  const ncCpu = treeCpuSeconds(pid) - c0;
   await sleep(1000);
-  c0 = treeCpu(pid);
+  c0 = treeCpuSeconds(pid);
   const bulk = await iperfParallel(t.bulk, Math.max(1, Math.round(durationS / 2)));
-  const bulkCpu = treeCpu(pid) - c0;
+  const bulkCpu = treeCpuSeconds(pid) - c0;
   return {
     kaRps: ka.rps,
     kaP99: ka.p99Ms,
@@ -207,14 +196,14 @@ async function profileLoads(workers: number): Promise<void> {
     await wrk(loopback(t.http), { connections: 8, durationS: 2, close: false });
     // Start-up and warm-up are not the hot path: the summary begins where the load does.
     const skipMs = performance.now() - spawned;
-    const c0 = treeCpu(t.pid());
+    const c0 = treeCpuSeconds(t.pid());
     let what: string;
     if (load === "bulk") {
       const r = await iperfParallel(t.bulk, durationS);
-      what = `${r.gbps.toFixed(2)} Gbit/s, ${((treeCpu(t.pid()) - c0) / (r.bytes / 1e9)).toFixed(2)} s CPU/GB`;
+      what = `${r.gbps.toFixed(2)} Gbit/s, ${((treeCpuSeconds(t.pid()) - c0) / (r.bytes / 1e9)).toFixed(2)} s CPU/GB`;
     } else {
       const r = await wrk(loopback(t.http), { connections: load === "keep-alive" ? 64 : 32, durationS, close: load === "new-connections", threads: 2 });
-      what = `${Math.round(r.rps)} req/s, ${(((treeCpu(t.pid()) - c0) * 1e6) / Math.max(1, r.requests)).toFixed(1)} µs CPU/req`;
+      what = `${Math.round(r.rps)} req/s, ${(((treeCpuSeconds(t.pid()) - c0) * 1e6) / Math.max(1, r.requests)).toFixed(1)} µs CPU/req`;
     }
     await t.stop();
     const file = readdirSync(dir).find((f) => f.endsWith(".cpuprofile"));
