@@ -77,8 +77,8 @@ export class BallastNode {
   private lease: Lease | null = null;
   private registerTimer: NodeJS.Timeout | null = null;
   private granting: Promise<void> | null = null;
-  /** Registrations on a new lease (ballast_node_registrations_total). */
-  private readonly registrations = { registrations: 0 };
+  /** Registrations on a new lease (ballast_node_registrations_total; the scale bench reads it too). */
+  readonly registrations = { registrations: 0 };
   private lastRegistered = "";
   private stopping = false;
   private firstSnapshot: Promise<void>;

@@ -502,16 +502,16 @@ export class EtcdStore implements Store {
     return leadership;
   }
 
-  /**
-   * Resolves true once the key instance with `createRevision` no longer exists (deleted, expired,
-   * or replaced), false if `signal` aborts first. Connection trouble means "look again later".
-   */
   /** Whether `leaseId` (decimal, as etcd3 reports it) is a lease this store holds now. */
   private ownsLease(leaseId: string): boolean {
     for (const l of this.leases) if (l.id === leaseId) return true;
     return false;
   }
 
+  /**
+   * Resolves true once the key instance with `createRevision` no longer exists (deleted, expired,
+   * or replaced), false if `signal` aborts first. Connection trouble means "look again later".
+   */
   private async waitGone(key: Buffer, createRevision: string, signal: AbortSignal): Promise<boolean> {
     let failures = 0;
     while (!signal.aborted && !this.closed) {
