@@ -452,7 +452,8 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
     await sleep(5000);
     const rr1 = await etcd.revision();
     const after = summarize(await allStats(agents));
-    const rewritten = (await etcd.etcd.range(`/ballast/${cluster}/nodes/`, { keysOnly: true, minModRevision: rr0 + 1 })).count;
+    // kvs, not count: etcd's count is of the whole range, before the mod-revision filter (it read N always).
+    const rewritten = (await etcd.etcd.range(`/ballast/${cluster}/nodes/`, { keysOnly: true, minModRevision: rr0 + 1 })).kvs.length;
     const recSpan = (Date.now() - down0) / 1000;
     const recovery = {
       outageMs,
