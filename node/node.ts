@@ -12,6 +12,7 @@ import { allowsPeerOrigin, statusPage } from "./admin/status-page.js";
 import { AffinityTable } from "./affinity/table.js";
 import { EtcdStore } from "./control/etcd-store.js";
 import { LastKnownGood, registerLastGoodMetrics } from "./control/last-good.js";
+import { registerRecoveryMetrics } from "./control/recovery-metrics.js";
 import { registerSpaceMetrics, SpaceMonitor } from "./control/space.js";
 import { MemoryStore } from "./control/memory-store.js";
 import { Reconciler } from "./control/reconciler.js";
@@ -75,6 +76,9 @@ export class BallastNode {
   private sync: SyncHandle | null = null;
   private lease: Lease | null = null;
   private registerTimer: NodeJS.Timeout | null = null;
+  private granting: Promise<void> | null = null;
+  /** Registrations on a new lease (ballast_node_registrations_total; the scale bench reads it too). */
+  readonly registrations = { registrations: 0 };
   private lastRegistered = "";
   private stopping = false;
   private firstSnapshot: Promise<void>;
@@ -221,6 +225,9 @@ export class BallastNode {
     if (c.etcd && store.space) {
       this.space = new SpaceMonitor(() => store.space!(), c.etcd.quotaBytes, c.etcd.spaceCheck, this.log.child({ module: "etcd-space" }));
       registerSpaceMetrics(this.metrics.registry, this.space);
+    }
+    if (store instanceof EtcdStore) {
+      registerRecoveryMetrics(this.metrics.registry, store.recovery, this.registrations);
     }
     this.health = new HealthManager({
       id: this.id,
@@ -405,7 +412,7 @@ export class BallastNode {
       this.registerTimer = null;
       this.register().catch((err: Error) => {
         this.log.debug({ err: err.message }, "node registration failed; retrying");
-        this.scheduleRegister(1000);
+        this.scheduleRegister(500 + Math.random() * 1000);
       });
     }, delayMs);
     this.registerTimer.unref();
@@ -432,18 +439,33 @@ export class BallastNode {
     };
   }
 
+  private async grantNodeLease(): Promise<void> {
+    const ttl = this.config.etcd?.leaseTtl ?? 5;
+    const lease = await this.store.grantLease(ttl, true);
+    this.lease = lease;
+    this.lastRegistered = "";
+    this.registrations.registrations++;
+    lease.onLost((reason) => {
+      // Jittered over half a TTL: after a long etcd outage every node loses its lease at about the
+      // same moment, and they should not all grant and put at the same instant (issue 19).
+      const delayMs = 500 + Math.random() * ttl * 500;
+      this.log.warn({ reason, delayMs: Math.round(delayMs) }, "node lease lost; registering again");
+      if (this.lease === lease) this.lease = null;
+      this.scheduleRegister(delayMs);
+    });
+  }
+
   private async register(): Promise<void> {
     if (this.stopping) return;
     if (this.lease === null) {
-      const lease = await this.store.grantLease(this.config.etcd?.leaseTtl ?? 5, true);
-      this.lease = lease;
-      this.lastRegistered = "";
-      lease.onLost((reason) => {
-        this.log.warn({ reason }, "node lease lost; registering again");
-        if (this.lease === lease) this.lease = null;
-        this.scheduleRegister(500);
+      // One grant at a time: a register() from start and one from a mode change used to both find no
+      // lease and grant two (a second registration, and a lease left to expire).
+      this.granting ??= this.grantNodeLease().finally(() => {
+        this.granting = null;
       });
+      await this.granting;
     }
+    if (this.lease === null) return;
     // Only ready/draining/mode/unserved changes are written: the revision is asked from the admin API, since
     // writing it here would make every node's write bump every other node's revision, forever.
     const r = this.nodeRecord();

@@ -14,6 +14,7 @@ import {
   GRPCResourceExhastedError,
   type IOptions,
   isRecoverableError,
+  type Lease as EtcdLease,
   SortOrder,
   SortTarget,
 } from "etcd3";
@@ -60,6 +61,26 @@ const LIST_PAGE_SIZE = 1_000;
 const LIVENESS_TIMEOUT_MS = 2_000;
 const CLOSE_REVOKE_GRACE_MS = 1_000;
 
+/**
+ * How the store came through etcd outages, for metrics (and the scale bench): what recovery cost.
+ * Counters only grow; `revokesPending` is the number of leases waiting for etcd to take their revoke.
+ */
+export interface StoreRecoveryStats {
+  /** Leases whose revoke failed while etcd was unreachable and was retried (successfully or not yet). */
+  revokesDeferred: number;
+  /** Deferred revokes that reached etcd later. */
+  revokesRetried: number;
+  revokesPending: number;
+  /** Kept-alive leases lost (etcd said expired, or no keepalive answer for 2 × TTL). */
+  leasesLost: number;
+  /** Election keys of this candidate's own earlier attempts deleted instead of waited for. */
+  staleElectionKeys: number;
+  /** Full re-lists of a synced prefix after its watch broke (the first list of each sync not counted). */
+  relists: number;
+  /** Watches resumed after a break from the last revision taken, without a list. */
+  resumes: number;
+}
+
 type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions["faultHandling"]>["host"]>>;
 
 /**
@@ -100,6 +121,10 @@ export class EtcdStore implements Store {
   private readonly syncs = new Set<PrefixSync>();
   private readonly leases = new Set<EtcdStoreLease>();
   private readonly leaderships = new Set<EtcdLeadership>();
+  /** Leases whose revoke did not reach etcd: revoked again once it answers (issue 19). */
+  private readonly unrevoked = new Map<EtcdLease, true>();
+  private revokeLoop = false;
+  readonly recovery: StoreRecoveryStats = { revokesDeferred: 0, revokesRetried: 0, revokesPending: 0, leasesLost: 0, staleElectionKeys: 0, relists: 0, resumes: 0 };
 
   constructor(opts: EtcdStoreOptions) {
     if (opts.endpoints.length === 0) throw new RangeError("EtcdStore: endpoints must not be empty");
@@ -152,6 +177,12 @@ export class EtcdStore implements Store {
       sink,
       this.backoff,
       () => this.syncs.delete(sync),
+      () => {
+        this.recovery.relists++;
+      },
+      () => {
+        this.recovery.resumes++;
+      },
     );
     this.syncs.add(sync);
     return sync;
@@ -321,6 +352,8 @@ export class EtcdStore implements Store {
       if (lease.keepAlive) revoking.push(lease.revoke().catch(() => undefined));
       else lease.detach();
     }
+    // Revokes still owed from an outage: one last try within the same grace.
+    for (const inner of this.unrevoked.keys()) revoking.push(inner.revoke().catch(() => undefined));
     await withGrace(Promise.all(revoking), CLOSE_REVOKE_GRACE_MS);
     this.client.close();
   }
@@ -348,9 +381,65 @@ export class EtcdStore implements Store {
       inner.release();
       throw storeError(err, "grant lease");
     }
-    const lease = new EtcdStoreLease(inner, id, ttlSeconds, keepAlive, () => this.leases.delete(lease));
+    const lease = new EtcdStoreLease(
+      inner,
+      id,
+      ttlSeconds,
+      keepAlive,
+      () => this.leases.delete(lease),
+      (l) => this.revokeLater(l),
+    );
+    if (keepAlive) {
+      inner.on("lost", () => {
+        this.recovery.leasesLost++;
+      });
+    }
     this.leases.add(lease);
     return lease;
+  }
+
+  /**
+   * A revoke that did not reach etcd. etcd still holds the lease (and extends it by its TTL when it
+   * restarts), so its keys would linger: an abandoned election key makes every later candidate wait
+   * for it. Retried with jittered backoff until etcd takes it (or no longer knows the lease: etcd3
+   * treats that as done) or the store closes.
+   */
+  private revokeLater(inner: EtcdLease): void {
+    if (this.closed || this.unrevoked.has(inner)) return;
+    this.unrevoked.set(inner, true);
+    this.recovery.revokesDeferred++;
+    this.recovery.revokesPending = this.unrevoked.size;
+    if (!this.revokeLoop) void this.retryRevokes();
+  }
+
+  private async retryRevokes(): Promise<void> {
+    this.revokeLoop = true;
+    let failures = 0;
+    try {
+      while (this.unrevoked.size > 0 && !this.closed) {
+        await pause(backoffDelay(this.backoff, failures), this.closing.signal);
+        let failed = false;
+        for (const inner of [...this.unrevoked.keys()]) {
+          if (this.closed) return;
+          try {
+            await inner.revoke();
+            this.unrevoked.delete(inner);
+            this.recovery.revokesRetried++;
+          } catch (err) {
+            // etcd still away: try the rest later. Anything else will not get better by retrying.
+            if (err instanceof Error && isRecoverableError(err)) {
+              failed = true;
+              break;
+            }
+            this.unrevoked.delete(inner);
+          }
+        }
+        this.recovery.revokesPending = this.unrevoked.size;
+        failures = failed ? failures + 1 : 0;
+      }
+    } finally {
+      this.revokeLoop = false;
+    }
   }
 
   private async elect(prefix: string, candidate: string, lease: EtcdStoreLease): Promise<EtcdLeadership | null> {
@@ -382,6 +471,18 @@ export class EtcdStore implements Store {
       });
       const ahead = predecessor.kvs[0];
       if (ahead === undefined) break;
+      if (ahead.value.toString() === candidate && !this.ownsLease(ahead.lease)) {
+        // An earlier attempt of this same candidate (abandoned while etcd failed, or this node's
+        // before it restarted): nobody lives behind it, so waiting for its lease TTL would only delay
+        // the next leader (issue 19). Deleted only if it is still that same key instance.
+        const removed = await this.client.kv.txn({
+          compare: [{ key: ahead.key, target: CompareTarget.Create, result: CompareResult.Equal, create_revision: ahead.create_revision }],
+          success: [{ request_delete_range: { key: ahead.key } }],
+          failure: [],
+        });
+        if (removed.succeeded) this.recovery.staleElectionKeys++;
+        continue;
+      }
       if (!(await this.waitGone(ahead.key, ahead.create_revision, stop))) return null;
     }
     // Our own key may have expired while we waited: only a live key with our term makes us leader.
@@ -399,6 +500,12 @@ export class EtcdStore implements Store {
     );
     this.leaderships.add(leadership);
     return leadership;
+  }
+
+  /** Whether `leaseId` (decimal, as etcd3 reports it) is a lease this store holds now. */
+  private ownsLease(leaseId: string): boolean {
+    for (const l of this.leases) if (l.id === leaseId) return true;
+    return false;
   }
 
   /**

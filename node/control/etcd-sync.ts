@@ -20,17 +20,29 @@ export interface SyncSource {
   probe(prefix: string): Promise<void>;
 }
 
+/** How a watch ended: why, and whether the sink needs a fresh list (else the watch may resume). */
+interface WatchEnd {
+  reason: string;
+  relist: boolean;
+}
+
 /**
  * One prefix kept in step with a sink: list at one revision, reset, watch from the next revision.
- * Any break (disconnect, server cancel, compaction, a throwing sink) ends that watch for good and
- * starts over with a new list after a backoff; etcd3's own resume is never used, because the list
- * is the truth and a resumed watch can fall behind a compaction.
+ * Any break ends that watch for good (etcd3's own resubscription is never used) and, after a
+ * jittered backoff, starts a new one. A connection break (etcd restarted, paused, unreachable)
+ * resumes from the revision after the last one the sink took: etcd replays what changed meanwhile,
+ * and if it has compacted that history it cancels the watch, which then re-lists. A cancel by etcd
+ * or a throwing sink re-lists at once. Resuming is what keeps a short outage cheap: N nodes each
+ * re-listing the whole prefix (affinity included) at the same moment is what a restart used to
+ * cost (issue 19).
  */
 export class PrefixSync implements SyncHandle {
   private stopped = false;
   private connected: boolean | undefined;
   private readonly stopping = new AbortController();
   private endWatch: (() => Promise<void>) | null = null;
+  /** Revision the next watch may resume from (0: the sink needs a list first). */
+  private resumeFrom = 0;
 
   constructor(
     private readonly source: SyncSource,
@@ -38,6 +50,10 @@ export class PrefixSync implements SyncHandle {
     private readonly sink: SyncSink,
     private readonly backoff: BackoffConfig,
     private readonly onStopped: () => void,
+    /** Called after each successful list but the first (a re-list: recovery cost, counted by the store). */
+    private readonly onRelist: () => void = () => {},
+    /** Called when a watch resumed after a break without a list (counted by the store). */
+    private readonly onResume: () => void = () => {},
   ) {
     void this.run();
   }
@@ -53,38 +69,53 @@ export class PrefixSync implements SyncHandle {
 
   private async run(): Promise<void> {
     let failures = 0;
+    let first = true;
+    const connected = () => {
+      failures = 0;
+    };
     while (!this.stopped) {
-      let reason: string;
+      let end: WatchEnd;
       try {
-        const { kvs, revision } = await this.source.list(this.prefix);
-        if (this.stopped) return;
-        reason =
-          this.deliver("reset", () => this.sink.reset(kvs, revision)) ??
-          (await this.watchFrom(revision + 1, () => {
-            failures = 0;
-          }));
+        if (this.resumeFrom > 0) {
+          end = await this.watchFrom(this.resumeFrom, () => {
+            connected();
+            this.onResume();
+          });
+        } else {
+          const { kvs, revision } = await this.source.list(this.prefix);
+          if (this.stopped) return;
+          if (!first) this.onRelist();
+          first = false;
+          const sinkError = this.deliver("reset", () => this.sink.reset(kvs, revision));
+          if (sinkError !== null) end = { reason: sinkError, relist: true };
+          else {
+            this.resumeFrom = revision + 1;
+            end = await this.watchFrom(revision + 1, connected);
+          }
+        }
       } catch (err) {
-        reason = describe(err);
+        end = { reason: describe(err), relist: true };
       }
       if (this.stopped) return;
-      this.report(false, reason);
+      if (end.relist) this.resumeFrom = 0;
+      this.report(false, end.reason);
       await pause(backoffDelay(this.backoff, failures++), this.stopping.signal);
     }
   }
 
-  /** Resolves with the reason the watch ended; the watcher is detached by then. */
-  private watchFrom(fromRevision: number, onConnected: () => void): Promise<string> {
+  /** Resolves with how the watch ended; the watcher is detached by then. */
+  private watchFrom(fromRevision: number, onConnected: () => void): Promise<WatchEnd> {
     return new Promise((resolve) => {
       const watcher = this.source.watch(this.prefix, fromRevision);
       let settled = false;
       let liveness: NodeJS.Timeout | undefined;
-      const finish = (reason: string, cancel: boolean): Promise<void> => {
+      const finish = (reason: string, cancel: boolean, relist = false): Promise<void> => {
         if (settled) return Promise.resolve();
         settled = true;
         clearInterval(liveness);
         this.endWatch = null;
         const cancelling = cancel ? detach(watcher) : Promise.resolve();
-        resolve(reason);
+        resolve({ reason, relist });
         return cancelling;
       };
       this.endWatch = () => finish("stopped", true);
@@ -118,12 +149,13 @@ export class PrefixSync implements SyncHandle {
           modRevision: Number(ev.kv.mod_revision),
         }));
         const sinkError = this.deliver("events", () => this.sink.events(events, Number(res.header.revision)));
-        if (sinkError !== null) void finish(sinkError, true);
+        if (sinkError !== null) void finish(sinkError, true, true);
+        else this.resumeFrom = Math.max(this.resumeFrom, events[events.length - 1].modRevision + 1);
       });
       watcher.on("disconnected", (err) => void finish(`watch disconnected: ${describe(err)}`, true));
       // etcd cancelled the watch (compacted past our revision, or otherwise); it is already detached.
-      watcher.on("error", (err) => void finish(`watch cancelled by etcd (compaction or cancel): ${describe(err)}`, false));
-      watcher.on("end", () => void finish("watch ended", false));
+      watcher.on("error", (err) => void finish(`watch cancelled by etcd (compaction or cancel): ${describe(err)}`, false, true));
+      watcher.on("end", () => void finish("watch ended", false, true));
     });
   }
 

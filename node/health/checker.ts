@@ -96,6 +96,11 @@ export class Checker {
     readonly checkerId: string,
     private readonly hooks: CheckerHooks,
     private readonly probe: Probe = realProbe,
+    /**
+     * Mixed into each target's phase. The leader's checker leaves it empty; local fallback passes the
+     * node id, so nodes that fall back together do not all probe a backend at the same instant.
+     */
+    private readonly phaseSalt = "",
   ) {}
 
   get size(): number {
@@ -119,7 +124,7 @@ export class Checker {
       }
       const prev = slot.target.settings;
       slot.target = t;
-      if (prev.interval !== t.settings.interval || prev.jitter !== t.settings.jitter) this.schedule(slot, now + phaseOf(t));
+      if (prev.interval !== t.settings.interval || prev.jitter !== t.settings.jitter) this.schedule(slot, now + phaseOf(t, this.phaseSalt));
     }
     for (const [key, slot] of this.slots) if (!seen.has(key)) this.remove(slot);
   }
@@ -164,7 +169,7 @@ export class Checker {
       removed: false,
     };
     this.slots.set(target.key, slot);
-    this.schedule(slot, now + phaseOf(target));
+    this.schedule(slot, now + phaseOf(target, this.phaseSalt));
   }
 
   private remove(slot: Slot): void {
@@ -267,7 +272,8 @@ async function probeEach(probe: Probe, t: CheckTarget): Promise<ProbeOutcome> {
   return { ok: false, result: o.result, reason: `${formatHostPort(hosts[bad], t.port)}: ${o.reason}` };
 }
 
-/** Where in the interval a target's probes start: fixed per key, spread over `jitter` × interval. */
-function phaseOf(t: CheckTarget): number {
-  return Math.floor(Math.max(MIN_INTERVAL_MS, t.settings.interval) * t.settings.jitter * (hashString(t.key) / 2 ** 32));
+/** Where in the interval a target's probes start: fixed per key (and salt), spread over `jitter` × interval. */
+export function phaseOf(t: CheckTarget, salt = ""): number {
+  const h = hashString(t.key, salt === "" ? 0 : hashString(salt));
+  return Math.floor(Math.max(MIN_INTERVAL_MS, t.settings.interval) * t.settings.jitter * (h / 2 ** 32));
 }

@@ -1,6 +1,8 @@
 // The health-check leader: every node campaigns; the elected one checks every backend and writes
 // verdicts (only on change) and a heartbeat, each as a fenced write that fails once another term
-// began. A refused or failed write ends the term at once: stop checking, step down, campaign again.
+// began. A refused or failed verdict write ends the term at once: stop checking, step down, campaign
+// again. A heartbeat that did not reach etcd is retried while the term lasts (issue 19: an etcd
+// outage shorter than the lease TTL must not cost a term; the fence keeps a late retry harmless).
 import { setTimeout as sleep } from "node:timers/promises";
 import { encodeValue, type Observation, parseVerdictValue, type Verdict } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
@@ -18,7 +20,7 @@ export interface LeaderContext {
   readonly keys: KeySchema;
   /** Lease TTL of the election key, in seconds. */
   readonly leaseTtl: number;
-  /** Period of heartbeat writes. */
+  /** Period of heartbeat writes (each one is an etcd revision: the idle cluster's only one). */
   readonly heartbeatMs: number;
   readonly log: Logger;
   readonly metrics: HealthMetrics;
@@ -49,6 +51,8 @@ const RECAMPAIGN_PAUSE_MS = 200;
  */
 const STARVED_PAUSE_MIN_MS = 5_000;
 const STOP_GRACE_MS = 1_000;
+/** A heartbeat that failed is tried again this soon (jittered), so it lands as soon as etcd answers. */
+const HEARTBEAT_RETRY_MS = 250;
 
 export class HealthLeader {
   private stopped = false;
@@ -327,6 +331,7 @@ class Term {
 
   private heartbeat(): void {
     if (this.ended) return;
+    let next = this.ctx.heartbeatMs;
     if (!this.heartbeatInflight) {
       // `settled`: every target has been probed max(rise, fall) times in this term, so these verdicts
       // are this leader's own observations; nodes in local fallback wait for it before trusting them.
@@ -340,12 +345,35 @@ class Term {
         },
         (err: Error) => {
           this.heartbeatInflight = false;
-          this.failed(err);
+          this.heartbeatFailed(err);
         },
       );
-    }
-    this.heartbeatTimer = setTimeout(() => this.heartbeat(), this.ctx.heartbeatMs);
+    } else next = HEARTBEAT_RETRY_MS;
+    this.armHeartbeat(next);
+  }
+
+  private armHeartbeat(ms: number): void {
+    if (this.ended) return;
+    if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    this.heartbeatTimer = setTimeout(() => this.heartbeat(), ms);
     this.heartbeatTimer.unref();
+  }
+
+  /**
+   * A heartbeat that did not reach etcd (unavailable, timed out): whether it landed does not matter,
+   * the next one says the same. The term goes on while the leadership lives (its lease and election
+   * key are the proof), and the heartbeat is tried again soon, so that after a short etcd outage the
+   * nodes read a fresh one at once instead of a term change. Other errors end the term as before.
+   */
+  private heartbeatFailed(err: Error): void {
+    // StoreError's `recoverable` (health shares only types with control/: no instanceof here).
+    if ((err as { recoverable?: unknown }).recoverable !== true) {
+      this.failed(err);
+      return;
+    }
+    this.ctx.metrics.fencedWrites.inc({ result: "error" });
+    this.ctx.log.debug({ err: err.message, term: this.leadership.term }, "heartbeat did not reach etcd; retrying");
+    this.armHeartbeat(Math.min(this.ctx.heartbeatMs, HEARTBEAT_RETRY_MS * (0.5 + Math.random())));
   }
 
   /** Counts a fenced write; a refused one ends the term (the leadership already knows it is lost). */

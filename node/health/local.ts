@@ -33,6 +33,9 @@ export class LocalFallback {
         onResult: (target, outcome, seconds, lagMs) => ctx.metrics.observe(target.service, outcome.result, seconds, lagMs),
       },
       ctx.probe,
+      // Spread: nodes that fall back together (etcd gone for all) start each backend's probes at their
+      // own phase of its interval, not all at the same instant (issue 19).
+      ctx.id,
     );
   }
 

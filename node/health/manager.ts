@@ -72,6 +72,17 @@ export interface HealthStatus {
   observing: string[];
 }
 
+/**
+ * Period of the leader's heartbeat writes: the idle cluster's only etcd revisions (issue 19: ≤ 12 per
+ * minute; 10 with the default staleAfter of 10 s). A dead leader does not wait for it: its election
+ * lease expires within etcd.leaseTtl and the next leader writes a heartbeat of a new term at once. The
+ * heartbeat only has to prove the leader is not stuck, and a failed one is retried within 250 ms, so
+ * 0.4 × staleAfter is left for a late write.
+ */
+export function heartbeatPeriod(staleAfterMs: number): number {
+  return Math.max(50, Math.floor(staleAfterMs * 0.6));
+}
+
 /** Heartbeat as read from etcd: the codec's fields plus what this version's leader adds. */
 interface HeartbeatSeen {
   leader: string;
@@ -90,6 +101,10 @@ export class HealthManager {
   private stopped = false;
   private heartbeatKey = "";
   private heartbeatSeenAt = 0;
+  /** Since when this node's store sync has been down (0 while connected). */
+  private blindSince = 0;
+  /** Time this node could not see etcd since the current heartbeat arrived (outages that ended). */
+  private blindMs = 0;
   private absentSince = Date.now();
   private modeReason: string;
   private modeSince = Date.now();
@@ -120,8 +135,7 @@ export class HealthManager {
       store: node.store,
       keys: node.keys,
       leaseTtl: node.leaseTtl,
-      // Several heartbeats per staleness bound, so one slow write does not send the cluster to fallback.
-      heartbeatMs: Math.min(1_000, Math.max(50, Math.floor(staleAfter / 4))),
+      heartbeatMs: heartbeatPeriod(staleAfter),
       log: this.log,
       metrics: this.metrics,
       targets: () => this.targets,
@@ -198,7 +212,8 @@ export class HealthManager {
   status(): HealthStatus {
     const isLeader = this.leader.leading;
     const hb = this.node.cluster.heartbeat as HeartbeatSeen | null;
-    const fresh = hb !== null && this.heartbeatAge(Date.now()) <= this.node.config.staleAfter;
+    const now = Date.now();
+    const fresh = hb !== null && this.heartbeatAge(now) - this.blindGrace(now) <= this.node.config.staleAfter;
     return {
       leader: isLeader ? this.node.id : fresh ? hb.leader : null,
       isLeader,
@@ -312,11 +327,33 @@ export class HealthManager {
     const key = `${hb.leader}|${hb.term}|${hb.at}`;
     if (key !== this.heartbeatKey) {
       this.heartbeatKey = key;
+      // Blindness before this value no longer matters: it is what the leader wrote after it.
+      this.blindMs = 0;
+      if (this.blindSince !== 0) this.blindSince = now;
       // A new value counts from when it arrived (immune to small clock skew between nodes), unless
       // its own timestamp is already past the bound (a dead leader's last heartbeat, read at start).
       this.heartbeatSeenAt = now - hb.at > this.node.config.staleAfter ? hb.at : now;
     }
     return now - this.heartbeatSeenAt;
+  }
+
+  /**
+   * Time this node could not see etcd since the current heartbeat arrived, counted up to one lease
+   * TTL. A node that cannot read etcd cannot tell a stuck leader from its own blindness, and the
+   * leader's term outlives an etcd outage shorter than its lease TTL (it retries its heartbeat, and
+   * etcd keeps its lease): such an outage must not send every node to local fallback at once
+   * (issue 19: a 4 s etcd restart sent 40 of 40 nodes there). Longer ones still do, one lease TTL later.
+   */
+  private blindGrace(now: number): number {
+    const r = this.node.cluster;
+    if (!r.connected) {
+      if (this.blindSince === 0) this.blindSince = now;
+    } else if (this.blindSince !== 0) {
+      this.blindMs += now - this.blindSince;
+      this.blindSince = 0;
+    }
+    const blind = this.blindMs + (this.blindSince === 0 ? 0 : now - this.blindSince);
+    return Math.min(blind, this.node.leaseTtl * 1_000);
   }
 
   /** Switches between shared verdicts and local fallback; runs on a timer and on heartbeat changes. */
@@ -337,13 +374,15 @@ export class HealthManager {
     const r = this.node.cluster;
     const hb = r.heartbeat as HeartbeatSeen | null;
     const age = this.heartbeatAge(now);
+    const grace = this.blindGrace(now);
     let fresh: boolean;
     let why: string;
     if (hb !== null) {
-      fresh = age <= staleAfter;
+      fresh = age - grace <= staleAfter;
+      const blind = grace > 0 ? `, ${formatDuration(Math.round(grace))} of it without etcd` : "";
       why = fresh
-        ? `leader ${hb.leader} heartbeat is fresh (term ${hb.term})`
-        : `leader ${hb.leader} heartbeat is ${formatDuration(Math.round(age))} old (staleAfter ${formatDuration(staleAfter)})`;
+        ? `leader ${hb.leader} heartbeat is fresh (term ${hb.term}${blind})`
+        : `leader ${hb.leader} heartbeat is ${formatDuration(Math.round(age))} old${blind} (staleAfter ${formatDuration(staleAfter)}, etcd.leaseTtl ${this.node.leaseTtl}s)`;
     } else if (!r.connected && r.lastError !== null) {
       fresh = false;
       why = `no leader heartbeat and the store is unreachable (${r.lastError})`;

@@ -31,7 +31,8 @@ export interface ScaleOptions {
 }
 
 export function scaleOptions(sizes: number[], quick: boolean): ScaleOptions {
-  return { sizes, perProcess: 25, idleS: quick ? 5 : 30, puts: quick ? 5 : 30, affinityClients: quick ? 100 : 1000, lagSamples: quick ? 3 : 10, outageMs: 2000, statusRounds: quick ? 3 : 5 };
+  // 60 s idle: with the heartbeat every 6 s (issue 19) a 30 s window holds only 5 or 6 revisions.
+  return { sizes, perProcess: 25, idleS: quick ? 5 : 60, puts: quick ? 5 : 30, affinityClients: quick ? 100 : 1000, lagSamples: quick ? 3 : 10, outageMs: 2000, statusRounds: quick ? 3 : 5 };
 }
 
 export interface ScaleRow {
@@ -44,7 +45,22 @@ export interface ScaleRow {
   affinity: { clients: number; sentBytesPerClient: number; revisions: number; entriesPerNodeAvg: number; entriesNodeA: number; lagP50: number | null; lagP99: number | null; lagMissing: number };
   /** `ballast status` wall time (median of the rounds), and `ballast --version` (the CLI's own start: Node, modules). */
   statusMs: { table: number | null; json: number | null; cliStart: number | null; nodesListed: number | null; error?: string; baseline?: { cli: string; table: number; cpu: number }; cpu?: { table: number; cliStart: number } };
-  recovery: { outageMs: number; allRecoveredMs: number | null; revisions: number; idleRevisionsExpected: number; nodeRecordsRewritten: number; fellBack: number; disconnected: number };
+  recovery: {
+    outageMs: number;
+    allRecoveredMs: number | null;
+    revisions: number;
+    idleRevisionsExpected: number;
+    nodeRecordsRewritten: number;
+    fellBack: number;
+    disconnected: number;
+    /** Summed over the nodes, during the outage and recovery (their ballast_etcd_* / registration counters). */
+    leasesLost: number;
+    registrations: number;
+    relists: number;
+    resumes: number;
+  };
+  /** 1-minute load average of the machine at the idle window's end, at `ballast status`, after recovery (shared machine). */
+  load: { idle: number; status: number; recovery: number };
   notes: string[];
 }
 
@@ -178,6 +194,7 @@ class RestartableEtcd {
 }
 
 type Stats = {
+  recovery: { leasesLost: number; relists: number; resumes: number; staleElectionKeys: number; revokesRetried: number; registrations: number };
   rss: number;
   baselineRss: number;
   nodes: number;
@@ -205,6 +222,12 @@ function summarize(stats: Stats[]) {
     shared: sum((s) => s.modes.shared ?? 0),
     leaders: stats.flatMap((s) => s.leaders),
     minApplied: Math.min(...stats.map((s) => s.minApplied)),
+    recovery: {
+      leasesLost: sum((s) => s.recovery.leasesLost),
+      relists: sum((s) => s.recovery.relists),
+      resumes: sum((s) => s.recovery.resumes),
+      registrations: sum((s) => s.recovery.registrations),
+    },
     fellBack: stats.flatMap((s) => s.fellBack),
     disconnected: stats.flatMap((s) => s.disconnected),
   };
@@ -310,6 +333,7 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
     const rss = agents.reduce((t, a, i) => t + rssBytes(a.child.pid!) - baseline[i], 0);
     const idle = { revisionsPerMin: ((r1 - r0) / dt) * 60, sentBytesPerS: (c1.sent - c0.sent) / dt, receivedBytesPerS: (c1.received - c0.received) / dt, etcdCpuPct: (etcdCpu / dt) * 100, dbBytes: c1.db };
     const perNode = { rssMiB: rss / n / 2 ** 20, cpuPct: (cpu / dt / n) * 100, sentBytesPerS: idle.sentBytesPerS / n };
+    const load = { idle: os.loadavg()[0], status: Number.NaN, recovery: Number.NaN };
     log(`scale ${n}: idle ${idle.revisionsPerMin.toFixed(1)} rev/min, etcd sent ${Math.round(idle.sentBytesPerS)} B/s, per node ${perNode.rssMiB.toFixed(1)} MiB, ${perNode.cpuPct.toFixed(2)}% CPU`);
 
     // put → applied on all nodes.
@@ -360,6 +384,7 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
     const otherError = otherRuns.find((x) => x.error)?.error;
     if (otherError) notes.push(`SCALE_BASELINE_CLI ${baselineCli}: ${otherError}`);
     const other = baselineCli && !otherError ? { cli: baselineCli, table: Math.round(median(otherRuns.map((x) => x.ms))), cpu: Math.round(median(otherRuns.map((x) => x.cpuMs))) } : undefined;
+    load.status = os.loadavg()[0];
     const statusMs = { table: Math.round(median(tables)), json: Math.round(median(jsons)), cliStart: Math.round(median(starts)), nodesListed: listed, ...(statusError ? { error: statusError } : {}), ...(other ? { baseline: other } : {}), ...(gnuTime ? { cpu: { table: Math.round(median(tableCpu)), cliStart: Math.round(median(startCpu)) } } : {}) };
     log(`scale ${n}: ballast status ${statusMs.table} ms (table; CPU ${statusMs.cpu?.table ?? "?"} ms), ${statusMs.json} ms (-o json, ${listed} nodes listed); the CLI's own start (--version) ${statusMs.cliStart} ms (CPU ${statusMs.cpu?.cliStart ?? "?"} ms)${other ? `; ${other.cli}: ${other.table} ms (CPU ${other.cpu} ms)` : ""}`);
 
@@ -407,6 +432,7 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
 
     // Recovery after an etcd restart of outageMs.
     await Promise.all(agents.map((a) => a.call({ op: "mark" })));
+    const before = summarize(await allStats(agents)).recovery;
     const rr0 = await etcd.revision();
     const down0 = Date.now();
     await etcd.stop();
@@ -426,7 +452,8 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
     await sleep(5000);
     const rr1 = await etcd.revision();
     const after = summarize(await allStats(agents));
-    const rewritten = (await etcd.etcd.range(`/ballast/${cluster}/nodes/`, { keysOnly: true, minModRevision: rr0 + 1 })).count;
+    // kvs, not count: etcd's count is of the whole range, before the mod-revision filter (it read N always).
+    const rewritten = (await etcd.etcd.range(`/ballast/${cluster}/nodes/`, { keysOnly: true, minModRevision: rr0 + 1 })).kvs.length;
     const recSpan = (Date.now() - down0) / 1000;
     const recovery = {
       outageMs,
@@ -436,12 +463,19 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
       nodeRecordsRewritten: rewritten,
       fellBack: new Set(after.fellBack).size,
       disconnected: new Set(after.disconnected).size,
+      leasesLost: after.recovery.leasesLost - before.leasesLost,
+      registrations: after.recovery.registrations - before.registrations,
+      relists: after.recovery.relists - before.relists,
+      resumes: after.recovery.resumes - before.resumes,
     };
+    load.recovery = os.loadavg()[0];
     if (rec.ms === null) notes.push(`recovery: not every node recovered within 120 s: ${JSON.stringify(rec.last)}`);
-    log(`scale ${n}: etcd down ${outageMs} ms → all recovered ${recovery.allRecoveredMs} ms after it stopped, ${recovery.revisions} revisions, ${recovery.fellBack} node(s) fell back, ${recovery.nodeRecordsRewritten} node records rewritten`);
+    log(
+      `scale ${n}: etcd down ${outageMs} ms → all recovered ${recovery.allRecoveredMs} ms after it stopped, ${recovery.revisions} revisions, ${recovery.fellBack} node(s) fell back, ${recovery.nodeRecordsRewritten} node records rewritten, ${recovery.leasesLost} leases lost, ${recovery.registrations} registrations, ${recovery.relists} re-lists, ${recovery.resumes} watch resumes (load ${load.recovery.toFixed(1)})`,
+    );
 
     await Promise.all(agents.map((a) => a.call({ op: "stop" }, 60_000).catch(() => {})));
-    return { nodes: n, processes: procs, startS, idle, perNode, putApplied, affinity, statusMs, recovery, notes };
+    return { nodes: n, processes: procs, startS, idle, perNode, putApplied, affinity, statusMs, recovery, load, notes };
   } finally {
     killAgents();
     await sink.proc.stop();
@@ -454,15 +488,18 @@ const f = (x: number | null, d = 0) => (x === null || !Number.isFinite(x) ? "–
 export function scaleMarkdown(rows: ScaleRow[], o: ScaleOptions, header: string): string {
   const l: string[] = [header, ""];
   l.push(`Idle window ${o.idleS} s; ${o.puts} puts; ${o.affinityClients} new affinity clients through one node; ${o.lagSamples} lag samples; etcd restart with ${o.outageMs} ms down. Up to ${o.perProcess} simulated nodes per process.`, "");
-  l.push("| nodes | procs | idle rev/min | etcd sent B/s (idle) | per node B/s | etcd CPU % | per-node RSS MiB | per-node CPU % | put → applied p50 / p99 ms | status ms (table / json / CLI start) |");
-  l.push("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-  for (const r of rows) l.push(`| ${r.nodes} | ${r.processes} | ${f(r.idle.revisionsPerMin, 1)} | ${f(r.idle.sentBytesPerS)} | ${f(r.perNode.sentBytesPerS)} | ${f(r.idle.etcdCpuPct, 1)} | ${f(r.perNode.rssMiB, 1)} | ${f(r.perNode.cpuPct, 2)} | ${f(r.putApplied.p50)} / ${f(r.putApplied.p99)} | ${f(r.statusMs.table)} / ${f(r.statusMs.json)} / ${f(r.statusMs.cliStart)} |`);
+  l.push("| nodes | procs | idle rev/min | etcd sent B/s (idle) | per node B/s | etcd CPU % | per-node RSS MiB | per-node CPU % | load (idle) | put → applied p50 / p99 ms | status ms (table / json / CLI start) | load (status) |");
+  l.push("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+  for (const r of rows) l.push(`| ${r.nodes} | ${r.processes} | ${f(r.idle.revisionsPerMin, 1)} | ${f(r.idle.sentBytesPerS)} | ${f(r.perNode.sentBytesPerS)} | ${f(r.idle.etcdCpuPct, 1)} | ${f(r.perNode.rssMiB, 1)} | ${f(r.perNode.cpuPct, 2)} | ${f(r.load.idle, 1)} | ${f(r.putApplied.p50)} / ${f(r.putApplied.p99)} | ${f(r.statusMs.table)} / ${f(r.statusMs.json)} / ${f(r.statusMs.cliStart)} | ${f(r.load.status, 1)} |`);
   l.push("", "| nodes | affinity: etcd B sent per new client | revisions | entries per node (avg) | entries on the recording node | visibility lag p50 / p99 ms |");
   l.push("|---:|---:|---:|---:|---:|---:|");
   for (const r of rows) l.push(`| ${r.nodes} | ${f(r.affinity.sentBytesPerClient)} | ${r.affinity.revisions} | ${f(r.affinity.entriesPerNodeAvg, 0)} | ${r.affinity.entriesNodeA} | ${f(r.affinity.lagP50)} / ${f(r.affinity.lagP99)}${r.affinity.lagMissing ? ` (${r.affinity.lagMissing} not seen)` : ""} |`);
-  l.push("", "| nodes | etcd down ms | all recovered ms (from stop) | revisions in recovery | of which idle would make | node records rewritten | nodes fell back | nodes saw etcd lost |");
-  l.push("|---:|---:|---:|---:|---:|---:|---:|---:|");
-  for (const r of rows) l.push(`| ${r.nodes} | ${r.recovery.outageMs} | ${f(r.recovery.allRecoveredMs)} | ${r.recovery.revisions} | ${r.recovery.idleRevisionsExpected} | ${r.recovery.nodeRecordsRewritten} | ${r.recovery.fellBack} | ${r.recovery.disconnected} |`);
+  l.push("", "| nodes | etcd down ms | all recovered ms (from stop) | revisions in recovery | of which idle would make | node records rewritten | nodes fell back | nodes saw etcd lost | leases lost | registrations | re-lists | watch resumes | load |");
+  l.push("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+  for (const r of rows) {
+    const x = r.recovery;
+    l.push(`| ${r.nodes} | ${x.outageMs} | ${f(x.allRecoveredMs)} | ${x.revisions} | ${x.idleRevisionsExpected} | ${x.nodeRecordsRewritten} | ${x.fellBack} | ${x.disconnected} | ${x.leasesLost} | ${x.registrations} | ${x.relists} | ${x.resumes} | ${f(r.load.recovery, 1)} |`);
+  }
   const base = rows.filter((r) => r.statusMs.baseline);
   if (base.length) {
     l.push("", `\`ballast status\` of another build (SCALE_BASELINE_CLI=${base[0].statusMs.baseline!.cli}), same minute:`, "", "| nodes | this build ms (CPU ms) | other build ms (CPU ms) | CLI start alone ms (CPU ms) |", "|---:|---:|---:|---:|");

@@ -1,9 +1,11 @@
 // The chaos harness's polling helpers (test/chaos/cluster/observe.ts), without containers: the
 // scenarios' timing figures rest on "the first time each node sees X" being stamped no earlier than
 // the node showed it, and on a node that never shows it being reported as missing.
-import { describe, expect, it } from "vitest";
+import { afterAll, describe, expect, it } from "vitest";
 import type { StateView } from "../../shared/api.js";
-import { everyNodeSees, firstSeen, sampleEvery, type StateSource } from "../chaos/cluster/observe.js";
+import { everyNodeSees, firstSeen, parseRouteEvents, sampleEvery, type StateSource } from "../chaos/cluster/observe.js";
+import { netnsUnavailable, Topology } from "../helpers/netns.js";
+import { waitFor } from "../helpers/wait.js";
 
 /** A node whose /api/state reports `revision` = 1 from `flipAt` on (epoch ms), or never. */
 function node(nodeId: string, flipAt: number | null, opts: { throws?: boolean } = {}): StateSource & { calls: number } {
@@ -66,5 +68,52 @@ describe("sampleEvery", () => {
     // Stopped means stopped: no call after stop() resolved.
     await new Promise((r) => setTimeout(r, 30));
     expect(i).toBe(calls);
+  });
+});
+
+// Scenario 8 times the router's withdrawal of a draining node from these events (watchRouteEvents), so
+// the parser is checked against what the real `ip -o -ts monitor route` prints, in a namespace of the test's own.
+describe.skipIf(netnsUnavailable() !== null)("parseRouteEvents", () => {
+  let topo: Topology | undefined;
+  afterAll(async () => {
+    await topo?.destroy();
+  });
+
+  it("follows a VIP's ECMP route through `ip -o -ts monitor route`: next hops per change, the kernel's time, other routes skipped", async () => {
+    topo = await Topology.create();
+    const router = await topo.namespace("router");
+    const peer = await topo.namespace("peer");
+    await topo.link(router, "fab0", peer, "fab1", { aAddr: "10.97.0.1/24", bAddr: "10.97.0.9/24" });
+    const vip = "10.99.255.10";
+    const monitor = router.spawn("ip", ["-o", "-ts", "monitor", "route"]);
+    let out = "";
+    monitor.stdout?.on("data", (b: Buffer) => {
+      out += b.toString();
+    });
+    // Subscribed once a route change shows (this one is not the VIP's: skipped by the parser).
+    await waitFor(
+      async () => {
+        await router.ip("route", "replace", "10.98.0.0/24", "via", "10.97.0.9");
+        return out.includes("10.98.0.0/24");
+      },
+      { timeoutMs: 5_000, intervalMs: 100, message: "the monitor printing a route change" },
+    );
+    const t0 = Date.now();
+    // As BIRD's kernel protocol does with "merge paths": one route, its next hops replaced as peers come and go.
+    await router.ip("route", "replace", `${vip}/32`, "proto", "bird", "metric", "32", "nexthop", "via", "10.97.0.3", "nexthop", "via", "10.97.0.2", "nexthop", "via", "10.97.0.4");
+    await router.ip("route", "replace", `${vip}/32`, "proto", "bird", "metric", "32", "nexthop", "via", "10.97.0.2", "nexthop", "via", "10.97.0.4");
+    await router.ip("route", "replace", `${vip}/32`, "proto", "bird", "metric", "32", "via", "10.97.0.4");
+    await router.ip("route", "add", "unreachable", "10.99.255.0/24");
+    await router.ip("route", "del", `${vip}/32`);
+    const t1 = Date.now();
+    await waitFor(() => parseRouteEvents(out, vip).length >= 4, { timeoutMs: 5_000, intervalMs: 50, message: `four events of ${vip} in:\n${out}` });
+    const events = parseRouteEvents(out, vip);
+    expect(events.map((e) => e.announced)).toEqual([["10.97.0.2", "10.97.0.3", "10.97.0.4"], ["10.97.0.2", "10.97.0.4"], ["10.97.0.4"], []]);
+    // The kernel's time, in the host's clock (the monitor stamps local time; both are UTC here), in order.
+    for (const e of events) {
+      expect(e.t).toBeGreaterThanOrEqual(t0 - 1_000);
+      expect(e.t).toBeLessThanOrEqual(t1 + 1_000);
+    }
+    expect(events.map((e) => e.t)).toEqual([...events.map((e) => e.t)].sort((a, b) => a - b));
   });
 });

@@ -26,12 +26,15 @@ export {
   everyNodeSees,
   type FirstSeenOptions,
   firstSeen,
+  parseRouteEvents,
   type ReadinessSample,
+  type RouteEvent,
   type StateSource,
   sampleEvery,
   sleep,
   watchConntrack,
   watchReadiness,
+  watchRouteEvents,
   watchRoutes,
 } from "./cluster/observe.js";
 

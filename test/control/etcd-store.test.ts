@@ -318,7 +318,8 @@ describe("EtcdStore on a shared etcd", () => {
     const write = leaderA.fencedPut("/election4-data/v", "stale leader");
 
     expect(await write).toBe(false);
-    expect(await lostA).toMatch(/lease lost|fenced/);
+    // Told by whichever comes first: the refused fence, the deleted election key, or etcd on the lease.
+    expect(await lostA).toMatch(/lease lost|fenced|election key deleted/);
     const leaderB = await campaignB;
     expect(await leaderB.fencedPut("/election4-data/v", "b")).toBe(true);
     expect(await etcd.get("/election4-data/v")).toBe("b");
@@ -362,16 +363,22 @@ describe("EtcdStore through etcd failures", () => {
       timeoutMs: 20_000,
       message: "reconnected sync with the new state",
     });
-    expect(sink.resets).toBeGreaterThan(resetsBefore);
+    // Whether the watch resumed before the compaction (and saw the writes as events) or after it
+    // (etcd cancelled it and the sync re-listed) depends on timing; either way the state converges.
+    // test/control/sync-resume.test.ts drives each path on purpose.
+    expect(sink.resets + store.recovery.resumes).toBeGreaterThan(resetsBefore);
     expect(Object.fromEntries(sink.state)).toEqual({ "/restart/a": "11", "/restart/b": "2" });
-    expect(sink.statuses.map((s) => s.connected)).toEqual([true, false, true]);
+    // Connected, killed, then connected again (and, if the resumed watch met the compaction, cancelled and re-listed).
+    const statuses = sink.statuses.map((s) => s.connected);
+    expect(statuses.slice(0, 3)).toEqual([true, false, true]);
+    expect(statuses.at(-1)).toBe(true);
 
     await etcd.del("/restart/b");
     await waitFor(() => !sink.state.has("/restart/b"), { message: "watch after restart" });
     expect(sink.violations).toEqual([]);
   });
 
-  it("reports a silent etcd (SIGSTOP: sockets open, no answers) within seconds, and re-lists when it answers again", async () => {
+  it("reports a silent etcd (SIGSTOP: sockets open, no answers) within seconds, and resumes its watch without a re-list when it answers again", async () => {
     const etcd = await startEtcd();
     cleanups.push(() => etcd.stop());
     const store = storeFor(etcd);
@@ -389,8 +396,11 @@ describe("EtcdStore through etcd failures", () => {
       etcd.resume();
     }
     await etcd.put("/silent/a", "2");
-    await waitFor(() => sink.connected === true && sink.state.get("/silent/a") === "2", { timeoutMs: 15_000, message: "re-listed after etcd answers again" });
-    expect(sink.resets).toBeGreaterThan(resetsBefore);
+    await waitFor(() => sink.connected === true && sink.state.get("/silent/a") === "2", { timeoutMs: 15_000, message: "in step again after etcd answers" });
+    // The history since the last revision taken is still there: the watch resumes from it (issue 19).
+    expect(sink.resets).toBe(resetsBefore);
+    expect(store.recovery).toMatchObject({ relists: 0 });
+    expect(store.recovery.resumes).toBeGreaterThan(0);
     expect(sink.violations).toEqual([]);
   });
 

@@ -6,6 +6,7 @@
 // answers each request with the same `id`.
 import { nodeConfigSchema } from "../../../shared/schema.js";
 import { BallastNode } from "../../../node/node.js";
+import { EtcdStore } from "../../../node/control/etcd-store.js";
 
 interface Spec {
   etcd: string;
@@ -82,7 +83,21 @@ function stats(): Record<string, unknown> {
     perNode.push(e);
     entries += e;
   }
+  // What riding out etcd outages cost, summed over the nodes here (counters since start; the bench
+  // takes differences): the same figures as each node's ballast_etcd_* and registration metrics.
+  const recovery = { leasesLost: 0, relists: 0, resumes: 0, staleElectionKeys: 0, revokesRetried: 0, registrations: 0 };
+  for (const n of nodes) {
+    recovery.registrations += n.registrations.registrations;
+    if (!(n.store instanceof EtcdStore)) continue;
+    const r = n.store.recovery;
+    recovery.leasesLost += r.leasesLost;
+    recovery.relists += r.relists;
+    recovery.resumes += r.resumes;
+    recovery.staleElectionKeys += r.staleElectionKeys;
+    recovery.revokesRetried += r.revokesRetried;
+  }
   return {
+    recovery,
     rss: process.memoryUsage().rss,
     baselineRss,
     nodes: nodes.length,

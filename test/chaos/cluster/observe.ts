@@ -134,10 +134,62 @@ export function watchConntrack(c: ChaosCluster, intervalMs = 1000): { stop: () =
 }
 
 /** Polls the router's next hops for the VIP until stopped: when each node left and came back. */
-export function watchRoutes(c: ChaosCluster, intervalMs = 50): { stop: () => Promise<{ t: number; announced: string[] }[]> } {
+export function watchRoutes(c: ChaosCluster, intervalMs = 50): { stop: () => Promise<{ t: number; announced: string[]; askedAt: number }[]> } {
   return sampleEvery(intervalMs, async () => {
+    const askedAt = Date.now();
     const announced = await c.announcedNodes();
-    // Stamped when the answer is in: "withdrawn by t" is then never earlier than the truth.
-    return { t: Date.now(), announced };
+    // Stamped when the answer is in: "withdrawn by t" is then never earlier than the truth. Each answer
+    // is a `docker exec`, which takes from ~50 ms to over a second on a loaded machine: the truth lies
+    // in [askedAt, t], and polling cannot time a change better than that (watchRouteEvents can).
+    return { t: Date.now(), announced, askedAt };
   });
+}
+
+/** The VIP's route in the router's kernel table after one change: when (kernel event) and its next hops. */
+export interface RouteEvent {
+  /** Epoch ms of the netlink event, as `ip -ts monitor` in the router stamped it (the host's clock). */
+  t: number;
+  announced: string[];
+}
+
+/**
+ * Records every change of the VIP's route in the router's kernel table as it happens (`ip -o -ts
+ * monitor route` running in the router until stopped), with the kernel event's own time. Unlike
+ * watchRoutes, the time of a change does not depend on how long a `docker exec` takes; the events
+ * are read once, at the end. Resolves once the monitor runs; `initial` is the route just after.
+ */
+export async function watchRouteEvents(c: ChaosCluster): Promise<{ initial: string[]; stop: () => Promise<RouteEvent[]> }> {
+  const router = c.router!;
+  const vip = c.vip!;
+  const file = `/run/bird/route-events-${Date.now()}-${Math.random().toString(16).slice(2, 8)}.log`;
+  const pid = (await router.sh(`/usr/sbin/ip -o -ts monitor route >${file} 2>&1 </dev/null & echo $!`)).trim();
+  if (!/^\d+$/.test(pid)) throw new Error(`route monitor in the router: no pid (${pid})`);
+  // The monitor subscribes as it starts: a route read after its process exists misses no later change.
+  await waitFor(async () => (await router.exec(["test", "-e", `/proc/${pid}`])).exitCode === 0, { timeoutMs: 5_000, intervalMs: 50, message: "the route monitor in the router" });
+  const initial = await c.announcedNodes();
+  return {
+    initial,
+    stop: async () => {
+      const out = await router.sh(`kill ${pid} 2>/dev/null; cat ${file}; rm -f ${file}`);
+      return parseRouteEvents(out, vip);
+    },
+  };
+}
+
+/**
+ * The VIP's route after each event of `ip -o -ts monitor route` output: one line per event,
+ * "[2026-12-02T07:12:16.421800] [Deleted ]10.1.255.10 proto bird metric 32 \	nexthop via A dev eth0 weight 1 \	nexthop via B …"
+ * (or "… via A dev eth0 …" for one next hop). Other prefixes are skipped; a deleted route has none.
+ */
+export function parseRouteEvents(text: string, vip: string): RouteEvent[] {
+  const events: RouteEvent[] = [];
+  for (const line of text.split("\n")) {
+    const m = /^\[(\d{4}-\d\d-\d\dT[\d:.]+)\]\s+(Deleted\s+)?(?:(?:unicast|unreachable|blackhole|prohibit)\s+)?(\S+)\s(.*)$/.exec(line);
+    if (!m || (m[3] !== vip && m[3] !== `${vip}/32`)) continue;
+    const t = Date.parse(`${m[1]}Z`);
+    if (Number.isNaN(t)) continue;
+    const announced = m[2] ? [] : [...m[4].matchAll(/via (\d+\.\d+\.\d+\.\d+)/g)].map((x) => x[1]).sort();
+    events.push({ t, announced });
+  }
+  return events;
 }

@@ -12,10 +12,11 @@ import { figures, formatFigures, recordFigure } from "../figures.js";
 
 export const NODE_CUT = "4 node cut from etcd";
 /**
- * Longer than the node's `staleAfter` (10 s default), so the cut node also goes to local fallback, and
- * than gRPC keepalive (10 s + 5 s timeout), the only thing that notices a silent watch stream.
+ * Longer than the node's `staleAfter` (10 s default) plus the lease TTL (3 s here) a node that cannot
+ * read etcd does not count into the heartbeat's age (issue 19), so the cut node also goes to local
+ * fallback, and than gRPC keepalive (10 s + 5 s timeout), the only thing that notices a silent watch stream.
  */
-const CUT_MS = 16_000;
+const CUT_MS = 19_000;
 const CONVERGE_BOUND_MS = 15_000;
 const PROBE_BACKEND = "cut-probe";
 
