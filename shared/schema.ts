@@ -434,7 +434,7 @@ export const nodeConfigSchema = z
          * owners, and only entries whose backend differs from the table's pick go to every node
          * (docs/keys.md). The same on every node of a cluster.
          */
-        replication: z.enum(["mesh", "exception"]).default("mesh"),
+        replication: z.enum(["mesh", "exception"]).default("exception"),
       })
       .strict()
       .prefault({}),

@@ -64,7 +64,7 @@ export interface ScaleRow {
   notes: string[];
 }
 
-interface Agent {
+export interface Agent {
   child: ChildProcess;
   ids: string[];
   call(msg: Record<string, unknown>, timeoutMs?: number): Promise<Record<string, unknown>>;
@@ -72,7 +72,7 @@ interface Agent {
 
 const agentFile = fileURLToPath(new URL("./agents/scale-nodes.js", import.meta.url));
 
-function startAgent(logDir: string, name: string, spec: unknown, ids: string[]): Promise<Agent> {
+export function startAgent(logDir: string, name: string, spec: unknown, ids: string[]): Promise<Agent> {
   const out = openSync(join(logDir, `${name}.log`), "a");
   const child = fork(agentFile, [JSON.stringify(spec)], { stdio: ["ignore", out, out, "ipc"], execArgv: ["--max-old-space-size=4096"] });
   let seq = 0;
