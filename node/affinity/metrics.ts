@@ -60,7 +60,7 @@ export class AffinityMetrics {
     scalar("ballast_affinity_clamped_entries_total", "Affinity entries whose times were later than now + clock skew allowance (clamped).", () => table.clampedEntries);
     collectedCounter({
       name: "ballast_affinity_merges_total",
-      help: "Entries from other nodes by merge result: new, same (refresh), won (replaced a different local entry), lost (local entry kept), stale (past TTL).",
+      help: "Entries from other nodes by merge result: new, same (refresh), won (replaced a different local entry), lost (local entry kept), stale (past TTL), superseded (a shard owner's entry for a lost backend replaced by the client's later move: replication exception).",
       labelNames: ["result"],
       registry: r,
       read: (emit) => {
@@ -70,6 +70,7 @@ export class AffinityMetrics {
         emit({ result: "won" }, m.won);
         emit({ result: "lost" }, m.lost);
         emit({ result: "stale" }, m.stale);
+        emit({ result: "superseded" }, m.superseded);
       },
     });
     this.replicationLag = new client.Histogram({

@@ -98,7 +98,8 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   /** Null in standalone mode: one node, nothing to share. */
   readonly replicator: Replicator | null;
   readonly metrics: AffinityMetrics;
-  readonly merges = { new: 0, same: 0, won: 0, lost: 0, stale: 0 };
+  /** superseded: records that lost to a binding whose backend is lost, taken as the client's move (replication "exception"). */
+  readonly merges = { new: 0, same: 0, won: 0, lost: 0, stale: 0, superseded: 0 };
   batchesReceived = 0;
   invalidBatches = 0;
   /** Tuples skipped as malformed, or naming a backend the service does not have. */
@@ -304,12 +305,22 @@ export class AffinityTable implements AffinityHook, AffinitySink {
    * Whether every node must hold this entry: its backend is not what the service's table picks for
    * the client, or the service's pick is not the same on every node (a zone plan, a flow hash, a
    * kernel-forwarded service hashing in nftables), so only an entry everywhere keeps the client.
+   * During the hold after a table change also when the previous table picks otherwise: nodes without
+   * an entry route by that table then (a client of a backend that left and came back, who did not
+   * return meanwhile, would otherwise go to the previous table's pick for the hold, and that node
+   * would keep it there).
    */
   private exceptionOf(t: ServiceTable, slot: number): boolean {
     const svc = this.ctx.snapshot()?.services.get(t.name);
     if (svc === undefined || !sameEverywhere(svc)) return true;
-    const pick = svc.picker.peek(hashString(this.entries.ip(slot)), null);
-    return pick === null || pick.id !== this.entries.backendName(slot);
+    const h = hashString(this.entries.ip(slot));
+    const backend = this.entries.backendName(slot);
+    const pick = svc.picker.peek(h, null);
+    if (pick === null || pick.id !== backend) return true;
+    const c = this.changes.get(t.name);
+    if (c === undefined || c.previous === null || c.picker !== svc.picker || Date.now() >= c.holdUntil) return false;
+    const prev = c.previous.peek(h, null);
+    return prev !== null && prev.id !== backend;
   }
 
   /** The node records changed: take up the shards this node now owns, let go of the others. */
@@ -534,16 +545,39 @@ export class AffinityTable implements AffinityHook, AffinitySink {
           m.won++;
           break;
         case Merge.Lost: {
+          const slot = e.find(t, x.ip);
+          if (b.record && this.supersede(svc, t, slot, x.backend, x.creator, created, lastUsed)) {
+            m.superseded++;
+            break;
+          }
           m.lost++;
           // The sender holds a binding that loses everywhere (it had not seen ours): tell it, unless
           // ours is in flight anyway (created or refreshed within the last two batch intervals).
-          const slot = e.find(t, x.ip);
           if (now - e.written(slot) >= 2 * this.ctx.config.batchInterval) this.replicator?.enqueue(t, slot);
           break;
         }
       }
     }
     return end - start;
+  }
+
+  /**
+   * Replication "exception", a shard owner merging a record that lost to the entry it holds: a node
+   * that held no entry for the client (it is no owner, and the entry was no exception) routed it by
+   * the table and recorded a first binding, which loses to the older one. When the older binding's
+   * backend is lost (gone, down, disabled) and the record is a later use of a backend that takes the
+   * client, the client has moved, exactly as a look-up here would have moved it: the owner records
+   * that move as the next generation (the same on both owners: same backend, creator and times), so
+   * that when the old backend returns its exception keeps the client where it went (moved once).
+   */
+  private supersede(svc: ServiceState, t: ServiceTable, slot: number, backend: string, creator: string, created: number, lastUsed: number): boolean {
+    const e = this.entries;
+    if (slot < 0 || svc.sticky.has(e.backendName(slot)) || !svc.sticky.has(backend) || lastUsed <= e.lastUsed(slot)) return false;
+    e.setBinding(slot, e.names.intern(backend), e.names.intern(creator), e.gen(slot) + 1, created, lastUsed);
+    // Both owners make this binding: each writes it (to its shard, and as an exception where it
+    // differs from the table's pick), and every node that merges both sees one binding.
+    this.replicator?.enqueue(t, slot);
+    return true;
   }
 
   // ---- lifecycle ---------------------------------------------------------------------------------

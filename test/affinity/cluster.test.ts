@@ -1,4 +1,4 @@
-// Affinity shared by the cluster, against a real etcd and three in-process nodes: clients keep their
+// Affinity shared by the cluster with replication "mesh", against a real etcd and three in-process nodes: clients keep their
 // backend after the backend set changed and the node that made their entry died; entries expire from
 // every table and from etcd; a lost backend's clients move once and stay; concurrent creation
 // converges; the cap evicts; UDP flows stick too.
@@ -30,7 +30,15 @@ function freshCluster() {
       etcd.put(`${p}services/${s}`, JSON.stringify({ listen: "127.0.0.1:0", health: { type: "none" }, affinity: { mode: "source-ip", ttl: "30s" }, ...extra })),
     putBackend: (s: string, id: string, port: number, extra: Record<string, unknown> = {}) =>
       etcd.put(`${p}backends/${s}/${id}`, JSON.stringify({ address: "127.0.0.1", port, ...extra })),
-    config: (id: string, extra: Record<string, unknown> = {}) => ({ node: { id }, cluster: name, etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 }, ...extra }),
+    // Replication "mesh" (every node holds every entry), which these tests count on; the default
+    // ("exception") has its own tests in exception.test.ts.
+    config: (id: string, extra: { affinity?: Record<string, unknown> } & Record<string, unknown> = {}) => ({
+      node: { id },
+      cluster: name,
+      etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 },
+      ...extra,
+      affinity: { replication: "mesh", ...extra.affinity },
+    }),
     affinityKeys: async () => (await etcd.etcdctl("get", "--prefix", "--keys-only", `${p}affinity/`)).split("\n").filter((l) => l !== ""),
   };
 }

@@ -4,6 +4,7 @@
 // owners write the exceptions); overridden picks reach every node; malformed record keys are skipped.
 import { describe, expect, it } from "vitest";
 import { ownedShards, recordsPrefix, shardOf } from "../../node/affinity/shards.js";
+import { holdMs } from "../../node/affinity/table.js";
 import { hashString } from "../../node/lb/hash.js";
 import type { ServiceState, Target } from "../../node/model/snapshot.js";
 import type { BallastNode } from "../../node/node.js";
@@ -152,6 +153,58 @@ describe("affinity replication: exception", () => {
     expect(other).not.toBe(pick);
     for (const n of nodes) await waitFor(() => entryBackend(n, "web", ip) === other, { message: `${n.id} has the overridden pick` });
     for (const n of nodes.slice(1)) expect(route(n, "web", ip)).toBe(other);
+  });
+
+  it("a backend that goes down: its clients move once and stay on their new backend from every node, also after it returns and the hold ended", async () => {
+    const c = freshCluster();
+    await c.putService("web");
+    for (const id of ["a", "b", "c"]) await c.putBackend("web", id, 10000 + id.charCodeAt(0));
+    const rev = await etcd.revision();
+    const ids = ["na", "nb", "nc", "nd"];
+    const nodes = await Promise.all(ids.map((id) => startNode(c.config(id))));
+    const [na, nb] = nodes;
+    await applied(nodes, rev);
+    await shardsSettled(nodes, ids);
+    const clients = ips(300, "10.70");
+    const first = new Map(clients.map((ip) => [ip, route(na, "web", ip)!]));
+    // Clients of a: most come back while a is down (they move), ten do not (their entries name a).
+    const onA = clients.filter((ip) => first.get(ip) === "a").slice(10);
+    const away = clients.filter((ip) => first.get(ip) === "a").slice(0, 10);
+    expect(onA.length).toBeGreaterThan(30);
+    // Every client's record reached its shard's owners.
+    for (const n of nodes.slice(1)) {
+      const owned = new Set(n.affinity.ownedShards);
+      await waitFor(() => clients.filter((ip) => owned.has(shardOf(ip))).every((ip) => entryBackend(n, "web", ip) === first.get(ip)), { message: `${n.id} holds its shards' records` });
+    }
+
+    const down = await etcd.put(`${c.prefix}backends/web/a`, JSON.stringify({ address: "127.0.0.1", port: 10000 + 97, state: "disabled" }));
+    await applied(nodes, down);
+    // The clients come back through node B (which saw none of them): they move off a, once.
+    const moved = new Map(onA.map((ip) => [ip, route(nb, "web", ip)!]));
+    for (const b of moved.values()) expect(b).not.toBe("a");
+    for (const ip of clients) if (!onA.includes(ip) && !away.includes(ip)) expect(route(nb, "web", ip), `${ip} keeps its backend`).toBe(first.get(ip));
+    // B's new bindings are records (the new table picks them): they reach the shards' owners.
+    for (const n of nodes) {
+      const owned = new Set(n.affinity.ownedShards);
+      await waitFor(() => onA.filter((ip) => owned.has(shardOf(ip))).every((ip) => entryBackend(n, "web", ip) === moved.get(ip)), { message: `${n.id} merges the new picks of its shards` });
+    }
+
+    // a returns: the table picks a again for those clients; the owners write exceptions keeping them where they moved.
+    const back = await etcd.put(`${c.prefix}backends/web/a`, JSON.stringify({ address: "127.0.0.1", port: 10000 + 97, state: "active" }));
+    await applied(nodes, back);
+    const heldUntil = Date.now() + holdMs(na.config.affinity.batchInterval);
+    // Until the owners' exceptions arrive, a node routes by what it holds: na, which saw these clients
+    // but owns only some of their shards, still holds their first binding (docs/keys.md: the bound).
+    for (const n of nodes) await waitFor(() => onA.every((ip) => entryBackend(n, "web", ip) === moved.get(ip)), { message: `${n.id} has the exceptions of the clients that moved off a` });
+    for (const n of nodes) for (const ip of onA) expect(route(n, "web", ip), `${ip} through ${n.id} once the exceptions arrived`).toBe(moved.get(ip));
+    // The clients that stayed away are back on a: during the hold, nodes without an entry would route
+    // them by the previous table (not a), so the owners send their entries to every node too.
+    for (const n of nodes) await waitFor(() => away.every((ip) => entryBackend(n, "web", ip) === "a"), { message: `${n.id} holds the entries of a's clients that stayed away` });
+    for (const n of nodes) for (const ip of away) expect(route(n, "web", ip), `${ip} (stayed away) through ${n.id}`).toBe("a");
+    // After the hold, only the entries keep them (a node with no entry would route by the table: a).
+    await waitFor(() => Date.now() > heldUntil, { timeoutMs: 30_000, message: "the hold ends" });
+    for (const n of nodes) for (const ip of onA) expect(route(n, "web", ip), `${ip} through ${n.id} after the hold`).toBe(moved.get(ip));
+    for (const n of nodes) for (const ip of clients) if (!onA.includes(ip)) expect(route(n, "web", ip), `${ip} through ${n.id}: its first backend`).toBe(first.get(ip));
   });
 
   it("a service whose pick is not the same on every node (flow hash) still sends every entry to every node, and no records", async () => {
