@@ -125,6 +125,8 @@ export class AffinityTable implements AffinityHook, AffinitySink {
   /** Replication "exception" (else null): shards this node owns and their syncs. */
   private readonly shards: Map<number, SyncHandle> | null;
   private readonly changes = new Map<string, TableChange>();
+  /** Replication "exception": whether the applied snapshot has a service whose records are sharded. */
+  private sharding = false;
   private scanning: { tables: Set<string>; next: number } | null = null;
   /** Routed by the previous table during a hold (replication "exception"). */
   held = 0;
@@ -333,7 +335,10 @@ export class AffinityTable implements AffinityHook, AffinitySink {
       if (n.ready || n.id === this.ctx.id) ids.push(n.id);
     }
     // Before its own record is in, a node owns nothing: it would otherwise list every shard at once.
-    const owned = registered ? ownedShards(this.ctx.id, ids) : new Set<number>();
+    // Nor while no service shards its records (no source-ip affinity on a table that is the same on
+    // every node): a cluster without such a service keeps no shard watches and never touches the
+    // records prefix (an etcd role limited to the cluster prefix keeps working).
+    const owned = registered && this.sharding ? ownedShards(this.ctx.id, ids) : new Set<number>();
     for (const [shard, handle] of this.shards) {
       if (owned.has(shard)) continue;
       this.shards.delete(shard);
@@ -384,6 +389,12 @@ export class AffinityTable implements AffinityHook, AffinitySink {
     if (this.ctx.config.replication !== "exception" || this.stopped) return;
     const now = Date.now();
     const changed = new Set<string>();
+    let sharding = false;
+    for (const svc of snap.services.values()) if (svc.spec.affinity.mode === "source-ip" && sameEverywhere(svc)) sharding = true;
+    if (sharding !== this.sharding) {
+      this.sharding = sharding;
+      this.membershipChanged();
+    }
     for (const svc of snap.services.values()) {
       if (svc.spec.affinity.mode !== "source-ip" || !sameEverywhere(svc)) {
         this.changes.delete(svc.name);

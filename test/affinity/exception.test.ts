@@ -207,14 +207,15 @@ describe("affinity replication: exception", () => {
     for (const n of nodes) for (const ip of clients) if (!onA.includes(ip)) expect(route(n, "web", ip), `${ip} through ${n.id}: its first backend`).toBe(first.get(ip));
   });
 
-  it("a service whose pick is not the same on every node (flow hash) still sends every entry to every node, and no records", async () => {
+  it("a service whose pick is not the same on every node (flow hash) still sends every entry to every node, no records, and no shard watches", async () => {
     const c = freshCluster();
     await c.putService("flow", { algorithm: "maglev" });
     await c.putBackend("flow", "a", 10001);
     const rev = await c.putBackend("flow", "b", 10002);
     const nodes = await Promise.all(["m1", "m2", "m3"].map((id) => startNode(c.config(id))));
     await applied(nodes, rev);
-    await shardsSettled(nodes, ["m1", "m2", "m3"]);
+    // No service shards its records: no node keeps shard watches.
+    for (const n of nodes) expect(n.affinity.ownedShards).toEqual([]);
     const clients = ips(30, "10.60");
     for (const ip of clients) route(nodes[0], "flow", ip);
     for (const n of nodes) await waitFor(() => (n.affinity.entries.table("flow")?.size ?? 0) === clients.length, { message: `${n.id} holds every entry` });
