@@ -126,6 +126,7 @@ export class BallastNode {
     this.affinity = new AffinityTable({
       id: this.id,
       config: c.affinity,
+      leaseTtlS: c.etcd?.leaseTtl,
       keys: this.keys,
       log: this.log,
       registry: this.metrics.registry,

@@ -71,6 +71,8 @@ export interface AffinityContext {
   readonly store: Store | null;
   /** The applied snapshot (null before the first): which services have affinity and their TTLs. */
   snapshot(): Snapshot | null;
+  /** The node lease TTL in seconds (how long a dead node's record, and its shards, outlive it). */
+  readonly leaseTtlS?: number;
   /** Replication "exception": the node records (who owns which shard). Absent: this node owns no shard. */
   nodes?(): Iterable<{ readonly id: string; readonly ready: boolean }>;
 }
@@ -78,10 +80,13 @@ export interface AffinityContext {
 /**
  * Replication "exception": after a service's table changed, a client with no entry on this node is
  * routed by the previous table for this long (if that backend still takes new clients), so the shard
- * owners' exceptions for existing clients arrive before the new table decides for them.
+ * owners' exceptions for existing clients arrive before the new table decides for them. At least the
+ * node lease TTL and 2 s more: when both owners of a shard died just before the change, their node
+ * records (and so their ownership) last until their leases expire; only then do new owners list the
+ * shard and write its exceptions, and the hold must still be on.
  */
-export function holdMs(batchInterval: number): number {
-  return 2_000 + 4 * batchInterval;
+export function holdMs(batchInterval: number, leaseTtlS = 0): number {
+  return Math.max(2_000 + 4 * batchInterval, leaseTtlS * 1000 + 2_000);
 }
 /** Slots looked at per event-loop turn when shard owners look for new exceptions after a table change. */
 const SCAN_SLOTS_PER_TURN = 16_384;
@@ -199,22 +204,24 @@ export class AffinityTable implements AffinityHook, AffinitySink {
    * backend until the shard owners' exception for it arrives; a new one gets an entry that is an
    * exception of the new table, which every node then learns.
    */
-  private heldPick(svc: ServiceState, ip: string, now: number): Target | null {
+  private heldPick(svc: ServiceState, ip: string, now: number, count = true): Target | null {
     const c = this.changes.get(svc.name);
     if (c === undefined || c.previous === null || now >= c.holdUntil || c.picker !== svc.picker) return null;
     const prev = c.previous.peek(hashString(ip), null);
     if (prev === null) return null;
     const cur = svc.sticky.get(prev.id);
     if (cur === undefined || !svc.targets.includes(cur)) return null;
-    this.held++;
+    if (count) this.held++;
     return cur;
   }
 
+  /** lookup() without its counters or side effects (route explain): the same answer a connection would get. */
   peek(svc: ServiceState, ip: string, now: number): Target | null {
     const e = this.entries;
     const t = e.table(svc.name);
     const slot = t === undefined ? -1 : e.find(t, ip);
-    if (slot < 0 || now - e.lastUsed(slot) >= svc.spec.affinity.ttl * GRACE_FACTOR) return null;
+    if (slot < 0) return this.changes.size === 0 ? null : this.heldPick(svc, ip, now, false);
+    if (now - e.lastUsed(slot) >= svc.spec.affinity.ttl * GRACE_FACTOR) return null;
     return svc.sticky.get(e.backendName(slot)) ?? null;
   }
 
@@ -406,7 +413,10 @@ export class AffinityTable implements AffinityHook, AffinitySink {
         continue;
       }
       if (c.picker === svc.picker) continue;
-      this.changes.set(svc.name, { picker: svc.picker, previous: c.picker, holdUntil: now + holdMs(this.ctx.config.batchInterval) });
+      // A change during a hold (a slow-start step, a verdict flipping back) keeps the table from before
+      // the hold: clients without an entry followed that one, and have no exception for any other.
+      const previous = c.previous !== null && now < c.holdUntil ? c.previous : c.picker;
+      this.changes.set(svc.name, { picker: svc.picker, previous, holdUntil: now + holdMs(this.ctx.config.batchInterval, this.ctx.leaseTtlS) });
       changed.add(svc.name);
     }
     for (const name of this.changes.keys()) if (!snap.services.has(name)) this.changes.delete(name);

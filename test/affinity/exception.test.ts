@@ -7,12 +7,14 @@ import { ownedShards, recordsPrefix, shardOf } from "../../node/affinity/shards.
 import { holdMs } from "../../node/affinity/table.js";
 import { hashString } from "../../node/lb/hash.js";
 import type { ServiceState, Target } from "../../node/model/snapshot.js";
+import { explainRoute } from "../../node/state.js";
+import type { RouteAnswer } from "../../shared/api.js";
 import type { BallastNode } from "../../node/node.js";
 import { KeySchema } from "../../shared/keys.js";
 import { encodeBatch } from "../../node/affinity/batch.js";
 import { startTcpEcho, tcpExchange } from "../helpers/backends.js";
 import type { EtcdProcess } from "../helpers/etcd.js";
-import { portOf, startNode } from "../helpers/node.js";
+import { getJson, portOf, spawnNode, startNode } from "../helpers/node.js";
 import { useSharedEtcd } from "../helpers/suite.js";
 import { waitFor } from "../helpers/wait.js";
 
@@ -32,7 +34,7 @@ function freshCluster() {
     putService: (s: string, extra: Record<string, unknown> = {}) =>
       etcd.put(`${p}services/${s}`, JSON.stringify({ listen: "127.0.0.1:0", health: { type: "none" }, affinity: { mode: "source-ip", ttl: "30s" }, ...extra })),
     putBackend: (s: string, id: string, port: number) => etcd.put(`${p}backends/${s}/${id}`, JSON.stringify({ address: "127.0.0.1", port })),
-    config: (id: string) => ({ node: { id }, cluster: name, etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 }, affinity: { replication: "exception" } }),
+    config: (id: string, leaseTtl = 2) => ({ node: { id }, cluster: name, etcd: { endpoints: [etcd.endpoint], leaseTtl }, affinity: { replication: "exception" } }),
   };
 }
 
@@ -179,6 +181,7 @@ describe("affinity replication: exception", () => {
 
     const down = await etcd.put(`${c.prefix}backends/web/a`, JSON.stringify({ address: "127.0.0.1", port: 10000 + 97, state: "disabled" }));
     await applied(nodes, down);
+    const downHeldUntil = Date.now() + holdMs(na.config.affinity.batchInterval, na.config.etcd?.leaseTtl);
     // The clients come back through node B (which saw none of them): they move off a, once.
     const moved = new Map(onA.map((ip) => [ip, route(nb, "web", ip)!]));
     for (const b of moved.values()) expect(b).not.toBe("a");
@@ -189,10 +192,14 @@ describe("affinity replication: exception", () => {
       await waitFor(() => onA.filter((ip) => owned.has(shardOf(ip))).every((ip) => entryBackend(n, "web", ip) === moved.get(ip)), { message: `${n.id} merges the new picks of its shards` });
     }
 
-    // a returns: the table picks a again for those clients; the owners write exceptions keeping them where they moved.
+    // a returns once that hold is over (within it, the hold would still route by the table from
+    // before a left): the table picks a again for those clients; the owners write exceptions keeping
+    // them where they moved, and for the clients that stayed away (the hold now routes by the table
+    // without a).
+    await waitFor(() => Date.now() > downHeldUntil, { timeoutMs: 30_000, message: "the hold after a left ends" });
     const back = await etcd.put(`${c.prefix}backends/web/a`, JSON.stringify({ address: "127.0.0.1", port: 10000 + 97, state: "active" }));
     await applied(nodes, back);
-    const heldUntil = Date.now() + holdMs(na.config.affinity.batchInterval);
+    const heldUntil = Date.now() + holdMs(na.config.affinity.batchInterval, na.config.etcd?.leaseTtl);
     // Until the owners' exceptions arrive, a node routes by what it holds: na, which saw these clients
     // but owns only some of their shards, still holds their first binding (docs/keys.md: the bound).
     for (const n of nodes) await waitFor(() => onA.every((ip) => entryBackend(n, "web", ip) === moved.get(ip)), { message: `${n.id} has the exceptions of the clients that moved off a` });
@@ -200,12 +207,91 @@ describe("affinity replication: exception", () => {
     // The clients that stayed away are back on a: during the hold, nodes without an entry would route
     // them by the previous table (not a), so the owners send their entries to every node too.
     for (const n of nodes) await waitFor(() => away.every((ip) => entryBackend(n, "web", ip) === "a"), { message: `${n.id} holds the entries of a's clients that stayed away` });
-    for (const n of nodes) for (const ip of away) expect(route(n, "web", ip), `${ip} (stayed away) through ${n.id}`).toBe("a");
+    for (const n of nodes) for (const ip of away) expect((explainRoute(n, "web", ip, 0).body as RouteAnswer).backend?.id, `${ip} (stayed away) through ${n.id}`).toBe("a");
     // After the hold, only the entries keep them (a node with no entry would route by the table: a).
     await waitFor(() => Date.now() > heldUntil, { timeoutMs: 30_000, message: "the hold ends" });
     for (const n of nodes) for (const ip of onA) expect(route(n, "web", ip), `${ip} through ${n.id} after the hold`).toBe(moved.get(ip));
     for (const n of nodes) for (const ip of clients) if (!onA.includes(ip)) expect(route(n, "web", ip), `${ip} through ${n.id}: its first backend`).toBe(first.get(ip));
   });
+
+  it("a backend that leaves and returns within the hold: clients that did not come meanwhile stay on it from every node", async () => {
+    const c = freshCluster();
+    await c.putService("web");
+    for (const id of ["a", "b", "c"]) await c.putBackend("web", id, 10000 + id.charCodeAt(0));
+    const rev = await etcd.revision();
+    const ids = ["na", "nb", "nc"];
+    const nodes = await Promise.all(ids.map((id) => startNode(c.config(id))));
+    const [na] = nodes;
+    await applied(nodes, rev);
+    await shardsSettled(nodes, ids);
+    const onA = ips(300, "10.90").filter((ip) => route(na, "web", ip) === "a");
+    expect(onA.length).toBeGreaterThan(30);
+    // a flaps: down, then up again before the first change's hold is over (a verdict flipping back).
+    const down = await etcd.put(`${c.prefix}backends/web/a`, JSON.stringify({ address: "127.0.0.1", port: 10097, state: "disabled" }));
+    await applied(nodes, down);
+    const back = await etcd.put(`${c.prefix}backends/web/a`, JSON.stringify({ address: "127.0.0.1", port: 10097, state: "active" }));
+    await applied(nodes, back);
+    // The hold routes by the table from before a left (not the one without a, which lasted a moment).
+    for (const n of nodes) for (const ip of onA) expect((explainRoute(n, "web", ip, 0).body as RouteAnswer).backend?.id, `${ip} through ${n.id}`).toBe("a");
+  });
+
+  it("both owners of a shard crash just before a table change: the hold outlasts their records, and the new owners' exceptions keep the clients", async () => {
+    const c = freshCluster();
+    // The default lease TTL (5 s): a crashed node's record, and so its shards, stay that long.
+    const leaseTtl = 5;
+    await c.putService("web");
+    await c.putBackend("web", "a", 10001);
+    const rev = await c.putBackend("web", "b", 10002);
+    const ids = ["k1", "k2", "n3", "n4"];
+    // The two owners run as processes of their own, to be killed (SIGKILL: their leases stay until TTL).
+    const [k1, k2] = await Promise.all(["k1", "k2"].map((id) => spawnNode(c.config(id, leaseTtl))));
+    const [n3, n4] = await Promise.all(["n3", "n4"].map((id) => startNode(c.config(id, leaseTtl))));
+    await applied([n3, n4], rev);
+    await shardsSettled([n3, n4], ids);
+    // Clients whose shard k1 and k2 own (neither n3 nor n4), seen by n3.
+    const k1Shards = ownedShards("k1", ids);
+    const both = [...ownedShards("k2", ids)].filter((s) => k1Shards.has(s));
+    expect(both.length).toBeGreaterThan(0);
+    const clients = ips(2000, "10.80").filter((ip) => both.includes(shardOf(ip))).slice(0, 60);
+    expect(clients.length).toBeGreaterThan(20);
+    const first = new Map(clients.map((ip) => [ip, route(n3, "web", ip)!]));
+    for (const k of [k1, k2]) {
+      await waitFor(
+        async () => {
+          const answers = await Promise.all(clients.map((ip) => getJson<RouteAnswer>(k.admin, `/api/route?service=web&client=${ip}`)));
+          return answers.every((r) => r.reason.startsWith("affinity (from node n3,"));
+        },
+        { timeoutMs: 15_000, message: "the owners hold n3's records" },
+      );
+    }
+
+    k1.kill("SIGKILL");
+    k2.kill("SIGKILL");
+    await Promise.all([k1.exited, k2.exited]);
+    const added = await c.putBackend("web", "c", 10003);
+    await applied([n3, n4], added);
+    const changedAt = Date.now();
+    const moved = clients.filter((ip) => maglevPick(n4, "web", ip) !== first.get(ip));
+    expect(moved.length).toBeGreaterThan(0);
+    // n4 saw none of them and owned none of their shards. Until it holds their exceptions (its own
+    // list of the shards once k1's and k2's records expire, or the other new owner's exceptions), it
+    // routes them by the hold; explain decides as a connection would, without recording an entry.
+    const wrong: string[] = [];
+    let polls = 0;
+    for (;;) {
+      for (const ip of moved) {
+        const r = explainRoute(n4, "web", ip, 0).body as RouteAnswer;
+        if (r.backend?.id !== first.get(ip)) wrong.push(`${ip} at ${Date.now() - changedAt} ms: ${r.backend?.id} (${r.reason})`);
+      }
+      polls++;
+      if (moved.every((ip) => entryBackend(n4, "web", ip) === first.get(ip)) || Date.now() - changedAt > 20_000) break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(wrong.slice(0, 5), `n4's answers off the clients' backends (${polls} polls)`).toEqual([]);
+    expect(moved.every((ip) => entryBackend(n4, "web", ip) === first.get(ip)), "n4 holds the moved clients' entries").toBe(true);
+    // Polled past the point where the old hold (2 s + 4 x batchInterval) had ended before the records expired.
+    expect(Date.now() - changedAt).toBeGreaterThan(holdMs(n4.config.affinity.batchInterval));
+  }, 60_000);
 
   it("a service whose pick is not the same on every node (flow hash) still sends every entry to every node, no records, and no shard watches", async () => {
     const c = freshCluster();
