@@ -126,6 +126,7 @@ export async function runSoak(o: SoakOptions, log: (s: string) => void): Promise
   let etcdProc: EtcdProcess | null = null;
   const agents: Agent[] = [];
   const backends = [new FlappingBackend(), new FlappingBackend(), new FlappingBackend()];
+  let stop = false;
   try {
     etcdProc = await startEtcd({ extraArgs: COMPACTION_ARGS });
     const etcd = new Etcd(etcdProc.endpoint, null as unknown as Proc);
@@ -141,7 +142,14 @@ export async function runSoak(o: SoakOptions, log: (s: string) => void): Promise
     for (let i = 0; i < o.nodes; i++) {
       const id = `soak-${i + 1}`;
       // Each node binds the service's listener on a loopback address of its own (no traffic goes to it).
-      agents.push(await startAgent(join(runDir, "logs"), id, { etcd: etcdProc.endpoint, cluster, nodes: [{ id, bind: `127.2.0.${i + 1}` }] }, [id]));
+      const agent = await startAgent(join(runDir, "logs"), id, { etcd: etcdProc.endpoint, cluster, nodes: [{ id, bind: `127.2.0.${i + 1}` }] }, [id]);
+      // A send to an agent that exited fails its call (the call's own error); without this listener
+      // the ChildProcess 'error' event would end the whole soak.
+      agent.child.on("error", (err) => log(`soak: ${id}: ${err.message}`));
+      agent.child.on("exit", (code, signal) => {
+        if (!stop) log(`soak: ${id} exited (${code ?? signal}) before the end; see its log`);
+      });
+      agents.push(agent);
     }
     await Promise.all(agents.map((a) => a.call({ op: "start" }, 300_000)));
     const settleEnd = Date.now() + 120_000;
@@ -158,7 +166,6 @@ export async function runSoak(o: SoakOptions, log: (s: string) => void): Promise
     let next = 0;
     const t0 = Date.now();
     const endAt = t0 + o.minutes * 60_000;
-    let stop = false;
     let routeErrors = 0;
     const traffic = (async () => {
       for (let tick = 0; !stop; tick++) {
@@ -201,7 +208,7 @@ export async function runSoak(o: SoakOptions, log: (s: string) => void): Promise
     const sample = async (minute: number) => {
       const m = await etcdMetrics(etcdProc!.endpoint);
       const rev = await etcdProc!.revision();
-      const stats = await Promise.all(agents.map((a) => a.call({ op: "stats" }, 30_000)));
+      const stats = (await Promise.all(agents.map((a) => a.call({ op: "stats" }, 30_000).catch(() => null)))).filter((x) => x !== null);
       const entries = stats.map((s) => s.affinityEntries as number);
       const v = (await etcd.range(`/ballast/${cluster}/health/verdicts/web/b3`)).kvs[0];
       const state = v ? String((unpack(v.value) as { state?: string }).state) : "none";
@@ -217,7 +224,7 @@ export async function runSoak(o: SoakOptions, log: (s: string) => void): Promise
         entriesPerNodeMean: entries.reduce((t, x) => t + x, 0) / entries.length,
         entriesPerNodeMax: Math.max(...entries),
         clientsSoFar: next,
-        notShared: stats.filter((x) => (x.modes as Record<string, number>).shared !== 1).length,
+        notShared: stats.filter((x) => (x.modes as Record<string, number>).shared !== 1).length + (agents.length - stats.length),
         flapVerdict: state,
       };
       lastRev = rev;
@@ -269,6 +276,7 @@ export async function runSoak(o: SoakOptions, log: (s: string) => void): Promise
     log(`soak: results in ${runDir}`);
     return result;
   } finally {
+    stop = true;
     await Promise.all(agents.map((a) => a.call({ op: "stop" }, 20_000).catch(() => a.child.kill("SIGKILL"))));
     for (const b of backends) await b.close();
     await etcdProc?.stop();
