@@ -439,6 +439,8 @@ export class BallastNode {
       const lease = await this.store.grantLease(this.config.etcd?.leaseTtl ?? 5, true);
       this.lease = lease;
       this.lastRegistered = "";
+      // Once per lease too: a member record deleted meanwhile (etcd restored from a backup) comes back.
+      this.memberWritten = false;
       lease.onLost((reason) => {
         this.log.warn({ reason }, "node lease lost; registering again");
         if (this.lease === lease) this.lease = null;
