@@ -23,6 +23,7 @@ import { createLogger } from "./log.js";
 // starts faster without it (`ballast status` at 100 nodes: issue 19).
 import type { BallastNode } from "./node.js";
 import { registerRolloutCommands } from "./rollout/commands.js";
+import { readDrains } from "./rollout/guard.js";
 import { readMembers } from "./rollout/members.js";
 
 class CliError extends Error {}
@@ -440,10 +441,13 @@ export function buildCli(): Command {
         if (dnsNode) dnsState = (await fetchJson<StateView>(`http://${dnsNode.n.admin}/api/state`, trustedToken(dnsNode.n)).catch(() => undefined))?.dns ?? null;
         const rollout = first?.rollout ?? null;
         // Members are read from etcd here, not from a node: a cluster whose nodes are all down still shows them.
-        const members = await readMembers(store, keys);
-        const down = membersDown(members.members, new Set(nodes.map((n) => n.id)), new Set(rollout?.drains ?? []));
+        const [members, drained] = await Promise.all([readMembers(store, keys), readDrains(store, keys)]);
+        const down = membersDown(members.members, new Set(nodes.map((n) => n.id)), new Set(drained));
+        // A bad member record is listed as the nodes list it (when one answered) or as read here.
+        const listed = new Set((first?.invalid ?? []).map((r) => r.key));
+        const badMembers = members.invalid.filter((r) => !listed.has(r.key));
         if (opts.output === "json") {
-          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: [...(first?.invalid ?? []), ...badNodes], health: first?.health ?? null, dns: dnsState, rollout, members: { count: members.members.length, down } });
+          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: [...(first?.invalid ?? []), ...badNodes, ...badMembers], health: first?.health ?? null, dns: dnsState, rollout, members: { count: members.members.length, down } });
           return;
         }
         process.stdout.write("NODES\n");
@@ -482,7 +486,7 @@ export function buildCli(): Command {
           print(opts, dnsRows(dnsState));
         }
         const known = new Set((first?.invalid ?? []).map((r) => r.key));
-        const invalid = [...(first?.invalid ?? []), ...badNodes.filter((r) => !known.has(r.key)).map((r) => ({ ...r, keptLastGood: false }))];
+        const invalid = [...(first?.invalid ?? []), ...[...badNodes, ...badMembers].filter((r) => !known.has(r.key)).map((r) => ({ ...r, keptLastGood: false }))];
         process.stdout.write("\nINVALID RECORDS\n");
         print(opts, invalid.map((r) => ({ key: r.key, reason: r.reason, keptLastGood: r.keptLastGood ?? false })));
         if (nodes.length === 0) process.stdout.write("\n(no node is registered: are nodes running with this --cluster?)\n");

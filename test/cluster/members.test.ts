@@ -1,7 +1,7 @@
 // Membership (issue 17: "at most maxUnavailable nodes drained or down") against real etcd and three
 // real node processes (dist/: `npm run build` first): a SIGKILLed node, once its leased record is
 // gone, is still a member; a second drain is refused naming it and saying how to forget it, `ballast
-// status` and /api/state list it down, `node forget` is refused for a live node and then removes the
+// status` and /api/state list it down (and a malformed member record with its key and reason), `node forget` is refused for a live node and then removes the
 // dead one, and the drain proceeds. A rollout refuses to start while a member is down, and once it is
 // back restarts every node (no hook: each exits 75 for its supervisor, this test) with at most one out.
 import { execFile } from "node:child_process";
@@ -92,7 +92,15 @@ class Cluster {
 
   async members(): Promise<string[]> {
     const { kvs } = await store.list(this.keys.members);
-    return kvs.map((kv) => parseMember(kv.key.slice(this.keys.members.length), kv.value).id).sort();
+    const out: string[] = [];
+    for (const kv of kvs) {
+      try {
+        out.push(parseMember(kv.key.slice(this.keys.members.length), kv.value).id);
+      } catch {
+        // the malformed record this test writes on purpose
+      }
+    }
+    return out.sort();
   }
 
   async drains(): Promise<string[]> {
@@ -116,6 +124,8 @@ describe("membership and the drain guard", () => {
       await c.kill("n3");
       await waitFor(async () => !(await c.records()).some((r) => r.id === "n3"), { message: "n3's leased record gone" });
       expect(await c.members()).toEqual(["n1", "n2", "n3"]);
+      // A malformed member record is skipped with its key and reason; the valid ones still count.
+      await etcd.put(c.keys.member("zz"), "not json");
 
       const refused = await c.cli("node", "drain", "n1");
       expect(refused.code, refused.stdout).toBe(1);
@@ -125,11 +135,14 @@ describe("membership and the drain guard", () => {
       const status = await c.cli("status");
       expect(status.code, status.stderr).toBe(0);
       expect(status.stdout).toMatch(/\nDOWN \(members with no live node record[^\n]*\n[^\n]*\n[^\n]*n3 /);
-      const json = JSON.parse((await c.cli("-o", "json", "status")).stdout) as { members: { count: number; down: Array<{ id: string }> } };
+      expect(status.stdout).toMatch(/INVALID RECORDS[\s\S]*members\/zz\s+member record: not JSON/);
+      const json = JSON.parse((await c.cli("-o", "json", "status")).stdout) as { members: { count: number; down: Array<{ id: string }> }; invalid: Array<{ key: string; reason: string }> };
       expect(json.members.count).toBe(3);
       expect(json.members.down.map((m) => m.id)).toEqual(["n3"]);
+      expect(json.invalid.filter((r) => r.key === c.keys.member("zz")).map((r) => r.reason)).toEqual([expect.stringMatching(/^member record: not JSON/)]);
       const st = await getJson<StateView>(c.procs.get("n1")!.admin, "/api/state");
       expect(st.members?.down.map((m) => m.id)).toEqual(["n3"]);
+      expect(st.invalid).toContainEqual(expect.objectContaining({ key: c.keys.member("zz"), reason: expect.stringMatching(/^member record: not JSON/) }));
 
       const live = await c.cli("node", "forget", "n2");
       expect(live.code).toBe(1);
