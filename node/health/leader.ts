@@ -278,9 +278,10 @@ class Term {
     if (own === null && target.settings.observers <= 1) return;
     const observers = target.settings.observers > 1 && this.ctx.observersOf ? this.ctx.observersOf(target.service, target.settings.observers) : [this.ctx.id];
     const previous = this.known.get(target.key) ?? null;
-    // A new term's checker is seeded from the written verdicts (refresh), so `own` is known from the
-    // start; with no state of its own and a verdict written, keep that verdict rather than decide on
-    // the observers' votes alone. A failover's same-state rewrites are kept out by verdictChanged.
+    // A new term keeps what is written until its own probes have settled: during a failover the
+    // observers come and go (the dead leader's record lingers for its lease TTL) while this leader has
+    // no state of its own, and deciding then rewrote verdicts without changing them (chaos scenario 2:
+    // 9 writes, no state change). Settling takes rise/fall probes, as it always did for a lone leader.
     if (own === null && previous !== null) return;
     const votes = new Map<string, ReturnType<typeof voteOf>>();
     votes.set(this.ctx.id, leaderVote(own, previous, this.ctx.id));

@@ -140,24 +140,17 @@ export function leaderVote(own: Verdict | null, previous: Verdict | null, id: st
 }
 
 /**
- * Whether a newly decided verdict is worth a write. A verdict records how its current state was
- * decided, so it is rewritten when
- * - its state or partial flag differ (what every node routes by, and which nodes avoid it),
- * - it gains a majority it did not record (quorum `ok` where the written one is `degraded`, or has no
- *   quorum field: written by a leader judging alone, rewritten with votes once observers decide),
- * - an observer has a vote it did not have in the written one (a vote arrived or changed: who decides
- *   now, e.g. an observer that replaced a dead one).
- * Not when votes only went away or a majority only went missing while the state holds: a failover,
- * an observer restarting (no vote until its first rise) or dying. The state stands as a majority
- * decided it; the new leader rewrites nothing (chaos scenario 2 saw 6–9 such rewrites per handover:
- * `degraded` while a restarted observer had no vote yet, then `ok` again when it voted). So `votes`
- * may still show a past observer's vote, and `quorum: ok` a majority that is short of voters now,
- * until the next change that matters; a state decided while short of voters is written `degraded`.
+ * Whether a newly decided verdict is worth a write: its state, partial flag or quorum differ, or an
+ * observer has a vote it did not have in the written one (a vote arrived or changed). A vote that
+ * only went away (an observer died, or a failover made the old leader's vote `none`) is not: a new
+ * leader must not rewrite every verdict (no write storm, no flap), so `votes` may still show a past
+ * observer's vote until the next change that matters.
  */
 export function verdictChanged(a: Verdict | undefined | null, b: Verdict): boolean {
   if (a == null) return true;
-  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false)) return true;
-  if (b.quorum === "ok" && a.quorum !== "ok") return true;
+  // A verdict without a quorum field was written by a leader judging alone (no other ready node then,
+  // or K = 1): it is rewritten, with votes, when observers appear.
+  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false) || a.quorum !== b.quorum) return true;
   const before = a.votes ?? {};
   for (const [id, vote] of Object.entries(b.votes ?? {})) if (vote !== "none" && before[id] !== vote) return true;
   return false;
