@@ -6,6 +6,7 @@ import { parse as parseYaml } from "yaml";
 import type { ApiError, DnsStateView, ForwardingStateView, NodeSummaryView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
 import { type NodeRecord, parseNodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
+import { membersDown } from "../shared/members.js";
 import { RESTART_EXIT_CODE } from "../shared/rollout.js";
 import { formatIssues, type NodeConfig, nodeConfigSchema } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
@@ -22,6 +23,8 @@ import { createLogger } from "./log.js";
 // starts faster without it (`ballast status` at 100 nodes: issue 19).
 import type { BallastNode } from "./node.js";
 import { registerRolloutCommands } from "./rollout/commands.js";
+import { readDrains } from "./rollout/guard.js";
+import { readMembers } from "./rollout/members.js";
 
 class CliError extends Error {}
 
@@ -437,8 +440,14 @@ export function buildCli(): Command {
         const dnsNode = dnsState ? undefined : answered.find((x) => x.s.ok && x.s.summary.dns === true);
         if (dnsNode) dnsState = (await fetchJson<StateView>(`http://${dnsNode.n.admin}/api/state`, trustedToken(dnsNode.n)).catch(() => undefined))?.dns ?? null;
         const rollout = first?.rollout ?? null;
+        // Members are read from etcd here, not from a node: a cluster whose nodes are all down still shows them.
+        const [members, drained] = await Promise.all([readMembers(store, keys), readDrains(store, keys)]);
+        const down = membersDown(members.members, new Set(nodes.map((n) => n.id)), new Set(drained));
+        // A bad member record is listed as the nodes list it (when one answered) or as read here.
+        const listed = new Set((first?.invalid ?? []).map((r) => r.key));
+        const badMembers = members.invalid.filter((r) => !listed.has(r.key));
         if (opts.output === "json") {
-          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: [...(first?.invalid ?? []), ...badNodes], health: first?.health ?? null, dns: dnsState, rollout });
+          print(opts, [], { nodes: nodeRows, services: first?.services ?? [], invalid: [...(first?.invalid ?? []), ...badNodes, ...badMembers], health: first?.health ?? null, dns: dnsState, rollout, members: { count: members.members.length, down } });
           return;
         }
         process.stdout.write("NODES\n");
@@ -450,6 +459,10 @@ export function buildCli(): Command {
         }
         const gone = (rollout?.drains ?? []).filter((d) => !nodes.some((n) => n.id === d));
         if (gone.length > 0) process.stdout.write(`drain keys of nodes not registered (down): ${gone.join(", ")}\n`);
+        if (down.length > 0) {
+          process.stdout.write("\nDOWN (members with no live node record; the drain guard counts them out: start them, or `ballast node forget <id>` one that is gone for good)\n");
+          print(opts, down.map((m) => ({ node: m.id, admin: m.admin, version: m.version, lastStarted: new Date(m.startedAt).toISOString(), firstSeen: new Date(m.firstSeen).toISOString(), drainKey: m.drained ? "yes" : "" })));
+        }
         const svcRows = [];
         const beRows = [];
         for (const s of first?.services ?? []) {
@@ -473,7 +486,7 @@ export function buildCli(): Command {
           print(opts, dnsRows(dnsState));
         }
         const known = new Set((first?.invalid ?? []).map((r) => r.key));
-        const invalid = [...(first?.invalid ?? []), ...badNodes.filter((r) => !known.has(r.key)).map((r) => ({ ...r, keptLastGood: false }))];
+        const invalid = [...(first?.invalid ?? []), ...[...badNodes, ...badMembers].filter((r) => !known.has(r.key)).map((r) => ({ ...r, keptLastGood: false }))];
         process.stdout.write("\nINVALID RECORDS\n");
         print(opts, invalid.map((r) => ({ key: r.key, reason: r.reason, keptLastGood: r.keptLastGood ?? false })));
         if (nodes.length === 0) process.stdout.write("\n(no node is registered: are nodes running with this --cluster?)\n");

@@ -38,6 +38,7 @@ import { registerBackendGauges } from "./backend-metrics.js";
 import { AccessLog, registerAccessLogMetrics } from "./data/access-log.js";
 import { ReloadMetrics, type ReloadResult, reloadNode } from "./reload.js";
 import { NodeDrain } from "./drain.js";
+import { writeMember } from "./rollout/members.js";
 import { WorkerPool } from "./workers/pool.js";
 
 export type { NodeMode };
@@ -445,6 +446,8 @@ export class BallastNode {
     const lease = await this.store.grantLease(ttl, true);
     this.lease = lease;
     this.lastRegistered = "";
+    // Once per lease too: a member record deleted meanwhile (etcd restored from a backup) comes back.
+    this.memberWritten = false;
     this.registrations.registrations++;
     lease.onLost((reason) => {
       // Jittered over half a TTL: after a long etcd outage every node loses its lease at about the
@@ -472,10 +475,18 @@ export class BallastNode {
     const r = this.nodeRecord();
     if (r.ready) this.announced = true;
     const sig = `${r.ready}|${r.draining}|${r.mode}|${r.admin}|${r.drain?.state ?? ""}|${r.drain?.since ?? 0}|${r.unserved?.join(",")}`;
-    if (sig === this.lastRegistered) return;
-    await this.store.put(this.keys.node(this.id), encodeValue({ ...r }), { lease: this.lease.id });
-    this.lastRegistered = sig;
+    if (sig !== this.lastRegistered) {
+      await this.store.put(this.keys.node(this.id), encodeValue({ ...r }), { lease: this.lease.id });
+      this.lastRegistered = sig;
+    }
+    // The member record (unleased, once per process) after the node record: a running node is never
+    // a member without a live record, which the drain guard would count as down.
+    if (!this.memberWritten) {
+      await writeMember(this.store, this.keys, r);
+      this.memberWritten = true;
+    }
   }
+  private memberWritten = false;
 
   /** Re-publishes the node record when readiness or mode changed (called by health and drain). */
   refreshRegistration(): void {

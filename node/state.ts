@@ -3,6 +3,7 @@
 import net from "node:net";
 import type { ApiError, DnsStateView, DrainReport, ForwardingStateView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
 import { clientAddress } from "../shared/ip.js";
+import { membersDown } from "../shared/members.js";
 import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
 import type { AffinityTable } from "./affinity/table.js";
@@ -28,7 +29,7 @@ export interface StateContext {
   readonly mode: NodeMode;
   readonly admin: { readonly address: string };
   readonly metrics: { readonly lastSync: number };
-  readonly reconciler: Pick<Reconciler, "snapshot" | "heartbeat" | "connected" | "lastError" | "appliedRevision" | "nodes" | "dns" | "drains" | "rollout">;
+  readonly reconciler: Pick<Reconciler, "snapshot" | "heartbeat" | "connected" | "lastError" | "appliedRevision" | "nodes" | "dns" | "drains" | "rollout" | "members">;
   readonly drain: { readonly state: DrainReport | null; readonly active: boolean };
   readonly plane: Pick<DataPlane, "listenerOf" | "stats" | "router" | "availabilityExclude" | "draining" | "listenerFailures">;
   readonly keys: { service(name: string): string; readonly dns: string };
@@ -91,6 +92,7 @@ export function describeState(n: StateContext): StateView {
   return {
     node: nodeView(n),
     rollout: { drains: [...n.reconciler.drains.keys()].sort(), state: n.reconciler.rollout },
+    members: { count: n.reconciler.members.size, down: membersDown(n.reconciler.members.values(), new Set(n.reconciler.nodes.keys()), new Set(n.reconciler.drains.keys())) },
     cluster: n.config.cluster,
     store: {
       ...storeView(n, now),

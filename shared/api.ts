@@ -211,11 +211,25 @@ export interface HealthStateView {
   heartbeatAgeMs: number | null;
 }
 
+/** A member (members/<node>) whose node has no live record: dead, or stopped and not forgotten. */
+export interface MemberDownView {
+  id: string;
+  admin: string;
+  version: string;
+  firstSeen: number;
+  /** When its last process started (it died or stopped some time after). */
+  startedAt: number;
+  /** It has a drain key too (drained before it stopped, or a rollout's node restarting). */
+  drained: boolean;
+}
+
 /** GET /api/state. */
 export interface StateView {
   node: { id: string; zone: string; version: string; ready: boolean; draining: boolean; mode: NodeMode; startedAt: number; admin: string; drain?: DrainReport | null };
   /** Nodes with a drain key (rollout/drains/), and the rollout record, as this node read them. */
   rollout?: { drains: string[]; state: RolloutView | null };
+  /** Members (members/<node>) as this node read them: how many, and those with no live node record. Absent from older nodes. */
+  members?: { count: number; down: MemberDownView[] };
   cluster: string;
   store: {
     kind: "memory" | "etcd";

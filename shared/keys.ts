@@ -3,6 +3,8 @@
 //   services/<service>                 JSON ServiceInput, written by people (etcdctl, `ballast service put`)
 //   backends/<service>/<id>            JSON BackendInput or "address:port", written by people
 //   nodes/<node-id>                    msgpack NodeRecord, leased to the node (gone within lease TTL of its death)
+//   members/<node-id>                  JSON MemberRecord (shared/members.ts), written by the node at start, not leased:
+//                                      a member without a live nodes/ record is down (`ballast node forget` removes it)
 //   health/election/…                  etcd3 election keys of the health-check leader
 //   health/heartbeat                   msgpack HealthHeartbeat, written by the leader (fenced)
 //   health/verdicts/<service>/<id>     msgpack Verdict, written by the leader (fenced), only on change
@@ -31,7 +33,7 @@ export const NODE_ID = /^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$/;
 /** Affinity batch sequence: the writer's millisecond clock, strictly increasing. */
 const SEQ = /^[0-9]{1,20}$/;
 
-export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "observation" | "affinity" | "election" | "dns" | "event" | "drain" | "rollout";
+export type KeyKind = "service" | "backend" | "node" | "heartbeat" | "verdict" | "observation" | "affinity" | "election" | "dns" | "event" | "drain" | "rollout" | "member";
 /** Event key suffix: the writer's millisecond clock and a sequence number. */
 const EVENT_SEQ = /^[0-9]{1,15}-[0-9]{1,10}$/;
 
@@ -61,6 +63,7 @@ export class KeySchema {
   get services(): string { return `${this.prefix}services/`; }
   get backends(): string { return `${this.prefix}backends/`; }
   get nodes(): string { return `${this.prefix}nodes/`; }
+  get members(): string { return `${this.prefix}members/`; }
   get health(): string { return `${this.prefix}health/`; }
   get verdicts(): string { return `${this.prefix}health/verdicts/`; }
   get election(): string { return `${this.prefix}health/election/`; }
@@ -78,6 +81,7 @@ export class KeySchema {
   backend(service: string, id: string): string { return `${this.backends}${service}/${id}`; }
   backendsOf(service: string): string { return `${this.backends}${service}/`; }
   node(id: string): string { return `${this.nodes}${id}`; }
+  member(id: string): string { return `${this.members}${id}`; }
   drain(node: string): string { return `${this.drains}${node}`; }
   verdict(service: string, id: string): string { return `${this.verdicts}${service}/${id}`; }
   observation(service: string, node: string): string { return `${this.observations}${service}/${node}`; }
@@ -112,6 +116,8 @@ export class KeySchema {
         return shape(3, "backends/<service>/<id>") ?? service(parts[1]) ?? backend(parts[2]) ?? { kind: "backend", service: parts[1], id: parts[2] };
       case "nodes":
         return shape(2, "nodes/<node>") ?? node(parts[1]) ?? { kind: "node", node: parts[1] };
+      case "members":
+        return shape(2, "members/<node>") ?? node(parts[1]) ?? { kind: "member", node: parts[1] };
       case "health":
         if (parts[1] === "heartbeat") return shape(2, "health/heartbeat") ?? { kind: "heartbeat" };
         if (parts[1] === "verdicts") return shape(4, "health/verdicts/<service>/<id>") ?? service(parts[2]) ?? backend(parts[3]) ?? { kind: "verdict", service: parts[2], id: parts[3] };
@@ -136,7 +142,7 @@ export class KeySchema {
         if (parts.length === 2 && (parts[1] === "state" || parts[1] === "lock" || parts[1] === "guard")) return { kind: "rollout", id: parts[1] };
         return "unrecognised key: expected rollout/drains/<node>, rollout/state, rollout/lock or rollout/guard";
       default:
-        return `unrecognised key: ${JSON.stringify(parts[0].slice(0, 40))} is not one of services, backends, nodes, health, affinity, dns, events, rollout`;
+        return `unrecognised key: ${JSON.stringify(parts[0].slice(0, 40))} is not one of services, backends, nodes, members, health, affinity, dns, events, rollout`;
     }
   }
 }

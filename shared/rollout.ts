@@ -2,6 +2,7 @@
 // CLI and tests, and the drain guard's rule (at most maxUnavailable nodes drained or down at once).
 import { z } from "zod";
 import type { NodeRecord, RolloutView } from "./api.js";
+import { downReason, type MemberRecord } from "./members.js";
 
 /** rollout/drains/<node>: written by `ballast node drain` and `ballast rollout`; the node drains while it exists. */
 export interface DrainRequest {
@@ -97,15 +98,19 @@ export function parseRolloutValue(raw: Buffer): RolloutView {
 
 /**
  * The nodes out of service other than `target`: those with a drain key (whether or not their process
- * runs) and registered ones that are not ready (starting, SIGTERM-draining, stuck). Sorted, with why.
- * A node whose lease expired (dead, not back) has no record: it is out only while a drain key names it.
+ * runs), registered ones that are not ready (starting, SIGTERM-draining, stuck), and members with no
+ * live node record (dead, or stopped and not forgotten: `ballast node forget`). Sorted, with why.
+ * A node is counted once: a rollout's node restarting has its drain key and no record, and is out as
+ * `drained`, the one being rolled, not as an extra one down.
  */
-export function nodesOut(records: readonly NodeRecord[], drained: readonly string[], target: string): Array<{ node: string; why: string }> {
+export function nodesOut(records: readonly NodeRecord[], drained: readonly string[], target: string, members: readonly MemberRecord[] = []): Array<{ node: string; why: string }> {
   const out = new Map<string, string>();
   for (const n of drained) if (n !== target) out.set(n, "drained");
   for (const r of records) {
     if (r.id === target || out.has(r.id)) continue;
     if (!r.ready) out.set(r.id, r.draining ? "draining (not ready)" : "not ready");
   }
+  const live = new Set(records.map((r) => r.id));
+  for (const m of members) if (m.id !== target && !out.has(m.id) && !live.has(m.id)) out.set(m.id, downReason(m));
   return [...out].sort((a, b) => (a[0] < b[0] ? -1 : 1)).map(([node, why]) => ({ node, why }));
 }

@@ -3,6 +3,7 @@
 import { type HealthHeartbeat, type NodeRecord, parseHeartbeat, parseNodeRecord } from "../../shared/codec.js";
 import type { RolloutView } from "../../shared/api.js";
 import type { KeySchema } from "../../shared/keys.js";
+import { type MemberRecord, parseMember } from "../../shared/members.js";
 import { type DrainRequest, parseDrainValue, parseRolloutValue } from "../../shared/rollout.js";
 import { ObservationTable } from "../model/observations.js";
 import type { Logger } from "../log.js";
@@ -48,6 +49,8 @@ export class Reconciler implements SyncSink {
   readonly dns = new DnsRecordSlot();
   /** Drain keys (rollout/drains/<node>): a node drains while its key exists. */
   readonly drains = new Map<string, DrainRequest>();
+  /** Members (members/<node>, unleased): a member without a node record is down. Bad ones are listed as invalid. */
+  readonly members = new Map<string, MemberRecord>();
   /** The rollout record (rollout/state), for /api/state and the status page. */
   rollout: RolloutView | null = null;
   /** Highest revision this node has processed (whether or not routing changed). */
@@ -79,6 +82,7 @@ export class Reconciler implements SyncSink {
     this.observations.clear();
     this.dns.delete();
     this.drains.clear();
+    this.members.clear();
     this.rollout = null;
     this.records.cluster.clear();
     const oversized: Array<[string, string]> = [];
@@ -98,6 +102,7 @@ export class Reconciler implements SyncSink {
       else if (k.kind === "dns") this.putDns(kv.value, kv.modRevision);
       else if (k.kind === "drain") this.putDrain(k.node!, kv.value);
       else if (k.kind === "rollout") this.putRollout(k.id!, kv.value);
+      else if (k.kind === "member") this.putMember(k.node!, kv.value);
       // Events are for `ballast events`; they never route.
       else if (k.kind !== "event") routing.push(kv);
     }
@@ -154,6 +159,13 @@ export class Reconciler implements SyncSink {
       } else if (k.kind === "dns") {
         if (e.type === "put") this.putDns(e.value, e.modRevision);
         else this.dns.delete();
+        cluster = true;
+      } else if (k.kind === "member") {
+        if (e.type === "put") invalidChanged = this.putMember(k.node!, e.value) || invalidChanged;
+        else {
+          this.members.delete(k.node!);
+          invalidChanged = this.records.cluster.delete(e.key) || invalidChanged;
+        }
         cluster = true;
       } else if (k.kind === "drain" || k.kind === "rollout") {
         if (e.type === "put") invalidChanged = (k.kind === "drain" ? this.putDrain(k.node!, e.value) : this.putRollout(k.id!, e.value)) || invalidChanged;
@@ -266,6 +278,18 @@ export class Reconciler implements SyncSink {
     } catch (err) {
       this.drains.set(node, { by: "", at: 0, reason: "", rollout: null, restartAt: null });
       return this.setClusterInvalid(key, `drain request (obeyed as a plain drain): ${(err as Error).message}`);
+    }
+  }
+
+  /** A bad member record is skipped (listed with its key and reason): that node is not known as a member. */
+  private putMember(node: string, value: Buffer): boolean {
+    const key = this.keys.member(node);
+    try {
+      this.members.set(node, parseMember(node, value));
+      return this.records.cluster.delete(key);
+    } catch (err) {
+      this.members.delete(node);
+      return this.setClusterInvalid(key, `member record: ${(err as Error).message}`);
     }
   }
 

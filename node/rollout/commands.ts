@@ -1,4 +1,4 @@
-// The CLI's coordinated operations: `ballast node drain|undrain <id>` (through the drain guard) and
+// The CLI's coordinated operations: `ballast node drain|undrain|forget <id>` (through the drain guard) and
 // `ballast rollout restart|status|abort`. Registered on the program by node/cli.ts.
 import os from "node:os";
 import type { Command } from "commander";
@@ -8,6 +8,7 @@ import { NODE_ID } from "../../shared/keys.js";
 import type { Store } from "../control/store.js";
 import type { GlobalOpts } from "../cli.js";
 import { DrainRefused, drainNode, readDrains, readNodeRecords, undrainNode } from "./guard.js";
+import { ForgetRefused, forgetNode, readMembers } from "./members.js";
 import { RolloutStopped, readRollout, rolloutRestart } from "./runner.js";
 
 export interface CliParts {
@@ -83,6 +84,22 @@ export function registerRolloutCommands(program: Command, node: Command, cli: Cl
       }),
     );
 
+  node
+    .command("forget <id>")
+    .description("remove a node that is gone for good (scale-down, renamed): its member record and drain key; refused while the node is live")
+    .action(async (id: string, _o, cmd: Command) =>
+      cli.withStore(cmd, async (store, keys) => {
+        try {
+          const r = await forgetNode(store, keys, nodeId(id), operator());
+          const what = [r.member ? `member record members/${id}` : "", r.drain ? `drain key rollout/drains/${id}` : ""].filter((x) => x !== "").join(" and ");
+          process.stdout.write(`node ${id} forgotten (removed its ${what}); the drain guard no longer counts it\n`);
+        } catch (err) {
+          if (err instanceof ForgetRefused) throw new Error(err.message);
+          throw err;
+        }
+      }),
+    );
+
   const rollout = program.command("rollout").description("rolling operations across the cluster's nodes, one at a time (state in etcd: rollout/state)");
   rollout
     .command("restart")
@@ -133,8 +150,8 @@ export function registerRolloutCommands(program: Command, node: Command, cli: Cl
     .description("the rollout's progress: each node's place, phase and figures, and the nodes drained now")
     .action(async (_o, cmd: Command) =>
       cli.withStore(cmd, async (store, keys, opts) => {
-        const [{ state }, drains, records] = await Promise.all([readRollout(store, keys), readDrains(store, keys), readNodeRecords(store, keys)]);
-        const rows = rolloutRows(state, drains, records);
+        const [{ state }, drains, records, { members }] = await Promise.all([readRollout(store, keys), readDrains(store, keys), readNodeRecords(store, keys), readMembers(store, keys)]);
+        const rows = rolloutRows(state, drains, records, members.map((m) => m.id));
         if (opts.output === "json") {
           cli.print(opts, [], { rollout: state, drains, nodes: rows });
           return;
@@ -163,8 +180,8 @@ export function registerRolloutCommands(program: Command, node: Command, cli: Cl
 }
 
 /** One row per node: its place in the rollout, its drain key and report, its readiness. */
-function rolloutRows(state: RolloutView | null, drains: string[], records: NodeRecord[]): Record<string, unknown>[] {
-  const ids = [...new Set([...(state?.nodes ?? []), ...records.map((r) => r.id), ...drains])].sort();
+function rolloutRows(state: RolloutView | null, drains: string[], records: NodeRecord[], members: string[]): Record<string, unknown>[] {
+  const ids = [...new Set([...(state?.nodes ?? []), ...records.map((r) => r.id), ...drains, ...members])].sort();
   return ids.map((id) => {
     const r = records.find((x) => x.id === id);
     const step = state?.steps.find((s) => s.node === id);
@@ -174,7 +191,7 @@ function rolloutRows(state: RolloutView | null, drains: string[], records: NodeR
       rollout: place,
       drainKey: drains.includes(id) ? "yes" : "",
       drain: r?.drain ? r.drain.state : drains.includes(id) ? (r ? "requested" : "down") : "",
-      ready: r ? r.ready : "not registered",
+      ready: r ? r.ready : members.includes(id) ? "down (member, not registered)" : "not registered",
       figures: step ? `drain ${step.drainMs} ms, restart ${step.restartMs} ms, ready ${step.readyMs} ms, ${step.openAtStart} open, ${step.cut} cut` : "",
     };
   });

@@ -1,5 +1,6 @@
 // The drain guard: a node is drained (rollout/drains/<node> written) only while fewer than
-// maxUnavailable other nodes are drained or down. The decision is read, then written in one etcd
+// maxUnavailable other nodes are drained or down (not ready, or a member with no live node record,
+// shared/members.ts). The decision is read, then written in one etcd
 // transaction that compares rollout/guard's mod revision, and every drain or undrain rewrites that
 // key in the same transaction: of two concurrent drains one commits, the other's compare fails and it
 // decides again on what the first one wrote (so it is refused, or waits). Never read-then-write.
@@ -8,6 +9,7 @@ import { parseNodeRecord } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
 import { nodesOut } from "../../shared/rollout.js";
 import type { Store } from "../control/store.js";
+import { readMembers } from "./members.js";
 
 export interface DrainOptions {
   maxUnavailable: number;
@@ -76,11 +78,11 @@ export async function drainNode(store: Store, keys: KeySchema, node: string, opt
   for (;;) {
     // The guard first: a drain committed after this read changes it, and our compare fails.
     const guard = await store.get(keys.drainGuard);
-    const [drained, records] = await Promise.all([readDrains(store, keys), readNodeRecords(store, keys)]);
+    const [drained, records, { members }] = await Promise.all([readDrains(store, keys), readNodeRecords(store, keys), readMembers(store, keys)]);
     const already = drained.includes(node);
     const value = JSON.stringify({ by: opts.by, at: Date.now(), reason: opts.reason ?? "", rollout: opts.rollout ?? null, restartAt: opts.restartAt ?? null });
     if (already && opts.rollout == null) return { already: true, revision: guard?.modRevision ?? 0 };
-    const out = nodesOut(records, drained, node);
+    const out = nodesOut(records, drained, node, members);
     if (!already && out.length >= opts.maxUnavailable) {
       if (Date.now() >= deadline) throw new DrainRefused(node, out, opts.maxUnavailable);
       const sig = JSON.stringify(out);

@@ -5,9 +5,11 @@
 import { spawn } from "node:child_process";
 import type { NodeRecord, RolloutView, StateView } from "../../shared/api.js";
 import type { KeySchema } from "../../shared/keys.js";
+import { membersDown } from "../../shared/members.js";
 import { parseRolloutValue } from "../../shared/rollout.js";
 import type { Lease, Store } from "../control/store.js";
 import { drainNode, readDrains, readNodeRecords, undrainNode } from "./guard.js";
+import { readMembers } from "./members.js";
 
 export interface RolloutOptions {
   maxUnavailable: number;
@@ -92,6 +94,12 @@ class Rollout {
       // A node drained by an operator would be undrained by the rollout's last step: not ours to undo.
       const drained = await readDrains(this.store, this.keys);
       if (drained.length > 0) throw new RolloutStopped(`${drained.join(", ")} ${drained.length === 1 ? "is" : "are"} drained (rollout/drains/): undrain first (ballast node undrain <id>); a rollout starts with no node drained`);
+      // A member that is down already takes a place of maxUnavailable: every drain would wait for it.
+      const down = membersDown((await readMembers(this.store, this.keys)).members, new Set(nodes), new Set(drained));
+      if (down.length > 0) {
+        const ids = down.map((m) => m.id).join(", ");
+        throw new RolloutStopped(`${ids} ${down.length === 1 ? "is" : "are"} down (a member with no live node record, members/): start it again, or if it was removed for good: ballast node forget <id>; a rollout starts with every member up`);
+      }
       const now = Date.now();
       this.state = { id: `r-${now}`, status: "running", startedAt: now, updatedAt: now, maxUnavailable: this.opts.maxUnavailable, restartCmd: this.opts.restartCmd, nodes, done: [], current: null, error: null, steps: [] };
       this.rev = modRevision;

@@ -247,4 +247,20 @@ describe("status page", () => {
     }
     await waitFor(async () => /ready/.test((await page.locator('#nodes-table tr[data-node="n3"]').textContent()) ?? "") && (await page.locator("#drain-keys").count()) === 0, { timeoutMs: 15_000, message: "n3 ready again" });
   }, 60_000);
+
+  it("shows a member that is down, and how to forget it (issue 17)", async () => {
+    const errorsBefore = consoleErrors.length;
+    // A member record with no node record: a node that died (or was removed) and is not forgotten.
+    const gone = { v: 1, id: "n9", address: "127.0.0.1:1", admin: "127.0.0.1:1", zone: "", version: "0.0.9", firstSeen: Date.now() - 7_200_000, startedAt: Date.now() - 3_600_000 };
+    try {
+      await cluster.etcd.put(keys.member("n9"), JSON.stringify(gone));
+      await waitFor(async () => (await page.locator("#members-down").count()) === 1, { timeoutMs: 15_000, message: "n9 shown down" });
+      const text = (await page.locator("#members-down").textContent()) ?? "";
+      expect(text).toMatch(/^down n9 \(last started 1 h ago, 0\.0\.9\) · members with no live node record; .*ballast node forget <id>/);
+      expect(consoleErrors.slice(errorsBefore)).toEqual([]);
+    } finally {
+      await cluster.etcd.del(keys.member("n9"));
+    }
+    await waitFor(async () => (await page.locator("#members-down").count()) === 0, { timeoutMs: 15_000, message: "n9 no longer shown once forgotten" });
+  }, 60_000);
 });

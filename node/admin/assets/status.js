@@ -297,9 +297,14 @@
     return badge("plain", String(m || "\u2014"));
   }
 
-  /** The rollout record and the drain keys (st.rollout), above the nodes table; nothing when neither exists. */
-  function renderRollout(ro) {
-    if (!ro || (!ro.state && ro.drains.length === 0)) return null;
+  /**
+   * The rollout record, the drain keys (st.rollout) and the members that are down (st.members), above
+   * the nodes table; nothing when none exists.
+   */
+  function renderRollout(ro, members) {
+    var down = members && members.down ? members.down : [];
+    if ((!ro || (!ro.state && ro.drains.length === 0)) && down.length === 0) return null;
+    ro = ro || { state: null, drains: [] };
     var r = ro.state, parts = [];
     if (r && (r.status === "running" || r.status === "failed" || Date.now() - r.updatedAt < 3600e3)) {
       var tone = r.status === "failed" || r.status === "aborted" ? "down" : r.status === "done" ? "up" : "warn";
@@ -308,6 +313,10 @@
         r.error ? h("div", { class: "down-t" }, r.error) : null));
     }
     if (ro.drains.length > 0) parts.push(h("div", { id: "drain-keys" }, "drain keys: ", h("b", null, ro.drains.join(", "))));
+    // A dead (or stopped, not forgotten) member counts against the drain guard: say who and how to forget it.
+    if (down.length > 0) parts.push(h("div", { id: "members-down" }, badge("down", "down"), " ", down.map(function (m, i) {
+      return [i > 0 ? ", " : "", h("b", null, m.id), " (last started " + ago(m.startedAt) + ", " + m.version + (m.drained ? ", drain key" : "") + ")"];
+    }), h("span", { class: "mute" }, " \u00B7 members with no live node record; the drain guard counts them out (ballast node forget <id> removes one that is gone for good)")));
     return parts.length ? h("div", { class: "rollout-line" }, parts) : null;
   }
 
@@ -609,7 +618,7 @@
       tile(num(totals.unknown), "verdict unknown", totals.unknown ? "unk" : "none"),
       tile(num(nInvalid), "invalid records", nInvalid ? "down" : "none", "tile-invalid")
     ]);
-    fill("nodes", [renderRollout(st.rollout), renderNodes(nodes)]);
+    fill("nodes", [renderRollout(st.rollout, st.members), renderNodes(nodes)]);
     renderScope(nodes);
     renderExplainChoices();
     var svcs = st.services || [];
