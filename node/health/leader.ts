@@ -12,7 +12,7 @@ import type { Logger } from "../log.js";
 import { Checker, type CheckTarget } from "./checker.js";
 import type { Probe, ProbeOutcome } from "./checks.js";
 import type { HealthMetrics } from "./metrics.js";
-import { decide, leaderVote, verdictChanged, voteOf } from "./quorum.js";
+import { decide, leaderVote, observerVote, verdictChanged, voteOf } from "./quorum.js";
 
 export interface LeaderContext {
   readonly id: string;
@@ -289,7 +289,7 @@ class Term {
     if (own === null && previous !== null) return;
     const votes = new Map<string, ReturnType<typeof voteOf>>();
     votes.set(this.ctx.id, leaderVote(own, previous, this.ctx.id));
-    for (let i = 1; i < observers.length; i++) votes.set(observers[i], voteOf(this.ctx.observation?.(target.service, observers[i]), target.id));
+    for (let i = 1; i < observers.length; i++) votes.set(observers[i], observerVote(voteOf(this.ctx.observation?.(target.service, observers[i]), target.id), previous, observers[i]));
     const verdict = decide({ observers, votes, previous, own, checker: this.ctx.id, now: Date.now() });
     if (verdict === null || !verdictChanged(previous, verdict)) return;
     this.known.set(target.key, verdict);

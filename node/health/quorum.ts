@@ -140,6 +140,22 @@ export function leaderVote(own: Verdict | null, previous: Verdict | null, id: st
 }
 
 /**
+ * An observer's vote, where it has none yet, is the vote the written verdict records for it: a node
+ * that has just (re)started publishes no observation, or none for this backend, until its checker
+ * settles (rise/fall probes). Counted as `none`, it dropped a majority of two to a degraded quorum —
+ * a rewrite of every verdict on a leader handover, and another once it voted (chaos 2 saw 6–9 such
+ * writes; test/health/handover.test.ts). Its recorded vote is what it last saw, and it holds only
+ * until the observer publishes its own; `local` (the observer is short of resources) stays as it is.
+ */
+export function observerVote(v: { vote: ObserverVote; reason: string }, previous: Verdict | null, id: string): { vote: ObserverVote; reason: string } {
+  if (v.vote !== "none" || previous?.votes === undefined || !Object.hasOwn(previous.votes, id)) return v;
+  const recorded = previous.votes[id];
+  if (recorded === "pass") return { vote: "pass", reason: "" };
+  if (recorded === "fail") return { vote: "fail", reason: previous.reason };
+  return v;
+}
+
+/**
  * Whether a newly decided verdict is worth a write: its state, partial flag or quorum differ, or an
  * observer has a vote it did not have in the written one (a vote arrived or changed). A vote that
  * only went away (an observer died, or a failover made the old leader's vote `none`) is not: a new

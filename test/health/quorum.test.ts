@@ -1,6 +1,6 @@
 // Observer quorum (issue 17), the pure parts: who observes a service, and how votes become a verdict.
 import { describe, expect, it } from "vitest";
-import { decide, leaderVote, observersFor, verdictChanged, voteOf } from "../../node/health/quorum.js";
+import { decide, leaderVote, observerVote, observersFor, verdictChanged, voteOf } from "../../node/health/quorum.js";
 import { encodeValue, parseObservation, parseVerdictValue, type ObserverVote, type Verdict } from "../../shared/codec.js";
 import { KeySchema } from "../../shared/keys.js";
 import { Reconciler } from "../../node/control/reconciler.js";
@@ -115,6 +115,26 @@ describe("decide", () => {
     const after = decide({ observers: ["n2", "n3"], checker: "n2", now: 2000, votes: votes({ n2: leaderVote(null, written, "n2").vote, n3: "pass" }), previous: written, own: null })!;
     expect(after.quorum).toBe("ok");
     expect(verdictChanged(written, after)).toBe(false);
+  });
+
+  it("an observer without a vote yet (just restarted) counts with the vote the written verdict records for it: a handover rewrites nothing", () => {
+    // Chaos scenario 2 again: the surviving observer had just restarted (after scenario 1) and had no
+    // vote when the new leader decided, so every verdict went degraded, then ok once it voted.
+    const written = decide({ ...base, votes: votes({ n1: "pass", n2: "pass", n3: "pass" }), previous: null, own: up() })!;
+    expect(observerVote({ vote: "none", reason: "" }, written, "n3")).toEqual({ vote: "pass", reason: "" });
+    // Its own vote, once it has one, wins; resource shortage (`local`) is not replaced; nothing recorded: none.
+    expect(observerVote({ vote: "fail", reason: "timeout" }, written, "n3")).toEqual({ vote: "fail", reason: "timeout" });
+    expect(observerVote({ vote: "local", reason: "fds" }, written, "n3").vote).toBe("local");
+    expect(observerVote({ vote: "none", reason: "" }, written, "n4").vote).toBe("none");
+    expect(observerVote({ vote: "none", reason: "" }, null, "n3").vote).toBe("none");
+    const n3 = observerVote(voteOf(undefined, "b1"), written, "n3").vote;
+    const after = decide({ observers: ["n2", "n3"], checker: "n2", now: 2000, votes: votes({ n2: leaderVote(up(), written, "n2").vote, n3 }), previous: written, own: up() })!;
+    expect(after.quorum).toBe("ok");
+    expect(verdictChanged(written, after)).toBe(false);
+    // Without it the same moment is a degraded quorum: a write.
+    const counted = decide({ observers: ["n2", "n3"], checker: "n2", now: 2000, votes: votes({ n2: "pass", n3: "none" }), previous: written, own: up() })!;
+    expect(counted.quorum).toBe("degraded");
+    expect(verdictChanged(written, counted)).toBe(true);
   });
 
   it("with one observer is the leader's own verdict, unchanged (K = 1, or a one-node cluster)", () => {
