@@ -288,8 +288,9 @@ class Term {
     // 9 writes, no state change). Settling takes rise/fall probes, as it always did for a lone leader.
     if (own === null && previous !== null) return;
     const votes = new Map<string, ReturnType<typeof voteOf>>();
-    votes.set(this.ctx.id, leaderVote(own, previous, this.ctx.id));
-    for (let i = 1; i < observers.length; i++) votes.set(observers[i], observerVote(voteOf(this.ctx.observation?.(target.service, observers[i]), target.id), previous, observers[i]));
+    const mine = leaderVote(own, previous, this.ctx.id);
+    votes.set(this.ctx.id, mine);
+    for (let i = 1; i < observers.length; i++) votes.set(observers[i], observerVote(voteOf(this.ctx.observation?.(target.service, observers[i]), target.id), previous, observers[i], mine.vote));
     const verdict = decide({ observers, votes, previous, own, checker: this.ctx.id, now: Date.now() });
     if (verdict === null || !verdictChanged(previous, verdict)) return;
     this.known.set(target.key, verdict);

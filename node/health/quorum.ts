@@ -140,16 +140,20 @@ export function leaderVote(own: Verdict | null, previous: Verdict | null, id: st
 }
 
 /**
- * An observer's vote, where it has none yet, is the vote the written verdict records for it: a node
- * that has just (re)started publishes no observation, or none for this backend, until its checker
- * settles (rise/fall probes). Counted as `none`, it dropped a majority of two to a degraded quorum —
- * a rewrite of every verdict on a leader handover, and another once it voted (chaos 2 saw 6–9 such
- * writes; test/health/handover.test.ts). Its recorded vote is what it last saw, and it holds only
- * until the observer publishes its own; `local` (the observer is short of resources) stays as it is.
+ * An observer's vote, where it has none yet, is the vote the written verdict records for it — if
+ * that agrees with the leader's own vote. A node that has just (re)started publishes no observation,
+ * or none for this backend, until its checker settles (rise/fall probes). Counted as `none`, it
+ * dropped a majority of two to a degraded quorum: a rewrite of every verdict on a leader handover,
+ * and another once it voted (chaos 2 saw 6–9 such writes; test/health/handover.test.ts). Only where
+ * it agrees with the leader: a recorded vote is old, and it must never outvote what the leader sees
+ * now (after an etcd outage the leader's fresh `fail` against a recorded `pass` would be an even
+ * split that keeps a stale `up`; test/health/cluster.test.ts "etcd unreachable"). `local` (the
+ * observer is short of resources) stays as it is.
  */
-export function observerVote(v: { vote: ObserverVote; reason: string }, previous: Verdict | null, id: string): { vote: ObserverVote; reason: string } {
+export function observerVote(v: { vote: ObserverVote; reason: string }, previous: Verdict | null, id: string, leader: ObserverVote): { vote: ObserverVote; reason: string } {
   if (v.vote !== "none" || previous?.votes === undefined || !Object.hasOwn(previous.votes, id)) return v;
   const recorded = previous.votes[id];
+  if (recorded !== leader) return v;
   if (recorded === "pass") return { vote: "pass", reason: "" };
   if (recorded === "fail") return { vote: "fail", reason: previous.reason };
   return v;

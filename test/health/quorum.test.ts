@@ -121,13 +121,18 @@ describe("decide", () => {
     // Chaos scenario 2 again: the surviving observer had just restarted (after scenario 1) and had no
     // vote when the new leader decided, so every verdict went degraded, then ok once it voted.
     const written = decide({ ...base, votes: votes({ n1: "pass", n2: "pass", n3: "pass" }), previous: null, own: up() })!;
-    expect(observerVote({ vote: "none", reason: "" }, written, "n3")).toEqual({ vote: "pass", reason: "" });
+    expect(observerVote({ vote: "none", reason: "" }, written, "n3", "pass")).toEqual({ vote: "pass", reason: "" });
     // Its own vote, once it has one, wins; resource shortage (`local`) is not replaced; nothing recorded: none.
-    expect(observerVote({ vote: "fail", reason: "timeout" }, written, "n3")).toEqual({ vote: "fail", reason: "timeout" });
-    expect(observerVote({ vote: "local", reason: "fds" }, written, "n3").vote).toBe("local");
-    expect(observerVote({ vote: "none", reason: "" }, written, "n4").vote).toBe("none");
-    expect(observerVote({ vote: "none", reason: "" }, null, "n3").vote).toBe("none");
-    const n3 = observerVote(voteOf(undefined, "b1"), written, "n3").vote;
+    expect(observerVote({ vote: "fail", reason: "timeout" }, written, "n3", "pass")).toEqual({ vote: "fail", reason: "timeout" });
+    expect(observerVote({ vote: "local", reason: "fds" }, written, "n3", "pass").vote).toBe("local");
+    expect(observerVote({ vote: "none", reason: "" }, written, "n4", "pass").vote).toBe("none");
+    expect(observerVote({ vote: "none", reason: "" }, null, "n3", "pass").vote).toBe("none");
+    // A recorded vote never outvotes what the leader sees now: against a fresh `fail` it stays `none`,
+    // so the leader decides alone (degraded) instead of an even split keeping a stale `up`.
+    expect(observerVote({ vote: "none", reason: "" }, written, "n3", "fail").vote).toBe("none");
+    const stale = decide({ observers: ["n2", "n3"], checker: "n2", now: 2000, votes: votes({ n2: "fail", n3: observerVote({ vote: "none", reason: "" }, written, "n3", "fail").vote }), previous: written, own: down() })!;
+    expect(stale.state).toBe("down");
+    const n3 = observerVote(voteOf(undefined, "b1"), written, "n3", "pass").vote;
     const after = decide({ observers: ["n2", "n3"], checker: "n2", now: 2000, votes: votes({ n2: leaderVote(up(), written, "n2").vote, n3 }), previous: written, own: up() })!;
     expect(after.quorum).toBe("ok");
     expect(verdictChanged(written, after)).toBe(false);
