@@ -90,11 +90,16 @@ describe.skipIf(netnsUnavailable() !== null)("parseRouteEvents", () => {
     monitor.stdout?.on("data", (b: Buffer) => {
       out += b.toString();
     });
-    // Subscribed once a route change shows (this one is not the VIP's: skipped by the parser).
+    // Subscribed once a route change shows (these are not the VIP's: skipped by the parser). A new
+    // route each try: replacing a route with an identical one is no change, and the kernel announces
+    // nothing — a monitor that subscribed after the first try would never see one (the CI rehearsal
+    // timed out on that).
+    let tries = 0;
     await waitFor(
       async () => {
-        await router.ip("route", "replace", "10.98.0.0/24", "via", "10.97.0.9");
-        return out.includes("10.98.0.0/24");
+        tries++;
+        await router.ip("route", "replace", `10.98.0.${tries}/32`, "via", "10.97.0.9");
+        return out.includes("10.98.0.");
       },
       { timeoutMs: 5_000, intervalMs: 100, message: "the monitor printing a route change" },
     );
