@@ -120,7 +120,9 @@ async function main(): Promise<void> {
     "--initial-cluster", `demo=http://127.0.0.1:${peer}`, "--logger", "zap", "--log-level", "error",
     // etcd keeps every revision until compacted: without this, the health heartbeat and affinity
     // batches grow the database until its quota (2 GiB) and NOSPACE stops every write.
-    "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "10m",
+    // 5 min of history, as kube-apiserver compacts its etcd every 5 min: a shorter history keeps the
+    // database steady sooner after a burst (docs/scale.md, the soak).
+    "--auto-compaction-mode", "periodic", "--auto-compaction-retention", "5m",
   ]);
   await waitUntil("etcd", () => ok(`${ETCD}/health`));
 

@@ -1,5 +1,5 @@
 // `npm run build && node dist/test/bench/soak.js [minutes] [--nodes N] [--rate R] [--ttl 5m] [--flip-every 180] [--flip-down 60]`:
-// the etcd soak of issue 19. One real etcd run as the demo runs it (periodic auto-compaction, 10 min
+// the etcd soak of issue 19. One real etcd run as the demo runs it (periodic auto-compaction, 5 min
 // retention), N simulated nodes (test/bench/agents/scale-nodes.ts, the real BallastNode, one per process,
 // default config: affinity.replication is the default), a service with source-ip affinity, steady new
 // clients (R per node per second, routed by each node as a new connection would be) plus returning
@@ -22,9 +22,9 @@ import { freePort, httpGet, sleep } from "./net.js";
 import type { Proc } from "./procs.js";
 import { type Agent, startAgent } from "./scale.js";
 
-/** As deploy/demo.ts runs etcd: compaction every retention/10, keeping 10 min of history. */
-export const COMPACTION_ARGS = ["--auto-compaction-mode=periodic", "--auto-compaction-retention=10m"];
-const RETENTION_MIN = 10;
+/** As deploy/demo.ts runs etcd: compaction every retention/10, keeping 5 min of history. */
+export const COMPACTION_ARGS = ["--auto-compaction-mode=periodic", "--auto-compaction-retention=5m"];
+const RETENTION_MIN = 5;
 
 export interface SoakOptions {
   minutes: number;
