@@ -51,11 +51,17 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
   for (const target of opts.quick ? targets.slice(0, 1) : targets) await wrk(paths.http[target]!, { connections: 8, durationS: opts.quick ? 1 : 2, close: false });
   // Pauses between runs let TIME_WAIT and queues drain; --quick proves the plumbing and keeps them short.
   const pause = (ms: number) => sleep(opts.quick ? Math.min(ms, 200) : ms);
+  const all = targets;
   for (let round = 1; round <= opts.rounds; round++) {
     log(`round ${round}/${opts.rounds}`);
+    // Each round starts one path later: no path always runs first after a pause or right after the
+    // same neighbour (the first keep-alive run of a round came after the bulk runs' TIME_WAIT and
+    // page-cache churn, and that was always direct).
+    const targets = all.map((_, i) => all[(i + round - 1) % all.length]);
     for (const target of targets) {
       const pid = paths.pid[target]?.();
       const cpu = cpuMeter(pid);
+      const nodeCpu = cpuMeter(paths.pid.ballast?.());
       const stopRss = rssSampler(pid);
       const ka = await wrk(paths.http[target]!, { connections: 64, durationS: d, close: false });
       const used = cpu();
@@ -70,7 +76,7 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
         results.processRssMiB ??= {};
         results.processRssMiB[target] = processTree(pid).map((p) => rssBytes(p) / 2 ** 20);
       }
-      results.runs.push({ round, test: "keep-alive", target, rps: ka.rps, p50Ms: ka.p50Ms, p99Ms: ka.p99Ms, errors: ka.errors, cpuS: used.proc, machineCpuS: used.machine });
+      results.runs.push({ round, test: "keep-alive", target, rps: ka.rps, p50Ms: ka.p50Ms, p99Ms: ka.p99Ms, errors: ka.errors, cpuS: used.proc, machineCpuS: used.machine, nodeCpuS: nodeCpu().proc });
       log(`  keep-alive   ${label(target)} ${Math.round(ka.rps).toString().padStart(7)} req/s  p50 ${ka.p50Ms.toFixed(2)} ms  p99 ${ka.p99Ms.toFixed(2)} ms${ka.errors ? `  errors ${ka.errors}` : ""}`);
       if (ka.requests === 0) throw new Error(`keep-alive through ${target} served no request:\n${ka.raw}`);
       await pause(500);
@@ -86,6 +92,7 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
     for (const target of targets) {
       const pid = paths.pid[target]?.();
       const cpu = cpuMeter(pid);
+      const nodeCpu = cpuMeter(paths.pid.ballast?.());
       const syn0 = await synRetransmits(paths.http[target]!.ns);
       const nc = await wrk(paths.http[target]!, { connections: 32, durationS: d, close: true });
       const used = cpu();
@@ -95,7 +102,7 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
       addSample(results, "nc.p99", target, nc.p99Ms);
       addSample(results, "nc.machineUsPerConn", target, (used.machine * 1e6) / Math.max(1, nc.requests));
       if (pid) addSample(results, "nc.cpuUsPerConn", target, (used.proc * 1e6) / Math.max(1, nc.requests));
-      results.runs.push({ round, test: "new-connections", target, rps: nc.rps, p50Ms: nc.p50Ms, p99Ms: nc.p99Ms, errors: nc.errors, cpuS: used.proc, machineCpuS: used.machine });
+      results.runs.push({ round, test: "new-connections", target, rps: nc.rps, p50Ms: nc.p50Ms, p99Ms: nc.p99Ms, errors: nc.errors, cpuS: used.proc, machineCpuS: used.machine, nodeCpuS: nodeCpu().proc });
       log(`  new conns    ${label(target)} ${Math.round(nc.rps).toString().padStart(7)} conn/s p99 ${nc.p99Ms.toFixed(2)} ms${nc.errors ? `  errors ${nc.errors}` : ""}`);
       if (nc.requests === 0) throw new Error(`new connections through ${target} served no request:\n${nc.raw}`);
       // TIME_WAIT of the closed connections drains between paths.

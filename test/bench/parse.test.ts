@@ -120,6 +120,19 @@ describe("report", () => {
     expect(pairedRatio(r, "ka.rps", "ballast-nat", "haproxy")).toMatchObject({ n: 2, min: 1.96, max: 2 });
   });
 
+  it("compares paths round by round: the median of per-round ratios, not the ratio of medians taken from different rounds", () => {
+    // The quiet run of 2026-12-02 08:48: direct was slow in round 1, NAT in round 2.
+    const r = newResults("full", { rounds: 3 });
+    for (const v of [36015, 52593, 49350]) addSample(r, "ka.rps", "direct", v);
+    for (const v of [40034, 23024, 47728]) addSample(r, "ka.rps", "ballast-nat", v);
+    const x = pairedRatio(r, "ka.rps", "ballast-nat", "direct");
+    expect(x.median).toBeCloseTo(47728 / 49350, 6);
+    expect(x.ofMedians).toBeCloseTo(40034 / 49350, 6);
+    expect(x.min).toBeCloseTo(23024 / 52593, 6);
+    expect(x.max).toBeCloseTo(40034 / 36015, 6);
+    expect(markdown(r)).toMatch(/\| keep-alive req\/s \(c=64\) \| [^|]*\| 0\.97× \(0\.44–1\.11\) ✓ ≥ 0\.9 \|/);
+  });
+
   it("sets the proxy with the access log on and off side by side, with the load average", () => {
     const r = newResults("quick", { rounds: 1 });
     for (const [k, on, off] of [["ka.rps", 9000, 10000], ["nc.rps", 2000, 2500], ["ka.cpuUsPerReq", 50, 40], ["nc.cpuUsPerConn", 200, 160]] as const) {
