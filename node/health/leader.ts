@@ -292,7 +292,9 @@ class Term {
     votes.set(this.ctx.id, mine);
     for (let i = 1; i < observers.length; i++) votes.set(observers[i], observerVote(voteOf(this.ctx.observation?.(target.service, observers[i]), target.id), previous, observers[i], mine.vote));
     const verdict = decide({ observers, votes, previous, own, checker: this.ctx.id, now: Date.now() });
-    if (verdict === null || !verdictChanged(previous, verdict)) return;
+    // K > 1 with no other ready node: the leader judges alone for now (verdictChanged says what it writes).
+    const alone = observers.length === 1 && target.settings.observers > 1;
+    if (verdict === null || !verdictChanged(previous, verdict, alone)) return;
     this.known.set(target.key, verdict);
     if (previous?.state !== verdict.state || (previous?.partial ?? false) !== (verdict.partial ?? false)) {
       if (previous?.state !== verdict.state) this.ctx.metrics.verdictChanges.inc({ service: target.service, state: verdict.state, source: "shared" });

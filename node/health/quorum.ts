@@ -57,7 +57,9 @@ export interface DecisionInput {
  * - With fewer voters than a majority (observers without an observation yet, or short of local
  *   resources), the leader alone decides: `quorum: degraded`.
  * - Enough voters but no majority either way (an even split): the previous state stays.
- * One observer (K = 1, or a cluster of one node) is the leader alone: the verdict it always wrote.
+ * One observer (K = 1, a cluster of one node, or a leader with no other ready node for now) is the
+ * leader alone: its own verdict, without quorum or votes, as it always wrote (verdictChanged says
+ * when a leader that is alone for now writes it).
  */
 export function decide(input: DecisionInput): Verdict | null {
   const { observers, votes, previous, own, now } = input;
@@ -165,12 +167,29 @@ export function observerVote(v: { vote: ObserverVote; reason: string }, previous
  * only went away (an observer died, or a failover made the old leader's vote `none`) is not: a new
  * leader must not rewrite every verdict (no write storm, no flap), so `votes` may still show a past
  * observer's vote until the next change that matters.
+ *
+ * `alone`: the service asks for more than one observer (K > 1) but the leader has no other ready
+ * node to ask, so `b` is its own verdict, without quorum or votes (decide). What `quorum` (and
+ * `votes`) in a written verdict then mean: the decision that wrote it, not who is watching now.
+ * - Absent: the leader judged alone when it wrote it (K = 1, a cluster of one node, or a leader
+ *   temporarily alone), as it always did. Such a verdict is rewritten, with votes, once observers
+ *   appear and vote (the quorum field arrives).
+ * - `ok`/`degraded` with votes: observers decided it. A leader that is alone for a while (a
+ *   handover: the dead leader's record gone, the other survivor restarting and not ready yet) and
+ *   sees the same state and partial flag writes nothing: the state those votes decided still holds,
+ *   and a write would only erase the votes the returning observers are counted with until they vote
+ *   again (observerVote) — a rewrite to `degraded`, then to `ok`: chaos scenario 2's 9 same-state
+ *   writes for 3 backends (test/health/handover.test.ts "judges alone": 6 for 2 backends).
+ * A state or partial change the lone leader sees is written at once, as its own verdict.
  */
-export function verdictChanged(a: Verdict | undefined | null, b: Verdict): boolean {
+export function verdictChanged(a: Verdict | undefined | null, b: Verdict, alone = false): boolean {
   if (a == null) return true;
-  // A verdict without a quorum field was written by a leader judging alone (no other ready node then,
-  // or K = 1): it is rewritten, with votes, when observers appear.
-  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false) || a.quorum !== b.quorum) return true;
+  if (a.state !== b.state || (a.partial ?? false) !== (b.partial ?? false)) return true;
+  // Alone, `b` has no quorum or votes: nothing in it is news but its state and partial flag.
+  if (alone) return false;
+  // A verdict without a quorum field was written by a leader judging alone (see above): it is
+  // rewritten, with votes, when observers decide.
+  if (a.quorum !== b.quorum) return true;
   const before = a.votes ?? {};
   for (const [id, vote] of Object.entries(b.votes ?? {})) if (vote !== "none" && before[id] !== vote) return true;
   return false;

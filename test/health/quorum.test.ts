@@ -142,6 +142,36 @@ describe("decide", () => {
     expect(verdictChanged(written, counted)).toBe(true);
   });
 
+  it("a leader alone for a while (K > 1, no other ready node) rewrites no verdict observers decided, unless its state or partial flag changes", () => {
+    // Chaos scenario 2's second path: n1 died, n3 was restarting (not ready), so n2 led alone and its
+    // own verdict (no quorum, no votes) replaced each three-vote one; n3 then came back without a vote
+    // and without the recorded one (erased): degraded, then ok. Three same-state writes per backend.
+    const written = decide({ ...base, votes: votes({ n1: "pass", n2: "pass", n3: "pass" }), previous: null, own: up() })!;
+    const lone = decide({ observers: ["n2"], checker: "n2", now: 2000, votes: votes({ n2: "pass" }), previous: written, own: up() })!;
+    expect(lone.quorum).toBeUndefined();
+    expect(verdictChanged(written, lone, true)).toBe(false);
+    // The same verdict for a service that asks for one observer (K lowered to 1): rewritten without votes.
+    expect(verdictChanged(written, lone, false)).toBe(true);
+    // A degraded verdict is not rewritten either; a state change the lone leader sees is, at once.
+    const degraded = decide({ ...base, votes: votes({ n1: "pass", n2: "none", n3: "none" }), previous: null, own: up() })!;
+    expect(verdictChanged(degraded, lone, true)).toBe(false);
+    const died = decide({ observers: ["n2"], checker: "n2", now: 2000, votes: votes({ n2: "fail" }), previous: written, own: down() })!;
+    expect(verdictChanged(written, died, true)).toBe(true);
+    // A partial verdict whose failing observer is gone: the lone leader's own `up` clears the flag.
+    const partial = decide({ ...base, votes: votes({ n1: "pass", n2: "pass", n3: "fail" }), previous: written, own: up() })!;
+    expect(verdictChanged(partial, lone, true)).toBe(true);
+    // Nothing written yet: the lone leader's verdict is written.
+    expect(verdictChanged(null, lone, true)).toBe(true);
+    // Kept, the written votes count for n3 when it returns without a vote of its own: still nothing to write.
+    const back = decide({ observers: ["n2", "n3"], checker: "n2", now: 3000, votes: votes({ n2: "pass", n3: observerVote({ vote: "none", reason: "" }, written, "n3", "pass").vote }), previous: written, own: up() })!;
+    expect(back.quorum).toBe("ok");
+    expect(verdictChanged(written, back)).toBe(false);
+    // What a lone leader wrote (a change, or a one-node start) is rewritten with votes once observers decide.
+    const afterChange = decide({ observers: ["n2", "n3"], checker: "n2", now: 3000, votes: votes({ n2: "fail", n3: "fail" }), previous: died, own: down() })!;
+    expect(afterChange).toMatchObject({ state: "down", quorum: "ok" });
+    expect(verdictChanged(died, afterChange)).toBe(true);
+  });
+
   it("with one observer is the leader's own verdict, unchanged (K = 1, or a one-node cluster)", () => {
     const own = down();
     expect(decide({ observers: ["n1"], checker: "n1", now: 1, votes: votes({ n1: "fail" }), previous: up(), own })).toBe(own);
