@@ -58,11 +58,17 @@ export function leaderKilled(cluster: () => ChaosCluster): void {
       const verdictWrites = writes.length;
       const idOf = (key: string) => key.slice(key.lastIndexOf("/") + 1);
       // "Keeps every verdict": no write in the handover may carry another state than the verdict had
-      // before it. Rewrites with the same state (votes or quorum only) should not happen either
-      // (docs/keys.md; their cause, an observer without a vote yet, is fixed and reproduced in
-      // test/health/handover.test.ts): counted and shown here, so a regression is visible.
+      // before it. Rewrites with the same state (votes or quorum only) should not happen either; two
+      // causes are fixed and reproduced in test/health/handover.test.ts (an observer without a vote
+      // yet; a new leader alone for a moment, the other survivor just restarted and not ready). They
+      // stay a figure, not an assertion: 1 of 2 runs of scenarios 1+2 after those fixes still showed
+      // 2 such writes (`up quorum ok`, the survivors' two votes) of a cause not yet found; each write
+      // is listed with what it replaced, to find it.
       const stateChanging = writes.filter((e) => e.type === "delete" || e.value?.state !== before.get(idOf(e.key))?.state);
-      const carried = writes.map((e) => `${idOf(e.key)}: ${String(e.value?.state)} quorum ${String(e.value?.quorum ?? "-")} votes ${JSON.stringify(e.value?.votes ?? null)}`);
+      const carried = writes.map((e) => {
+        const was = before.get(idOf(e.key));
+        return `${idOf(e.key)}: ${String(e.value?.state)} quorum ${String(e.value?.quorum ?? "-")} votes ${JSON.stringify(e.value?.votes ?? null)} (was ${String(was?.state)} quorum ${String(was?.quorum ?? "-")} votes ${JSON.stringify(was?.votes ?? null)})`;
+      });
       const changed = [...before].filter(([id, v]) => after.get(id)?.state !== v.state).map(([id]) => id);
       const successorState = await successor!.state();
 
