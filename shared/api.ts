@@ -104,7 +104,8 @@ export interface Verdict {
   partial?: boolean;
   /**
    * Observer quorum: `ok` when a majority of the observers decided, `degraded` when fewer observers
-   * voted than a majority (the leader alone decided). Absent when the service has one observer (the leader).
+   * voted than a majority (the leader alone decided). Absent when the leader judged alone: the service
+   * has one observer, or no other node was ready when this verdict was written.
    */
   quorum?: "ok" | "degraded";
   /** Observer quorum: the observers of this decision, the leader first, and each one's vote. */
