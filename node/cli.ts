@@ -1,53 +1,43 @@
 // The `ballast` command: runs a node (`ballast node --config FILE`) and manages the cluster through
 // etcd (services, backends, nodes, status) and the nodes' admin APIs (route explain).
 import { readFileSync, watchFile } from "node:fs";
+import { request } from "node:http";
 import { Command, Option } from "commander";
-import { parse as parseYaml } from "yaml";
 import type { ApiError, DnsStateView, ForwardingStateView, NodeSummaryView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
-import { type NodeRecord, parseNodeRecord } from "../shared/codec.js";
+import type { NodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
-import { membersDown } from "../shared/members.js";
-import { RESTART_EXIT_CODE } from "../shared/rollout.js";
-import { formatIssues, type NodeConfig, nodeConfigSchema } from "../shared/schema.js";
+import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
 import { PeerTrust } from "./admin/peer-trust.js";
-import { EtcdStore } from "./control/etcd-store.js";
-import { parseBackendValue, parseServiceValue } from "./control/records.js";
-import { parseDnsValue } from "./control/dns-record.js";
 import type { Store } from "./control/store.js";
 import { type BallastEvent, eventsPrefix } from "./events.js";
-import { DsrForwarder } from "./kernel/dsr.js";
-import { KernelForwarder } from "./kernel/forwarder.js";
-import { createLogger } from "./log.js";
 // Type only: `ballast node` loads the node (the whole data plane) when it runs; every other command
 // starts faster without it (`ballast status` at 100 nodes: issue 19).
 import type { BallastNode } from "./node.js";
 import { registerRolloutCommands } from "./rollout/commands.js";
-import { readDrains } from "./rollout/guard.js";
-import { readMembers } from "./rollout/members.js";
+
+// Issue 19: every command pays for what this file loads before it parses the command line, so only
+// commander and small modules are imported here. The rest is imported by the commands that use it:
+// etcd3 (gRPC and protobufjs: ~0.45 s of CPU here) when a command talks to etcd, zod-built parsers
+// (codec, records, the config schema) when one validates, yaml, pino and the kernel forwarders only
+// for `ballast node`. Import-time order does not matter to any of them.
 
 class CliError extends Error {}
 
-/** Loads and validates a node config file; every problem names its field path. */
-export function loadConfig(path: string): NodeConfig {
-  let text: string;
+/** Loads and validates a node config file (node/config-file.ts, loaded when a command needs it). */
+async function loadConfig(path: string): Promise<NodeConfig> {
+  const { loadConfig: load, ConfigFileError } = await import("./config-file.js");
   try {
-    text = readFileSync(path, "utf8");
+    return load(path);
   } catch (err) {
-    throw new CliError(`cannot read config ${path}: ${(err as Error).message}`);
+    throw err instanceof ConfigFileError ? new CliError(err.message) : err;
   }
-  let doc: unknown;
-  try {
-    doc = parseYaml(text) ?? {};
-  } catch (err) {
-    throw new CliError(`config ${path} is not valid YAML: ${(err as Error).message}`);
-  }
-  const r = nodeConfigSchema.safeParse(doc);
-  if (!r.success) throw new CliError(`config ${path} is invalid:\n  ${formatIssues(r.error).join("\n  ")}`);
-  if (r.data.etcd && r.data.services.length > 0) {
-    throw new CliError(`config ${path} is invalid:\n  services: only for standalone mode; with etcd, write services with \`ballast service put\``);
-  }
-  return r.data;
+}
+
+/** yaml, only for the commands that take a YAML file. */
+async function parseYaml(text: string): Promise<Record<string, unknown>> {
+  const { parse } = await import("yaml");
+  return parse(text) as Record<string, unknown>;
 }
 
 export interface GlobalOpts {
@@ -63,7 +53,8 @@ export interface GlobalOpts {
   trust?: string;
 }
 
-function etcdFrom(opts: GlobalOpts): { store: Store; keys: KeySchema } {
+async function etcdFrom(opts: GlobalOpts): Promise<{ store: Store; keys: KeySchema }> {
+  const { EtcdStore } = await import("./control/etcd-store.js");
   const endpoints = (opts.etcd ?? process.env.BALLAST_ETCD ?? "http://127.0.0.1:2379").split(",").map((s) => s.trim());
   const store = new EtcdStore({
     endpoints,
@@ -78,7 +69,7 @@ function etcdFrom(opts: GlobalOpts): { store: Store; keys: KeySchema } {
 /** Runs `fn` with a store; `timeoutMs` bounds the whole command (Infinity: a long-running one, e.g. a rollout). */
 async function withStore<T>(cmd: Command, fn: (store: Store, keys: KeySchema, opts: GlobalOpts) => Promise<T>, timeoutMs = 10_000): Promise<T> {
   const opts = cmd.optsWithGlobals() as GlobalOpts;
-  const { store, keys } = etcdFrom(opts);
+  const { store, keys } = await etcdFrom(opts);
   const where = opts.etcd ?? process.env.BALLAST_ETCD ?? "http://127.0.0.1:2379";
   try {
     if (!Number.isFinite(timeoutMs)) return await fn(store, keys, opts);
@@ -122,12 +113,53 @@ function print(opts: GlobalOpts, rows: Record<string, unknown>[], json: unknown 
   for (const r of rows) process.stdout.write(`${line(cols.map((c) => cell(r[c])))}\n`);
 }
 
+/**
+ * GET of a node's admin API (always plain HTTP) with one deadline for the whole exchange; `body` is the
+ * parsed JSON, null when the answer is not JSON. node:http rather than fetch: undici's fetch cost ~5 ms
+ * of CPU per request here, half a second of `ballast status` at 100 nodes (issue 19). A timeout rejects
+ * with an error named TimeoutError, as AbortSignal.timeout's does.
+ */
+function getJson(url: string, token: string | undefined, timeoutMs: number): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = request(url, { headers: token ? { authorization: `Bearer ${token}` } : {} }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on("data", (c: Buffer) => chunks.push(c));
+      res.on("error", reject);
+      res.on("end", () => {
+        clearTimeout(timer);
+        let body: unknown = null;
+        try {
+          body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
+        } catch {
+          // not JSON: the caller says what it expected
+        }
+        resolve({ status: res.statusCode ?? 0, body });
+      });
+    });
+    const timer = setTimeout(() => {
+      const err = new Error(`no answer within ${timeoutMs} ms`);
+      err.name = "TimeoutError";
+      req.destroy(err);
+    }, timeoutMs);
+    req.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    req.end();
+  });
+}
+
 /** A node's admin API answer, typed by the contract in shared/api.ts (the one place the JSON is trusted to match it). */
 async function fetchJson<T>(url: string, token?: string): Promise<T> {
-  const res = await fetch(url, { headers: token ? { authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(3000) });
-  const body = (await res.json()) as T | ApiError;
-  if (!res.ok) throw new CliError(`${url}: ${res.status} ${(body as ApiError).error ?? ""}`);
-  return body as T;
+  let res: { status: number; body: unknown };
+  try {
+    res = await getJson(url, token, 3000);
+  } catch (err) {
+    throw new CliError(`${url}: ${(err as Error).message}`);
+  }
+  if (res.status !== 200) throw new CliError(`${url}: ${res.status} ${(res.body as ApiError | null)?.error ?? ""}`);
+  if (res.body === null) throw new CliError(`${url}: the answer is not JSON`);
+  return res.body as T;
 }
 
 /** `ballast status`: node summaries in flight at once (each is small; a node answers in milliseconds). */
@@ -154,10 +186,7 @@ async function mapBounded<T, R>(items: readonly T[], limit: number, fn: (item: T
  * fields read from that. Never throws: an unreachable node is a row that says so.
  */
 async function fetchSummary(n: NodeRecord, token: string | undefined, withheld: boolean): Promise<{ ok: true; summary: NodeSummaryView } | { ok: false; why: string }> {
-  const get = async (path: string) => {
-    const res = await fetch(`http://${n.admin}${path}`, { headers: token ? { authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(SUMMARY_TIMEOUT_MS) });
-    return { status: res.status, body: (await res.json().catch(() => null)) as unknown };
-  };
+  const get = (path: string) => getJson(`http://${n.admin}${path}`, token, SUMMARY_TIMEOUT_MS);
   try {
     let r = await get("/api/summary");
     if (r.status === 404) r = await get("/api/state");
@@ -172,7 +201,7 @@ async function fetchSummary(n: NodeRecord, token: string | undefined, withheld: 
 
 /** Node records, validated as the nodes validate them: bad ones come back under `invalid`, never as a node to contact. */
 async function listNodes(store: Store, keys: KeySchema): Promise<{ nodes: NodeRecord[]; invalid: Array<{ key: string; reason: string }> }> {
-  const { kvs } = await store.list(keys.nodes);
+  const [{ kvs }, { parseNodeRecord }] = await Promise.all([store.list(keys.nodes), import("../shared/codec.js")]);
   const nodes: NodeRecord[] = [];
   const invalid: Array<{ key: string; reason: string }> = [];
   for (const kv of kvs) {
@@ -185,6 +214,13 @@ async function listNodes(store: Store, keys: KeySchema): Promise<{ nodes: NodeRe
     }
   }
   return { nodes, invalid };
+}
+
+/** Member records and drain keys (for the DOWN rows), with the modules that read them loaded on first use. */
+async function readMembersAndDrains(store: Store, keys: KeySchema) {
+  const [{ readDrains }, { readMembers }, { membersDown }] = await Promise.all([import("./rollout/guard.js"), import("./rollout/members.js"), import("../shared/members.js")]);
+  const [members, drained] = await Promise.all([readMembers(store, keys), readDrains(store, keys)]);
+  return { members, drained, membersDown };
 }
 
 /**
@@ -231,13 +267,14 @@ export function buildCli(): Command {
     .option("--watch", "reload the config file when it changes (as SIGHUP does)")
     .action(async (o: { config?: string; check?: boolean; flush?: boolean; watch?: boolean }) => {
       if (!o.config) throw new CliError("ballast node needs --config FILE (see deploy/examples/standalone.yaml)");
-      const config = loadConfig(o.config);
+      const config = await loadConfig(o.config);
       if (o.check) {
         process.stdout.write(`config ${o.config} is valid\n`);
         return;
       }
       if (o.flush) {
         // The kernel keeps forwarding after the node stops (fail-static); this is how to stop it.
+        const [{ KernelForwarder }, { DsrForwarder }, { createLogger }] = await Promise.all([import("./kernel/forwarder.js"), import("./kernel/dsr.js"), import("./log.js")]);
         const k = new KernelForwarder({ cluster: config.cluster, log: createLogger("silent") });
         const r = await k.flush();
         if (r.error) throw new CliError(`cannot remove nftables table inet ${k.table}: ${r.error}`);
@@ -279,9 +316,10 @@ export function buildCli(): Command {
     .option("--forwarding <proxy|nat|dsr>", "proxy (default): Ballast terminates connections; nat: the kernel forwards (nftables); dsr: the kernel forwards statelessly and backends answer clients directly (deploy/dsr/README.md)")
     .action(async (name: string, o: Record<string, string | undefined>, cmd: Command) =>
       withStore(cmd, async (store, keys) => {
+        const { parseServiceValue } = await import("./control/records.js");
         let record: Record<string, unknown>;
         if (o.json) record = JSON.parse(o.json);
-        else if (o.file) record = parseYaml(readFileSync(o.file, "utf8"));
+        else if (o.file) record = await parseYaml(readFileSync(o.file, "utf8"));
         else {
           if (!o.listen) throw new CliError("service put needs --json, --file or at least --listen");
           record = { listen: o.listen };
@@ -326,7 +364,7 @@ export function buildCli(): Command {
     .command("ls")
     .action(async (_o, cmd: Command) =>
       withStore(cmd, async (store, keys, opts) => {
-        const { kvs } = await store.list(keys.services);
+        const [{ kvs }, { parseServiceValue }] = await Promise.all([store.list(keys.services), import("./control/records.js")]);
         const rows = kvs.map((kv) => {
           const name = kv.key.slice(keys.services.length);
           try {
@@ -347,6 +385,7 @@ export function buildCli(): Command {
     .option("--zone <zone>", "zone", "")
     .action(async (svc: string, id: string, addr: string, o: { weight: string; zone: string }, cmd: Command) =>
       withStore(cmd, async (store, keys) => {
+        const { parseBackendValue } = await import("./control/records.js");
         const probe = parseBackendValue(id, Buffer.from(JSON.stringify(addr)));
         const record = { address: probe.address, port: probe.port, weight: Number(o.weight), zone: o.zone, state: "active" };
         const raw = Buffer.from(JSON.stringify(record));
@@ -378,7 +417,7 @@ export function buildCli(): Command {
       .description(what)
       .action(async (svc: string, id: string, _o, cmd: Command) =>
         withStore(cmd, async (store, keys) => {
-          const kv = await store.get(keys.backend(svc, id));
+          const [kv, { parseBackendValue }] = await Promise.all([store.get(keys.backend(svc, id)), import("./control/records.js")]);
           if (!kv) throw new CliError(`no backend ${svc}/${id}`);
           const b = parseBackendValue(id, kv.value);
           const { id: _id, ...rest } = b;
@@ -391,7 +430,7 @@ export function buildCli(): Command {
     .command("ls [service]")
     .action(async (svc: string | undefined, _o, cmd: Command) =>
       withStore(cmd, async (store, keys, opts) => {
-        const { kvs } = await store.list(svc ? keys.backendsOf(svc) : keys.backends);
+        const [{ kvs }, { parseBackendValue }] = await Promise.all([store.list(svc ? keys.backendsOf(svc) : keys.backends), import("./control/records.js")]);
         const rows = kvs.map((kv) => {
           const k = keys.parse(kv.key);
           try {
@@ -411,8 +450,10 @@ export function buildCli(): Command {
     .option("--token <token>", "admin API bearer token")
     .action(async (o: { token?: string }, cmd: Command) =>
       withStore(cmd, async (store, keys, opts) => {
-        const { nodes, invalid: badNodes } = await listNodes(store, keys);
         const trust = peerTrust(opts);
+        // Node records, member records and drain keys at once (three range reads in one round trip).
+        // Members are read from etcd here, not from a node: a cluster whose nodes are all down still shows them.
+        const [{ nodes, invalid: badNodes }, { members, drained, membersDown }] = await Promise.all([listNodes(store, keys), readMembersAndDrains(store, keys)]);
         // Every node is asked for its summary (a size independent of the cluster's), all at once but at
         // most STATUS_CONCURRENCY in flight; one node is asked for the full state (services, backends,
         // verdicts, invalid records), whose nodes[] grows with the cluster. Issue 19: the N full states
@@ -440,8 +481,6 @@ export function buildCli(): Command {
         const dnsNode = dnsState ? undefined : answered.find((x) => x.s.ok && x.s.summary.dns === true);
         if (dnsNode) dnsState = (await fetchJson<StateView>(`http://${dnsNode.n.admin}/api/state`, trustedToken(dnsNode.n)).catch(() => undefined))?.dns ?? null;
         const rollout = first?.rollout ?? null;
-        // Members are read from etcd here, not from a node: a cluster whose nodes are all down still shows them.
-        const [members, drained] = await Promise.all([readMembers(store, keys), readDrains(store, keys)]);
         const down = membersDown(members.members, new Set(nodes.map((n) => n.id)), new Set(drained));
         // A bad member record is listed as the nodes list it (when one answered) or as read here.
         const listed = new Set((first?.invalid ?? []).map((r) => r.key));
@@ -523,7 +562,7 @@ export function buildCli(): Command {
         process.stdout.write(opts.output === "json" ? `${JSON.stringify(e)}\n` : `${r.time}  ${r.node}  ${r.kind}  ${r.message}\n`);
       };
       for (const e of last) line(e);
-      const { store, keys } = etcdFrom(opts);
+      const { store, keys } = await etcdFrom(opts);
       const seen = new Set(last.map((e) => `${e.node}|${e.at}|${e.message}`));
       const handle = store.sync(eventsPrefix(keys), {
         reset: (kvs) => {
@@ -591,7 +630,7 @@ export function buildCli(): Command {
       withStore(cmd, async (store, keys) => {
         let record: Record<string, unknown>;
         if (o.json) record = JSON.parse(o.json);
-        else if (o.file) record = parseYaml(readFileSync(o.file, "utf8"));
+        else if (o.file) record = await parseYaml(readFileSync(o.file, "utf8"));
         else {
           if (!o.zone) throw new CliError("dns set needs --zone, --json or --file");
           const kv = await store.get(keys.dns);
@@ -700,6 +739,7 @@ async function getDns(store: Store, keys: KeySchema): Promise<Record<string, unk
 
 async function putDns(store: Store, keys: KeySchema, record: Record<string, unknown>): Promise<number> {
   const raw = Buffer.from(JSON.stringify(record));
+  const { parseDnsValue } = await import("./control/dns-record.js");
   try {
     parseDnsValue(raw);
   } catch (err) {
@@ -722,7 +762,7 @@ function affinityCell(a: ServiceStateView["affinity"]): string {
 async function runNode(config: NodeConfig, path: string, watch: boolean): Promise<void> {
   // A rollout without a restart hook: once drained, the node exits RESTART_EXIT_CODE and its
   // supervisor (systemd RestartForceExitStatus=75, a container restart policy) starts it again.
-  const { BallastNode: Node } = await import("./node.js");
+  const [{ BallastNode: Node }, { RESTART_EXIT_CODE }, { loadConfig: loadFile }] = await Promise.all([import("./node.js"), import("../shared/rollout.js"), import("./config-file.js")]);
   const node: BallastNode = new Node({
     config,
     restart: () => {
@@ -737,7 +777,7 @@ async function runNode(config: NodeConfig, path: string, watch: boolean): Promis
   const reload = (source: string) => {
     let next: NodeConfig;
     try {
-      next = loadConfig(path);
+      next = loadFile(path);
     } catch (err) {
       node.reloadRejected(source, (err as Error).message);
       return;

@@ -5,7 +5,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { loadConfig } from "../node/cli.js";
+import { loadConfig } from "../node/config-file.js";
 import { CLI } from "./helpers/node.js";
 
 function file(text: string): string {

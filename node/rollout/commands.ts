@@ -7,9 +7,12 @@ import type { KeySchema } from "../../shared/keys.js";
 import { NODE_ID } from "../../shared/keys.js";
 import type { Store } from "../control/store.js";
 import type { GlobalOpts } from "../cli.js";
-import { DrainRefused, drainNode, readDrains, readNodeRecords, undrainNode } from "./guard.js";
-import { ForgetRefused, forgetNode, readMembers } from "./members.js";
-import { RolloutStopped, readRollout, rolloutRestart } from "./runner.js";
+
+// The guard, members and runner modules (zod-built parsers) are imported by the actions that use them:
+// registering these commands must not slow every other command's start (issue 19).
+const guard = () => import("./guard.js");
+const membersModule = () => import("./members.js");
+const runner = () => import("./runner.js");
 
 export interface CliParts {
   withStore<T>(cmd: Command, fn: (store: Store, keys: KeySchema, opts: GlobalOpts) => Promise<T>, timeoutMs?: number): Promise<T>;
@@ -54,6 +57,7 @@ export function registerRolloutCommands(program: Command, node: Command, cli: Cl
     .action(async (id: string, o: { maxUnavailable: string; wait?: string | boolean; reason: string }, cmd: Command) => {
       const waitMs = o.wait === undefined || o.wait === false ? 0 : o.wait === true ? 300_000 : seconds(o.wait, "--wait");
       const max = count(o.maxUnavailable, "--max-unavailable");
+      const { DrainRefused, drainNode } = await guard();
       await cli.withStore(
         cmd,
         async (store, keys) => {
@@ -79,6 +83,7 @@ export function registerRolloutCommands(program: Command, node: Command, cli: Cl
     .description("remove a node's drain key: it opens its listeners and reports ready again")
     .action(async (id: string, _o, cmd: Command) =>
       cli.withStore(cmd, async (store, keys) => {
+        const { undrainNode } = await guard();
         const had = await undrainNode(store, keys, nodeId(id), operator());
         process.stdout.write(had ? `node ${id} undrained\n` : `node ${id} had no drain key\n`);
       }),
@@ -89,6 +94,7 @@ export function registerRolloutCommands(program: Command, node: Command, cli: Cl
     .description("remove a node that is gone for good (scale-down, renamed): its member record and drain key; refused while the node is live")
     .action(async (id: string, _o, cmd: Command) =>
       cli.withStore(cmd, async (store, keys) => {
+        const { ForgetRefused, forgetNode } = await membersModule();
         try {
           const r = await forgetNode(store, keys, nodeId(id), operator());
           const what = [r.member ? `member record members/${id}` : "", r.drain ? `drain key rollout/drains/${id}` : ""].filter((x) => x !== "").join(" and ");
@@ -112,6 +118,7 @@ export function registerRolloutCommands(program: Command, node: Command, cli: Cl
       const timeoutMs = seconds(o.timeout, "--timeout");
       const max = count(o.maxUnavailable, "--max-unavailable");
       const opts = cmd.optsWithGlobals() as GlobalOpts;
+      const { RolloutStopped, rolloutRestart } = await runner();
       // The whole rollout may take long: the CLI's etcd deadline covers each call, not the run.
       await cli.withStore(
         cmd,
@@ -150,6 +157,7 @@ export function registerRolloutCommands(program: Command, node: Command, cli: Cl
     .description("the rollout's progress: each node's place, phase and figures, and the nodes drained now")
     .action(async (_o, cmd: Command) =>
       cli.withStore(cmd, async (store, keys, opts) => {
+        const [{ readRollout }, { readDrains, readNodeRecords }, { readMembers }] = await Promise.all([runner(), guard(), membersModule()]);
         const [{ state }, drains, records, { members }] = await Promise.all([readRollout(store, keys), readDrains(store, keys), readNodeRecords(store, keys), readMembers(store, keys)]);
         const rows = rolloutRows(state, drains, records, members.map((m) => m.id));
         if (opts.output === "json") {
@@ -165,6 +173,7 @@ export function registerRolloutCommands(program: Command, node: Command, cli: Cl
     .description("stop the rollout: a running CLI stops at its next step; drain keys stay (undrain them with ballast node undrain)")
     .action(async (_o, cmd: Command) =>
       cli.withStore(cmd, async (store, keys) => {
+        const [{ readRollout }, { readDrains }] = await Promise.all([runner(), guard()]);
         for (;;) {
           const { state, modRevision } = await readRollout(store, keys);
           if (state === null || state.status === "done" || state.status === "aborted") throw new Error(state === null ? "no rollout recorded" : `rollout ${state.id} is already ${state.status}`);

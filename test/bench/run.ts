@@ -388,7 +388,7 @@ async function loopbackPlane(etcd: Etcd): Promise<number[]> {
 async function main(): Promise<void> {
   if (scaleSizes !== null) {
     log(`Ballast scale bench: ${scaleSizes.join(", ")} simulated nodes${opts.quick ? " (quick)" : ""}`);
-    await runScale(ctx, scaleOptions(scaleSizes, opts.quick));
+    await runScale(ctx, scaleOptions(scaleSizes, opts.quick, process.argv.includes("--status-only") || process.env.npm_config_status_only === "true"));
     return;
   }
   log(`Ballast bench, ${opts.quick ? "quick smoke run" : "full run"}: ${opts.rounds} round(s) of ${opts.durationS} s${opts.profile ? ", with CPU profiles" : ""}`);

@@ -28,11 +28,17 @@ export interface ScaleOptions {
   outageMs: number;
   /** `ballast status` runs (each: this build's table and JSON, `--version`, and the baseline build's if given). */
   statusRounds: number;
+  /**
+   * `--status-only`: start the nodes, wait until they settle, time `ballast status` (5 rounds), stop.
+   * The idle window, puts, affinity and the etcd restart are skipped: at 100 nodes they take minutes
+   * and load the machine the CLI is timed on (issue 19's < 1 s target is checked this way).
+   */
+  statusOnly: boolean;
 }
 
-export function scaleOptions(sizes: number[], quick: boolean): ScaleOptions {
+export function scaleOptions(sizes: number[], quick: boolean, statusOnly = false): ScaleOptions {
   // 60 s idle: with the heartbeat every 6 s (issue 19) a 30 s window holds only 5 or 6 revisions.
-  return { sizes, perProcess: 25, idleS: quick ? 5 : 60, puts: quick ? 5 : 30, affinityClients: quick ? 100 : 1000, lagSamples: quick ? 3 : 10, outageMs: 2000, statusRounds: quick ? 3 : 5 };
+  return { sizes, perProcess: 25, idleS: quick ? 5 : 60, puts: quick ? 5 : 30, affinityClients: quick ? 100 : 1000, lagSamples: quick ? 3 : 10, outageMs: 2000, statusRounds: quick && !statusOnly ? 3 : 5, statusOnly };
 }
 
 export interface ScaleRow {
@@ -270,6 +276,65 @@ function timeCli(etcdUrl: string, cluster: string, json: boolean, args = ["statu
 
 const median = (xs: number[]) => (xs.length ? percentile(xs, 50) : Number.NaN);
 
+/**
+ * `ballast status` (table and `-o json`) and `ballast --version` (the CLI's own start), each a child
+ * process as an operator runs it: wall time (median of the rounds), CPU (GNU time), the nodes listed,
+ * and the 1-minute load average when done (the machine is shared: a figure means little without it).
+ */
+function timeStatus(etcdUrl: string, cluster: string, o: ScaleOptions, notes: string[], log: Context["log"], n: number): { figures: ScaleRow["statusMs"]; load: number } {
+  const tables: number[] = [];
+  const jsons: number[] = [];
+  const starts: number[] = [];
+  const tableCpu: number[] = [];
+  const startCpu: number[] = [];
+  let listed: number | null = null;
+  let statusError: string | undefined;
+  // SCALE_BASELINE_CLI=path/to/older/dist/node/cli.js: the same figure for another build's `ballast status`,
+  // run alternately with this build's, so the machine's other load hits both alike.
+  const baselineCli = process.env.SCALE_BASELINE_CLI;
+  const otherRuns: ReturnType<typeof timeCli>[] = [];
+  for (let k = 0; k < o.statusRounds; k++) {
+    if (baselineCli) otherRuns.push(timeCli(etcdUrl, cluster, false, ["status"], baselineCli));
+    const t = timeCli(etcdUrl, cluster, false);
+    const j = timeCli(etcdUrl, cluster, true);
+    const v = timeCli(etcdUrl, cluster, false, ["--version"]);
+    starts.push(v.ms);
+    startCpu.push(v.cpuMs);
+    tableCpu.push(t.cpuMs);
+    statusError ??= t.error ?? j.error;
+    tables.push(t.ms);
+    jsons.push(j.ms);
+    try {
+      listed = (JSON.parse(j.out) as { nodes: unknown[] }).nodes.length;
+    } catch {
+      statusError ??= "status -o json: not JSON";
+    }
+  }
+  // A baseline that fails (an incomplete build exits at start) must not read as a fast status.
+  const otherError = otherRuns.find((x) => x.error)?.error;
+  if (otherError) notes.push(`SCALE_BASELINE_CLI ${baselineCli}: ${otherError}`);
+  const other = baselineCli && !otherError ? { cli: baselineCli, table: Math.round(median(otherRuns.map((x) => x.ms))), cpu: Math.round(median(otherRuns.map((x) => x.cpuMs))) } : undefined;
+  const loadAtStatus = os.loadavg()[0];
+  const statusMs = { table: Math.round(median(tables)), json: Math.round(median(jsons)), cliStart: Math.round(median(starts)), nodesListed: listed, ...(statusError ? { error: statusError } : {}), ...(other ? { baseline: other } : {}), ...(gnuTime ? { cpu: { table: Math.round(median(tableCpu)), cliStart: Math.round(median(startCpu)) } } : {}) };
+  log(`scale ${n}: ballast status (load ${loadAtStatus.toFixed(1)}) ${statusMs.table} ms (table; CPU ${statusMs.cpu?.table ?? "?"} ms), ${statusMs.json} ms (-o json, ${listed} nodes listed); the CLI's own start (--version) ${statusMs.cliStart} ms (CPU ${statusMs.cpu?.cliStart ?? "?"} ms)${other ? `; ${other.cli}: ${other.table} ms (CPU ${other.cpu} ms)` : ""}`);
+  return { figures: statusMs, load: loadAtStatus };
+}
+
+/** A row whose idle, put, affinity and recovery figures were not measured (`--status-only`). */
+function skippedRow(n: number, procs: number, startS: number): Omit<ScaleRow, "statusMs" | "load" | "notes"> {
+  const x = Number.NaN;
+  return {
+    nodes: n,
+    processes: procs,
+    startS,
+    idle: { revisionsPerMin: x, sentBytesPerS: x, receivedBytesPerS: x, etcdCpuPct: x, dbBytes: x },
+    perNode: { rssMiB: x, cpuPct: x, sentBytesPerS: x },
+    putApplied: { p50: x, p99: x, n: 0, missing: 0 },
+    affinity: { clients: 0, sentBytesPerClient: x, revisions: 0, entriesPerNodeAvg: x, entriesNodeA: 0, lagP50: null, lagP99: null, lagMissing: 0 },
+    recovery: { outageMs: 0, allRecoveredMs: null, revisions: 0, idleRevisionsExpected: 0, nodeRecordsRewritten: 0, fellBack: 0, disconnected: 0, leasesLost: 0, registrations: 0, relists: 0, resumes: 0 },
+  };
+}
+
 async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRow> {
   const { log } = ctx;
   const cluster = `scale${n}`;
@@ -317,6 +382,11 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
     if (settled.ms === null) notes.push(`not settled after 120 s: ${JSON.stringify(settled.last)}`);
     log(`scale ${n}: ${n} nodes in ${procs} process(es) started in ${startS.toFixed(1)} s, settled ${settled.ms === null ? "never" : `${(settled.ms / 1000).toFixed(1)} s later`}`);
     await sleep(2000);
+    if (o.statusOnly) {
+      const statusMs = timeStatus(etcd.url, cluster, o, notes, log, n);
+      await Promise.all(agents.map((a) => a.call({ op: "stop" }, 60_000).catch(() => {})));
+      return { ...skippedRow(n, procs, startS), statusMs: statusMs.figures, load: { idle: Number.NaN, status: statusMs.load, recovery: Number.NaN }, notes };
+    }
 
     // Idle window.
     const c0 = await etcd.counters();
@@ -352,41 +422,9 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
     log(`scale ${n}: put → applied on all nodes p50 ${putApplied.p50} ms, p99 ${putApplied.p99} ms (${lat.length} puts)`);
 
     // ballast status, while everything is settled.
-    const tables: number[] = [];
-    const jsons: number[] = [];
-    const starts: number[] = [];
-    const tableCpu: number[] = [];
-    const startCpu: number[] = [];
-    let listed: number | null = null;
-    let statusError: string | undefined;
-    // SCALE_BASELINE_CLI=path/to/older/dist/node/cli.js: the same figure for another build's `ballast status`,
-    // run alternately with this build's, so the machine's other load hits both alike.
-    const baselineCli = process.env.SCALE_BASELINE_CLI;
-    const otherRuns: ReturnType<typeof timeCli>[] = [];
-    for (let k = 0; k < o.statusRounds; k++) {
-      if (baselineCli) otherRuns.push(timeCli(etcd.url, cluster, false, ["status"], baselineCli));
-      const t = timeCli(etcd.url, cluster, false);
-      const j = timeCli(etcd.url, cluster, true);
-      const v = timeCli(etcd.url, cluster, false, ["--version"]);
-      starts.push(v.ms);
-      startCpu.push(v.cpuMs);
-      tableCpu.push(t.cpuMs);
-      statusError ??= t.error ?? j.error;
-      tables.push(t.ms);
-      jsons.push(j.ms);
-      try {
-        listed = (JSON.parse(j.out) as { nodes: unknown[] }).nodes.length;
-      } catch {
-        statusError ??= "status -o json: not JSON";
-      }
-    }
-    // A baseline that fails (an incomplete build exits at start) must not read as a fast status.
-    const otherError = otherRuns.find((x) => x.error)?.error;
-    if (otherError) notes.push(`SCALE_BASELINE_CLI ${baselineCli}: ${otherError}`);
-    const other = baselineCli && !otherError ? { cli: baselineCli, table: Math.round(median(otherRuns.map((x) => x.ms))), cpu: Math.round(median(otherRuns.map((x) => x.cpuMs))) } : undefined;
-    load.status = os.loadavg()[0];
-    const statusMs = { table: Math.round(median(tables)), json: Math.round(median(jsons)), cliStart: Math.round(median(starts)), nodesListed: listed, ...(statusError ? { error: statusError } : {}), ...(other ? { baseline: other } : {}), ...(gnuTime ? { cpu: { table: Math.round(median(tableCpu)), cliStart: Math.round(median(startCpu)) } } : {}) };
-    log(`scale ${n}: ballast status ${statusMs.table} ms (table; CPU ${statusMs.cpu?.table ?? "?"} ms), ${statusMs.json} ms (-o json, ${listed} nodes listed); the CLI's own start (--version) ${statusMs.cliStart} ms (CPU ${statusMs.cpu?.cliStart ?? "?"} ms)${other ? `; ${other.cli}: ${other.table} ms (CPU ${other.cpu} ms)` : ""}`);
+    const st = timeStatus(etcd.url, cluster, o, notes, log, n);
+    const statusMs = st.figures;
+    load.status = st.load;
 
     // Affinity: new clients through the first node; what etcd sends for them, and how many entries each node holds.
     const a0 = await etcd.counters();
@@ -485,7 +523,31 @@ async function runOne(ctx: Context, n: number, o: ScaleOptions): Promise<ScaleRo
 
 const f = (x: number | null, d = 0) => (x === null || !Number.isFinite(x) ? "–" : x.toFixed(d));
 
+/** `ballast status` with its CPU and the load it ran under (median of the rounds; CPU by GNU time). */
+function statusTable(rows: ScaleRow[]): string[] {
+  const l = ["| nodes | nodes listed | `ballast status` ms | CPU ms | `-o json` ms | `ballast --version` ms | CPU ms | load average |", "|---:|---:|---:|---:|---:|---:|---:|---:|"];
+  for (const r of rows) {
+    const s = r.statusMs;
+    l.push(`| ${r.nodes} | ${s.nodesListed ?? "–"} | ${f(s.table)} | ${f(s.cpu?.table ?? null)} | ${f(s.json)} | ${f(s.cliStart)} | ${f(s.cpu?.cliStart ?? null)} | ${f(r.load.status, 1)} |${s.error ? ` ${s.error}` : ""}`);
+  }
+  return l;
+}
+
+/** `--status-only`: the status table, the other build's figures (SCALE_BASELINE_CLI) and the notes. */
+function statusOnlyMarkdown(rows: ScaleRow[], o: ScaleOptions, header: string): string {
+  const l = [header, "", `--status-only: once the nodes settled, ${o.statusRounds} rounds of \`ballast status\`, \`-o json\` and \`--version\` (child processes, wall time). Up to ${o.perProcess} simulated nodes per process.`, "", ...statusTable(rows)];
+  const base = rows.filter((r) => r.statusMs.baseline);
+  if (base.length) {
+    l.push("", `\`ballast status\` of another build (SCALE_BASELINE_CLI=${base[0].statusMs.baseline!.cli}), same rounds:`, "", "| nodes | this build ms (CPU ms) | other build ms (CPU ms) |", "|---:|---:|---:|");
+    for (const r of base) l.push(`| ${r.nodes} | ${f(r.statusMs.table)} (${f(r.statusMs.cpu?.table ?? null)}) | ${r.statusMs.baseline!.table} (${f(r.statusMs.baseline!.cpu)}) |`);
+  }
+  const notes = rows.flatMap((r) => r.notes.map((x) => `- ${r.nodes} nodes: ${x}`));
+  if (notes.length) l.push("", "Notes:", ...notes);
+  return `${l.join("\n")}\n`;
+}
+
 export function scaleMarkdown(rows: ScaleRow[], o: ScaleOptions, header: string): string {
+  if (o.statusOnly) return statusOnlyMarkdown(rows, o, header);
   const l: string[] = [header, ""];
   l.push(`Idle window ${o.idleS} s; ${o.puts} puts; ${o.affinityClients} new affinity clients through one node; ${o.lagSamples} lag samples; etcd restart with ${o.outageMs} ms down. Up to ${o.perProcess} simulated nodes per process.`, "");
   l.push("| nodes | procs | idle rev/min | etcd sent B/s (idle) | per node B/s | etcd CPU % | per-node RSS MiB | per-node CPU % | load (idle) | put → applied p50 / p99 ms | status ms (table / json / CLI start) | load (status) |");
@@ -500,6 +562,7 @@ export function scaleMarkdown(rows: ScaleRow[], o: ScaleOptions, header: string)
     const x = r.recovery;
     l.push(`| ${r.nodes} | ${x.outageMs} | ${f(x.allRecoveredMs)} | ${x.revisions} | ${x.idleRevisionsExpected} | ${x.nodeRecordsRewritten} | ${x.fellBack} | ${x.disconnected} | ${x.leasesLost} | ${x.registrations} | ${x.relists} | ${x.resumes} | ${f(r.load.recovery, 1)} |`);
   }
+  l.push("", "`ballast status`:", "", ...statusTable(rows));
   const base = rows.filter((r) => r.statusMs.baseline);
   if (base.length) {
     l.push("", `\`ballast status\` of another build (SCALE_BASELINE_CLI=${base[0].statusMs.baseline!.cli}), same minute:`, "", "| nodes | this build ms (CPU ms) | other build ms (CPU ms) | CLI start alone ms (CPU ms) |", "|---:|---:|---:|---:|");
