@@ -58,7 +58,7 @@ export async function readNodeRecords(store: Store, keys: KeySchema): Promise<No
 }
 
 /** The nodes that have a drain key. */
-export async function readDrains(store: Store, keys: KeySchema): Promise<string[]> {
+export async function readDrains(store: Pick<Store, "list">, keys: KeySchema): Promise<string[]> {
   const { kvs } = await store.list(keys.drains);
   const out: string[] = [];
   for (const kv of kvs) {

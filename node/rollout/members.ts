@@ -25,7 +25,7 @@ export async function writeMember(store: Store, keys: KeySchema, r: NodeRecord):
 }
 
 /** Members whose record parses; a bad one is skipped (nodes list it as invalid with its reason). */
-export async function readMembers(store: Store, keys: KeySchema): Promise<{ members: MemberRecord[]; invalid: Array<{ key: string; reason: string }> }> {
+export async function readMembers(store: Pick<Store, "list">, keys: KeySchema): Promise<{ members: MemberRecord[]; invalid: Array<{ key: string; reason: string }> }> {
   const { kvs } = await store.list(keys.members);
   const members: MemberRecord[] = [];
   const invalid: Array<{ key: string; reason: string }> = [];
