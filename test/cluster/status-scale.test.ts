@@ -2,7 +2,7 @@
 // not grow with the cluster) and only one node for the full /api/state, whose nodes[] does; an older
 // node without /api/summary is still shown. Real etcd, real in-process nodes, the compiled CLI.
 import http from "node:http";
-import type { AddressInfo } from "node:net";
+import net, { type AddressInfo } from "node:net";
 import { afterAll, describe, expect, it } from "vitest";
 import { encodeValue } from "../../shared/codec.js";
 import { KeySchema } from "../../shared/keys.js";
@@ -132,6 +132,36 @@ describe("status at scale (issue 19)", () => {
     } finally {
       await client.close();
       await new Promise((r) => old.close(r));
+    }
+  });
+
+  it("100 nodes that never answer: each row says so, and status is not cut short as if etcd had not answered", { timeout: 90_000 }, async () => {
+    // 100 node records whose admin address accepts connections and never answers: 4 rounds of 32
+    // summaries at 3 s each, more than the 10 s the CLI allows an etcd command (which said "etcd did
+    // not answer" when the nodes were the slow part).
+    const cluster = "status-silent";
+    const keys = KeySchema.forCluster(cluster);
+    const sockets = new Set<net.Socket>();
+    const silent = net.createServer((s) => {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+    });
+    await new Promise<void>((r) => silent.listen(0, "127.0.0.1", r));
+    const admin = `127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    const client = new EtcdStore({ endpoints: [etcd.endpoint] });
+    try {
+      const ids = Array.from({ length: 100 }, (_, i) => `mute-${String(i).padStart(3, "0")}`);
+      for (const id of ids) await client.put(keys.node(id), encodeValue({ id, address: admin, admin, zone: "", version: "0", ready: true, draining: false, revision: 1, mode: "shared", startedAt: 1, updatedAt: 1 }));
+      const r = await ballastCli(() => etcd.endpoint, cluster)("-o", "json", "status");
+      expect(r.stderr).toBe("");
+      expect(r.code).toBe(0);
+      const out = JSON.parse(r.stdout) as { nodes: Array<{ node: string; ready: unknown }> };
+      expect(out.nodes.map((n) => n.node)).toEqual(ids);
+      for (const n of out.nodes) expect(n.ready).toBe("no answer within 3 s");
+    } finally {
+      await client.close();
+      for (const s of sockets) s.destroy();
+      await new Promise((r) => silent.close(r));
     }
   });
 });
