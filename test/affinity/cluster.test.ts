@@ -233,10 +233,13 @@ describe("affinity across the cluster", () => {
       await new Promise((r) => setTimeout(r, 100));
     }
     for (const n of [na, nc]) expect(entriesOf(n, "web"), `${n.id} still holds the entries`).toBe(10);
-    // 40 uses per client in 4 s, but refreshes only every TTL/4 (500 ms): about 8 batches, not 40.
+    // 40 uses per client in 4 s (40 rounds of all 10 clients), but refreshes only every TTL/4 (500 ms):
+    // about 8 batches, not 40. The clients' refresh times follow when node B learned each entry, so
+    // their refreshes can fall into two batches per window: up to ~16 (15 seen in a full-suite run at
+    // CI's load). Throttling per use would make one batch per round: 40.
     const batches = nb.affinity.replicator!.batches - batches0;
     expect(batches).toBeGreaterThanOrEqual(4);
-    expect(batches).toBeLessThanOrEqual(12);
+    expect(batches).toBeLessThanOrEqual(20);
   });
 
   it("a node that made a losing entry without knowing the winner is corrected by the nodes that hold it", async () => {
