@@ -793,13 +793,27 @@ function affinityCell(a: ServiceStateView["affinity"]): string {
   return a.mode === "none" ? "none" : `${a.mode} ttl ${Math.round(a.ttlMs / 1000)}s, ${a.entries} entries`;
 }
 
+/** What closing a drained node (etcd calls, listeners) may take before the process exits regardless. */
+const CLOSE_GRACE_MS = 10_000;
+
 async function runNode(config: NodeConfig, path: string, watch: boolean): Promise<void> {
   // A rollout without a restart hook: once drained, the node exits RESTART_EXIT_CODE and its
   // supervisor (systemd RestartForceExitStatus=75, a container restart policy) starts it again.
   const [{ BallastNode: Node }, { RESTART_EXIT_CODE }, { loadConfig: loadFile }] = await Promise.all([import("./node.js"), import("../shared/rollout.js"), import("./config-file.js")]);
+  /**
+   * A stop must end: the supervisor restarts only a process that exited, and an etcd call that never
+   * answers (a lease revoke, a resign) would otherwise hold a drained node out of service for good.
+   */
+  const exitWithin = (ms: number, code: number, what: string) => {
+    setTimeout(() => {
+      node.log.error({ ms }, `${what} did not finish in ${ms} ms: exiting ${code} anyway`);
+      process.exit(code);
+    }, ms).unref();
+  };
   const node: BallastNode = new Node({
     config,
     restart: () => {
+      exitWithin(CLOSE_GRACE_MS, RESTART_EXIT_CODE, "closing for the rollout's restart");
       node.close().then(
         () => process.exit(RESTART_EXIT_CODE),
         () => process.exit(RESTART_EXIT_CODE),
@@ -848,6 +862,8 @@ async function runNode(config: NodeConfig, path: string, watch: boolean): Promis
     }
     shuttingDown = true;
     node.log.info({ signal }, "shutting down");
+    // The node's current timings: a reload may have changed them since start.
+    exitWithin(node.config.withdrawDelay + node.config.drainTimeout + CLOSE_GRACE_MS, 1, `shutdown on ${signal}`);
     drainThenExit();
   };
   process.on("SIGTERM", () => stop("SIGTERM"));

@@ -172,12 +172,30 @@ class Rollout {
     }
     if (cur.phase === "waiting") {
       this.opts.say(`${node}: waiting for the new process (drained, converged at revision ${cur.revision})`);
+      // What the last poll saw, for the failure message: an operator must tell "the old process never
+      // exited" (its supervisor or the hook) from "no process registered" and "the new one lags".
+      let seen = "";
       await this.until(`${node} to come back (a new process, drained, at revision ≥ ${cur.revision})`, async () => {
+        seen = "";
         const r = await this.record(node);
-        if (r === null || r.startedAt <= cur.startedAtBefore || r.drain?.state !== "drained") return null;
+        if (r === null) {
+          seen = "no node record: no process of it is registered";
+          return null;
+        }
+        if (r.startedAt <= cur.startedAtBefore) {
+          seen = `the process started ${new Date(r.startedAt).toISOString()} (before the drain) is still registered, drain ${r.drain?.state ?? "none"}: it did not exit, or its record outlived it`;
+          return null;
+        }
+        if (r.drain?.state !== "drained") {
+          seen = `a new process (started ${new Date(r.startedAt).toISOString()}) reports drain ${r.drain?.state ?? "none"}`;
+          return null;
+        }
+        seen = `a new process (started ${new Date(r.startedAt).toISOString()}) is drained; its admin API at ${r.admin} did not answer /api/state`;
         const st = await this.stateOf(r);
-        return st !== null && st.revision >= cur.revision && st.snapshotRevision > 0 ? r : null;
-      }, "did not come back");
+        if (st === null) return null;
+        seen = `a new process (started ${new Date(r.startedAt).toISOString()}) is drained at revision ${st.revision}, snapshot revision ${st.snapshotRevision}`;
+        return st.revision >= cur.revision && st.snapshotRevision > 0 ? r : null;
+      }, "did not come back", () => seen);
       await this.phase("undraining");
     }
     if (cur.phase === "undraining") {
@@ -244,7 +262,7 @@ class Rollout {
   }
 
   /** Polls `check` until it returns a value, the timeout passes (the rollout stops, naming `what`), or an abort. */
-  private async until<T>(what: string, check: () => Promise<T | null>, failure = "timed out"): Promise<T> {
+  private async until<T>(what: string, check: () => Promise<T | null>, failure = "timed out", lastSeen: () => string = () => ""): Promise<T> {
     const deadline = Date.now() + this.opts.timeoutMs;
     let last = "";
     for (;;) {
@@ -258,7 +276,8 @@ class Rollout {
       }
       if (Date.now() >= deadline) {
         const node = this.state.current?.node ?? "?";
-        throw new Error(`${node} ${failure}: waited ${Math.round(this.opts.timeoutMs / 1000)} s for ${what}${last ? ` (last error: ${last})` : ""}; the rollout stopped here, ${node} keeps its drain key (ballast rollout restart resumes, ballast rollout abort ends it)`);
+        const saw = lastSeen();
+        throw new Error(`${node} ${failure}: waited ${Math.round(this.opts.timeoutMs / 1000)} s for ${what}${saw ? ` (last seen: ${saw})` : ""}${last ? ` (last error: ${last})` : ""}; the rollout stopped here, ${node} keeps its drain key (ballast rollout restart resumes, ballast rollout abort ends it)`);
       }
       await sleep(POLL_MS);
     }

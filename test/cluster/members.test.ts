@@ -40,6 +40,8 @@ afterAll(async () => {
 class Cluster {
   readonly keys: KeySchema;
   readonly procs = new Map<string, NodeProcess>();
+  /** Every process started, in order, with how it ended: what a failed rollout is explained with. */
+  readonly started: Array<{ id: string; p: NodeProcess; code?: number | null }> = [];
   constructor(readonly name: string) {
     this.keys = KeySchema.forCluster(name);
   }
@@ -65,12 +67,20 @@ class Cluster {
   async spawn(id: string): Promise<NodeProcess> {
     const p = await spawnNode({ node: { id }, cluster: this.name, etcd: { endpoints: [etcd.endpoint], leaseTtl: 1 }, withdrawDelay: "200ms", drainTimeout: "3s", accessLog: { enabled: false } });
     this.procs.set(id, p);
+    const entry: { id: string; p: NodeProcess; code?: number | null } = { id, p };
+    this.started.push(entry);
     void p.exited.then((code) => {
+      entry.code = code;
       if (this.procs.get(id) !== p) return; // killed by the test
       this.procs.delete(id);
-      if (code === RESTART_EXIT_CODE) void this.spawn(id);
+      if (code === RESTART_EXIT_CODE) void this.spawn(id).catch((err: Error) => this.started.push({ id, p: { logs: [`respawn failed: ${err.message}`] } as unknown as NodeProcess, code: null }));
     });
     return p;
+  }
+
+  /** The processes started so far with their exit codes and last log lines. */
+  history(lines = 15): string {
+    return this.started.map((e) => `--- ${e.id} (exit ${e.code === undefined ? "running" : e.code}):\n${e.p.logs.slice(-lines).join("\n")}`).join("\n");
   }
 
   async kill(id: string): Promise<void> {
@@ -193,7 +203,7 @@ describe("membership and the drain guard", () => {
       const r = await c.cli("rollout", "restart", "--timeout", "60");
       sampling = false;
       await sampler;
-      expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+      expect(r.code, `${r.stdout}\n${r.stderr}\n${c.history()}`).toBe(0);
       expect(r.stdout).toMatch(/rollout r-\d+ done: 3 nodes/);
       const after = await c.records();
       for (const rec of after) expect(rec.startedAt, rec.id).toBeGreaterThan(startedBefore.get(rec.id)!);

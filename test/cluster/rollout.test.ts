@@ -537,6 +537,8 @@ describe("ballast rollout restart", () => {
       const r = await c.cli("rollout", "restart", "--restart-cmd", hookCommand(hook.port), "--timeout", "25");
       expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(1);
       expect(r.stderr).toMatch(/rollout stopped: n2 did not come back: waited 25 s/);
+      // It says what it saw last: n2 was killed and its leased record expired.
+      expect(r.stderr).toMatch(/\(last seen: no node record: no process of it is registered\)/);
       const st = (await c.rollout())!;
       expect(st.status).toBe("failed");
       expect(st.done).toEqual(["n1"]);
