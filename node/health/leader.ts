@@ -1,8 +1,8 @@
 // The health-check leader: every node campaigns; the elected one checks every backend and writes
 // verdicts (only on change) and a heartbeat, each as a fenced write that fails once another term
-// began. A refused or failed verdict write ends the term at once: stop checking, step down, campaign
-// again. A heartbeat that did not reach etcd is retried while the term lasts (issue 19: an etcd
-// outage shorter than the lease TTL must not cost a term; the fence keeps a late retry harmless).
+// began. A refused write ends the term at once: stop checking, step down, campaign again. A verdict
+// or heartbeat that did not reach etcd is retried while the term lasts (issue 19: an etcd outage
+// shorter than the lease TTL must not cost a term; the fence keeps a late retry harmless).
 import { setTimeout as sleep } from "node:timers/promises";
 import { encodeValue, type Observation, parseVerdictValue, type Verdict } from "../../shared/codec.js";
 import type { KeySchema } from "../../shared/keys.js";
@@ -149,6 +149,10 @@ class Term {
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private pruneTimer: NodeJS.Timeout | null = null;
   private heartbeatInflight = false;
+  /** Pending verdict writes that failed are pumped again when this fires. */
+  private retryTimer: NodeJS.Timeout | null = null;
+  /** Keys whose last write did not reach etcd (the unwritten-verdicts gauge). */
+  private readonly unwritten = new Set<string>();
   /** Pruning waits until the node's records are at least as new as the seed read. */
   private seedRevision = Number.POSITIVE_INFINITY;
   private targetsSeen = false;
@@ -322,14 +326,40 @@ class Term {
       write.then(
         (ok) => {
           this.inflight.delete(key);
+          if (ok && this.unwritten.delete(key)) this.ctx.metrics.unwrittenVerdicts.set(this.unwritten.size);
           if (this.fenced(ok)) this.pump();
         },
         (err: Error) => {
           this.inflight.delete(key);
-          this.failed(err);
+          this.writeFailed(key, value, err);
         },
       );
     }
+  }
+
+  /**
+   * A verdict write that did not reach etcd (unavailable, timed out) is tried again while the term
+   * lasts, as the heartbeat is: an etcd outage shorter than the lease TTL must not cost a term, and a
+   * verdict decided during one must still land. A newer value queued for the key meanwhile wins; the
+   * fence keeps a late retry harmless (a deposed term's write is refused). Other errors end the term.
+   */
+  private writeFailed(key: string, value: Buffer | null, err: Error): void {
+    if ((err as { recoverable?: unknown }).recoverable !== true) {
+      this.failed(err);
+      return;
+    }
+    this.ctx.metrics.fencedWrites.inc({ result: "error" });
+    if (this.ended) return;
+    if (!this.pending.has(key)) this.pending.set(key, value);
+    this.unwritten.add(key);
+    this.ctx.metrics.unwrittenVerdicts.set(this.unwritten.size);
+    this.ctx.log.debug({ err: err.message, key, term: this.leadership.term }, "verdict write did not reach etcd; retrying");
+    if (this.retryTimer !== null) return;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      this.pump();
+    }, HEARTBEAT_RETRY_MS * (0.5 + Math.random()));
+    this.retryTimer.unref();
   }
 
   private heartbeat(): void {
@@ -386,7 +416,7 @@ class Term {
     return ok;
   }
 
-  /** A write that did not reach etcd: whether it landed is unknown, so step down rather than guess. */
+  /** A write that failed other than by etcd being unreachable: step down rather than guess. */
   private failed(err: Error): void {
     this.ctx.metrics.fencedWrites.inc({ result: "error" });
     void this.end(`write failed: ${err.message}`, true);
@@ -396,6 +426,10 @@ class Term {
     if (this.ended) return this.resigning;
     this.ended = true;
     if (this.heartbeatTimer) clearTimeout(this.heartbeatTimer);
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    // What this term could not write, the next term decides and writes again.
+    this.unwritten.clear();
+    this.ctx.metrics.unwrittenVerdicts.set(0);
     if (this.pruneTimer) clearTimeout(this.pruneTimer);
     // This node's own states end with the term: nothing avoids a backend on their account any more.
     for (const [key, v] of this.checker.verdicts()) if (v.state === "down") this.ctx.onOwn?.(key, null);

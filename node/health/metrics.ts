@@ -16,6 +16,7 @@ export class HealthMetrics {
   readonly lagSeconds: client.Histogram;
   readonly verdictChanges: client.Counter<"service" | "state" | "source">;
   readonly fencedWrites: client.Counter<"result">;
+  readonly unwrittenVerdicts: client.Gauge;
   readonly leader: client.Gauge;
   readonly mode: client.Gauge<"mode">;
   readonly modeTransitions: client.Counter<"mode">;
@@ -47,6 +48,7 @@ export class HealthMetrics {
       registers,
     });
     this.fencedWrites = new client.Counter({ name: "ballast_health_fenced_writes_total", help: "Verdict and heartbeat writes as health leader, by result (refused = fenced out).", labelNames: ["result"], registers });
+    this.unwrittenVerdicts = new client.Gauge({ name: "ballast_health_unwritten_verdicts", help: "Verdicts this node decided as leader whose write did not reach etcd yet (retried while its term lasts).", registers });
     this.leader = new client.Gauge({ name: "ballast_health_leader", help: "1 while this node is the health-check leader.", registers });
     this.mode = new client.Gauge({ name: "ballast_health_mode", help: "1 for the verdict mode this node routes by (shared, local-fallback, standalone).", labelNames: ["mode"], registers });
     this.modeTransitions = new client.Counter({ name: "ballast_health_mode_transitions_total", help: "Switches of the verdict mode, by the mode entered.", labelNames: ["mode"], registers });

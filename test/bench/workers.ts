@@ -2,7 +2,8 @@
 // Ballast proxy `workers: 1` and `workers: 2` against HAProxy `nbthread 1` and `nbthread 2`, on loopback,
 // same nginx backends, same load: keep-alive req/s, new conn/s, bulk Gbit/s (iperf3, 2 streams), added
 // p99 at light load, CPU per request / per new connection / per GB summed over every process of the
-// proxy (Ballast: the primary and its workers), RSS per process, and 2 ÷ 1 throughput.
+// proxy (Ballast: the primary and its workers), RSS per process, and 2 ÷ 1 throughput. A bare Node.js
+// pipe proxy (agents/pipe-proxy.ts) runs beside them: the runtime's floor, to tell our cost from Node's.
 // Narrower than `npm run bench` (no namespaces, no etcd, no kernel modes): the ratios are what it is for.
 import { mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
@@ -77,6 +78,17 @@ async function ballast(workers: number, backends: number[], iperfPorts: [number,
   };
   return { name: `Ballast proxy, workers: ${workers}`, http, bulk, pid: () => proc.child.pid ?? 0, stop };
 }
+
+/** The runtime's floor: a bare Node.js pipe proxy (agents/pipe-proxy.ts), one process, the same services. */
+async function pipeFloor(backends: number[], iperfPorts: [number, number]): Promise<Target> {
+  const http = await freePort();
+  const bulk: [number, number] = [await freePort(), await freePort()];
+  const spec = [`${http}:${backends.join(",")}`, `${bulk[0]}:${iperfPorts[0]}`, `${bulk[1]}:${iperfPorts[1]}`].join(";");
+  const proc = group.start("pipe-proxy", process.execPath, [agentPath("pipe-proxy"), "--listen", spec], { nofile: 100_000 });
+  await proc.waitForLine(/"ready":true/, 30_000);
+  return { name: FLOOR, http, bulk, pid: () => proc.child.pid ?? 0, stop: () => proc.stop(5000) };
+}
+const FLOOR = "Node.js pipe proxy (floor)";
 
 async function haproxy(threads: number, backends: number[], iperfPorts: [number, number], checkPort: number): Promise<Target> {
   const http = await freePort();
@@ -248,10 +260,12 @@ async function main(): Promise<void> {
     [() => haproxy(2, http.ports, iperfPorts, sink.ports[0]), 2],
     [() => ballast(1, http.ports, iperfPorts), 1],
     [() => ballast(2, http.ports, iperfPorts), 2],
+    [() => pipeFloor(http.ports, iperfPorts), 1],
   ];
-  // --only ballast|haproxy: one side's rows (the ratios then need the other side's from an earlier run).
+  // --only ballast|haproxy|floor: one side's rows (the ratios then need the other side's from an earlier run).
   const only = value("only");
-  if (only !== undefined) for (let i = makers.length - 1; i >= 0; i--) if (!(i < 2 ? only === "haproxy" : only === "ballast")) makers.splice(i, 1);
+  const side = (i: number) => (i < 2 ? "haproxy" : i < 4 ? "ballast" : "floor");
+  if (only !== undefined) for (let i = makers.length - 1; i >= 0; i--) if (side(i) !== only) makers.splice(i, 1);
   // --threads 1|2: only the 1-worker/1-thread pair, or the 2 pair (before/after figures of one change).
   const threadsOnly = value("threads");
   if (threadsOnly !== undefined) for (let i = makers.length - 1; i >= 0; i--) if (String(makers[i][1]) !== threadsOnly) makers.splice(i, 1);
@@ -300,6 +314,16 @@ async function main(): Promise<void> {
     const h = byName(`HAProxy, nbthread ${n}`);
     if (b === undefined || h === undefined) continue;
     lines.push(`- Ballast ÷ HAProxy at ${n}: CPU per request ${(m(b, (s) => s.kaCpuUs) / m(h, (s) => s.kaCpuUs)).toFixed(2)}×, per new connection ${(m(b, (s) => s.ncCpuUs) / m(h, (s) => s.ncCpuUs)).toFixed(2)}×, per GB ${(m(b, (s) => s.cpuSPerGB) / m(h, (s) => s.cpuSPerGB)).toFixed(2)}×, keep-alive req/s ${(m(b, (s) => s.kaRps) / m(h, (s) => s.kaRps)).toFixed(2)}×`);
+  }
+  // How much of the gap to HAProxy is the runtime's: the bare pipe proxy against HAProxy, and Ballast against it.
+  const floor = byName(FLOOR);
+  const h1 = byName("HAProxy, nbthread 1");
+  const b1 = byName("Ballast proxy, workers: 1");
+  if (floor !== undefined && h1 !== undefined) {
+    lines.push(`- Floor ÷ HAProxy at 1: CPU per request ${(m(floor, (s) => s.kaCpuUs) / m(h1, (s) => s.kaCpuUs)).toFixed(2)}×, per new connection ${(m(floor, (s) => s.ncCpuUs) / m(h1, (s) => s.ncCpuUs)).toFixed(2)}×, per GB ${(m(floor, (s) => s.cpuSPerGB) / m(h1, (s) => s.cpuSPerGB)).toFixed(2)}× (a bare Node.js pipe proxy: what the runtime costs before any product logic)`);
+  }
+  if (floor !== undefined && b1 !== undefined) {
+    lines.push(`- Ballast ÷ floor at 1: CPU per request ${(m(b1, (s) => s.kaCpuUs) / m(floor, (s) => s.kaCpuUs)).toFixed(2)}×, per new connection ${(m(b1, (s) => s.ncCpuUs) / m(floor, (s) => s.ncCpuUs)).toFixed(2)}×, per GB ${(m(b1, (s) => s.cpuSPerGB) / m(floor, (s) => s.cpuSPerGB)).toFixed(2)}×`);
   }
   const md = lines.join("\n");
   writeFileSync(join(runDir, "workers.md"), `${md}\n`);

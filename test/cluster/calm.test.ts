@@ -40,10 +40,10 @@ async function settledCluster(n: number, opts: { leaseTtl?: number; staleAfter?:
       // quorum ok: every observer's vote is in. The leader's first verdict says "degraded" (1 of 2
       // observers voted) and is rewritten when the second vote arrives; an outage that began before
       // that write landed made the write fail and cost the term (the leader steps down on a failed
-      // write), which is a race of this test's start, not what it measures.
+      // write), which is a race of this test's start, not what it measures. One node judges alone.
       nodes.every((node) => {
         const v = node.reconciler.snapshot?.services.get("web")?.backends[0]?.verdict;
-        return v?.state === "up" && v.quorum === "ok" && leaderOf(node) !== null && leaderOf(node) === leaderOf(nodes[0]) && node.mode === "shared";
+        return v?.state === "up" && (v.quorum === "ok" || n === 1) && leaderOf(node) !== null && leaderOf(node) === leaderOf(nodes[0]) && node.mode === "shared";
       }) &&
       nodes.every((node) => node.reconciler.nodes.size === n && [...node.reconciler.nodes.values()].every((r) => r.ready && r.mode === "shared")),
     { timeoutMs: 20_000, message: "a leader, backend a up on every node, every node registered ready and shared" },
@@ -141,6 +141,26 @@ describe("calm recovery", () => {
     // Same leases, same create revisions: no node record or election key was written anew.
     expect(await leasedKeys(etcd, keys)).toEqual(before);
   }, 90_000);
+
+  it("a verdict decided while etcd is down lands when it returns, in the same term (the write is retried, not the term ended)", async () => {
+    // One node: it judges alone, so its own probes decide (no observer vote has to reach etcd).
+    const { etcd, nodes } = await settledCluster(1, { leaseTtl: 5, staleAfter: "4s" });
+    const [node] = nodes;
+    const { term, leader } = node.health.status();
+    await etcd.kill("SIGKILL");
+    await closeAllBackends();
+    // The leader decides "down" (2 failed probes, 1 s apart) and its write finds no etcd.
+    await waitFor(async () => (await metric(node, "ballast_health_verdict_changes_total", { service: "web", state: "down", source: "shared" })) === 1, { timeoutMs: 10_000, message: "the leader decided down while etcd is gone" });
+    await waitFor(async () => (await metric(node, "ballast_health_unwritten_verdicts")) === 1, { timeoutMs: 10_000, message: "the verdict's write did not reach etcd" });
+    await etcd.restart();
+    // The node routes by the verdict it reads back from etcd (shared mode, asserted below).
+    await waitFor(() => node.reconciler.snapshot?.services.get("web")?.backends[0]?.verdict?.state === "down", { timeoutMs: 15_000, message: "the down verdict written to etcd and read back" });
+    expect(node.health.status()).toMatchObject({ leader, term });
+    expect(await metric(node, "ballast_health_unwritten_verdicts")).toBe(0);
+    expect(node.mode).toBe("shared");
+    expect(await metric(node, "ballast_health_mode_transitions_total", { mode: "local-fallback" })).toBe(0);
+    expect(await metric(node, "ballast_etcd_leases_lost_total")).toBe(0);
+  }, 60_000);
 
   it("an outage of 4 lease TTLs recovers: nodes fall back, register again, and return to one leader's shared verdicts", async () => {
     const { etcd, keys, nodes } = await settledCluster(3, { leaseTtl: 2, staleAfter: "2s" });
