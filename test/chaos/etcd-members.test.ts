@@ -3,7 +3,7 @@
 // from their last snapshot (fail-static), stay ready and announced, and catch up once etcd is back.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { waitFor } from "../helpers/wait.js";
-import { byNode, ChaosCluster, everyNodeSees, percentile, sleep, watchReadiness } from "./cluster.js";
+import { byNode, ChaosCluster, everyNodeSees, notAnnouncedSamples, notReadySamples, percentile, sleep, unknownSamples, watchReadiness } from "./cluster.js";
 import { figures, formatFigures, recordFigure } from "./figures.js";
 
 const SCENARIO = "6 etcd members killed";
@@ -37,14 +37,16 @@ describe(SCENARIO, () => {
     const result = await load;
     const samples = await watch.stop();
 
-    const notReady = samples.filter((s) => Object.values(s.ready).some((r) => !r)).length;
-    const notAnnounced = samples.filter((s) => s.announced.length !== cluster.nodes.length).length;
+    const notReady = notReadySamples(samples);
+    const notAnnounced = notAnnouncedSamples(samples, { count: cluster.nodes.length });
     const connectTimes = result.connections.filter((c) => c.connectMs >= 0).map((c) => c.connectMs);
     recordFigure({ scenario: SCENARIO, figure: "one killed: client connections", value: result.total });
     recordFigure({ scenario: SCENARIO, figure: "one killed: failed connections", value: result.failed, bound: "= 0" });
     recordFigure({ scenario: SCENARIO, figure: "one killed: connect p99", value: percentile(connectTimes, 99), unit: "ms" });
     recordFigure({ scenario: SCENARIO, figure: "one killed: new etcd leader after", value: electedMs, unit: "ms" });
     recordFigure({ scenario: SCENARIO, figure: "one killed: readiness samples not all ready", value: notReady, bound: "= 0" });
+    recordFigure({ scenario: SCENARIO, figure: "one killed: readiness samples not all announced", value: notAnnounced, bound: "= 0" });
+    recordFigure({ scenario: SCENARIO, figure: "one killed: samples with a probe unanswered in 2 s (unknown, not counted)", value: `${unknownSamples(samples)} of ${samples.length}` });
     recordFigure({ scenario: SCENARIO, figure: "one killed: nodes serving (by connections)", value: Object.keys(byNode(result)).length, bound: `= ${cluster.nodes.length}` });
 
     expect(result.failed, JSON.stringify(result.errors)).toBe(0);
@@ -62,10 +64,11 @@ describe(SCENARIO, () => {
     const result = await load;
     const samples = await watch.stop();
 
-    const notReady = samples.filter((s) => Object.values(s.ready).some((r) => !r)).length;
+    const notReady = notReadySamples(samples);
     recordFigure({ scenario: SCENARIO, figure: "all killed: client connections", value: result.total });
     recordFigure({ scenario: SCENARIO, figure: "all killed: failed connections", value: result.failed, bound: "= 0" });
     recordFigure({ scenario: SCENARIO, figure: "all killed: readiness samples not all ready", value: notReady, bound: "= 0" });
+    recordFigure({ scenario: SCENARIO, figure: "all killed: samples with a probe unanswered in 2 s (unknown, not counted)", value: `${unknownSamples(samples)} of ${samples.length}` });
     expect(result.failed, JSON.stringify(result.errors)).toBe(0);
     expect(notReady).toBe(0);
     expect(Object.keys(byNode(result)).length).toBe(cluster.nodes.length);

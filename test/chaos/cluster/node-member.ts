@@ -30,12 +30,17 @@ export class NodeMember extends Member {
   }
 
   async ready(): Promise<boolean> {
+    return (await this.readiness()) === true;
+  }
+
+  /** /readyz: true (200), false (any other answer), null (no answer within 2 s: a loaded machine's docker network, not a verdict). */
+  async readiness(): Promise<boolean | null> {
     try {
-      const res = await fetch(`${this.adminUrl}/readyz`, { signal: AbortSignal.timeout(1000) });
+      const res = await fetch(`${this.adminUrl}/readyz`, { signal: AbortSignal.timeout(2000) });
       await res.arrayBuffer();
       return res.status === 200;
     } catch {
-      return false;
+      return null;
     }
   }
 

@@ -86,8 +86,25 @@ export async function everyNodeSees<N extends StateSource>(
 export interface ReadinessSample {
   /** ms since the watch started */
   t: number;
-  ready: Record<string, boolean>;
-  announced: string[];
+  /** Per node: /readyz said 200 (true), something else (false), or did not answer in time (null: unknown). */
+  ready: Record<string, boolean | null>;
+  /** The router's next hops for the VIP; null when the router could not be asked (a docker exec failed). */
+  announced: string[] | null;
+}
+
+/** Samples where some node answered not ready (an unanswered probe is unknown, not "not ready"). */
+export function notReadySamples(samples: ReadinessSample[], node?: string): number {
+  return samples.filter((s) => (node === undefined ? Object.values(s.ready).some((r) => r === false) : s.ready[node] === false)).length;
+}
+
+/** Samples the router answered where `ip` (or, without it, any of `count` nodes) was not a next hop. */
+export function notAnnouncedSamples(samples: ReadinessSample[], opts: { ip?: string; count?: number }): number {
+  return samples.filter((s) => s.announced !== null && (opts.ip !== undefined ? !s.announced.includes(opts.ip) : s.announced.length !== opts.count)).length;
+}
+
+/** Samples with an unanswered readiness probe or router question: reported beside the counts above. */
+export function unknownSamples(samples: ReadinessSample[]): number {
+  return samples.filter((s) => s.announced === null || Object.values(s.ready).some((r) => r === null)).length;
 }
 
 /** Samples every node's /readyz and the router's next hops until stopped (for "stayed ready" checks). */
@@ -96,8 +113,8 @@ export function watchReadiness(c: ChaosCluster, intervalMs = 250): { startedAt: 
   const watch = sampleEvery(intervalMs, async (): Promise<ReadinessSample> => {
     const at = Date.now();
     const [ready, announced] = await Promise.all([
-      Promise.all(c.nodes.map(async (n) => [n.nodeId, await n.ready()] as const)),
-      c.announcedNodes().catch(() => []),
+      Promise.all(c.nodes.map(async (n) => [n.nodeId, await n.readiness()] as const)),
+      c.announcedNodes().catch(() => null),
     ]);
     return { t: at - t0, ready: Object.fromEntries(ready), announced };
   });

@@ -3,7 +3,7 @@
 // so the verdict changes far less often than the backend does, every verdict written carries a count
 // of at least rise/fall, and no node crashes, restarts, logs an error or stops being ready.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type ChaosCluster, sampleEvery, sleep, watchReadiness } from "../cluster.js";
+import { type ChaosCluster, notReadySamples, sampleEvery, sleep, unknownSamples, watchReadiness } from "../cluster.js";
 import { figures, formatFigures, recordFigure } from "../figures.js";
 import { HEALTH } from "../shared-cluster.js";
 
@@ -56,7 +56,7 @@ export function flappingBackend(cluster: () => ChaosCluster): void {
       const transitions = [...routable.values()].map((xs) => xs.filter((x, i) => i > 0 && x !== xs[i - 1]).length);
       const startedAfter = await Promise.all(c.nodes.map((n) => n.times()));
       const restarted = c.nodes.filter((_, i) => !startedAfter[i].running || startedAfter[i].startedAt !== startedBefore[i].startedAt).map((n) => n.nodeId);
-      const notReady = samples.filter((s) => Object.values(s.ready).some((r) => !r)).length;
+      const notReady = notReadySamples(samples);
       const errors = (await Promise.all(c.nodes.map((n) => n.logEvents()))).flat().filter((e) => e.at >= t0 && e.level >= 50);
       const leaderAfter = await c.healthLeader();
       const by503 = load.connections.filter((x) => x.err === "http-503").length;
@@ -69,6 +69,7 @@ export function flappingBackend(cluster: () => ChaosCluster): void {
       rec("client connections / answered 503 by the flapper / other failures", `${load.total} / ${by503} / ${load.failed - by503}`, undefined, "… / … / 0");
       rec("nodes restarted or crashed / error log lines", `${restarted.length} / ${errors.length}`, undefined, "0 / 0");
       rec("readiness samples not all ready", notReady, undefined, "= 0");
+      rec("readiness samples with a probe unanswered in 2 s (unknown, not counted)", `${unknownSamples(samples)} of ${samples.length}`);
       rec("health leader before / after", `${leader?.nodeId} / ${leaderAfter?.nodeId}`);
 
       expect(writes.length).toBeLessThanOrEqual(MAX_VERDICT_CHANGES);

@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { StateView } from "../../../shared/api.js";
 import { waitFor } from "../../helpers/wait.js";
-import { type ChaosCluster, everyNodeSees, nodeOf, sleep, watchConntrack, watchReadiness } from "../cluster.js";
+import { type ChaosCluster, everyNodeSees, nodeOf, notAnnouncedSamples, notReadySamples, sleep, unknownSamples, watchConntrack, watchReadiness } from "../cluster.js";
 import { figures, formatFigures, recordFigure } from "../figures.js";
 
 export const NODE_CUT = "4 node cut from etcd";
@@ -80,8 +80,8 @@ export function nodeCut(cluster: () => ChaosCluster): void {
       const [samples, pinned] = await Promise.all([readiness.stop(), pins.stop()]);
 
       const cutSamples = samples.filter((x) => x.t + readiness.startedAt >= cutAt && x.t + readiness.startedAt <= reconnectedAt);
-      const notReady = cutSamples.filter((x) => !x.ready[victim.nodeId]).length;
-      const notAnnounced = cutSamples.filter((x) => !x.announced.includes(victimIp)).length;
+      const notReady = notReadySamples(cutSamples, victim.nodeId);
+      const notAnnounced = notAnnouncedSamples(cutSamples, { ip: victimIp });
       const log = (await victim.logEvents()).filter((e) => e.at >= cutRequestedAt && e.at <= reconnectedAt);
       const sinceCut = (e: { at: number } | undefined) => (e ? `${e.at - cutRequestedAt} ms` : "not during the cut");
       const leaseLost = log.find((e) => e.msg.startsWith("node lease lost"));
@@ -93,7 +93,7 @@ export function nodeCut(cluster: () => ChaosCluster): void {
       rec("cut for (from the end of docker's disconnect to the reconnect)", reconnectedAt - cutAt, "ms");
       rec("client connections / failed", `${load.total} / ${load.failed}`, undefined, "… / 0");
       rec("served by the cut node while cut", servedWhileCut, undefined, "> 0");
-      rec("readiness samples while cut: not ready / not announced", `${notReady} / ${notAnnounced} of ${cutSamples.length}`, undefined, "0 / 0");
+      rec("readiness samples while cut: not ready / not announced", `${notReady} / ${notAnnounced} of ${cutSamples.length} (${unknownSamples(cutSamples)} with a probe unanswered: unknown)`, undefined, "0 / 0");
       rec("its registration expired (seen by the others) after", expiredMs, "ms");
       rec("cut node: lease lost / local fallback / watch reported broken after", `${sinceCut(leaseLost)} / ${sinceCut(fallback)} / ${sinceCut(unreachable)}`);
       rec("its mode at the end of the cut", during.node.mode, undefined, "local-fallback");
