@@ -1,13 +1,13 @@
 // The `ballast` command: runs a node (`ballast node --config FILE`) and manages the cluster through
 // etcd (services, backends, nodes, status) and the nodes' admin APIs (route explain).
 import { readFileSync, watchFile } from "node:fs";
-import { request } from "node:http";
 import { Command, Option } from "commander";
 import type { ApiError, DnsStateView, ForwardingStateView, NodeSummaryView, RouteAnswer, ServiceStateView, StateView } from "../shared/api.js";
 import type { NodeRecord } from "../shared/codec.js";
 import { KeySchema } from "../shared/keys.js";
 import type { NodeConfig } from "../shared/schema.js";
 import { VERSION } from "../shared/version.js";
+import { getJson } from "./admin-client.js";
 import { PeerTrust } from "./admin/peer-trust.js";
 import type { Store } from "./control/store.js";
 import { type BallastEvent, eventsPrefix } from "./events.js";
@@ -145,41 +145,6 @@ function print(opts: GlobalOpts, rows: Record<string, unknown>[], json: unknown 
   for (const r of rows) process.stdout.write(`${line(cols.map((c) => cell(r[c])))}\n`);
 }
 
-/**
- * GET of a node's admin API (always plain HTTP) with one deadline for the whole exchange; `body` is the
- * parsed JSON, null when the answer is not JSON. node:http rather than fetch: undici's fetch cost ~5 ms
- * of CPU per request here, half a second of `ballast status` at 100 nodes (issue 19). A timeout rejects
- * with an error named TimeoutError, as AbortSignal.timeout's does.
- */
-function getJson(url: string, token: string | undefined, timeoutMs: number): Promise<{ status: number; body: unknown }> {
-  return new Promise((resolve, reject) => {
-    const req = request(url, { headers: token ? { authorization: `Bearer ${token}` } : {} }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on("data", (c: Buffer) => chunks.push(c));
-      res.on("error", reject);
-      res.on("end", () => {
-        clearTimeout(timer);
-        let body: unknown = null;
-        try {
-          body = JSON.parse(Buffer.concat(chunks).toString("utf8"));
-        } catch {
-          // not JSON: the caller says what it expected
-        }
-        resolve({ status: res.statusCode ?? 0, body });
-      });
-    });
-    const timer = setTimeout(() => {
-      const err = new Error(`no answer within ${timeoutMs} ms`);
-      err.name = "TimeoutError";
-      req.destroy(err);
-    }, timeoutMs);
-    req.on("error", (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    req.end();
-  });
-}
 
 /** A node's admin API answer, typed by the contract in shared/api.ts (the one place the JSON is trusted to match it). */
 async function fetchJson<T>(url: string, token?: string): Promise<T> {

@@ -6,6 +6,7 @@ import type { NodeRecord, RolloutView } from "../../shared/api.js";
 import type { KeySchema } from "../../shared/keys.js";
 import { NODE_ID } from "../../shared/keys.js";
 import type { Store } from "../control/store.js";
+import { getJson } from "../admin-client.js";
 import type { GlobalOpts } from "../cli.js";
 
 // The guard, members and runner modules (zod-built parsers) are imported by the actions that use them:
@@ -131,18 +132,7 @@ export function registerRolloutCommands(program: Command, node: Command, cli: Cl
               lockWaitMs: 15_000,
               by: operator(),
               say: (line) => process.stdout.write(`${new Date().toISOString()}  ${line}\n`),
-              admin: async (n: NodeRecord, path: string) => {
-                const token = o.token !== undefined && cli.trusts(opts, n.admin) ? o.token : undefined;
-                const res = await fetch(`http://${n.admin}${path}`, { headers: token ? { authorization: `Bearer ${token}` } : {}, signal: AbortSignal.timeout(3000) });
-                const text = await res.text();
-                let body: unknown = text;
-                try {
-                  body = JSON.parse(text);
-                } catch {
-                  // /readyz answers text
-                }
-                return { status: res.status, body };
-              },
+              admin: (n: NodeRecord, path: string) => getJson(`http://${n.admin}${path}`, o.token !== undefined && cli.trusts(opts, n.admin) ? o.token : undefined, 3000),
             });
           } catch (err) {
             if (err instanceof RolloutStopped) throw new Error(`rollout stopped: ${err.message}`);

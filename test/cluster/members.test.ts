@@ -4,21 +4,17 @@
 // status` and /api/state list it down (and a malformed member record with its key and reason), `node forget` is refused for a live node and then removes the
 // dead one, and the drain proceeds. A rollout refuses to start while a member is down, and once it is
 // back restarts every node (no hook: each exits 75 for its supervisor, this test) with at most one out.
-import { execFile } from "node:child_process";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { NodeRecord, StateView } from "../../shared/api.js";
-import { parseNodeRecord } from "../../shared/codec.js";
-import { KeySchema } from "../../shared/keys.js";
+import type { StateView } from "../../shared/api.js";
 import { parseMember } from "../../shared/members.js";
-import { nodesOut, RESTART_EXIT_CODE } from "../../shared/rollout.js";
+import { nodesOut } from "../../shared/rollout.js";
 import { EtcdStore } from "../../node/control/etcd-store.js";
 import { type Backend, startTcpEcho } from "../helpers/backends.js";
 import { type EtcdProcess, startEtcd } from "../helpers/etcd.js";
-import { CLI, getJson, type NodeProcess, spawnNode } from "../helpers/node.js";
+import { getJson } from "../helpers/node.js";
+import { NodeCluster } from "../helpers/node-cluster.js";
 import { waitFor as waitForBase } from "../helpers/wait.js";
 
-const run = promisify(execFile);
 /** The machine is shared and may be loaded: conditions get 30 s unless a test says otherwise (no speed is asserted). */
 const waitFor: typeof waitForBase = (cond, opts = {}) => waitForBase(cond, { timeoutMs: 30_000, ...opts });
 let etcd: EtcdProcess;
@@ -37,13 +33,14 @@ afterAll(async () => {
 });
 
 /** Three node processes of one cluster; a node that exits RESTART_EXIT_CODE is started again (its supervisor). */
-class Cluster {
-  readonly keys: KeySchema;
-  readonly procs = new Map<string, NodeProcess>();
-  /** Every process started, in order, with how it ended: what a failed rollout is explained with. */
-  readonly started: Array<{ id: string; p: NodeProcess; code?: number | null }> = [];
-  constructor(readonly name: string) {
-    this.keys = KeySchema.forCluster(name);
+class Cluster extends NodeCluster {
+  constructor(name: string) {
+    super(name, {
+      etcdEndpoint: etcd.endpoint,
+      store,
+      supervise: true,
+      config: (id) => ({ node: { id }, cluster: name, etcd: { endpoints: [etcd.endpoint], leaseTtl: 1 }, withdrawDelay: "200ms", drainTimeout: "3s", accessLog: { enabled: false } }),
+    });
   }
 
   async start(): Promise<void> {
@@ -59,70 +56,9 @@ class Cluster {
       },
       { timeoutMs: 60_000, message: "three ready nodes" },
     ).catch((err: Error) => {
-      throw new Error(`${err.message} (records: ${seen}; logs: ${[...this.procs.values()].map((p) => p.logs.slice(-5).join("\n")).join("\n---\n")})`);
+      throw new Error(`${err.message} (records: ${seen}; logs: ${this.history(5)})`);
     });
     await waitFor(async () => (await this.members()).length === 3, { message: "three members" });
-  }
-
-  async spawn(id: string): Promise<NodeProcess> {
-    const p = await spawnNode({ node: { id }, cluster: this.name, etcd: { endpoints: [etcd.endpoint], leaseTtl: 1 }, withdrawDelay: "200ms", drainTimeout: "3s", accessLog: { enabled: false } });
-    this.procs.set(id, p);
-    const entry: { id: string; p: NodeProcess; code?: number | null } = { id, p };
-    this.started.push(entry);
-    void p.exited.then((code) => {
-      entry.code = code;
-      if (this.procs.get(id) !== p) return; // killed by the test
-      this.procs.delete(id);
-      if (code === RESTART_EXIT_CODE) void this.spawn(id).catch((err: Error) => this.started.push({ id, p: { logs: [`respawn failed: ${err.message}`] } as unknown as NodeProcess, code: null }));
-    });
-    return p;
-  }
-
-  /** The processes started so far with their exit codes and last log lines. */
-  history(lines = 15): string {
-    return this.started.map((e) => `--- ${e.id} (exit ${e.code === undefined ? "running" : e.code}):\n${e.p.logs.slice(-lines).join("\n")}`).join("\n");
-  }
-
-  async kill(id: string): Promise<void> {
-    const p = this.procs.get(id);
-    if (!p) return;
-    this.procs.delete(id);
-    p.kill("SIGKILL");
-    await p.exited;
-  }
-
-  async stop(): Promise<void> {
-    await Promise.all([...this.procs.keys()].map((id) => this.kill(id)));
-  }
-
-  async records(): Promise<NodeRecord[]> {
-    const { kvs } = await store.list(this.keys.nodes);
-    return kvs.map((kv) => parseNodeRecord(kv.key.slice(this.keys.nodes.length), kv.value));
-  }
-
-  async members(): Promise<string[]> {
-    const { kvs } = await store.list(this.keys.members);
-    const out: string[] = [];
-    for (const kv of kvs) {
-      try {
-        out.push(parseMember(kv.key.slice(this.keys.members.length), kv.value).id);
-      } catch {
-        // the malformed record this test writes on purpose
-      }
-    }
-    return out.sort();
-  }
-
-  async drains(): Promise<string[]> {
-    const { kvs } = await store.list(this.keys.drains);
-    return kvs.map((kv) => kv.key.slice(this.keys.drains.length)).sort();
-  }
-
-  cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    return run(process.execPath, [CLI, "--etcd", etcd.endpoint, "--cluster", this.name, ...args]).then(
-      (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
-      (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
-    );
   }
 }
 

@@ -4,23 +4,20 @@
 // load (0 failed connections, at most one node out at any moment, resumable, stops at a node that
 // does not come back). Nodes bind 127.0.0.1/.2/.3 on one fixed port, so a restarted node serves
 // where it served before; the load client follows the node records as a DNS client would.
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import http from "node:http";
 import net from "node:net";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { NodeRecord, RolloutView } from "../../shared/api.js";
-import { parseNodeRecord } from "../../shared/codec.js";
-import { KeySchema } from "../../shared/keys.js";
+import type { RolloutView } from "../../shared/api.js";
 import { parseRolloutValue, RESTART_EXIT_CODE } from "../../shared/rollout.js";
 import { EtcdStore } from "../../node/control/etcd-store.js";
 import { drainNode, undrainNode } from "../../node/rollout/guard.js";
 import { type Backend, startTcpEcho } from "../helpers/backends.js";
 import { type EtcdProcess, startEtcd } from "../helpers/etcd.js";
-import { CLI, type NodeProcess, spawnNode } from "../helpers/node.js";
+import { CLI } from "../helpers/node.js";
+import { NodeCluster } from "../helpers/node-cluster.js";
 import { waitFor as waitForBase } from "../helpers/wait.js";
 
-const run = promisify(execFile);
 /** The machine is shared and may be loaded: conditions get 30 s unless a test says otherwise (no speed is asserted). */
 const waitFor: typeof waitForBase = (cond, opts = {}) => waitForBase(cond, { timeoutMs: 30_000, ...opts });
 const WITHDRAW_DELAY_MS = 800;
@@ -61,24 +58,21 @@ async function freePortOnAll(): Promise<number> {
 }
 
 /** Three node processes of one cluster, respawnable on the same address and port. */
-class Cluster {
-  readonly keys: KeySchema;
-  readonly procs = new Map<string, NodeProcess>();
+class Cluster extends NodeCluster {
   port = 0;
-  constructor(readonly name: string) {
-    this.keys = KeySchema.forCluster(name);
-  }
-
-  config(id: string): Record<string, unknown> {
-    const n = Number(id.slice(1));
-    return {
-      node: { id, bindAddress: `127.0.0.${n}` },
-      cluster: this.name,
-      etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 },
-      withdrawDelay: `${WITHDRAW_DELAY_MS}ms`,
-      drainTimeout: "10s",
-      accessLog: { enabled: false },
-    };
+  constructor(name: string) {
+    super(name, {
+      etcdEndpoint: etcd.endpoint,
+      store,
+      config: (id) => ({
+        node: { id, bindAddress: `127.0.0.${Number(id.slice(1))}` },
+        cluster: name,
+        etcd: { endpoints: [etcd.endpoint], leaseTtl: 2 },
+        withdrawDelay: `${WITHDRAW_DELAY_MS}ms`,
+        drainTimeout: "10s",
+        accessLog: { enabled: false },
+      }),
+    });
   }
 
   async start(): Promise<void> {
@@ -87,61 +81,6 @@ class Cluster {
     await etcd.put(this.keys.backend("web", "b"), `127.0.0.1:${backend.port}`);
     await Promise.all(["n1", "n2", "n3"].map((id) => this.spawn(id)));
     await waitFor(async () => (await this.records()).filter((r) => r.ready).length === 3, { timeoutMs: 60_000, message: "three ready nodes" });
-  }
-
-  /** Act as each node's supervisor: a node that exits RESTART_EXIT_CODE is started again. */
-  supervise = false;
-  readonly exits: Array<{ id: string; code: number | null }> = [];
-
-  async spawn(id: string): Promise<NodeProcess> {
-    const p = await spawnNode(this.config(id));
-    this.procs.set(id, p);
-    void p.exited.then((code) => {
-      if (this.procs.get(id) !== p) return; // killed by the test
-      this.exits.push({ id, code });
-      this.procs.delete(id);
-      if (this.supervise && code === RESTART_EXIT_CODE) void this.spawn(id);
-    });
-    return p;
-  }
-
-  async kill(id: string): Promise<void> {
-    const p = this.procs.get(id);
-    if (!p) return;
-    this.procs.delete(id);
-    p.kill("SIGKILL");
-    await p.exited;
-  }
-
-  async stop(): Promise<void> {
-    await Promise.all([...this.procs.keys()].map((id) => this.kill(id)));
-  }
-
-  async records(): Promise<NodeRecord[]> {
-    const { kvs } = await store.list(this.keys.nodes);
-    return kvs.map((kv) => parseNodeRecord(kv.key.slice(this.keys.nodes.length), kv.value));
-  }
-
-  async record(id: string): Promise<NodeRecord | undefined> {
-    return (await this.records()).find((r) => r.id === id);
-  }
-
-  async drains(): Promise<string[]> {
-    const { kvs } = await store.list(this.keys.drains);
-    return kvs.map((kv) => kv.key.slice(this.keys.drains.length)).sort();
-  }
-
-  async readyz(id: string): Promise<number> {
-    const p = this.procs.get(id)!;
-    const res = await fetch(`http://${p.admin}/readyz`);
-    return res.status;
-  }
-
-  cli(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    return run(process.execPath, [CLI, "--etcd", etcd.endpoint, "--cluster", this.name, ...args]).then(
-      (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
-      (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
-    );
   }
 
   async rollout(): Promise<RolloutView | null> {
