@@ -353,6 +353,7 @@ export class BallastNode {
         this.events.record("mode", `verdict mode ${mode} → ${this.mode}${st.modeReason ? `: ${st.modeReason}` : ""}`);
         mode = this.mode;
       }
+      this.checkOwnRecord();
     }, 1000);
     this.watchTimer.unref();
     if (!this.standalone) this.scheduleRegister(0);
@@ -459,7 +460,63 @@ export class BallastNode {
     });
   }
 
-  private async register(): Promise<void> {
+  /**
+   * One registration at a time; a request while one runs makes it run once more after, with the state
+   * of then. Two in flight could land in etcd in either order: a ready=false put applied after the
+   * ready=true one left the record saying "not ready" while this process believed it had written ready
+   * (a DNS answer without the node, CI once).
+   */
+  private register(): Promise<void> {
+    this.registerDirty = true;
+    this.registering ??= (async () => {
+      try {
+        while (this.registerDirty && !this.stopping) {
+          this.registerDirty = false;
+          await this.registerOnce();
+        }
+      } finally {
+        this.registering = null;
+      }
+    })();
+    return this.registering;
+  }
+  private registering: Promise<void> | null = null;
+  private registerDirty = false;
+
+  /** The fields a node record is rewritten for (the rest is the same for the process's life or asked from the admin API). */
+  private static recordSig(r: NodeRecord): string {
+    return `${r.ready}|${r.draining}|${r.mode}|${r.admin}|${r.drain?.state ?? ""}|${r.drain?.since ?? 0}|${r.unserved?.join(",") ?? ""}`;
+  }
+
+  /**
+   * Level, not edge: once a second, the node's record as the watch last delivered it is compared
+   * with what the node would write now. A difference that outlived one check (a put in flight is
+   * seen within milliseconds) is written again: a missed transition, a record overwritten by hand
+   * or by a rogue peer, or writes applied out of order all heal within about two seconds.
+   */
+  private checkOwnRecord(): void {
+    if (this.standalone || this.stopping || this.lease === null || !this.reconciler.connected || this.registering !== null) {
+      this.recordMismatch = false;
+      return;
+    }
+    const seen = this.reconciler.nodes.get(this.id);
+    const want = BallastNode.recordSig(this.nodeRecord());
+    if (seen !== undefined && BallastNode.recordSig(seen) === want) {
+      this.recordMismatch = false;
+      return;
+    }
+    if (!this.recordMismatch) {
+      this.recordMismatch = true;
+      return;
+    }
+    this.recordMismatch = false;
+    this.log.warn({ seen: seen === undefined ? null : BallastNode.recordSig(seen), want }, "own node record in etcd differs from this node's state: writing it again");
+    this.lastRegistered = "";
+    this.scheduleRegister(0);
+  }
+  private recordMismatch = false;
+
+  private async registerOnce(): Promise<void> {
     if (this.stopping) return;
     if (this.lease === null) {
       // One grant at a time: a register() from start and one from a mode change used to both find no
@@ -474,7 +531,7 @@ export class BallastNode {
     // writing it here would make every node's write bump every other node's revision, forever.
     const r = this.nodeRecord();
     if (r.ready) this.announced = true;
-    const sig = `${r.ready}|${r.draining}|${r.mode}|${r.admin}|${r.drain?.state ?? ""}|${r.drain?.since ?? 0}|${r.unserved?.join(",")}`;
+    const sig = BallastNode.recordSig(r);
     if (sig !== this.lastRegistered) {
       await this.store.put(this.keys.node(this.id), encodeValue({ ...r }), { lease: this.lease.id });
       this.lastRegistered = sig;
