@@ -12,7 +12,11 @@
 #   RETURN_ROUTES   client networks to reach through the router, e.g. "10.98.0.0/24"
 #   READY_URL       default http://127.0.0.1:9090/readyz
 #   POLL_MS         readiness poll period, default 250; RISE (default 2) successes announce,
-#                   FALL (default 1) failures withdraw; a check times out after 1 s
+#                   FALL (default 1) answers other than 200 (503 while draining, refused) withdraw;
+#                   a check times out after 1 s, and SLOW_FALL (default 3) checks in a row that got
+#                   no answer withdraw (a hung node). One slow answer on a loaded host is not a
+#                   verdict: it used to withdraw a healthy node (chaos scenario 6, two nodes at once
+#                   while an etcd member was killed). A dead host is BFD's to notice, in ~300 ms.
 #   LOCAL_AS        default 65010 (all nodes may share it); ROUTER_AS default 65000; BFD on|off (on)
 #   RENDER_ONLY     1: write the BIRD config to $CONF (ROUTER_ID may be given) and exit, touching nothing
 # Needs bird2, iproute2, wget and timeout (busybox has them all), fractional sleep (GNU or busybox).
@@ -26,6 +30,7 @@ READY_URL=${READY_URL:-http://127.0.0.1:9090/readyz}
 POLL_MS=${POLL_MS:-250}
 RISE=${RISE:-2}
 FALL=${FALL:-1}
+SLOW_FALL=${SLOW_FALL:-3}
 LOCAL_AS=${LOCAL_AS:-65010}
 ROUTER_AS=${ROUTER_AS:-65000}
 BFD=${BFD:-on}
@@ -107,11 +112,21 @@ trap stop TERM INT
 
 ok=0
 bad=0
+slow=0
 while kill -0 "$bird_pid" 2>/dev/null; do
-  # timeout, not wget -T: busybox 1.35's wget crashes with -T.
-  if timeout 1 wget -q -O /dev/null "$READY_URL" 2>/dev/null; then ok=$((ok + 1)); bad=0; else bad=$((bad + 1)); ok=0; fi
+  # timeout, not wget -T: busybox 1.35's wget crashes with -T. timeout exits 124 (coreutils) or
+  # 143 (busybox: killed by TERM) when the check got no answer in time; wget exits 1 for an HTTP
+  # error (503) or a refused connection.
+  rc=0
+  timeout 1 wget -q -O /dev/null "$READY_URL" 2>/dev/null || rc=$?
+  case "$rc" in
+    0) ok=$((ok + 1)); bad=0; slow=0 ;;
+    124 | 143) slow=$((slow + 1)); ok=0 ;;
+    *) bad=$((bad + 1)); ok=0; slow=0 ;;
+  esac
   if [ "$announced" = 0 ] && [ "$ok" -ge "$RISE" ]; then set_announced 1 "ready"; fi
   if [ "$announced" = 1 ] && [ "$bad" -ge "$FALL" ]; then set_announced 0 "not ready"; fi
+  if [ "$announced" = 1 ] && [ "$slow" -ge "$SLOW_FALL" ]; then set_announced 0 "no answer to $slow checks"; fi
   sleep "$POLL_S" &
   wait $! || true  # a trap runs at once while waiting, not after the sleep
 done

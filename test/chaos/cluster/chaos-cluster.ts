@@ -75,9 +75,10 @@ export interface ClusterOptions {
    */
   bfd?: boolean;
   /**
-   * Failed readiness polls before an announcer withdraws its node (the script's FALL, default 1). One
-   * poll that times out (1 s) on a loaded machine withdraws a healthy node; more need `withdrawDelay`
-   * to cover them (POLL_MS 200 each) so a draining node still withdraws before its listeners close.
+   * Readiness polls answered other than 200 before an announcer withdraws its node (the script's
+   * FALL, default 1); more need `withdrawDelay` to cover them (POLL_MS 200 each) so a draining node
+   * still withdraws before its listeners close. Polls with no answer in 1 s withdraw after SLOW_FALL
+   * (3, the script's default): one slow answer on a loaded machine withdrew healthy nodes.
    */
   announcerFall?: number;
 }
