@@ -1,13 +1,14 @@
 // Scenario 3: a backend dies (SIGKILL: its address vanishes, checks time out). The health leader needs
 // `fall` failed checks `interval` apart, then one fenced write; every node routes around the backend
-// within interval × fall + 1 s of the kill. Clients whose affinity entry named it are served elsewhere.
+// within interval × fall + timeout + 1 s of the kill. Clients whose affinity entry named it are served elsewhere.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type ChaosCluster, firstSeen } from "../cluster.js";
 import { figures, formatFigures, recordFigure } from "../figures.js";
 import { HEALTH } from "../shared-cluster.js";
 
 export const BACKEND_KILLED = "3 backend killed";
-const DETECTION_BOUND_MS = HEALTH.intervalMs * HEALTH.fall + 1_000;
+/** A killed backend's address drops probes: each failing probe waits its timeout. */
+const DETECTION_BOUND_MS = HEALTH.intervalMs * HEALTH.fall + HEALTH.timeoutMs + 1_000;
 
 export function backendKilled(cluster: () => ChaosCluster): void {
   describe(BACKEND_KILLED, () => {
@@ -16,7 +17,7 @@ export function backendKilled(cluster: () => ChaosCluster): void {
       process.stdout.write(`\n${formatFigures(figures(BACKEND_KILLED))}`);
     });
 
-    it("out of rotation on every node within interval × fall + 1 s", async () => {
+    it("out of rotation on every node within interval × fall + timeout + 1 s", async () => {
       const c = cluster();
       const victim = c.backends[1];
       const id = c.backendId(victim);
