@@ -842,7 +842,7 @@ async function runNode(config: NodeConfig, path: string, watch: boolean): Promis
     if (shuttingDown) return;
     shuttingDown = true;
     // If the drain itself hangs, the supervisor still gets its restart.
-    setTimeout(() => process.exit(1), config.drainTimeout + config.withdrawDelay + 5_000).unref();
+    exitWithin(node.config.drainTimeout + node.config.withdrawDelay + 5_000, 1, `drain after an ${kind}`);
     drainThenExit();
   };
   process.on("uncaughtException", fatal("uncaught exception"));

@@ -463,8 +463,8 @@ export class BallastNode {
   /**
    * One registration at a time; a request while one runs makes it run once more after, with the state
    * of then. Two in flight could land in etcd in either order: a ready=false put applied after the
-   * ready=true one left the record saying "not ready" while this process believed it had written ready
-   * (a DNS answer without the node, CI once).
+   * ready=true one would leave the record saying "not ready" while this process believes it wrote
+   * ready (one way a CI run saw a ready node missing from its own DNS answer; checkOwnRecord heals the rest).
    */
   private register(): Promise<void> {
     this.registerDirty = true;

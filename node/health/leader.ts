@@ -344,7 +344,7 @@ class Term {
    * fence keeps a late retry harmless (a deposed term's write is refused). Other errors end the term.
    */
   private writeFailed(key: string, value: Buffer | null, err: Error): void {
-    if ((err as { recoverable?: unknown }).recoverable !== true) {
+    if (!unreachable(err)) {
       this.failed(err);
       return;
     }
@@ -399,8 +399,7 @@ class Term {
    * nodes read a fresh one at once instead of a term change. Other errors end the term as before.
    */
   private heartbeatFailed(err: Error): void {
-    // StoreError's `recoverable` (health shares only types with control/: no instanceof here).
-    if ((err as { recoverable?: unknown }).recoverable !== true) {
+    if (!unreachable(err)) {
       this.failed(err);
       return;
     }
@@ -444,4 +443,9 @@ class Term {
     this.finished();
     return this.resigning;
   }
+}
+
+/** etcd did not answer (StoreError's `recoverable`; health shares only types with control/: no instanceof here). */
+function unreachable(err: Error): boolean {
+  return (err as { recoverable?: unknown }).recoverable === true;
 }

@@ -1,4 +1,6 @@
-// Argument parsing shared by the bench agents: `--key value` pairs, numbers where they look like numbers.
+// What the bench agents share: argument parsing (`--key value` pairs), reports, and socket splicing.
+import type { Socket } from "node:net";
+
 export function parseArgs(argv: string[]): Record<string, string> {
   const out: Record<string, string> = {};
   for (let i = 0; i < argv.length; i++) {
@@ -22,4 +24,18 @@ export function report(obj: Record<string, unknown>): void {
 export function loopbackAddress(first: number, i: number): string {
   const n = first + i;
   return `127.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+/** Pipes two sockets into each other; an error or close on either side destroys both. */
+export function splice(a: Socket, b: Socket): void {
+  const done = () => {
+    a.destroy();
+    b.destroy();
+  };
+  for (const s of [a, b]) {
+    s.on("error", done);
+    s.on("close", done);
+  }
+  a.pipe(b);
+  b.pipe(a);
 }

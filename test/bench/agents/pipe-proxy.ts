@@ -5,7 +5,7 @@
 // for; what this costs is not. Ballast's CPU ÷ this one's says how much of the gap to HAProxy is ours.
 //   --listen PORT:B1,B2[;PORT:B1,...]  services on 127.0.0.1, each with its backend ports
 import net from "node:net";
-import { parseArgs, report } from "./args.js";
+import { parseArgs, report, splice } from "./args.js";
 
 const args = parseArgs(process.argv.slice(2));
 const services = (args.listen ?? "").split(";").filter(Boolean).map((s) => {
@@ -18,17 +18,7 @@ for (const svc of services) {
   const server = net.createServer({ noDelay: true }, (client) => {
     const port = svc.backends[next];
     next = (next + 1) % svc.backends.length;
-    const upstream = net.connect({ port, host: "127.0.0.1", noDelay: true });
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on("error", end);
-    upstream.on("error", end);
-    client.on("close", end);
-    upstream.on("close", end);
-    client.pipe(upstream);
-    upstream.pipe(client);
+    splice(client, net.connect({ port, host: "127.0.0.1", noDelay: true }));
   });
   server.on("error", (err) => report({ error: err.message }));
   server.listen({ port: svc.port, host: "127.0.0.1", backlog: 4096 }, () => {

@@ -4,7 +4,7 @@
 // for control traffic only (etcd, the admin API), never for measured traffic.
 import { rmSync } from "node:fs";
 import net from "node:net";
-import { parseArgs, report } from "./args.js";
+import { parseArgs, report, splice } from "./args.js";
 
 type Address = { path: string } | { host: string; port: number };
 
@@ -19,17 +19,7 @@ const args = parseArgs(process.argv.slice(2));
 const listen = parse(args.listen ?? "");
 const to = parse(args.to ?? "");
 const server = net.createServer((inbound) => {
-  const outbound = net.connect(to as net.NetConnectOpts);
-  inbound.pipe(outbound);
-  outbound.pipe(inbound);
-  const done = () => {
-    inbound.destroy();
-    outbound.destroy();
-  };
-  inbound.on("error", done);
-  outbound.on("error", done);
-  inbound.on("close", done);
-  outbound.on("close", done);
+  splice(inbound, net.connect(to as net.NetConnectOpts));
 });
 server.on("error", (err) => {
   report({ error: err.message });
