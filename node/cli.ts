@@ -63,6 +63,7 @@ async function etcdFrom(opts: GlobalOpts): Promise<{ store: Store; keys: KeySche
     password: opts.password,
     tls: opts.cacert || opts.cert ? { ca: opts.cacert, cert: opts.cert, key: opts.key } : undefined,
     dialTimeoutMs: 3000,
+    probeEndpoints: false, // one command's worth of calls: nothing to move
   });
   return { store, keys: KeySchema.forCluster(opts.cluster, opts.prefix) };
 }

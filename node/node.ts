@@ -116,7 +116,21 @@ export class BallastNode {
     this.keys = KeySchema.forCluster(c.cluster, c.etcd?.prefix);
     this.peerTrust = new PeerTrust(c.admin.trustedPeers);
     this.standalone = !c.etcd && !opts.store;
-    this.store = opts.store ?? (c.etcd ? new EtcdStore({ endpoints: c.etcd.endpoints, username: c.etcd.username, password: c.etcd.password, tls: c.etcd.tls }) : new MemoryStore());
+    const etcdLog = this.log.child({ module: "etcd" });
+    this.store =
+      opts.store ??
+      (c.etcd
+        ? new EtcdStore({
+            endpoints: c.etcd.endpoints,
+            username: c.etcd.username,
+            password: c.etcd.password,
+            tls: c.etcd.tls,
+            onEndpointChange: (e) => {
+              if (e.up) etcdLog.info({ endpoint: e.endpoint }, "etcd endpoint answers again: calls may use it");
+              else etcdLog.warn({ endpoint: e.endpoint, reason: e.reason }, "etcd endpoint not answering while another does: its calls and streams moved to the other endpoints");
+            },
+          })
+        : new MemoryStore());
     this.metrics = new Metrics(this.stats, this.id);
     this.reloads = new ReloadMetrics(this.metrics.registry);
     this.firstSnapshot = new Promise((r) => {
@@ -229,7 +243,7 @@ export class BallastNode {
       registerSpaceMetrics(this.metrics.registry, this.space);
     }
     if (store instanceof EtcdStore) {
-      registerRecoveryMetrics(this.metrics.registry, store.recovery, this.registrations);
+      registerRecoveryMetrics(this.metrics.registry, store.recovery, this.registrations, () => store.endpointStates());
     }
     this.health = new HealthManager({
       id: this.id,

@@ -32,6 +32,7 @@ import {
   withGrace,
 } from "./etcd-common.js";
 import { EtcdLeadership } from "./etcd-election.js";
+import { type EndpointChange, type EndpointState, EtcdEndpoints } from "./etcd-endpoints.js";
 import { EtcdStoreLease } from "./etcd-lease.js";
 import { PrefixSync } from "./etcd-sync.js";
 import type { KeyValue, Leadership, Lease, PutOptions, SpaceStatus, Store, SyncHandle, SyncSink, TxnCompare, TxnOp } from "./store.js";
@@ -48,6 +49,13 @@ export interface EtcdStoreOptions {
   backoff?: { initialMs?: number; maxMs?: number };
   /** Largest gRPC message this client receives (default 64 MiB); lists page below it. Small in tests. */
   maxReceiveBytes?: number;
+  /**
+   * Probe each endpoint once a second and move calls off one that does not answer while another
+   * does (etcd-endpoints.ts). Default true; short-lived clients (the CLI) turn it off.
+   */
+  probeEndpoints?: boolean;
+  /** An endpoint became avoided or usable again (the node logs it). */
+  onEndpointChange?: EndpointChange;
 }
 
 /** gRPC refused a response larger than the client's receive limit (or etcd refused the request's size). */
@@ -115,6 +123,7 @@ const passThrough = tryEachEndpointOnce(1);
 
 export class EtcdStore implements Store {
   private readonly client: Etcd3;
+  private readonly endpoints: EtcdEndpoints;
   private readonly backoff: BackoffConfig;
   private closed = false;
   private readonly closing = new AbortController();
@@ -131,8 +140,8 @@ export class EtcdStore implements Store {
     const requestTimeoutMs = opts.dialTimeoutMs ?? 5_000;
     this.backoff = { initialMs: opts.backoff?.initialMs ?? 100, maxMs: opts.backoff?.maxMs ?? 5_000 };
     const tls = opts.tls;
-    this.client = new Etcd3({
-      hosts: opts.endpoints,
+    const base = (hosts: string[], channelFactoryOverride?: unknown): IOptions => ({
+      hosts,
       auth:
         opts.username === undefined ? undefined : { username: opts.username, password: opts.password ?? "" },
       credentials:
@@ -154,12 +163,30 @@ export class EtcdStore implements Store {
         "grpc.initial_reconnect_backoff_ms": 100,
         "grpc.max_reconnect_backoff_ms": 2_000,
         "grpc.max_receive_message_length": opts.maxReceiveBytes ?? 64 * 1024 * 1024,
+        ...(channelFactoryOverride === undefined ? {} : { channelFactoryOverride }),
       },
+    });
+    // Each endpoint's probe has a client (and connection) of its own, so a probe never waits behind
+    // the store's calls and never lands on another endpoint.
+    this.endpoints = new EtcdEndpoints(
+      opts.endpoints,
+      (endpoint) => new Etcd3({ ...base([endpoint]), faultHandling: { host: () => passThrough, global: passThrough } }),
+      opts.onEndpointChange,
+    );
+    const endpoints = this.endpoints;
+    this.client = new Etcd3({
+      ...base(opts.endpoints, endpoints.channelFactory()),
       faultHandling: {
-        host: () => passThrough,
+        host: (host) => endpoints.hostPolicy(host),
         global: tryEachEndpointOnce(opts.endpoints.length),
       },
     });
+    if (opts.probeEndpoints !== false) endpoints.start();
+  }
+
+  /** Each endpoint, and whether calls avoid it (see etcd-endpoints.ts). */
+  endpointStates(): EndpointState[] {
+    return this.endpoints.states();
   }
 
   sync(prefix: string, sink: SyncSink): SyncHandle {
@@ -355,6 +382,7 @@ export class EtcdStore implements Store {
     // Revokes still owed from an outage: one last try within the same grace.
     for (const inner of this.unrevoked.keys()) revoking.push(inner.revoke().catch(() => undefined));
     await withGrace(Promise.all(revoking), CLOSE_REVOKE_GRACE_MS);
+    this.endpoints.close();
     this.client.close();
   }
 

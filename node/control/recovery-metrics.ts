@@ -2,7 +2,8 @@
 // made late, stale election keys cleared, re-lists, and the node's own registrations. The scale bench
 // and operators read recovery from these rather than from logs.
 import type client from "prom-client";
-import { collectedTotal, collectedValue } from "../collect.js";
+import { collectedCounter, collectedGauge, collectedTotal, collectedValue } from "../collect.js";
+import type { EndpointState } from "./etcd-endpoints.js";
 import type { StoreRecoveryStats } from "./etcd-store.js";
 
 /** The node's registrations of its record on a new lease: one at start, then one per lost lease. */
@@ -10,7 +11,30 @@ export interface RegistrationStats {
   registrations: number;
 }
 
-export function registerRecoveryMetrics(registry: client.Registry, s: StoreRecoveryStats, node: RegistrationStats): void {
+export function registerRecoveryMetrics(
+  registry: client.Registry,
+  s: StoreRecoveryStats,
+  node: RegistrationStats,
+  endpoints: () => EndpointState[] = () => [],
+): void {
+  collectedGauge<"endpoint">({
+    name: "ballast_etcd_endpoint_up",
+    help: "1 while calls may use this etcd endpoint; 0 while it is avoided (it failed its health probe while another endpoint answered).",
+    labelNames: ["endpoint"],
+    registry,
+    read: (emit) => {
+      for (const e of endpoints()) emit({ endpoint: e.endpoint }, e.up ? 1 : 0);
+    },
+  });
+  collectedCounter<"endpoint">({
+    name: "ballast_etcd_endpoint_avoidances_total",
+    help: "Times this etcd endpoint became avoided: its calls and streams were moved to the other endpoints.",
+    labelNames: ["endpoint"],
+    registry,
+    read: (emit) => {
+      for (const e of endpoints()) emit({ endpoint: e.endpoint }, e.avoidances);
+    },
+  });
   collectedTotal({
     name: "ballast_etcd_leases_lost_total",
     help: "Kept-alive leases (registration, election, observer) lost: etcd said expired, or no keepalive answer for 2 × TTL.",

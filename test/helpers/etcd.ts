@@ -163,6 +163,8 @@ class EtcdHarnessProcess implements EtcdProcess {
     private readonly extraArgs: readonly string[] = [],
     private readonly tls?: { cert: string; key: string; ca?: string },
     private readonly metricsPort = 0,
+    /** A member of a multi-member cluster: its name and the whole --initial-cluster. */
+    private readonly member?: { name: string; initialCluster: string },
   ) {}
 
   get endpoint(): string {
@@ -178,18 +180,18 @@ class EtcdHarnessProcess implements EtcdProcess {
     const client = this.endpoint;
     const peer = `http://127.0.0.1:${this.peerPort}`;
     const args = [
-      "--name=ballast-test",
+      `--name=${this.member?.name ?? "ballast-test"}`,
       `--data-dir=${this.dataDir}`,
       `--listen-client-urls=${client}`,
       `--advertise-client-urls=${client}`,
       `--listen-peer-urls=${peer}`,
       `--initial-advertise-peer-urls=${peer}`,
-      `--initial-cluster=ballast-test=${peer}`,
+      `--initial-cluster=${this.member?.initialCluster ?? `ballast-test=${peer}`}`,
       "--initial-cluster-state=new",
       // Single member: short raft ticks only speed up (re)starts, and bring etcd's minimum lease
-      // TTL (1.5 election timeouts) down to 1 s so tests can use 1-second leases.
-      "--heartbeat-interval=50",
-      "--election-timeout=500",
+      // TTL (1.5 election timeouts) down to 1 s so tests can use 1-second leases. Several members
+      // keep etcd's defaults (100/1000 ms): a loaded test machine must not make them flap.
+      ...(this.member === undefined ? ["--heartbeat-interval=50", "--election-timeout=500"] : []),
       "--logger=zap",
       "--log-level=error",
       ...this.extraArgs,
@@ -364,6 +366,34 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdProces
       await etcd.stop();
       if (!(err instanceof EtcdStartError && err.addressInUse)) break;
     }
+  }
+  throw lastError;
+}
+
+/**
+ * Starts an n-member etcd cluster on free loopback ports (etcd's default raft timings); resolves once
+ * every member answers /health (which needs a leader). Each member is an EtcdProcess: kill, pause
+ * and restart one to take it away from the others.
+ */
+export async function startEtcdCluster(n = 3): Promise<EtcdProcess[]> {
+  const etcdBin = requireBinary("etcd");
+  const etcdctlBin = requireBinary("etcdctl");
+  let lastError: unknown;
+  for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt++) {
+    const ports = await freePorts(2 * n);
+    const names = Array.from({ length: n }, (_, i) => `m${i + 1}`);
+    const initialCluster = names.map((name, i) => `${name}=http://127.0.0.1:${ports[2 * i + 1]}`).join(",");
+    const members = names.map((name, i) => {
+      const dataDir = mkdtempSync(join(tmpdir(), `ballast-etcd-${name}-`));
+      ownedDirs.add(dataDir);
+      return new EtcdHarnessProcess(etcdBin, etcdctlBin, ports[2 * i], ports[2 * i + 1], dataDir, true, [], undefined, 0, { name, initialCluster });
+    });
+    const started = await Promise.allSettled(members.map((m) => m.launch()));
+    const failed = started.find((r): r is PromiseRejectedResult => r.status === "rejected");
+    if (failed === undefined) return members;
+    lastError = failed.reason;
+    await Promise.all(members.map((m) => m.stop()));
+    if (!started.some((r) => r.status === "rejected" && r.reason instanceof EtcdStartError && r.reason.addressInUse)) break;
   }
   throw lastError;
 }

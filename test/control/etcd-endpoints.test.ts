@@ -1,0 +1,96 @@
+// One member of a three-member etcd cluster stops answering while the other two keep quorum (issue
+// 19, chaos 6): the node's store must move to the others before its leases run out. The member is
+// SIGSTOPped: its sockets stay open and silent, like a killed container whose connections nobody
+// closes or a partition, the case gRPC's own keepalive notices only after 15 s. Every member is
+// stopped in turn, so whichever one carries the store's keepalive stream and watch is among them.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { EtcdStore } from "../../node/control/etcd-store.js";
+import type { EndpointState } from "../../node/control/etcd-endpoints.js";
+import type { StoreEvent, SyncHandle } from "../../node/control/store.js";
+import { type EtcdProcess, startEtcdCluster } from "../helpers/etcd.js";
+import { waitFor } from "../helpers/wait.js";
+
+const TTL_S = 3;
+/** How long a member stays stopped: past 2 × TTL, when a lease with no keepalive answer counts as lost. */
+const STOPPED_MS = 2 * TTL_S * 1_000 + 1_000;
+/** A watch event or a write while a member is stopped: detection (≤ 2 probe rounds) plus a round trip, with room. */
+const MOVE_BOUND_MS = 4_000;
+
+describe("EtcdStore with one of three etcd members stopped", { timeout: 180_000 }, () => {
+  let members: EtcdProcess[];
+  let store: EtcdStore;
+  let sync: SyncHandle;
+  const events: StoreEvent[] = [];
+  const changes: EndpointState[] = [];
+
+  beforeAll(async () => {
+    members = await startEtcdCluster(3);
+    store = new EtcdStore({
+      endpoints: members.map((m) => m.endpoint),
+      backoff: { initialMs: 50, maxMs: 500 },
+      onEndpointChange: (s) => changes.push({ ...s }),
+    });
+    sync = store.sync("/t/", {
+      reset: () => {},
+      events: (evs) => {
+        events.push(...evs);
+      },
+      status: () => {},
+    });
+  });
+
+  afterAll(async () => {
+    await sync?.stop();
+    await store?.close();
+    for (const m of members ?? []) m.resume();
+    await Promise.all((members ?? []).map((m) => m.stop()));
+  });
+
+  it("whichever member stops: leases kept, the watch and writes carry on through the other two, the member is avoided and then used again", async () => {
+    const lease = await store.grantLease(TTL_S, true);
+    const lost: string[] = [];
+    lease.onLost((reason) => lost.push(reason));
+    // The sync is live once a put made by another client arrives.
+    await members[0].put("/t/ready", "1");
+    await waitFor(() => events.some((e) => e.key === "/t/ready"), { timeoutMs: 10_000, message: "the first watch event" });
+
+    for (const [i, member] of members.entries()) {
+      const other = members[(i + 1) % members.length];
+      member.pause();
+      const stoppedAt = Date.now();
+      try {
+        // A change made through a live member reaches the store's watch. A put in flight while the
+        // stopped member was the raft leader waits out etcd's own request timeout (5 s): the other
+        // client tries until the two elect a leader (about 1-2 s).
+        const key = `/t/while-m${i + 1}-stopped`;
+        await waitFor(() => other.put(key, "1").then(() => true, () => false), { timeoutMs: 20_000, message: "a raft leader among the other two" });
+        await waitFor(() => events.some((e) => e.key === key), { timeoutMs: MOVE_BOUND_MS, message: `a watch event with m${i + 1} stopped` });
+        // The store's own writes land, each within the bound (none waits out its deadline on the stopped member).
+        for (let w = 0; w < 5; w++) {
+          const t0 = Date.now();
+          await store.put(`/t/write-m${i + 1}-${w}`, "1");
+          expect(Date.now() - t0, `write ${w} with m${i + 1} stopped`).toBeLessThan(MOVE_BOUND_MS);
+        }
+        expect(store.endpointStates()[i]).toMatchObject({ endpoint: member.endpoint, up: false });
+        // Past 2 × TTL: the kept-alive lease is still alive in etcd and here.
+        const left = STOPPED_MS - (Date.now() - stoppedAt);
+        if (left > 0) await new Promise((r) => setTimeout(r, left)); // the fault's duration, not a readiness wait
+        expect(lost, `lease lost with m${i + 1} stopped`).toEqual([]);
+        const ttl = JSON.parse(await other.etcdctl("lease", "timetolive", BigInt(lease.id).toString(16), "-w", "json")) as { ttl: number };
+        expect(ttl.ttl, "lease TTL left in etcd").toBeGreaterThan(0);
+      } finally {
+        member.resume();
+      }
+      // Back: the member answers its probe and calls may use it again.
+      await waitFor(() => store.endpointStates()[i].up, { timeoutMs: 15_000, message: `m${i + 1} used again` });
+    }
+    expect(lost).toEqual([]);
+    // Each member was avoided and used again, and said so (a loaded machine may add a flap).
+    for (const [i, member] of members.entries()) {
+      const seen = changes.filter((c) => c.endpoint === member.endpoint).map((c) => c.up);
+      expect(seen[0], `first change of m${i + 1}`).toBe(false);
+      expect(seen.at(-1), `last change of m${i + 1}`).toBe(true);
+    }
+    await lease.revoke();
+  });
+});
