@@ -23,9 +23,27 @@ describe(SCENARIO, () => {
     await cluster?.destroy();
   });
 
+  /**
+   * What losing quorum-preserving etcd members must not change on a node (issue 19): its health
+   * term, its registrations, its kept-alive leases, its verdict mode.
+   */
+  async function calmState() {
+    const out: Record<string, string> = {};
+    for (const n of cluster.nodes) {
+      const st = await n.state();
+      const registrations = await n.metric("ballast_node_registrations_total");
+      const leasesLost = await n.metric("ballast_etcd_leases_lost_total");
+      const fallbacks = await n.metric("ballast_health_mode_transitions_total", 'mode="local-fallback"');
+      out[n.nodeId] = `term ${st.health.term} leader ${st.health.leader} registrations ${registrations} leases lost ${leasesLost} fallbacks ${fallbacks}`;
+    }
+    return out;
+  }
+
   it("one of three members killed (the leader): zero failed client connections", async () => {
     const leader = await cluster.etcdLeader();
     expect(leader, "an etcd leader").toBeDefined();
+    await waitFor(async () => Object.values(await calmState()).every((s) => !s.includes("leader null")), { timeoutMs: 20_000, message: "a health-check leader seen by every node" });
+    const calmBefore = await calmState();
     const watch = watchReadiness(cluster);
     const survivors = cluster.etcd.filter((m) => m !== leader);
     const load = cluster.client!.load(LOAD);
@@ -36,6 +54,10 @@ describe(SCENARIO, () => {
     const electedMs = Date.now() - killedAt;
     const result = await load;
     const samples = await watch.stop();
+    // Lease effects show by 2 × TTL (3 s) after the kill plus etcd's expiry after a new raft leader
+    // (TTL + election timeout): the fault's window, not a readiness wait.
+    await sleep(Math.max(0, killedAt + 9_000 - Date.now()));
+    const calmAfter = await calmState();
 
     const notReady = notReadySamples(samples);
     const notAnnounced = notAnnouncedSamples(samples, { count: cluster.nodes.length });
@@ -47,6 +69,10 @@ describe(SCENARIO, () => {
     recordFigure({ scenario: SCENARIO, figure: "one killed: readiness samples not all ready", value: notReady, bound: "= 0" });
     recordFigure({ scenario: SCENARIO, figure: "one killed: readiness samples not all announced", value: notAnnounced, bound: "= 0" });
     recordFigure({ scenario: SCENARIO, figure: "one killed: samples with a probe unanswered in 2 s (unknown, not counted)", value: `${unknownSamples(samples)} of ${samples.length}` });
+    // Not asserted: with etcd.leaseTtl 3 s a node can still lose a lease while etcd changes leader
+    // under this load (issue 19's open part); the figure shows how often.
+    const changed = Object.keys(calmBefore).filter((id) => calmAfter[id] !== calmBefore[id]);
+    recordFigure({ scenario: SCENARIO, figure: "one killed: nodes whose health term, registrations, leases lost or fallbacks changed", value: changed.length === 0 ? "0" : `${changed.length}: ${changed.map((id) => `${id} ${calmBefore[id]} -> ${calmAfter[id]}`).join("; ")}` });
     recordFigure({ scenario: SCENARIO, figure: "one killed: nodes serving (by connections)", value: Object.keys(byNode(result)).length, bound: `= ${cluster.nodes.length}` });
 
     expect(result.failed, JSON.stringify(result.errors)).toBe(0);
