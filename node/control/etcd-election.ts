@@ -7,7 +7,7 @@ import { LossSignal, type LostCallback } from "./loss.js";
 import type { Leadership } from "./store.js";
 
 export interface LeadershipOps {
-  txn(req: ITxnRequest): Promise<ITxnResponse>;
+  txn(req: ITxnRequest, timeoutMs?: number): Promise<ITxnResponse>;
   waitGone(key: Buffer, createRevision: string, signal: AbortSignal): Promise<boolean>;
   forget(leadership: EtcdLeadership): void;
 }
@@ -37,8 +37,8 @@ export class EtcdLeadership implements Leadership {
       .catch(() => undefined);
   }
 
-  fencedPut(key: string, value: Buffer | string): Promise<boolean> {
-    return this.fenced({ request_put: { key: Buffer.from(key), value: toBuffer(value) } });
+  fencedPut(key: string, value: Buffer | string, opts?: { timeoutMs?: number }): Promise<boolean> {
+    return this.fenced({ request_put: { key: Buffer.from(key), value: toBuffer(value) } }, opts?.timeoutMs);
   }
 
   /** True when the fence held (the key is gone, whether or not it existed). */
@@ -93,9 +93,9 @@ export class EtcdLeadership implements Leadership {
     };
   }
 
-  private async fenced(op: IRequestOp): Promise<boolean> {
+  private async fenced(op: IRequestOp, timeoutMs?: number): Promise<boolean> {
     if (!this.loss.live) return false;
-    const res = await this.ops.txn({ compare: [this.fence()], success: [op], failure: [] });
+    const res = await this.ops.txn({ compare: [this.fence()], success: [op], failure: [] }, timeoutMs);
     if (res.succeeded) return true;
     void this.end("fenced write refused: the election key no longer carries our term");
     return false;

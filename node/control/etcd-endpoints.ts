@@ -24,6 +24,15 @@ import { describe } from "./etcd-common.js";
 /** How often each endpoint is asked, and how long an answer may take. */
 export const ENDPOINT_PROBE_INTERVAL_MS = 1_000;
 export const ENDPOINT_PROBE_TIMEOUT_MS = 1_000;
+/**
+ * An avoided endpoint that did not answer is asked only every this many rounds (one that answered
+ * without a raft leader, every round: it is reachable, and elections end). Its name may no longer resolve, and a
+ * lookup that hangs (10 s on a Docker network without outside DNS, measured) holds one of libuv's
+ * four threads, which every lookup shares: asked every second, a dead member's name starved the
+ * lookups of the live members' names, and the node's calls waited "for name resolution" (chaos 6).
+ */
+export const AVOIDED_PROBE_EVERY = 5;
+const NO_LEADER = "it has no raft leader";
 
 export interface EndpointState {
   /** As configured, e.g. "http://10.0.0.5:2379". */
@@ -62,6 +71,10 @@ interface Tracked {
   /** Calls started on this endpoint's channels and not yet ended. */
   readonly calls: Set<GrpcCall>;
   probe: Etcd3 | null;
+  /** Rounds since this endpoint was last asked (an avoided one is asked every AVOIDED_PROBE_EVERY). */
+  skipped: number;
+  /** Its last probe got no answer at all (a member answering "no leader" is reachable: asked every round). */
+  silent: boolean;
 }
 
 /**
@@ -81,7 +94,7 @@ export class EtcdEndpoints {
   ) {
     for (const endpoint of endpoints) {
       const address = addressOf(endpoint);
-      this.byAddress.set(address, { state: { endpoint, up: true, reason: null, avoidances: 0 }, address, calls: new Set(), probe: null });
+      this.byAddress.set(address, { state: { endpoint, up: true, reason: null, avoidances: 0 }, address, calls: new Set(), probe: null, skipped: 0, silent: false });
     }
   }
 
@@ -164,9 +177,13 @@ export class EtcdEndpoints {
     if (this.probing || this.closed) return;
     this.probing = true;
     try {
-      const all = [...this.byAddress.values()];
+      const all = [...this.byAddress.values()].filter((t) => t.state.up || !t.silent || ++t.skipped >= AVOIDED_PROBE_EVERY);
+      for (const t of all) t.skipped = 0;
       const results = await Promise.all(all.map((t) => this.probe(t)));
       if (this.closed) return;
+      all.forEach((t, i) => {
+        t.silent = results[i] !== null && results[i] !== NO_LEADER;
+      });
       const anyAnswered = results.some((r) => r === null);
       all.forEach((t, i) => {
         const failure = results[i];
@@ -197,7 +214,7 @@ export class EtcdEndpoints {
       t.probe ??= this.probeClient(t.state.endpoint);
       const status = await t.probe.maintenance.status({ deadline: Date.now() + ENDPOINT_PROBE_TIMEOUT_MS });
       // A member cut off from the others still answers Status, without a leader: it cannot serve writes.
-      if (status.leader === "0" || status.leader === "") return "it has no raft leader";
+      if (status.leader === "0" || status.leader === "") return NO_LEADER;
       return null;
     } catch (err) {
       return describe(err);

@@ -518,7 +518,7 @@ export class EtcdStore implements Store {
     if (own.kvs[0]?.create_revision !== term || this.closed) return null;
     const leadership = new EtcdLeadership(
       {
-        txn: (req) => this.call("fenced write", () => this.client.kv.txn(req)),
+        txn: (req, timeoutMs) => this.call("fenced write", () => this.client.kv.txn(req, timeoutMs === undefined ? undefined : { deadline: Date.now() + timeoutMs })),
         waitGone: (k, rev, signal) => this.waitGone(k, rev, signal),
         forget: (l) => this.leaderships.delete(l),
       },

@@ -52,7 +52,8 @@ export interface Leadership {
    * Writes only while this leadership is current: one etcd transaction that compares the election
    * key's create revision. Returns false (and the leadership is lost) when the compare fails.
    */
-  fencedPut(key: string, value: Buffer | string): Promise<boolean>;
+  /** `timeoutMs`: this write's own deadline, for writes that a later one repeats (the heartbeat). */
+  fencedPut(key: string, value: Buffer | string, opts?: { timeoutMs?: number }): Promise<boolean>;
   fencedDelete(key: string): Promise<boolean>;
   onLost(cb: (reason: string) => void): void;
   resign(): Promise<void>;

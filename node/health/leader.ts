@@ -53,6 +53,14 @@ const STARVED_PAUSE_MIN_MS = 5_000;
 const STOP_GRACE_MS = 1_000;
 /** A heartbeat that failed is tried again this soon (jittered), so it lands as soon as etcd answers. */
 const HEARTBEAT_RETRY_MS = 250;
+/**
+ * A heartbeat write's own deadline (the store's default is 5 s). When etcd's raft leader dies, a write
+ * that a follower had forwarded to it is lost and answers only at the deadline; while it is in
+ * flight no other heartbeat goes out, so 5 s of a 10 s staleAfter went by without one and every node
+ * fell back (chaos 6, one member killed). A heartbeat repeats the last one, so giving up early and
+ * trying again (on any live member) loses nothing.
+ */
+const HEARTBEAT_WRITE_TIMEOUT_MS = 1_500;
 
 export class HealthLeader {
   private stopped = false;
@@ -371,7 +379,7 @@ class Term {
       if (!this.settled && this.targetsSeen) this.settled = this.checker.settled();
       const value = encodeValue({ leader: this.ctx.id, at: Date.now(), term: this.leadership.term, settled: this.settled, checking: this.checker.size });
       this.heartbeatInflight = true;
-      this.leadership.fencedPut(this.ctx.keys.heartbeat, value).then(
+      this.leadership.fencedPut(this.ctx.keys.heartbeat, value, { timeoutMs: Math.min(HEARTBEAT_WRITE_TIMEOUT_MS, this.ctx.heartbeatMs) }).then(
         (ok) => {
           this.heartbeatInflight = false;
           this.fenced(ok);

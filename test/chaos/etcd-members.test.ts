@@ -69,8 +69,9 @@ describe(SCENARIO, () => {
     recordFigure({ scenario: SCENARIO, figure: "one killed: readiness samples not all ready", value: notReady, bound: "= 0" });
     recordFigure({ scenario: SCENARIO, figure: "one killed: readiness samples not all announced", value: notAnnounced, bound: "= 0" });
     recordFigure({ scenario: SCENARIO, figure: "one killed: samples with a probe unanswered in 2 s (unknown, not counted)", value: `${unknownSamples(samples)} of ${samples.length}` });
-    // Not asserted: with etcd.leaseTtl 3 s a node can still lose a lease while etcd changes leader
-    // under this load (issue 19's open part); the figure shows how often.
+    // Recorded, not asserted: 0 in the last 6 runs with endpoint probing, the heartbeat's own deadline
+    // and the lookup fixes, but a renewal a member forwards to the dead raft leader can still be late
+    // by more than etcd's grace (issue 19, docs/architecture.md).
     const changed = Object.keys(calmBefore).filter((id) => calmAfter[id] !== calmBefore[id]);
     recordFigure({ scenario: SCENARIO, figure: "one killed: nodes whose health term, registrations, leases lost or fallbacks changed", value: changed.length === 0 ? "0" : `${changed.length}: ${changed.map((id) => `${id} ${calmBefore[id]} -> ${calmAfter[id]}`).join("; ")}` });
     recordFigure({ scenario: SCENARIO, figure: "one killed: nodes serving (by connections)", value: Object.keys(byNode(result)).length, bound: `= ${cluster.nodes.length}` });
