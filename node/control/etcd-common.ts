@@ -9,6 +9,7 @@ import {
   EtcdPermissionDeniedError,
   GRPCUnauthenticatedError,
   type IKeyValue,
+  type IOptions,
   isRecoverableError,
   type Watcher,
 } from "etcd3";
@@ -114,4 +115,19 @@ export function withGrace(promise: Promise<unknown>, ms: number): Promise<void> 
       resolve();
     });
   });
+}
+
+/** etcd3's fault-handling policy type (a cockatiel policy; only `execute` is ever called). */
+export type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions["faultHandling"]>["host"]>>;
+
+/** A fault policy that runs every call through `execute`: etcd3 needs nothing more of one. */
+export function faultPolicy(execute: <T>(fn: () => PromiseLike<T> | T) => Promise<T>): FaultPolicy {
+  const signal = new AbortController().signal;
+  const noEvent = () => ({ dispose() {} });
+  const policy = {
+    onSuccess: noEvent,
+    onFailure: noEvent,
+    execute: <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> => execute(() => fn({ signal })),
+  };
+  return policy as unknown as FaultPolicy;
 }

@@ -18,16 +18,16 @@
 // avoided endpoint is used again after one answered round.
 
 import { Channel, type ChannelCredentials, type ChannelOptions, status as GrpcStatus } from "@grpc/grpc-js";
-import type { Etcd3, IOptions } from "etcd3";
-import { describe } from "./etcd-common.js";
+import type { Etcd3 } from "etcd3";
+import { describe, type FaultPolicy, faultPolicy } from "./etcd-common.js";
 
 /** How often each endpoint is asked, and how long an answer may take. */
 export const ENDPOINT_PROBE_INTERVAL_MS = 1_000;
 export const ENDPOINT_PROBE_TIMEOUT_MS = 1_000;
 /**
  * An avoided endpoint that did not answer is asked only every this many rounds (one that answered
- * without a raft leader, every round: it is reachable, and elections end). Its name may no longer resolve, and a
- * lookup that hangs (10 s on a Docker network without outside DNS, measured) holds one of libuv's
+ * without a raft leader, every round: it is reachable, and elections end). Its name may no longer
+ * resolve, and a lookup that hangs (10 s on a Docker network without outside DNS, measured) holds one of libuv's
  * four threads, which every lookup shares: asked every second, a dead member's name starved the
  * lookups of the live members' names, and the node's calls waited "for name resolution" (chaos 6).
  */
@@ -49,8 +49,6 @@ export type EndpointChange = (state: Readonly<EndpointState>) => void;
 
 /** A call on a channel (grpc-js's internal call interface, not the surface call it exports as Call). */
 type GrpcCall = ReturnType<Channel["createCall"]>;
-
-type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions["faultHandling"]>["host"]>>;
 
 /** A call etcd3 should place on another endpoint (not recoverable: etcd3 moves on without closing anything). */
 export class EndpointAvoidedError extends Error {
@@ -78,7 +76,7 @@ interface Tracked {
 }
 
 /**
- * Endpoint health for one EtcdStore. `grpcOptions()` and `hostPolicy()` plug into etcd3's options;
+ * Endpoint health for one EtcdStore. `channelFactory()` and `hostPolicy()` plug into etcd3's options;
  * `start()` begins probing (only worth it with more than one endpoint).
  */
 export class EtcdEndpoints {
@@ -137,17 +135,10 @@ export class EtcdEndpoints {
   /** etcd3's per-endpoint fault policy: refuses (so etcd3 tries the next endpoint) while the endpoint is avoided. */
   hostPolicy(endpoint: string): FaultPolicy {
     const tracked = this.byAddress.get(addressOf(endpoint));
-    const signal = new AbortController().signal;
-    const noEvent = () => ({ dispose() {} });
-    const policy = {
-      onSuccess: noEvent,
-      onFailure: noEvent,
-      execute: async <T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> => {
-        if (tracked !== undefined && this.avoided(tracked)) throw new EndpointAvoidedError(tracked.address, tracked.state.reason);
-        return fn({ signal });
-      },
-    };
-    return policy as unknown as FaultPolicy;
+    return faultPolicy(async (fn) => {
+      if (tracked !== undefined && this.avoided(tracked)) throw new EndpointAvoidedError(tracked.address, tracked.state.reason);
+      return fn();
+    });
   }
 
   start(): void {
@@ -181,12 +172,10 @@ export class EtcdEndpoints {
       for (const t of all) t.skipped = 0;
       const results = await Promise.all(all.map((t) => this.probe(t)));
       if (this.closed) return;
-      all.forEach((t, i) => {
-        t.silent = results[i] !== null && results[i] !== NO_LEADER;
-      });
       const anyAnswered = results.some((r) => r === null);
       all.forEach((t, i) => {
         const failure = results[i];
+        t.silent = failure !== null && failure !== NO_LEADER;
         if (failure === null) {
           if (!t.state.up) {
             t.state.up = true;

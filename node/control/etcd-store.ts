@@ -24,6 +24,8 @@ import {
   closedError,
   describe,
   detach,
+  type FaultPolicy,
+  faultPolicy,
   pause,
   prefixEnd,
   storeError,
@@ -89,8 +91,6 @@ export interface StoreRecoveryStats {
   resumes: number;
 }
 
-type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions["faultHandling"]>["host"]>>;
-
 /**
  * etcd3's default fault handling is a per-host circuit breaker (open for 5 s after three failures)
  * plus three immediate retries. The breaker would refuse every call for seconds after etcd comes
@@ -98,25 +98,18 @@ type FaultPolicy = ReturnType<NonNullable<NonNullable<IOptions["faultHandling"]>
  * next endpoint on each attempt) and nothing else; the sync and campaign loops own the retrying.
  */
 function tryEachEndpointOnce(endpointCount: number): FaultPolicy {
-  const signal = new AbortController().signal;
-  const noEvent = () => ({ dispose() {} });
-  const policy = {
-    onSuccess: noEvent,
-    onFailure: noEvent,
-    async execute<T>(fn: (context: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> {
-      let lastError: unknown;
-      for (let attempt = 0; attempt < endpointCount; attempt++) {
-        try {
-          return await fn({ signal });
-        } catch (err) {
-          lastError = err;
-          if (!(err instanceof Error) || !isRecoverableError(err)) break;
-        }
+  return faultPolicy(async (fn) => {
+    let lastError: unknown;
+    for (let attempt = 0; attempt < endpointCount; attempt++) {
+      try {
+        return await fn();
+      } catch (err) {
+        lastError = err;
+        if (!(err instanceof Error) || !isRecoverableError(err)) break;
       }
-      throw lastError;
-    },
-  };
-  return policy as unknown as FaultPolicy;
+    }
+    throw lastError;
+  });
 }
 
 const passThrough = tryEachEndpointOnce(1);
