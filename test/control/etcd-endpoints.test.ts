@@ -22,6 +22,7 @@ describe("EtcdStore with one of three etcd members stopped", { timeout: 180_000 
   let sync: SyncHandle;
   const events: StoreEvent[] = [];
   const changes: EndpointState[] = [];
+  let listed = false;
 
   beforeAll(async () => {
     members = await startEtcdCluster(3);
@@ -31,7 +32,9 @@ describe("EtcdStore with one of three etcd members stopped", { timeout: 180_000 
       onEndpointChange: (s) => changes.push({ ...s }),
     });
     sync = store.sync("/t/", {
-      reset: () => {},
+      reset: () => {
+        listed = true;
+      },
       events: (evs) => {
         events.push(...evs);
       },
@@ -46,16 +49,21 @@ describe("EtcdStore with one of three etcd members stopped", { timeout: 180_000 
     await Promise.all((members ?? []).map((m) => m.stop()));
   });
 
-  it("whichever member stops: leases kept, the watch and writes carry on through the other two, the member is avoided and then used again", async () => {
-    const lease = await store.grantLease(TTL_S, true);
-    const lost: string[] = [];
-    lease.onLost((reason) => lost.push(reason));
-    // The sync is live once a put made by another client arrives.
+  it("whichever member stops: the watch and writes carry on through the other two, a lease is kept while a follower is stopped, the member is avoided and then used again", async () => {
+    let followersStopped = 0;
+    // The sync is live once it has listed and a put made by another client arrives (a put before
+    // the first list would come in the list, not as an event).
+    await waitFor(() => listed, { timeoutMs: 10_000, message: "the first list" });
     await members[0].put("/t/ready", "1");
     await waitFor(() => events.some((e) => e.key === "/t/ready"), { timeoutMs: 10_000, message: "the first watch event" });
 
     for (const [i, member] of members.entries()) {
       const other = members[(i + 1) % members.length];
+      // `etcdctl endpoint status -w simple`: endpoint, id, version, db size, is leader, …
+      const wasLeader = (await member.etcdctl("endpoint", "status", "-w", "simple")).split(",")[4]?.trim() === "true";
+      const lease = await store.grantLease(TTL_S, true);
+      const lost: string[] = [];
+      lease.onLost((reason) => lost.push(reason));
       member.pause();
       const stoppedAt = Date.now();
       try {
@@ -71,26 +79,35 @@ describe("EtcdStore with one of three etcd members stopped", { timeout: 180_000 
           await store.put(`/t/write-m${i + 1}-${w}`, "1");
           expect(Date.now() - t0, `write ${w} with m${i + 1} stopped`).toBeLessThan(MOVE_BOUND_MS);
         }
+        // Avoided within a probe round or two of the stop (the event and writes above can finish
+        // sooner, through the live members, when the stopped one carried neither).
+        await waitFor(() => !store.endpointStates()[i].up, { timeoutMs: MOVE_BOUND_MS, message: `m${i + 1} avoided` });
         expect(store.endpointStates()[i]).toMatchObject({ endpoint: member.endpoint, up: false });
-        // Past 2 × TTL: the kept-alive lease is still alive in etcd and here.
+        // Past 2 × TTL: with a follower stopped, the kept-alive lease is still alive in etcd and here.
+        // A stopped raft *leader* can still cost it: a member holds renewals it forwarded to the
+        // stopped leader past etcd's grace after the new leader (docs/architecture.md, issue 19).
         const left = STOPPED_MS - (Date.now() - stoppedAt);
         if (left > 0) await new Promise((r) => setTimeout(r, left)); // the fault's duration, not a readiness wait
-        expect(lost, `lease lost with m${i + 1} stopped`).toEqual([]);
-        const ttl = JSON.parse(await other.etcdctl("lease", "timetolive", BigInt(lease.id).toString(16), "-w", "json")) as { ttl: number };
-        expect(ttl.ttl, "lease TTL left in etcd").toBeGreaterThan(0);
+        if (!wasLeader) {
+          followersStopped++;
+          expect(lost, `lease lost with follower m${i + 1} stopped`).toEqual([]);
+          const ttl = JSON.parse(await other.etcdctl("lease", "timetolive", BigInt(lease.id).toString(16), "-w", "json")) as { ttl: number };
+          expect(ttl.ttl, "lease TTL left in etcd").toBeGreaterThan(0);
+        }
       } finally {
         member.resume();
       }
+      await lease.revoke().catch(() => undefined); // lost already, when the leader was stopped
       // Back: the member answers its probe and calls may use it again.
       await waitFor(() => store.endpointStates()[i].up, { timeoutMs: 15_000, message: `m${i + 1} used again` });
     }
-    expect(lost).toEqual([]);
+    // One member leads at a time: at least one of the three stopped was a follower.
+    expect(followersStopped).toBeGreaterThanOrEqual(1);
     // Each member was avoided and used again, and said so (a loaded machine may add a flap).
     for (const [i, member] of members.entries()) {
       const seen = changes.filter((c) => c.endpoint === member.endpoint).map((c) => c.up);
       expect(seen[0], `first change of m${i + 1}`).toBe(false);
       expect(seen.at(-1), `last change of m${i + 1}`).toBe(true);
     }
-    await lease.revoke();
   });
 });
