@@ -57,10 +57,24 @@ describe("EtcdStore with one of three etcd members stopped", { timeout: 180_000 
     await members[0].put("/t/ready", "1");
     await waitFor(() => events.some((e) => e.key === "/t/ready"), { timeoutMs: 10_000, message: "the first watch event" });
 
-    for (const [i, member] of members.entries()) {
+    // `etcdctl endpoint status -w simple`: endpoint, id, version, db size, is leader, …
+    const leads = async (m: EtcdProcess) => (await m.etcdctl("endpoint", "status", "-w", "simple")).split(",")[4]?.trim() === "true";
+    // Followers first, the raft leader last: stopping a follower usually leaves the leader where it
+    // is (leadership otherwise tends to move on to the next member in line, and a run stopped only
+    // leaders once).
+    const remaining = members.map((_, i) => i);
+    while (remaining.length > 0) {
+      let pick = 0;
+      for (let r = 0; r < remaining.length; r++) {
+        if (!(await leads(members[remaining[r]]))) {
+          pick = r;
+          break;
+        }
+      }
+      const i = remaining.splice(pick, 1)[0];
+      const member = members[i];
       const other = members[(i + 1) % members.length];
-      // `etcdctl endpoint status -w simple`: endpoint, id, version, db size, is leader, …
-      const wasLeader = (await member.etcdctl("endpoint", "status", "-w", "simple")).split(",")[4]?.trim() === "true";
+      const wasLeader = await leads(member);
       const lease = await store.grantLease(TTL_S, true);
       const lost: string[] = [];
       lease.onLost((reason) => lost.push(reason));
@@ -101,8 +115,8 @@ describe("EtcdStore with one of three etcd members stopped", { timeout: 180_000 
       // Back: the member answers its probe and calls may use it again.
       await waitFor(() => store.endpointStates()[i].up, { timeoutMs: 15_000, message: `m${i + 1} used again` });
     }
-    // One member leads at a time: at least one of the three stopped was a follower.
-    expect(followersStopped).toBeGreaterThanOrEqual(1);
+    // The first member stopped is always a follower; a resumed follower can still start an election, so not always two.
+    expect(followersStopped, "followers stopped").toBeGreaterThanOrEqual(1);
     // Each member was avoided and used again, and said so (a loaded machine may add a flap).
     for (const [i, member] of members.entries()) {
       const seen = changes.filter((c) => c.endpoint === member.endpoint).map((c) => c.up);
