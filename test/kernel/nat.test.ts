@@ -31,6 +31,18 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", { t
     forwarders.push(f);
     return f;
   };
+  /** A forwarder that collects counters into `stats` only when the test asks (collectCounters). */
+  const counting = (stats: StatsRegistry) => {
+    const f = new KernelForwarder({ cluster: "lab", log, runner: nftRunner({ netns: lab.lb.name }), conntrack: conntrackTool({ netns: lab.lb.name }), stats, countersEveryMs: 60_000 });
+    forwarders.push(f);
+    return f;
+  };
+  /** A NAT service on the VIP's `port` (its own port: other tests' flows to port 80 do not count there). */
+  const natOn = (port: number, backends = 3) => {
+    const s = natService({}, backends);
+    s.service.listen = `${VIP}:${port}`;
+    return s;
+  };
   beforeAll(async () => {
     lab = await createLab(3);
   });
@@ -249,11 +261,9 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", { t
 
   it("counters: per-backend bytes from nft counters and tracked flows from conntrack land in the stats registry", async () => {
     const stats = new StatsRegistry();
-    const f = new KernelForwarder({ cluster: "lab", log, runner: nftRunner({ netns: lab.lb.name }), conntrack: conntrackTool({ netns: lab.lb.name }), stats, countersEveryMs: 60_000 });
-    forwarders.push(f);
+    const f = counting(stats);
     // Its own service port: flows of other tests to port 80 must not count here.
-    const own = natService();
-    own.service.listen = `${VIP}:81`;
+    const own = natOn(81);
     const snap = labSnapshot(70, { web: own });
     await f.apply(snap);
     const held = await lab.hold(ports(48000, 12), 81);
@@ -277,6 +287,36 @@ describe.skipIf(skip !== null)("forwarding: nat in the kernel (namespaces)", { t
       await f.collectCounters();
       return ["b0", "b1", "b2"].every((b) => stats.backend("web", b).active === 0);
     }, { message: "closed flows no longer counted as open" });
+  });
+
+  it("counters: two services on one backend count apart; removing a backend, then a service, keeps the rest counting", async () => {
+    const stats = new StatsRegistry();
+    const f = counting(stats);
+    // Both services send to the same backend addresses and port: only the service's VIP port tells their packets apart.
+    const a = natOn(83);
+    const b = natOn(84);
+    await f.apply(labSnapshot(90, { a, b }));
+    const bytes = (svc: string) => ["b0", "b1", "b2"].reduce((n, id) => n + stats.backend(svc, id).bytesIn, 0);
+    const held = await lab.hold(ports(48100, 6), 83);
+    await held.ask();
+    held.close();
+    await f.collectCounters();
+    expect(bytes("a")).toBeGreaterThan(0);
+    expect(bytes("b")).toBe(0);
+    // A delta that drops a's b2 (its counters and their map elements) and then one that drops b.
+    const fewer = natOn(83, 2);
+    await f.apply(labSnapshot(91, { a: fewer, b }));
+    expect(f.stats.lastError).toBeNull();
+    await f.apply(labSnapshot(92, { a: fewer }));
+    expect(f.stats.lastError).toBeNull();
+    expect(f.status("a")).toEqual({ programmed: true, reason: null, revision: 92 });
+    const before = bytes("a");
+    const again = await lab.hold(ports(48200, 6), 83);
+    const answers = await again.ask();
+    again.close();
+    expect([...answers.values()].every((x) => !x.startsWith("b2 ")), "no flow reaches the removed backend").toBe(true);
+    await f.collectCounters();
+    expect(bytes("a")).toBeGreaterThan(before);
   });
 
   it("counters: a slow read of the connection table spaces the next read to 20× its duration", async () => {
