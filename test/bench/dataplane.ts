@@ -4,6 +4,7 @@ import type { Context } from "./context.js";
 import { type Dest, iperf, synRetransmits, udpBlast, wrk } from "./load.js";
 import { machineBusySeconds, processTree, rssBytes, sleep, treeCpuSeconds } from "./net.js";
 import { addSample, TARGET_LABELS, type Target } from "./report.js";
+import { median } from "./stats.js";
 
 export interface Paths {
   /** Where each path's HTTP runs connect. */
@@ -89,25 +90,56 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
       log(`  light load   ${label(target)} p50 ${lat.p50Ms.toFixed(3)} ms  p99 ${lat.p99Ms.toFixed(3)} ms`);
       await pause(300);
     }
-    for (const target of targets) {
-      const pid = paths.pid[target]?.();
-      const cpu = cpuMeter(pid);
-      const nodeCpu = cpuMeter(paths.pid.ballast?.());
-      const syn0 = await synRetransmits(paths.http[target]!.ns);
-      const nc = await wrk(paths.http[target]!, { connections: 32, durationS: d, close: true });
-      const used = cpu();
-      const syn1 = await synRetransmits(paths.http[target]!.ns);
-      if (syn0 !== null && syn1 !== null) addSample(results, "nc.synRetransPct", target, ((syn1 - syn0) * 100) / Math.max(1, nc.requests));
-      addSample(results, "nc.rps", target, nc.rps);
-      addSample(results, "nc.p99", target, nc.p99Ms);
-      addSample(results, "nc.machineUsPerConn", target, (used.machine * 1e6) / Math.max(1, nc.requests));
-      if (pid) addSample(results, "nc.cpuUsPerConn", target, (used.proc * 1e6) / Math.max(1, nc.requests));
-      results.runs.push({ round, test: "new-connections", target, rps: nc.rps, p50Ms: nc.p50Ms, p99Ms: nc.p99Ms, errors: nc.errors, cpuS: used.proc, machineCpuS: used.machine, nodeCpuS: nodeCpu().proc });
-      log(`  new conns    ${label(target)} ${Math.round(nc.rps).toString().padStart(7)} conn/s p99 ${nc.p99Ms.toFixed(2)} ms${nc.errors ? `  errors ${nc.errors}` : ""}`);
-      if (nc.requests === 0) throw new Error(`new connections through ${target} served no request:\n${nc.raw}`);
-      // TIME_WAIT of the closed connections drains between paths.
-      await pause(1000);
+    // New connections run in 1-second slices, every path once per slice in a rotating order, and a
+    // path's figure for the round sums its slices. New connections/s on this machine drift by 20–40 %
+    // over tens of seconds (seen in runs of the same path a minute apart), more than the differences
+    // measured; paths measured within seconds of each other see the same drift, so the per-round
+    // ratios (the targets) compare like with like. 1-second slices of the same two paths gave paired
+    // ratios within ±5 % of their median, against ±20 % for 5-second runs a round apart.
+    const slices = Math.max(1, Math.round(d));
+    const sliceS = 1;
+    type Acc = { requests: number; seconds: number; errors: number; proc: number; machine: number; node: number; syn: number | null; p50: number[]; p99: number[] };
+    const acc = new Map<Target, Acc>(targets.map((t) => [t, { requests: 0, seconds: 0, errors: 0, proc: 0, machine: 0, node: 0, syn: 0, p50: [], p99: [] }]));
+    for (let slice = 0; slice < slices; slice++) {
+      for (const target of targets.map((_, i) => targets[(i + slice) % targets.length])) {
+        const a = acc.get(target)!;
+        const pid = paths.pid[target]?.();
+        const cpu = cpuMeter(pid);
+        const nodeCpu = cpuMeter(paths.pid.ballast?.());
+        const syn0 = await synRetransmits(paths.http[target]!.ns);
+        const nc = await wrk(paths.http[target]!, { connections: 32, durationS: sliceS, close: true });
+        const used = cpu();
+        const syn1 = await synRetransmits(paths.http[target]!.ns);
+        a.syn = syn0 !== null && syn1 !== null && a.syn !== null ? a.syn + syn1 - syn0 : null;
+        a.requests += nc.requests;
+        a.seconds += nc.rps > 0 ? nc.requests / nc.rps : sliceS;
+        a.errors += nc.errors;
+        a.proc += used.proc;
+        a.machine += used.machine;
+        a.node += nodeCpu().proc;
+        a.p50.push(nc.p50Ms);
+        a.p99.push(nc.p99Ms);
+        if (nc.requests === 0) throw new Error(`new connections through ${target} served no request:\n${nc.raw}`);
+        await pause(200);
+      }
     }
+    for (const target of targets) {
+      const a = acc.get(target)!;
+      const pid = paths.pid[target]?.();
+      const rps = a.requests / Math.max(1e-9, a.seconds);
+      // Latency percentiles do not add up across runs: the median of the slices' own p50 and p99.
+      const p50 = median(a.p50);
+      const p99 = median(a.p99);
+      if (a.syn !== null) addSample(results, "nc.synRetransPct", target, (a.syn * 100) / Math.max(1, a.requests));
+      addSample(results, "nc.rps", target, rps);
+      addSample(results, "nc.p99", target, p99);
+      addSample(results, "nc.machineUsPerConn", target, (a.machine * 1e6) / Math.max(1, a.requests));
+      if (pid) addSample(results, "nc.cpuUsPerConn", target, (a.proc * 1e6) / Math.max(1, a.requests));
+      results.runs.push({ round, test: "new-connections", target, slices, rps, p50Ms: p50, p99Ms: p99, errors: a.errors, cpuS: a.proc, machineCpuS: a.machine, nodeCpuS: a.node });
+      log(`  new conns    ${label(target)} ${Math.round(rps).toString().padStart(7)} conn/s p99 ${p99.toFixed(2)} ms (${slices} slices)${a.errors ? `  errors ${a.errors}` : ""}`);
+    }
+    // TIME_WAIT of the closed connections drains before the bulk runs.
+    await pause(1000);
     for (const target of targets) {
       const dest = paths.bulk[target];
       if (!dest) continue;

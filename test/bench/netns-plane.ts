@@ -103,6 +103,17 @@ export async function buildNamespaces(ctx: Context, etcd: Etcd): Promise<NsPlane
   await lb.sysctl("net.ipv4.conf.all.send_redirects", 0);
   await lb.sysctl(`net.ipv4.conf.${NET.dev}.send_redirects`, 0);
   for (const n of [client, backend]) await n.sysctl("net.ipv4.conf.all.accept_redirects", 0);
+  // Every path opens thousands of connections a second, from the client (wrk) or from the balancer
+  // (HAProxy's and Ballast proxy's connections to the backends). Whichever side closes first holds
+  // the port in TIME_WAIT for 60 s, and Linux's default range has 28,232 ports: the client's
+  // TIME_WAIT grew from 3.7k to 13.5k over six rounds of 1-second runs (direct, NAT, HAProxy), and
+  // HAProxy once fell to ~350 conn/s for three seconds in a row (exhaustion is the likely cause, not
+  // proven). A wide range and tw_reuse for outgoing connections are what load testers and HAProxy's
+  // tuning notes set. The kernel paths do not use them: Ballast NAT's source ports are conntrack's.
+  for (const n of [client, lb]) {
+    await n.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
+    await n.sysctl("net.ipv4.tcp_tw_reuse", 1);
+  }
   // DSR backends hold the VIP on lo and must not answer ARP for it (deploy/dsr does the same on a real host).
   await backend.ip("addr", "add", `${NET.dsrVip}/32`, "dev", "lo");
   await backend.sysctl("net.ipv4.conf.all.arp_ignore", 1);
