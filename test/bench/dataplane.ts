@@ -1,5 +1,6 @@
 // The measured rounds: for each test, every path one after another (interleaved), so drift of the
 // machine hits all of them alike. TCP paths run from the client namespace; UDP runs on loopback.
+import os from "node:os";
 import type { Context } from "./context.js";
 import { type Dest, iperf, synRetransmits, udpBlast, wrk } from "./load.js";
 import { machineBusySeconds, processTree, rssBytes, sleep, treeCpuSeconds } from "./net.js";
@@ -96,6 +97,11 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
     // measured; paths measured within seconds of each other see the same drift, so the per-round
     // ratios (the targets) compare like with like. 1-second slices of the same two paths gave paired
     // ratios within ±5 % of their median, against ±20 % for 5-second runs a round apart.
+    // wrk gets a thread per core (up to 4) for new connections: with one thread the client itself was
+    // the limit of the fast paths. Measured here (2 cores, alternating 1-second runs, medians of 8):
+    // direct 11,199 conn/s with -t1 and 14,017 with -t2, NAT 11,046 and 13,259, HAProxy 7,827 and
+    // 7,680 (HAProxy is limited by its own CPU either way, so the second thread takes nothing from it).
+    const threads = Math.max(1, Math.min(4, os.cpus().length));
     const slices = Math.max(1, Math.round(d));
     const sliceS = 1;
     type Acc = { requests: number; seconds: number; errors: number; proc: number; machine: number; node: number; syn: number | null; p50: number[]; p99: number[] };
@@ -107,7 +113,7 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
         const cpu = cpuMeter(pid);
         const nodeCpu = cpuMeter(paths.pid.ballast?.());
         const syn0 = await synRetransmits(paths.http[target]!.ns);
-        const nc = await wrk(paths.http[target]!, { connections: 32, durationS: sliceS, close: true });
+        const nc = await wrk(paths.http[target]!, { connections: 32, durationS: sliceS, close: true, threads });
         const used = cpu();
         const syn1 = await synRetransmits(paths.http[target]!.ns);
         a.syn = syn0 !== null && syn1 !== null && a.syn !== null ? a.syn + syn1 - syn0 : null;
@@ -135,7 +141,7 @@ export async function tcpRounds(ctx: Context, paths: Paths, targets: Target[]): 
       addSample(results, "nc.p99", target, p99);
       addSample(results, "nc.machineUsPerConn", target, (a.machine * 1e6) / Math.max(1, a.requests));
       if (pid) addSample(results, "nc.cpuUsPerConn", target, (a.proc * 1e6) / Math.max(1, a.requests));
-      results.runs.push({ round, test: "new-connections", target, slices, rps, p50Ms: p50, p99Ms: p99, errors: a.errors, cpuS: a.proc, machineCpuS: a.machine, nodeCpuS: a.node });
+      results.runs.push({ round, test: "new-connections", target, slices, threads, rps, p50Ms: p50, p99Ms: p99, errors: a.errors, cpuS: a.proc, machineCpuS: a.machine, nodeCpuS: a.node });
       log(`  new conns    ${label(target)} ${Math.round(rps).toString().padStart(7)} conn/s p99 ${p99.toFixed(2)} ms (${slices} slices)${a.errors ? `  errors ${a.errors}` : ""}`);
     }
     // TIME_WAIT of the closed connections drains before the bulk runs.
