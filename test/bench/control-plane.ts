@@ -217,7 +217,10 @@ function entriesIn(value: Buffer): number {
   }
 }
 
-/** Counts affinity entries in etcd under a prefix, decoding only batches written since the last call. */
+/**
+ * Counts affinity entries in etcd under a prefix, decoding only batches written since the last call;
+ * with `only`, just the keys it accepts (a service's records among every service's).
+ */
 class AffinityCounter {
   private readonly seen = new Map<string, number>();
   private since = 0;
@@ -226,11 +229,13 @@ class AffinityCounter {
   constructor(
     private readonly etcd: Etcd,
     private readonly prefix: string,
+    private readonly only: (key: string) => boolean = () => true,
   ) {}
 
   async poll(): Promise<number> {
     const r = await this.etcd.range(this.prefix, { minModRevision: this.since });
     for (const kv of r.kvs) {
+      if (!this.only(kv.key)) continue;
       const n = entriesIn(kv.value);
       this.total += n - (this.seen.get(kv.key) ?? 0);
       this.seen.set(kv.key, n);
@@ -310,13 +315,23 @@ async function affinity(ctx: Context, etcd: Etcd, nodes: BallastNode[]): Promise
     return;
   }
   const port = ports[0];
-  const prefix = `${PREFIX}affinity/cp-sticky/`;
-  const counter = new AffinityCounter(etcd, prefix);
+  // Sharded replication (the default) writes each client's record once, under
+  // `/ballast/<cluster>.clients/<shard>/<service>/…` (node/affinity/shards.ts); the broadcast prefix
+  // then holds only exceptions. Broadcast replication writes every entry to `affinity/<service>/…`.
+  // Counting the broadcast prefix alone skipped these three figures as "not built yet" since sharding
+  // became the default.
+  const sharded = new AffinityCounter(etcd, `/ballast/${CLUSTER}.clients/`, (key) => key.split("/")[4] === "cp-sticky");
+  const broadcast = new AffinityCounter(etcd, `${PREFIX}affinity/cp-sticky/`);
   await connectOnce(port, "127.1.0.1");
   const end = Date.now() + 3000;
-  while ((await counter.poll()) === 0 && Date.now() < end) await sleep(100);
-  if (counter.total === 0) {
-    const note = "not built yet (no affinity/ keys in etcd after a connection)";
+  let counter: AffinityCounter | null = null;
+  while (counter === null && Date.now() < end) {
+    if ((await sharded.poll()) > 0) counter = sharded;
+    else if ((await broadcast.poll()) > 0) counter = broadcast;
+    else await sleep(100);
+  }
+  if (counter === null) {
+    const note = "not built yet (no affinity record or entry in etcd after a connection)";
     for (const n of [repl, lagName, rssName]) skip(ctx, n, note);
     return;
   }
@@ -368,7 +383,14 @@ async function affinity(ctx: Context, etcd: Etcd, nodes: BallastNode[]): Promise
     if (!Number.isFinite(lag) && k === 1) usable = false;
     lags.push(lag);
   }
-  if (!usable || lags.length === 0) skip(ctx, lagName, "not measurable yet (/api/route on node B gives no reason naming affinity)");
+  if (!usable || lags.length === 0)
+    skip(
+      ctx,
+      lagName,
+      counter === sharded
+        ? "not measurable this way with sharded replication (the default): node B names affinity in /api/route only for a client whose recorded backend differs from its own table's pick (an exception), which a new client's is not"
+        : "not measurable yet (/api/route on node B gives no reason naming affinity)",
+    );
   else
     add(ctx, {
       name: lagName,
