@@ -5,7 +5,9 @@ import { existsSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
+import { parseRecordKey, recordsPrefix } from "../../node/affinity/shards.js";
 import { decodeValue } from "../../shared/codec.js";
+import { KeySchema } from "../../shared/keys.js";
 import { agentPath, startTcpSink } from "./backends.js";
 import { affinityEntries, type BallastNode, listeningPorts, repoRoot, route, seedServices, serviceState, startNode, stateRevision } from "./ballast.js";
 import type { Context } from "./context.js";
@@ -320,7 +322,11 @@ async function affinity(ctx: Context, etcd: Etcd, nodes: BallastNode[]): Promise
   // then holds only exceptions. Broadcast replication writes every entry to `affinity/<service>/…`.
   // Counting the broadcast prefix alone skipped these three figures as "not built yet" since sharding
   // became the default.
-  const sharded = new AffinityCounter(etcd, `/ballast/${CLUSTER}.clients/`, (key) => key.split("/")[4] === "cp-sticky");
+  const keys = KeySchema.forCluster(CLUSTER);
+  const sharded = new AffinityCounter(etcd, recordsPrefix(keys), (key) => {
+    const r = parseRecordKey(keys, key);
+    return typeof r !== "string" && r.service === "cp-sticky";
+  });
   const broadcast = new AffinityCounter(etcd, `${PREFIX}affinity/cp-sticky/`);
   await connectOnce(port, "127.1.0.1");
   const end = Date.now() + 3000;
